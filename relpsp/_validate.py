@@ -1,0 +1,64 @@
+"""Checks at the public boundary: each raises ``ValueError`` naming the argument and what is wrong."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_finite_positive",
+    "check_float_tensor",
+    "check_non_negative",
+    "check_positive_int",
+    "check_spike_times",
+    "check_t_max",
+]
+
+
+def check_float_tensor(name: str, x: object, ndims: tuple[int, ...]) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() not in ndims:
+        want = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_spike_times(name: str, t: Tensor) -> None:
+    """Spike times are >= 0 or +inf (no spike); NaN and negative times are refused."""
+    bad = ~(t >= 0)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(t).sum())
+        what = f"{n_nan} NaN" if n_nan else f"{int(bad.sum())} negative"
+        raise ValueError(f"{name} holds {what} value(s); spike times must be >= 0 or +inf (no spike)")
+
+
+def check_finite_positive(name: str, value: float) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return v
+
+
+def check_non_negative(name: str, value: float) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_t_max(value: float) -> float:
+    v = float(value)
+    if math.isnan(v) or v <= 0:
+        raise ValueError(f"t_max must be > 0 (or inf for no cut-off), got {value!r}")
+    return v
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

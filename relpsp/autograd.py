@@ -1,0 +1,108 @@
+"""Thin autograd Function for the exact ReL-PSP dense op, and the choice of backend.
+
+Backends (same results within float rounding; see ``relpsp.core.dense`` for the maths):
+
+- ``"torch"``: plain torch, any device (``relpsp.core.dense``).
+- ``"numba"``: compiled CPU kernels (``relpsp.kernels.cpu_numba``), float32/float64 CPU tensors only;
+  needs the ``cpu`` extra.
+- ``"auto"``: ``"numba"`` for CPU float32/float64 tensors when numba is installed, else ``"torch"``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from relpsp.core.dense import W_SUM_MIN, relpsp_linear_bwd_torch, relpsp_linear_fwd_torch
+from relpsp.kernels import cpu_kernels_available, load_cpu_kernels
+
+__all__ = ["BACKENDS", "RelpspLinearFn", "relpsp_linear_rows", "resolve_backend"]
+
+BACKENDS = ("auto", "torch", "numba")
+_NUMBA_DTYPES = (torch.float32, torch.float64)
+
+
+def resolve_backend(backend: str, t_in: Tensor) -> str:
+    """Map ``backend`` to a concrete one for this tensor; raise ``ValueError``/``RuntimeError`` clearly."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if t_in.device.type == "cpu" and t_in.dtype in _NUMBA_DTYPES and cpu_kernels_available():
+            return "numba"
+        return "torch"
+    if backend == "numba":
+        if t_in.device.type != "cpu" or t_in.dtype not in _NUMBA_DTYPES:
+            raise ValueError(
+                f"backend 'numba' runs float32/float64 CPU tensors, got {t_in.dtype} on {t_in.device}"
+            )
+        load_cpu_kernels()  # raises with the install hint when numba is missing
+    return backend
+
+
+def _fwd(backend: str, t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tuple[Tensor, Tensor]:
+    if backend == "numba":
+        k = load_cpu_kernels()
+        t_out, w_sum = k.linear_fwd(t_in.detach().numpy(), weight.detach().numpy(), theta, t_max)
+        return torch.from_numpy(t_out), torch.from_numpy(w_sum)
+    return relpsp_linear_fwd_torch(t_in.detach(), weight.detach(), theta, t_max)
+
+
+class RelpspLinearFn(torch.autograd.Function):
+    """``(t_in [R, N_in], weight [N_out, N_in]) -> (t_out [R, N_out], w_sum [R, N_out])``.
+
+    ``w_sum`` (W_j of firing neurons, 0 elsewhere) is returned for inspection and is not differentiable.
+    Inputs are assumed valid; validation lives in ``relpsp.functional``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        t_in: Tensor, weight: Tensor, theta: float, t_max: float, w_sum_min: float, backend: str
+    ) -> tuple[Tensor, Tensor]:
+        return _fwd(backend, t_in, weight, theta, t_max)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        t_in, weight, _theta, _t_max, w_sum_min, backend = inputs
+        t_out, w_sum = output
+        ctx.save_for_backward(t_in, weight, t_out, w_sum)
+        ctx.mark_non_differentiable(w_sum)
+        ctx.w_sum_min = w_sum_min
+        ctx.backend = backend
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor, _grad_w_sum: Tensor | None) -> tuple[Tensor | None, ...]:
+        t_in, weight, t_out, w_sum = ctx.saved_tensors
+        need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_in or need_w):
+            return None, None, None, None, None, None
+        grad_out = grad_out.contiguous()
+        if ctx.backend == "numba":
+            k = load_cpu_kernels()
+            g_in_np, g_w_np = k.linear_bwd(
+                grad_out.numpy(), t_in.numpy(), weight.numpy(), t_out.numpy(), w_sum.numpy(), ctx.w_sum_min
+            )
+            g_in, g_w = torch.from_numpy(g_in_np), torch.from_numpy(g_w_np)
+        else:
+            g_in, g_w = relpsp_linear_bwd_torch(
+                grad_out, t_in, weight, t_out, w_sum, ctx.w_sum_min, need_in, need_w
+            )
+        return (g_in if need_in else None), (g_w if need_w else None), None, None, None, None
+
+
+def relpsp_linear_rows(
+    t_in: Tensor,
+    weight: Tensor,
+    theta: float = 1.0,
+    t_max: float = math.inf,
+    w_sum_min: float = W_SUM_MIN,
+    backend: str = "auto",
+) -> Tensor:
+    """Unvalidated exact dense op on 2-D rows with STDBP gradients; returns ``t_out [R, N_out]``."""
+    concrete = resolve_backend(backend, t_in)
+    t_out, _ = RelpspLinearFn.apply(t_in, weight, float(theta), float(t_max), float(w_sum_min), concrete)
+    return t_out

@@ -1,0 +1,244 @@
+"""Public functional API: exact ReL-PSP layers on spike-time tensors, coding, decoding and losses.
+
+One data type throughout: float spike times, ``[B, N]`` or ``[B, C, H, W]``, ``+inf`` = no spike.
+The neuron (Zhang et al., IEEE TNNLS 2021) fires once, at the first time
+
+    V_j(t) = sum_i w_ji * max(0, t - t_i)  reaches  theta,
+
+and is trained with exact spike-time gradients (STDBP); see ``relpsp.core.dense`` for the closed form,
+the gradients and the W_j guard. Every function validates its inputs and raises ``ValueError`` naming
+the bad argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from relpsp._validate import (
+    check_finite_positive,
+    check_float_tensor,
+    check_non_negative,
+    check_spike_times,
+    check_t_max,
+)
+from relpsp.autograd import relpsp_linear_rows
+from relpsp.core.dense import W_SUM_MIN, relpsp_linear_ref
+
+__all__ = [
+    "first_spike_decode",
+    "latency_encode",
+    "min_time_pool2d",
+    "relpsp_conv2d",
+    "relpsp_conv2d_ref",
+    "relpsp_linear",
+    "relpsp_linear_ref",
+    "spike_time_cross_entropy",
+]
+
+IntPair = int | tuple[int, int]
+
+
+def _pair(name: str, v: IntPair, minimum: int) -> tuple[int, int]:
+    p = (v, v) if isinstance(v, int) else tuple(v)
+    if len(p) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in p):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return p[0], p[1]
+
+
+def _check_linear(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
+    check_float_tensor("t_in", t_in, (2,))
+    check_float_tensor("weight", weight, (2,))
+    if weight.shape[1] != t_in.shape[1]:
+        raise ValueError(
+            f"weight has {weight.shape[1]} inputs (shape {tuple(weight.shape)}) but t_in has "
+            f"{t_in.shape[1]} (shape {tuple(t_in.shape)}); weight must be [N_out, N_in]"
+        )
+    _check_common(t_in, weight, theta, t_max)
+
+
+def _check_common(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
+    if weight.dtype != t_in.dtype or weight.device != t_in.device:
+        raise ValueError(
+            f"weight ({weight.dtype}, {weight.device}) and t_in ({t_in.dtype}, {t_in.device}) "
+            "must share dtype and device"
+        )
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight holds NaN or infinite values")
+    check_spike_times("t_in", t_in)
+    check_finite_positive("theta", theta)
+    check_t_max(t_max)
+
+
+def relpsp_linear(
+    t_in: Tensor,
+    weight: Tensor,
+    *,
+    theta: float = 1.0,
+    t_max: float = math.inf,
+    w_sum_min: float = W_SUM_MIN,
+    backend: str = "auto",
+) -> Tensor:
+    """Exact ReL-PSP dense layer. ``t_in [B, N_in]``, ``weight [N_out, N_in]`` -> ``t_out [B, N_out]``.
+
+    ``t_max``: spikes later than it are dropped (+inf). ``w_sum_min``: lower clamp of W_j in the backward
+    only. ``backend``: ``"auto"``, ``"torch"`` or ``"numba"`` (see ``relpsp.autograd``).
+    """
+    _check_linear(t_in, weight, theta, t_max)
+    check_finite_positive("w_sum_min", w_sum_min)
+    return relpsp_linear_rows(t_in, weight, theta, t_max, w_sum_min, backend)
+
+
+def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
+    """``[B, C, H, W]`` -> rows ``[B * L, C * kh * kw]`` of receptive fields; padding never spikes."""
+    if padding != (0, 0):
+        t_in = F.pad(t_in, (padding[1], padding[1], padding[0], padding[0]), value=math.inf)
+    b, c, h, w = t_in.shape
+    if h < kernel[0] or w < kernel[1]:
+        raise ValueError(f"kernel {kernel} is larger than the (padded) input {h}x{w}")
+    h_out = (h - kernel[0]) // stride[0] + 1
+    w_out = (w - kernel[1]) // stride[1] + 1
+    cols = F.unfold(t_in, kernel, stride=stride)  # [B, C*kh*kw, L]
+    return cols.transpose(1, 2).reshape(b * h_out * w_out, -1), (b, h_out, w_out)
+
+
+def _check_conv(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
+    check_float_tensor("t_in", t_in, (4,))
+    check_float_tensor("weight", weight, (4,))
+    if weight.shape[1] != t_in.shape[1]:
+        raise ValueError(
+            f"weight expects {weight.shape[1]} input channels (shape {tuple(weight.shape)}) but t_in "
+            f"has {t_in.shape[1]} (shape {tuple(t_in.shape)}); weight must be [C_out, C_in, kh, kw]"
+        )
+    _check_common(t_in, weight, theta, t_max)
+
+
+def _conv(t_in, weight, stride, padding, linear) -> Tensor:
+    rows, (b, h_out, w_out) = _im2col(
+        t_in, (weight.shape[2], weight.shape[3]), _pair("stride", stride, 1), _pair("padding", padding, 0)
+    )
+    t_rows = linear(rows, weight.reshape(weight.shape[0], -1))
+    return t_rows.reshape(b, h_out, w_out, -1).permute(0, 3, 1, 2)
+
+
+def relpsp_conv2d(
+    t_in: Tensor,
+    weight: Tensor,
+    *,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    theta: float = 1.0,
+    t_max: float = math.inf,
+    w_sum_min: float = W_SUM_MIN,
+    backend: str = "auto",
+) -> Tensor:
+    """Exact ReL-PSP convolution: the dense neuron on every receptive field with shared weights.
+
+    ``t_in [B, C_in, H, W]``, ``weight [C_out, C_in, kh, kw]`` -> ``[B, C_out, H_out, W_out]``. The causal
+    set is per output position; padded positions never spike.
+    """
+    _check_conv(t_in, weight, theta, t_max)
+    check_finite_positive("w_sum_min", w_sum_min)
+    return _conv(
+        t_in,
+        weight,
+        stride,
+        padding,
+        lambda r, w: relpsp_linear_rows(r, w, theta, t_max, w_sum_min, backend),
+    )
+
+
+def relpsp_conv2d_ref(
+    t_in: Tensor,
+    weight: Tensor,
+    *,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    theta: float = 1.0,
+    t_max: float = math.inf,
+    w_sum_min: float = W_SUM_MIN,
+) -> Tensor:
+    """Reference twin of ``relpsp_conv2d`` (autograd through ``relpsp_linear_ref``)."""
+    _check_conv(t_in, weight, theta, t_max)
+    return _conv(
+        t_in,
+        weight,
+        stride,
+        padding,
+        lambda r, w: relpsp_linear_ref(r, w, theta=theta, t_max=t_max, w_sum_min=w_sum_min),
+    )
+
+
+def min_time_pool2d(t: Tensor, kernel_size: IntPair, stride: IntPair | None = None) -> Tensor:
+    """Max-pooling of activity in time: the earliest spike of each window wins, and gets the gradient.
+
+    ``[B, C, H, W]`` -> ``[B, C, H_out, W_out]``; a window with no spike gives +inf. Ties go to the
+    first position in row-major order.
+    """
+    check_float_tensor("t", t, (4,))
+    k = _pair("kernel_size", kernel_size, 1)
+    s = k if stride is None else _pair("stride", stride, 1)
+    if t.shape[2] < k[0] or t.shape[3] < k[1]:
+        raise ValueError(f"kernel_size {k} is larger than the input {t.shape[2]}x{t.shape[3]}")
+    return -F.max_pool2d(-t, k, s)
+
+
+def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -> Tensor:
+    """Intensity-to-latency coding: ``x`` in [0, 1] -> ``t = t_max * (1 - x)`` (brighter fires earlier).
+
+    With ``zero_fires=False`` (the default) an intensity of exactly 0 gives no spike (+inf), so dark
+    pixels cost no synaptic events; with ``True`` it fires at ``t_max``. Any shape; no gradient to ``x``.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    check_finite_positive("t_max", t_max)
+    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError("x must hold intensities in [0, 1] (no NaN); normalise the data first")
+    x = x.detach()
+    t = t_max * (1.0 - x)
+    if not zero_fires:
+        t = torch.where(x > 0, t, math.inf)
+    return t
+
+
+def first_spike_decode(t_out: Tensor) -> tuple[Tensor, Tensor]:
+    """Class of the earliest output spike. ``t_out [B, K]`` -> ``(pred [B] long, fired [B] bool)``.
+
+    ``pred`` is -1 where no output neuron fired (no decision: count it as wrong). Ties go to the
+    lowest class index.
+    """
+    check_float_tensor("t_out", t_out, (2,))
+    fired = torch.isfinite(t_out).any(1)
+    pred = torch.where(fired, t_out.argmin(1), -1)
+    return pred, fired
+
+
+def spike_time_cross_entropy(
+    t_out: Tensor, target: Tensor, *, silent_margin: float = 1.0, reduction: str = "mean"
+) -> Tensor:
+    """Cross-entropy of softmax(-t_out) against class labels. ``t_out [B, K]``, ``target [B]`` (long).
+
+    Outputs that never fire (+inf) are treated as firing at ``t_late + silent_margin``, where ``t_late``
+    is the latest finite output time in the batch (detached; 0 if nothing fired). This keeps the loss
+    finite, gives silent outputs a small but non-zero probability, and sends no gradient to them (a
+    silent neuron has no spike time to move); the gradient still flows to every output that fired.
+    """
+    check_float_tensor("t_out", t_out, (2,))
+    if not isinstance(target, Tensor) or target.dtype not in (torch.int64, torch.int32):
+        raise ValueError("target must be an integer tensor of class indices")
+    if target.shape != t_out.shape[:1]:
+        raise ValueError(f"target shape {tuple(target.shape)} must be [B] = [{t_out.shape[0]}]")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= t_out.shape[1]):
+        raise ValueError(f"target holds labels outside [0, {t_out.shape[1] - 1}]")
+    check_non_negative("silent_margin", silent_margin)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    fired = torch.isfinite(t_out)
+    with torch.no_grad():
+        finite = t_out[fired]
+        t_late = (finite.max() if finite.numel() else t_out.new_zeros(())) + silent_margin
+    t = torch.where(fired, t_out, t_late)
+    return F.cross_entropy(-t, target.long(), reduction=reduction)

@@ -1,0 +1,26 @@
+"""Optional compiled kernels with the contract of ``relpsp.core.dense``; imported lazily.
+
+``cpu_numba`` needs the ``cpu`` extra (``pip install relpsp[cpu]``). Nothing here is imported by
+``import relpsp``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+__all__ = ["cpu_kernels_available", "load_cpu_kernels"]
+
+_INSTALL_HINT = "the 'numba' backend needs numba: pip install 'relpsp[cpu]' (or pip install numba)"
+
+
+def cpu_kernels_available() -> bool:
+    """True when numba can be imported (without importing the kernels themselves)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def load_cpu_kernels() -> ModuleType:
+    """Import and return ``relpsp.kernels.cpu_numba``; raise ``RuntimeError`` saying what to install."""
+    if not cpu_kernels_available():
+        raise RuntimeError(_INSTALL_HINT)
+    return importlib.import_module("relpsp.kernels.cpu_numba")
