@@ -36,9 +36,7 @@ def resolve_backend(backend: str, t_in: Tensor) -> str:
         return "torch"
     if backend == "numba":
         if t_in.device.type != "cpu" or t_in.dtype not in _NUMBA_DTYPES:
-            raise ValueError(
-                f"backend 'numba' runs float32/float64 CPU tensors, got {t_in.dtype} on {t_in.device}"
-            )
+            raise ValueError(f"backend 'numba' runs float32/float64 CPU tensors, got {t_in.dtype} on {t_in.device}")
         load_cpu_kernels()  # raises with the install hint when numba is missing
     return backend
 
@@ -88,9 +86,7 @@ class RelpspLinearFn(torch.autograd.Function):
             )
             g_in, g_w = torch.from_numpy(g_in_np), torch.from_numpy(g_w_np)
         else:
-            g_in, g_w = relpsp_linear_bwd_torch(
-                grad_out, t_in, weight, t_out, w_sum, ctx.w_sum_min, need_in, need_w
-            )
+            g_in, g_w = relpsp_linear_bwd_torch(grad_out, t_in, weight, t_out, w_sum, ctx.w_sum_min, need_in, need_w)
         return (g_in if need_in else None), (g_w if need_w else None), None, None, None, None
 
 

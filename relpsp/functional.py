@@ -96,7 +96,7 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
     """``[B, C, H, W]`` -> rows ``[B * L, C * kh * kw]`` of receptive fields; padding never spikes."""
     if padding != (0, 0):
         t_in = F.pad(t_in, (padding[1], padding[1], padding[0], padding[0]), value=math.inf)
-    b, c, h, w = t_in.shape
+    b, _c, h, w = t_in.shape
     if h < kernel[0] or w < kernel[1]:
         raise ValueError(f"kernel {kernel} is larger than the (padded) input {h}x{w}")
     h_out = (h - kernel[0]) // stride[0] + 1

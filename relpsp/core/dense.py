@@ -49,9 +49,7 @@ W_SUM_MIN = 1e-3
 _BLOCK_ELEMS = 1 << 23
 
 
-def _search_block(
-    t_sorted: Tensor, order: Tensor, weight_t: Tensor, theta: float, chunk: int
-) -> tuple[Tensor, Tensor]:
+def _search_block(t_sorted: Tensor, order: Tensor, weight_t: Tensor, theta: float, chunk: int) -> tuple[Tensor, Tensor]:
     """First valid prefix for a block of rows. ``t_sorted``/``order`` ``[R, n]`` (ascending, inf last),
     ``weight_t [N_in, N_out]``. Returns ``(t_out, w_sum)`` ``[R, N_out]`` before the t_max cut."""
     rows, n = t_sorted.shape
@@ -100,7 +98,7 @@ def relpsp_linear_fwd_torch(
     ``t_in [R, N_in]``, ``weight [N_out, N_in]`` -> ``(t_out, w_sum)`` both ``[R, N_out]``;
     ``w_sum`` is W_j of firing neurons and 0 elsewhere.
     """
-    rows, n_in = t_in.shape
+    rows, _n_in = t_in.shape
     n_out = weight.shape[0]
     t_sorted, order = t_in.sort(dim=1)
     n_active = int(torch.isfinite(t_sorted).sum(1).max()) if rows else 0
@@ -177,7 +175,7 @@ def relpsp_linear_ref(
     wherever W_j >= w_sum_min. Memory is O(R N_in N_out): use it for checks, not training.
     """
     with torch.no_grad():
-        rows, n_in = t_in.shape
+        _rows, _n_in = t_in.shape
         t_sorted, order = t_in.sort(dim=1)
         wg = weight.t()[order]  # [R, N_in, N_out]
         live = torch.isfinite(t_sorted).unsqueeze(-1)

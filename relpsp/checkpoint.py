@@ -1,0 +1,114 @@
+"""Checkpoint files that cannot execute code when loaded, written atomically, checked on load.
+
+A checkpoint is a zip archive holding ``meta.json`` (JSON: format tag, version, config, anything the
+caller adds, and the SHA-256 of every array) and one ``.npy`` file per array under ``arrays/``. Arrays
+are read with ``allow_pickle=False``, so loading never unpickles anything. Writing goes to a temporary
+file in the same folder, is flushed to disk, then renamed over the target: a crash at any moment leaves
+either the previous file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT", "CheckpointError", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "relpsp-checkpoint/1"
+_META = "meta.json"
+_PREFIX = "arrays/"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupted or not a relpsp checkpoint."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable where the platform allows it
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Save named NumPy arrays (numeric dtypes only) and JSON-serialisable ``meta`` atomically."""
+    buf = io.BytesIO()
+    digests = {}
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            a = np.asarray(arr)
+            if a.dtype.hasobject:
+                raise ValueError(f"array {name!r} has dtype object; only numeric arrays can be saved")
+            digests[name] = _sha256(a)
+            with zf.open(_PREFIX + name + ".npy", "w") as f:
+                np.lib.format.write_array(f, a, allow_pickle=False)
+        full = {**meta, "format": FORMAT, "sha256": digests}
+        zf.writestr(_META, json.dumps(full, indent=1, sort_keys=True, default=str))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load ``(arrays, meta)``; raise :class:`CheckpointError` saying what is wrong and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if _META not in names:
+                raise CheckpointError(f"{path} is not a relpsp checkpoint (no {_META} inside)")
+            meta = json.loads(zf.read(_META))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                got = meta.get("format") if isinstance(meta, dict) else None
+                raise CheckpointError(f"{path} has format {got!r}; this relpsp reads {FORMAT!r}")
+            digests = meta.get("sha256", {})
+            arrays = {}
+            for name, digest in digests.items():
+                entry = _PREFIX + name + ".npy"
+                if entry not in names:
+                    raise CheckpointError(f"{path} is missing array {name!r}: the file is damaged")
+                with zf.open(entry) as f:
+                    a = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+                if _sha256(a) != digest:
+                    raise CheckpointError(f"{path}: array {name!r} fails its SHA-256 check: the file is corrupted")
+                arrays[name] = a
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{path} is truncated, corrupted or not a relpsp checkpoint ({type(e).__name__}: {e}); "
+            "use an earlier checkpoint or retrain"
+        ) from e
+    return arrays, meta

@@ -1,0 +1,144 @@
+"""Typed configuration: frozen dataclasses, TOML experiment files, command-line overrides.
+
+A TOML file has sections ``[model]``, ``[data]`` and ``[train]`` whose keys are the fields below;
+flags override single fields. Every checkpoint and results file stores the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_toml",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: architecture string (``relpsp.arch``), input shape and neuron settings."""
+
+    arch: str = "784-800-10"
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    theta: float = 1.0
+    t_max: float = math.inf  # cut-off of every spiking layer; inf = none
+    t_in: float = 1.0  # input coding window: x -> t_in * (1 - x)
+    zero_fires: bool = False  # whether intensity 0 spikes (at t_in) or never
+    init_mean: float = 5.0  # weight mean = init_mean * theta / fan_in
+    init_std: float = 1.0  # weight std = init_std * theta / sqrt(fan_in)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    data_dir: str | None = None  # None: $RELPSP_DATA or ~/.cache/relpsp
+    val_size: int = 0  # samples held out of the training set for validation
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" | "constant"
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+    silent_margin: float = 1.0
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
+    eval_batch_size: int = 1000
+    threads: int = 0  # torch/numba threads; 0 = leave as is
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = f.default
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{cls.__name__}.{name} must be a list, got {value!r}")
+        return tuple(int(v) for v in value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{cls.__name__}.{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{cls.__name__}.{name} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, str) and value.lower() in ("inf", "infinity"):
+            return math.inf
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{cls.__name__}.{name} must be a number, got {value!r}")
+        return float(value)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{cls.__name__}.{name} must be a string, got {value!r}")
+    return value
+
+
+def config_from_dict(d: dict[str, Any], base: Config | None = None) -> Config:
+    """Apply ``{"model": {...}, "data": {...}, "train": {...}}`` on ``base`` (default: defaults)."""
+    base = base or Config()
+    parts = {}
+    for section, cls in _SECTIONS.items():
+        values = dict(d.get(section, {}) or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(known)}")
+        updates = {k: _coerce(cls, k, v) for k, v in values.items()}
+        parts[section] = dataclasses.replace(getattr(base, section), **updates)
+    extra = set(d) - set(_SECTIONS) - {"name", "description"}
+    if extra:
+        raise ValueError(f"unknown section(s) {sorted(extra)}; expected {sorted(_SECTIONS)}")
+    return Config(**parts)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """JSON-friendly dict (inf written as the string "inf")."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isinf(v):
+            return "inf"
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+
+    return {s: {k: clean(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()} for s in _SECTIONS}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {p} does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {p} is not valid TOML: {e}") from e

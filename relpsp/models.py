@@ -1,0 +1,103 @@
+"""Networks from the paper's architecture strings, e.g. ``"784-800-10"`` or
+``"16C5-P2-32C5-P2-800-128-10"`` (see ``relpsp.arch`` for the notation).
+
+``build_model`` returns a plain ``nn.Sequential`` whose module ``k`` implements spec ``k`` of
+``relpsp.arch.parse_arch``: it maps intensities in [0, 1] to output spike times ``[B, n_classes]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
+from relpsp.config import ModelConfig
+from relpsp.nn import (
+    DEFAULT_INIT_MEAN,
+    DEFAULT_INIT_STD,
+    LatencyEncode,
+    MinTimePool2d,
+    SpikingConv2d,
+    SpikingLinear,
+)
+
+__all__ = ["build_model", "layer_outputs", "load_model_arrays", "model_arrays", "model_from_config"]
+
+
+def build_model(
+    arch: str,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    theta: float = 1.0,
+    t_max: float = math.inf,
+    t_in: float = 1.0,
+    zero_fires: bool = False,
+    backend: str = "auto",
+    init_mean: float = DEFAULT_INIT_MEAN,
+    init_std: float = DEFAULT_INIT_STD,
+) -> nn.Sequential:
+    """Build the network for ``arch``. ``input_shape`` is ``(N,)`` or ``(C, H, W)``; for an MLP it may be
+    omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
+    spiking layer (inf = none)."""
+    kw = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
+    modules: list[nn.Module] = []
+    for spec in parse_arch(arch, input_shape):
+        if isinstance(spec, EncodeSpec):
+            modules.append(LatencyEncode(t_in, zero_fires))
+        elif isinstance(spec, FlattenSpec):
+            modules.append(nn.Flatten())
+        elif isinstance(spec, DenseSpec):
+            modules.append(SpikingLinear(spec.n_in, spec.n_out, **kw))
+        elif isinstance(spec, ConvSpec):
+            modules.append(
+                SpikingConv2d(spec.c_in, spec.c_out, spec.kernel, stride=spec.stride, padding=spec.padding, **kw)
+            )
+        elif isinstance(spec, PoolSpec):
+            modules.append(MinTimePool2d(spec.kernel))
+    return nn.Sequential(*modules)
+
+
+def layer_outputs(model: nn.Sequential, x: Tensor) -> list[Tensor]:
+    """Spike times after every module of ``model`` (the first is the encoded input)."""
+    outs = []
+    h = x
+    for m in model:
+        h = m(h)
+        outs.append(h)
+    return outs
+
+
+def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
+    return build_model(
+        cfg.arch,
+        cfg.input_shape,
+        theta=cfg.theta,
+        t_max=cfg.t_max,
+        t_in=cfg.t_in,
+        zero_fires=cfg.zero_fires,
+        backend=backend,
+        init_mean=cfg.init_mean,
+        init_std=cfg.init_std,
+    )
+
+
+def model_arrays(model: nn.Sequential) -> dict[str, np.ndarray]:
+    """Weights as float32 NumPy arrays named ``"model.{k}.weight"`` (the checkpoint layout)."""
+    return {f"model.{k}": v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+
+
+def load_model_arrays(model: nn.Sequential, arrays: dict[str, np.ndarray]) -> None:
+    """Copy ``"model.*"`` arrays into ``model``; raise ``ValueError`` on missing or mis-shaped ones."""
+    state = model.state_dict()
+    for k, v in state.items():
+        name = f"model.{k}"
+        if name not in arrays:
+            raise ValueError(f"checkpoint has no array {name!r} for this architecture")
+        a = arrays[name]
+        if tuple(a.shape) != tuple(v.shape):
+            raise ValueError(f"checkpoint array {name!r} has shape {a.shape}, the model needs {tuple(v.shape)}")
+        with torch.no_grad():
+            v.copy_(torch.from_numpy(np.asarray(a)))

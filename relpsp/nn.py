@@ -1,0 +1,143 @@
+"""Stateless modules over the functional API: they own parameters and call one function in forward.
+
+No hidden state and no reset: a plain ``nn.Sequential`` of these is a network. Inputs and outputs are
+spike-time tensors (``+inf`` = no spike), except :class:`LatencyEncode`, which takes intensities.
+Weights start from N(init_mean * theta / fan_in, (init_std * theta / sqrt(fan_in))^2): a positive mean
+so that most neurons fire at the start (zero-mean weights with theta = 1 leave many silent).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from relpsp._validate import check_finite_positive, check_positive_int, check_t_max
+from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
+
+__all__ = [
+    "DEFAULT_INIT_MEAN",
+    "DEFAULT_INIT_STD",
+    "LatencyEncode",
+    "MinTimePool2d",
+    "SpikingConv2d",
+    "SpikingLinear",
+]
+
+DEFAULT_INIT_MEAN = 5.0
+DEFAULT_INIT_STD = 1.0
+
+
+def _init_weight(weight: Tensor, fan_in: int, theta: float, init_mean: float, init_std: float) -> None:
+    with torch.no_grad():
+        weight.normal_(init_mean * theta / fan_in, init_std * theta / math.sqrt(fan_in))
+
+
+class LatencyEncode(nn.Module):
+    """Intensities in [0, 1] -> spike times ``t_max * (1 - x)``; see ``latency_encode``."""
+
+    def __init__(self, t_max: float = 1.0, zero_fires: bool = False) -> None:
+        super().__init__()
+        self.t_max = check_finite_positive("t_max", t_max)
+        self.zero_fires = bool(zero_fires)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return latency_encode(x, t_max=self.t_max, zero_fires=self.zero_fires)
+
+    def extra_repr(self) -> str:
+        return f"t_max={self.t_max}, zero_fires={self.zero_fires}"
+
+
+class SpikingLinear(nn.Module):
+    """Exact ReL-PSP dense layer: ``[B, in_features]`` -> ``[B, out_features]`` spike times."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        theta: float = 1.0,
+        t_max: float = math.inf,
+        backend: str = "auto",
+        init_mean: float = DEFAULT_INIT_MEAN,
+        init_std: float = DEFAULT_INIT_STD,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.theta = check_finite_positive("theta", theta)
+        self.t_max = check_t_max(t_max)
+        self.backend = backend
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        _init_weight(self.weight, in_features, self.theta, init_mean, init_std)
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        return relpsp_linear(t_in, self.weight, theta=self.theta, t_max=self.t_max, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, theta={self.theta}, t_max={self.t_max}"
+
+
+class SpikingConv2d(nn.Module):
+    """Exact ReL-PSP convolution: ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]`` spike times."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        theta: float = 1.0,
+        t_max: float = math.inf,
+        backend: str = "auto",
+        init_mean: float = DEFAULT_INIT_MEAN,
+        init_std: float = DEFAULT_INIT_STD,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.stride = check_positive_int("stride", stride)
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
+        self.padding = padding
+        self.theta = check_finite_positive("theta", theta)
+        self.t_max = check_t_max(t_max)
+        self.backend = backend
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        _init_weight(self.weight, in_channels * kernel_size**2, self.theta, init_mean, init_std)
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        return relpsp_conv2d(
+            t_in,
+            self.weight,
+            stride=self.stride,
+            padding=self.padding,
+            theta=self.theta,
+            t_max=self.t_max,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, theta={self.theta}, t_max={self.t_max}"
+        )
+
+
+class MinTimePool2d(nn.Module):
+    """Earliest spike of each window wins; see ``min_time_pool2d``."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None) -> None:
+        super().__init__()
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.stride = self.kernel_size if stride is None else check_positive_int("stride", stride)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return min_time_pool2d(t, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
