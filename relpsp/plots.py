@@ -1,0 +1,125 @@
+"""PNG figures of a training run (matplotlib, an optional extra, imported on use)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["plot_curves", "plot_output_histogram", "plot_raster", "plot_run"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("plots need matplotlib: pip install 'relpsp[cli]'") from e
+    return plt
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ep = [r["epoch"] for r in history]
+    ax1.plot(ep, [r["train_loss"] for r in history], label="train")
+    for split in ("val", "test"):
+        if history and f"{split}_loss" in history[0]:
+            ax1.plot(ep, [r[f"{split}_loss"] for r in history], label=split)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy of softmax(-t)")
+    ax1.legend()
+    ax2.plot(ep, [100 * r["train_accuracy"] for r in history], label="train")
+    for split in ("val", "test"):
+        if history and f"{split}_accuracy" in history[0]:
+            ax2.plot(ep, [100 * r[f"{split}_accuracy"] for r in history], label=split)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_output_histogram(t_out: torch.Tensor, y: torch.Tensor, path: Path) -> Path:
+    """Histogram of output spike times: the target neuron's against the others'."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    tgt = t_out.gather(1, y[:, None]).squeeze(1)
+    mask = torch.ones_like(t_out, dtype=torch.bool)
+    mask.scatter_(1, y[:, None], False)
+    other = t_out[mask]
+    finite = torch.cat([tgt[torch.isfinite(tgt)], other[torch.isfinite(other)]])
+    if finite.numel():
+        bins = torch.linspace(float(finite.min()), float(finite.max()) + 1e-6, 60).numpy()
+        ax.hist(tgt[torch.isfinite(tgt)].numpy(), bins=bins, alpha=0.7, label="target class")
+        ax.hist(other[torch.isfinite(other)].numpy(), bins=bins, alpha=0.5, label="other classes")
+    silent = float((~torch.isfinite(t_out)).float().mean())
+    ax.set_title(f"output spike times ({100 * silent:.1f}% of output neurons silent)")
+    ax.set_xlabel("spike time")
+    ax.set_ylabel("count")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_raster(layer_times: list[torch.Tensor], names: list[str], path: Path, title: str = "") -> Path:
+    """Spike raster of one sample: one row per neuron, stacked layer by layer, one colour per layer."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    offset = 0
+    for k, (t, name) in enumerate(zip(layer_times, names)):
+        flat = t.reshape(-1)
+        idx = torch.nonzero(torch.isfinite(flat)).squeeze(1)
+        ax.scatter(
+            flat[idx].numpy(),
+            (idx + offset).numpy(),
+            s=2,
+            color=f"C{k % 10}",
+            label=f"{name} ({len(idx)}/{flat.numel()})",
+        )
+        offset += flat.numel()
+    ax.set_xlabel("spike time")
+    ax.set_ylabel("neuron (layers stacked)")
+    ax.set_title(title)
+    ax.legend(markerscale=4, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | os.PathLike, sample: int = 0, data_dir: str | None = None) -> list[Path]:
+    """Write ``curves.png``, ``output_times.png`` and ``raster.png`` into ``run_dir``; return their paths."""
+    from relpsp.data import load_dataset
+    from relpsp.models import layer_outputs
+    from relpsp.train import CHECKPOINT_NAME, data_options, load_trained
+
+    run = Path(run_dir)
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics} not found: is {run} a folder written by `relpsp train`?")
+    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    paths = [plot_curves(history, run / "curves.png")]
+    model, cfg, _ = load_trained(run / CHECKPOINT_NAME)
+    x, y = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, **data_options(cfg))
+    n = min(len(y), 2000)
+    with torch.no_grad():
+        t_out = torch.cat([model(x[s : s + 500]) for s in range(0, n, 500)])
+        paths.append(plot_output_histogram(t_out, y[:n], run / "output_times.png"))
+        if not 0 <= sample < len(y):
+            raise ValueError(f"--sample must be in [0, {len(y) - 1}]")
+        outs = layer_outputs(model, x[sample : sample + 1])
+    keep = [(o[0], type(m).__name__) for o, m in zip(outs, model) if type(m).__name__ != "Flatten"]
+    names = [f"{k}:{n}" for k, (_, n) in enumerate(keep)]
+    pred = int(outs[-1][0].argmin()) if bool(torch.isfinite(outs[-1]).any()) else -1
+    title = f"{cfg.data.dataset} test sample {sample}: label {int(y[sample])}, decision {pred}"
+    paths.append(plot_raster([t for t, _ in keep], names, run / "raster.png", title))
+    return paths

@@ -1,0 +1,57 @@
+"""Event-driven float64 inference of ReL-PSP networks, written independently of the training code.
+
+It imports only NumPy, the standard library and ``relpsp.arch``/``relpsp.checkpoint``/``relpsp.config``/
+``relpsp.data`` (numba optionally, lazily), so that it is a second implementation against which the
+trained torch model can be checked. Neuron (Zhang et al., IEEE TNNLS 2021):
+``V_j(t) = sum_i w_ji * max(0, t - t_i)``, one spike at the first t with ``V_j(t) >= theta``.
+
+- ``network``: the simulator's layer list (``SimNetwork``), from a checkpoint or built by hand;
+- ``engine``: ``simulate`` (spike times, decisions, per-layer counts for ``relpsp.hw``);
+- ``quant``: fixed-point weights and the clocked time grid;
+- ``inputs``: datasets for the commands (``relpsp.data`` or an ``.npz`` file).
+"""
+
+from relpsp.sim.engine import (
+    BACKENDS,
+    SimOptions,
+    SimResult,
+    calibrate_time_window,
+    conv_reach,
+    fire_rows,
+    latency_encode_np,
+    resolve_time_window,
+    simulate,
+)
+from relpsp.sim.network import (
+    SimConv,
+    SimDense,
+    SimFlatten,
+    SimLayer,
+    SimNetwork,
+    SimPool,
+    network_from_arrays,
+    network_from_checkpoint,
+)
+from relpsp.sim.quant import TimeGrid, quantize_weight
+
+__all__ = [
+    "BACKENDS",
+    "SimConv",
+    "SimDense",
+    "SimFlatten",
+    "SimLayer",
+    "SimNetwork",
+    "SimOptions",
+    "SimPool",
+    "SimResult",
+    "TimeGrid",
+    "calibrate_time_window",
+    "conv_reach",
+    "fire_rows",
+    "latency_encode_np",
+    "network_from_arrays",
+    "network_from_checkpoint",
+    "quantize_weight",
+    "resolve_time_window",
+    "simulate",
+]

@@ -1,0 +1,480 @@
+"""Event-driven float64 simulation of ReL-PSP networks, independent of the training code.
+
+Model (Zhang et al., IEEE TNNLS 2021, arXiv:2003.11837): neuron j of a spiking layer has
+
+    V_j(t) = sum_i w_ji * max(0, t - t_i)
+
+and fires once, at the first t with V_j(t) >= theta; a spike later than the cut-off is dropped.
+
+How it runs. Layer by layer; for every neuron the input events (spikes of the previous layer that reach
+it) are taken in time order, t_(1) <= t_(2) <= ... Between two events the potential is linear with slope
+S = the summed weights of the inputs seen so far, so
+
+    V(t_(k)) = V(t_(k-1)) + S_(k-1) * (t_(k) - t_(k-1)),     S_(k) = S_(k-1) + w_(k),
+
+and a neuron whose potential reaches theta inside [t_(k-1), t_(k)] fires at
+t_(k-1) + (theta - V(t_(k-1))) / S_(k-1); after the last event it fires if S > 0. Only the first crossing
+counts (negative weights can make V fall and cross again later). This is the discrete-time description
+of model.md section 5 in continuous time; with a time grid (``time_bits``) every spike is rounded up to
+the next tick, which is exactly when a clocked IF neuron (``V[n+1] = V[n] + S[n]``) first sees V >= theta
+(see ``relpsp.sim.quant``).
+
+Vectorisation: a *row* is one set of neurons that share their input events: one image for a dense layer,
+one (image, output position) receptive field for a convolution (padded positions never spike). Rows are
+sorted once; the plain-NumPy path walks the sorted events of a block of rows in chunks, carrying
+``(V, S, t_prev)`` from chunk to chunk, and drops rows whose neurons have all fired, whose events are
+exhausted, or whose next event lies beyond the cut-off. The optional numba path (``backend="numba"``,
+lazy import) runs the same loop per row with an early exit; both give the same spike times up to
+float64 rounding.
+
+Counts for the cost model (per image, per layer; ``relpsp.hw``): spikes arriving at the layer, spikes it
+emits, synaptic events (each arriving spike times its fan-out: ``N_out`` for a dense layer,
+``C_out`` times the number of output positions whose receptive field holds the spike for a convolution)
+and, on a time grid, clocked neuron updates: a neuron is updated once per tick from the tick of its
+first input event until it fires (or until the cut-off or the end of the window if it never does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from relpsp.sim.network import SimConv, SimDense, SimFlatten, SimNetwork, SimPool
+from relpsp.sim.quant import TICK_TOLERANCE, TimeGrid, quantize_weight
+
+__all__ = [
+    "BACKENDS",
+    "SimOptions",
+    "SimResult",
+    "calibrate_time_window",
+    "conv_reach",
+    "fire_rows",
+    "latency_encode_np",
+    "resolve_time_window",
+    "simulate",
+]
+
+BACKENDS = ("auto", "numpy", "numba")
+
+# Elements of one [rows, events, neurons] block in the NumPy path (float64: 16 MB).
+_BLOCK_ELEMS = 1 << 21
+_CHUNK_EVENTS = 32
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """How to run: ``weight_bits`` (None = float64 weights), ``time_bits`` (None = continuous time),
+    ``t_cutoff`` (a global cut-off on every spike, input included, on top of each layer's ``t_max``),
+    ``time_window`` (T of the time grid; None = derived, see ``resolve_time_window``), ``backend``
+    (``"auto"``: numba when installed, else ``"numpy"``) and ``batch_size`` (images per step)."""
+
+    weight_bits: int | None = None
+    time_bits: int | None = None
+    t_cutoff: float = math.inf
+    time_window: float | None = None
+    backend: str = "auto"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.weight_bits is not None:
+            quantize_weight(np.zeros(1), self.weight_bits)  # validates
+        if self.time_bits is not None:
+            TimeGrid(1.0, self.time_bits)  # validates
+        if math.isnan(self.t_cutoff) or self.t_cutoff <= 0:
+            raise ValueError(f"t_cutoff must be > 0 (or inf for none), got {self.t_cutoff!r}")
+        if self.time_window is not None and not (math.isfinite(self.time_window) and self.time_window > 0):
+            raise ValueError(f"time_window must be a finite positive number, got {self.time_window!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+@dataclass
+class SimResult:
+    """Per-image results of ``simulate`` (B images, L layers plus the input at index 0).
+
+    ``t_out [B, K]`` output spike times; ``decision [B]`` the class of the earliest output spike (ties to
+    the lowest index; -1 = no output spike); ``t_decision [B]`` its time (inf = none). Counts ``[B, L+1]``
+    (int64), columns named by ``layer_names``: ``spikes_in``, ``spikes_out``, ``syn_events``,
+    ``neuron_updates`` (None without a time grid). ``t_last [B]``: the latest finite spike time of any
+    layer (0 if none). ``layer_times``: spike times after every layer when ``record_layers``.
+    """
+
+    t_out: np.ndarray
+    decision: np.ndarray
+    t_decision: np.ndarray
+    layer_names: tuple[str, ...]
+    n_neurons: tuple[int, ...]
+    spikes_in: np.ndarray
+    spikes_out: np.ndarray
+    syn_events: np.ndarray
+    neuron_updates: np.ndarray | None
+    t_last: np.ndarray
+    options: SimOptions
+    grid: TimeGrid | None = None
+    layer_times: list[np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def n_images(self) -> int:
+        return int(self.t_out.shape[0])
+
+    def accuracy(self, labels: Any) -> float:
+        """Fraction of images whose decision equals the label (no decision counts as wrong)."""
+        y = np.asarray(labels).reshape(-1)
+        if y.shape[0] != self.n_images:
+            raise ValueError(f"labels has {y.shape[0]} entries for {self.n_images} images")
+        return float((self.decision == y).mean()) if self.n_images else math.nan
+
+    def no_decision_rate(self) -> float:
+        return float((self.decision < 0).mean()) if self.n_images else math.nan
+
+
+def latency_encode_np(x: np.ndarray, t_in: float, zero_fires: bool) -> np.ndarray:
+    """Intensities in [0, 1] -> spike times ``t_in * (1 - x)``; ``x = 0`` never fires unless ``zero_fires``."""
+    x = np.asarray(x, dtype=np.float64)
+    t = t_in * (1.0 - x)
+    if not zero_fires:
+        t = np.where(x > 0, t, np.inf)
+    return t
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    has_numba = importlib.util.find_spec("numba") is not None
+    if backend == "auto":
+        return "numba" if has_numba else "numpy"
+    if backend == "numba" and not has_numba:
+        raise RuntimeError("the 'numba' simulator backend needs numba: pip install numba (or use backend='numpy')")
+    return backend
+
+
+def _sort_rows(t_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows with at least one event, their events in time order: ``(rows, t_sorted, order, n_ev)``."""
+    n_ev_all = np.isfinite(t_rows).sum(1)
+    rows = np.flatnonzero(n_ev_all)
+    sub = t_rows[rows]
+    order = np.argsort(sub, axis=1, kind="stable")
+    n_max = int(n_ev_all.max()) if rows.size else 0
+    order = np.ascontiguousarray(order[:, :n_max])
+    t_sorted = np.ascontiguousarray(np.take_along_axis(sub, order, 1))
+    return rows, t_sorted, order, n_ev_all[rows]
+
+
+def _fire_sorted_numpy(
+    t_sorted: np.ndarray, order: np.ndarray, n_ev: np.ndarray, weight_t: np.ndarray, theta: float, t_cut: float
+) -> np.ndarray:
+    """Exact (uncut) firing times ``[R, N]`` of rows whose events are sorted; see the module docstring."""
+    n_rows, n_max = t_sorted.shape
+    n_out = weight_t.shape[1]
+    result = np.full((n_rows, n_out), np.inf)
+    # Longest rows first, so that a block holds rows of similar length and little padding.
+    by_len = np.argsort(-n_ev, kind="stable")
+    chunk = max(1, min(n_max, _CHUNK_EVENTS))
+    block = max(1, _BLOCK_ELEMS // (chunk * max(n_out, 1)))
+    for b0 in range(0, n_rows, block):
+        idx = by_len[b0 : b0 + block]
+        ts, od, ne = t_sorted[idx], order[idx], n_ev[idx]
+        nb = int(ne.max())
+        v = np.zeros((idx.size, n_out))
+        s = np.zeros((idx.size, n_out))
+        t_prev = ts[:, 0].copy()
+        t_fire = np.full((idx.size, n_out), np.inf)
+        done = np.zeros((idx.size, n_out), dtype=bool)
+        live = np.arange(idx.size)
+        k0 = 0
+        while live.size:
+            if k0 < nb:
+                keep = (ne[live] > k0) & (ts[live, k0] <= t_cut) & ~done[live].all(1)
+            else:
+                keep = np.zeros(live.size, dtype=bool)
+            gone = live[~keep]
+            if gone.size:
+                # After the last processed event: fire if the slope is positive and the crossing comes
+                # before the next (unprocessed) event, if any.
+                t_next = ts[gone, k0] if k0 < nb else np.full(gone.size, np.inf)
+                sg, vg = s[gone], v[gone]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cand = t_prev[gone, None] + (theta - vg) / sg
+                ok = ~done[gone] & (sg > 0) & (cand <= t_next[:, None])
+                t_fire[gone] = np.where(ok, cand, t_fire[gone])
+                done[gone] |= ok
+            live = live[keep]
+            if live.size == 0:
+                break
+            k1 = min(k0 + chunk, nb)
+            k_start, k0 = k0, k1
+            # Event axis first ([c, l, N]): cumulative sums then run over contiguous slabs.
+            t_ev = ts[live, k_start:k1].T  # [c, l]
+            valid = np.isfinite(t_ev)
+            t_before = np.concatenate([t_prev[None, live], t_ev[:-1]], axis=0)
+            with np.errstate(invalid="ignore"):
+                d_t = np.where(valid, t_ev - t_before, 0.0)
+            g = weight_t[od[live, k_start:k1].T]  # [c, l, N]
+            g *= valid[:, :, None]
+            s_after = np.cumsum(g, axis=0)
+            s_after += s[None, live]
+            s_before = np.subtract(s_after, g, out=g)
+            v_at = s_before * d_t[:, :, None]
+            np.cumsum(v_at, axis=0, out=v_at)
+            v_at += v[None, live]
+            cross = v_at >= theta
+            cross &= ~done[None, live]
+            hit = cross.any(0)
+            if hit.any():
+                first = cross.argmax(0)  # [l, N]
+                prev = np.maximum(first - 1, 0)[None]
+                v_prev = np.where(first > 0, np.take_along_axis(v_at, prev, 0)[0], v[live])
+                s_int = np.take_along_axis(s_before, first[None], 0)[0]
+                t0 = t_before[first, np.arange(live.size)[:, None]]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cand = t0 + (theta - v_prev) / s_int
+                t_fire[live] = np.where(hit, cand, t_fire[live])
+                done[live] |= hit
+            v[live] = v_at[-1]
+            s[live] = s_after[-1]
+            t_prev[live] = np.where(valid, t_ev, -np.inf).max(0)
+        result[idx] = t_fire
+    return result
+
+
+def fire_rows(
+    t_rows: np.ndarray, weight: np.ndarray, theta: float, t_cut: float = math.inf, backend: str = "auto"
+) -> np.ndarray:
+    """ReL-PSP neurons on rows of shared inputs: ``t_rows [R, K]`` (inf = no spike), ``weight [N, K]``
+    -> first spike times ``[R, N]`` (float64), spikes later than ``t_cut`` dropped."""
+    t_rows = np.asarray(t_rows, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if t_rows.ndim != 2 or weight.ndim != 2 or weight.shape[1] != t_rows.shape[1]:
+        raise ValueError(f"t_rows [R, K] and weight [N, K] do not match: {t_rows.shape} and {weight.shape}")
+    out = np.full((t_rows.shape[0], weight.shape[0]), np.inf)
+    rows, t_sorted, order, n_ev = _sort_rows(t_rows)
+    if rows.size == 0 or weight.shape[0] == 0:
+        return out
+    weight_t = np.ascontiguousarray(weight.T)
+    if _resolve_backend(backend) == "numba":
+        from relpsp.sim._numba import fire_rows_sorted
+
+        sub = np.full((rows.size, weight.shape[0]), np.inf)
+        fire_rows_sorted(t_sorted, order, n_ev.astype(np.int64), weight_t, float(theta), float(t_cut), sub)
+    else:
+        sub = _fire_sorted_numpy(t_sorted, order, n_ev, weight_t, float(theta), float(t_cut))
+    out[rows] = np.where(sub <= t_cut, sub, np.inf)
+    return out
+
+
+def _conv_rows(t: np.ndarray, kernel: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
+    """``[B, C, H, W]`` -> receptive fields ``[B * H_out * W_out, C * k * k]`` (padding never spikes)."""
+    if padding:
+        t = np.pad(t, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=np.inf)
+    win = sliding_window_view(t, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    b, c, h_out, w_out = win.shape[:4]
+    rows = win.transpose(0, 2, 3, 1, 4, 5).reshape(b * h_out * w_out, c * kernel * kernel)
+    return rows, h_out, w_out
+
+
+def conv_reach(in_hw: tuple[int, int], kernel: int, stride: int, padding: int) -> np.ndarray:
+    """``[H, W]``: how many output positions of the convolution see each input position."""
+    counts = []
+    for n in in_hw:
+        n_out = (n + 2 * padding - kernel) // stride + 1
+        starts = np.arange(n_out) * stride - padding
+        pos = np.arange(n)[:, None]
+        counts.append(((pos >= starts) & (pos < starts + kernel)).sum(1))
+    return np.outer(counts[0], counts[1]).astype(np.int64)
+
+
+def _pool(t: np.ndarray, kernel: int, stride: int) -> np.ndarray:
+    win = sliding_window_view(t, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    return win.min(axis=(4, 5))
+
+
+def resolve_time_window(net: SimNetwork, options: SimOptions) -> float | None:
+    """T of the time grid: ``time_window``; else a finite ``t_cutoff``; else ``max(t_in, t_max)`` when
+    every spiking layer has a finite ``t_max``; else None (the caller must calibrate or give one)."""
+    if options.time_window is not None:
+        return float(options.time_window)
+    if math.isfinite(options.t_cutoff):
+        return float(options.t_cutoff)
+    t_maxes = [net.layers[i].t_max for i in net.spiking_layers()]
+    if all(math.isfinite(t) for t in t_maxes):
+        return float(max([net.t_in, *t_maxes]))
+    return None
+
+
+def _check_inputs(net: SimNetwork, x: Any) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 0:
+        raise ValueError("x must be a batch of images [B, ...], got a scalar")
+    shape = net.input_shape
+    if tuple(x.shape[1:]) != shape:
+        if math.prod(x.shape[1:]) != math.prod(shape):
+            raise ValueError(f"x has images of shape {tuple(x.shape[1:])}, the network needs {shape}")
+        x = x.reshape((x.shape[0], *shape))
+    if x.size and not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError("x must hold intensities in [0, 1] (no NaN); normalise the data first")
+    return x
+
+
+def _effective_weights(net: SimNetwork, weight_bits: int | None) -> list[np.ndarray | None]:
+    out: list[np.ndarray | None] = []
+    for layer in net.layers:
+        if isinstance(layer, (SimDense, SimConv)):
+            w = layer.weight if weight_bits is None else quantize_weight(layer.weight, weight_bits)[0]
+            out.append(w)
+        else:
+            out.append(None)
+    return out
+
+
+def _run_batch(
+    net: SimNetwork,
+    x: np.ndarray,
+    weights: list[np.ndarray | None],
+    options: SimOptions,
+    grid: TimeGrid | None,
+    backend: str,
+    record_layers: bool,
+) -> dict[str, Any]:
+    b = x.shape[0]
+    n_cols = len(net.layers) + 1
+    spikes_in = np.zeros((b, n_cols), dtype=np.int64)
+    spikes_out = np.zeros((b, n_cols), dtype=np.int64)
+    syn = np.zeros((b, n_cols), dtype=np.int64)
+    upd = np.zeros((b, n_cols), dtype=np.int64) if grid is not None else None
+    t = latency_encode_np(x, net.t_in, net.zero_fires)
+    cut_in = options.t_cutoff
+    if grid is not None:
+        t = grid.quantize(t)
+        cut_in = min(cut_in, grid.window)
+    t = np.where(t <= cut_in * (1 + 1e-12), t, np.inf)
+    spikes_out[:, 0] = np.isfinite(t).reshape(b, -1).sum(1)
+    t_last = np.where(np.isfinite(t), t, 0.0).reshape(b, -1).max(1) if t.size else np.zeros(b)
+    times = [t] if record_layers else None
+    for i, layer in enumerate(net.layers, start=1):
+        fired_in = np.isfinite(t)
+        spikes_in[:, i] = fired_in.reshape(b, -1).sum(1)
+        if isinstance(layer, SimFlatten):
+            t = t.reshape(b, -1)
+        elif isinstance(layer, SimPool):
+            t = _pool(t, layer.kernel, layer.stride)
+        else:
+            w = weights[i - 1]
+            assert w is not None
+            t_cut = min(layer.t_max, options.t_cutoff)
+            if grid is not None:
+                t_cut = min(t_cut, grid.window)
+            if isinstance(layer, SimDense):
+                rows = t
+                syn[:, i] = spikes_in[:, i] * w.shape[0]
+                t_rows = fire_rows(rows, w, layer.theta, t_cut, backend)
+                t_new = t_rows
+            else:
+                k, c_out = layer.kernel, w.shape[0]
+                reach = conv_reach(t.shape[2:], k, layer.stride, layer.padding)
+                syn[:, i] = (fired_in * reach).reshape(b, -1).sum(1) * c_out
+                rows, h_out, w_out = _conv_rows(t, k, layer.stride, layer.padding)
+                t_rows = fire_rows(rows, w.reshape(c_out, -1), layer.theta, t_cut, backend)
+                t_new = t_rows.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
+            if grid is not None:
+                t_rows = grid.quantize(t_rows)
+                t_rows = np.where(t_rows <= t_cut * (1 + 1e-12), t_rows, np.inf)
+                if isinstance(layer, SimDense):
+                    t_new = t_rows
+                else:
+                    t_new = t_rows.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
+                assert upd is not None
+                # Clocked updates: from the tick of the first input event to the firing tick (or to the
+                # last tick the cut-off allows, for a neuron that never fires).
+                first_tick = grid.ticks(rows.min(1)) if rows.shape[1] else np.full(rows.shape[0], np.inf)
+                end_tick = float(min(grid.n_ticks, math.floor(t_cut / grid.dt + TICK_TOLERANCE)))
+                fire_tick = np.minimum(grid.ticks(t_rows), end_tick)
+                has_input = np.isfinite(first_tick)
+                per_row = np.where(
+                    has_input[:, None], np.maximum(fire_tick - np.where(has_input, first_tick, 0)[:, None], 0), 0
+                ).sum(1)
+                upd[:, i] = per_row.reshape(b, -1).sum(1).astype(np.int64)
+            t = t_new
+        spikes_out[:, i] = np.isfinite(t).reshape(b, -1).sum(1)
+        if t.size:
+            t_last = np.maximum(t_last, np.where(np.isfinite(t), t, 0.0).reshape(b, -1).max(1))
+        if times is not None:
+            times.append(t)
+    return {
+        "t_out": t,
+        "spikes_in": spikes_in,
+        "spikes_out": spikes_out,
+        "syn_events": syn,
+        "neuron_updates": upd,
+        "t_last": t_last,
+        "layer_times": times,
+    }
+
+
+def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, record_layers: bool = False) -> SimResult:
+    """Run intensities ``x [B, *net.input_shape]`` (values in [0, 1]; a matching number of values per
+    image is reshaped) through ``net`` event by event. See the module docstring and ``SimResult``.
+
+    With ``options.time_bits`` the window T must be known (``resolve_time_window``); otherwise a
+    ``ValueError`` asks for ``time_window``/``t_cutoff`` or a calibration (``calibrate_time_window``).
+    """
+    options = options or SimOptions()
+    x = _check_inputs(net, x)
+    backend = _resolve_backend(options.backend)
+    grid = None
+    if options.time_bits is not None:
+        window = resolve_time_window(net, options)
+        if window is None:
+            raise ValueError(
+                "time_bits needs a finite time window: pass time_window or t_cutoff, or measure one with "
+                "calibrate_time_window (the network has no finite t_max)"
+            )
+        grid = TimeGrid(window, options.time_bits)
+    weights = _effective_weights(net, options.weight_bits)
+    parts = [
+        _run_batch(net, x[i : i + options.batch_size], weights, options, grid, backend, record_layers)
+        for i in range(0, x.shape[0], options.batch_size)
+    ]
+    if not parts:
+        parts = [_run_batch(net, x[:0], weights, options, grid, backend, record_layers)]
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts], axis=0)
+
+    t_out = cat("t_out")
+    fired = np.isfinite(t_out).any(1)
+    decision = np.where(fired, t_out.argmin(1) if t_out.shape[0] else 0, -1).astype(np.int64)
+    t_decision = t_out.min(1) if t_out.shape[0] else np.zeros(0)
+    layer_times = None
+    if record_layers:
+        layer_times = [np.concatenate([p["layer_times"][j] for p in parts], axis=0) for j in range(len(net.layers) + 1)]
+    return SimResult(
+        t_out=t_out,
+        decision=decision,
+        t_decision=t_decision,
+        layer_names=net.names,
+        n_neurons=tuple(math.prod(s) for s in net.shapes),
+        spikes_in=cat("spikes_in"),
+        spikes_out=cat("spikes_out"),
+        syn_events=cat("syn_events"),
+        neuron_updates=cat("neuron_updates") if grid is not None else None,
+        t_last=cat("t_last"),
+        options=options,
+        grid=grid,
+        layer_times=layer_times,
+    )
+
+
+def calibrate_time_window(net: SimNetwork, x: Any, options: SimOptions | None = None, margin: float = 1.0) -> float:
+    """The latest finite spike time (any layer, input included) of a continuous-time run of ``x`` (with
+    the weight quantisation and cut-offs of ``options``), times ``margin``; at least ``net.t_in``."""
+    options = replace(options or SimOptions(), time_bits=None, time_window=None)
+    res = simulate(net, x, options)
+    t_last = float(res.t_last.max()) if res.n_images else 0.0
+    return max(net.t_in, t_last) * float(margin)

@@ -1,0 +1,263 @@
+"""The simulator's own description of a network: a tuple of layers with float64 NumPy weights.
+
+Written independently of the training code (no torch): a checkpoint is read with ``relpsp.checkpoint``
+and its architecture string with ``relpsp.arch``, and a NIR graph is read by ``relpsp.export.nir``.
+Every spiking layer holds the ReL-PSP neuron of Zhang et al. (IEEE TNNLS 2021, arXiv:2003.11837):
+
+    V_j(t) = sum_i w_ji * max(0, t - t_i),   t_j = first t with V_j(t) >= theta,
+
+one spike per neuron (``+inf`` = no spike), and a spike later than the layer's ``t_max`` is dropped.
+The input is latency coded: an intensity ``x`` in [0, 1] spikes at ``t_in * (1 - x)``; ``x = 0`` spikes
+at ``t_in`` when ``zero_fires`` and never otherwise.
+
+Shapes: a layer maps one image's spike times ``(C, H, W)`` or ``(N,)`` to the next; weights are
+``[N_out, N_in]`` (dense) and ``[C_out, C_in, k, k]`` (conv), as in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
+from relpsp.checkpoint import load_checkpoint
+
+__all__ = [
+    "SimConv",
+    "SimDense",
+    "SimFlatten",
+    "SimLayer",
+    "SimNetwork",
+    "SimPool",
+    "network_from_arrays",
+    "network_from_checkpoint",
+]
+
+
+def _check_theta_t_max(theta: float, t_max: float) -> None:
+    if not (math.isfinite(theta) and theta > 0):
+        raise ValueError(f"theta must be a finite positive number, got {theta!r}")
+    if math.isnan(t_max) or t_max <= 0:
+        raise ValueError(f"t_max must be > 0 (or inf for no cut-off), got {t_max!r}")
+
+
+def _as_weight(weight: Any, ndim: int, what: str) -> np.ndarray:
+    w = np.ascontiguousarray(np.asarray(weight, dtype=np.float64))
+    if w.ndim != ndim:
+        raise ValueError(f"{what} weight must have {ndim} dimensions, got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{what} weight holds NaN or infinite values")
+    return w
+
+
+@dataclass(frozen=True, eq=False)
+class SimDense:
+    """Dense ReL-PSP layer: ``weight [N_out, N_in]``."""
+
+    weight: np.ndarray
+    theta: float = 1.0
+    t_max: float = math.inf
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _as_weight(self.weight, 2, "dense"))
+        object.__setattr__(self, "theta", float(self.theta))
+        object.__setattr__(self, "t_max", float(self.t_max))
+        _check_theta_t_max(self.theta, self.t_max)
+
+
+@dataclass(frozen=True, eq=False)
+class SimConv:
+    """ReL-PSP convolution: ``weight [C_out, C_in, k, k]``; padded positions never spike."""
+
+    weight: np.ndarray
+    stride: int = 1
+    padding: int = 0
+    theta: float = 1.0
+    t_max: float = math.inf
+
+    def __post_init__(self) -> None:
+        w = _as_weight(self.weight, 4, "conv")
+        if w.shape[2] != w.shape[3]:
+            raise ValueError(f"conv weight must have a square kernel, got shape {w.shape}")
+        object.__setattr__(self, "weight", w)
+        if isinstance(self.stride, bool) or int(self.stride) != self.stride or self.stride < 1:
+            raise ValueError(f"conv stride must be an integer >= 1, got {self.stride!r}")
+        if isinstance(self.padding, bool) or int(self.padding) != self.padding or self.padding < 0:
+            raise ValueError(f"conv padding must be an integer >= 0, got {self.padding!r}")
+        object.__setattr__(self, "stride", int(self.stride))
+        object.__setattr__(self, "padding", int(self.padding))
+        object.__setattr__(self, "theta", float(self.theta))
+        object.__setattr__(self, "t_max", float(self.t_max))
+        _check_theta_t_max(self.theta, self.t_max)
+
+    @property
+    def kernel(self) -> int:
+        return int(self.weight.shape[2])
+
+
+@dataclass(frozen=True)
+class SimPool:
+    """Min-time pooling (max-pooling of activity): the earliest spike of each window; no neurons."""
+
+    kernel: int
+    stride: int | None = None  # None: equal to kernel
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kernel, bool) or int(self.kernel) != self.kernel or self.kernel < 1:
+            raise ValueError(f"pool kernel must be an integer >= 1, got {self.kernel!r}")
+        s = self.kernel if self.stride is None else self.stride
+        if isinstance(s, bool) or int(s) != s or s < 1:
+            raise ValueError(f"pool stride must be an integer >= 1, got {self.stride!r}")
+        object.__setattr__(self, "kernel", int(self.kernel))
+        object.__setattr__(self, "stride", int(s))
+
+
+@dataclass(frozen=True)
+class SimFlatten:
+    """``(C, H, W)`` -> ``(C * H * W,)`` in row-major order (as ``torch.flatten``)."""
+
+
+SimLayer = SimDense | SimConv | SimPool | SimFlatten
+
+
+def _out_shape(layer: SimLayer, shape: tuple[int, ...], index: int) -> tuple[int, ...]:
+    where = f"layer {index} ({type(layer).__name__})"
+    if isinstance(layer, SimDense):
+        if len(shape) != 1 or shape[0] != layer.weight.shape[1]:
+            raise ValueError(
+                f"{where}: weight {layer.weight.shape} needs a flat input of {layer.weight.shape[1]}, got {shape}"
+            )
+        return (layer.weight.shape[0],)
+    if isinstance(layer, SimConv):
+        if len(shape) != 3 or shape[0] != layer.weight.shape[1]:
+            raise ValueError(
+                f"{where}: weight {layer.weight.shape} needs a (C={layer.weight.shape[1]}, H, W) input, got {shape}"
+            )
+        h, w = shape[1] + 2 * layer.padding, shape[2] + 2 * layer.padding
+        k = layer.kernel
+        if h < k or w < k:
+            raise ValueError(f"{where}: kernel {k} is larger than the padded input {h}x{w}")
+        return (layer.weight.shape[0], (h - k) // layer.stride + 1, (w - k) // layer.stride + 1)
+    if isinstance(layer, SimPool):
+        if len(shape) != 3 or shape[1] < layer.kernel or shape[2] < layer.kernel:
+            raise ValueError(f"{where}: kernel {layer.kernel} does not fit the input {shape}")
+        s = layer.stride
+        return (shape[0], (shape[1] - layer.kernel) // s + 1, (shape[2] - layer.kernel) // s + 1)
+    if isinstance(layer, SimFlatten):
+        return (math.prod(shape),)
+    raise ValueError(f"{where}: unknown layer type {type(layer).__name__}")
+
+
+@dataclass(frozen=True, eq=False)
+class SimNetwork:
+    """A feed-forward ReL-PSP network as the simulator sees it.
+
+    ``input_shape``: ``(N,)`` or ``(C, H, W)`` of the intensities; ``t_in``: coding window;
+    ``zero_fires``: whether intensity 0 spikes (at ``t_in``). ``shapes[i]`` is the spike-time shape after
+    layer ``i - 1`` (``shapes[0]`` the encoded input). ``names`` label ``["input", *layers]``.
+    """
+
+    layers: tuple[SimLayer, ...]
+    input_shape: tuple[int, ...]
+    t_in: float = 1.0
+    zero_fires: bool = False
+    arch: str = ""
+    shapes: tuple[tuple[int, ...], ...] = field(init=False)
+    names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        if not layers:
+            raise ValueError("a network needs at least one layer")
+        shape = tuple(int(d) for d in self.input_shape)
+        if len(shape) not in (1, 3) or any(d < 1 for d in shape):
+            raise ValueError(f"input_shape must be (N,) or (C, H, W) with positive sizes, got {self.input_shape}")
+        if not (math.isfinite(self.t_in) and self.t_in > 0):
+            raise ValueError(f"t_in must be a finite positive number, got {self.t_in!r}")
+        shapes = [shape]
+        for i, layer in enumerate(layers):
+            shape = _out_shape(layer, shape, i)
+            shapes.append(shape)
+        if len(shape) != 1 or not isinstance(layers[-1], SimDense):
+            raise ValueError(f"the last layer must be dense (the output neurons), got {type(layers[-1]).__name__}")
+        counters: dict[str, int] = {}
+        names = ["input"]
+        for layer in layers:
+            base = {SimDense: "dense", SimConv: "conv", SimPool: "pool", SimFlatten: "flatten"}[type(layer)]
+            counters[base] = counters.get(base, 0) + 1
+            names.append(f"{base}{counters[base]}")
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "input_shape", shapes[0])
+        object.__setattr__(self, "t_in", float(self.t_in))
+        object.__setattr__(self, "zero_fires", bool(self.zero_fires))
+        object.__setattr__(self, "shapes", tuple(shapes))
+        object.__setattr__(self, "names", tuple(names))
+
+    @property
+    def n_classes(self) -> int:
+        return self.shapes[-1][0]
+
+    def spiking_layers(self) -> list[int]:
+        """Indices (into ``layers``) of the layers with neurons (dense and conv)."""
+        return [i for i, layer in enumerate(self.layers) if isinstance(layer, (SimDense, SimConv))]
+
+
+def _model_value(model: dict[str, Any], key: str, default: Any) -> Any:
+    v = model.get(key, default)
+    if isinstance(v, str) and v.lower() in ("inf", "infinity"):
+        return math.inf
+    return v
+
+
+def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) -> SimNetwork:
+    """Build from checkpoint arrays (``"model.{k}.weight"``) and the ``[model]`` config section (a dict
+    with ``arch``, ``input_shape``, ``theta``, ``t_max``, ``t_in``, ``zero_fires``)."""
+    if "arch" not in model:
+        raise ValueError("the model config has no 'arch'")
+    arch = str(model["arch"])
+    shape = model.get("input_shape")
+    input_shape = tuple(int(d) for d in shape) if shape is not None else None
+    theta = float(_model_value(model, "theta", 1.0))
+    t_max = float(_model_value(model, "t_max", math.inf))
+    t_in = float(_model_value(model, "t_in", 1.0))
+    zero_fires = bool(model.get("zero_fires", False))
+    specs = parse_arch(arch, input_shape)
+    layers: list[SimLayer] = []
+    enc_shape: tuple[int, ...] = ()
+    for k, spec in enumerate(specs):
+        if isinstance(spec, EncodeSpec):
+            enc_shape = spec.shape
+            continue
+        if isinstance(spec, FlattenSpec):
+            layers.append(SimFlatten())
+        elif isinstance(spec, PoolSpec):
+            layers.append(SimPool(spec.kernel))
+        else:
+            name = f"model.{k}.weight"
+            if name not in arrays:
+                raise ValueError(f"checkpoint has no array {name!r} for architecture {arch!r}")
+            w = np.asarray(arrays[name])
+            if isinstance(spec, DenseSpec):
+                if w.shape != (spec.n_out, spec.n_in):
+                    raise ValueError(f"{name} has shape {w.shape}, {arch!r} needs {(spec.n_out, spec.n_in)}")
+                layers.append(SimDense(w, theta=theta, t_max=t_max))
+            elif isinstance(spec, ConvSpec):
+                want = (spec.c_out, spec.c_in, spec.kernel, spec.kernel)
+                if w.shape != want:
+                    raise ValueError(f"{name} has shape {w.shape}, {arch!r} needs {want}")
+                layers.append(SimConv(w, stride=spec.stride, padding=spec.padding, theta=theta, t_max=t_max))
+    # A flat MLP input may be given as (1, 28, 28) in the config; the simulator flattens it itself.
+    return SimNetwork(tuple(layers), enc_shape, t_in=t_in, zero_fires=zero_fires, arch=arch)
+
+
+def network_from_checkpoint(path: str | os.PathLike) -> tuple[SimNetwork, dict[str, Any]]:
+    """Read a checkpoint written by the trainer; returns ``(network, meta)``."""
+    arrays, meta = load_checkpoint(path)
+    model = (meta.get("config") or {}).get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: the checkpoint meta has no config.model section")
+    return network_from_arrays(arrays, model), meta
