@@ -13,6 +13,7 @@ __all__ = [
     "DatasetNotFoundError",
     "atomic_write_bytes",
     "data_root",
+    "gunzip_if_gzip",
     "read_maybe_gzip",
     "sha256_bytes",
     "sha256_file",
@@ -46,15 +47,19 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def read_maybe_gzip(path: Path, fix: str) -> bytes:
-    """The bytes of ``path``, decompressed if it starts with the gzip magic; damaged gzip -> DatasetCorruptError."""
-    raw = path.read_bytes()
+def gunzip_if_gzip(raw: bytes, name: str, fix: str) -> bytes:
+    """``raw`` decompressed if it starts with the gzip magic, else ``raw``; damaged gzip -> DatasetCorruptError."""
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise DatasetCorruptError(f"{path}: damaged gzip data ({e}); {fix}") from None
+        raise DatasetCorruptError(f"{name}: damaged gzip data ({e}); {fix}") from None
+
+
+def read_maybe_gzip(path: Path, fix: str) -> bytes:
+    """The bytes of ``path``, decompressed if gzipped."""
+    return gunzip_if_gzip(path.read_bytes(), str(path), fix)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

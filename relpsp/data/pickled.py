@@ -62,10 +62,13 @@ def load_mnist_pkl(
     for x, y in chosen:
         if x.ndim != 2 or x.shape[1] != 784 or y.shape != (x.shape[0],):
             raise DatasetCorruptError(f"{path}: expected x [n, 784] and y [n], got {x.shape} and {y.shape}; {fix}")
-        byte = np.rint(x.astype(np.float64) * 256.0)
-        if byte.min(initial=0) < 0 or byte.max(initial=0) > 255:
+        # byte / 256 is exact in float32, so x * 256 recovers the byte; rint only guards other writers.
+        byte = np.multiply(x, np.float32(256.0), dtype=np.float32)
+        np.rint(byte, out=byte)
+        if byte.size and (byte.min() < 0 or byte.max() > 255):
             raise DatasetCorruptError(f"{path}: pixel values outside [0, 255/256]; {fix}")
-        xs.append(byte.astype(np.float32) / np.float32(255.0))
+        byte /= np.float32(255.0)
+        xs.append(byte)
         ys.append(y.astype(np.int64))
     x = torch.from_numpy(np.concatenate(xs).reshape(-1, 1, 28, 28))
     return x, torch.from_numpy(np.concatenate(ys))

