@@ -5,6 +5,14 @@ Spiking Neural Networks", IEEE TNNLS 33(5), 2021 (arXiv:2003.11837). Importing n
 numpy; compiled kernels (numba), plots, NIR and progress bars are optional extras loaded on use.
 """
 
+import os
+
+# torch and numba each run an OpenMP pool. Busy-waiting workers of one pool (or any other load on the
+# cores) turned each kernel launch into a scheduler time slice: 15 ms instead of microseconds on 2 cores.
+# Sleeping workers avoid it. This only takes effect when relpsp is imported before torch (the CLI does);
+# set OMP_WAIT_POLICY yourself to choose otherwise. See docs/PERFORMANCE.md.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from relpsp import functional, nn
 from relpsp.models import build_model
 

@@ -37,6 +37,7 @@ from relpsp import __version__
 from relpsp.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from relpsp.config import Config, config_from_dict, config_to_dict
 from relpsp.functional import first_spike_decode, spike_time_cross_entropy
+from relpsp.kernels import set_cpu_kernel_threads
 from relpsp.models import layer_outputs, load_model_arrays, model_arrays, model_from_config
 
 __all__ = [
@@ -57,12 +58,9 @@ def set_threads(threads: int) -> None:
     run several threads they fight for the cores (we measured training 5x slower), so torch, which only does
     small elementwise work here, gets one thread and numba gets ``threads`` (0: all cores)."""
     n = threads or os.cpu_count() or 1
-    torch.set_num_threads(1)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
+    if set_cpu_kernel_threads(n):
+        torch.set_num_threads(1)
+    else:
         torch.set_num_threads(n)
 
 

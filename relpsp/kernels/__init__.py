@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
-__all__ = ["cpu_kernels_available", "load_cpu_kernels"]
+__all__ = ["cpu_kernels_available", "load_cpu_kernels", "set_cpu_kernel_threads"]
 
 _INSTALL_HINT = "the 'numba' backend needs numba: pip install 'relpsp[cpu]' (or pip install numba)"
 
@@ -20,7 +21,22 @@ def cpu_kernels_available() -> bool:
 
 
 def load_cpu_kernels() -> ModuleType:
-    """Import and return ``relpsp.kernels.cpu_numba``; raise ``RuntimeError`` saying what to install."""
+    """Import and return ``relpsp.kernels.cpu_numba``; raise ``RuntimeError`` saying what to install.
+
+    See ``relpsp/__init__.py`` for the OpenMP wait policy that keeps these kernels fast under load.
+    """
     if not cpu_kernels_available():
         raise RuntimeError(_INSTALL_HINT)
     return importlib.import_module("relpsp.kernels.cpu_numba")
+
+
+def set_cpu_kernel_threads(n: int) -> int:
+    """Threads of the compiled CPU kernels (capped at what numba allows); returns the number set, 0 if
+    numba is missing."""
+    if not cpu_kernels_available():
+        return 0
+    import numba
+
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n

@@ -1,0 +1,105 @@
+"""Shared pieces of the benchmark programs: environment report, realistic inputs, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["environment", "mnist_like_batch", "peak_rss_mib", "time_it", "write_json"]
+
+
+def environment(device: str = "cpu") -> dict:
+    """Device, versions, threads and commit: printed and stored with every benchmark result."""
+    env = {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        import numba
+
+        env["numba"] = numba.__version__
+        env["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        env["numba"] = None
+    try:
+        env["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def mnist_like_batch(batch: int, seed: int = 0, data_dir: str | None = None) -> tuple[torch.Tensor, str]:
+    """Intensities ``[B, 1, 28, 28]``: real MNIST test images when available, else synthetic digits-like
+    images with the MNIST fraction of lit pixels (about 19%) and its intensity histogram (most lit pixels
+    near full brightness). Returns the batch and a description of its source."""
+    try:
+        from relpsp.data import load_dataset
+
+        x, _ = load_dataset("mnist", "test", data_dir)
+        g = torch.Generator().manual_seed(seed)
+        return x[torch.randperm(len(x), generator=g)[:batch]], "MNIST test images"
+    except (FileNotFoundError, ValueError, ImportError):
+        g = torch.Generator().manual_seed(seed)
+        lit = torch.rand(batch, 1, 28, 28, generator=g) < 0.19
+        level = torch.where(
+            torch.rand(batch, 1, 28, 28, generator=g) < 0.55, 1.0, torch.rand(batch, 1, 28, 28, generator=g)
+        )
+        return torch.where(lit, level, 0.0), "synthetic (19% lit pixels; MNIST not found)"
+
+
+def time_it(
+    fn: Callable[[], None], *, warmup: int = 2, repeat: int = 7, sync: Callable[[], None] | None = None
+) -> dict:
+    """Median and spread of wall-clock seconds over ``repeat`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeat": repeat}
+
+
+def peak_rss_mib() -> float:
+    """High-water mark of this process's resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(
+        json.dumps(obj, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
+    )
