@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create ./.venv (if missing) and install relpsp with every extra. Safe to run again.
+# torch==2.13.0 goes first: it is the CPU build these machines carry; a bare `torch` would pull a
+# multi-GB CUDA build. relpsp's own requirement is a range that 2.13.0 satisfies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+python -m pip install -q -e '.[dev]'

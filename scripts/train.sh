@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: set up, fetch MNIST (checksums verified), train the paper's 784-800-10 network on the CPU
+# and print the test accuracy. Extra arguments go to `relpsp train`, e.g. `bash scripts/train.sh --epochs 5`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+relpsp data fetch mnist
+relpsp train configs/mnist_mlp.toml "$@"
