@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "cpu"
     backend: str = "auto"
     silent_margin: float = 1.0
+    silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
     threads: int = 0  # torch/numba threads; 0 = leave as is

@@ -36,6 +36,7 @@ __all__ = [
     "relpsp_conv2d_ref",
     "relpsp_linear",
     "relpsp_linear_ref",
+    "silent_neuron_penalty",
     "spike_time_cross_entropy",
 ]
 
@@ -243,3 +244,34 @@ def spike_time_cross_entropy(
         t_late = (finite.max() if finite.numel() else t_out.new_zeros(())) + silent_margin
     t = torch.where(fired, t_out, t_late)
     return F.cross_entropy(-t, target.long(), reduction=reduction)
+
+
+def silent_neuron_penalty(
+    t_in: Tensor,
+    weight: Tensor,
+    t_out: Tensor,
+    *,
+    t_end: float,
+    theta: float = 1.0,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+) -> Tensor:
+    """Mean over samples of sum_j max(0, theta - V_j(t_end)) over the neurons j that did not fire.
+
+    A silent neuron has no spike time, so spike-time losses send it no gradient and it may never fire
+    again (a "dead" neuron). This term gives it one: V_j(t_end) = sum_i w_ji max(0, t_end - t_i) is linear
+    in the weights and inputs, and its gradient raises the weights of the inputs that arrived before
+    ``t_end`` until the neuron reaches threshold by then. Neurons that fired contribute nothing.
+    ``t_in``/``weight``/``t_out`` as for ``relpsp_linear`` (2-D) or ``relpsp_conv2d`` (4-D, with
+    ``stride`` and ``padding``).
+    """
+    check_finite_positive("t_end", t_end)
+    silent = ~torch.isfinite(t_out)
+    if not bool(silent.any()):
+        return t_out.new_zeros(())
+    ramp = torch.where(torch.isfinite(t_in), (t_end - t_in).clamp_min(0), 0)
+    if t_in.dim() == 2:
+        v_end = ramp @ weight.t()
+    else:
+        v_end = F.conv2d(ramp, weight, stride=stride, padding=padding)
+    return torch.where(silent, (theta - v_end).clamp_min(0), 0).sum() / max(t_out.shape[0], 1)

@@ -124,13 +124,18 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
         val, tr = perm[: cfg.data.val_size], perm[cfg.data.val_size :]
         splits["val"] = (x_tr[val], y_tr[val])
         splits["train"] = (x_tr[tr], y_tr[tr])
-    shape = tuple(x_tr.shape[1:])
-    if shape != tuple(cfg.model.input_shape):
-        raise ValueError(
-            f"dataset {cfg.data.dataset!r} has inputs of shape {shape} but model.input_shape is "
-            f"{tuple(cfg.model.input_shape)}; set model.input_shape (or --input-shape) to match"
-        )
     return splits
+
+
+def _check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
+    for name, (x, y) in splits.items():
+        if len(x) != len(y) or len(y) == 0:
+            raise ValueError(f"{name} split has {len(x)} inputs and {len(y)} labels; need as many, and at least one")
+        if tuple(x.shape[1:]) != tuple(cfg.model.input_shape):
+            raise ValueError(
+                f"dataset {cfg.data.dataset!r} has inputs of shape {tuple(x.shape[1:])} but model.input_shape is "
+                f"{tuple(cfg.model.input_shape)}; set model.input_shape (e.g. --set model.input_shape=[1,28,28])"
+            )
 
 
 def data_options(cfg: Config) -> dict[str, Any]:
@@ -259,6 +264,45 @@ def load_trained(path: str | os.PathLike, backend: str = "auto") -> tuple[nn.Seq
 # ----------------------------------------------------------------------------------------------- training
 
 
+class _SilentPenalty:
+    """Sums ``silent_neuron_penalty`` over the spiking layers of one forward pass, read through forward
+    hooks (the modules stay stateless). ``t_end`` of a layer: the latest spike it fired in the batch
+    (capped by its cut-off), so silent neurons are pushed to fire within the range the others use."""
+
+    def __init__(self, model: nn.Sequential) -> None:
+        from relpsp.nn import SpikingConv2d, SpikingLinear
+
+        self.records: list[tuple[nn.Module, Tensor, Tensor]] = []
+        self.handles = [
+            m.register_forward_hook(lambda mod, inp, out: self.records.append((mod, inp[0], out)))
+            for m in model
+            if isinstance(m, (SpikingLinear, SpikingConv2d))
+        ]
+
+    def __call__(self) -> Tensor:
+        from relpsp.functional import silent_neuron_penalty
+
+        total = torch.zeros(())
+        for mod, t_in, t_out in self.records:
+            with torch.no_grad():
+                finite_out = t_out[torch.isfinite(t_out)]
+                finite_in = t_in[torch.isfinite(t_in)]
+                if finite_out.numel():
+                    t_end = min(float(finite_out.max()), mod.t_max)
+                elif finite_in.numel():
+                    t_end = min(float(finite_in.max()) + 1.0, mod.t_max)
+                else:
+                    continue
+            kw = {"stride": mod.stride, "padding": mod.padding} if t_in.dim() == 4 else {}
+            total = total + silent_neuron_penalty(t_in, mod.weight, t_out, t_end=t_end, theta=mod.theta, **kw)
+        self.records.clear()
+        return total
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -336,6 +380,7 @@ def fit(
     if device == "cpu":
         set_threads(cfg.train.threads)
     splits = splits if splits is not None else load_splits(cfg)
+    _check_splits(cfg, splits)
     x_tr, y_tr = splits["train"]
 
     torch.manual_seed(cfg.train.seed)
@@ -367,6 +412,7 @@ def fit(
         log(f"no checkpoint in {out}: starting from scratch")
 
     t_start = time.perf_counter()
+    penalty = _SilentPenalty(model) if cfg.train.silent_penalty > 0 else None
 
     running = {"seen": 0, "correct": 0, "loss_sum": 0.0}  # this epoch's counters, kept across a resume
 
@@ -399,8 +445,12 @@ def fit(
             xb, yb = xb.to(device), yb.to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps)
+            if penalty is not None:
+                penalty.records.clear()  # drop what evaluation passes recorded
             t_out = model(xb)
             loss = spike_time_cross_entropy(t_out, yb, silent_margin=cfg.train.silent_margin)
+            if penalty is not None:
+                loss = loss + cfg.train.silent_penalty * penalty()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -447,6 +497,8 @@ def fit(
             + f"  {row['samples_per_s']:.0f} samples/s"
         )
 
+    if penalty is not None:
+        penalty.close()
     final = evaluate(model, *splits["test"], cfg.train.eval_batch_size, device)
     results = {
         "test_accuracy": final["accuracy"],

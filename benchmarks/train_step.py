@@ -1,0 +1,139 @@
+"""Full training step (forward, backward, Adam) per architecture: samples/s and peak memory.
+
+    python -m benchmarks.train_step [--archs 784-800-10,16C5-P2-32C5-P2-800-128-10] [--batch 256]
+                                    [--device cpu|cuda] [--backend auto] [--steps 10] [--out FILE.json]
+
+Inputs are MNIST training images (28x28 archs; about 19% of pixels spike) or, for 3-channel archs,
+synthetic 32x32x3 images with the same fraction of lit pixels. Each architecture is timed in a fresh
+process (so peak memory is its own); the model starts from the default initialisation and takes real
+optimizer steps, so the spike patterns evolve as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from benchmarks.common import environment, mnist_like_batch, peak_rss_mib, write_json
+
+DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
+
+
+def run_one(arch: str, batch: int, device: str, backend: str, steps: int) -> dict:
+    from relpsp.functional import spike_time_cross_entropy
+    from relpsp.models import build_model
+    from relpsp.train import set_threads
+
+    if device == "cpu":
+        set_threads(0)
+    three_channel = arch.startswith("64C3")
+    shape = (3, 32, 32) if three_channel else (1, 28, 28)
+    torch.manual_seed(0)
+    if three_channel:
+        g = torch.Generator().manual_seed(0)
+        lit = torch.rand(batch * 4, *shape, generator=g) < 0.19
+        x_all, source = torch.where(lit, torch.rand(batch * 4, *shape, generator=g), 0.0), "synthetic 32x32x3"
+    else:
+        x_all, source = mnist_like_batch(batch * 4, seed=1)
+    y_all = torch.randint(0, 10, (len(x_all),))
+    model = build_model(arch, shape, backend=backend).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    x_all, y_all = x_all.to(device), y_all.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def step(k: int) -> None:
+        s = (k % 4) * batch
+        t_out = model(x_all[s : s + batch])
+        loss = spike_time_cross_entropy(t_out, y_all[s : s + batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    base = peak_rss_mib()
+    step(0)
+    step(1)
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        step(k)
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2]
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib() - base
+    return {
+        "arch": arch,
+        "batch": batch,
+        "device": device,
+        "backend": backend,
+        "input_source": source,
+        "samples_per_s": batch / med,
+        "step_ms_median": 1000 * med,
+        "step_ms_min": 1000 * times[0],
+        "steps_timed": steps,
+        "peak_mem_mib": peak,
+        "peak_mem_kind": "CUDA max allocated"
+        if device.startswith("cuda")
+        else "RSS above baseline after 2 warm-up steps",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default=",".join(DEFAULT_ARCHS))
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--out")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps)))
+        return 0
+    env = environment(args.device)
+    print("environment:", json.dumps(env))
+    rows = []
+    for arch in args.archs.split(","):
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.train_step",
+            "--one",
+            arch,
+            "--batch",
+            str(args.batch),
+            "--device",
+            args.device,
+            "--backend",
+            args.backend,
+            "--steps",
+            str(args.steps),
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            rows.append({"arch": arch, "error": res.stderr.strip().splitlines()[-1:]})
+            print(f"{arch:40s} error: {rows[-1]['error']}", flush=True)
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        print(
+            f"{arch:40s} {r['samples_per_s']:9.0f} samples/s  step {r['step_ms_median']:8.1f} ms  "
+            f"peak {r['peak_mem_mib']:8.1f} MiB",
+            flush=True,
+        )
+    if args.out:
+        write_json(args.out, {"benchmark": "train_step", "environment": env, "results": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

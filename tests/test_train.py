@@ -1,0 +1,138 @@
+"""Training loop: results files, determinism, exact resume after an interruption, checkpoint safety."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from relpsp.checkpoint import CheckpointError, load_checkpoint
+from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
+from relpsp.train import CHECKPOINT_NAME, fit, load_trained
+
+
+def _tiny_splits(seed: int = 0, n: int = 96) -> dict:
+    """Three classes of 1x4x4 images: a bright row at a class-dependent position, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = 0.3 * torch.rand(n, 1, 4, 4, generator=g)
+    x[torch.arange(n), 0, y, :] = 0.9
+    return {"train": (x[: n - 32], y[: n - 32]), "test": (x[n - 32 :], y[n - 32 :])}
+
+
+def _cfg(epochs: int = 2, **train) -> Config:
+    return Config(
+        model=ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)),
+        data=DataConfig(dataset="tiny"),
+        train=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, seed=3, threads=1, **train),
+    )
+
+
+def _weights(path) -> dict[str, np.ndarray]:
+    arrays, _ = load_checkpoint(path)
+    return {k: v for k, v in arrays.items() if k.startswith("model.")}
+
+
+def test_fit_writes_results_metrics_and_checkpoint(tmp_path):
+    res = fit(_cfg(), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["test_accuracy"] == pytest.approx(res["test_accuracy"])
+    for key in ("config", "versions", "device", "wall_time_s", "firing_rates", "test_no_output_spike_fraction"):
+        assert key in saved, key
+    assert len(saved["firing_rates"]) == 4  # encode, flatten, hidden, output
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    model, cfg, meta = load_trained(tmp_path / CHECKPOINT_NAME)
+    assert cfg.model.arch == "16-12-3" and meta["progress"]["epoch"] == 2
+    x, _ = _tiny_splits()["test"]
+    assert model(x).shape == (len(x), 3)
+
+
+def test_same_seed_gives_identical_runs(tmp_path):
+    a = fit(_cfg(), tmp_path / "a", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    b = fit(_cfg(), tmp_path / "b", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    for ra, rb in zip(a["history"], b["history"]):
+        assert ra["train_loss"] == rb["train_loss"] and ra["test_accuracy"] == rb["test_accuracy"]
+    wa, wb = _weights(tmp_path / "a" / CHECKPOINT_NAME), _weights(tmp_path / "b" / CHECKPOINT_NAME)
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [(0, 1), (1, 2), (2, 3)], ids=["epoch1-step2", "epoch2-step3", "last-step"])
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, stop_at):
+    cfg = _cfg(epochs=3, checkpoint_every=1)
+    fit(cfg, tmp_path / "ref", progress=False, splits=_tiny_splits(), log=lambda s: None)
+
+    def boom(epoch: int, step: int) -> None:
+        if (epoch, step) == stop_at:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        fit(cfg, tmp_path / "cut", progress=False, splits=_tiny_splits(), on_step=boom, log=lambda s: None)
+    res = fit(cfg, tmp_path / "cut", resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    ref = _weights(tmp_path / "ref" / CHECKPOINT_NAME)
+    cut = _weights(tmp_path / "cut" / CHECKPOINT_NAME)
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
+    ref_hist = json.loads((tmp_path / "ref" / "results.json").read_text())["history"]
+    assert [r["train_loss"] for r in res["history"]] == [r["train_loss"] for r in ref_hist]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    fit(_cfg(epochs=1), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    other = Config(model=ModelConfig(arch="16-20-3", input_shape=(1, 4, 4)), train=_cfg().train)
+    with pytest.raises(ValueError, match="different config"):
+        fit(other, tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    fit(_cfg(epochs=1), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    path = tmp_path / CHECKPOINT_NAME
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated|corrupted"):
+        load_trained(path)
+
+
+def test_silent_penalty_gives_silent_neurons_a_gradient():
+    from relpsp.functional import relpsp_linear, silent_neuron_penalty
+
+    torch.manual_seed(0)
+    t_in = torch.rand(4, 6)
+    w = torch.full((3, 6), -0.1, requires_grad=True)  # nobody fires
+    t_out = relpsp_linear(t_in, w)
+    assert not torch.isfinite(t_out).any()
+    pen = silent_neuron_penalty(t_in, w, t_out, t_end=2.0)
+    pen.backward()
+    # d/dw of (theta - sum_i w_i (t_end - t_i)) summed over samples / B = -mean_b (t_end - t_i)
+    expected = -(2.0 - t_in).mean(0).expand(3, 6)
+    torch.testing.assert_close(w.grad, expected)
+    assert float(pen.detach()) == pytest.approx(float((1 + 0.1 * (2.0 - t_in).sum(1)).sum() * 3 / 4), rel=1e-5)
+
+
+def test_bad_training_settings_raise(tmp_path):
+    with pytest.raises(ValueError, match="lr"):
+        fit(
+            _cfg(epochs=1, lr_schedule="cosine").__class__(model=_cfg().model, train=TrainConfig(lr=-1.0)),
+            tmp_path,
+            splits=_tiny_splits(),
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="input_shape|inputs"):
+        bad = Config(model=ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)), train=TrainConfig(epochs=1))
+        fit(
+            bad,
+            tmp_path,
+            splits={
+                "train": (torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)),
+                "test": (torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)),
+            },
+            progress=False,
+            log=lambda s: None,
+        )
