@@ -96,7 +96,7 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated|corrupted"):
+    with pytest.raises(CheckpointError, match=r"truncated|corrupted"):
         load_trained(path)
 
 
@@ -118,21 +118,10 @@ def test_silent_penalty_gives_silent_neurons_a_gradient():
 
 def test_bad_training_settings_raise(tmp_path):
     with pytest.raises(ValueError, match="lr"):
-        fit(
-            _cfg(epochs=1, lr_schedule="cosine").__class__(model=_cfg().model, train=TrainConfig(lr=-1.0)),
-            tmp_path,
-            splits=_tiny_splits(),
-            progress=False,
-        )
-    with pytest.raises(ValueError, match="input_shape|inputs"):
-        bad = Config(model=ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)), train=TrainConfig(epochs=1))
-        fit(
-            bad,
-            tmp_path,
-            splits={
-                "train": (torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)),
-                "test": (torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)),
-            },
-            progress=False,
-            log=lambda s: None,
-        )
+        fit(Config(model=_cfg().model, train=TrainConfig(lr=-1.0)), tmp_path, splits=_tiny_splits(), progress=False)
+    wrong_shape = {
+        "train": (torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)),
+        "test": (torch.rand(8, 1, 5, 5), torch.zeros(8, dtype=torch.long)),
+    }
+    with pytest.raises(ValueError, match=r"input_shape"):
+        fit(_cfg(epochs=1), tmp_path, splits=wrong_shape, progress=False, log=lambda s: None)
