@@ -16,12 +16,14 @@ from relpsp.sim.engine import (
     SimOptions,
     SimResult,
     calibrate_time_window,
+    concat_results,
     conv_reach,
     fire_rows,
     latency_encode_np,
     resolve_time_window,
     simulate,
 )
+from relpsp.sim.inputs import load_inputs
 from relpsp.sim.network import (
     SimConv,
     SimDense,
@@ -29,6 +31,7 @@ from relpsp.sim.network import (
     SimLayer,
     SimNetwork,
     SimPool,
+    layer_output_shape,
     network_from_arrays,
     network_from_checkpoint,
 )
@@ -46,9 +49,12 @@ __all__ = [
     "SimResult",
     "TimeGrid",
     "calibrate_time_window",
+    "concat_results",
     "conv_reach",
     "fire_rows",
     "latency_encode_np",
+    "layer_output_shape",
+    "load_inputs",
     "network_from_arrays",
     "network_from_checkpoint",
     "quantize_weight",

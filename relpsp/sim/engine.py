@@ -52,6 +52,7 @@ __all__ = [
     "SimOptions",
     "SimResult",
     "calibrate_time_window",
+    "concat_results",
     "conv_reach",
     "fire_rows",
     "latency_encode_np",
@@ -167,12 +168,21 @@ def _sort_rows(t_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return rows, t_sorted, order, n_ev_all[rows]
 
 
+def _cumsum0(a: np.ndarray) -> None:
+    """In-place cumulative sum over axis 0, one contiguous slab at a time (much faster than
+    ``np.cumsum(axis=0)``, which walks the long stride in its inner loop)."""
+    for i in range(1, a.shape[0]):
+        a[i] += a[i - 1]
+
+
 def _fire_sorted_numpy(
     t_sorted: np.ndarray, order: np.ndarray, n_ev: np.ndarray, weight_t: np.ndarray, theta: float, t_cut: float
 ) -> np.ndarray:
     """Exact (uncut) firing times ``[R, N]`` of rows whose events are sorted; see the module docstring."""
     n_rows, n_max = t_sorted.shape
     n_out = weight_t.shape[1]
+    zero_row = weight_t.shape[0]
+    weight_z = np.concatenate([weight_t, np.zeros((1, n_out))], axis=0)
     result = np.full((n_rows, n_out), np.inf)
     # Longest rows first, so that a block holds rows of similar length and little padding.
     by_len = np.argsort(-n_ev, kind="stable")
@@ -210,33 +220,36 @@ def _fire_sorted_numpy(
                 break
             k1 = min(k0 + chunk, nb)
             k_start, k0 = k0, k1
-            # Event axis first ([c, l, N]): cumulative sums then run over contiguous slabs.
+            # Event axis first ([c, l, N]): the running sums then go over contiguous slabs.
             t_ev = ts[live, k_start:k1].T  # [c, l]
             valid = np.isfinite(t_ev)
             t_before = np.concatenate([t_prev[None, live], t_ev[:-1]], axis=0)
             with np.errstate(invalid="ignore"):
                 d_t = np.where(valid, t_ev - t_before, 0.0)
-            g = weight_t[od[live, k_start:k1].T]  # [c, l, N]
-            g *= valid[:, :, None]
-            s_after = np.cumsum(g, axis=0)
-            s_after += s[None, live]
-            s_before = np.subtract(s_after, g, out=g)
-            v_at = s_before * d_t[:, :, None]
-            np.cumsum(v_at, axis=0, out=v_at)
-            v_at += v[None, live]
-            cross = v_at >= theta
-            cross &= ~done[None, live]
-            hit = cross.any(0)
+            # Padding (no event) reads the all-zero last row of weight_z.
+            s_after = weight_z[np.where(valid, od[live, k_start:k1].T, zero_row)]  # [c, l, N]
+            s_l, v_l = s[live], v[live]
+            # s_after[i]: slope after event i; the interval that ends at event i has slope s_after[i - 1]
+            # (s_l for i = 0), and v_at[i] is the potential at event i.
+            s_after[0] += s_l
+            _cumsum0(s_after)
+            v_at = np.empty_like(s_after)
+            np.multiply(s_l, d_t[0][:, None], out=v_at[0])
+            v_at[0] += v_l
+            for i in range(1, v_at.shape[0]):
+                np.multiply(s_after[i - 1], d_t[i][:, None], out=v_at[i])
+                v_at[i] += v_at[i - 1]
+            hit = v_at.max(0) >= theta
+            hit &= ~done[live]
             if hit.any():
-                first = cross.argmax(0)  # [l, N]
-                prev = np.maximum(first - 1, 0)[None]
-                v_prev = np.where(first > 0, np.take_along_axis(v_at, prev, 0)[0], v[live])
-                s_int = np.take_along_axis(s_before, first[None], 0)[0]
-                t0 = t_before[first, np.arange(live.size)[:, None]]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    cand = t0 + (theta - v_prev) / s_int
-                t_fire[live] = np.where(hit, cand, t_fire[live])
-                done[live] |= hit
+                li, nj = np.nonzero(hit)
+                col = v_at[:, li, nj]  # [c, n_hit]
+                first = (col >= theta).argmax(0)  # the first crossing in this chunk
+                prev = np.maximum(first - 1, 0)
+                v_prev = np.where(first > 0, col[prev, np.arange(li.size)], v_l[li, nj])
+                s_int = np.where(first > 0, s_after[prev, li, nj], s_l[li, nj])
+                t_fire[live[li], nj] = t_before[first, li] + (theta - v_prev) / s_int
+                done[live[li], nj] = True
             v[live] = v_at[-1]
             s[live] = s_after[-1]
             t_prev[live] = np.where(valid, t_ev, -np.inf).max(0)
@@ -254,18 +267,18 @@ def fire_rows(
     if t_rows.ndim != 2 or weight.ndim != 2 or weight.shape[1] != t_rows.shape[1]:
         raise ValueError(f"t_rows [R, K] and weight [N, K] do not match: {t_rows.shape} and {weight.shape}")
     out = np.full((t_rows.shape[0], weight.shape[0]), np.inf)
-    rows, t_sorted, order, n_ev = _sort_rows(t_rows)
-    if rows.size == 0 or weight.shape[0] == 0:
+    if t_rows.size == 0 or weight.shape[0] == 0:
         return out
     weight_t = np.ascontiguousarray(weight.T)
     if _resolve_backend(backend) == "numba":
-        from relpsp.sim._numba import fire_rows_sorted
+        from relpsp.sim._numba import fire_rows_unsorted
 
-        sub = np.full((rows.size, weight.shape[0]), np.inf)
-        fire_rows_sorted(t_sorted, order, n_ev.astype(np.int64), weight_t, float(theta), float(t_cut), sub)
-    else:
+        fire_rows_unsorted(np.ascontiguousarray(t_rows), weight_t, float(theta), float(t_cut), out)
+        return np.where(out <= t_cut, out, np.inf)
+    rows, t_sorted, order, n_ev = _sort_rows(t_rows)
+    if rows.size:
         sub = _fire_sorted_numpy(t_sorted, order, n_ev, weight_t, float(theta), float(t_cut))
-    out[rows] = np.where(sub <= t_cut, sub, np.inf)
+        out[rows] = np.where(sub <= t_cut, sub, np.inf)
     return out
 
 
@@ -302,7 +315,7 @@ def resolve_time_window(net: SimNetwork, options: SimOptions) -> float | None:
         return float(options.time_window)
     if math.isfinite(options.t_cutoff):
         return float(options.t_cutoff)
-    t_maxes = [net.layers[i].t_max for i in net.spiking_layers()]
+    t_maxes = [layer.t_max for layer in net.layers if isinstance(layer, (SimDense, SimConv))]
     if all(math.isfinite(t) for t in t_maxes):
         return float(max([net.t_in, *t_maxes]))
     return None
@@ -363,7 +376,7 @@ def _run_batch(
         if isinstance(layer, SimFlatten):
             t = t.reshape(b, -1)
         elif isinstance(layer, SimPool):
-            t = _pool(t, layer.kernel, layer.stride)
+            t = _pool(t, layer.kernel, layer.step)
         else:
             w = weights[i - 1]
             assert w is not None
@@ -471,10 +484,50 @@ def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, reco
     )
 
 
-def calibrate_time_window(net: SimNetwork, x: Any, options: SimOptions | None = None, margin: float = 1.0) -> float:
-    """The latest finite spike time (any layer, input included) of a continuous-time run of ``x`` (with
-    the weight quantisation and cut-offs of ``options``), times ``margin``; at least ``net.t_in``."""
+def concat_results(results: list[SimResult]) -> SimResult:
+    """One ``SimResult`` from results of consecutive image batches (same network, options and grid)."""
+    if not results:
+        raise ValueError("concat_results needs at least one result")
+    first = results[0]
+    for r in results[1:]:
+        if r.layer_names != first.layer_names or r.options != first.options or r.grid != first.grid:
+            raise ValueError("concat_results: the results come from different networks, options or grids")
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([getattr(r, key) for r in results], axis=0)
+
+    layer_times = None
+    recorded = [r.layer_times for r in results if r.layer_times is not None]
+    if len(recorded) == len(results):
+        layer_times = [np.concatenate([t[j] for t in recorded], axis=0) for j in range(len(first.layer_names))]
+    return replace(
+        first,
+        t_out=cat("t_out"),
+        decision=cat("decision"),
+        t_decision=cat("t_decision"),
+        spikes_in=cat("spikes_in"),
+        spikes_out=cat("spikes_out"),
+        syn_events=cat("syn_events"),
+        neuron_updates=cat("neuron_updates") if first.neuron_updates is not None else None,
+        t_last=cat("t_last"),
+        layer_times=layer_times,
+    )
+
+
+def calibrate_time_window(
+    net: SimNetwork, x: Any, options: SimOptions | None = None, *, quantile: float = 0.999
+) -> float:
+    """A time window T measured on ``x``: the ``quantile`` of all finite spike times (every layer, input
+    included) of a continuous-time run with the weight quantisation and cut-offs of ``options``; at
+    least ``net.t_in``. ``quantile=1`` gives the latest spike; the default ignores the rare stragglers
+    (neurons whose summed weight barely exceeds 0 fire very late), whose spikes a grid over T then drops."""
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
     options = replace(options or SimOptions(), time_bits=None, time_window=None)
-    res = simulate(net, x, options)
-    t_last = float(res.t_last.max()) if res.n_images else 0.0
-    return max(net.t_in, t_last) * float(margin)
+    res = simulate(net, x, options, record_layers=True)
+    assert res.layer_times is not None
+    # The input and the spiking layers (pooling and flattening only repeat spikes).
+    cols = [0, *(i + 1 for i in net.spiking_layers())]
+    finite = np.concatenate([res.layer_times[c][np.isfinite(res.layer_times[c])].ravel() for c in cols])
+    t_q = float(np.quantile(finite, quantile)) if finite.size else 0.0
+    return max(net.t_in, t_q)

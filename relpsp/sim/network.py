@@ -33,6 +33,7 @@ __all__ = [
     "SimLayer",
     "SimNetwork",
     "SimPool",
+    "layer_output_shape",
     "network_from_arrays",
     "network_from_checkpoint",
 ]
@@ -115,6 +116,11 @@ class SimPool:
         object.__setattr__(self, "kernel", int(self.kernel))
         object.__setattr__(self, "stride", int(s))
 
+    @property
+    def step(self) -> int:
+        """The stride as an int (``stride`` after construction; the kernel when it was None)."""
+        return self.kernel if self.stride is None else int(self.stride)
+
 
 @dataclass(frozen=True)
 class SimFlatten:
@@ -124,7 +130,9 @@ class SimFlatten:
 SimLayer = SimDense | SimConv | SimPool | SimFlatten
 
 
-def _out_shape(layer: SimLayer, shape: tuple[int, ...], index: int) -> tuple[int, ...]:
+def layer_output_shape(layer: SimLayer, shape: tuple[int, ...], index: int = 0) -> tuple[int, ...]:
+    """Spike-time shape after ``layer`` for input ``shape``; ``ValueError`` (naming layer ``index``) if
+    they do not fit."""
     where = f"layer {index} ({type(layer).__name__})"
     if isinstance(layer, SimDense):
         if len(shape) != 1 or shape[0] != layer.weight.shape[1]:
@@ -145,7 +153,7 @@ def _out_shape(layer: SimLayer, shape: tuple[int, ...], index: int) -> tuple[int
     if isinstance(layer, SimPool):
         if len(shape) != 3 or shape[1] < layer.kernel or shape[2] < layer.kernel:
             raise ValueError(f"{where}: kernel {layer.kernel} does not fit the input {shape}")
-        s = layer.stride
+        s = layer.step
         return (shape[0], (shape[1] - layer.kernel) // s + 1, (shape[2] - layer.kernel) // s + 1)
     if isinstance(layer, SimFlatten):
         return (math.prod(shape),)
@@ -180,7 +188,7 @@ class SimNetwork:
             raise ValueError(f"t_in must be a finite positive number, got {self.t_in!r}")
         shapes = [shape]
         for i, layer in enumerate(layers):
-            shape = _out_shape(layer, shape, i)
+            shape = layer_output_shape(layer, shape, i)
             shapes.append(shape)
         if len(shape) != 1 or not isinstance(layers[-1], SimDense):
             raise ValueError(f"the last layer must be dense (the output neurons), got {type(layers[-1]).__name__}")

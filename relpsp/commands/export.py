@@ -1,0 +1,29 @@
+"""``relpsp export CKPT --format nir OUT``: write a checkpoint as a NIR graph (see ``relpsp.export.nir``:
+each layer as Linear/Conv2d -> I -> IF, with the single-spike rule, theta and the cut-off t_max in the
+node metadata; min-time pooling as SumPool2d -> IF). ``relpsp simulate OUT`` runs the file again."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["FORMATS", "configure", "run"]
+
+FORMATS = ("nir",)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="a relpsp checkpoint")
+    parser.add_argument("--format", choices=FORMATS, default="nir", help="output format (default: nir)")
+    parser.add_argument("out", metavar="OUT", help="output file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from relpsp.export.nir import export_nir
+    from relpsp.sim import network_from_checkpoint
+
+    if args.format != "nir":  # pragma: no cover - argparse already restricts the choices
+        raise ValueError(f"unknown export format {args.format!r}; known: {FORMATS}")
+    net, _ = network_from_checkpoint(args.checkpoint)
+    export_nir(net, args.out)
+    print(f"wrote {args.out} (NIR, {len(net.layers)} layers, arch {net.arch!r})")
+    return 0

@@ -1,0 +1,271 @@
+"""``relpsp simulate``: run a checkpoint or a NIR file through the event-driven simulator.
+
+Reports accuracy, how often no output neuron fires, the mean decision time and the spikes per layer,
+optionally with fixed-point weights (``--weight-bits``), a clocked time grid (``--time-bits``) and a
+global cut-off (``--t-cutoff``). ``--compare`` also runs the trained torch model (float64) on the same
+images and reports the decision agreement and the largest spike-time difference over neurons that fire
+in both (and how many neurons fire in only one of them).
+
+The simulator itself (``relpsp.sim``) never imports the training code; only this command does, for
+``--compare``. Shared helpers here (``load_source``, ``sim_options``, ``json_safe``) are used by
+``relpsp cost`` as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_sim_arguments", "configure", "json_safe", "load_source", "prepare", "run", "sim_options", "write_json"]
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def add_sim_arguments(
+    parser: argparse.ArgumentParser, *, default_limit: int | None, default_time_bits: int | None
+) -> None:
+    """Options shared by ``simulate`` and ``cost``."""
+    parser.add_argument("source", metavar="CKPT_OR_NIR", help="a relpsp checkpoint or a NIR file")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset name for relpsp.data, or an .npz file with arrays x and y (default: the checkpoint's)",
+    )
+    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument(
+        "--data-dir", default=None, help="dataset folder (default: the checkpoint's, else relpsp.data's)"
+    )
+    parser.add_argument("--limit", type=int, default=default_limit, help="use the first N images")
+    parser.add_argument("--weight-bits", type=int, default=None, help="symmetric fixed-point weights per layer")
+    parser.add_argument(
+        "--time-bits",
+        type=int,
+        default=default_time_bits,
+        help="round every spike time up to a grid of 2^B steps over [0, T]",
+    )
+    parser.add_argument(
+        "--time-window",
+        type=float,
+        default=None,
+        help="T of the time grid (default: the cut-off, else max(t_in, t_max), else measured: the 99.9th "
+        "percentile of the spike times of the first 1000 images)",
+    )
+    parser.add_argument("--t-cutoff", type=float, default=math.inf, help="drop every spike later than T (all layers)")
+    parser.add_argument("--backend", choices=["auto", "numpy", "numba"], default="auto", help="simulator backend")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per simulation step")
+    parser.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_sim_arguments(parser, default_limit=None, default_time_bits=None)
+    parser.add_argument(
+        "--compare", action="store_true", help="also run the torch model (float64) and compare spike times"
+    )
+
+
+def is_nir_file(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == _HDF5_MAGIC
+
+
+def load_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None]:
+    """``(SimNetwork, checkpoint meta or None for a NIR file)``."""
+    from relpsp.sim import network_from_checkpoint
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist")
+    if is_nir_file(p):
+        from relpsp.export.nir import read_nir
+
+        return read_nir(p), None
+    return network_from_checkpoint(p)
+
+
+def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
+    from relpsp.sim import SimOptions
+
+    kw = dict(
+        weight_bits=args.weight_bits,
+        time_bits=args.time_bits,
+        t_cutoff=args.t_cutoff,
+        time_window=args.time_window,
+        backend=args.backend,
+        batch_size=args.batch_size,
+    )
+    kw.update(overrides)
+    return SimOptions(**kw)
+
+
+def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
+    """Load the network and the images and resolve the options (calibrating the time window if a grid
+    is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
+    from relpsp.sim import calibrate_time_window, load_inputs, resolve_time_window
+
+    net, meta = load_source(args.source)
+    cfg = (meta or {}).get("config") or {}
+    data_cfg = cfg.get("data") or {}
+    dataset = args.dataset or data_cfg.get("dataset")
+    if not dataset:
+        raise ValueError("--dataset is needed: the source is a NIR file or its checkpoint names no dataset")
+    data_dir = args.data_dir or data_cfg.get("data_dir")
+    x, y = load_inputs(dataset, args.split, data_dir, args.limit)
+    options = sim_options(args, **({"weight_bits": weight_bits} if weight_bits is not None else {}))
+    calibrated = False
+    if options.time_bits is not None and resolve_time_window(net, options) is None:
+        t_window = calibrate_time_window(net, x[:1000], options)
+        options = sim_options(args, time_window=t_window, weight_bits=options.weight_bits)
+        calibrated = True
+        print(f"time window T = {t_window:.6g} (99.9th percentile of the spike times of {min(len(x), 1000)} images)")
+    return {"net": net, "meta": meta, "dataset": dataset, "x": x, "y": y, "options": options, "calibrated": calibrated}
+
+
+def json_safe(v: Any) -> Any:
+    """Replace inf/nan by strings and NumPy types by Python ones, recursively."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(val) for k, val in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(val) for val in v]
+    if isinstance(v, np.ndarray):
+        return json_safe(v.tolist())
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    from relpsp.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(json_safe(payload), indent=1, sort_keys=True) + "\n").encode())
+    print(f"wrote {path}")
+
+
+def _torch_model(meta: dict[str, Any], arrays_source: str) -> Any:
+    import torch
+
+    from relpsp.checkpoint import load_checkpoint
+    from relpsp.config import config_from_dict
+    from relpsp.models import load_model_arrays, model_from_config
+
+    arrays, _ = load_checkpoint(arrays_source)
+    model_cfg = config_from_dict({"model": meta["config"]["model"]}).model
+    model = model_from_config(model_cfg)
+    load_model_arrays(model, arrays)
+    return model.double().eval(), torch
+
+
+def _compare_batch(model: Any, torch: Any, xb: np.ndarray, sim_times: list[np.ndarray], acc: dict[str, Any]) -> None:
+    from relpsp.models import layer_outputs
+
+    with torch.no_grad():
+        outs = layer_outputs(model, torch.from_numpy(np.ascontiguousarray(xb)).double())
+    for k, (a, e_torch) in enumerate(zip(sim_times, outs)):
+        e = e_torch.numpy().reshape(a.shape)
+        both = np.isfinite(a) & np.isfinite(e)
+        acc["only_one"][k] += int((np.isfinite(a) != np.isfinite(e)).sum())
+        if both.any():
+            acc["max_abs_dt"][k] = max(acc["max_abs_dt"][k], float(np.abs(a[both] - e[both]).max()))
+    t_torch = outs[-1].numpy()
+    fired = np.isfinite(t_torch).any(1)
+    dec = np.where(fired, t_torch.argmin(1), -1)
+    acc["torch_decision"].append(dec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from relpsp import __version__
+    from relpsp.sim import concat_results, simulate
+
+    ctx = prepare(args)
+    net, meta, x, y, options = ctx["net"], ctx["meta"], ctx["x"], ctx["y"], ctx["options"]
+    if args.compare and meta is None:
+        raise ValueError("--compare needs a checkpoint (the torch model); the source is a NIR file")
+    simulate(net, x[:2], options)  # warm-up: compile the optional kernels outside the timing
+    if args.compare:
+        model, torch = _torch_model(meta, args.source)
+        n_cols = len(net.names)
+        acc: dict[str, Any] = {"only_one": [0] * n_cols, "max_abs_dt": [0.0] * n_cols, "torch_decision": []}
+        parts = []
+        seconds = 0.0  # simulator time only, not the torch model's
+        for i in range(0, len(x), options.batch_size):
+            xb = x[i : i + options.batch_size]
+            t0 = time.perf_counter()
+            r = simulate(net, xb, options, record_layers=True)
+            seconds += time.perf_counter() - t0
+            assert r.layer_times is not None
+            _compare_batch(model, torch, xb, r.layer_times, acc)
+            r.layer_times = None
+            parts.append(r)
+        res = concat_results(parts)
+    else:
+        t0 = time.perf_counter()
+        res = simulate(net, x, options)
+        seconds = time.perf_counter() - t0
+    n = res.n_images
+    fired = res.decision >= 0
+    summary: dict[str, Any] = {
+        "version": __version__,
+        "source": str(args.source),
+        "dataset": ctx["dataset"],
+        "split": args.split,
+        "n_images": n,
+        "arch": net.arch,
+        "options": {
+            "weight_bits": options.weight_bits,
+            "time_bits": options.time_bits,
+            "time_window": res.grid.window if res.grid is not None else None,
+            "time_window_calibrated": ctx["calibrated"],
+            "t_cutoff": options.t_cutoff,
+            "backend": options.backend,
+        },
+        "accuracy": res.accuracy(y),
+        "no_decision_rate": res.no_decision_rate(),
+        "mean_decision_time": float(res.t_decision[fired].mean()) if fired.any() else math.nan,
+        "layers": {
+            name: {
+                "neurons": int(res.n_neurons[i]),
+                "spikes_mean": float(res.spikes_out[:, i].mean()),
+                "syn_events_mean": float(res.syn_events[:, i].mean()),
+            }
+            for i, name in enumerate(res.layer_names)
+        },
+        "seconds": seconds,
+        "images_per_s": n / seconds if seconds > 0 else math.inf,
+    }
+    print(
+        f"{n} images from {summary['dataset']} ({args.split}): accuracy {summary['accuracy']:.4f}, "
+        f"no decision {summary['no_decision_rate']:.4f}, mean decision time {summary['mean_decision_time']:.4g}"
+    )
+    print("spikes per image: " + ", ".join(f"{k} {v['spikes_mean']:.1f}" for k, v in summary["layers"].items()))
+    print(f"{seconds:.2f} s, {summary['images_per_s']:.1f} images/s ({options.backend} backend)")
+    if args.compare:
+        torch_dec = np.concatenate(acc["torch_decision"])
+        cmp = {
+            "decision_agreement": float((torch_dec == res.decision).mean()),
+            "torch_accuracy": float((torch_dec == y).mean()),
+            "max_abs_dt": dict(zip(res.layer_names, acc["max_abs_dt"])),
+            "max_abs_dt_all": max(acc["max_abs_dt"]),
+            "fire_in_one_only": dict(zip(res.layer_names, acc["only_one"])),
+        }
+        summary["compare"] = cmp
+        print(
+            f"vs torch (float64): decisions agree on {cmp['decision_agreement']:.4f}, torch accuracy "
+            f"{cmp['torch_accuracy']:.4f}, max |dt| over neurons firing in both {cmp['max_abs_dt_all']:.3g}, "
+            f"neurons firing in only one: {sum(acc['only_one'])}"
+        )
+    if meta is not None:
+        summary["config"] = meta.get("config")
+        summary["checkpoint_version"] = meta.get("version")
+    if args.out:
+        write_json(args.out, summary)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,341 @@
+"""NIR export and import of ReL-PSP networks (the ``nir`` package is imported inside the functions).
+
+The neuron (Zhang et al., IEEE TNNLS 2021): ``V_j(t) = sum_i w_ji * max(0, t - t_i)``, one spike at the
+first t with ``V_j(t) >= theta``. As a circuit that is a non-leaky IF neuron driven by a step
+(non-decaying) synaptic current, so each spiking layer becomes three NIR nodes:
+
+    Linear (or Conv2d)  ->  I (r = 1: integrates the weighted input spikes into the step current
+                               u_j(t) = sum_i w_ji H(t - t_i))
+                        ->  IF (r = 1, v_threshold = theta: dv/dt = u, so v = V_j above)
+
+Mapping table (``EXPORTERS``, one converter per layer type):
+
+=============  ===================================================================================
+relpsp layer   NIR nodes
+=============  ===================================================================================
+SimDense       ``Linear(weight)`` -> ``I`` -> ``IF``
+SimConv        ``Conv2d(weight, stride, padding, bias = 0)`` -> ``I`` -> ``IF``
+SimPool        ``SumPool2d(kernel, stride)`` -> ``IF(v_threshold = 0.5)``: without an integrator each
+               input spike makes v jump by 1, so the IF fires at the first spike of its window, which
+               is min-time pooling under the single-spike rule
+SimFlatten     ``Flatten(start_dim = 0)``
+=============  ===================================================================================
+
+What NIR cannot express goes into node metadata (keys prefixed ``relpsp.``): on every IF,
+``relpsp.single_spike`` (each neuron fires at most once; NIR's IF would reset and fire again),
+``relpsp.t_max`` (spikes later than it are dropped; inf = none) and ``relpsp.op`` (``"relpsp_neuron"``
+or ``"min_time_pool"``); on the Input node the latency coding (``relpsp.encoding = "latency"``,
+``relpsp.t_in``, ``relpsp.zero_fires``: an intensity x fires at ``t_in * (1 - x)``); on the graph,
+``relpsp.arch`` and ``relpsp.version``. NIR's IF fires on ``v > v_threshold``, the model on
+``v >= theta``; the two differ only when v touches theta without crossing it.
+
+The reader (``network_from_nir``) accepts exactly these patterns, also from other tools: ``Affine`` with
+a zero bias counts as ``Linear``; per-neuron ``r`` and ``v_threshold`` are folded into the weights
+(``w_ji * r_I,j * r_IF,j * theta / v_threshold,j``); an IF without ``relpsp.t_max`` has no cut-off; the
+single-spike rule is always applied. Anything else raises ``ValueError`` naming the node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from relpsp.sim.network import (
+    SimConv,
+    SimDense,
+    SimFlatten,
+    SimLayer,
+    SimNetwork,
+    SimPool,
+    layer_output_shape,
+    network_from_checkpoint,
+)
+
+__all__ = ["EXPORTERS", "export_nir", "network_from_nir", "read_nir", "to_nir"]
+
+_INSTALL_HINT = "NIR export needs the nir package: pip install 'relpsp[nir]' (or pip install nir)"
+_POOL_THRESHOLD = 0.5
+
+
+def _nir() -> Any:
+    try:
+        import nir
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError(_INSTALL_HINT) from e
+    return nir
+
+
+def _weight_array(w: np.ndarray) -> np.ndarray:
+    """float32 when that keeps every value exactly (checkpoints are float32), else float64."""
+    w32 = w.astype(np.float32)
+    return w32 if np.array_equal(w32.astype(np.float64), w) else w.copy()
+
+
+def _if_node(nir: Any, shape: tuple[int, ...], threshold: float, meta: dict[str, Any]) -> Any:
+    return nir.IF(
+        r=np.ones(shape),
+        v_threshold=np.full(shape, float(threshold)),
+        v_reset=np.zeros(shape),
+        metadata={"relpsp.single_spike": True, **meta},
+    )
+
+
+def _neuron_meta(t_max: float) -> dict[str, Any]:
+    return {"relpsp.op": "relpsp_neuron", "relpsp.t_max": float(t_max)}
+
+
+def _export_dense(nir: Any, layer: SimDense, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> list[Any]:
+    return [
+        nir.Linear(weight=_weight_array(layer.weight)),
+        nir.I(r=np.ones(shape_out)),
+        _if_node(nir, shape_out, layer.theta, _neuron_meta(layer.t_max)),
+    ]
+
+
+def _export_conv(nir: Any, layer: SimConv, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> list[Any]:
+    return [
+        nir.Conv2d(
+            input_shape=(int(shape_in[1]), int(shape_in[2])),
+            weight=_weight_array(layer.weight),
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=1,
+            groups=1,
+            bias=np.zeros(layer.weight.shape[0], dtype=np.float32),
+        ),
+        nir.I(r=np.ones(shape_out)),
+        _if_node(nir, shape_out, layer.theta, _neuron_meta(layer.t_max)),
+    ]
+
+
+def _export_pool(nir: Any, layer: SimPool, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> list[Any]:
+    return [
+        nir.SumPool2d(
+            kernel_size=np.array([layer.kernel, layer.kernel]),
+            stride=np.array([layer.step, layer.step]),
+            padding=np.array([0, 0]),
+        ),
+        _if_node(nir, shape_out, _POOL_THRESHOLD, {"relpsp.op": "min_time_pool", "relpsp.t_max": math.inf}),
+    ]
+
+
+def _export_flatten(nir: Any, layer: SimFlatten, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> list[Any]:
+    return [nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=0, end_dim=-1)]
+
+
+#: layer type -> converter ``(nir, layer, shape_in, shape_out) -> [nodes]``
+EXPORTERS: dict[type, Callable[..., list[Any]]] = {
+    SimDense: _export_dense,
+    SimConv: _export_conv,
+    SimPool: _export_pool,
+    SimFlatten: _export_flatten,
+}
+
+_NODE_SUFFIX = {
+    "Linear": "linear",
+    "Conv2d": "conv",
+    "I": "i",
+    "IF": "if",
+    "SumPool2d": "sumpool",
+    "Flatten": "flatten",
+}
+
+
+def to_nir(net: SimNetwork, metadata: dict[str, Any] | None = None) -> Any:
+    """The ``nir.NIRGraph`` of ``net`` (see the module docstring for the mapping)."""
+    nir = _nir()
+    from relpsp import __version__
+
+    nodes: dict[str, Any] = {
+        "input": nir.Input(
+            input_type={"input": np.array(net.input_shape)},
+            metadata={"relpsp.encoding": "latency", "relpsp.t_in": net.t_in, "relpsp.zero_fires": net.zero_fires},
+        )
+    }
+    for i, layer in enumerate(net.layers):
+        conv = EXPORTERS.get(type(layer))
+        if conv is None:
+            raise ValueError(f"cannot export layer {i} ({type(layer).__name__}) to NIR: no converter")
+        for node in conv(nir, layer, net.shapes[i], net.shapes[i + 1]):
+            nodes[f"{net.names[i + 1]}.{_NODE_SUFFIX[type(node).__name__]}"] = node
+    nodes["output"] = nir.Output(output_type={"output": np.array(net.shapes[-1])})
+    names = list(nodes)
+    edges = list(itertools.pairwise(names))
+    meta = {"relpsp.arch": net.arch, "relpsp.version": __version__, "relpsp.model": "ReL-PSP single-spike"}
+    meta.update(metadata or {})
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+
+
+def export_nir(source: SimNetwork | str | os.PathLike, path: str | os.PathLike) -> None:
+    """Write ``source`` (a network or a checkpoint path) as a NIR (HDF5) file at ``path``."""
+    nir = _nir()
+    net = source if isinstance(source, SimNetwork) else network_from_checkpoint(source)[0]
+    nir.write(str(path), to_nir(net))
+
+
+def _chain(graph: Any) -> list[str]:
+    """Node names from the Input to the Output; the graph must be a single path."""
+    nir = _nir()
+    inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
+    if len(inputs) != 1:
+        raise ValueError(f"the NIR graph must have exactly one Input node, found {len(inputs)}: {inputs}")
+    succ: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+    order = [inputs[0]]
+    while not isinstance(graph.nodes[order[-1]], nir.Output):
+        nxt = succ.get(order[-1], [])
+        if len(nxt) != 1:
+            raise ValueError(
+                f"NIR node {order[-1]!r} has {len(nxt)} successors {nxt}; only a single chain Input -> ... -> "
+                "Output is supported"
+            )
+        if nxt[0] in order:
+            raise ValueError(f"the NIR graph has a cycle through {nxt[0]!r}")
+        order.append(nxt[0])
+    return order
+
+
+def _scalar(meta: dict[str, Any], key: str, default: Any) -> Any:
+    v = meta.get(key, default)
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.ndarray):
+        v = v.item()
+    return v
+
+
+def _pair_value(v: Any, what: str, node: str) -> int:
+    a = np.atleast_1d(np.asarray(v)).astype(np.int64)
+    if a.size == 0 or not (a == a[0]).all():
+        raise ValueError(f"NIR node {node!r}: only square {what} is supported, got {v!r}")
+    return int(a[0])
+
+
+def _neuron_gain(graph: Any, names: list[str], j: int, n_out_shape: tuple[int, ...]) -> tuple[np.ndarray, float, float]:
+    """For ``names[j]`` = a weight node followed by I and IF: (per-neuron factor, theta, t_max)."""
+    nir = _nir()
+    if j + 2 >= len(names) or not isinstance(graph.nodes[names[j + 1]], nir.I):
+        raise ValueError(
+            f"NIR node {names[j]!r} must be followed by an I (integrator) node and an IF node (the ReL-PSP "
+            f"neuron); found {type(graph.nodes[names[j + 1]]).__name__ if j + 1 < len(names) else 'nothing'}"
+        )
+    i_node, if_node = graph.nodes[names[j + 1]], graph.nodes[names[j + 2]]
+    if not isinstance(if_node, nir.IF):
+        raise ValueError(f"NIR node {names[j + 2]!r} must be an IF node after the integrator {names[j + 1]!r}")
+    gain = np.broadcast_to(
+        np.asarray(i_node.r, dtype=np.float64) * np.asarray(if_node.r, dtype=np.float64), n_out_shape
+    )
+    v_thr = np.broadcast_to(np.asarray(if_node.v_threshold, dtype=np.float64), n_out_shape)
+    if not (np.isfinite(v_thr).all() and (v_thr > 0).all()):
+        raise ValueError(f"NIR node {names[j + 2]!r}: v_threshold must be finite and positive")
+    if not (np.isfinite(gain).all() and (gain > 0).all()):
+        raise ValueError(f"NIR nodes {names[j + 1]!r}/{names[j + 2]!r}: r must be finite and positive")
+    meta = if_node.metadata or {}
+    t_max = float(_scalar(meta, "relpsp.t_max", math.inf))
+    theta = float(v_thr.flat[0])
+    if (gain == 1).all() and (v_thr == theta).all():
+        return np.ones(n_out_shape), theta, t_max
+    return gain * (1.0 / v_thr), 1.0, t_max
+
+
+def network_from_nir(graph: Any, *, t_in: float | None = None, zero_fires: bool | None = None) -> SimNetwork:
+    """The simulator's network from a ``nir.NIRGraph`` (or a path to a NIR file). ``t_in`` and
+    ``zero_fires`` override the Input node's ``relpsp.*`` metadata (defaults 1.0 and False)."""
+    nir = _nir()
+    if isinstance(graph, (str, os.PathLike)):
+        graph = nir.read(str(graph))
+    names = _chain(graph)
+    inp = graph.nodes[names[0]]
+    shape = tuple(int(d) for d in np.asarray(inp.input_type["input"]).reshape(-1))
+    in_meta = inp.metadata or {}
+    t_in_v = float(t_in if t_in is not None else _scalar(in_meta, "relpsp.t_in", 1.0))
+    zf = bool(zero_fires if zero_fires is not None else _scalar(in_meta, "relpsp.zero_fires", False))
+    layers: list[SimLayer] = []
+    cur = shape
+    j = 1
+    while j < len(names) - 1:
+        name, node = names[j], graph.nodes[names[j]]
+        if isinstance(node, (nir.Linear, nir.Affine)):
+            if isinstance(node, nir.Affine) and np.any(np.asarray(node.bias) != 0):
+                raise ValueError(f"NIR node {name!r}: Affine with a non-zero bias has no ReL-PSP equivalent")
+            w = np.asarray(node.weight, dtype=np.float64)
+            if w.ndim != 2:
+                raise ValueError(f"NIR node {name!r}: weight must be 2-D, got shape {w.shape}")
+            factor, theta, t_max = _neuron_gain(graph, names, j, (w.shape[0],))
+            layer: SimLayer = SimDense(w * factor[:, None] if not (factor == 1).all() else w, theta=theta, t_max=t_max)
+            j += 3
+        elif isinstance(node, nir.Conv2d):
+            w = np.asarray(node.weight, dtype=np.float64)
+            if w.ndim != 4:
+                raise ValueError(f"NIR node {name!r}: Conv2d weight must be 4-D, got shape {w.shape}")
+            if _pair_value(node.dilation, "dilation", name) != 1 or int(node.groups) != 1:
+                raise ValueError(f"NIR node {name!r}: dilation and groups must be 1")
+            if node.bias is not None and np.any(np.asarray(node.bias) != 0):
+                raise ValueError(f"NIR node {name!r}: Conv2d with a non-zero bias has no ReL-PSP equivalent")
+            stride = _pair_value(node.stride, "stride", name)
+            pad = node.padding
+            if isinstance(pad, str):
+                if pad == "valid":
+                    padding = 0
+                elif pad == "same" and stride == 1 and w.shape[2] % 2 == 1:
+                    padding = (w.shape[2] - 1) // 2
+                else:
+                    raise ValueError(f"NIR node {name!r}: padding {pad!r} is not supported with this kernel/stride")
+            else:
+                padding = _pair_value(pad, "padding", name)
+            out_shape = (
+                w.shape[0],
+                (cur[1] + 2 * padding - w.shape[2]) // stride + 1,
+                (cur[2] + 2 * padding - w.shape[2]) // stride + 1,
+            )
+            factor, theta, t_max = _neuron_gain(graph, names, j, out_shape)
+            if not (factor == 1).all():
+                f_c = factor.reshape(factor.shape[0], -1)
+                if not (f_c == f_c[:, :1]).all():
+                    raise ValueError(f"NIR nodes after {name!r}: per-position r or v_threshold cannot be shared-weight")
+                w = w * f_c[:, 0][:, None, None, None]
+            layer = SimConv(w, stride=stride, padding=padding, theta=theta, t_max=t_max)
+            j += 3
+        elif isinstance(node, nir.SumPool2d):
+            if np.any(np.asarray(node.padding) != 0):
+                raise ValueError(f"NIR node {name!r}: pooling with padding is not supported")
+            nxt = graph.nodes[names[j + 1]] if j + 1 < len(names) else None
+            if not isinstance(nxt, nir.IF):
+                raise ValueError(
+                    f"NIR node {name!r}: SumPool2d must be followed by an IF node (min-time pooling); "
+                    f"found {type(nxt).__name__}"
+                )
+            thr = np.asarray(nxt.v_threshold, dtype=np.float64)
+            if not ((thr > 0) & (thr < np.asarray(nxt.r, dtype=np.float64))).all():
+                raise ValueError(
+                    f"NIR node {names[j + 1]!r}: an IF after SumPool2d acts as min-time pooling only with "
+                    "0 < v_threshold < r (fires at the first input spike)"
+                )
+            layer = SimPool(
+                _pair_value(node.kernel_size, "kernel_size", name), _pair_value(node.stride, "stride", name)
+            )
+            j += 2
+        elif isinstance(node, nir.Flatten):
+            layer = SimFlatten()
+            j += 1
+        else:
+            raise ValueError(
+                f"NIR node {name!r} of type {type(node).__name__} has no ReL-PSP equivalent (supported: "
+                "Linear/Affine -> I -> IF, Conv2d -> I -> IF, SumPool2d -> IF, Flatten)"
+            )
+        layers.append(layer)
+        cur = layer_output_shape(layer, cur, len(layers) - 1)
+    g_meta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    arch = str(_scalar(g_meta, "relpsp.arch", ""))
+    return SimNetwork(tuple(layers), shape, t_in=t_in_v, zero_fires=zf, arch=arch)
+
+
+def read_nir(path: str | os.PathLike, *, t_in: float | None = None, zero_fires: bool | None = None) -> SimNetwork:
+    """Read a NIR file into the simulator's network (see ``network_from_nir``)."""
+    return network_from_nir(str(path), t_in=t_in, zero_fires=zero_fires)

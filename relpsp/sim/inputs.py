@@ -1,0 +1,61 @@
+"""Images for the simulator: a named dataset through ``relpsp.data.load_dataset`` or an ``.npz`` file.
+
+Intensities are float in [0, 1], ``[N, C, H, W]`` or ``[N, F]``; labels are integers ``[N]``. An
+``.npz`` file holds the arrays ``x`` and ``y`` (read with ``allow_pickle=False``). The latency code
+``t = t_in * (1 - x)`` is applied later, by the simulator.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_inputs"]
+
+
+def _to_numpy(a: object, what: str) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor, converted without importing torch here
+        a = a.detach().cpu().numpy()  # type: ignore[attr-defined]
+    arr = np.asarray(a)
+    if arr.dtype == object:
+        raise ValueError(f"{what} is not a numeric array")
+    return arr
+
+
+def load_inputs(
+    dataset: str, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x float64 [N, ...] in [0, 1], y int64 [N])``, the first ``limit`` samples when given.
+
+    ``dataset`` ending in ``.npz`` is read as a file (``split`` and ``data_dir`` ignored); any other
+    name goes to ``relpsp.data.load_dataset(name, split, data_dir)``.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    if str(dataset).endswith(".npz"):
+        path = Path(dataset)
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file {path} does not exist")
+        with np.load(path, allow_pickle=False) as f:
+            missing = {"x", "y"} - set(f.files)
+            if missing:
+                raise ValueError(f"{path} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
+            x, y = f["x"], f["y"]
+    else:
+        try:
+            from relpsp.data import load_dataset
+        except ImportError as e:
+            raise RuntimeError(f"relpsp.data.load_dataset is not available ({e}); pass an .npz file instead") from e
+        loaded = load_dataset(dataset, split, data_dir)
+        x, y = loaded[0], loaded[1]
+    x = _to_numpy(x, "x").astype(np.float64, copy=False)
+    y = _to_numpy(y, "y")
+    if y.ndim != 1 or x.ndim < 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"expected x [N, ...] and y [N], got shapes {x.shape} and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y.astype(np.int64)

@@ -1,0 +1,140 @@
+"""NIR export (``relpsp.export.nir``): round trip checkpoint -> NIR file -> simulator equals the checkpoint
+and the torch model; metadata; the reader's folding and errors; ``relpsp export`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+nir = pytest.importorskip("nir")
+
+from relpsp import cli  # noqa: E402
+from relpsp.checkpoint import save_checkpoint  # noqa: E402
+from relpsp.config import Config, ModelConfig, config_to_dict  # noqa: E402
+from relpsp.export.nir import EXPORTERS, export_nir, network_from_nir, read_nir, to_nir  # noqa: E402
+from relpsp.models import build_model, layer_outputs, model_arrays  # noqa: E402
+from relpsp.sim import SimDense, SimNetwork, SimOptions, network_from_checkpoint, simulate  # noqa: E402
+from tests.helpers import assert_close  # noqa: E402
+from tests.test_sim import _images, _tiny_checkpoint  # noqa: E402
+
+NETWORKS = [
+    pytest.param("20-12-5", (1, 4, 5), math.inf, id="mlp"),
+    pytest.param("3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0, id="cnn-t_max"),
+]
+
+
+def _checkpoint(tmp_path, arch, shape, t_max):
+    torch.manual_seed(0)
+    kw = dict(t_max=t_max, t_in=1.5, zero_fires=True)
+    model = build_model(arch, shape, init_mean=3.0, init_std=2.0, **kw)
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=shape, **kw))
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    with torch.no_grad():  # the checkpoint holds float32 weights; so must the reference model
+        for p in model.parameters():
+            p.copy_(p.float())
+    return path, model.double()
+
+
+@pytest.mark.parametrize(("arch", "shape", "t_max"), NETWORKS)
+def test_round_trip_same_spike_times(tmp_path, arch, shape, t_max):
+    ckpt, model = _checkpoint(tmp_path, arch, shape, t_max)
+    out = tmp_path / "m.nir"
+    export_nir(ckpt, out)
+    graph = nir.read(str(out))
+    net_nir = network_from_nir(graph)
+    net_ckpt, _ = network_from_checkpoint(ckpt)
+    assert net_nir.t_in == 1.5 and net_nir.zero_fires is True and net_nir.arch == arch
+    assert [type(a) for a in net_nir.layers] == [type(b) for b in net_ckpt.layers]
+    x = _images(shape)
+    a = simulate(net_nir, x, record_layers=True)
+    b = simulate(net_ckpt, x, record_layers=True)
+    for ta, tb in zip(a.layer_times, b.layer_times):
+        np.testing.assert_array_equal(ta, tb)
+    # ... and the torch model, to float64 rounding.
+    with torch.no_grad():
+        expected = [o.numpy() for o in layer_outputs(model, torch.from_numpy(x))]
+    for name, got, exp in zip(net_nir.names, a.layer_times, expected):
+        assert_close(f"nir {name}", got.reshape(exp.shape), exp, torch.float64)
+    assert np.isfinite(a.t_out).any()
+
+
+def test_metadata_and_node_mapping(tmp_path):
+    ckpt, _ = _checkpoint(tmp_path, "3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0)
+    net, _ = network_from_checkpoint(ckpt)
+    graph = to_nir(net)
+    kinds = {k: type(v).__name__ for k, v in graph.nodes.items()}
+    assert kinds["conv1.conv"] == "Conv2d" and kinds["conv1.i"] == "I" and kinds["conv1.if"] == "IF"
+    assert kinds["pool1.sumpool"] == "SumPool2d" and kinds["pool1.if"] == "IF" and "pool1.i" not in kinds
+    assert kinds["dense2.linear"] == "Linear" and kinds["flatten1.flatten"] == "Flatten"
+    meta = graph.nodes["dense2.if"].metadata
+    assert meta["relpsp.single_spike"] is True and meta["relpsp.t_max"] == 2.0 and meta["relpsp.op"] == "relpsp_neuron"
+    assert graph.nodes["pool1.if"].metadata["relpsp.op"] == "min_time_pool"
+    assert graph.nodes["input"].metadata["relpsp.t_in"] == 1.5
+    assert graph.metadata["relpsp.arch"] == net.arch
+    np.testing.assert_array_equal(graph.nodes["conv2.conv"].stride, [2, 2])
+    assert set(EXPORTERS) == {type(layer) for layer in net.layers}
+    # t_max = inf survives the HDF5 file.
+    net_inf = SimNetwork((SimDense(np.ones((2, 3))),), (3,))
+    export_nir(net_inf, tmp_path / "inf.nir")
+    assert read_nir(tmp_path / "inf.nir").layers[0].t_max == math.inf
+
+
+def test_reader_folds_gains_into_weights():
+    w = np.array([[0.8, -0.2, 0.5], [0.3, 0.9, 0.1]])
+    graph = nir.NIRGraph.from_list(
+        nir.Linear(weight=w),
+        nir.I(r=np.array([2.0, 1.0])),
+        nir.IF(r=np.array([1.0, 3.0]), v_threshold=np.array([4.0, 1.5])),
+    )
+    net = network_from_nir(graph)
+    layer = net.layers[0]
+    assert isinstance(layer, SimDense) and layer.theta == 1.0 and layer.t_max == math.inf
+    np.testing.assert_allclose(layer.weight, w * np.array([[2.0 / 4.0], [3.0 / 1.5]]))
+
+
+def test_reader_rejects_what_it_cannot_run():
+    w = np.ones((2, 3))
+    no_integrator = nir.NIRGraph.from_list(nir.Linear(weight=w), nir.IF(r=np.ones(2), v_threshold=np.ones(2)))
+    with pytest.raises(ValueError, match="I \\(integrator\\)"):
+        network_from_nir(no_integrator)
+    lif = nir.NIRGraph.from_list(
+        nir.Linear(weight=w), nir.LIF(tau=np.ones(2), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.ones(2))
+    )
+    with pytest.raises(ValueError, match="LIF"):
+        network_from_nir(lif)
+    biased = nir.NIRGraph.from_list(
+        nir.Affine(weight=w, bias=np.ones(2)), nir.I(r=np.ones(2)), nir.IF(r=np.ones(2), v_threshold=np.ones(2))
+    )
+    with pytest.raises(ValueError, match="bias"):
+        network_from_nir(biased)
+
+
+def test_cli_export_then_simulate_nir(tmp_path, capsys):
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "tiny.nir"
+    assert cli.main(["export", str(ckpt), "--format", "nir", str(out)]) == 0
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert cli.main(["simulate", str(ckpt), "--dataset", str(data), "--out", str(a)]) == 0
+    assert cli.main(["simulate", str(out), "--dataset", str(data), "--out", str(b)]) == 0
+    ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ja["accuracy"] == jb["accuracy"] and ja["mean_decision_time"] == jb["mean_decision_time"]
+    assert ja["layers"] == jb["layers"]
+    # A NIR file names no dataset, and has no torch model to compare with.
+    capsys.readouterr()
+    assert cli.main(["simulate", str(out)]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    assert cli.main(["simulate", str(out), "--dataset", str(data), "--compare"]) == 2
+
+
+def test_simulate_options_apply_to_nir_networks(tmp_path):
+    ckpt, _ = _checkpoint(tmp_path, "20-12-5", (1, 4, 5), math.inf)
+    export_nir(ckpt, tmp_path / "m.nir")
+    net = read_nir(tmp_path / "m.nir")
+    x = _images((1, 4, 5))
+    res = simulate(net, x, SimOptions(weight_bits=6, time_bits=6, t_cutoff=3.0))
+    assert res.grid is not None and res.grid.window == 3.0

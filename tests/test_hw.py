@@ -1,0 +1,154 @@
+"""The cost model (``relpsp.hw``): counts checked on hand-computed networks, the energy and latency
+formulas, presets and ``relpsp cost`` end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from relpsp import cli
+from relpsp.hw import PRESETS, HardwarePreset, ann_macs, estimate_cost, get_preset
+from relpsp.hw import presets as presets_module
+from relpsp.sim import SimConv, SimDense, SimFlatten, SimNetwork, SimOptions, conv_reach, simulate
+from tests.test_sim import _tiny_checkpoint
+
+# Two dense layers, theta = 1, t_in = 1. Input x = [1, 0.5, 0, 0.25] -> spikes at t = [0, 0.5, -, 0.75].
+#   hidden 0: w = [4, 0, 5, 0]: slope 4 from t = 0 -> fires at 0.25
+#   hidden 1: w = [0, 1, 0, 1]: slope 1 from 0.5, V(0.75) = 0.25, slope 2 -> fires at 1.125
+#   output 0: w = [1, 0]: slope 1 from 0.25 -> fires at 1.25
+#   output 1: w = [0, 4]: slope 4 from 1.125 -> fires at 1.375
+W1 = np.array([[4.0, 0, 5, 0], [0, 1, 0, 1]])
+W2 = np.array([[1.0, 0], [0, 4]])
+X = np.array([[1.0, 0.5, 0.0, 0.25]])
+
+UNIT_PRESET = HardwarePreset(
+    name="unit",
+    e_synop_pj=1.0,
+    e_mem_read_pj_per_byte=1.0,
+    e_neuron_update_pj=1.0,
+    e_mac_pj=1.0,
+    p_static_mw=0.0,
+    clock_hz=1e6,
+    parallel_synapse_units=1,
+    weight_bits=8,
+    integer_weights=True,
+)
+
+
+def _two_layer_net() -> SimNetwork:
+    return SimNetwork((SimDense(W1), SimDense(W2)), (4,))
+
+
+def test_hand_computed_two_layer_counts():
+    net = _two_layer_net()
+    # Grid: T = 2, 3 bits -> dt = 0.25; every time above is already on a tick except 1.125 -> 1.25,
+    # which moves output 1 to 1.25 + 0.25 = 1.5.
+    res = simulate(net, X, SimOptions(time_bits=3, time_window=2.0), record_layers=True)
+    assert res.layer_times is not None
+    np.testing.assert_allclose(res.layer_times[1], [[0.25, 1.25]])
+    np.testing.assert_allclose(res.t_out, [[1.25, 1.5]])
+    assert res.decision.tolist() == [0] and res.t_decision.tolist() == [1.25]
+    # spikes: 3 input, 2 hidden, 2 output; synaptic events: 3 x 2 and 2 x 2.
+    assert res.spikes_out.tolist() == [[3, 2, 2]]
+    assert res.spikes_in.tolist() == [[0, 3, 2]]
+    assert res.syn_events.tolist() == [[0, 6, 4]]
+    # Neuron updates (ticks from the layer's first input event to the firing tick):
+    #   hidden: first input at tick 0; fire ticks 1 and 5 -> 1 + 5 = 6
+    #   output: first input at tick 1; fire ticks 5 and 6 -> 4 + 5 = 9
+    assert res.neuron_updates is not None and res.neuron_updates.tolist() == [[0, 6, 9]]
+    # Continuous time: the exact times of the comment above.
+    exact = simulate(net, X)
+    np.testing.assert_allclose(exact.t_out, [[1.25, 1.375]])
+
+
+def test_hand_computed_energy_latency_and_ann():
+    net = _two_layer_net()
+    res = simulate(net, X, SimOptions(time_bits=3, time_window=2.0))
+    rep = estimate_cost(res, net, UNIT_PRESET, labels=np.array([0]))
+    assert rep.syn_events == 10 and rep.neuron_updates == 15
+    assert rep.weight_bytes_read == 10  # 8-bit weights (the preset's width: the run did not quantise)
+    # E = 10 synops + 10 bytes + 15 updates, 1 pJ each, no static power
+    assert rep.e_total_uj == pytest.approx(35e-6)
+    # cycles = 8 ticks + (10 + 15) / 1 unit; 1 MHz
+    assert rep.latency_us == pytest.approx(33.0)
+    assert rep.p_avg_mw == pytest.approx(35e-12 / 33e-6 * 1e3)
+    assert ann_macs(net) == [0, 8, 4] and rep.ann_macs == 12
+    assert rep.e_ann_uj == pytest.approx(12 * (1 + 1) * 1e-6)  # MAC + one byte read each
+    assert rep.accuracy == 1.0 and rep.no_decision_rate == 0.0
+    # Static power: 2 mW over 33 us; parallel units shorten the latency.
+    fast = dataclasses.replace(UNIT_PRESET, p_static_mw=2.0).with_overrides(parallel_synapse_units=5)
+    rep2 = estimate_cost(res, net, fast)
+    assert rep2.latency_us == pytest.approx(8 + 5)
+    assert rep2.e_static_uj == pytest.approx(2e-3 * 13e-6 * 1e6)
+    assert rep2.e_total_uj == pytest.approx(35e-6 + rep2.e_static_uj)
+    # Quantised weights set the width of a weight read.
+    res4 = simulate(net, X, SimOptions(weight_bits=4, time_bits=3, time_window=2.0))
+    assert estimate_cost(res4, net, UNIT_PRESET).weight_bytes_read == pytest.approx(10 * 0.5)
+    d = rep.to_dict()
+    assert d["layers"][1]["syn_events"] == 6 and "horowitz" not in rep.table()
+
+
+def test_conv_reach_and_synaptic_events():
+    # 5x5 input, kernel 3, stride 2, padding 1 -> 3x3 output. Along one axis the input positions are
+    # covered by [1, 2, 1, 2, 1] output positions.
+    reach = conv_reach((5, 5), 3, 2, 1)
+    ry = np.array([1, 2, 1, 2, 1])
+    np.testing.assert_array_equal(reach, np.outer(ry, ry))
+    w_conv = np.ones((2, 1, 3, 3)) * 0.6
+    net = SimNetwork((SimConv(w_conv, stride=2, padding=1), SimFlatten(), SimDense(np.ones((3, 18)))), (1, 5, 5))
+    x = np.zeros((1, 1, 5, 5))
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = x[0, 0, 4, 4] = 1.0  # spikes at t = 0, reach 1, 4 and 1 positions
+    res = simulate(net, x, SimOptions(time_bits=4, time_window=4.0))
+    assert res.syn_events[0, 1] == (1 + 4 + 1) * 2
+    # Neuron updates of the convolution: the output positions that receive an input all get it at
+    # tick 0; with slope 0.6 (one input) they fire at 1/0.6 -> tick ceil(1/0.6/0.25) = 7, with slope
+    # 1.2 (two inputs) at tick ceil(1/1.2/0.25) = 4. Positions: (0,0) sees (0,0) and (1,1); (0,1),
+    # (1,0) see (1,1); (1,1) sees (1,1); (2,2) sees (4,4). 2 channels.
+    assert res.neuron_updates is not None
+    assert res.neuron_updates[0, 1] == 2 * (4 + 7 + 7 + 7 + 7)
+    assert ann_macs(net) == [0, 3 * 3 * 2 * 9, 0, 3 * 18]
+
+
+def test_presets_are_valid_and_cited():
+    assert {"horowitz45_int8", "horowitz45_int8_sram1mb", "horowitz45_fp32"} <= set(PRESETS)
+    assert "Horowitz" in presets_module.__doc__ and "ISSCC 2014" in presets_module.__doc__
+    assert "assumption" in presets_module.__doc__
+    for p in PRESETS.values():
+        assert p.e_synop_pj > 0 and p.e_mem_read_pj_per_byte > 0 and p.clock_hz > 0
+    assert get_preset("horowitz45_int8").e_synop_pj == pytest.approx(0.1)  # 32-bit int add
+    assert get_preset("horowitz45_fp32").e_mac_pj == pytest.approx(3.7 + 0.9)
+    with pytest.raises(ValueError, match="known"):
+        get_preset("loihi9")
+    with pytest.raises(ValueError, match="e_synop_pj"):
+        dataclasses.replace(UNIT_PRESET, e_synop_pj=-1.0)
+    with pytest.raises(ValueError, match="parallel_synapse_units"):
+        UNIT_PRESET.with_overrides(parallel_synapse_units=0)
+
+
+def test_cost_needs_a_time_grid():
+    net = _two_layer_net()
+    with pytest.raises(ValueError, match="time_bits"):
+        estimate_cost(simulate(net, X), net, UNIT_PRESET)
+
+
+def test_cli_cost_end_to_end(tmp_path, capsys):
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "cost.json"
+    rc = cli.main(
+        ["cost", str(ckpt), "--dataset", str(data), "--limit", "10", "--preset", "horowitz45_fp32",
+         "--clock-hz", "2e6", "--parallel", "4", "--time-bits", "5", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    payload = json.loads(out.read_text())
+    rep = payload["report"]
+    assert rep["n_images"] == 10 and rep["time_bits"] == 5 and rep["weight_bits"] == 32
+    assert rep["preset"]["clock_hz"] == 2e6 and rep["preset"]["parallel_synapse_units"] == 4
+    assert rep["e_total_uj"] > 0 and rep["latency_us"] > 0 and rep["ann_macs"] > 0
+    assert payload["time_window_calibrated"] is True
+    assert "energy per image" in capsys.readouterr().out
+    # An integer preset quantises the weights to its width by default.
+    rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--limit", "5", "--out", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["report"]["weight_bits"] == 8

@@ -1,0 +1,341 @@
+"""The event-driven simulator (``relpsp.sim``) against the torch model, hand cases, a clocked tick-by-tick
+reference, quantisation limits, validation, the import rules and ``relpsp simulate`` end to end."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from relpsp import cli
+from relpsp.checkpoint import save_checkpoint
+from relpsp.config import Config, ModelConfig, config_to_dict
+from relpsp.models import build_model, layer_outputs, model_arrays
+from relpsp.sim import (
+    SimConv,
+    SimDense,
+    SimFlatten,
+    SimNetwork,
+    SimOptions,
+    SimPool,
+    TimeGrid,
+    calibrate_time_window,
+    fire_rows,
+    network_from_arrays,
+    network_from_checkpoint,
+    quantize_weight,
+    resolve_time_window,
+    simulate,
+)
+from tests.helpers import assert_close
+
+SIM_BACKENDS = [pytest.param("numpy", id="numpy"), pytest.param("numba", id="numba")]
+
+# (arch, input shape): an MLP, a CNN with padding/pooling/stride, and an MLP on image-shaped input.
+NETWORKS = [
+    pytest.param("12-16-10", (12,), id="mlp"),
+    pytest.param("3C3p1-P2-4C3s2-12-5", (2, 9, 9), id="cnn"),
+    pytest.param("36-8-4", (1, 6, 6), id="mlp-image-input"),
+]
+
+
+def _model_and_net(arch, shape, *, seed=0, t_max=math.inf, t_in=1.0, zero_fires=False):
+    torch.manual_seed(seed)
+    # Wide weights around a small positive mean: a mix of firing and silent neurons, negative weights.
+    model = build_model(arch, shape, t_max=t_max, t_in=t_in, zero_fires=zero_fires, init_mean=3.0, init_std=2.0)
+    model = model.double()
+    model_cfg = {"arch": arch, "input_shape": list(shape), "t_max": t_max, "t_in": t_in, "zero_fires": zero_fires}
+    net = network_from_arrays(model_arrays(model), model_cfg)
+    # model_arrays stores float32; give the torch model the very same weights.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.float().double())
+    return model, net
+
+
+def _images(shape, n=24, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, *shape))
+    x[rng.random(x.shape) < 0.3] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("backend", SIM_BACKENDS)
+@pytest.mark.parametrize("t_max", [math.inf, 1.7], ids=["no-cutoff", "t_max"])
+@pytest.mark.parametrize(("arch", "shape"), NETWORKS)
+def test_matches_torch_model(arch, shape, t_max, backend):
+    model, net = _model_and_net(arch, shape, t_max=t_max)
+    x = _images(shape)
+    with torch.no_grad():
+        expected = [o.numpy() for o in layer_outputs(model, torch.from_numpy(x))]
+    res = simulate(net, x, SimOptions(backend=backend), record_layers=True)
+    assert res.layer_times is not None and len(res.layer_times) == len(expected)
+    for name, got, exp in zip(net.names, res.layer_times, expected):
+        assert_close(f"{arch} {name}", got.reshape(exp.shape), exp, torch.float64)
+    t_out = expected[-1]
+    fired = np.isfinite(t_out).any(1)
+    np.testing.assert_array_equal(res.decision, np.where(fired, t_out.argmin(1), -1))
+    assert_close("t_decision", res.t_decision, t_out.min(1), torch.float64)
+    # The test is only meaningful with both firing and silent neurons somewhere.
+    hidden = np.concatenate([t.reshape(-1) for t in res.layer_times[1:-1]])
+    assert np.isfinite(hidden).any() and np.isinf(hidden).any()
+
+
+@pytest.mark.parametrize("backend", SIM_BACKENDS)
+def test_zero_fires_and_t_in(backend):
+    model, net = _model_and_net("12-16-10", (12,), t_in=2.5, zero_fires=True)
+    x = _images((12,))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    res = simulate(net, x, SimOptions(backend=backend), record_layers=True)
+    assert res.layer_times is not None
+    np.testing.assert_array_equal(res.layer_times[0], 2.5 * (1 - x))  # x = 0 fires at t_in
+    assert_close("t_out", res.t_out, expected, torch.float64)
+
+
+@pytest.mark.parametrize("backend", SIM_BACKENDS)
+def test_hand_cases_first_crossing(backend):
+    # theta = 1. Row 0: slope 2 from t = 0 -> fires at 0.5.
+    # Row 1: w = [1, -2, 3] at t = [0, 0.5, 2]: V(0.5) = 0.5, falls to -1 at t = 2, then rises with
+    #        slope 2 and crosses at t = 3 (the first crossing; the potential never touched 1 before).
+    # Row 2: two inputs at the same time t = 1 with w = 0.5 each: V = t - 1, fires at 2.
+    # Row 3: only negative weights: never fires.
+    t = np.array([[0.0, np.inf, np.inf], [0.0, 0.5, 2.0], [1.0, 1.0, np.inf], [0.0, 0.2, 0.3]])
+    w_rows = [np.array([2.0, 0, 0]), np.array([1.0, -2.0, 3.0]), np.array([0.5, 0.5, 0]), np.array([-1.0, -1, -1])]
+    expected = [0.5, 3.0, 2.0, np.inf]
+    for r, (w, e) in enumerate(zip(w_rows, expected)):
+        got = fire_rows(t[r : r + 1], w[None], 1.0, backend=backend)[0, 0]
+        assert got == pytest.approx(e, abs=1e-12) if math.isfinite(e) else got == np.inf, (r, got, e)
+    # A cut-off drops the late spike of row 1 and keeps the early one of row 0.
+    got = fire_rows(t[:2], np.array([[2.0, 0, 0], [1.0, -2.0, 3.0]]), 1.0, t_cut=2.5, backend=backend)
+    assert got[0, 0] == pytest.approx(0.5) and got[1, 1] == np.inf
+
+
+def test_numpy_and_numba_backends_agree_on_long_rows():
+    # Rows longer than one chunk of events, ties, negative weights, a cut-off.
+    rng = np.random.default_rng(3)
+    t = np.round(rng.random((40, 150)) * 4, 2)
+    t[rng.random(t.shape) < 0.25] = np.inf
+    w = rng.normal(0.004, 0.1, (9, 150))
+    for t_cut in (math.inf, 1.5):
+        a = fire_rows(t, w, 1.0, t_cut, backend="numpy")
+        b = fire_rows(t, w, 1.0, t_cut, backend="numba")
+        assert_close("numpy vs numba", a, b, torch.float64)
+        assert np.isfinite(a).any() and np.isinf(a).any()
+
+
+def _tick_reference(t_in_ticks: np.ndarray, weight: np.ndarray, theta: float, dt: float, n_ticks: int) -> np.ndarray:
+    """Clocked IF neurons (model.md section 5): V[n] = V[n-1] + S[n-1] * dt, S[n] = sum of w over the
+    inputs with tick <= n; fire at the first tick with V[n] >= theta. One image, ``t_in_ticks [K]``."""
+    n_out = weight.shape[0]
+    v = np.zeros(n_out)
+    s = np.zeros(n_out)
+    out = np.full(n_out, np.inf)
+    for n in range(n_ticks + 1):
+        if n > 0:
+            v = v + s * dt
+        newly = (v >= theta) & np.isinf(out)
+        out[newly] = n
+        s = s + weight[:, t_in_ticks == n].sum(1)
+    return out
+
+
+def test_time_grid_equals_clocked_tick_simulation():
+    rng = np.random.default_rng(5)
+    w1 = rng.normal(0.25, 0.35, (7, 10))
+    w2 = rng.normal(0.3, 0.5, (3, 7))
+    net = SimNetwork((SimDense(w1), SimDense(w2)), (10,))
+    x = rng.random((30, 10))
+    x[x < 0.2] = 0
+    opts = SimOptions(time_bits=5, time_window=4.0)
+    res = simulate(net, x, opts, record_layers=True)
+    grid = res.grid
+    assert grid is not None and grid.dt == 4.0 / 32
+    assert res.layer_times is not None
+    for b in range(x.shape[0]):
+        n_in = grid.ticks(res.layer_times[0][b])
+        n_hidden = _tick_reference(n_in, w1, 1.0, grid.dt, grid.n_ticks)
+        n_out = _tick_reference(n_hidden, w2, 1.0, grid.dt, grid.n_ticks)
+        np.testing.assert_array_equal(grid.ticks(res.layer_times[1][b]), n_hidden)
+        np.testing.assert_array_equal(grid.ticks(res.t_out[b]), n_out)
+    # Every finite time sits on the grid.
+    for t in res.layer_times:
+        fin = t[np.isfinite(t)]
+        np.testing.assert_allclose(fin / grid.dt, np.round(fin / grid.dt), atol=1e-9)
+
+
+@pytest.mark.parametrize(("arch", "shape"), NETWORKS[:2])
+def test_quantisation_reduces_to_exact_at_high_bits(arch, shape):
+    _, net = _model_and_net(arch, shape, t_max=2.0)
+    x = _images(shape)
+    exact = simulate(net, x, record_layers=True)
+    fine = simulate(net, x, SimOptions(weight_bits=44, time_bits=40), record_layers=True)
+    assert fine.grid is not None and fine.grid.window == 2.0  # max(t_in, t_max)
+    np.testing.assert_array_equal(fine.decision, exact.decision)
+    for a, e in zip(fine.layer_times, exact.layer_times):
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(e))
+        fin = np.isfinite(e)
+        assert np.abs(a[fin] - e[fin]).max(initial=0) < 1e-8
+    coarse = simulate(net, x, SimOptions(weight_bits=3, time_bits=3))
+    assert not np.array_equal(coarse.t_out, exact.t_out)
+
+
+def test_quantize_weight_levels():
+    w = np.array([[-1.0, 0.5, 0.26, 0.0]])
+    q, scale = quantize_weight(w, 3)  # levels -3..3, scale 1/3
+    assert scale == pytest.approx(1 / 3)
+    np.testing.assert_allclose(q, [[-1.0, 2 / 3, 1 / 3, 0.0]])
+    np.testing.assert_allclose(quantize_weight(w, 50)[0], w, atol=1e-14)
+    with pytest.raises(ValueError, match="weight_bits"):
+        quantize_weight(w, 1)
+
+
+def test_time_grid_rounds_up_and_drops_late_spikes():
+    g = TimeGrid(1.0, 2)  # ticks 0, 0.25, 0.5, 0.75, 1
+    t = np.array([0.0, 0.1, 0.25, 0.25 + 1e-13, 0.26, 1.0, 1.01, np.inf])
+    np.testing.assert_array_equal(g.quantize(t), [0.0, 0.25, 0.25, 0.25, 0.5, 1.0, np.inf, np.inf])
+    with pytest.raises(ValueError, match="time_bits"):
+        TimeGrid(1.0, 0)
+
+
+def test_time_window_rules_and_calibration():
+    net = SimNetwork((SimDense(np.full((2, 3), 0.6)),), (3,), t_in=1.5)
+    assert resolve_time_window(net, SimOptions()) is None
+    assert resolve_time_window(net, SimOptions(t_cutoff=3.0)) == 3.0
+    assert resolve_time_window(net, SimOptions(time_window=5.0, t_cutoff=3.0)) == 5.0
+    net_cut = SimNetwork((SimDense(np.full((2, 3), 0.6), t_max=1.2),), (3,), t_in=1.5)
+    assert resolve_time_window(net_cut, SimOptions()) == 1.5
+    x = np.array([[1.0, 0.5, 0.0]])
+    with pytest.raises(ValueError, match="time window"):
+        simulate(net, x, SimOptions(time_bits=4))
+    # inputs at 0 and 0.75; slope 0.6 then 1.2: V(0.75) = 0.45, fires at 0.75 + 0.55 / 1.2
+    t_fire = 0.75 + 0.55 / 1.2
+    assert calibrate_time_window(net, x, quantile=1.0) == pytest.approx(max(1.5, t_fire))
+
+
+def test_t_cutoff_drops_late_spikes_everywhere():
+    _, net = _model_and_net("12-16-10", (12,))
+    x = _images((12,))
+    res = simulate(net, x, SimOptions(t_cutoff=1.0), record_layers=True)
+    for t in res.layer_times:
+        assert (t[np.isfinite(t)] <= 1.0).all()
+    assert res.no_decision_rate() > 0
+
+
+def test_counts_are_consistent():
+    _, net = _model_and_net("3C3p1-P2-4C3s2-12-5", (2, 9, 9))
+    res = simulate(net, _images((2, 9, 9)), SimOptions(time_bits=6, time_window=3.0))
+    np.testing.assert_array_equal(res.spikes_in[:, 1:], res.spikes_out[:, :-1])
+    dense_cols = [i + 1 for i, layer in enumerate(net.layers) if isinstance(layer, SimDense)]
+    for c in dense_cols:
+        np.testing.assert_array_equal(res.syn_events[:, c], res.spikes_in[:, c] * res.n_neurons[c])
+    assert res.neuron_updates is not None and (res.neuron_updates >= 0).all()
+    pool_cols = [i + 1 for i, layer in enumerate(net.layers) if isinstance(layer, (SimPool, SimFlatten))]
+    assert (res.syn_events[:, pool_cols] == 0).all() and (res.neuron_updates[:, pool_cols] == 0).all()
+
+
+def test_validation_errors():
+    net = SimNetwork((SimDense(np.ones((2, 3))),), (3,))
+    with pytest.raises(ValueError, match="intensities"):
+        simulate(net, np.full((1, 3), 1.5))
+    with pytest.raises(ValueError, match="shape"):
+        simulate(net, np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="weight_bits"):
+        SimOptions(weight_bits=1)
+    with pytest.raises(ValueError, match="backend"):
+        SimOptions(backend="cuda")
+    with pytest.raises(ValueError, match="needs a flat input"):
+        SimNetwork((SimDense(np.ones((2, 4))),), (3,))
+    with pytest.raises(ValueError, match="last layer must be dense"):
+        SimNetwork((SimConv(np.ones((1, 1, 2, 2))),), (1, 3, 3))
+    with pytest.raises(ValueError, match="theta"):
+        SimDense(np.ones((1, 1)), theta=0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        SimDense(np.array([[np.nan]]))
+
+
+def test_network_from_checkpoint(tmp_path):
+    arch, shape = "3C3p1-P2-4C3s2-12-5", (2, 9, 9)
+    model = build_model(arch, shape)
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=shape, t_max=2.5, t_in=1.25))
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    net, meta = network_from_checkpoint(path)
+    assert meta["version"] == "0.1.0" and net.arch == arch and net.t_in == 1.25
+    assert [type(layer) for layer in net.layers] == [SimConv, SimPool, SimConv, SimFlatten, SimDense, SimDense]
+    assert all(net.layers[i].t_max == 2.5 for i in net.spiking_layers())
+    arrays = model_arrays(model)
+    del arrays["model.3.weight"]
+    with pytest.raises(ValueError, match=r"model\.3\.weight"):
+        network_from_arrays(arrays, config_to_dict(cfg)["model"])
+
+
+def test_sim_imports_no_training_code():
+    """relpsp.sim is a second implementation: it may import NumPy, the standard library, numba and
+    relpsp.arch/checkpoint/config/data, and itself; never torch or the training code."""
+    allowed_relpsp = {"relpsp.arch", "relpsp.checkpoint", "relpsp.config", "relpsp.data"}
+    allowed_top = {"numpy", "numba", "__future__"}
+    sim_dir = Path(__file__).resolve().parents[1] / "relpsp" / "sim"
+    for path in sorted(sim_dir.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "relpsp":
+                    ok = name.startswith("relpsp.sim") or any(
+                        name == a or name.startswith(a + ".") for a in allowed_relpsp
+                    )
+                else:
+                    import sys
+
+                    ok = top in allowed_top or top in sys.stdlib_module_names
+                assert ok, f"{path.name} imports {name}"
+
+
+def _tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    arch, shape = "2C3p1-P2-6-4", (1, 6, 6)
+    torch.manual_seed(2)
+    model = build_model(arch, shape, init_mean=4.0, init_std=2.0)
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=shape))
+    ckpt = tmp_path / "tiny.ckpt"
+    save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    rng = np.random.default_rng(0)
+    x = rng.random((20, *shape)).astype(np.float32)
+    x[x < 0.3] = 0
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, y=rng.integers(0, 4, 20))
+    return ckpt, data
+
+
+def test_cli_simulate_end_to_end(tmp_path, capsys):
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "sim.json"
+    rc = cli.main(["simulate", str(ckpt), "--dataset", str(data), "--compare", "--backend", "numpy", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(out.read_text())
+    assert summary["n_images"] == 20
+    assert summary["compare"]["decision_agreement"] == 1.0
+    assert summary["compare"]["max_abs_dt_all"] < 1e-9
+    assert sum(summary["compare"]["fire_in_one_only"].values()) == 0
+    assert summary["accuracy"] == summary["compare"]["torch_accuracy"]
+    # Quantised run with a calibrated window.
+    out_q = tmp_path / "simq.json"
+    rc = cli.main(
+        ["simulate", str(ckpt), "--dataset", str(data), "--time-bits", "6", "--weight-bits", "6", "--out", str(out_q)]
+    )
+    assert rc == 0
+    q = json.loads(out_q.read_text())
+    assert q["options"]["time_window_calibrated"] is True and q["options"]["time_bits"] == 6
+    # Bad input: one-line error, exit code 2.
+    assert cli.main(["simulate", str(tmp_path / "missing.ckpt"), "--dataset", str(data)]) == 2
+    assert "does not exist" in capsys.readouterr().err
