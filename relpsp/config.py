@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    tau: float = 1.0  # time scale of the loss: softmax(-t_out / tau)
     silent_margin: float = 1.0
     silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
@@ -80,9 +81,11 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     default = f.default
     if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{cls.__name__}.{name} must be a list, got {value!r}")
-        return tuple(int(v) for v in value)
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ValueError(f"{cls.__name__}.{name} must be a list of integers, got {value!r}")
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{cls.__name__}.{name} must be true or false, got {value!r}")
@@ -105,9 +108,14 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
 def config_from_dict(d: dict[str, Any], base: Config | None = None) -> Config:
     """Apply ``{"model": {...}, "data": {...}, "train": {...}}`` on ``base`` (default: defaults)."""
     base = base or Config()
+    if not isinstance(d, dict):
+        raise ValueError(f"a config must be a table/dict of sections, got {type(d).__name__}")
     parts = {}
     for section, cls in _SECTIONS.items():
-        values = dict(d.get(section, {}) or {})
+        raw = d.get(section, {}) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"[{section}] must be a table of keys, got {raw!r}")
+        values = dict(raw)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:

@@ -104,7 +104,8 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
     h_out = (h - kernel[0]) // stride[0] + 1
     w_out = (w - kernel[1]) // stride[1] + 1
     cols = F.unfold(t_in, kernel, stride=stride)  # [B, C*kh*kw, L]
-    return cols.transpose(1, 2).reshape(b * h_out * w_out, -1), (b, h_out, w_out)
+    # Explicit sizes: an empty batch (B = 0) is valid and reshape cannot infer a -1 from 0 elements.
+    return cols.transpose(1, 2).reshape(b * h_out * w_out, cols.shape[1]), (b, h_out, w_out)
 
 
 def _check_conv(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
@@ -123,7 +124,7 @@ def _conv(t_in, weight, stride, padding, linear) -> Tensor:
         t_in, (weight.shape[2], weight.shape[3]), _pair("stride", stride, 1), _pair("padding", padding, 0)
     )
     t_rows = linear(rows, weight.reshape(weight.shape[0], -1))
-    return t_rows.reshape(b, h_out, w_out, -1).permute(0, 3, 1, 2)
+    return t_rows.reshape(b, h_out, w_out, weight.shape[0]).permute(0, 3, 1, 2)
 
 
 def relpsp_conv2d(
@@ -181,6 +182,7 @@ def min_time_pool2d(t: Tensor, kernel_size: IntPair, stride: IntPair | None = No
     first position in row-major order.
     """
     check_float_tensor("t", t, (4,))
+    check_spike_times("t", t)
     k = _pair("kernel_size", kernel_size, 1)
     s = k if stride is None else _pair("stride", stride, 1)
     if t.shape[2] < k[0] or t.shape[3] < k[1]:
@@ -213,15 +215,22 @@ def first_spike_decode(t_out: Tensor) -> tuple[Tensor, Tensor]:
     lowest class index.
     """
     check_float_tensor("t_out", t_out, (2,))
+    if t_out.shape[1] == 0:
+        raise ValueError(f"t_out has no output neurons (shape {tuple(t_out.shape)}); need [B, K] with K >= 1")
+    check_spike_times("t_out", t_out)
     fired = torch.isfinite(t_out).any(1)
     pred = torch.where(fired, t_out.argmin(1), -1)
     return pred, fired
 
 
 def spike_time_cross_entropy(
-    t_out: Tensor, target: Tensor, *, silent_margin: float = 1.0, reduction: str = "mean"
+    t_out: Tensor, target: Tensor, *, tau: float = 1.0, silent_margin: float = 1.0, reduction: str = "mean"
 ) -> Tensor:
-    """Cross-entropy of softmax(-t_out) against class labels. ``t_out [B, K]``, ``target [B]`` (long).
+    """Cross-entropy of softmax(-t_out / tau) against class labels. ``t_out [B, K]``, ``target [B]`` (long).
+
+    ``tau`` is the time scale of the softmax: a margin of ``tau`` between the target's spike and the others'
+    is worth a factor e in probability. Smaller values reach a confident decision with smaller time
+    differences, so training does not push the other outputs to ever later times (see docs/RESULTS.md).
 
     Outputs that never fire (+inf) are treated as firing at ``t_late + silent_margin``, where ``t_late``
     is the latest finite output time in the batch (detached; 0 if nothing fired). This keeps the loss
@@ -229,6 +238,9 @@ def spike_time_cross_entropy(
     silent neuron has no spike time to move); the gradient still flows to every output that fired.
     """
     check_float_tensor("t_out", t_out, (2,))
+    if t_out.shape[1] == 0:
+        raise ValueError(f"t_out has no output neurons (shape {tuple(t_out.shape)}); need [B, K] with K >= 1")
+    check_spike_times("t_out", t_out)
     if not isinstance(target, Tensor) or target.dtype not in (torch.int64, torch.int32):
         raise ValueError("target must be an integer tensor of class indices")
     if target.shape != t_out.shape[:1]:
@@ -236,14 +248,17 @@ def spike_time_cross_entropy(
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= t_out.shape[1]):
         raise ValueError(f"target holds labels outside [0, {t_out.shape[1] - 1}]")
     check_non_negative("silent_margin", silent_margin)
+    check_finite_positive("tau", tau)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if reduction == "mean" and t_out.shape[0] == 0:
+        raise ValueError("the mean loss of an empty batch (B = 0) is undefined; use reduction='sum' or 'none'")
     fired = torch.isfinite(t_out)
     with torch.no_grad():
         finite = t_out[fired]
         t_late = (finite.max() if finite.numel() else t_out.new_zeros(())) + silent_margin
     t = torch.where(fired, t_out, t_late)
-    return F.cross_entropy(-t, target.long(), reduction=reduction)
+    return F.cross_entropy(-t / tau, target.long(), reduction=reduction)
 
 
 def silent_neuron_penalty(
@@ -266,6 +281,20 @@ def silent_neuron_penalty(
     ``stride`` and ``padding``).
     """
     check_finite_positive("t_end", t_end)
+    if isinstance(t_in, Tensor) and t_in.dim() == 4:
+        _check_conv(t_in, weight, theta, math.inf)
+        (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("padding", padding, 0)
+        h, w = t_in.shape[2] + 2 * ph, t_in.shape[3] + 2 * pw
+        if h < weight.shape[2] or w < weight.shape[3]:
+            raise ValueError(f"kernel {tuple(weight.shape[2:])} is larger than the (padded) input {h}x{w}")
+        expected = (t_in.shape[0], weight.shape[0], (h - weight.shape[2]) // sh + 1, (w - weight.shape[3]) // sw + 1)
+    else:
+        _check_linear(t_in, weight, theta, math.inf)
+        expected = (t_in.shape[0], weight.shape[0])
+    check_float_tensor("t_out", t_out, (t_in.dim(),))
+    check_spike_times("t_out", t_out)
+    if tuple(t_out.shape) != expected:
+        raise ValueError(f"t_out has shape {tuple(t_out.shape)}; t_in and weight give outputs of shape {expected}")
     silent = ~torch.isfinite(t_out)
     if not bool(silent.any()):
         return t_out.new_zeros(())

@@ -13,6 +13,18 @@ Determinism: the weights come from ``seed``; the sample order of epoch ``e`` is 
 a generator seeded with ``(seed, e)``; the learning rate is a pure function of the step. A run resumed
 from any checkpoint therefore replays exactly the steps an uninterrupted run would take (on CPU, with
 the same thread count).
+
+Data parallel (``torchrun``, see README): when a ``torch.distributed`` process group is initialised
+(``relpsp train`` initialises one when ``WORLD_SIZE > 1``), every rank takes a contiguous
+``1/world_size`` slice of each global batch of the same seeded epoch order, so the union over ranks is
+exactly the single-process batch; ``train.batch_size`` stays the *global* batch. Each rank's loss is the
+*sum* over its slice divided by the global batch size, and DistributedDataParallel sums the gradients
+(a sum communication hook instead of the default mean), so the update is the single-process mean-loss
+gradient also for a last batch that does not split evenly. Batch-level quantities of the loss (the time
+given to silent outputs, the silent-penalty horizon) are reduced across ranks first. Metrics and
+evaluations are reduced across ranks; rank 0 alone prints and writes files, and every rank resumes from
+the same checkpoint. The result equals a single-process run up to float rounding (the gradient sums are
+added in a different order), which ``tests/test_distributed.py`` checks.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +46,13 @@ import torch
 from torch import Tensor, nn
 
 from relpsp import __version__
-from relpsp.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from relpsp.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from relpsp.config import Config, config_from_dict, config_to_dict
 from relpsp.functional import first_spike_decode, spike_time_cross_entropy
 from relpsp.kernels import set_cpu_kernel_threads
@@ -42,9 +60,12 @@ from relpsp.models import layer_outputs, load_model_arrays, model_arrays, model_
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "DistInfo",
     "data_options",
+    "dist_info",
     "evaluate",
     "fit",
+    "init_distributed",
     "load_trained",
     "make_optimizer",
     "set_threads",
@@ -62,6 +83,103 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(1)
     else:
         torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a data-parallel run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(device: str = "cpu") -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``), initialise the default process group from the environment
+    (gloo on CPU, nccl on CUDA, after selecting GPU ``LOCAL_RANK``) unless one exists. Return whether this
+    call created it (the caller then ends it with ``torch.distributed.destroy_process_group()``)."""
+    if _env_int("WORLD_SIZE", 1) <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    if dist.is_initialized():
+        return False
+    if device.startswith("cuda"):
+        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def dist_info() -> DistInfo:
+    """Rank and world size of the initialised process group, or a single process.
+
+    Raises ``ValueError`` when ``WORLD_SIZE > 1`` is set but no group exists: each process would then
+    train alone and they would overwrite each other's files.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        return DistInfo(rank, world, _env_int("LOCAL_RANK", rank), _env_int("LOCAL_WORLD_SIZE", world))
+    if _env_int("WORLD_SIZE", 1) > 1:
+        raise ValueError(
+            "WORLD_SIZE > 1 (torchrun?) but no torch.distributed process group is initialised; "
+            "run `relpsp train` or call relpsp.train.init_distributed() before fit()"
+        )
+    return DistInfo()
+
+
+def _all_reduce(values: list[float], ctx: DistInfo, device: str, op: str = "sum") -> list[float]:
+    """Element-wise sum / max / min of ``values`` over the ranks (float64; identity on one process)."""
+    if ctx.world_size == 1:
+        return list(values)
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=ops[op])
+    return t.tolist()
+
+
+def _barrier(ctx: DistInfo) -> None:
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _shard(n: int, ctx: DistInfo) -> tuple[int, int]:
+    """Bounds of this rank's contiguous slice of ``n`` items (sizes differ by at most one)."""
+    return ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size
+
+
+def _allreduce_sum_hook(_state, bucket):  # no annotations: DDP checks them against its own types
+    """DDP communication hook: sum the gradients over the ranks (the default hook averages them). Each
+    rank's loss is already its share of the global mean, so the sum is the global gradient."""
+    import torch.distributed as dist
+
+    fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
 
 
 def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
@@ -93,8 +211,26 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"train.lr must be in (0, 10), got {t.lr}")
     if t.batch_size > 1_000_000 or t.epochs > 100_000:
         raise ValueError("train.batch_size or train.epochs is absurdly large")
-    if t.checkpoint_every < 0 or t.weight_decay < 0 or t.threads < 0:
-        raise ValueError("train.checkpoint_every, weight_decay and threads must be >= 0")
+    if t.checkpoint_every < 0 or t.threads < 0:
+        raise ValueError("train.checkpoint_every and train.threads must be >= 0")
+    if t.threads > 4096 or t.eval_batch_size > 1_000_000:
+        raise ValueError("train.threads or train.eval_batch_size is absurdly large")
+    if not 0 <= t.seed < 2**32:
+        raise ValueError(f"train.seed must be in [0, 2^32), got {t.seed}")
+    for name in ("weight_decay", "silent_margin", "silent_penalty", "tau"):
+        v = getattr(t, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
+    if t.tau == 0:
+        raise ValueError("train.tau must be > 0")
+    if t.optimizer not in ("adam", "adamw", "sgd"):
+        raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'sgd', got {t.optimizer!r}")
+    if t.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"train.lr_schedule must be 'cosine' or 'constant', got {t.lr_schedule!r}")
+    from relpsp.autograd import BACKENDS
+
+    if t.backend not in BACKENDS:
+        raise ValueError(f"train.backend must be one of {BACKENDS}, got {t.backend!r}")
     if t.device != "cpu" and not t.device.startswith("cuda"):
         raise ValueError(f"train.device must be 'cpu' or 'cuda[:N]', got {t.device!r}")
     if t.device.startswith("cuda") and not torch.cuda.is_available():
@@ -157,16 +293,21 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
 
 
 def _augment(x: Tensor, seed: int, epoch: int, step: int) -> Tensor:
-    """Random shifts of up to 2 pixels (images only), drawn from a generator seeded by the step."""
+    """Shift every image by its own random offset of up to 2 pixels in each direction (zero fill),
+    drawn from a generator seeded by (seed, epoch, step), so resumed runs see the same shifts."""
     if x.dim() != 4:
         return x
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
-    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+    shifts = torch.randint(-2, 3, (len(x), 2), generator=g)
     out = torch.zeros_like(x)
     h, w = x.shape[2], x.shape[3]
-    out[:, :, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
-        :, :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            sel = torch.nonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).squeeze(1)
+            if len(sel):
+                out[sel, :, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+                    sel, :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+                ]
     return out
 
 
@@ -177,33 +318,51 @@ def _augment(x: Tensor, seed: int, epoch: int, step: int) -> Tensor:
 def evaluate(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int = 1000, device: str = "cpu") -> dict[str, Any]:
     """Accuracy (no output spike counts as wrong), no-spike fraction, loss, firing rate of every layer
     (fraction of neurons that spike, averaged over samples) and mean output spike time of the winner."""
+    return _eval_summary(_eval_sums(model, x, y, batch_size, device))
+
+
+def _eval_sums(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str) -> list[float]:
+    """``[n, correct, silent, loss_sum, decision_time_sum, *rate_sums]``: sums, so that ranks can add them."""
     model.eval()
     correct = 0
     silent = 0
     loss_sum = 0.0
-    rates: list[float] | None = None
-    t_win: list[float] = []
-    for s in range(0, len(y), batch_size):
-        xb, yb = x[s : s + batch_size].to(device), y[s : s + batch_size].to(device)
-        outs = layer_outputs(model, xb)
-        t_out = outs[-1]
-        pred, fired = first_spike_decode(t_out)
-        correct += int((pred == yb).sum())
-        silent += int((~fired).sum())
-        loss_sum += float(spike_time_cross_entropy(t_out, yb, reduction="sum"))
-        r = [float(torch.isfinite(o).float().mean()) * len(yb) for o in outs]
-        rates = r if rates is None else [a + b for a, b in zip(rates, r)]
-        if bool(fired.any()):
-            t_win.append(float(t_out.min(1).values[fired].sum()))
-    n = max(len(y), 1)
+    rates = [0.0] * len(model)
+    t_win = 0.0
+    with torch.no_grad():
+        for s in range(0, len(y), batch_size):
+            xb, yb = x[s : s + batch_size].to(device), y[s : s + batch_size].to(device)
+            outs = layer_outputs(model, xb)
+            t_out = outs[-1]
+            pred, fired = first_spike_decode(t_out)
+            correct += int((pred == yb).sum())
+            silent += int((~fired).sum())
+            loss_sum += float(spike_time_cross_entropy(t_out, yb, reduction="sum"))
+            rates = [a + float(torch.isfinite(o).float().mean()) * len(yb) for a, o in zip(rates, outs)]
+            if bool(fired.any()):
+                t_win += float(t_out.min(1).values[fired].sum())
+    return [float(len(y)), float(correct), float(silent), loss_sum, t_win, *rates]
+
+
+def _eval_summary(sums: list[float]) -> dict[str, Any]:
+    n_total, correct, silent, loss_sum, t_win = sums[:5]
+    n = max(n_total, 1)
     return {
         "accuracy": correct / n,
         "no_output_spike_fraction": silent / n,
         "loss": loss_sum / n,
-        "firing_rates": [r / n for r in (rates or [])],
-        "mean_decision_time": sum(t_win) / max(n - silent, 1),
-        "n": len(y),
+        "firing_rates": [r / n for r in sums[5:]] if n_total else [],
+        "mean_decision_time": t_win / max(n - silent, 1),
+        "n": round(n_total),
     }
+
+
+def _evaluate(
+    model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str, ctx: DistInfo
+) -> dict[str, Any]:
+    """``evaluate`` with the samples split over the ranks and the sums added up."""
+    lo, hi = _shard(len(y), ctx)
+    return _eval_summary(_all_reduce(_eval_sums(model, x[lo:hi], y[lo:hi], batch_size, device), ctx, device))
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -223,17 +382,29 @@ def _optimizer_arrays(opt: torch.optim.Optimizer) -> tuple[dict[str, np.ndarray]
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Restore the optimizer state; raise ``ValueError`` when it does not fit this model and optimizer."""
     sd = opt.state_dict()
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, Any]] = {}
-    for pid_s, sc in meta["scalars"].items():
-        state[int(pid_s)] = {k: torch.tensor(v, dtype=torch.float32) for k, v in sc.items()}
-    for name, a in arrays.items():
-        if name.startswith("optim."):
-            _, pid_s, k = name.split(".", 2)
-            state.setdefault(int(pid_s), {})[k] = torch.from_numpy(np.array(a))
-    sd["state"] = state
-    sd["param_groups"] = meta["param_groups"]
-    opt.load_state_dict(sd)
+    try:
+        for pid_s, sc in meta["scalars"].items():
+            state[int(pid_s)] = {k: torch.tensor(float(v), dtype=torch.float32) for k, v in sc.items()}
+        for name, a in arrays.items():
+            if name.startswith("optim."):
+                _, pid_s, k = name.split(".", 2)
+                pid = int(pid_s)
+                if not 0 <= pid < len(params) or tuple(a.shape) != tuple(params[pid].shape):
+                    raise ValueError(f"array {name!r} of shape {a.shape} fits no parameter")
+                if a.dtype.kind != "f" or not np.isfinite(a).all():
+                    raise ValueError(f"array {name!r} is not finite floating-point data")
+                state.setdefault(pid, {})[k] = torch.from_numpy(np.array(a))
+        if set(state) - set(range(len(params))):
+            raise ValueError("state for parameters this model does not have")
+        sd["state"] = state
+        sd["param_groups"] = meta["param_groups"]
+        opt.load_state_dict(sd)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"the optimizer state in the checkpoint does not fit this model ({e})") from e
 
 
 def _save_training_checkpoint(path: Path, model, opt, cfg: Config, progress: dict[str, Any]) -> None:
@@ -279,22 +450,32 @@ class _SilentPenalty:
             if isinstance(m, (SpikingLinear, SpikingConv2d))
         ]
 
-    def __call__(self) -> Tensor:
+    def __call__(self, reduce_max: Callable[[list[float]], list[float]] | None = None) -> Tensor:
+        """The penalty *summed* over the samples of this batch (the caller divides by the global batch
+        size). ``reduce_max`` makes the latest spike times global over the ranks of a distributed run, so
+        every rank uses the horizon a single process would."""
         from relpsp.functional import silent_neuron_penalty
 
+        latest: list[float] = []  # per layer: latest output spike, latest input spike (-inf: none)
+        with torch.no_grad():
+            for _mod, t_in, t_out in self.records:
+                for t in (t_out, t_in):
+                    finite = t[torch.isfinite(t)]
+                    latest.append(float(finite.max()) if finite.numel() else -math.inf)
+        if reduce_max is not None:
+            latest = reduce_max(latest)
         total = torch.zeros(())
-        for mod, t_in, t_out in self.records:
-            with torch.no_grad():
-                finite_out = t_out[torch.isfinite(t_out)]
-                finite_in = t_in[torch.isfinite(t_in)]
-                if finite_out.numel():
-                    t_end = min(float(finite_out.max()), mod.t_max)
-                elif finite_in.numel():
-                    t_end = min(float(finite_in.max()) + 1.0, mod.t_max)
-                else:
-                    continue
+        for k, (mod, t_in, t_out) in enumerate(self.records):
+            last_out, last_in = latest[2 * k], latest[2 * k + 1]
+            if last_out > -math.inf:
+                t_end = min(last_out, mod.t_max)
+            elif last_in > -math.inf:
+                t_end = min(last_in + 1.0, mod.t_max)
+            else:
+                continue
             kw = {"stride": mod.stride, "padding": mod.padding} if t_in.dim() == 4 else {}
-            total = total + silent_neuron_penalty(t_in, mod.weight, t_out, t_end=t_end, theta=mod.theta, **kw)
+            mean = silent_neuron_penalty(t_in, mod.weight, t_out, t_end=t_end, theta=mod.theta, **kw)
+            total = total + mean * t_out.shape[0]
         self.records.clear()
         return total
 
@@ -370,30 +551,64 @@ def fit(
     """Train, checkpoint, evaluate; return the results dict (also written to ``out_dir/results.json``).
 
     ``splits`` overrides the dataset (tests use it); ``on_step(epoch, step)`` is called after each
-    optimizer step (tests use it to interrupt a run).
+    optimizer step (tests use it to interrupt a run). In a distributed run (see the module docstring)
+    call it on every rank with the same arguments; every rank returns the same results.
     """
     _validate(cfg)
+    ctx = dist_info()
+    if cfg.train.batch_size % ctx.world_size:
+        raise ValueError(
+            f"train.batch_size {cfg.train.batch_size} (the global batch) must be divisible by the number of "
+            f"processes ({ctx.world_size})"
+        )
+    if not ctx.is_main:
+        progress = False
+        log = _quiet
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
+    if ctx.is_main:  # temporary files of writes that a kill interrupted
+        for name in (CHECKPOINT_NAME, "metrics.jsonl", "results.json"):
+            for p in remove_stale_temp_files(out / name):
+                log(f"removed {p.name}, left by an interrupted write")
     device = cfg.train.device
+    if ctx.world_size > 1 and device.startswith("cuda"):
+        device = f"cuda:{ctx.local_rank}"  # one GPU per process
     if device == "cpu":
-        set_threads(cfg.train.threads)
+        threads = cfg.train.threads
+        if not threads and ctx.local_world_size > 1:  # share the cores between this machine's processes
+            threads = max(1, (os.cpu_count() or 1) // ctx.local_world_size)
+        set_threads(threads)
+
+    torch.manual_seed(cfg.train.seed)
+    model = model_from_config(cfg.model, backend=cfg.train.backend).to(device)  # checks the model config
     splits = splits if splits is not None else load_splits(cfg)
     _check_splits(cfg, splits)
     x_tr, y_tr = splits["train"]
-
-    torch.manual_seed(cfg.train.seed)
-    model = model_from_config(cfg.model, backend=cfg.train.backend).to(device)
     opt = make_optimizer(cfg, model.parameters())
     steps_per_epoch = math.ceil(len(y_tr) / cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     start_epoch, start_step, history, wall_before = 0, 0, [], 0.0
     resumed_running: dict[str, Any] | None = None
 
-    if resume and ckpt_path.exists():
+    found = _all_reduce([float(resume and ckpt_path.exists())], ctx, device, "max")[0]
+    if found and not _all_reduce([float(ckpt_path.exists())], ctx, device, "min")[0]:
+        raise ValueError(f"{ckpt_path} exists on some ranks only: --out must be on a filesystem all ranks share")
+    if found:
         arrays, meta = load_checkpoint(ckpt_path)
-        saved = config_from_dict(meta["config"])
+        try:
+            saved = config_from_dict(meta["config"])
+            p = meta["progress"]
+            start_epoch, start_step, history = int(p["epoch"]), int(p["step"]), list(p["history"])
+            resumed_running = dict(p["running"]) if start_step and p.get("running") else None
+            wall_before = float(p.get("wall_time_s", 0.0))
+            saved_world = int(p.get("world_size", 1))
+            opt_meta = meta["optimizer"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{ckpt_path} has no usable training state ({type(e).__name__}: {e}); "
+                "it is not a resumable relpsp training checkpoint"
+            ) from e
         if replace(saved, train=replace(saved.train, epochs=cfg.train.epochs, device=cfg.train.device)) != replace(
             cfg, train=replace(cfg.train, epochs=cfg.train.epochs, device=cfg.train.device)
         ):
@@ -401,18 +616,37 @@ def fit(
                 f"{ckpt_path} was written with a different config; resume with the same settings "
                 "(only --epochs and --device may change) or use another --out folder"
             )
+        if not (0 <= start_epoch and 0 <= start_step <= steps_per_epoch and len(history) == start_epoch):
+            raise CheckpointError(f"{ckpt_path}: progress epoch {start_epoch}, step {start_step} does not fit this run")
         load_model_arrays(model, arrays)
-        _load_optimizer(opt, arrays, meta["optimizer"])
-        p = meta["progress"]
-        start_epoch, start_step, history = p["epoch"], p["step"], p["history"]
-        resumed_running = p.get("running") if start_step else None
-        wall_before = p.get("wall_time_s", 0.0)
+        _load_optimizer(opt, arrays, opt_meta)
+        if _all_reduce([start_epoch, start_step], ctx, device, "max") != _all_reduce(
+            [start_epoch, start_step], ctx, device, "min"
+        ):
+            raise ValueError(f"the ranks read different checkpoints from {ckpt_path}; --out must be shared")
         log(f"resumed from {ckpt_path} at epoch {start_epoch + 1}, step {start_step}")
+        if saved_world != ctx.world_size:
+            log(
+                f"note: the checkpoint was written by {saved_world} process(es), this run has {ctx.world_size}; "
+                "the batches are the same, the float rounding of the gradient sums differs"
+            )
     elif resume:
         log(f"no checkpoint in {out}: starting from scratch")
 
+    train_model: nn.Module = model
+    if ctx.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        ddp = DistributedDataParallel(model, device_ids=ids)
+        ddp.register_comm_hook(None, _allreduce_sum_hook)
+        train_model = ddp
+
     t_start = time.perf_counter()
     penalty = _SilentPenalty(model) if cfg.train.silent_penalty > 0 else None
+
+    def reduce_max(values: list[float]) -> list[float]:
+        return _all_reduce(values, ctx, device, "max")
 
     running = {"seen": 0, "correct": 0, "loss_sum": 0.0}  # this epoch's counters, kept across a resume
 
@@ -423,7 +657,13 @@ def fit(
             "history": history,
             "running": dict(running),
             "wall_time_s": wall_before + time.perf_counter() - t_start,
+            "world_size": ctx.world_size,
         }
+
+    def save(epoch: int, step: int) -> None:
+        if ctx.is_main:
+            _save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch, step))
+        _barrier(ctx)  # nobody runs ahead of a checkpoint that is not on disk yet
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
@@ -439,7 +679,9 @@ def fit(
         t_epoch = time.perf_counter()
         seen_before = running["seen"]
         for step, idx in _batches(order, cfg.train.batch_size, first_step):
-            xb, yb = x_tr[idx], y_tr[idx]
+            n_global = len(idx)
+            lo, hi = _shard(n_global, ctx)
+            xb, yb = x_tr[idx[lo:hi]], y_tr[idx[lo:hi]]
             if cfg.data.augment:
                 xb = _augment(xb, cfg.train.seed, epoch, step)
             xb, yb = xb.to(device), yb.to(device)
@@ -447,20 +689,31 @@ def fit(
                 group["lr"] = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps)
             if penalty is not None:
                 penalty.records.clear()  # drop what evaluation passes recorded
-            t_out = model(xb)
-            loss = spike_time_cross_entropy(t_out, yb, silent_margin=cfg.train.silent_margin)
+            t_out = train_model(xb)
+            # spike_time_cross_entropy gives silent outputs the latest output time of the batch plus a margin;
+            # fill them in here with that time taken over the global batch, so each rank's share is exact.
+            fired = torch.isfinite(t_out)
+            with torch.no_grad():
+                finite = t_out[fired]
+                t_last = reduce_max([float(finite.max()) if finite.numel() else -math.inf])[0]
+                t_late = (t_last if t_last > -math.inf else 0.0) + cfg.train.silent_margin
+            t_filled = torch.where(fired, t_out, torch.tensor(t_late, dtype=t_out.dtype, device=t_out.device))
+            loss_sum = spike_time_cross_entropy(t_filled, yb, tau=cfg.train.tau, reduction="sum")
             if penalty is not None:
-                loss = loss + cfg.train.silent_penalty * penalty()
+                loss_sum = loss_sum + cfg.train.silent_penalty * penalty(reduce_max)
+            loss = loss_sum / n_global  # this rank's share of the global mean; DDP sums the shares' gradients
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
                 pred, _ = first_spike_decode(t_out)
-                running["correct"] += int((pred == yb).sum())
-            running["seen"] += len(yb)
-            running["loss_sum"] += float(loss.detach()) * len(yb)
+                correct = int((pred == yb).sum())
+            step_loss, step_correct = _all_reduce([float(loss_sum.detach()), correct], ctx, device)
+            running["correct"] += round(step_correct)
+            running["seen"] += n_global
+            running["loss_sum"] += step_loss
             if bar is not None:
-                bar.update(len(yb))
+                bar.update(n_global)
                 rate = (running["seen"] - seen_before) / max(time.perf_counter() - t_epoch, 1e-9)
                 bar.set_postfix(
                     loss=f"{running['loss_sum'] / running['seen']:.4f}",
@@ -468,7 +721,7 @@ def fit(
                     sps=f"{rate:.0f}",
                 )
             if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
-                _save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch, step + 1))
+                save(epoch, step + 1)
             if on_step is not None:
                 on_step(epoch, step)
         if bar is not None:
@@ -484,13 +737,14 @@ def fit(
         }
         for split in ("val", "test"):
             if split in splits:
-                ev = evaluate(model, *splits[split], cfg.train.eval_batch_size, device)
+                ev = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx)
                 row[f"{split}_accuracy"] = ev["accuracy"]
                 row[f"{split}_loss"] = ev["loss"]
                 row[f"{split}_no_output_spike_fraction"] = ev["no_output_spike_fraction"]
         history.append(row)
-        _save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch + 1, 0))
-        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+        save(epoch + 1, 0)
+        if ctx.is_main:
+            atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
         log(
             f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  train {row['train_accuracy']:.4f}  "
             + "  ".join(f"{s} {row[f'{s}_accuracy']:.4f}" for s in ("val", "test") if f"{s}_accuracy" in row)
@@ -499,7 +753,7 @@ def fit(
 
     if penalty is not None:
         penalty.close()
-    final = evaluate(model, *splits["test"], cfg.train.eval_batch_size, device)
+    final = _evaluate(model, *splits["test"], cfg.train.eval_batch_size, device, ctx)
     results = {
         "test_accuracy": final["accuracy"],
         "test_no_output_spike_fraction": final["no_output_spike_fraction"],
@@ -514,7 +768,14 @@ def fit(
         "versions": _versions(),
         "device": _device_name(device),
         "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+        "processes": ctx.world_size,
         "history": history,
     }
-    _write_json(out / "results.json", results)
+    if ctx.is_main:
+        _write_json(out / "results.json", results)
+    _barrier(ctx)
     return results
+
+
+def _quiet(_message: str) -> None:
+    """The log of ranks other than 0."""

@@ -1,0 +1,39 @@
+"""Print the markdown results table from the committed ``docs/results/*/results.json`` files.
+
+    python scripts/results_table.py [docs/results]
+
+Runs are grouped by (dataset, arch, config name without the seed suffix); each row gives the mean and
+standard deviation of the test accuracy over the seeds found, epochs, device and wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def main(root: str = "docs/results") -> int:
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for path in sorted(Path(root).glob("*/results.json")):
+        r = json.loads(path.read_text())
+        name = path.parent.name.rsplit("-seed", 1)[0]
+        cfg = r["config"]
+        groups[(cfg["data"]["dataset"], cfg["model"]["arch"], name)].append({**r, "_dir": path.parent.name})
+    print("| dataset | network | run | seeds | test accuracy (%) | epochs | device | wall time per run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (dataset, arch, name), runs in sorted(groups.items()):
+        acc = [100 * r["test_accuracy"] for r in runs]
+        mean = statistics.mean(acc)
+        std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        seeds = ",".join(str(r["config"]["train"]["seed"]) for r in runs)
+        wall = statistics.mean(r["wall_time_s"] for r in runs)
+        acc_s = f"{mean:.2f} ± {std:.2f}" if len(acc) > 1 else f"{mean:.2f}"
+        print(f"| {dataset} | {arch} | {name} | {seeds} | {acc_s} | {runs[0]['epochs']} | {runs[0]['device']} | {wall / 60:.1f} min |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
