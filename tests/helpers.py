@@ -1,0 +1,73 @@
+"""Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "TOLERANCES",
+    "assert_close",
+    "to_numpy",
+]
+
+#: (kind, dtype) -> (rtol, atol). The check is |actual - expected| <= rtol * |expected| + atol * scale,
+#: with scale = max(1, max |expected|), so atol is relative to the tensor's magnitude (sums of many
+#: terms, e.g. weight gradients over a batch, can cancel to values far below their terms).
+#: "fwd": spike times; "grad": gradients (a backward multiplies by 1/W_j, so it gets more slack).
+TOLERANCES: dict[tuple[str, torch.dtype], tuple[float, float]] = {
+    ("fwd", torch.float64): (1e-9, 1e-9),
+    ("fwd", torch.float32): (1e-5, 1e-6),
+    ("grad", torch.float64): (1e-8, 1e-9),
+    ("grad", torch.float32): (1e-4, 1e-5),
+}
+
+BACKENDS = [pytest.param("torch", id="torch"), pytest.param("numba", id="numba")]
+DTYPES = [pytest.param(torch.float64, id="f64"), pytest.param(torch.float32, id="f32")]
+
+
+def to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().to(torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def assert_close(name: str, actual, expected, dtype: torch.dtype, kind: str = "fwd", scale=None) -> None:
+    """Assert ``actual`` matches ``expected`` within the tolerance for ``(kind, dtype)``.
+
+    Shapes must be equal, neither side may hold NaN, and the +inf / -inf patterns must match exactly
+    (a neuron that fires in one and not the other is a failure, whatever the tolerance). ``scale``
+    (optional, broadcastable to the shape) replaces the default magnitude that ``atol`` multiplies,
+    e.g. the sum of absolute terms of a gradient whose terms cancel.
+    """
+    rtol, atol = TOLERANCES[(kind, dtype)]
+    a, e = to_numpy(actual), to_numpy(expected)
+    assert a.shape == e.shape, f"{name}: shape {a.shape} != expected {e.shape}"
+    assert not np.isnan(e).any(), f"{name}: the expected values hold NaN (bad test)"
+    assert not np.isnan(a).any(), (
+        f"{name}: {int(np.isnan(a).sum())} NaN value(s) at {np.argwhere(np.isnan(a))[:5].tolist()}"
+    )
+    for sign, label in ((1, "+inf"), (-1, "-inf")):
+        pa, pe = np.isinf(a) & (np.sign(a) == sign), np.isinf(e) & (np.sign(e) == sign)
+        bad = np.argwhere(pa != pe)
+        assert not len(bad), (
+            f"{name}: {label} pattern differs at {len(bad)} position(s), first {bad[:5].tolist()}: "
+            f"actual {[a[tuple(i)] for i in bad[:5]]} expected {[e[tuple(i)] for i in bad[:5]]}"
+        )
+    fin = np.isfinite(e)
+    if not fin.any():
+        return
+    if scale is None:
+        scale = max(1.0, float(np.abs(e[fin]).max()))
+    else:
+        scale = np.maximum(1.0, np.broadcast_to(to_numpy(scale), e.shape)[fin])
+    err = np.abs(a[fin] - e[fin])
+    allowed = rtol * np.abs(e[fin]) + atol * scale
+    worst = int(np.argmax(err - allowed))
+    assert (err <= allowed).all(), (
+        f"{name} ({kind}, {dtype}): {int((err > allowed).sum())} of {err.size} values out of tolerance "
+        f"(rtol={rtol}, atol={atol}*scale); worst: actual {a[fin][worst]!r} expected {e[fin][worst]!r}"
+    )

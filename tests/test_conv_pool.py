@@ -1,0 +1,333 @@
+"""Convolution (``relpsp_conv2d`` and its ``_ref`` twin) and min-time pooling against the oracle.
+
+The oracle loops over every output position explicitly (padding never spikes), so these tests check the
+im2col path, strides, padding and shared weights as well as the neuron itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from relpsp.functional import min_time_pool2d, relpsp_conv2d, relpsp_conv2d_ref
+from tests import oracle
+from tests.helpers import BACKENDS, DTYPES, assert_close
+
+INF = math.inf
+
+
+def _t(x, dtype, grad: bool = False) -> torch.Tensor:
+    return torch.tensor(np.asarray(x, dtype=np.float64), dtype=dtype, requires_grad=grad)
+
+
+def conv_case(seed: int, dtype: torch.dtype, kernel=(3, 3), b: int = 2, c_in: int = 2, hw=(7, 6), c_out: int = 3):
+    """Random conv layer: silent inputs, a tied row, a silent region, negative weights and an output
+    channel with only negative weights. Float64 arrays exactly representable in ``dtype``."""
+    rng = np.random.default_rng(seed)
+    t_in = rng.uniform(0.0, 2.0, (b, c_in, *hw))
+    t_in[rng.random(t_in.shape) < 0.2] = INF
+    t_in[:, :, 2, :] = t_in[:, :, 2, :1]  # a row of tied times
+    t_in[1, :, :3, :3] = INF  # a region with no spikes
+    weight = rng.normal(0.2, 0.35, (c_out, c_in, *kernel))
+    weight[-1] = -np.abs(weight[-1])
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    return t_in.astype(np_dtype).astype(np.float64), weight.astype(np_dtype).astype(np.float64)
+
+
+# (id, kernel, stride, padding)
+CONV_CONFIGS = [
+    pytest.param((3, 3), 1, 0, id="k3_s1_p0"),
+    pytest.param((3, 3), 2, 1, id="k3_s2_p1"),
+    pytest.param((3, 2), 1, 2, id="k3x2_s1_p2"),
+    pytest.param((2, 2), 3, 0, id="k2_s3_p0"),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolution forward
+
+
+@pytest.mark.parametrize("kernel,stride,padding", CONV_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_forward_matches_oracle(backend, dtype, kernel, stride, padding):
+    t_np, w_np = conv_case(100, dtype, kernel)
+    t_max = 2.5
+    expected = oracle.conv2d(t_np, w_np, stride, padding, 1.0, t_max)
+    assert np.isfinite(expected).sum() >= 10 and np.isinf(expected).sum() >= 5
+    assert np.isinf(expected[:, -1]).all()  # the inhibitory channel
+    out = relpsp_conv2d(_t(t_np, dtype), _t(w_np, dtype), stride=stride, padding=padding, t_max=t_max, backend=backend)
+    assert out.dtype == dtype
+    assert_close("t_out", out, expected, dtype)
+    ref = relpsp_conv2d_ref(_t(t_np, dtype), _t(w_np, dtype), stride=stride, padding=padding, t_max=t_max)
+    assert_close("t_out_ref", ref, expected, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_padding_never_spikes(backend):
+    # One spike at the centre of a 3x3 input, all weights 2: with padding 1 and a 3x3 kernel every
+    # output position sees the spike and fires at 0.5 after it. Padding that spiked at t = 0 would make
+    # every position fire earlier; padding that spiked at all would make a position with no real input
+    # spike fire.
+    t = torch.full((1, 1, 3, 3), INF, dtype=torch.float64)
+    t[0, 0, 1, 1] = 1.0
+    w = torch.full((1, 1, 3, 3), 2.0, dtype=torch.float64)
+    out = relpsp_conv2d(t, w, padding=1, backend=backend)
+    assert_close("t_out", out, np.full((1, 1, 3, 3), 1.5), torch.float64)
+    out = relpsp_conv2d(t, w, padding=2, backend=backend)  # 5x5 output: the outer ring never sees it
+    expected = np.full((1, 1, 5, 5), INF)
+    expected[0, 0, 1:4, 1:4] = 1.5
+    assert_close("t_out", out, expected, torch.float64)
+    assert_close("oracle", oracle.conv2d(t.numpy(), w.numpy(), 1, 2), expected, torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_pair_stride_and_padding(backend):
+    t_np, w_np = conv_case(101, torch.float64, (2, 3), hw=(6, 8))
+    out = relpsp_conv2d(
+        _t(t_np, torch.float64), _t(w_np, torch.float64), stride=(1, 2), padding=(1, 0), backend=backend
+    )
+    # The oracle takes square strides/paddings: emulate (1, 2) / (1, 0) by padding rows and
+    # subsampling columns of a stride-1 output.
+    padded = np.pad(t_np, ((0, 0), (0, 0), (1, 1), (0, 0)), constant_values=INF)
+    expected = oracle.conv2d(padded, w_np, 1, 0)[:, :, :, ::2]
+    assert np.isfinite(expected).sum() >= 10
+    assert_close("t_out", out, expected, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Convolution backward
+
+
+def _grads(fn, t_in, weight, grad_out):
+    t_in = t_in.detach().clone().requires_grad_(True)
+    weight = weight.detach().clone().requires_grad_(True)
+    out = fn(t_in, weight)
+    out.backward(grad_out)
+    return out.detach(), t_in.grad, weight.grad
+
+
+@pytest.mark.parametrize("kernel,stride,padding", CONV_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_backward_matches_ref(backend, dtype, kernel, stride, padding):
+    t_np, w_np = conv_case(110, dtype, kernel)
+    t_in, weight = _t(t_np, dtype), _t(w_np, dtype)
+    shape = oracle.conv2d(t_np, w_np, stride, padding).shape
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(111), dtype=dtype)
+    kw = dict(stride=stride, padding=padding, t_max=2.5)
+    out, g_in, g_w = _grads(lambda t, w: relpsp_conv2d(t, w, backend=backend, **kw), t_in, weight, grad_out)
+    ref, r_in, r_w = _grads(lambda t, w: relpsp_conv2d_ref(t, w, **kw), t_in, weight, grad_out)
+    assert_close("t_out", out, ref, dtype)
+    assert_close("grad_t_in", g_in, r_in, dtype, kind="grad")
+    assert_close("grad_weight", g_w, r_w, dtype, kind="grad")
+    assert r_in.abs().sum() > 0 and r_w.abs().sum() > 0
+    assert (g_in[1, :, :3, :3] == 0).all()  # inputs that never spike
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
+@pytest.mark.parametrize("kernel,stride,padding", CONV_CONFIGS)
+def test_conv_grads_match_oracle(kernel, stride, padding, impl):
+    t_np, w_np = conv_case(120, torch.float64, kernel)
+    kw = dict(stride=stride, padding=padding, t_max=2.5)
+    g_np = np.random.default_rng(121).normal(size=oracle.conv2d(t_np, w_np, stride, padding).shape)
+    exp_in, exp_w = oracle.conv2d_grads(t_np, w_np, g_np, stride, padding, 1.0, 2.5)
+    if impl == "ref":
+
+        def fn(t, w):
+            return relpsp_conv2d_ref(t, w, **kw)
+    else:
+
+        def fn(t, w):
+            return relpsp_conv2d(t, w, backend=impl, **kw)
+
+    _, g_in, g_w = _grads(fn, _t(t_np, torch.float64), _t(w_np, torch.float64), _t(g_np, torch.float64))
+    assert_close("grad_t_in", g_in, exp_in, torch.float64, kind="grad")
+    assert_close("grad_weight", g_w, exp_w, torch.float64, kind="grad")
+    # Inputs in the silent region and padding get nothing; the region's own entries are exactly 0.
+    assert (g_in[1, :, :3, :3] == 0).all()
+
+
+def _conv_gradcheck_case(seed: int, stride: int, padding: int):
+    for s in range(seed, seed + 500):
+        rng = np.random.default_rng(s)
+        t_in = rng.uniform(0.0, 2.0, (1, 1, 4, 4))
+        t_in[rng.random(t_in.shape) < 0.15] = INF
+        weight = rng.normal(0.4, 0.5, (2, 1, 3, 3))
+        rows = oracle.conv2d_patches(t_in, 3, 3, stride, padding)
+        rep = oracle.kink_report(rows, weight.reshape(2, -1))
+        if rep["gap"] > 0.02 and rep["w_min"] > 0.1 and rep["v_silent"] < 0.95 and rep["v_before"] < 0.95:
+            out = oracle.conv2d(t_in, weight, stride, padding)
+            if np.isfinite(out).sum() >= 4 and np.isfinite(out[:, :, 0, 0]).any():  # a border position fires
+                return t_in, weight
+    raise AssertionError("no kink-free case found")  # pragma: no cover
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1)], ids=["s1_p0", "s2_p1"])
+@pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
+def test_conv_gradcheck(impl, stride, padding):
+    t_np, w_np = _conv_gradcheck_case(130, stride, padding)
+
+    def fn(t, w):
+        if impl == "ref":
+            out = relpsp_conv2d_ref(t, w, stride=stride, padding=padding)
+        else:
+            out = relpsp_conv2d(t, w, stride=stride, padding=padding, backend=impl)
+        return torch.where(torch.isfinite(out), out, 0.0)
+
+    inputs = (_t(t_np, torch.float64, grad=True), _t(w_np, torch.float64, grad=True))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Min-time pooling
+
+
+def pool_case(seed: int, dtype: torch.dtype, hw=(6, 7)):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.0, 3.0, (2, 3, *hw))
+    t[rng.random(t.shape) < 0.3] = INF
+    t[0, 0, :3, :3] = INF  # a window with no spike
+    t[1, 1, 0, 0] = t[1, 1, 0, 1] = t[1, 1, 1, 0] = 0.25  # a tie for the earliest spike
+    t[1, 1, 1, 1] = 0.5
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    return t.astype(np_dtype).astype(np.float64)
+
+
+POOL_CONFIGS = [
+    pytest.param(2, None, (2, 2), (2, 2), id="k2"),
+    pytest.param(3, 2, (3, 3), (2, 2), id="k3_s2"),
+    pytest.param((2, 3), (1, 2), (2, 3), (1, 2), id="k2x3_s1x2"),
+]
+
+
+@pytest.mark.parametrize("kernel,stride,k,s", POOL_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_forward_matches_oracle(dtype, kernel, stride, k, s):
+    t_np = pool_case(200, dtype)
+    expected = oracle.min_pool2d(t_np, k, s)
+    assert np.isinf(expected).any() and np.isfinite(expected).any()
+    out = min_time_pool2d(_t(t_np, dtype), kernel, stride)
+    assert out.dtype == dtype
+    assert_close("t_out", out, expected, dtype)
+
+
+@pytest.mark.parametrize("kernel,stride,k,s", POOL_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_gradient_goes_to_earliest(dtype, kernel, stride, k, s):
+    t_np = pool_case(210, dtype)
+    expected = oracle.min_pool2d(t_np, k, s)
+    g_np = np.random.default_rng(211).normal(size=expected.shape)
+    g_np[np.isinf(expected)] = 0.0  # silent windows: see test_pool_silent_window_passes_no_gradient
+    t = _t(t_np, dtype, grad=True)
+    min_time_pool2d(t, kernel, stride).backward(_t(g_np, dtype))
+    assert_close("grad_t", t.grad, oracle.min_pool2d_grad(t_np, g_np, k, s), dtype, kind="grad")
+    if k == (2, 2):  # the tie at (1, 1, 0:2, 0:2) goes to the first position in row-major order
+        assert t.grad[1, 1, 0, 0] == g_np[1, 1, 0, 0] and t.grad[1, 1, 0, 1] == 0 and t.grad[1, 1, 1, 0] == 0
+
+
+def test_pool_silent_window_passes_no_gradient():
+    # A window with no spike has output +inf; it has no earliest spike to send a gradient to, and a
+    # non-firing input must get exactly zero gradient whatever the upstream gradient is.
+    t = torch.full((1, 1, 2, 4), INF, dtype=torch.float64)
+    t[0, 0, 1, 3] = 0.5
+    t.requires_grad_(True)
+    out = min_time_pool2d(t, 2)
+    assert_close("t_out", out, [[[[INF, 0.5]]]], torch.float64)
+    out.backward(torch.tensor([[[[3.0, 2.0]]]], dtype=torch.float64))
+    expected = np.zeros((1, 1, 2, 4))
+    expected[0, 0, 1, 3] = 2.0
+    assert_close("grad_t", t.grad, expected, torch.float64, kind="grad")
+
+
+def test_pool_gradcheck():
+    rng = np.random.default_rng(220)
+    t_np = rng.permutation(np.linspace(0.1, 3.0, 2 * 5 * 5)).reshape(1, 2, 5, 5)  # distinct: no ties
+    t_np[0, 0, 0, :2] = INF
+    t = _t(t_np, torch.float64, grad=True)
+    assert torch.autograd.gradcheck(lambda x: min_time_pool2d(x, 2, 1), (t,), eps=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _conv_bad(kind):
+    torch.manual_seed(0)
+    t = torch.rand(1, 2, 5, 5, dtype=torch.float64)
+    w = torch.rand(3, 2, 3, 3, dtype=torch.float64)
+    kw = {}
+    if kind == "t_in_rank3":
+        t = t[0]
+    elif kind == "weight_rank2":
+        w = w[:, :, 0, 0]
+    elif kind == "channel_mismatch":
+        w = torch.rand(3, 4, 3, 3, dtype=torch.float64)
+    elif kind == "kernel_too_large":
+        w = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    elif kind == "stride_zero":
+        kw["stride"] = 0
+    elif kind == "padding_negative":
+        kw["padding"] = -1
+    elif kind == "nan_time":
+        t[0, 1, 2, 2] = math.nan
+    elif kind == "negative_time":
+        t[0, 0, 0, 0] = -1.0
+    elif kind == "theta_zero":
+        kw["theta"] = 0.0
+    elif kind == "t_max_negative":
+        kw["t_max"] = -2.0
+    elif kind == "dtype_mismatch":
+        w = w.float()
+    return t, w, kw
+
+
+BAD_CONV = {
+    "t_in_rank3": r"t_in must have 4 dimensions",
+    "weight_rank2": r"weight must have 4 dimensions",
+    "channel_mismatch": r"weight expects 4 input channels.*t_in\s+has 2",
+    "kernel_too_large": r"kernel.*larger",
+    "stride_zero": r"stride",
+    "padding_negative": r"padding",
+    "nan_time": r"t_in.*NaN",
+    "negative_time": r"t_in.*negative",
+    "theta_zero": r"theta",
+    "t_max_negative": r"t_max",
+    "dtype_mismatch": r"dtype",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CONV))
+@pytest.mark.parametrize("fn", [relpsp_conv2d, relpsp_conv2d_ref], ids=["conv2d", "conv2d_ref"])
+def test_conv_rejects_bad_input(fn, kind):
+    t, w, kw = _conv_bad(kind)
+    with pytest.raises(ValueError, match=BAD_CONV[kind]):
+        fn(t, w, **kw)
+
+
+def test_conv_rejects_bad_backend():
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        relpsp_conv2d(torch.rand(1, 1, 3, 3), torch.rand(1, 1, 2, 2), backend="cuda")
+
+
+BAD_POOL = {
+    "rank3": (lambda: torch.rand(2, 4, 4), 2, None, r"t must have 4 dimensions"),
+    "kernel_zero": (lambda: torch.rand(1, 1, 4, 4), 0, None, r"kernel_size"),
+    "kernel_too_large": (lambda: torch.rand(1, 1, 4, 4), 5, None, r"kernel_size.*larger"),
+    "stride_zero": (lambda: torch.rand(1, 1, 4, 4), 2, 0, r"stride"),
+    "int_tensor": (lambda: torch.zeros(1, 1, 4, 4, dtype=torch.int64), 2, None, r"floating-point"),
+    "nan_time": (lambda: torch.tensor([[[[0.5, math.nan], [1.0, 2.0]]]]), 2, None, r"NaN"),
+    "negative_time": (lambda: torch.tensor([[[[0.5, -1.0], [1.0, 2.0]]]]), 2, None, r"negative"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_POOL))
+def test_pool_rejects_bad_input(kind):
+    torch.manual_seed(0)
+    make, kernel, stride, match = BAD_POOL[kind]
+    with pytest.raises(ValueError, match=match):
+        min_time_pool2d(make(), kernel, stride)

@@ -1,0 +1,473 @@
+"""The exact dense layer (``relpsp.functional.relpsp_linear`` and its ``_ref`` twin) against the oracle.
+
+Forward: every backend and dtype equals the float64 event-driven oracle (tests/oracle.py) on inputs with
+negative weights, ties, silent inputs, silent neurons, dips below threshold and t_max cut-offs.
+Backward, three ways (style convention 5): Function vs autograd through ``_ref`` with a random upstream
+gradient; float64 ``gradcheck`` away from kinks; ``_ref`` vs the oracle's STDBP gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import relpsp.core.dense as dense_module
+from relpsp.autograd import resolve_backend
+from relpsp.core.dense import W_SUM_MIN
+from relpsp.functional import relpsp_linear, relpsp_linear_ref
+from tests import oracle
+from tests.helpers import BACKENDS, DTYPES, assert_close
+
+INF = math.inf
+F64 = torch.float64
+
+
+def _t(x, dtype, grad: bool = False) -> torch.Tensor:
+    return torch.tensor(np.asarray(x, dtype=np.float64), dtype=dtype, requires_grad=grad)
+
+
+def _grads(fn, t_in, weight, grad_out):
+    """Run ``fn`` on fresh leaves and back-propagate ``grad_out``: ``(t_out, grad_t_in, grad_weight)``."""
+    t_in = t_in.detach().clone().requires_grad_(True)
+    weight = weight.detach().clone().requires_grad_(True)
+    out = fn(t_in, weight)
+    out.backward(grad_out)
+    return out.detach(), t_in.grad, weight.grad
+
+
+def dense_case(seed: int, dtype: torch.dtype, b: int = 6, n_in: int = 12, n_out: int = 8):
+    """Random layer with every feature the model has to get right; returned as float64 arrays that are
+    exactly representable in ``dtype`` (so the oracle sees what the library sees).
+
+    Row 0 / neuron 0 embed the dip-and-recross neuron: V = 2t crosses 1 at t = 0.5, falls back below 1
+    after the inhibitory input at t = 1 and crosses again at t = 4 (the value of the closed form over
+    all inputs). The last row has no input spike; the last neuron has only negative weights.
+    """
+    rng = np.random.default_rng(seed)
+    t_in = rng.uniform(0.0, 2.0, (b, n_in))
+    t_in[rng.random((b, n_in)) < 0.2] = INF
+    t_in[:, 5] = t_in[:, 4]  # ties
+    t_in[:, 6] = t_in[:, 4]
+    t_in[1, 7] = 0.0
+    t_in[-1] = INF
+    weight = rng.normal(0.15, 0.45, (n_out, n_in))
+    weight[-1] = -np.abs(weight[-1])
+    t_in[0, :4] = [0.0, 1.0, 3.0, INF]
+    t_in[0, 4:] = INF
+    weight[0, :4] = [2.0, -3.0, 2.0, 0.5]
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    return t_in.astype(np_dtype).astype(np.float64), weight.astype(np_dtype).astype(np.float64)
+
+
+def gradcheck_case(seed: int, t_max: float = INF, b: int = 3, n_in: int = 6, n_out: int = 4):
+    """A float64 layer kept away from every kink (checked with the oracle, not assumed)."""
+    for s in range(seed, seed + 500):
+        rng = np.random.default_rng(s)
+        t_in = rng.uniform(0.0, 2.0, (b, n_in))
+        t_in[rng.random((b, n_in)) < 0.15] = INF
+        weight = rng.normal(0.35, 0.5, (n_out, n_in))
+        weight[-1] = -np.abs(weight[-1])
+        rep = oracle.kink_report(t_in, weight, 1.0, t_max)
+        t_out = oracle.dense(t_in, weight, 1.0, t_max)
+        has_neg_causal = any(((t_in[r] < t_out[r, j]) & (weight[j] < 0)).any() for r in range(b) for j in range(n_out))
+        if (
+            rep["gap"] > 0.02
+            and rep["w_min"] > 0.1
+            and rep["v_silent"] < 0.95
+            and rep["v_before"] < 0.95
+            and rep["cut"] > 0.02
+            and np.isfinite(t_out).sum() >= b * n_out // 2
+            and has_neg_causal
+        ):
+            return t_in, weight
+    raise AssertionError("no kink-free case found")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward
+
+
+# (id, t_in, weight, theta, t_max, hand-computed spike time)
+HAND_CASES = [
+    ("single_ramp", [0.0], [2.0], 1.0, INF, 0.5),
+    ("theta_scales", [0.5], [1.0], 2.5, INF, 3.0),
+    # V = 2t crosses at 0.5; the closed form over all inputs gives the later crossing at 4.
+    ("dip_and_recross_first_wins", [0.0, 1.0, 3.0], [2.0, -3.0, 2.0], 1.0, INF, 0.5),
+    # V rises to 0.25, falls to -1.25 at t = 1, then rises with slope 2: one crossing at 2.125.
+    ("dip_below_zero_then_cross", [0.0, 0.25, 1.0], [1.0, -3.0, 4.0], 1.0, INF, 2.125),
+    # V touches theta exactly at the inhibitory input's time: that is a spike (first time V reaches theta).
+    ("touch_at_input_time", [0.0, 1.0], [1.0, -5.0], 1.0, INF, 1.0),
+    # Tied inputs enter together: +4 alone would fire at 5/4.5 = 1.11, but with -4 the slope stays 0.5.
+    ("tie_excitation_first", [0.0, 1.0, 1.0], [0.5, 4.0, -4.0], 1.0, INF, 2.0),
+    ("tie_inhibition_first", [0.0, 1.0, 1.0], [0.5, -4.0, 4.0], 1.0, INF, 2.0),
+    ("zero_slope_then_rise", [0.0, 0.0, 1.0], [1.0, -1.0, 0.5], 1.0, INF, 3.0),
+    ("inhibition_after_spike", [0.0, 1.5], [1.0, -10.0], 1.0, INF, 1.0),
+    ("peak_below_theta", [0.0, 1.0], [0.5, -0.5], 1.0, INF, INF),
+    ("negative_only", [0.0, 0.5], [-1.0, -2.0], 1.0, INF, INF),
+    ("no_input_spikes", [INF, INF], [1.0, 1.0], 1.0, INF, INF),
+    ("silent_input_ignored", [INF, 0.0], [-100.0, 1.0], 1.0, INF, 1.0),
+    ("cut_by_t_max", [0.0], [0.5], 1.0, 1.5, INF),
+    ("t_max_inclusive", [0.0], [0.5], 1.0, 2.0, 2.0),
+    ("huge_weight", [0.0, 0.25], [1e6, -1e6], 1.0, INF, 1e-6),
+    ("late_input_after_t_max", [0.0, 3.0], [0.25, 10.0], 1.0, 2.5, INF),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0]) for c in HAND_CASES])
+def test_oracle_matches_hand_computation(case):
+    _, t_in, w, theta, t_max, expected = case
+    got = oracle.neuron(t_in, w, theta, t_max)
+    if math.isfinite(expected):
+        assert got == pytest.approx(expected, rel=1e-12)
+    else:
+        assert got == INF
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0]) for c in HAND_CASES])
+def test_forward_hand_cases(case, backend, dtype):
+    _, t_in, w, theta, t_max, expected = case
+    out = relpsp_linear(_t([t_in], dtype), _t([w], dtype), theta=theta, t_max=t_max, backend=backend)
+    assert out.dtype == dtype and out.shape == (1, 1)
+    assert_close("t_out", out, [[expected]], dtype)
+    ref = relpsp_linear_ref(_t([t_in], dtype), _t([w], dtype), theta=theta, t_max=t_max)
+    assert_close("t_out_ref", ref, [[expected]], dtype)
+
+
+@pytest.mark.parametrize("theta,t_max", [(1.0, INF), (1.0, 2.2), (2.5, INF)], ids=["theta1", "t_max2.2", "theta2.5"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_matches_oracle(backend, dtype, theta, t_max):
+    t_in, weight = dense_case(10, dtype)
+    expected = oracle.dense(t_in, weight, theta, t_max)
+    # The case must exercise what it claims to: firing and silent neurons, a cut-off that acts.
+    assert np.isfinite(expected).sum() >= 10 and np.isinf(expected).sum() >= 8
+    assert np.isinf(expected[-1]).all() and np.isinf(expected[:, -1]).all()
+    if math.isfinite(t_max):
+        assert (np.isfinite(oracle.dense(t_in, weight, theta)) & np.isinf(expected)).sum() >= 3
+    if theta == 1.0:
+        assert expected[0, 0] == 0.5  # the embedded dip-and-recross neuron: the first crossing
+    out = relpsp_linear(_t(t_in, dtype), _t(weight, dtype), theta=theta, t_max=t_max, backend=backend)
+    assert out.dtype == dtype
+    assert_close("t_out", out, expected, dtype)
+    ref = relpsp_linear_ref(_t(t_in, dtype), _t(weight, dtype), theta=theta, t_max=t_max)
+    assert_close("t_out_ref", ref, expected, dtype)
+
+
+def test_backend_auto_matches_oracle():
+    assert resolve_backend("auto", torch.zeros(1, dtype=torch.float32)) == "numba"  # numba is installed here
+    assert resolve_backend("auto", torch.zeros(1, dtype=torch.float16)) == "torch"
+    t_in, weight = dense_case(11, torch.float64)
+    out = relpsp_linear(_t(t_in, torch.float64), _t(weight, torch.float64), t_max=1.8)
+    assert_close("t_out", out, oracle.dense(t_in, weight, 1.0, 1.8), torch.float64)
+
+
+@pytest.mark.parametrize(
+    "backend,block_elems",
+    [
+        pytest.param("torch", None, id="torch-default_blocks"),
+        pytest.param("torch", 4096, id="torch-tiny_blocks"),
+        pytest.param("numba", None, id="numba"),
+    ],
+)
+def test_many_inputs_and_rows_match_oracle(backend, block_elems, monkeypatch):
+    # 150 inputs: the torch path scans sorted inputs in chunks of 64 carrying the prefix sums, so most
+    # neurons here fire only in a later chunk. Tiny blocks make it (and the backward) split the rows
+    # into many blocks too; the numba path splits 40 rows over its thread chunks.
+    if block_elems is not None:
+        monkeypatch.setattr(dense_module, "_BLOCK_ELEMS", block_elems)
+    rng = np.random.default_rng(70)
+    t_np = rng.uniform(0.0, 2.0, (40, 150))
+    t_np[rng.random(t_np.shape) < 0.15] = INF
+    t_np[3] = INF
+    w_np = rng.normal(0.012, 0.06, (7, 150))
+    w_np[0] *= 8.0  # fires early, within the first chunk
+    g_np = rng.normal(size=(40, 7))
+    expected = oracle.dense(t_np, w_np)
+    causal = (t_np[:, None, :] < expected[:, :, None]).sum(2)[np.isfinite(expected)]
+    assert (causal > 64).sum() >= 100 and (causal <= 64).sum() >= 20 and np.isinf(expected).sum() >= 7
+    exp_in, exp_w = oracle.dense_grads(t_np, w_np, g_np)
+    out, g_in, g_w = _grads(
+        lambda t, w: relpsp_linear(t, w, backend=backend), _t(t_np, F64), _t(w_np, F64), _t(g_np, F64)
+    )
+    assert_close("t_out", out, expected, F64)
+    assert_close("grad_t_in", g_in, exp_in, F64, kind="grad")
+    assert_close("grad_weight", g_w, exp_w, F64, kind="grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    w = torch.ones(3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    out = relpsp_linear(t, w, backend=backend)
+    assert out.shape == (0, 3)
+    out.sum().backward()
+    assert t.grad.shape == (0, 4)
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+# --------------------------------------------------------------------------------------------------
+# Backward
+
+
+@pytest.mark.parametrize("t_max", [INF, 1.5], ids=["no_cut", "t_max1.5"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_matches_ref(backend, dtype, t_max):
+    t_np, w_np = dense_case(20, dtype)
+    t_in, weight = _t(t_np, dtype), _t(w_np, dtype)
+    grad_out = torch.randn(t_np.shape[0], w_np.shape[0], generator=torch.Generator().manual_seed(21), dtype=dtype)
+    out, g_in, g_w = _grads(lambda t, w: relpsp_linear(t, w, t_max=t_max, backend=backend), t_in, weight, grad_out)
+    ref, r_in, r_w = _grads(lambda t, w: relpsp_linear_ref(t, w, t_max=t_max), t_in, weight, grad_out)
+    assert_close("t_out", out, ref, dtype)
+    assert_close("grad_t_in", g_in, r_in, dtype, kind="grad")
+    assert_close("grad_weight", g_w, r_w, dtype, kind="grad")
+    assert g_in.abs().sum() > 0 and g_w.abs().sum() > 0  # the comparison is not between two zero tensors
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
+def test_grads_match_oracle(impl):
+    dtype = torch.float64
+    t_np, w_np = dense_case(30, dtype)
+    rng = np.random.default_rng(31)
+    g_np = rng.normal(size=(t_np.shape[0], w_np.shape[0]))
+    exp_in, exp_w = oracle.dense_grads(t_np, w_np, g_np, 1.0, 1.8)
+    if impl == "ref":
+
+        def fn(t, w):
+            return relpsp_linear_ref(t, w, t_max=1.8)
+    else:
+
+        def fn(t, w):
+            return relpsp_linear(t, w, t_max=1.8, backend=impl)
+
+    _, g_in, g_w = _grads(fn, _t(t_np, dtype), _t(w_np, dtype), _t(g_np, dtype))
+    assert_close("grad_t_in", g_in, exp_in, dtype, kind="grad")
+    assert_close("grad_weight", g_w, exp_w, dtype, kind="grad")
+
+
+@pytest.mark.parametrize("t_max", [INF, 1.7], ids=["no_cut", "t_max1.7"])
+@pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
+def test_gradcheck(impl, t_max):
+    t_np, w_np = gradcheck_case(40, t_max)
+    t_in = _t(t_np, torch.float64, grad=True)
+    weight = _t(w_np, torch.float64, grad=True)
+
+    def fn(t, w):
+        if impl == "ref":
+            out = relpsp_linear_ref(t, w, t_max=t_max)
+        else:
+            out = relpsp_linear(t, w, t_max=t_max, backend=impl)
+        # Silent outputs are constant (+inf); gradcheck differences need finite values.
+        return torch.where(torch.isfinite(out), out, 0.0)
+
+    assert torch.autograd.gradcheck(fn, (t_in, weight), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_silent_and_non_causal_get_exact_zero(backend, dtype):
+    # Row 0: no input spikes at all. Row 1: neuron 0 fires at 1.0 from input 0 alone (V = t); input 1
+    # arrives exactly at the spike (t_i = t_j: not causal), input 2 later, input 3 never spikes.
+    # Neuron 1 never fires (only inhibition). Neuron 2: V = 0.5 t until t = 1, then slope 1.5, so it
+    # fires at 4/3 with causal set {0, 1}.
+    t_np = [[INF, INF, INF, INF], [0.0, 1.0, 2.0, INF]]
+    w_np = [[1.0, -5.0, 3.0, 7.0], [-1.0, -1.0, -1.0, -1.0], [0.5, 1.0, 0.25, 9.0]]
+    exp = [[INF, INF, INF], [1.0, INF, 4.0 / 3.0]]
+    t_in, weight = _t(t_np, dtype, grad=True), _t(w_np, dtype, grad=True)
+    out = relpsp_linear(t_in, weight, backend=backend)
+    assert_close("t_out", out, exp, dtype)
+    grad_out = _t([[1.0, 2.0, 3.0], [-1.5, 4.0, 0.5]], dtype)
+    out.backward(grad_out)
+    g_in, g_w = t_in.grad, weight.grad
+    assert torch.isfinite(g_in).all() and torch.isfinite(g_w).all()
+    assert (g_in[0] == 0).all(), "row without input spikes"
+    assert g_in[1, 2] == 0 and g_in[1, 3] == 0, "input later than every spike / silent input"
+    assert (g_w[1] == 0).all(), "neuron that never fires"
+    assert g_w[0, 1] == 0 and g_w[0, 2] == 0 and g_w[0, 3] == 0, "non-causal synapses of neuron 0"
+    assert g_w[2, 2] == 0 and g_w[2, 3] == 0, "non-causal synapses of neuron 2"
+    # The causal ones, by hand: neuron 0: W = 1, t_j = 1; neuron 2: W = 1.5, t_j = 4/3.
+    exp_in = [[0, 0, 0, 0], [-1.5 * 1.0 / 1.0 + 0.5 * 0.5 / 1.5, 0.5 * 1.0 / 1.5, 0, 0]]
+    exp_w = [[-1.5 * (0.0 - 1.0), 0, 0, 0], [0, 0, 0, 0], [0.5 * (0 - 4 / 3) / 1.5, 0.5 * (1 - 4 / 3) / 1.5, 0, 0]]
+    assert_close("grad_t_in", g_in, exp_in, dtype, kind="grad")
+    assert_close("grad_weight", g_w, exp_w, dtype, kind="grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_zero_for_spikes_cut_by_t_max(backend):
+    t_in = _t([[0.0, 0.5]], torch.float64, grad=True)
+    weight = _t([[0.5, 0.5], [4.0, 0.0]], torch.float64, grad=True)  # fire at 1.25 (cut) and 0.25
+    out = relpsp_linear(t_in, weight, t_max=1.0, backend=backend)
+    assert_close("t_out", out, [[INF, 0.25]], torch.float64)
+    out.backward(torch.ones_like(out))
+    assert (weight.grad[0] == 0).all()
+    assert_close("grad_t_in", t_in.grad, [[1.0, 0.0]], torch.float64, kind="grad")
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
+def test_w_sum_guard(impl):
+    # V = 0.5 t until t = 1, then the slope drops to W = 1e-4: the spike comes at t = 1 + 0.5 / 1e-4.
+    t_np = [[0.0, 1.0]]
+    w_np = [[0.5, -0.4999]]
+    w_sum = 0.5 - 0.4999
+    t_exp = 1.0 + 0.5 / w_sum
+    g_np = [[0.75]]
+    assert W_SUM_MIN > w_sum  # the default clamp acts on this neuron
+
+    def run(w_sum_min):
+        t_in, weight = _t(t_np, torch.float64, grad=True), _t(w_np, torch.float64, grad=True)
+        if impl == "ref":
+            out = relpsp_linear_ref(t_in, weight, w_sum_min=w_sum_min)
+        else:
+            out = relpsp_linear(t_in, weight, w_sum_min=w_sum_min, backend=impl)
+        out.backward(_t(g_np, torch.float64))
+        return out.detach(), t_in.grad, weight.grad
+
+    exact_in, exact_w = oracle.dense_grads(t_np, w_np, g_np)
+    clamp_in, clamp_w = oracle.dense_grads(t_np, w_np, g_np, w_sum_min=W_SUM_MIN)
+    np.testing.assert_allclose(clamp_w, exact_w * w_sum / W_SUM_MIN, rtol=1e-9)  # the oracle's guard
+    # Forward never changes with the guard; the backward divides by max(W_j, w_sum_min).
+    for w_sum_min, e_in, e_w in ((W_SUM_MIN, clamp_in, clamp_w), (1e-6, exact_in, exact_w)):
+        out, g_in, g_w = run(w_sum_min)
+        assert_close("t_out", out, [[t_exp]], torch.float64)
+        assert_close("grad_t_in", g_in, e_in, torch.float64, kind="grad")
+        assert_close("grad_weight", g_w, e_w, torch.float64, kind="grad")
+    assert abs(run(W_SUM_MIN)[2][0, 0]) < abs(run(1e-6)[2][0, 0]) / 5
+
+
+@pytest.mark.parametrize("which", ["t_in_only", "weight_only"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_partial_requires_grad(backend, which):
+    t_np, w_np = dense_case(50, torch.float64)
+    g = _t(np.random.default_rng(51).normal(size=(t_np.shape[0], w_np.shape[0])), torch.float64)
+    exp_in, exp_w = oracle.dense_grads(t_np, w_np, g.numpy())
+    t_in = _t(t_np, torch.float64, grad=which == "t_in_only")
+    weight = _t(w_np, torch.float64, grad=which == "weight_only")
+    relpsp_linear(t_in, weight, backend=backend).backward(g)
+    if which == "t_in_only":
+        assert weight.grad is None
+        assert_close("grad_t_in", t_in.grad, exp_in, torch.float64, kind="grad")
+    else:
+        assert t_in.grad is None
+        assert_close("grad_weight", weight.grad, exp_w, torch.float64, kind="grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_layers_match_ref(backend):
+    gen = torch.Generator().manual_seed(60)
+    t_in = torch.rand(4, 10, generator=gen, dtype=torch.float64)
+    t_in[0, :3] = INF
+    w1 = (torch.randn(12, 10, generator=gen, dtype=torch.float64) * 0.4 + 0.2).requires_grad_(True)
+    w2 = (torch.randn(5, 12, generator=gen, dtype=torch.float64) * 0.3 + 0.15).requires_grad_(True)
+    g = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+
+    def net(fn):
+        t = t_in.clone().requires_grad_(True)
+        out = fn(fn(t, w1), w2)
+        out.backward(g)
+        grads = (t.grad.clone(), w1.grad.clone(), w2.grad.clone())
+        w1.grad = w2.grad = None
+        return out.detach(), grads
+
+    out, grads = net(lambda t, w: relpsp_linear(t, w, backend=backend))
+    ref, ref_grads = net(lambda t, w: relpsp_linear_ref(t, w))
+    assert torch.isfinite(out).sum() >= 5
+    assert_close("t_out", out, ref, torch.float64)
+    for name, a, e in zip(("grad_t_in", "grad_w1", "grad_w2"), grads, ref_grads):
+        assert_close(name, a, e, torch.float64, kind="grad")
+        assert e.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation at the public boundary
+
+
+def _good():
+    torch.manual_seed(0)
+    return torch.rand(2, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64)
+
+
+def _bad_case(kind):
+    t, w = _good()
+    kw = {}
+    if kind == "nan_time":
+        t[0, 1] = math.nan
+    elif kind == "negative_time":
+        t[1, 0] = -0.5
+    elif kind == "t_in_rank1":
+        t = t[0]
+    elif kind == "t_in_rank3":
+        t = t[None]
+    elif kind == "weight_rank3":
+        w = w[None]
+    elif kind == "weight_mismatch":
+        w = torch.rand(4, 5, dtype=torch.float64)
+    elif kind == "weight_nan":
+        w[0, 0] = math.nan
+    elif kind == "dtype_mismatch":
+        w = w.float()
+    elif kind == "int_times":
+        t = torch.zeros(2, 3, dtype=torch.int64)
+    elif kind == "not_tensor":
+        t = [[0.0, 1.0, 2.0]]
+    elif kind.startswith("theta"):
+        kw["theta"] = {"theta_zero": 0.0, "theta_negative": -1.0, "theta_nan": math.nan, "theta_inf": INF}[kind]
+    elif kind.startswith("t_max"):
+        kw["t_max"] = {"t_max_zero": 0.0, "t_max_negative": -1.0, "t_max_nan": math.nan}[kind]
+    elif kind == "w_sum_min_zero":
+        kw["w_sum_min"] = 0.0
+    elif kind == "backend_unknown":
+        kw["backend"] = "gpu"
+    elif kind == "numba_float16":
+        t, w = t.half(), w.half()
+        kw["backend"] = "numba"
+    return t, w, kw
+
+
+BAD_LINEAR = {
+    "nan_time": r"t_in.*NaN",
+    "negative_time": r"t_in.*negative",
+    "t_in_rank1": r"t_in must have 2 dimensions",
+    "t_in_rank3": r"t_in must have 2 dimensions",
+    "weight_rank3": r"weight must have 2 dimensions",
+    "weight_mismatch": r"weight has 5 inputs.*t_in has 3",
+    "weight_nan": r"weight.*NaN",
+    "dtype_mismatch": r"dtype",
+    "int_times": r"t_in must be a floating-point",
+    "not_tensor": r"t_in must be a torch.Tensor",
+    "theta_zero": r"theta",
+    "theta_negative": r"theta",
+    "theta_nan": r"theta",
+    "theta_inf": r"theta",
+    "t_max_zero": r"t_max",
+    "t_max_negative": r"t_max",
+    "t_max_nan": r"t_max",
+    "w_sum_min_zero": r"w_sum_min",
+    "backend_unknown": r"backend must be one of",
+    "numba_float16": r"numba",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_LINEAR))
+def test_relpsp_linear_rejects_bad_input(kind):
+    t, w, kw = _bad_case(kind)
+    with pytest.raises(ValueError, match=BAD_LINEAR[kind]):
+        relpsp_linear(t, w, **kw)
+
+
+@pytest.mark.parametrize("kind", ["nan_time", "weight_mismatch", "theta_zero"])
+def test_relpsp_linear_ref_rejects_bad_input(kind):
+    # The reference twin is public too (relpsp.functional.__all__) and has the same signature.
+    t, w, kw = _bad_case(kind)
+    with pytest.raises(ValueError, match=BAD_LINEAR[kind]):
+        relpsp_linear_ref(t, w, **kw)
+
+
+def test_inf_t_max_and_zero_times_are_valid():
+    t = torch.zeros(1, 2, dtype=torch.float64)
+    out = relpsp_linear(t, torch.ones(1, 2, dtype=torch.float64), t_max=INF)
+    assert_close("t_out", out, [[0.5]], torch.float64)

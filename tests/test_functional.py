@@ -1,0 +1,216 @@
+"""Coding, decoding and the loss of ``relpsp.functional``: values by hand, gradients, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from relpsp.functional import first_spike_decode, latency_encode, spike_time_cross_entropy
+from tests.helpers import DTYPES, assert_close
+
+INF = math.inf
+
+
+# --------------------------------------------------------------------------------------------------
+# latency_encode
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_fires", [False, True], ids=["zero_silent", "zero_fires"])
+def test_latency_encode_values(dtype, zero_fires):
+    x = torch.tensor([[0.0, 0.25, 0.5], [1.0, 0.75, 0.0]], dtype=dtype)
+    t = latency_encode(x, t_max=2.0, zero_fires=zero_fires)
+    zero = 2.0 if zero_fires else INF
+    assert t.dtype == dtype and t.shape == x.shape
+    assert_close("t", t, [[zero, 1.5, 1.0], [0.0, 0.5, zero]], dtype)
+
+
+def test_latency_encode_default_and_shapes():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 4, 5)
+    x[0, 0, 0, 0] = 0.0
+    t = latency_encode(x)  # default window 1, intensity 0 never fires
+    assert t.shape == x.shape
+    assert t[0, 0, 0, 0] == INF
+    mask = x > 0
+    assert_close("t", t[mask], (1.0 - x)[mask], torch.float32)
+    # brighter fires earlier
+    flat_x, flat_t = x[mask], t[mask]
+    order = flat_x.argsort()
+    assert (flat_t[order].diff() <= 0).all()
+
+
+def test_latency_encode_sends_no_gradient():
+    torch.manual_seed(0)
+    x = torch.rand(3, 4, requires_grad=True)
+    t = latency_encode(x)
+    assert not t.requires_grad
+
+
+@pytest.mark.parametrize(
+    "x,kw,match",
+    [
+        pytest.param(torch.tensor([0.5, 1.5]), {}, r"\[0, 1\]", id="above_one"),
+        pytest.param(torch.tensor([-0.1, 0.5]), {}, r"\[0, 1\]", id="negative"),
+        pytest.param(torch.tensor([math.nan, 0.5]), {}, r"\[0, 1\]", id="nan"),
+        pytest.param(torch.tensor([0, 1]), {}, r"floating-point", id="int_tensor"),
+        pytest.param(np.array([0.5]), {}, r"floating-point", id="numpy_array"),
+        pytest.param(torch.tensor([0.5]), {"t_max": 0.0}, r"t_max", id="t_max_zero"),
+        pytest.param(torch.tensor([0.5]), {"t_max": INF}, r"t_max", id="t_max_inf"),
+    ],
+)
+def test_latency_encode_rejects_bad_input(x, kw, match):
+    with pytest.raises(ValueError, match=match):
+        latency_encode(x, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# first_spike_decode
+
+
+def test_decode_earliest_class_and_silence():
+    t_out = torch.tensor(
+        [
+            [INF, INF, INF],  # nothing fired: no decision
+            [2.0, 1.0, 3.0],
+            [0.5, INF, 0.5],  # tie: lowest class
+            [INF, INF, 7.0],
+        ]
+    )
+    pred, fired = first_spike_decode(t_out)
+    assert pred.dtype == torch.int64 and fired.dtype == torch.bool
+    assert pred.tolist() == [-1, 1, 0, 2]
+    assert fired.tolist() == [False, True, True, True]
+
+
+def test_decode_matches_loop_on_random_times():
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0, 1, (50, 10))
+    t[rng.random(t.shape) < 0.6] = INF
+    t[:5] = INF
+    pred, fired = first_spike_decode(torch.tensor(t))
+    for r in range(t.shape[0]):
+        finite = np.isfinite(t[r])
+        assert fired[r] == finite.any()
+        assert pred[r] == (int(np.argmin(t[r])) if finite.any() else -1)
+
+
+@pytest.mark.parametrize(
+    "t_out,match",
+    [
+        pytest.param(torch.zeros(3), r"t_out must have 2 dimensions", id="rank1"),
+        pytest.param(torch.zeros(2, 3, dtype=torch.int64), r"floating-point", id="int_tensor"),
+        pytest.param(torch.tensor([[math.nan, 1.0]]), r"NaN", id="nan_time"),
+    ],
+)
+def test_decode_rejects_bad_input(t_out, match):
+    with pytest.raises(ValueError, match=match):
+        first_spike_decode(t_out)
+
+
+# --------------------------------------------------------------------------------------------------
+# spike_time_cross_entropy
+
+
+def _hand_loss(rows, targets, margin):
+    """Cross-entropy of softmax(-t) with silent outputs at (latest finite time in the batch) + margin."""
+    finite = [v for row in rows for v in row if math.isfinite(v)]
+    t_late = (max(finite) if finite else 0.0) + margin
+    losses, grads = [], []
+    for row, k in zip(rows, targets):
+        t = [v if math.isfinite(v) else t_late for v in row]
+        z = sum(math.exp(-v) for v in t)
+        p = [math.exp(-v) / z for v in t]
+        losses.append(t[k] + math.log(z))
+        # dL/dt_c = 1[c = k] - p_c for a neuron that fired; silent neurons have no time to move.
+        grads.append([((c == k) - p[c]) if math.isfinite(row[c]) else 0.0 for c in range(len(row))])
+    return losses, grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("margin", [1.0, 0.25], ids=["margin1", "margin0.25"])
+def test_loss_matches_hand_computation(dtype, margin):
+    rows = [[1.0, 2.0, INF], [INF, INF, INF], [0.5, 3.0, 1.0], [INF, 0.25, INF]]
+    targets = [0, 2, 1, 2]
+    losses, grads = _hand_loss(rows, targets, margin)
+    t_out = torch.tensor(rows, dtype=dtype, requires_grad=True)
+    target = torch.tensor(targets)
+    loss = spike_time_cross_entropy(t_out, target, silent_margin=margin)
+    assert loss.dtype == dtype and loss.shape == ()
+    assert_close("loss", loss, sum(losses) / 4, dtype)
+    loss.backward()
+    assert_close("grad_t_out", t_out.grad, np.array(grads) / 4, dtype, kind="grad")
+    silent = ~torch.isfinite(t_out.detach())
+    assert (t_out.grad[silent] == 0).all()  # exactly zero, not small
+    assert_close(
+        "loss_sum", spike_time_cross_entropy(t_out, target, silent_margin=margin, reduction="sum"), sum(losses), dtype
+    )
+    per = spike_time_cross_entropy(t_out, target, silent_margin=margin, reduction="none")
+    assert_close("loss_none", per, losses, dtype)
+
+
+def test_loss_all_silent_is_finite_with_zero_gradient():
+    t_out = torch.full((3, 4), INF, requires_grad=True)
+    loss = spike_time_cross_entropy(t_out, torch.tensor([0, 1, 3]))
+    assert torch.isfinite(loss)
+    assert_close("loss", loss, math.log(4), torch.float32)  # every output equally (un)likely
+    loss.backward()
+    assert torch.equal(t_out.grad, torch.zeros_like(t_out))
+
+
+def test_loss_rewards_earlier_target_spike():
+    # dL/dt_target > 0: firing the target earlier lowers the loss; the other firing output is pushed later.
+    t_out = torch.tensor([[1.0, 1.5, INF]], requires_grad=True)
+    loss = spike_time_cross_entropy(t_out, torch.tensor([1]))
+    loss.backward()
+    assert t_out.grad[0, 1] > 0 and t_out.grad[0, 0] < 0 and t_out.grad[0, 2] == 0
+    earlier = spike_time_cross_entropy(torch.tensor([[1.0, 1.2, INF]]), torch.tensor([1]))
+    assert earlier < loss
+
+
+def _loss_bad(kind):
+    t = torch.tensor([[1.0, 2.0], [0.5, INF]])
+    target = torch.tensor([0, 1])
+    kw = {}
+    if kind == "target_float":
+        target = target.float()
+    elif kind == "target_shape":
+        target = torch.tensor([0, 1, 1])
+    elif kind == "label_too_large":
+        target = torch.tensor([0, 2])
+    elif kind == "label_negative":
+        target = torch.tensor([-1, 0])
+    elif kind == "margin_negative":
+        kw["silent_margin"] = -1.0
+    elif kind == "margin_inf":
+        kw["silent_margin"] = INF
+    elif kind == "reduction":
+        kw["reduction"] = "max"
+    elif kind == "t_out_rank1":
+        t = t[0]
+    elif kind == "t_out_nan":
+        t[0, 0] = math.nan
+    return t, target, kw
+
+
+BAD_LOSS = {
+    "target_float": r"target must be an integer",
+    "target_shape": r"target shape",
+    "label_too_large": r"labels outside",
+    "label_negative": r"labels outside",
+    "margin_negative": r"silent_margin",
+    "margin_inf": r"silent_margin",
+    "reduction": r"reduction",
+    "t_out_rank1": r"t_out must have 2 dimensions",
+    "t_out_nan": r"t_out.*NaN",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_LOSS))
+def test_loss_rejects_bad_input(kind):
+    t, target, kw = _loss_bad(kind)
+    with pytest.raises(ValueError, match=BAD_LOSS[kind]):
+        spike_time_cross_entropy(t, target, **kw)
