@@ -2,7 +2,7 @@
 
 Reports accuracy, how often no output neuron fires, the mean decision time and the spikes per layer,
 optionally with fixed-point weights (``--weight-bits``), a clocked time grid (``--time-bits``) and a
-global cut-off (``--t-cutoff``). ``--compare`` also runs the trained torch model (float64) on the same
+global cut-off (``--t-cutoff``). ``--compare`` also runs the trained torch model (float32 by default, or float64) on the same
 images and reports the decision agreement and the largest spike-time difference over neurons that fire
 in both (and how many neurons fire in only one of them).
 
@@ -67,7 +67,13 @@ def add_sim_arguments(
 def configure(parser: argparse.ArgumentParser) -> None:
     add_sim_arguments(parser, default_limit=None, default_time_bits=None)
     parser.add_argument(
-        "--compare", action="store_true", help="also run the torch model (float64) and compare spike times"
+        "--compare", action="store_true", help="also run the torch model and compare decisions and spike times"
+    )
+    parser.add_argument(
+        "--compare-dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="precision of the torch model for --compare (default float32: the trained model as it runs)",
     )
 
 
@@ -150,7 +156,7 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
-def _torch_model(meta: dict[str, Any], arrays_source: str) -> Any:
+def _torch_model(meta: dict[str, Any], arrays_source: str, dtype: str) -> Any:
     import torch
 
     from relpsp.checkpoint import load_checkpoint
@@ -161,20 +167,25 @@ def _torch_model(meta: dict[str, Any], arrays_source: str) -> Any:
     model_cfg = config_from_dict({"model": meta["config"]["model"]}).model
     model = model_from_config(model_cfg)
     load_model_arrays(model, arrays)
-    return model.double().eval(), torch
+    model = model.double() if dtype == "float64" else model.float()
+    return model.eval(), torch
 
 
 def _compare_batch(model: Any, torch: Any, xb: np.ndarray, sim_times: list[np.ndarray], acc: dict[str, Any]) -> None:
     from relpsp.models import layer_outputs
 
     with torch.no_grad():
-        outs = layer_outputs(model, torch.from_numpy(np.ascontiguousarray(xb)).double())
+        dtype = next(model.parameters()).dtype
+        outs = layer_outputs(model, torch.from_numpy(np.ascontiguousarray(xb)).to(dtype))
     for k, (a, e_torch) in enumerate(zip(sim_times, outs)):
-        e = e_torch.numpy().reshape(a.shape)
+        e = e_torch.double().numpy().reshape(a.shape)
         both = np.isfinite(a) & np.isfinite(e)
         acc["only_one"][k] += int((np.isfinite(a) != np.isfinite(e)).sum())
         if both.any():
-            acc["max_abs_dt"][k] = max(acc["max_abs_dt"][k], float(np.abs(a[both] - e[both]).max()))
+            d = np.abs(a[both] - e[both])
+            acc["max_abs_dt"][k] = max(acc["max_abs_dt"][k], float(d.max()))
+            rel = d / np.maximum(np.abs(e[both]), 1.0)  # relative above t = 1 (the input window's scale)
+            acc["max_rel_dt"][k] = max(acc["max_rel_dt"][k], float(rel.max()))
     t_torch = outs[-1].numpy()
     fired = np.isfinite(t_torch).any(1)
     dec = np.where(fired, t_torch.argmin(1), -1)
@@ -191,9 +202,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--compare needs a checkpoint (the torch model); the source is a NIR file")
     simulate(net, x[:2], options)  # warm-up: compile the optional kernels outside the timing
     if args.compare:
-        model, torch = _torch_model(meta, args.source)
+        model, torch = _torch_model(meta, args.source, args.compare_dtype)
         n_cols = len(net.names)
-        acc: dict[str, Any] = {"only_one": [0] * n_cols, "max_abs_dt": [0.0] * n_cols, "torch_decision": []}
+        acc: dict[str, Any] = {
+            "only_one": [0] * n_cols,
+            "max_abs_dt": [0.0] * n_cols,
+            "max_rel_dt": [0.0] * n_cols,
+            "torch_decision": [],
+        }
         parts = []
         seconds = 0.0  # simulator time only, not the torch model's
         for i in range(0, len(x), options.batch_size):
@@ -254,12 +270,16 @@ def run(args: argparse.Namespace) -> int:
             "torch_accuracy": float((torch_dec == y).mean()),
             "max_abs_dt": dict(zip(res.layer_names, acc["max_abs_dt"])),
             "max_abs_dt_all": max(acc["max_abs_dt"]),
+            "max_rel_dt": dict(zip(res.layer_names, acc["max_rel_dt"])),
+            "max_rel_dt_all": max(acc["max_rel_dt"]),
             "fire_in_one_only": dict(zip(res.layer_names, acc["only_one"])),
+            "torch_dtype": args.compare_dtype,
         }
         summary["compare"] = cmp
         print(
-            f"vs torch (float64): decisions agree on {cmp['decision_agreement']:.4f}, torch accuracy "
-            f"{cmp['torch_accuracy']:.4f}, max |dt| over neurons firing in both {cmp['max_abs_dt_all']:.3g}, "
+            f"vs torch ({args.compare_dtype}): decisions agree on {cmp['decision_agreement']:.4f}, torch accuracy "
+            f"{cmp['torch_accuracy']:.4f}, max |dt| over neurons firing in both {cmp['max_abs_dt_all']:.3g} "
+            f"(relative to max(|t|, 1): {cmp['max_rel_dt_all']:.3g}), "
             f"neurons firing in only one: {sum(acc['only_one'])}"
         )
     if meta is not None:
