@@ -26,7 +26,8 @@ from relpsp._validate import (
     check_t_max,
 )
 from relpsp.autograd import relpsp_linear_rows
-from relpsp.core.dense import W_SUM_MIN, relpsp_linear_ref
+from relpsp.core import dense as _dense
+from relpsp.core.dense import W_SUM_MIN
 
 __all__ = [
     "first_spike_decode",
@@ -92,6 +93,21 @@ def relpsp_linear(
     _check_linear(t_in, weight, theta, t_max)
     check_finite_positive("w_sum_min", w_sum_min)
     return relpsp_linear_rows(t_in, weight, theta, t_max, w_sum_min, backend)
+
+
+def relpsp_linear_ref(
+    t_in: Tensor,
+    weight: Tensor,
+    *,
+    theta: float = 1.0,
+    t_max: float = math.inf,
+    w_sum_min: float = W_SUM_MIN,
+) -> Tensor:
+    """Reference twin of ``relpsp_linear`` (same checks; autograd through the closed form; memory
+    O(B N_in N_out)). See ``relpsp.core.dense.relpsp_linear_ref``."""
+    _check_linear(t_in, weight, theta, t_max)
+    check_finite_positive("w_sum_min", w_sum_min)
+    return _dense.relpsp_linear_ref(t_in, weight, theta=theta, t_max=t_max, w_sum_min=w_sum_min)
 
 
 def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
@@ -171,7 +187,7 @@ def relpsp_conv2d_ref(
         weight,
         stride,
         padding,
-        lambda r, w: relpsp_linear_ref(r, w, theta=theta, t_max=t_max, w_sum_min=w_sum_min),
+        lambda r, w: _dense.relpsp_linear_ref(r, w, theta=theta, t_max=t_max, w_sum_min=w_sum_min),
     )
 
 
@@ -187,7 +203,9 @@ def min_time_pool2d(t: Tensor, kernel_size: IntPair, stride: IntPair | None = No
     s = k if stride is None else _pair("stride", stride, 1)
     if t.shape[2] < k[0] or t.shape[3] < k[1]:
         raise ValueError(f"kernel_size {k} is larger than the input {t.shape[2]}x{t.shape[3]}")
-    return -F.max_pool2d(-t, k, s)
+    out = -F.max_pool2d(-t, k, s)
+    # A window without spikes passes no gradient (max_pool2d would route it to some silent input).
+    return torch.where(torch.isfinite(out), out, out.detach())
 
 
 def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -> Tensor:

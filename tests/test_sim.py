@@ -320,7 +320,21 @@ def _tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 def test_cli_simulate_end_to_end(tmp_path, capsys):
     ckpt, data = _tiny_checkpoint(tmp_path)
     out = tmp_path / "sim.json"
-    rc = cli.main(["simulate", str(ckpt), "--dataset", str(data), "--compare", "--backend", "numpy", "--out", str(out)])
+    rc = cli.main(
+        [
+            "simulate",
+            str(ckpt),
+            "--dataset",
+            str(data),
+            "--compare",
+            "--compare-dtype",
+            "float64",
+            "--backend",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     summary = json.loads(out.read_text())
     assert summary["n_images"] == 20
