@@ -1,0 +1,92 @@
+"""Accuracy of a trained checkpoint in the event-driven simulator against weight and time precision.
+
+    python -m benchmarks.quantization CKPT [--bits 4,6,8,10,12,16] [--limit N] [--out FILE.json]
+
+For every weight width W and time width T in ``--bits`` (plus float64 weights / continuous time, "fp"),
+the whole grid W x T is simulated: fixed-point weights (symmetric, per layer) and every spike time
+rounded up to a grid of 2^T steps over [0, T_window]; spikes after T_window are dropped. T_window is
+calibrated once on the first 1000 test images and recorded: by default (``--window decision``) it is the
+latest decision time (first output spike) in continuous time, since a clocked chip can stop at the first
+output spike and no spike after it can change the decision (causality); ``--window spikes`` uses the
+99.9th percentile of all spike times instead (``relpsp.sim.calibrate_time_window``). Prints a markdown table (rows: weight bits, columns: time bits) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.common import environment, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--bits", default="4,6,8,10,12,16")
+    ap.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--window", choices=("decision", "spikes"), default="decision")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+
+    from relpsp.sim import SimOptions, calibrate_time_window, load_inputs, network_from_checkpoint, simulate
+
+    net, meta = network_from_checkpoint(args.checkpoint)
+    dataset = meta["config"]["data"]["dataset"]
+    x, y = load_inputs(dataset, "test", args.data_dir, args.limit)
+    if args.window == "spikes":
+        window = calibrate_time_window(net, x[:1000])
+    else:
+        t_dec = simulate(net, x[:1000], SimOptions()).t_decision
+        window = float(t_dec[np.isfinite(t_dec)].max())
+    bits: list[int | None] = [None] + [int(b) for b in args.bits.split(",")]
+    grid: dict[str, dict[str, float]] = {}
+    t0 = time.perf_counter()
+    for wb in bits:
+        row = grid.setdefault("fp" if wb is None else str(wb), {})
+        for tb in bits:
+            opts = SimOptions(weight_bits=wb, time_bits=tb, time_window=window)
+            row["fp" if tb is None else str(tb)] = simulate(net, x, opts).accuracy(y)
+        print(
+            f"weight bits {'fp' if wb is None else wb}: " + "  ".join(f"{k}:{100 * v:.2f}" for k, v in row.items()),
+            flush=True,
+        )
+    base = grid["fp"]["fp"]
+    cols = list(grid["fp"])
+    print(
+        f"\n{meta['config']['model']['arch']} on {dataset} test ({len(y)} images), T_window = {window:.4g}; "
+        "accuracy (%) by weight bits (rows) and time bits (columns); fp = float64 / continuous"
+    )
+    print("| weight \\ time | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for wb, row in grid.items():
+        print(f"| {wb} | " + " | ".join(f"{100 * row[c]:.2f}" for c in cols) + " |")
+    if "8" in grid:
+        print(
+            f"\n8-bit weights, 8-bit time: {100 * grid['8']['8']:.2f}% vs {100 * base:.2f}% full precision "
+            f"(loss {100 * (base - grid['8']['8']):.2f} points)"
+        )
+    if args.out:
+        write_json(
+            args.out,
+            {
+                "benchmark": "quantization",
+                "environment": environment(),
+                "checkpoint": args.checkpoint,
+                "arch": meta["config"]["model"]["arch"],
+                "dataset": dataset,
+                "n_images": len(y),
+                "time_window": window,
+                "window_rule": args.window,
+                "accuracy": grid,
+                "seconds": time.perf_counter() - t0,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
