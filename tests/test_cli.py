@@ -1,0 +1,137 @@
+"""The ``relpsp`` command end to end on a small generated dataset (Yin-Yang: no files needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relpsp import cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rc = cli.main(
+        [
+            "train",
+            "--dataset",
+            "yinyang",
+            "--arch",
+            "4-10-3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "128",
+            "--lr",
+            "0.01",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def test_train_writes_run_folder(run_dir, capsys):
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["config"]["model"]["arch"] == "4-10-3"
+    assert res["config"]["model"]["input_shape"] == [4]  # inferred from the dataset
+    assert 0.0 <= res["test_accuracy"] <= 1.0 and res["epochs"] == 2
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (run_dir / "checkpoint.ckpt").is_file()
+
+
+def test_eval_reports_the_same_accuracy(run_dir, capsys):
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert out["accuracy"] == pytest.approx(res["test_accuracy"])
+    assert out["n"] == 1000
+
+
+def test_plot_writes_pngs(run_dir, capsys):
+    assert cli.main(["plot", str(run_dir)]) == 0
+    for name in ("curves.png", "output_times.png", "raster.png"):
+        data = (run_dir / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+
+
+def test_resume_of_a_finished_run_changes_nothing(run_dir):
+    before = (run_dir / "checkpoint.ckpt").read_bytes()
+    rc = cli.main(
+        [
+            "train",
+            "--dataset",
+            "yinyang",
+            "--arch",
+            "4-10-3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "128",
+            "--lr",
+            "0.01",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(run_dir),
+            "--no-progress",
+            "--resume",
+        ]
+    )
+    assert rc == 0
+    from relpsp.checkpoint import load_checkpoint
+
+    a, _ = load_checkpoint(run_dir / "checkpoint.ckpt")
+    (run_dir / "before.ckpt").write_bytes(before)
+    b, _ = load_checkpoint(run_dir / "before.ckpt")
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+
+
+def test_config_file_and_overrides(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('[model]\narch = "4-6-3"\n[data]\ndataset = "yinyang"\n[train]\nepochs = 1\nbatch_size = 256\n')
+    rc = cli.main(
+        [
+            "train",
+            str(cfg),
+            "--set",
+            "train.lr=0.02",
+            "--set",
+            "model.theta=1.5",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["config"]["train"]["lr"] == 0.02 and res["config"]["model"]["theta"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--set", "bogus"], "--set expects"),
+        (["train", "--set", "train.nope=1"], "unknown key"),
+        (["train", "--dataset", "yinyang", "--arch", "4-x-3"], "cannot parse token"),
+        (["eval", "/nonexistent/ckpt"], "does not exist"),
+    ],
+    ids=["bad-set", "unknown-key", "bad-arch", "missing-checkpoint"],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.startswith("relpsp: error:") and "\n" not in err
