@@ -84,7 +84,8 @@ class RelpspLinearFn(torch.autograd.Function):
             g_in_np, g_w_np = k.linear_bwd(
                 grad_out.numpy(), t_in.numpy(), weight.numpy(), t_out.numpy(), w_sum.numpy(), ctx.w_sum_min
             )
-            g_in, g_w = torch.from_numpy(g_in_np), torch.from_numpy(g_w_np)
+            g_in: Tensor | None = torch.from_numpy(g_in_np)
+            g_w: Tensor | None = torch.from_numpy(g_w_np)
         else:
             g_in, g_w = relpsp_linear_bwd_torch(grad_out, t_in, weight, t_out, w_sum, ctx.w_sum_min, need_in, need_w)
         return (g_in if need_in else None), (g_w if need_w else None), None, None, None, None

@@ -305,7 +305,12 @@ def silent_neuron_penalty(
         h, w = t_in.shape[2] + 2 * ph, t_in.shape[3] + 2 * pw
         if h < weight.shape[2] or w < weight.shape[3]:
             raise ValueError(f"kernel {tuple(weight.shape[2:])} is larger than the (padded) input {h}x{w}")
-        expected = (t_in.shape[0], weight.shape[0], (h - weight.shape[2]) // sh + 1, (w - weight.shape[3]) // sw + 1)
+        expected: tuple[int, ...] = (
+            t_in.shape[0],
+            weight.shape[0],
+            (h - weight.shape[2]) // sh + 1,
+            (w - weight.shape[3]) // sw + 1,
+        )
     else:
         _check_linear(t_in, weight, theta, math.inf)
         expected = (t_in.shape[0], weight.shape[0])

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,32 @@ from relpsp.nn import (
     SpikingLinear,
 )
 
-__all__ = ["build_model", "layer_outputs", "load_model_arrays", "model_arrays", "model_from_config"]
+__all__ = [
+    "MAX_WEIGHTS",
+    "build_model",
+    "count_weights",
+    "layer_outputs",
+    "load_model_arrays",
+    "model_arrays",
+    "model_from_config",
+]
+
+
+#: Architectures with more weights than this are refused: 2^30 float32 weights are 4 GiB (12 GiB more for
+#: Adam's state), far beyond what the exact per-neuron search trains in reasonable time; a typo such as
+#: "784-8000000-10" should fail with a message, not with an out-of-memory error.
+MAX_WEIGHTS = 2**30
+
+
+def count_weights(specs: list) -> int:
+    """Number of weights of a parsed architecture (dense and conv layers)."""
+    n = 0
+    for s in specs:
+        if isinstance(s, DenseSpec):
+            n += s.n_in * s.n_out
+        elif isinstance(s, ConvSpec):
+            n += s.c_out * s.c_in * s.kernel**2
+    return n
 
 
 def build_model(
@@ -42,9 +68,16 @@ def build_model(
     """Build the network for ``arch``. ``input_shape`` is ``(N,)`` or ``(C, H, W)``; for an MLP it may be
     omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
     spiking layer (inf = none)."""
-    kw = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
+    kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
     modules: list[nn.Module] = []
-    for spec in parse_arch(arch, input_shape):
+    specs = parse_arch(arch, input_shape)
+    n_weights = count_weights(specs)
+    if n_weights > MAX_WEIGHTS:
+        raise ValueError(
+            f"arch {arch!r} has {n_weights:,} weights, more than the limit of {MAX_WEIGHTS:,} "
+            "(relpsp.models.MAX_WEIGHTS); check the layer sizes"
+        )
+    for spec in specs:
         if isinstance(spec, EncodeSpec):
             modules.append(LatencyEncode(t_in, zero_fires))
         elif isinstance(spec, FlattenSpec):
@@ -96,8 +129,14 @@ def load_model_arrays(model: nn.Sequential, arrays: dict[str, np.ndarray]) -> No
         name = f"model.{k}"
         if name not in arrays:
             raise ValueError(f"checkpoint has no array {name!r} for this architecture")
-        a = arrays[name]
+        a = np.asarray(arrays[name])
         if tuple(a.shape) != tuple(v.shape):
             raise ValueError(f"checkpoint array {name!r} has shape {a.shape}, the model needs {tuple(v.shape)}")
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"checkpoint array {name!r} has dtype {a.dtype}; weights must be numeric")
+        if not np.isfinite(a).all():
+            raise ValueError(
+                f"checkpoint array {name!r} holds NaN or infinite weights: the run diverged or the file is bad"
+            )
         with torch.no_grad():
             v.copy_(torch.from_numpy(np.asarray(a)))

@@ -70,8 +70,8 @@ def load_mnist_pkl(
         byte /= np.float32(255.0)
         xs.append(byte)
         ys.append(y.astype(np.int64))
-    x = torch.from_numpy(np.concatenate(xs).reshape(-1, 1, 28, 28))
-    return x, torch.from_numpy(np.concatenate(ys))
+    images = torch.from_numpy(np.concatenate(xs).reshape(-1, 1, 28, 28))
+    return images, torch.from_numpy(np.concatenate(ys))
 
 
 def read_cifar_batch(path: str | os.PathLike[str], fix: str = "") -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ Loading never downloads: a missing file raises :class:`DatasetNotFoundError`, a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from relpsp.data._files import (
@@ -443,7 +445,15 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------- verification
 
 
-def _check(path: Path, fn: Callable[[], None]) -> FileCheck:
+def _parse_checked_idx(folder: Path, f: IdxFile, fix: str) -> np.ndarray:
+    return parse_idx(_read_idx_checked(folder, f, True, fix), f.name)
+
+
+def _load_cifar_split(folder: Path, split: str, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_cifar_batches(_cifar_paths(folder, split, fix), fix)
+
+
+def _check(path: Path, fn: Callable[[], object]) -> FileCheck:
     try:
         fn()
     except FileNotFoundError as e:
@@ -465,16 +475,16 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **
     if name in ("mnist", "fashion-mnist"):
         for f in _idx_files(name):
             path = _find_idx(folder, f) or folder / f.name
-            checks.append(_check(path, lambda f=f: parse_idx(_read_idx_checked(folder, f, True, fix), f.name)))
+            checks.append(_check(path, functools.partial(_parse_checked_idx, folder, f, fix)))
     elif name == "mnist-pkl":
         path = folder / MNIST_PKL_FILE[0]
         checks.append(_check(path, lambda: _load_mnist_pkl("test", folder, True, fix)))
     elif name == "caltech-face-motorbike":
         root = _caltech_root(folder, opts)
         for split in ("train", "test"):
-            checks.append(_check(root / split, lambda s=split: _load_caltech(s, folder, opts, True, fix)))
+            checks.append(_check(root / split, functools.partial(_load_caltech, split, folder, opts, True, fix)))
     elif name == "cifar10":
         for split, first in (("train", CIFAR10_TRAIN[0]), ("test", CIFAR10_TEST[0])):
             path = folder / first if (folder / first).is_file() else folder / "cifar-10-batches-py" / first
-            checks.append(_check(path, lambda s=split: load_cifar_batches(_cifar_paths(folder, s, fix), fix)))
+            checks.append(_check(path, functools.partial(_load_cifar_split, folder, split, fix)))
     return checks

@@ -37,6 +37,7 @@ def set_cpu_kernel_threads(n: int) -> int:
         return 0
     import numba
 
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    limit = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    n = max(1, min(int(n), limit))
     numba.set_num_threads(n)
     return n
