@@ -31,7 +31,9 @@ def main(root: str = "docs/results") -> int:
         seeds = ",".join(str(r["config"]["train"]["seed"]) for r in runs)
         wall = statistics.mean(r["wall_time_s"] for r in runs)
         acc_s = f"{mean:.2f} ± {std:.2f}" if len(acc) > 1 else f"{mean:.2f}"
-        print(f"| {dataset} | {arch} | {name} | {seeds} | {acc_s} | {runs[0]['epochs']} | {runs[0]['device']} | {wall / 60:.1f} min |")
+        print(
+            f"| {dataset} | {arch} | {name} | {seeds} | {acc_s} | {runs[0]['epochs']} | {runs[0]['device']} | {wall / 60:.1f} min |"
+        )
     return 0
 
 
