@@ -17,8 +17,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 from benchmarks.common import environment, write_json
 
 
@@ -37,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     net, meta = network_from_checkpoint(args.checkpoint)
     dataset = meta["config"]["data"]["dataset"]
     x, y = load_inputs(dataset, "test", args.data_dir, args.limit)
-    if args.window == "spikes":
-        window = calibrate_time_window(net, x[:1000])
-    else:
-        t_dec = simulate(net, x[:1000], SimOptions()).t_decision
-        window = float(t_dec[np.isfinite(t_dec)].max())
+    window = calibrate_time_window(net, x[:1000], rule=args.window)
     bits: list[int | None] = [None] + [int(b) for b in args.bits.split(",")]
     grid: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()

@@ -55,8 +55,15 @@ def add_sim_arguments(
         "--time-window",
         type=float,
         default=None,
-        help="T of the time grid (default: the cut-off, else max(t_in, t_max), else measured: the 99.9th "
-        "percentile of the spike times of the first 1000 images)",
+        help="T of the time grid (default: the cut-off, else max(t_in, t_max), else measured on the first "
+        "1000 images, see --window-rule)",
+    )
+    parser.add_argument(
+        "--window-rule",
+        choices=("decision", "spikes"),
+        default="decision",
+        help="how T is measured when not given: the latest decision time of the first 1000 images "
+        "(default) or the 99.9th percentile of all their spike times",
     )
     parser.add_argument("--t-cutoff", type=float, default=math.inf, help="drop every spike later than T (all layers)")
     parser.add_argument("--backend", choices=["auto", "numpy", "numba"], default="auto", help="simulator backend")
@@ -127,10 +134,12 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     options = sim_options(args, **({"weight_bits": weight_bits} if weight_bits is not None else {}))
     calibrated = False
     if options.time_bits is not None and resolve_time_window(net, options) is None:
-        t_window = calibrate_time_window(net, x[:1000], options)
+        rule = getattr(args, "window_rule", "decision")
+        t_window = calibrate_time_window(net, x[:1000], options, rule=rule)
         options = sim_options(args, time_window=t_window, weight_bits=options.weight_bits)
         calibrated = True
-        print(f"time window T = {t_window:.6g} (99.9th percentile of the spike times of {min(len(x), 1000)} images)")
+        what = "latest decision time" if rule == "decision" else "99.9th percentile of the spike times"
+        print(f"time window T = {t_window:.6g} ({what} of {min(len(x), 1000)} images)")
     return {"net": net, "meta": meta, "dataset": dataset, "x": x, "y": y, "options": options, "calibrated": calibrated}
 
 

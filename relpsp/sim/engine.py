@@ -515,16 +515,26 @@ def concat_results(results: list[SimResult]) -> SimResult:
 
 
 def calibrate_time_window(
-    net: SimNetwork, x: Any, options: SimOptions | None = None, *, quantile: float = 0.999
+    net: SimNetwork, x: Any, options: SimOptions | None = None, *, quantile: float = 0.999, rule: str = "decision"
 ) -> float:
-    """A time window T measured on ``x``: the ``quantile`` of all finite spike times (every layer, input
-    included) of a continuous-time run with the weight quantisation and cut-offs of ``options``; at
-    least ``net.t_in``. ``quantile=1`` gives the latest spike; the default ignores the rare stragglers
-    (neurons whose summed weight barely exceeds 0 fire very late), whose spikes a grid over T then drops."""
+    """A time window T measured on ``x`` with a continuous-time run (weight quantisation and cut-offs of
+    ``options``); at least ``net.t_in``.
+
+    ``rule="decision"`` (default): the latest decision time (first output spike) over ``x``. A clocked chip
+    can stop at the first output spike, and by causality no later spike can change the decision, so a grid
+    over this T keeps every decision of ``x`` while spending its steps where they matter.
+    ``rule="spikes"``: the ``quantile`` of all finite spike times (every layer, input included);
+    ``quantile=1`` gives the latest spike. Trained networks have stragglers (neurons whose summed weight
+    barely exceeds 0 fire very late), which make this T far longer than the decisions need."""
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
+    if rule not in ("decision", "spikes"):
+        raise ValueError(f"rule must be 'decision' or 'spikes', got {rule!r}")
     options = replace(options or SimOptions(), time_bits=None, time_window=None)
-    res = simulate(net, x, options, record_layers=True)
+    res = simulate(net, x, options, record_layers=rule == "spikes")
+    if rule == "decision":
+        t_dec = res.t_decision[np.isfinite(res.t_decision)]
+        return max(net.t_in, float(t_dec.max()) if t_dec.size else 0.0)
     assert res.layer_times is not None
     # The input and the spiking layers (pooling and flattening only repeat spikes).
     cols = [0, *(i + 1 for i in net.spiking_layers())]
