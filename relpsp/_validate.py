@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "check_finite",
     "check_finite_positive",
     "check_float_tensor",
     "check_non_negative",
@@ -40,28 +42,42 @@ def check_spike_times(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} holds {what} value(s); spike times must be >= 0 or +inf (no spike)")
 
 
+def _as_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not (isinstance(value, Tensor) and value.numel() == 1):
+            raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_finite(name: str, value: float) -> float:
+    v = _as_float(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
 def check_finite_positive(name: str, value: float) -> float:
-    v = float(value)
+    v = _as_float(name, value)
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return v
 
 
 def check_non_negative(name: str, value: float) -> float:
-    v = float(value)
+    v = _as_float(name, value)
     if not (math.isfinite(v) and v >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
 
 
 def check_t_max(value: float) -> float:
-    v = float(value)
+    v = _as_float("t_max", value)
     if math.isnan(v) or v <= 0:
         raise ValueError(f"t_max must be > 0 (or inf for no cut-off), got {value!r}")
     return v
 
 
 def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)

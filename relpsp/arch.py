@@ -17,6 +17,7 @@ the weight of spec ``k`` is stored as ``"{k}.weight"``. ``relpsp.sim`` uses this
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -81,6 +82,14 @@ def parse_arch(arch: str, input_shape: tuple[int, ...] | None = None) -> list[La
     """
     if not isinstance(arch, str) or not arch.strip():
         raise ValueError(f"arch must be a non-empty string like '784-800-10', got {arch!r}")
+    if input_shape is not None:
+        if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in input_shape
+        ):
+            raise ValueError(f"input_shape must be a tuple of integers like (1, 28, 28) or (784,), got {input_shape!r}")
+        if len(input_shape) not in (1, 3):
+            raise ValueError(f"input_shape must be (N,) or (C, H, W), got {tuple(input_shape)}")
+        input_shape = tuple(int(d) for d in input_shape)
     tokens = [tok.strip() for tok in arch.strip().split("-")]
     for tok in tokens:
         if not (_CONV.match(tok) or _POOL.match(tok) or _DENSE.match(tok)):

@@ -14,17 +14,41 @@ import io
 import json
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "CheckpointError", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "remove_stale_temp_files",
+    "save_checkpoint",
+]
 
 FORMAT = "relpsp-checkpoint/1"
 _META = "meta.json"
 _PREFIX = "arrays/"
+#: Fault-injection hook for the tests (tests/test_faults.py). When this environment variable holds
+#: ``"N:SECONDS"``, every ``atomic_write_bytes`` call of the process after its first N writes the first half
+#: of the data to the temporary file, flushes it, and sleeps SECONDS before finishing, so that a test can
+#: kill the process while a file is half-written. Unset in normal use.
+FAULT_PAUSE_ENV = "RELPSP_FAULT_WRITE_PAUSE"
+_writes_done = 0
+
+
+def _fault_pause() -> float:
+    global _writes_done
+    spec = os.environ.get(FAULT_PAUSE_ENV)
+    _writes_done += 1
+    if not spec:
+        return 0.0
+    after, _, seconds = spec.partition(":")
+    return float(seconds) if _writes_done > int(after) else 0.0
 
 
 class CheckpointError(ValueError):
@@ -38,7 +62,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            pause = _fault_pause()
+            if pause > 0:
+                f.write(data[: len(data) // 2])
+                f.flush()
+                time.sleep(pause)
+                f.write(data[len(data) // 2 :])
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,6 +87,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes of ``path`` left behind when their process was killed
+    (``.<name>.*.tmp`` beside it); return what was removed. Only call it when no other process writes
+    ``path``."""
+    path = Path(path)
+    removed = []
+    for p in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def _sha256(a: np.ndarray) -> str:
@@ -87,6 +133,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
+            # relpsp writes stored (uncompressed) entries only; refusing others also refuses zip bombs.
+            if any(info.compress_type != zipfile.ZIP_STORED for info in zf.infolist()):
+                raise CheckpointError(f"{path} holds compressed entries: not a relpsp checkpoint")
             if _META not in names:
                 raise CheckpointError(f"{path} is not a relpsp checkpoint (no {_META} inside)")
             meta = json.loads(zf.read(_META))
@@ -94,6 +143,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                 got = meta.get("format") if isinstance(meta, dict) else None
                 raise CheckpointError(f"{path} has format {got!r}; this relpsp reads {FORMAT!r}")
             digests = meta.get("sha256", {})
+            if not isinstance(digests, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in digests.items()
+            ):
+                raise CheckpointError(f"{path} has a malformed array table in {_META}: the file is damaged")
             arrays = {}
             for name, digest in digests.items():
                 entry = _PREFIX + name + ".npy"
@@ -106,7 +159,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                 arrays[name] = a
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, json.JSONDecodeError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, RecursionError) as e:
         raise CheckpointError(
             f"{path} is truncated, corrupted or not a relpsp checkpoint ({type(e).__name__}: {e}); "
             "use an earlier checkpoint or retrain"

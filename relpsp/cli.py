@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "main", "one_line"]
 
 #: command name -> one-line help
 COMMANDS = {
@@ -32,12 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relpsp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"relpsp.commands.{name}")
-        except ModuleNotFoundError as e:  # TEMPORARY while commands are being written
-            if e.name != f"relpsp.commands.{name}":
-                raise
-            continue
+        mod = importlib.import_module(f"relpsp.commands.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod.configure(p)
         p.set_defaults(_run=mod.run)
@@ -56,8 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         print("relpsp: interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        print(f"relpsp: error: {e}", file=sys.stderr)
+        print(f"relpsp: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (multi-line messages joined with "; "), or its type if empty."""
+    parts = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(parts) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

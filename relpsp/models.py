@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from relpsp._validate import check_finite_positive
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
 from relpsp.config import ModelConfig
 from relpsp.nn import (
@@ -69,6 +70,7 @@ def build_model(
     omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
     spiking layer (inf = none)."""
     kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
+    check_finite_positive("t_in", t_in)  # the coding window (LatencyEncode calls it t_max)
     modules: list[nn.Module] = []
     specs = parse_arch(arch, input_shape)
     n_weights = count_weights(specs)

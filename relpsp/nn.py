@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from relpsp._validate import check_finite_positive, check_positive_int, check_t_max
+from relpsp._validate import check_finite, check_finite_positive, check_non_negative, check_positive_int, check_t_max
+from relpsp.autograd import BACKENDS
 from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
 
 __all__ = [
@@ -29,7 +30,15 @@ DEFAULT_INIT_MEAN = 5.0
 DEFAULT_INIT_STD = 1.0
 
 
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def _init_weight(weight: Tensor, fan_in: int, theta: float, init_mean: float, init_std: float) -> None:
+    check_finite("init_mean", init_mean)
+    check_non_negative("init_std", init_std)
     with torch.no_grad():
         weight.normal_(init_mean * theta / fan_in, init_std * theta / math.sqrt(fan_in))
 
@@ -68,7 +77,7 @@ class SpikingLinear(nn.Module):
         self.out_features = check_positive_int("out_features", out_features)
         self.theta = check_finite_positive("theta", theta)
         self.t_max = check_t_max(t_max)
-        self.backend = backend
+        self.backend = _check_backend(backend)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         _init_weight(self.weight, in_features, self.theta, init_mean, init_std)
 
@@ -106,7 +115,7 @@ class SpikingConv2d(nn.Module):
         self.padding = padding
         self.theta = check_finite_positive("theta", theta)
         self.t_max = check_t_max(t_max)
-        self.backend = backend
+        self.backend = _check_backend(backend)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         _init_weight(self.weight, in_channels * kernel_size**2, self.theta, init_mean, init_std)
 

@@ -12,7 +12,7 @@
 Determinism: the weights come from ``seed``; the sample order of epoch ``e`` is a permutation drawn from
 a generator seeded with ``(seed, e)``; the learning rate is a pure function of the step. A run resumed
 from any checkpoint therefore replays exactly the steps an uninterrupted run would take (on CPU, with
-the same thread count).
+the same thread count and number of processes).
 
 Data parallel (``torchrun``, see README): when a ``torch.distributed`` process group is initialised
 (``relpsp train`` initialises one when ``WORLD_SIZE > 1``), every rank takes a contiguous
@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from relpsp import __version__
+from relpsp._validate import check_positive_int
 from relpsp.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -318,6 +319,9 @@ def _augment(x: Tensor, seed: int, epoch: int, step: int) -> Tensor:
 def evaluate(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int = 1000, device: str = "cpu") -> dict[str, Any]:
     """Accuracy (no output spike counts as wrong), no-spike fraction, loss, firing rate of every layer
     (fraction of neurons that spike, averaged over samples) and mean output spike time of the winner."""
+    check_positive_int("batch_size", batch_size)
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
     return _eval_summary(_eval_sums(model, x, y, batch_size, device))
 
 
@@ -443,7 +447,7 @@ class _SilentPenalty:
     def __init__(self, model: nn.Sequential) -> None:
         from relpsp.nn import SpikingConv2d, SpikingLinear
 
-        self.records: list[tuple[nn.Module, Tensor, Tensor]] = []
+        self.records: list[tuple[Any, Tensor, Tensor]] = []
         self.handles = [
             m.register_forward_hook(lambda mod, inp, out: self.records.append((mod, inp[0], out)))
             for m in model
@@ -564,6 +568,12 @@ def fit(
     if not ctx.is_main:
         progress = False
         log = _quiet
+    device = cfg.train.device
+    if ctx.world_size > 1 and device.startswith("cuda"):
+        device = f"cuda:{ctx.local_rank}"  # one GPU per process
+    torch.manual_seed(cfg.train.seed)
+    model = model_from_config(cfg.model, backend=cfg.train.backend).to(device)  # checks the model config
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
@@ -571,17 +581,11 @@ def fit(
         for name in (CHECKPOINT_NAME, "metrics.jsonl", "results.json"):
             for p in remove_stale_temp_files(out / name):
                 log(f"removed {p.name}, left by an interrupted write")
-    device = cfg.train.device
-    if ctx.world_size > 1 and device.startswith("cuda"):
-        device = f"cuda:{ctx.local_rank}"  # one GPU per process
     if device == "cpu":
         threads = cfg.train.threads
         if not threads and ctx.local_world_size > 1:  # share the cores between this machine's processes
             threads = max(1, (os.cpu_count() or 1) // ctx.local_world_size)
         set_threads(threads)
-
-    torch.manual_seed(cfg.train.seed)
-    model = model_from_config(cfg.model, backend=cfg.train.backend).to(device)  # checks the model config
     splits = splits if splits is not None else load_splits(cfg)
     _check_splits(cfg, splits)
     x_tr, y_tr = splits["train"]
@@ -681,10 +685,11 @@ def fit(
         for step, idx in _batches(order, cfg.train.batch_size, first_step):
             n_global = len(idx)
             lo, hi = _shard(n_global, ctx)
-            xb, yb = x_tr[idx[lo:hi]], y_tr[idx[lo:hi]]
-            if cfg.data.augment:
-                xb = _augment(xb, cfg.train.seed, epoch, step)
-            xb, yb = xb.to(device), yb.to(device)
+            if cfg.data.augment:  # on the global batch: the random shifts belong to positions in it
+                xb = _augment(x_tr[idx], cfg.train.seed, epoch, step)[lo:hi]
+            else:
+                xb = x_tr[idx[lo:hi]]
+            xb, yb = xb.to(device), y_tr[idx[lo:hi]].to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps)
             if penalty is not None:

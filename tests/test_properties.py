@@ -29,6 +29,7 @@ from relpsp.functional import (
     relpsp_linear_ref,
     spike_time_cross_entropy,
 )
+from relpsp.models import build_model
 from tests import oracle
 from tests.helpers import assert_close
 
@@ -181,3 +182,96 @@ def test_loss_finite_and_silent_outputs_get_no_gradient(t_out, margin, seed):
     # Each row's gradient of a softmax cross-entropy over the fired outputs sums to
     # (1 - p_target) - sum of p over the other fired outputs, which lies in [-1, 1] / B.
     assert (t.grad.sum(1).abs() <= 1.0 / t_out.shape[0] + 1e-12).all()
+
+
+@settings(max_examples=40)
+@given(layer=dense_layers(), k=st.integers(-24, 24), seed=st.integers(0, 2**16))
+def test_dense_extreme_time_scales(layer, k, seed):
+    """Times, theta and t_max scaled by 2^k (from about 6e-8 to 1.7e7): the model is scale-equivariant
+    (V is linear in time), so every implementation must give 2^k times the unscaled oracle's spike times,
+    with finite gradients."""
+    t_np, w_np, theta, t_max = layer
+    s = 2.0**k
+    g_np = np.random.default_rng(seed).normal(size=(t_np.shape[0], w_np.shape[0]))
+    expected = oracle.dense(t_np, w_np, theta, t_max) * s
+    assert_close("oracle scaled", oracle.dense(t_np * s, w_np, theta * s, t_max * s), expected, F64)
+    exp_in, exp_w = oracle.dense_grads(t_np * s, w_np, g_np, theta * s, t_max * s, W_SUM_MIN)
+    mag_in, mag_w = oracle.dense_grads(t_np * s, w_np, g_np, theta * s, t_max * s, W_SUM_MIN, absolute=True)
+    runs = {
+        "numba": lambda t, w: relpsp_linear(t, w, theta=theta * s, t_max=t_max * s, backend="numba"),
+        "torch": lambda t, w: relpsp_linear(t, w, theta=theta * s, t_max=t_max * s, backend="torch"),
+        "ref": lambda t, w: relpsp_linear_ref(t, w, theta=theta * s, t_max=t_max * s),
+    }
+    for name, fn in runs.items():
+        out, g_in, g_w = _run(fn, t_np * s, w_np, g_np)
+        _check_times(name, out, t_np * s, t_max * s)
+        assert_close(f"{name} t_out", out, expected, F64)
+        assert torch.isfinite(g_in).all() and torch.isfinite(g_w).all(), name
+        assert_close(f"{name} grad_t_in", g_in, exp_in, F64, kind="grad", scale=mag_in)
+        assert_close(f"{name} grad_weight", g_w, exp_w, F64, kind="grad", scale=mag_w)
+
+
+INTENSITIES = [0.0, 1e-7, 0.25, 0.5, 1.0 - 1e-7, 1.0]
+
+
+@st.composite
+def model_cases(draw):
+    if draw(st.booleans()):
+        k = draw(st.integers(1, 3))
+        h, w = draw(st.integers(k + 1, 7)), draw(st.integers(k + 1, 7))  # room for a 2x2 pool after the conv
+        arch = f"{draw(st.integers(1, 3))}C{k}p{draw(st.integers(0, 1))}-P{draw(st.integers(1, 2))}-{draw(st.integers(1, 4))}"
+        shape = (draw(st.integers(1, 2)), h, w)
+    else:
+        n = draw(st.integers(1, 12))
+        arch = f"{n}-{draw(st.integers(1, 8))}-{draw(st.integers(1, 4))}"
+        shape = (n,)
+    b = draw(st.integers(1, 4))
+    x = draw(arrays((b, *shape), st.one_of(st.sampled_from(INTENSITIES), st.floats(0.0, 1.0))))
+    return {
+        "arch": arch,
+        "shape": shape,
+        "x": x,
+        "weight_scale": 2.0 ** draw(st.integers(-20, 20)),
+        "theta": draw(st.sampled_from([1e-3, 1.0, 1e3])),
+        "t_max": draw(st.sampled_from([INF, 0.5, 2.0])),
+        "init_mean": draw(st.sampled_from([-2.0, 0.0, 5.0])),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@settings(max_examples=30)
+@given(case=model_cases())
+def test_models_on_extreme_inputs_stay_finite(case):
+    """Whole float32 networks (MLP or conv-pool-dense) with weights scaled by 2^-20..2^20, thresholds of
+    1e-3..1e3 and intensities at the edges of [0, 1]: spike times are finite or +inf (never NaN, never
+    negative), the loss is finite, every gradient is finite, and the numba and torch backends agree."""
+    results = {}
+    for backend in ("numba", "torch"):
+        torch.manual_seed(case["seed"])
+        model = build_model(
+            case["arch"],
+            case["shape"],
+            theta=case["theta"],
+            t_max=case["t_max"],
+            init_mean=case["init_mean"],
+            backend=backend,
+        )
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(case["weight_scale"])
+        x = torch.tensor(case["x"], dtype=torch.float32)
+        t_out = model(x)
+        o = t_out.detach().numpy()
+        assert not np.isnan(o).any() and (o >= 0).all(), backend
+        assert (o[np.isfinite(o)] <= case["t_max"]).all(), backend
+        target = torch.tensor(np.random.default_rng(case["seed"]).integers(0, o.shape[1], o.shape[0]))
+        loss = spike_time_cross_entropy(t_out, target)
+        assert torch.isfinite(loss), backend
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), backend
+        results[backend] = (t_out.detach(), grads)
+    (out_n, grads_n), (out_t, grads_t) = results["numba"], results["torch"]
+    assert_close("t_out numba vs torch", out_n, out_t, torch.float32)
+    for g_n, g_t in zip(grads_n, grads_t):
+        assert_close("grad numba vs torch", g_n, g_t, torch.float32, kind="grad")

@@ -80,7 +80,9 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from relpsp.train import fit
+    """Train. Under ``torchrun`` (``WORLD_SIZE > 1``) this joins the process group first (gloo on CPU,
+    nccl on CUDA) and trains data-parallel; rank 0 alone prints and writes the run folder."""
+    from relpsp.train import dist_info, fit, init_distributed
 
     cfg = resolve_config(args)
     if args.out:
@@ -88,11 +90,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         stem = Path(args.config).stem if args.config else f"{cfg.data.dataset}-{cfg.model.arch}"
         out = Path("runs") / f"{stem}-seed{cfg.train.seed}"
-    print(f"relpsp train: {cfg.data.dataset} {cfg.model.arch}, {cfg.train.epochs} epochs -> {out}")
-    res = fit(cfg, out, resume=args.resume, progress=not args.no_progress)
-    print(
-        f"test accuracy {100 * res['test_accuracy']:.2f}% "
-        f"(no output spike: {100 * res['test_no_output_spike_fraction']:.2f}%), "
-        f"wall time {res['wall_time_s']:.0f} s; results in {out / 'results.json'}"
-    )
+    started_group = init_distributed(cfg.train.device)
+    try:
+        ctx = dist_info()
+        if ctx.is_main:
+            procs = f", {ctx.world_size} processes" if ctx.world_size > 1 else ""
+            print(f"relpsp train: {cfg.data.dataset} {cfg.model.arch}, {cfg.train.epochs} epochs{procs} -> {out}")
+        res = fit(cfg, out, resume=args.resume, progress=not args.no_progress)
+        if ctx.is_main:
+            print(
+                f"test accuracy {100 * res['test_accuracy']:.2f}% "
+                f"(no output spike: {100 * res['test_no_output_spike_fraction']:.2f}%), "
+                f"wall time {res['wall_time_s']:.0f} s; results in {out / 'results.json'}"
+            )
+    finally:
+        if started_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
