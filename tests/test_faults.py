@@ -74,6 +74,29 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Changes whenever an atomic write replaces ``path`` (a new inode, a new modification time)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _after_writes(path: Path, n: int):
+    """A ``ready()`` that turns true once ``path`` has been replaced ``n`` times since now (polled, so a
+    missed replacement only makes the kill later)."""
+    state = {"seen": _identity(path), "count": 0}
+
+    def ready() -> bool:
+        now = _identity(path)
+        if now != state["seen"]:
+            state["seen"], state["count"] = now, state["count"] + 1
+        return state["count"] >= n
+
+    return ready
+
+
 def _start(out: Path, pause: str | None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop(FAULT_PAUSE_ENV, None)
@@ -107,16 +130,14 @@ def _kill_and_resume(tmp_path: Path, seed: int, kills: list[str]) -> list[str]:
     rng = np.random.default_rng(seed)
     events, last = [], (0, 0)
     for kind in [*kills, "finish"]:
-        before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
-        if kind == "mid-write":  # stop half-way in a later write (checkpoint, metrics or results file)
+        before = _identity(ckpt)
+        if kind == "mid-write":  # stop half-way in one of the next writes (checkpoint, metrics or results)
             stale = set(_temp_files(out))  # left by an earlier kill; the new process removes them
-            proc = _start(out, f"{int(rng.integers(1, 40))}:60")
+            proc = _start(out, f"{int(rng.integers(1, 16))}:60")
             killed = _wait_then_kill(proc, lambda s=stale: any(p not in s and _size(p) for p in _temp_files(out)), 0.0)
-        elif kind == "random":  # any moment after this process wrote its first checkpoint
+        elif kind == "random":  # a random moment after this process has written a random number of checkpoints
             proc = _start(out, None)
-            killed = _wait_then_kill(
-                proc, lambda b=before: ckpt.exists() and ckpt.stat().st_mtime_ns != b, float(rng.uniform(0.0, 1.0))
-            )
+            killed = _wait_then_kill(proc, _after_writes(ckpt, int(rng.integers(1, 9))), float(rng.uniform(0.0, 0.03)))
         else:
             proc = _start(out, None)
             proc.wait(timeout=300)
