@@ -231,10 +231,19 @@ def _workspace(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return buf
 
 
+@njit(parallel=True, cache=True)
+def _transpose_into(src, dst):  # pragma: no cover
+    n_out, n_in = src.shape
+    for i in prange(n_in):
+        for j in range(n_out):
+            dst[i, j] = src[j, i]
+
+
 def _transposed(weight: np.ndarray) -> np.ndarray:
-    """``weight.T`` as a C-contiguous float64 array ``[N_in, N_out]`` in a reused buffer."""
-    wt = _workspace("weight_t", weight.shape[::-1], np.float64)
-    np.copyto(wt, weight.T)
+    """``weight.T`` as a C-contiguous array ``[N_in, N_out]`` in the weight's dtype, in a reused buffer
+    (the kernels accumulate in float64 whatever the weight dtype)."""
+    wt = _workspace("weight_t", weight.shape[::-1], weight.dtype)
+    _transpose_into(np.ascontiguousarray(weight), wt)
     return wt
 
 
@@ -265,7 +274,9 @@ def linear_bwd(
     g_in = np.empty((rows, n_in), t_in.dtype)
     # One weight-gradient buffer per thread: more chunks would cost more zeroing and summing than they save.
     n_chunks = max(1, min(rows, numba.get_num_threads()))
-    g_wt = _workspace("g_wt", (n_chunks, n_in, n_out), np.float64)
+    # Per-thread partial sums in the input dtype: half the memory traffic for float32 (each thread sums at
+    # most R/threads rows; the final sum over threads runs in float64).
+    g_wt = _workspace("g_wt", (n_chunks, n_in, n_out), t_in.dtype)
     g_w = np.empty((n_out, n_in), t_in.dtype)
     _bwd(
         np.ascontiguousarray(grad_out),
