@@ -8,8 +8,11 @@ than ``t_max``. Work per row is O(n_active * N_out) with no intermediate larger 
 
 Backward, per row: u_j = dL/dt_j / max(W_j, w_sum_min) for firing j; then for each finite input i,
 dL/dt_i = sum_{j: t_i < t_j} u_j w_ji and dL/dw_ji += u_j (t_i - t_j). Rows are split over threads,
-each with its own float64 weight-gradient buffer, summed at the end (deterministic for a fixed thread
-count).
+each with its own weight-gradient buffer (in the input dtype), summed in float64 at the end
+(deterministic for a fixed thread count).
+
+Sorting uses an LSD radix sort on the IEEE bit patterns of the (non-negative) times; weights are read in
+their own dtype and every sum runs in float64.
 
 Import this module only through ``relpsp.kernels.load_cpu_kernels`` (numba is an optional extra).
 """
