@@ -8,33 +8,17 @@ import pytest
 
 from relpsp import cli
 
+_TRAIN = "train --dataset yinyang --arch 4-10-3 --epochs 2 --batch-size 128 --lr 0.01 --seed 1 --threads 1"
+
+
+def _train(out, *extra: str) -> int:
+    return cli.main([*_TRAIN.split(), "--out", str(out), "--no-progress", *extra])
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    rc = cli.main(
-        [
-            "train",
-            "--dataset",
-            "yinyang",
-            "--arch",
-            "4-10-3",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "128",
-            "--lr",
-            "0.01",
-            "--seed",
-            "1",
-            "--threads",
-            "1",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
+    assert _train(out) == 0
     return out
 
 
@@ -65,29 +49,7 @@ def test_plot_writes_pngs(run_dir, capsys):
 
 def test_resume_of_a_finished_run_changes_nothing(run_dir):
     before = (run_dir / "checkpoint.ckpt").read_bytes()
-    rc = cli.main(
-        [
-            "train",
-            "--dataset",
-            "yinyang",
-            "--arch",
-            "4-10-3",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "128",
-            "--lr",
-            "0.01",
-            "--seed",
-            "1",
-            "--threads",
-            "1",
-            "--out",
-            str(run_dir),
-            "--no-progress",
-            "--resume",
-        ]
-    )
+    rc = _train(run_dir, "--resume")
     assert rc == 0
     from relpsp.checkpoint import load_checkpoint
 
