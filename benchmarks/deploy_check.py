@@ -1,0 +1,122 @@
+"""Deployment check of a trained checkpoint on a whole test set: the event-driven simulator (float64,
+written independently of the training code) against the trained torch model (float32, as trained), and
+the simulator run from an exported NIR file against the simulator run from the checkpoint.
+
+    python -m benchmarks.deploy_check CKPT [--limit N] [--out FILE.json]
+
+Reports how many decisions agree (sim vs torch, NIR vs checkpoint), the largest spike-time difference
+over neurons that fire in both (absolute, and relative to max(|t|, 1)), neurons that fire in only one,
+and the accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import environment, write_json
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    both = np.isfinite(a) & np.isfinite(b)
+    return float(np.abs(a[both] - b[both]).max()) if both.any() else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+
+    from relpsp.export.nir import export_nir, read_nir
+    from relpsp.models import layer_outputs
+    from relpsp.sim import SimOptions, load_inputs, network_from_checkpoint, simulate
+    from relpsp.train import load_trained, set_threads
+
+    set_threads(0)
+    net, _ = network_from_checkpoint(args.checkpoint)
+    model, cfg, _ = load_trained(args.checkpoint)
+    x, y = load_inputs(cfg.data.dataset, "test", args.data_dir, args.limit)
+    t0 = time.perf_counter()
+    sim = simulate(net, x, SimOptions(), record_layers=True)
+    sim_s = time.perf_counter() - t0
+    assert sim.layer_times is not None
+
+    max_abs = max_rel = 0.0
+    only_one = 0
+    torch_dec = []
+    with torch.no_grad():
+        for s in range(0, len(x), 500):
+            outs = layer_outputs(model, torch.from_numpy(x[s : s + 500]).float())
+            for k, o in enumerate(outs):
+                a = sim.layer_times[k][s : s + 500]
+                e = o.double().numpy().reshape(a.shape)
+                both = np.isfinite(a) & np.isfinite(e)
+                only_one += int((np.isfinite(a) != np.isfinite(e)).sum())
+                if both.any():
+                    d = np.abs(a[both] - e[both])
+                    max_abs = max(max_abs, float(d.max()))
+                    max_rel = max(max_rel, float((d / np.maximum(np.abs(e[both]), 1.0)).max()))
+            t = outs[-1].numpy()
+            torch_dec.append(np.where(np.isfinite(t).any(1), t.argmin(1), -1))
+    torch_dec = np.concatenate(torch_dec)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.nir"
+        export_nir(args.checkpoint, path)
+        nir_bytes = path.stat().st_size
+        nir_net = read_nir(path)
+    nir_res = simulate(nir_net, x, SimOptions())
+
+    res = {
+        "checkpoint": args.checkpoint,
+        "arch": cfg.model.arch,
+        "dataset": cfg.data.dataset,
+        "n_images": len(y),
+        "sim_vs_torch_float32": {
+            "decisions_equal": int((sim.decision == torch_dec).sum()),
+            "max_abs_dt": max_abs,
+            "max_rel_dt": max_rel,
+            "neurons_firing_in_only_one": only_one,
+        },
+        "nir_vs_checkpoint_sim": {
+            "decisions_equal": int((nir_res.decision == sim.decision).sum()),
+            "max_abs_dt_output": _max_abs_diff(sim.t_out, nir_res.t_out),
+            "same_silent_outputs": bool((np.isfinite(sim.t_out) == np.isfinite(nir_res.t_out)).all()),
+            "nir_file_bytes": nir_bytes,
+        },
+        "accuracy": {
+            "torch_float32": float((torch_dec == y).mean()),
+            "sim_float64": sim.accuracy(y),
+            "sim_from_nir": nir_res.accuracy(y),
+        },
+        "sim_seconds": sim_s,
+        "environment": environment(),
+    }
+    n = len(y)
+    s1, s2 = res["sim_vs_torch_float32"], res["nir_vs_checkpoint_sim"]
+    print(f"{cfg.model.arch} on {cfg.data.dataset} test, {n} images")
+    print(
+        f"simulator (float64) vs torch model (float32): decisions equal {s1['decisions_equal']}/{n}, "
+        f"max |dt| {max_abs:.3g} (relative to max(|t|,1): {max_rel:.3g}), neurons firing in only one: {only_one}"
+    )
+    print(
+        f"NIR file vs checkpoint (both simulated): decisions equal {s2['decisions_equal']}/{n}, "
+        f"max |dt| of outputs {s2['max_abs_dt_output']:.3g}, same silent outputs: {s2['same_silent_outputs']}"
+    )
+    print("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in res["accuracy"].items()))
+    if args.out:
+        write_json(args.out, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
