@@ -52,14 +52,14 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-4
     lr_schedule: str = "cosine"  # "cosine" | "constant"
     weight_decay: float = 0.0
     optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
-    tau: float = 1.0  # time scale of the loss: softmax(-t_out / tau)
+    tau: float = 0.1  # time scale of the loss: softmax(-t_out / tau); 1 = the plain form
     silent_margin: float = 1.0
     silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
