@@ -20,6 +20,28 @@ import time
 from benchmarks.common import environment, write_json
 
 
+def _plot(grid: dict[str, dict[str, float]], title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bits = [k for k in grid if k != "fp"]
+    xs = [int(b) for b in bits]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(xs, [100 * grid[b]["fp"] for b in bits], "o-", label="weight bits (continuous time)")
+    ax.plot(xs, [100 * grid["fp"][b] for b in bits], "s-", label="time bits (float64 weights)")
+    ax.plot(xs, [100 * grid[b][b] for b in bits], "^-", label="both (same bits)")
+    ax.axhline(100 * grid["fp"]["fp"], color="gray", ls="--", label="full precision")
+    ax.set_xlabel("bits")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -28,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--window", choices=("decision", "spikes"), default="decision")
     ap.add_argument("--out")
+    ap.add_argument("--plot", help="PNG file: accuracy against weight bits and time bits")
     args = ap.parse_args(argv)
 
     from relpsp.sim import SimOptions, calibrate_time_window, load_inputs, network_from_checkpoint, simulate
