@@ -86,9 +86,19 @@ def plot_raster(layer_times: list[torch.Tensor], names: list[str], path: Path, t
             label=f"{name} ({len(idx)}/{flat.numel()})",
         )
         offset += flat.numel()
+    finite = torch.cat([t.reshape(-1)[torch.isfinite(t.reshape(-1))] for t in layer_times])
+    if finite.numel() > 10:
+        # A few neurons whose summed weight barely exceeds 0 fire very late; keep the axis on the bulk.
+        x_hi = float(torch.quantile(finite.double(), 0.98)) * 1.2 + 1e-9
+        late = int((finite > x_hi).sum())
+        ax.set_xlim(-0.02 * x_hi, x_hi)
+        if late:
+            title = (
+                f"{title}\n({late} later spikes beyond the axis)" if title else f"{late} later spikes beyond the axis"
+            )
     ax.set_xlabel("spike time")
     ax.set_ylabel("neuron (layers stacked)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(markerscale=4, fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
