@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\n8-bit weights, 8-bit time: {100 * grid['8']['8']:.2f}% vs {100 * base:.2f}% full precision "
             f"(loss {100 * (base - grid['8']['8']):.2f} points)"
         )
+    if args.plot:
+        _plot(grid, f"{meta['config']['model']['arch']} ({len(y)} {dataset} test images)", args.plot)
     if args.out:
         write_json(
             args.out,
