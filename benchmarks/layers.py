@@ -78,12 +78,13 @@ def run_one(case: str, impl: str, batch: int, device: str) -> dict:
             else (lambda t, w: relpsp_conv2d(t, w, backend=impl))
         )
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
-    with torch.no_grad():
-        out = op(t_in, weight)
-    g = torch.where(torch.isfinite(out), torch.randn_like(out), 0)
+    # Baseline before the first call: ru_maxrss is a high-water mark, so it must be read before any run.
     base = peak_rss_mib()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        out = op(t_in, weight)
+    g = torch.where(torch.isfinite(out), torch.randn_like(out), 0)
 
     def fwd():
         with torch.no_grad():

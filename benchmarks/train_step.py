@@ -82,7 +82,7 @@ def run_one(arch: str, batch: int, device: str, backend: str, steps: int) -> dic
         "peak_mem_mib": peak,
         "peak_mem_kind": "CUDA max allocated"
         if device.startswith("cuda")
-        else "RSS above baseline after 2 warm-up steps",
+        else "RSS growth from before the first step (model and data built)",
     }
 
 
