@@ -25,6 +25,7 @@ import threading
 import numba
 import numpy as np
 from numba import njit, prange
+from numpy.typing import DTypeLike
 
 __all__ = ["linear_bwd", "linear_fwd"]
 
@@ -222,7 +223,7 @@ def _chunks(rows: int) -> int:
 _local = threading.local()
 
 
-def _workspace(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+def _workspace(name: str, shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     """A reusable per-thread scratch array. Fresh multi-megabyte allocations each step cost page faults
     that, on the VMs we measured, took longer than the kernels themselves."""
     cache = _local.__dict__.setdefault("buffers", {})
