@@ -51,15 +51,24 @@ def _pair(name: str, v: IntPair, minimum: int) -> tuple[int, int]:
     return p[0], p[1]
 
 
-def _check_linear(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
-    check_float_tensor("t_in", t_in, (2,))
-    check_float_tensor("weight", weight, (2,))
+def _check_layer(t_in: Tensor, weight: Tensor, theta: float, t_max: float, ndim: int) -> None:
+    """Checks shared by the dense (``ndim=2``) and convolutional (``ndim=4``) layers: ranks, matching input
+    size (dimension 1 of both), dtype and device, finite weights, valid times, theta and t_max."""
+    check_float_tensor("t_in", t_in, (ndim,))
+    check_float_tensor("weight", weight, (ndim,))
     if weight.shape[1] != t_in.shape[1]:
-        raise ValueError(
-            f"weight has {weight.shape[1]} inputs (shape {tuple(weight.shape)}) but t_in has "
-            f"{t_in.shape[1]} (shape {tuple(t_in.shape)}); weight must be [N_out, N_in]"
-        )
+        if ndim == 2:
+            msg = f"weight has {weight.shape[1]} inputs (shape {tuple(weight.shape)}) but t_in has "
+            layout = "[N_out, N_in]"
+        else:
+            msg = f"weight expects {weight.shape[1]} input channels (shape {tuple(weight.shape)}) but t_in has "
+            layout = "[C_out, C_in, kh, kw]"
+        raise ValueError(f"{msg}{t_in.shape[1]} (shape {tuple(t_in.shape)}); weight must be {layout}")
     _check_common(t_in, weight, theta, t_max)
+
+
+def _check_linear(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
+    _check_layer(t_in, weight, theta, t_max, 2)
 
 
 def _check_common(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
@@ -125,14 +134,7 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
 
 
 def _check_conv(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
-    check_float_tensor("t_in", t_in, (4,))
-    check_float_tensor("weight", weight, (4,))
-    if weight.shape[1] != t_in.shape[1]:
-        raise ValueError(
-            f"weight expects {weight.shape[1]} input channels (shape {tuple(weight.shape)}) but t_in "
-            f"has {t_in.shape[1]} (shape {tuple(t_in.shape)}); weight must be [C_out, C_in, kh, kw]"
-        )
-    _check_common(t_in, weight, theta, t_max)
+    _check_layer(t_in, weight, theta, t_max, 4)
 
 
 def _conv(t_in, weight, stride, padding, linear) -> Tensor:
