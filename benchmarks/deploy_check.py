@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     def compare(dtype: torch.dtype) -> tuple[dict, np.ndarray]:
         """Every layer's spike times of the torch model in ``dtype`` against the simulator's."""
         m = model.to(dtype)
-        st = {"max_abs_dt": 0.0, "max_rel_dt": 0.0, "spikes_compared": 0, "spikes_rel_dt_over_1e-5": 0}
+        st = {
+            "max_abs_dt": 0.0,
+            "max_rel_dt": 0.0,
+            "spikes_compared": 0,
+            "spikes_rel_dt_over_1e-5": 0,
+            "earliest_spike_over_1e-5": float("inf"),  # simulator time of the earliest such spike
+        }
         only_one = 0
         dec = []
         with torch.no_grad():
@@ -70,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                         st["max_abs_dt"] = max(st["max_abs_dt"], float(d.max()))
                         st["max_rel_dt"] = max(st["max_rel_dt"], float(rel.max()))
                         st["spikes_compared"] += int(both.sum())
-                        st["spikes_rel_dt_over_1e-5"] += int((rel > 1e-5).sum())
+                        bad = rel > 1e-5
+                        st["spikes_rel_dt_over_1e-5"] += int(bad.sum())
+                        if bad.any():
+                            st["earliest_spike_over_1e-5"] = min(
+                                st["earliest_spike_over_1e-5"], float(a[both][bad].min())
+                            )
                 t = outs[-1].numpy()
                 dec.append(np.where(np.isfinite(t).any(1), t.argmin(1), -1))
         decisions = np.concatenate(dec)
@@ -78,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         st["neurons_firing_in_only_one"] = only_one
         return st, decisions
 
+    latest_decision = float(sim.t_decision[np.isfinite(sim.t_decision)].max())
     cmp64, _ = compare(torch.float64)
     cmp32, torch_dec = compare(torch.float32)
 
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "sim_float64": sim.accuracy(y),
             "sim_from_nir": nir_res.accuracy(y),
         },
+        "latest_decision_time": latest_decision,
         "sim_seconds": sim_s,
         "environment": environment(),
     }
@@ -116,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"simulator (float64) vs torch model ({name}): decisions equal {c['decisions_equal']}/{n}, "
             f"max |dt| {c['max_abs_dt']:.3g} (relative to max(|t|,1): {c['max_rel_dt']:.3g}), spikes with "
-            f"relative |dt| > 1e-5: {c['spikes_rel_dt_over_1e-5']} of {c['spikes_compared']}, "
+            f"relative |dt| > 1e-5: {c['spikes_rel_dt_over_1e-5']} of {c['spikes_compared']} "
+            f"(earliest at t = {c['earliest_spike_over_1e-5']:.4g}; latest decision t = {latest_decision:.4g}), "
             f"neurons firing in only one: {c['neurons_firing_in_only_one']}"
         )
     print(
