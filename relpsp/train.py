@@ -54,7 +54,7 @@ from relpsp.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from relpsp.config import Config, config_from_dict, config_to_dict
+from relpsp.config import Config, TrainConfig, config_from_dict, config_to_dict
 from relpsp.functional import first_spike_decode, spike_time_cross_entropy
 from relpsp.kernels import set_cpu_kernel_threads
 from relpsp.models import layer_outputs, load_model_arrays, model_arrays, model_from_config
@@ -316,16 +316,24 @@ def _augment(x: Tensor, seed: int, epoch: int, step: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int = 1000, device: str = "cpu") -> dict[str, Any]:
-    """Accuracy (no output spike counts as wrong), no-spike fraction, loss, firing rate of every layer
-    (fraction of neurons that spike, averaged over samples) and mean output spike time of the winner."""
+def evaluate(
+    model: nn.Sequential,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 1000,
+    device: str = "cpu",
+    tau: float = TrainConfig.tau,
+) -> dict[str, Any]:
+    """Accuracy (no output spike counts as wrong), no-spike fraction, loss (with the training loss's time
+    scale ``tau``, so it compares with the training loss), firing rate of every layer (fraction of neurons
+    that spike, averaged over samples) and mean output spike time of the winner."""
     check_positive_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
-    return _eval_summary(_eval_sums(model, x, y, batch_size, device))
+    return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau))
 
 
-def _eval_sums(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str) -> list[float]:
+def _eval_sums(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str, tau: float) -> list[float]:
     """``[n, correct, silent, loss_sum, decision_time_sum, *rate_sums]``: sums, so that ranks can add them."""
     model.eval()
     correct = 0
@@ -341,7 +349,7 @@ def _eval_sums(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, devi
             pred, fired = first_spike_decode(t_out)
             correct += int((pred == yb).sum())
             silent += int((~fired).sum())
-            loss_sum += float(spike_time_cross_entropy(t_out, yb, reduction="sum"))
+            loss_sum += float(spike_time_cross_entropy(t_out, yb, tau=tau, reduction="sum"))
             rates = [a + float(torch.isfinite(o).float().mean()) * len(yb) for a, o in zip(rates, outs)]
             if bool(fired.any()):
                 t_win += float(t_out.min(1).values[fired].sum())
@@ -362,11 +370,11 @@ def _eval_summary(sums: list[float]) -> dict[str, Any]:
 
 
 def _evaluate(
-    model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str, ctx: DistInfo
+    model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str, ctx: DistInfo, tau: float
 ) -> dict[str, Any]:
     """``evaluate`` with the samples split over the ranks and the sums added up."""
     lo, hi = _shard(len(y), ctx)
-    return _eval_summary(_all_reduce(_eval_sums(model, x[lo:hi], y[lo:hi], batch_size, device), ctx, device))
+    return _eval_summary(_all_reduce(_eval_sums(model, x[lo:hi], y[lo:hi], batch_size, device, tau), ctx, device))
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -750,7 +758,7 @@ def fit(
         }
         for split in ("val", "test"):
             if split in splits:
-                ev = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx)
+                ev = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
                 row[f"{split}_accuracy"] = ev["accuracy"]
                 row[f"{split}_loss"] = ev["loss"]
                 row[f"{split}_no_output_spike_fraction"] = ev["no_output_spike_fraction"]
@@ -766,7 +774,7 @@ def fit(
 
     if penalty is not None:
         penalty.close()
-    final = _evaluate(model, *splits["test"], cfg.train.eval_batch_size, device, ctx)
+    final = _evaluate(model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
     results = {
         "test_accuracy": final["accuracy"],
         "test_no_output_spike_fraction": final["no_output_spike_fraction"],

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=args.dataset))
     x, y = load_dataset(cfg.data.dataset, args.split, args.data_dir or cfg.data.data_dir, **data_options(cfg))
-    res = evaluate(model, x, y, args.batch_size)
+    res = evaluate(model, x, y, args.batch_size, tau=cfg.train.tau)
     if args.json:
         print(json.dumps(res, indent=1))
     else:
