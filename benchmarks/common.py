@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from relpsp.train import device_name
+
 __all__ = ["environment", "mnist_like_batch", "peak_rss_mib", "time_it", "write_json"]
 
 
 def environment(device: str = "cpu") -> dict:
     """Device, versions, threads and commit: printed and stored with every benchmark result."""
     env = {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name(),
+        "device": device_name(device),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -43,16 +45,6 @@ def environment(device: str = "cpu") -> dict:
     except (OSError, subprocess.SubprocessError):
         env["commit"] = None
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def mnist_like_batch(batch: int, seed: int = 0, data_dir: str | None = None) -> tuple[torch.Tensor, str]:

@@ -184,6 +184,7 @@ def relpsp_conv2d_ref(
 ) -> Tensor:
     """Reference twin of ``relpsp_conv2d`` (autograd through ``relpsp_linear_ref``)."""
     _check_conv(t_in, weight, theta, t_max)
+    check_finite_positive("w_sum_min", w_sum_min)
     return _conv(
         t_in,
         weight,

@@ -63,6 +63,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "DistInfo",
     "data_options",
+    "device_name",
     "dist_info",
     "evaluate",
     "fit",
@@ -540,7 +541,8 @@ def _versions() -> dict[str, str]:
     return v
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str = "cpu") -> str:
+    """The CUDA device's name, or the CPU model (from /proc/cpuinfo where available) and core count."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     name = platform.processor() or platform.machine()
@@ -787,7 +789,7 @@ def fit(
         "train_samples_per_s_mean": float(np.mean([r["samples_per_s"] for r in history])) if history else None,
         "config": config_to_dict(cfg),
         "versions": _versions(),
-        "device": _device_name(device),
+        "device": device_name(device),
         "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         "processes": ctx.world_size,
         "history": history,
