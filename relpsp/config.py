@@ -36,6 +36,8 @@ class ModelConfig:
     zero_fires: bool = False  # whether intensity 0 spikes (at t_in) or never
     init_mean: float = 5.0  # weight mean = init_mean * theta / fan_in
     init_std: float = 1.0  # weight std = init_std * theta / sqrt(fan_in)
+    kernel: str = "relpsp"  # "relpsp" (the paper's neuron) | "alpha" (decaying baseline, dense layers only)
+    kernel_tau: float = 1.0  # alpha kernel: time to the PSP peak
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class DataConfig:
     dataset: str = "mnist"
     data_dir: str | None = None  # None: $RELPSP_DATA or ~/.cache/relpsp
     val_size: int = 0  # samples held out of the training set for validation (sets with a val split use it)
+    train_size: int = 0  # train on a seeded random subset of this many samples; 0 = the whole training set
     augment: bool = False  # random shifts of up to 2 pixels (images only)
     bias_input: float = -1.0  # feature sets (Yin-Yang): constant extra input of this intensity; < 0: none
     image_size: tuple[int, ...] = ()  # image folders (Caltech): (H, W); empty: the dataset's default

@@ -20,6 +20,7 @@ from relpsp.config import ModelConfig
 from relpsp.nn import (
     DEFAULT_INIT_MEAN,
     DEFAULT_INIT_STD,
+    AlphaSpikingLinear,
     LatencyEncode,
     MinTimePool2d,
     SpikingConv2d,
@@ -27,6 +28,7 @@ from relpsp.nn import (
 )
 
 __all__ = [
+    "KERNELS",
     "MAX_WEIGHTS",
     "build_model",
     "count_weights",
@@ -41,6 +43,9 @@ __all__ = [
 #: Adam's state), far beyond what the exact per-neuron search trains in reasonable time; a typo such as
 #: "784-8000000-10" should fail with a message, not with an out-of-memory error.
 MAX_WEIGHTS = 2**30
+
+#: PSP kernels: the paper's rectified linear one, and a decaying alpha kernel as a baseline (dense only).
+KERNELS = ("relpsp", "alpha")
 
 
 def count_weights(specs: list) -> int:
@@ -65,12 +70,18 @@ def build_model(
     backend: str = "auto",
     init_mean: float = DEFAULT_INIT_MEAN,
     init_std: float = DEFAULT_INIT_STD,
+    kernel: str = "relpsp",
+    kernel_tau: float = 1.0,
 ) -> nn.Sequential:
     """Build the network for ``arch``. ``input_shape`` is ``(N,)`` or ``(C, H, W)``; for an MLP it may be
     omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
-    spiking layer (inf = none)."""
+    spiking layer (inf = none). ``kernel``: ``"relpsp"`` (the paper's neuron) or ``"alpha"`` (the decaying
+    baseline of ``relpsp.alpha``, time to peak ``kernel_tau``; dense layers only)."""
     kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
     check_finite_positive("t_in", t_in)  # the coding window (LatencyEncode calls it t_max)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    check_finite_positive("kernel_tau", kernel_tau)
     modules: list[nn.Module] = []
     specs = parse_arch(arch, input_shape)
     n_weights = count_weights(specs)
@@ -84,8 +95,13 @@ def build_model(
             modules.append(LatencyEncode(t_in, zero_fires))
         elif isinstance(spec, FlattenSpec):
             modules.append(nn.Flatten())
+        elif isinstance(spec, DenseSpec) and kernel == "alpha":
+            alpha_kw = dict(theta=theta, t_max=t_max, init_mean=init_mean, init_std=init_std)
+            modules.append(AlphaSpikingLinear(spec.n_in, spec.n_out, tau=kernel_tau, **alpha_kw))
         elif isinstance(spec, DenseSpec):
             modules.append(SpikingLinear(spec.n_in, spec.n_out, **kw))
+        elif isinstance(spec, ConvSpec) and kernel == "alpha":
+            raise ValueError(f"kernel 'alpha' supports dense layers only; arch {arch!r} has convolutions")
         elif isinstance(spec, ConvSpec):
             modules.append(
                 SpikingConv2d(spec.c_in, spec.c_out, spec.kernel, stride=spec.stride, padding=spec.padding, **kw)
@@ -116,6 +132,8 @@ def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
         backend=backend,
         init_mean=cfg.init_mean,
         init_std=cfg.init_std,
+        kernel=cfg.kernel,
+        kernel_tau=cfg.kernel_tau,
     )
 
 

@@ -14,12 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from relpsp._validate import check_finite, check_finite_positive, check_non_negative, check_positive_int, check_t_max
+from relpsp.alpha import alpha_linear
 from relpsp.autograd import BACKENDS
 from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
 
 __all__ = [
     "DEFAULT_INIT_MEAN",
     "DEFAULT_INIT_STD",
+    "AlphaSpikingLinear",
     "LatencyEncode",
     "MinTimePool2d",
     "SpikingConv2d",
@@ -86,6 +88,41 @@ class SpikingLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, theta={self.theta}, t_max={self.t_max}"
+
+
+class AlphaSpikingLinear(nn.Module):
+    """Baseline dense layer with a decaying alpha-shaped PSP (``relpsp.alpha``), not the paper's neuron.
+
+    Same interface and initialisation as :class:`SpikingLinear`; ``tau`` is the kernel's time to peak.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        theta: float = 1.0,
+        tau: float = 1.0,
+        t_max: float = math.inf,
+        init_mean: float = DEFAULT_INIT_MEAN,
+        init_std: float = DEFAULT_INIT_STD,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.theta = check_finite_positive("theta", theta)
+        self.tau = check_finite_positive("tau", tau)
+        self.t_max = check_t_max(t_max)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        _init_weight(self.weight, in_features, self.theta, init_mean, init_std)
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        out = alpha_linear(t_in, self.weight, theta=self.theta, tau=self.tau, t_max=self.t_max)
+        assert isinstance(out, Tensor)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, theta={self.theta}, tau={self.tau}, t_max={self.t_max}"
 
 
 class SpikingConv2d(nn.Module):

@@ -237,8 +237,15 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"train.device must be 'cpu' or 'cuda[:N]', got {t.device!r}")
     if t.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("train.device is cuda but torch sees no CUDA device")
-    if cfg.data.val_size < 0:
-        raise ValueError("data.val_size must be >= 0")
+    if cfg.data.val_size < 0 or cfg.data.train_size < 0:
+        raise ValueError("data.val_size and data.train_size must be >= 0")
+    if cfg.model.kernel == "alpha":
+        if t.silent_penalty > 0:
+            raise ValueError(
+                "train.silent_penalty is defined for the ReL-PSP kernel only; set it to 0 with kernel alpha"
+            )
+        if t.device != "cpu":
+            raise ValueError("the alpha-kernel baseline runs on the CPU only (train.device = 'cpu')")
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -262,6 +269,13 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
         val, tr = perm[: cfg.data.val_size], perm[cfg.data.val_size :]
         splits["val"] = (x_tr[val], y_tr[val])
         splits["train"] = (x_tr[tr], y_tr[tr])
+    if cfg.data.train_size:
+        x_tr, y_tr = splits["train"]
+        if cfg.data.train_size > len(y_tr):
+            raise ValueError(f"data.train_size {cfg.data.train_size} is larger than the training set ({len(y_tr)})")
+        g = torch.Generator().manual_seed(cfg.train.seed + 104729)
+        keep = torch.randperm(len(y_tr), generator=g)[: cfg.data.train_size]
+        splits["train"] = (x_tr[keep], y_tr[keep])
     return splits
 
 

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"_validate", "_types", "config", "arch", "checkpoint", "data"},
     {"core", "kernels"},
     {"autograd"},
-    {"functional"},
+    {"functional", "alpha"},
     {"nn"},
     {"models", "sim"},
     {"train", "hw", "export", "plots"},

@@ -226,6 +226,12 @@ def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) ->
     with ``arch``, ``input_shape``, ``theta``, ``t_max``, ``t_in``, ``zero_fires``)."""
     if "arch" not in model:
         raise ValueError("the model config has no 'arch'")
+    kernel = model.get("kernel", "relpsp")
+    if kernel != "relpsp":
+        raise ValueError(
+            f"this network uses the {kernel!r} PSP kernel; the simulator, cost model and NIR export handle "
+            "ReL-PSP networks only"
+        )
     arch = str(model["arch"])
     shape = model.get("input_shape")
     input_shape = tuple(int(d) for d in shape) if shape is not None else None

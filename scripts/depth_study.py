@@ -1,0 +1,225 @@
+"""Depth study: ReL-PSP against a decaying alpha-kernel neuron in ever deeper MLPs (the paper's argument).
+
+For each kernel and depth it trains ``784-W-...-W-10`` (``depth`` hidden layers of width ``W``) with the
+library's training loop, and measures on a fixed batch of training images, at initialisation and after
+training, per spiking layer:
+
+- the silent fraction (sample, neuron pairs with no spike) and the dead fraction (neurons silent for every
+  sample of the batch: they get no gradient at all);
+- the mean absolute weight gradient of the loss;
+- the slope of the potential at the crossing (``W_j`` for ReL-PSP, ``V'(t_j)`` for alpha): its median and
+  the fraction below 0.05, where ``1 / slope`` (the factor in every spike-time gradient) exceeds 20.
+
+Writes ``OUT/depth_study.json`` (plus one training run folder per network) and, with ``--plot``, figures
+under ``docs/figures/``. Example (the committed study, about 40 minutes on 2 CPU cores)::
+
+    python scripts/depth_study.py --out docs/results/depth --plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from relpsp.alpha import alpha_linear
+from relpsp.checkpoint import atomic_write_bytes
+from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
+from relpsp.functional import spike_time_cross_entropy
+from relpsp.models import model_from_config
+from relpsp.nn import AlphaSpikingLinear, SpikingLinear
+from relpsp.train import CHECKPOINT_NAME, fit, load_splits, load_trained, set_threads
+
+SMALL_SLOPE = 0.05
+
+
+def make_config(kernel: str, depth: int, args: argparse.Namespace) -> Config:
+    arch = "-".join(["784"] + [str(args.width)] * depth + ["10"])
+    init_mean = args.alpha_init_mean if kernel == "alpha" else args.init_mean
+    return Config(
+        model=ModelConfig(
+            arch=arch, input_shape=(1, 28, 28), kernel=kernel, kernel_tau=args.kernel_tau, init_mean=init_mean
+        ),
+        data=DataConfig(dataset=args.dataset, train_size=args.train_size),
+        train=TrainConfig(epochs=args.epochs, batch_size=256, lr=args.lr, tau=0.1, seed=args.seed),
+    )
+
+
+def _slope(mod: torch.nn.Module, t_in: Tensor, t_out: Tensor) -> Tensor:
+    """Slope of the potential at each crossing, NaN where the neuron is silent."""
+    with torch.no_grad():
+        if isinstance(mod, AlphaSpikingLinear):
+            _, s = alpha_linear(t_in.double(), mod.weight.double(), theta=mod.theta, tau=mod.tau, return_slope=True)
+        else:  # ReL-PSP: W_j, the summed weight of the causal inputs
+            causal = (t_in.unsqueeze(1) < t_out.unsqueeze(2)).to(mod.weight.dtype)
+            s = (causal * mod.weight.unsqueeze(0)).sum(-1)
+        return torch.where(torch.isfinite(t_out), s.to(t_out.dtype), torch.full_like(t_out, math.nan))
+
+
+def diagnose(model: torch.nn.Sequential, x: Tensor, y: Tensor) -> dict[str, Any]:
+    """Per spiking layer: silent and dead fractions, mean |dL/dW|, slope statistics; plus loss and accuracy."""
+    model.zero_grad()
+    h = x
+    records = []
+    for mod in model:
+        t_in = h
+        h = mod(h)
+        if isinstance(mod, (SpikingLinear, AlphaSpikingLinear)):
+            h.retain_grad()
+            records.append((mod, t_in.detach(), h))
+    loss = spike_time_cross_entropy(h, y, tau=0.1)
+    loss.backward()
+    layers = []
+    for mod, t_in, t_out in records:
+        fired = torch.isfinite(t_out.detach())
+        slope = _slope(mod, t_in, t_out.detach())
+        s = slope[fired]
+        layers.append(
+            {
+                "silent_fraction": float((~fired).float().mean()),
+                "dead_fraction": float((~fired.any(0)).float().mean()),
+                "mean_abs_weight_grad": float(mod.weight.grad.abs().mean()) if mod.weight.grad is not None else 0.0,
+                "slope_median": float(s.median()) if s.numel() else math.nan,
+                "small_slope_fraction": float((s < SMALL_SLOPE).float().mean()) if s.numel() else math.nan,
+            }
+        )
+    t_out = h.detach()
+    pred = torch.where(torch.isfinite(t_out).any(1), t_out.argmin(1), torch.full_like(y, -1))
+    return {"loss": float(loss.detach()), "accuracy": float((pred == y).float().mean()), "layers": layers}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(args.threads)
+    runs = []
+    probe: tuple[Tensor, Tensor] | None = None
+    for kernel in args.kernels:
+        for depth in args.depths:
+            cfg = make_config(kernel, depth, args)
+            if probe is None:
+                x_tr, y_tr = load_splits(cfg)["train"]
+                probe = (x_tr[: args.probe_size], y_tr[: args.probe_size])
+            torch.manual_seed(cfg.train.seed)  # fit draws the same initial weights from this seed
+            init_model = model_from_config(cfg.model)
+            at_init = diagnose(init_model, *probe)
+            run_dir = out / f"{kernel}-d{depth}-seed{cfg.train.seed}"
+            print(f"[depth study] {kernel} {cfg.model.arch}", flush=True)
+            t0 = time.perf_counter()
+            res = fit(cfg, run_dir, resume=True, progress=args.progress)
+            trained, _, _ = load_trained(run_dir / CHECKPOINT_NAME)
+            after = diagnose(trained, *probe)
+            runs.append(
+                {
+                    "kernel": kernel,
+                    "depth": depth,
+                    "arch": cfg.model.arch,
+                    "test_accuracy": res["test_accuracy"],
+                    "no_output_spike_fraction": res.get("no_output_spike_fraction"),
+                    "wall_time_s": time.perf_counter() - t0,
+                    "init": at_init,
+                    "trained": after,
+                }
+            )
+            print(f"[depth study] {kernel} depth {depth}: test accuracy {100 * res['test_accuracy']:.2f}%", flush=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "plot", "progress")}
+    payload = {"settings": settings, "small_slope": SMALL_SLOPE, "runs": runs}
+    atomic_write_bytes(out / "depth_study.json", (json.dumps(payload, indent=1) + "\n").encode())
+    return payload
+
+
+def plot(payload: dict[str, Any], fig_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    runs = payload["runs"]
+    kernels = sorted({r["kernel"] for r in runs}, key=lambda k: k != "relpsp")
+    style = {"relpsp": ("C0", "ReL-PSP"), "alpha": ("C3", "alpha kernel")}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k in kernels:
+        rs = sorted((r for r in runs if r["kernel"] == k), key=lambda r: r["depth"])
+        ax.plot(
+            [r["depth"] for r in rs], [100 * r["test_accuracy"] for r in rs], "o-", color=style[k][0], label=style[k][1]
+        )
+    ax.set_xlabel("hidden layers")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("MNIST, accuracy against depth")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(fig_dir / "depth_accuracy.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    deepest = max(r["depth"] for r in runs)
+    metrics = [
+        ("dead_fraction", "dead neurons (fraction)", False),
+        ("mean_abs_weight_grad", "mean |dL/dW|", True),
+        ("small_slope_fraction", f"crossings with slope < {SMALL_SLOPE}", False),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for row, phase in enumerate(("init", "trained")):
+        for col, (key, label, log) in enumerate(metrics):
+            ax = axes[row, col]
+            for k in kernels:
+                r = next(r for r in runs if r["kernel"] == k and r["depth"] == deepest)
+                vals = [layer[key] for layer in r[phase]["layers"]]
+                ax.plot(range(1, len(vals) + 1), vals, "o-", color=style[k][0], label=style[k][1])
+            if log:
+                ax.set_yscale("log")
+            ax.set_xlabel("layer")
+            ax.set_title(f"{label}, {'at initialisation' if phase == 'init' else 'after training'}", fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    fig.suptitle(f"Per layer, {deepest} hidden layers ({runs[0]['arch'].split('-')[1]} wide)")
+    fig.tight_layout()
+    paths.append(fig_dir / "depth_layers.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="docs/results/depth")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--kernels", nargs="+", default=["relpsp", "alpha"], choices=["relpsp", "alpha"])
+    p.add_argument("--depths", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8])
+    p.add_argument("--width", type=int, default=100)
+    p.add_argument("--train-size", type=int, default=20000)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-mean", type=float, default=5.0)
+    p.add_argument("--alpha-init-mean", type=float, default=5.0)
+    p.add_argument("--kernel-tau", type=float, default=1.0)
+    p.add_argument("--probe-size", type=int, default=512)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--plot", action="store_true", help="write docs/figures/depth_*.png")
+    p.add_argument("--plot-only", action="store_true", help="only redraw the figures from OUT/depth_study.json")
+    args = p.parse_args(argv)
+    if args.plot_only:
+        payload = json.loads((Path(args.out) / "depth_study.json").read_text())
+    else:
+        payload = run(args)
+    if args.plot or args.plot_only:
+        for path in plot(payload, Path("docs/figures")):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
