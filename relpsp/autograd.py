@@ -5,7 +5,10 @@ Backends (same results within float rounding; see ``relpsp.core.dense`` for the 
 - ``"torch"``: plain torch, any device (``relpsp.core.dense``).
 - ``"numba"``: compiled CPU kernels (``relpsp.kernels.cpu_numba``), float32/float64 CPU tensors only;
   needs the ``cpu`` extra.
-- ``"auto"``: ``"numba"`` for CPU float32/float64 tensors when numba is installed, else ``"torch"``.
+- ``"triton"``: fused GPU kernels (``relpsp.kernels.gpu_triton``), float32/float64 CUDA tensors (CPU
+  tensors only under ``TRITON_INTERPRET=1``, for tests); needs the ``triton`` extra.
+- ``"auto"``: ``"numba"`` for CPU float32/float64 tensors when numba is installed, ``"triton"`` for CUDA
+  float32/float64 tensors when triton is installed, else ``"torch"``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,19 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from relpsp.core.dense import W_SUM_MIN, relpsp_linear_bwd_torch, relpsp_linear_fwd_torch
-from relpsp.kernels import cpu_kernels_available, load_cpu_kernels
+from relpsp.kernels import (
+    cpu_kernels_available,
+    load_cpu_kernels,
+    load_gpu_kernels,
+    triton_available,
+    triton_interpreted,
+)
 
 __all__ = ["BACKENDS", "RelpspLinearFn", "relpsp_linear_rows", "resolve_backend"]
 
-BACKENDS = ("auto", "torch", "numba")
+BACKENDS = ("auto", "torch", "numba", "triton")
 _NUMBA_DTYPES = (torch.float32, torch.float64)
+_TRITON_DTYPES = _NUMBA_DTYPES
 
 
 def resolve_backend(backend: str, t_in: Tensor) -> str:
@@ -33,11 +43,21 @@ def resolve_backend(backend: str, t_in: Tensor) -> str:
     if backend == "auto":
         if t_in.device.type == "cpu" and t_in.dtype in _NUMBA_DTYPES and cpu_kernels_available():
             return "numba"
+        if t_in.device.type == "cuda" and t_in.dtype in _TRITON_DTYPES and triton_available():
+            return "triton"
         return "torch"
     if backend == "numba":
         if t_in.device.type != "cpu" or t_in.dtype not in _NUMBA_DTYPES:
             raise ValueError(f"backend 'numba' runs float32/float64 CPU tensors, got {t_in.dtype} on {t_in.device}")
         load_cpu_kernels()  # raises with the install hint when numba is missing
+    if backend == "triton":
+        on_device = t_in.device.type == "cuda" or (t_in.device.type == "cpu" and triton_interpreted())
+        if not on_device or t_in.dtype not in _TRITON_DTYPES:
+            raise ValueError(
+                f"backend 'triton' runs float32/float64 CUDA tensors (CPU ones only with TRITON_INTERPRET=1), "
+                f"got {t_in.dtype} on {t_in.device}"
+            )
+        load_gpu_kernels()
     return backend
 
 
@@ -46,6 +66,8 @@ def _fwd(backend: str, t_in: Tensor, weight: Tensor, theta: float, t_max: float)
         k = load_cpu_kernels()
         t_out, w_sum = k.linear_fwd(t_in.detach().numpy(), weight.detach().numpy(), theta, t_max)
         return torch.from_numpy(t_out), torch.from_numpy(w_sum)
+    if backend == "triton":
+        return load_gpu_kernels().linear_fwd(t_in.detach(), weight.detach(), theta, t_max)
     return relpsp_linear_fwd_torch(t_in.detach(), weight.detach(), theta, t_max)
 
 
@@ -86,6 +108,10 @@ class RelpspLinearFn(torch.autograd.Function):
             )
             g_in: Tensor | None = torch.from_numpy(g_in_np)
             g_w: Tensor | None = torch.from_numpy(g_w_np)
+        elif ctx.backend == "triton":
+            g_in, g_w = load_gpu_kernels().linear_bwd(
+                grad_out, t_in, weight, t_out, w_sum, ctx.w_sum_min, need_in, need_w
+            )
         else:
             g_in, g_w = relpsp_linear_bwd_torch(grad_out, t_in, weight, t_out, w_sum, ctx.w_sum_min, need_in, need_w)
         return (g_in if need_in else None), (g_w if need_w else None), None, None, None, None

@@ -1,4 +1,5 @@
-"""CUDA checks (marker ``gpu``; skipped without CUDA): the torch backend on the GPU against the reference.
+"""CUDA checks (marker ``gpu``; skipped without CUDA): the torch and triton backends on the GPU against
+the reference.
 
 Run on a machine with a GPU: ``pytest -m gpu``. Outputs of the op under test are compared with the
 float64 CPU reference, forward and every gradient; outputs are checked to be fully written (no NaN).
@@ -6,6 +7,7 @@ float64 CPU reference, forward and every gradient; outputs are checked to be ful
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -20,14 +22,25 @@ pytestmark = [
 ]
 
 
+GPU_BACKENDS = [
+    pytest.param("torch", id="torch"),
+    pytest.param(
+        "triton",
+        id="triton",
+        marks=pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton"),
+    ),
+]
+
+
 def _times(shape, seed):
     g = torch.Generator().manual_seed(seed)
     t = torch.rand(shape, generator=g, dtype=torch.float64)
     return torch.where(torch.rand(shape, generator=g, dtype=torch.float64) < 0.3, math.inf, t)
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_linear_cuda_matches_reference(dtype):
+def test_linear_cuda_matches_reference(dtype, backend):
     t = _times((64, 50), 0)
     w = torch.randn(40, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.2 + 0.05
     g = torch.randn(64, 40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -36,7 +49,7 @@ def test_linear_cuda_matches_reference(dtype):
     torch.where(torch.isfinite(ref), ref * g, 0).sum().backward()
     tc = t.to("cuda", dtype).requires_grad_()
     wc = w.to("cuda", dtype).requires_grad_()
-    out = relpsp_linear(tc, wc, backend="torch")
+    out = relpsp_linear(tc, wc, backend=backend)
     assert not torch.isnan(out).any()
     torch.where(torch.isfinite(out), out * g.to("cuda", dtype), 0).sum().backward()
     assert_close("t_out", out.cpu().double(), ref.detach(), dtype)
@@ -44,15 +57,48 @@ def test_linear_cuda_matches_reference(dtype):
     assert_close("grad_weight", wc.grad.cpu().double(), wr.grad, dtype, kind="grad")
 
 
-def test_conv_cuda_matches_reference():
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_conv_cuda_matches_reference(backend):
     t = _times((4, 3, 9, 9), 3)
     w = torch.randn(5, 3, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.3 + 0.08
     tr, wr = t.clone().requires_grad_(), w.clone().requires_grad_()
     ref = relpsp_conv2d_ref(tr, wr, stride=2, padding=1)
     torch.where(torch.isfinite(ref), ref, 0).sum().backward()
     tc, wc = t.cuda().requires_grad_(), w.cuda().requires_grad_()
-    out = relpsp_conv2d(tc, wc, stride=2, padding=1, backend="torch")
+    out = relpsp_conv2d(tc, wc, stride=2, padding=1, backend=backend)
     torch.where(torch.isfinite(out), out, 0).sum().backward()
     assert_close("t_out", out.cpu(), ref.detach(), torch.float64)
     assert_close("grad_t_in", tc.grad.cpu(), tr.grad, torch.float64, kind="grad")
     assert_close("grad_weight", wc.grad.cpu(), wr.grad, torch.float64, kind="grad")
+
+
+def _mnist_like(batch, n_in, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, n_in, generator=g, dtype=torch.float64)
+    lit = torch.rand(batch, n_in, generator=g, dtype=torch.float64) < 0.19
+    return torch.where(lit, 1.0 - x, math.inf)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_triton_paper_sized_layers_match_float64_cpu():
+    # 784-800 and 800-10 at batch 256, float32 on the GPU against the float64 CPU op (numba or torch) on
+    # the same float32-rounded inputs and weights: both walks sum in float64, so only the rounding of the
+    # results and the float32 gradient sums differ.
+    t = _mnist_like(256, 784, 0)
+    w1 = torch.randn(800, 784, generator=torch.Generator().manual_seed(1), dtype=torch.float64) / 28 + 5 / 784
+    for t_in, w in ((t, w1), (None, None)):
+        if t_in is None:  # second layer: the first layer's float64 output
+            t_in = relpsp_linear(t, w1).detach()
+            w = torch.randn(10, 800, generator=torch.Generator().manual_seed(2), dtype=torch.float64) / 28 + 5 / 800
+        t_in, w = t_in.float().double(), w.float().double()
+        tr, wr = t_in.clone().requires_grad_(), w.clone().requires_grad_()
+        ref = relpsp_linear(tr, wr)
+        g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        torch.where(torch.isfinite(ref), ref * g, 0).sum().backward()
+        tc = t_in.to("cuda", torch.float32).requires_grad_()
+        wc = w.to("cuda", torch.float32).requires_grad_()
+        out = relpsp_linear(tc, wc, backend="triton")
+        torch.where(torch.isfinite(out), out * g.to("cuda", torch.float32), 0).sum().backward()
+        assert_close("t_out", out.detach().cpu().double(), ref.detach(), torch.float32)
+        assert_close("grad_t_in", tc.grad.cpu().double(), tr.grad, torch.float32, kind="grad")
+        assert_close("grad_weight", wc.grad.cpu().double(), wr.grad, torch.float32, kind="grad")

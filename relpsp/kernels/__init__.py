@@ -1,16 +1,24 @@
 """Optional compiled kernels with the contract of ``relpsp.core.dense``; imported lazily.
 
-``cpu_numba`` needs the ``cpu`` extra (``pip install relpsp[cpu]``). Nothing here is imported by
-``import relpsp``.
+``cpu_numba`` needs the ``cpu`` extra (``pip install relpsp[cpu]``), ``gpu_triton`` the ``triton`` extra
+(``pip install relpsp[triton]``). Nothing here is imported by ``import relpsp``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from types import ModuleType
 
-__all__ = ["cpu_kernels_available", "load_cpu_kernels", "set_cpu_kernel_threads"]
+__all__ = [
+    "cpu_kernels_available",
+    "load_cpu_kernels",
+    "load_gpu_kernels",
+    "set_cpu_kernel_threads",
+    "triton_available",
+    "triton_interpreted",
+]
 
 _INSTALL_HINT = "the 'numba' backend needs numba: pip install 'relpsp[cpu]' (or pip install numba)"
 
@@ -28,6 +36,26 @@ def load_cpu_kernels() -> ModuleType:
     if not cpu_kernels_available():
         raise RuntimeError(_INSTALL_HINT)
     return importlib.import_module("relpsp.kernels.cpu_numba")
+
+
+_TRITON_HINT = "the 'triton' backend needs triton: pip install 'relpsp[triton]' (or pip install triton)"
+
+
+def triton_available() -> bool:
+    """True when triton can be imported (without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """True when ``TRITON_INTERPRET=1``: triton kernels then run on CPU tensors (for tests, slowly)."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def load_gpu_kernels() -> ModuleType:
+    """Import and return ``relpsp.kernels.gpu_triton``; raise ``RuntimeError`` saying what to install."""
+    if not triton_available():
+        raise RuntimeError(_TRITON_HINT)
+    return importlib.import_module("relpsp.kernels.gpu_triton")
 
 
 def set_cpu_kernel_threads(n: int) -> int:

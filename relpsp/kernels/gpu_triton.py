@@ -1,0 +1,246 @@
+"""Triton kernels for the exact ReL-PSP dense op (GPU), same contract as ``relpsp.core.dense``.
+
+Forward: the rows are sorted by ``torch.sort``; one program per (row, block of ``BLOCK_J`` neurons)
+walks the sorted inputs, adding the weight row of each input (from the transposed weight, so that the
+``BLOCK_J`` loads are contiguous) to running sums A_j, B_j in float64. At the end of every group of equal
+input times, each live neuron with A_j > 0 and theta + B_j <= A_j * t_next fires at (theta + B_j) / A_j.
+The walk stops when every neuron of the block has fired or the inputs up to ``t_max`` are used up; spikes
+later than ``t_max`` are dropped. This is the same search, in the same order, as the CPU kernels.
+
+Backward, with u_rj = dL/dt_rj / max(W_rj, w_sum_min) for firing neurons (0 otherwise) and the causal
+mask c_rji = [t_ri < t_rj]: two masked contractions,
+
+    dL/dt_ri = sum_j u_rj w_ji c_rji          (tiles of rows x inputs, loop over neurons)
+    dL/dw_ji = sum_r u_rj (t_ri - t_rj) c_rji (tiles of neurons x inputs, loop over rows, split over
+                                               row blocks whose partial sums are added in torch)
+
+accumulated in the input dtype. Nothing here materialises an ``R x N_in x N_out`` tensor. Kernels use
+int32 offsets; the wrappers split the rows so that every offset fits (``_MAX_ELEMS``).
+
+Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` set before import it also runs on CPU tensors
+(slowly), which is how the tests check these kernels on machines without a GPU. Import only through
+``relpsp.kernels.load_gpu_kernels`` (triton is an optional extra).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["linear_bwd", "linear_fwd"]
+
+BLOCK_J_FWD = 128
+BLOCK_R_GIN = 32
+BLOCK_I = 64
+BLOCK_J_GW = 64
+ROWS_PER_SPLIT = 256
+_MAX_ELEMS = 2**31 - 1  # largest int32 offset into any [rows, features] or [splits, M, N] buffer
+
+
+def _row_chunks(rows: int, width: int) -> list[tuple[int, int]]:
+    step = max(1, _MAX_ELEMS // max(width, 1) - 1)
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+@triton.jit
+def _fwd_kernel(
+    ts_ptr,  # [R, N] input times sorted ascending per row (+inf last)
+    idx_ptr,  # [R, N] int32: input index of each sorted time
+    n_use_ptr,  # [R] int32: number of finite inputs <= t_max
+    wt_ptr,  # [N, M] weight transposed
+    params_ptr,  # [2] float64: theta, t_max
+    out_ptr,  # [R, M] spike times
+    wsum_ptr,  # [R, M] W_j of firing neurons, 0 elsewhere
+    N,
+    M,
+    BLOCK_J: tl.constexpr,
+):
+    r = tl.program_id(0)
+    j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    jm = j < M
+    theta = tl.load(params_ptr)
+    t_max = tl.load(params_ptr + 1)
+    n_use = tl.load(n_use_ptr + r)
+    row = r * N
+    a = tl.zeros([BLOCK_J], dtype=tl.float64)
+    b = tl.zeros([BLOCK_J], dtype=tl.float64)
+    t_fire = tl.full([BLOCK_J], float("inf"), dtype=tl.float64)
+    w_sum = tl.zeros([BLOCK_J], dtype=tl.float64)
+    live = jm
+    n_live = tl.sum(live.to(tl.int32), axis=0)
+    k = 0
+    while (k < n_use) & (n_live > 0):
+        tk = tl.load(ts_ptr + row + k).to(tl.float64)
+        i = tl.load(idx_ptr + row + k)
+        w = tl.load(wt_ptr + i * M + j, mask=jm, other=0.0).to(tl.float64)
+        a += w
+        b += w * tk
+        t_next = tl.load(ts_ptr + row + k + 1, mask=k + 1 < N, other=float("inf")).to(tl.float64)
+        if t_next > tk:  # the end of a group of equal input times: the only place a neuron may fire
+            cross = live & (a > 0.0) & (theta + b <= a * t_next)
+            t_fire = tl.where(cross, (theta + b) / a, t_fire)
+            w_sum = tl.where(cross, a, w_sum)
+            live = live & (~cross)
+            n_live = tl.sum(live.to(tl.int32), axis=0)
+        k += 1
+    late = t_fire > t_max
+    t_fire = tl.where(late, float("inf"), t_fire)
+    w_sum = tl.where(late, 0.0, w_sum)
+    dst = r * M + j
+    tl.store(out_ptr + dst, t_fire.to(out_ptr.dtype.element_ty), mask=jm)
+    tl.store(wsum_ptr + dst, w_sum.to(wsum_ptr.dtype.element_ty), mask=jm)
+
+
+@triton.jit
+def _grad_in_kernel(
+    ut_ptr,  # [M, R] u transposed
+    tot_ptr,  # [M, R] output times transposed, 0 where silent
+    ti_ptr,  # [R, N] input times
+    w_ptr,  # [M, N] weight
+    gi_ptr,  # [R, N] out
+    R,
+    M,
+    N,
+    BLOCK_R: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    rm = r < R
+    im = i < N
+    offs = r[:, None] * N + i[None, :]
+    ti = tl.load(ti_ptr + offs, mask=rm[:, None] & im[None, :], other=float("inf"))
+    acc = tl.zeros([BLOCK_R, BLOCK_I], dtype=gi_ptr.dtype.element_ty)
+    for jj in range(0, M):
+        base = jj * R
+        u = tl.load(ut_ptr + base + r, mask=rm, other=0.0)
+        to = tl.load(tot_ptr + base + r, mask=rm, other=0.0)
+        w = tl.load(w_ptr + jj * N + i, mask=im, other=0.0)
+        acc += tl.where(ti < to[:, None], u[:, None] * w[None, :], 0.0)
+    tl.store(gi_ptr + offs, acc, mask=rm[:, None] & im[None, :])
+
+
+@triton.jit
+def _grad_w_kernel(
+    u_ptr,  # [R, M]
+    to_ptr,  # [R, M] output times, 0 where silent
+    ti_ptr,  # [R, N] input times
+    part_ptr,  # [S, M, N] partial sums, one slice per row block
+    R,
+    M,
+    N,
+    ROWS: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    s = tl.program_id(2)
+    jm = j < M
+    im = i < N
+    acc = tl.zeros([BLOCK_J, BLOCK_I], dtype=part_ptr.dtype.element_ty)
+    r0 = s * ROWS
+    r1 = tl.minimum(r0 + ROWS, R)
+    for rr in range(r0, r1):  # offsets fit in int32: the wrapper splits larger inputs
+        u = tl.load(u_ptr + rr * M + j, mask=jm, other=0.0)
+        to = tl.load(to_ptr + rr * M + j, mask=jm, other=0.0)
+        ti = tl.load(ti_ptr + rr * N + i, mask=im, other=float("inf"))
+        causal = ti[None, :] < to[:, None]
+        acc += tl.where(causal, u[:, None] * (ti[None, :] - to[:, None]), 0.0)
+    dst = s * M * N + j[:, None] * N + i[None, :]
+    tl.store(part_ptr + dst, acc, mask=jm[:, None] & im[None, :])
+
+
+def linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tuple[Tensor, Tensor]:
+    """``t_in [R, N_in]``, ``weight [N_out, N_in]`` (same dtype and device) -> ``(t_out, w_sum)``."""
+    chunks = _row_chunks(t_in.shape[0], max(t_in.shape[1], weight.shape[0]))
+    if len(chunks) > 1:
+        parts = [_linear_fwd(t_in[a:b], weight, theta, t_max) for a, b in chunks]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return _linear_fwd(t_in, weight, theta, t_max)
+
+
+def _linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tuple[Tensor, Tensor]:
+    rows, n_in = t_in.shape
+    n_out = weight.shape[0]
+    t_out = torch.empty((rows, n_out), dtype=t_in.dtype, device=t_in.device)
+    w_sum = torch.empty_like(t_out)
+    if rows == 0 or n_out == 0:
+        return t_out, w_sum
+    if n_in == 0:
+        return t_out.fill_(math.inf), w_sum.zero_()
+    ts, order = torch.sort(t_in.contiguous(), dim=1)
+    n_use = (ts <= t_max).sum(dim=1, dtype=torch.int32)  # +inf never counts, t_max = inf or not
+    params = torch.tensor([float(theta), float(t_max)], dtype=torch.float64, device=t_in.device)
+    grid = (rows, triton.cdiv(n_out, BLOCK_J_FWD))
+    _fwd_kernel[grid](
+        ts, order.to(torch.int32), n_use, weight.t().contiguous(), params, t_out, w_sum, n_in, n_out,
+        BLOCK_J=BLOCK_J_FWD,
+    )  # fmt: skip
+    return t_out, w_sum
+
+
+def linear_bwd(
+    grad_out: Tensor,
+    t_in: Tensor,
+    weight: Tensor,
+    t_out: Tensor,
+    w_sum: Tensor,
+    w_sum_min: float,
+    need_in: bool = True,
+    need_w: bool = True,
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(dL/dt_in [R, N_in] or None, dL/dweight [N_out, N_in] or None)`` in the input dtype."""
+    n_in, n_out = t_in.shape[1], weight.shape[0]
+    chunks = _row_chunks(t_in.shape[0], max(n_in, n_out, n_in * n_out // ROWS_PER_SPLIT + 1))
+    if len(chunks) > 1:
+        parts = [
+            _linear_bwd(grad_out[a:b], t_in[a:b], weight, t_out[a:b], w_sum[a:b], w_sum_min, need_in, need_w)
+            for a, b in chunks
+        ]
+        g_in = torch.cat([p[0] for p in parts]) if need_in else None  # type: ignore[misc]
+        g_w = torch.stack([p[1] for p in parts]).sum(0) if need_w else None  # type: ignore[misc]
+        return g_in, g_w
+    return _linear_bwd(grad_out, t_in, weight, t_out, w_sum, w_sum_min, need_in, need_w)
+
+
+def _linear_bwd(
+    grad_out: Tensor,
+    t_in: Tensor,
+    weight: Tensor,
+    t_out: Tensor,
+    w_sum: Tensor,
+    w_sum_min: float,
+    need_in: bool,
+    need_w: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    rows, n_in = t_in.shape
+    n_out = weight.shape[0]
+    fired = torch.isfinite(t_out)
+    zero = torch.zeros((), dtype=t_out.dtype, device=t_out.device)
+    u = torch.where(fired, grad_out / w_sum.clamp_min(w_sum_min), zero).contiguous()
+    to = torch.where(fired, t_out, zero).contiguous()  # silent: t = 0, so no input (t >= 0) is causal
+    t_in = t_in.contiguous()
+    g_in = g_w = None
+    if need_in:
+        g_in = torch.empty_like(t_in)
+        if rows and n_in:
+            grid = (triton.cdiv(rows, BLOCK_R_GIN), triton.cdiv(n_in, BLOCK_I))
+            _grad_in_kernel[grid](
+                u.t().contiguous(), to.t().contiguous(), t_in, weight.contiguous(), g_in, rows, n_out, n_in,
+                BLOCK_R=BLOCK_R_GIN, BLOCK_I=BLOCK_I,
+            )  # fmt: skip
+    if need_w:
+        splits = max(1, triton.cdiv(rows, ROWS_PER_SPLIT))
+        parts = torch.zeros((splits, n_out, n_in), dtype=t_in.dtype, device=t_in.device)
+        if rows and n_in and n_out:
+            grid_w = (triton.cdiv(n_out, BLOCK_J_GW), triton.cdiv(n_in, BLOCK_I), splits)
+            _grad_w_kernel[grid_w](
+                u, to, t_in, parts, rows, n_out, n_in, ROWS=ROWS_PER_SPLIT, BLOCK_J=BLOCK_J_GW, BLOCK_I=BLOCK_I
+            )
+        g_w = parts.sum(0)
+    return g_in, g_w

@@ -1,0 +1,133 @@
+"""The Triton backend (relpsp.kernels.gpu_triton) against the float64 autograd reference.
+
+On a machine with CUDA these run the compiled kernels on the GPU. Without CUDA they run the same kernel
+source in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set here before the kernels are
+imported): the interpreter executes the program logic (masks, loops, tie groups, row splits), not the
+GPU's code generation, so ``pytest -m gpu`` on a GPU remains the check of the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+CUDA = torch.cuda.is_available()
+if not CUDA:  # before the first import of triton, which reads it
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from relpsp.autograd import resolve_backend  # noqa: E402
+from relpsp.functional import relpsp_conv2d, relpsp_conv2d_ref, relpsp_linear, relpsp_linear_ref  # noqa: E402
+from relpsp.kernels import gpu_triton, load_gpu_kernels  # noqa: E402
+from tests.helpers import DTYPES, assert_close  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter evaluates both where-branches
+
+
+def _times(shape, seed, silent=0.3, ties=True):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(shape, generator=g, dtype=torch.float64)
+    if ties and len(shape) == 2:
+        t[:, 1] = t[:, 0]
+        t[:, 2] = t[:, 0]
+    return torch.where(torch.rand(shape, generator=g, dtype=torch.float64) < silent, math.inf, t)
+
+
+def _check(fn_ref, fn_tri, t, w, dtype, seed=5):
+    tr, wr = t.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = fn_ref(tr, wr)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    torch.where(torch.isfinite(ref), ref * g, 0).sum().backward()
+    tc = t.to(DEVICE, dtype).requires_grad_()
+    wc = w.to(DEVICE, dtype).requires_grad_()
+    out = fn_tri(tc, wc)
+    assert out.dtype == dtype and out.device.type == DEVICE
+    torch.where(torch.isfinite(out), out * g.to(DEVICE, dtype), 0).sum().backward()
+    fin = torch.isfinite(ref)
+    assert fin.any() and (~fin).any(), "the case must have firing and silent neurons"
+    assert_close("t_out", out.detach().cpu(), ref.detach(), dtype)
+    assert_close("grad_t_in", tc.grad.cpu(), tr.grad, dtype, kind="grad")
+    assert_close("grad_weight", wc.grad.cpu(), wr.grad, dtype, kind="grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t_max", [math.inf, 0.8], ids=["no-cutoff", "cutoff"])
+@pytest.mark.parametrize("shape", [(9, 30, 20), (5, 70, 130)], ids=["small", "two-neuron-blocks"])
+def test_linear_matches_reference(dtype, t_max, shape):
+    rows, n_in, n_out = shape
+    t = _times((rows, n_in), 0)
+    w = torch.randn(n_out, n_in, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.2 + 0.04
+    _check(
+        lambda a, b: relpsp_linear_ref(a, b, t_max=t_max),
+        lambda a, b: relpsp_linear(a, b, t_max=t_max, backend="triton"),
+        t,
+        w,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_matches_reference(dtype):
+    t = _times((3, 3, 9, 9), 3)
+    w = torch.randn(5, 3, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.3 + 0.08
+    _check(
+        lambda a, b: relpsp_conv2d_ref(a, b, stride=2, padding=1),
+        lambda a, b: relpsp_conv2d(a, b, stride=2, padding=1, backend="triton"),
+        t,
+        w,
+        dtype,
+    )
+
+
+def test_row_splits_and_int32_chunks_give_the_same_result(monkeypatch):
+    # More rows than one weight-gradient split, and (with a tiny offset limit) several row chunks.
+    t = _times((300, 12), 8, ties=False).to(DEVICE)
+    w = (torch.randn(7, 12, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 0.3 + 0.1).to(DEVICE)
+    g = torch.randn(300, 7, generator=torch.Generator().manual_seed(10), dtype=torch.float64).to(DEVICE)
+    k = load_gpu_kernels()
+    out, ws = k.linear_fwd(t, w, 1.0, math.inf)
+    gi, gw = k.linear_bwd(g, t, w, out, ws, 1e-3)
+    monkeypatch.setattr(gpu_triton, "_MAX_ELEMS", 12 * 64)
+    assert len(gpu_triton._row_chunks(300, 12)) > 1
+    out2, ws2 = k.linear_fwd(t, w, 1.0, math.inf)
+    gi2, gw2 = k.linear_bwd(g, t, w, out2, ws2, 1e-3)
+    assert torch.equal(out, out2) and torch.equal(ws, ws2) and torch.equal(gi, gi2)
+    assert torch.allclose(gw, gw2, rtol=1e-12, atol=1e-12)  # partial sums are added in another grouping
+    tr, wr = t.cpu().requires_grad_(), w.cpu().requires_grad_()
+    ref = relpsp_linear_ref(tr, wr)
+    torch.where(torch.isfinite(ref), ref * g.cpu(), 0).sum().backward()
+    assert_close("grad_weight", gw.cpu(), wr.grad, torch.float64, kind="grad")
+
+
+def test_silent_rows_and_weight_only_gradients():
+    t = _times((6, 10), 11)
+    t[2] = math.inf  # a row with no input spike: nothing fires, every gradient is 0
+    w = (torch.randn(4, 10, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * 0.3 + 0.2).to(DEVICE)
+    w.requires_grad_(True)
+    out = relpsp_linear(t.to(DEVICE), w, backend="triton")
+    assert torch.isinf(out[2]).all()
+    torch.where(torch.isfinite(out), out, 0).sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+    wr = w.detach().cpu().requires_grad_()
+    ref = relpsp_linear_ref(t, wr)
+    torch.where(torch.isfinite(ref), ref, 0).sum().backward()
+    assert_close("grad_weight", w.grad.cpu(), wr.grad, torch.float64, kind="grad")
+
+
+def test_backend_choice(monkeypatch):
+    cpu = torch.zeros(2, 3)
+    assert resolve_backend("auto", cpu) in ("numba", "torch")  # never triton for CPU tensors
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend 'triton' runs"):
+        resolve_backend("triton", cpu)
+    with pytest.raises(ValueError, match="backend 'triton' runs"):
+        resolve_backend("triton", torch.zeros(2, 3, dtype=torch.float16, device=DEVICE))
+    if CUDA:
+        assert resolve_backend("auto", torch.zeros(2, 3, device="cuda")) == "triton"
