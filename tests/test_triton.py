@@ -57,10 +57,17 @@ def _check(fn_ref, fn_tri, t, w, dtype, seed=5):
     assert_close("grad_weight", wc.grad.cpu(), wr.grad, dtype, kind="grad")
 
 
+@pytest.fixture(params=["chunked", "loop"])
+def fwd_variant(request, monkeypatch):
+    """Both forward kernels: the chunked one (default) and the one-input loop."""
+    monkeypatch.setattr(gpu_triton, "FWD_VARIANT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("t_max", [math.inf, 0.8], ids=["no-cutoff", "cutoff"])
 @pytest.mark.parametrize("shape", [(9, 30, 20), (5, 70, 130)], ids=["small", "two-neuron-blocks"])
-def test_linear_matches_reference(dtype, t_max, shape):
+def test_linear_matches_reference(dtype, t_max, shape, fwd_variant):
     rows, n_in, n_out = shape
     t = _times((rows, n_in), 0)
     w = torch.randn(n_out, n_in, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.2 + 0.04
@@ -74,7 +81,7 @@ def test_linear_matches_reference(dtype, t_max, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv_matches_reference(dtype):
+def test_conv_matches_reference(dtype, fwd_variant):
     t = _times((3, 3, 9, 9), 3)
     w = torch.randn(5, 3, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.3 + 0.08
     _check(
@@ -106,7 +113,7 @@ def test_row_splits_and_int32_chunks_give_the_same_result(monkeypatch):
     assert_close("grad_weight", gw.cpu(), wr.grad, torch.float64, kind="grad")
 
 
-def test_silent_rows_and_weight_only_gradients():
+def test_silent_rows_and_weight_only_gradients(fwd_variant):
     t = _times((6, 10), 11)
     t[2] = math.inf  # a row with no input spike: nothing fires, every gradient is 0
     w = (torch.randn(4, 10, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * 0.3 + 0.2).to(DEVICE)
@@ -119,6 +126,12 @@ def test_silent_rows_and_weight_only_gradients():
     ref = relpsp_linear_ref(t, wr)
     torch.where(torch.isfinite(ref), ref, 0).sum().backward()
     assert_close("grad_weight", w.grad.cpu(), wr.grad, torch.float64, kind="grad")
+
+
+def test_unknown_forward_variant_is_refused(monkeypatch):
+    monkeypatch.setattr(gpu_triton, "FWD_VARIANT", "fast")
+    with pytest.raises(ValueError, match="RELPSP_TRITON_FWD"):
+        gpu_triton.linear_fwd(torch.zeros(2, 3, device=DEVICE), torch.zeros(4, 3, device=DEVICE), 1.0, math.inf)
 
 
 def test_backend_choice(monkeypatch):

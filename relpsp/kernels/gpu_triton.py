@@ -25,6 +25,7 @@ Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` set before import it also runs
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -34,6 +35,10 @@ from torch import Tensor
 __all__ = ["linear_bwd", "linear_fwd"]
 
 BLOCK_J_FWD = 128
+BLOCK_K_FWD = 16
+#: Forward variant: "chunked" (``BLOCK_K_FWD`` inputs per step, the default) or "loop" (one input per step);
+#: the environment variable RELPSP_TRITON_FWD overrides it (for benchmarks).
+FWD_VARIANT = os.environ.get("RELPSP_TRITON_FWD", "chunked")
 BLOCK_R_GIN = 32
 BLOCK_I = 64
 BLOCK_J_GW = 64
@@ -87,6 +92,69 @@ def _fwd_kernel(
             live = live & (~cross)
             n_live = tl.sum(live.to(tl.int32), axis=0)
         k += 1
+    late = t_fire > t_max
+    t_fire = tl.where(late, float("inf"), t_fire)
+    w_sum = tl.where(late, 0.0, w_sum)
+    dst = r * M + j
+    tl.store(out_ptr + dst, t_fire.to(out_ptr.dtype.element_ty), mask=jm)
+    tl.store(wsum_ptr + dst, w_sum.to(wsum_ptr.dtype.element_ty), mask=jm)
+
+
+@triton.jit
+def _fwd_kernel_chunked(
+    ts_ptr,
+    idx_ptr,
+    n_use_ptr,
+    wt_ptr,
+    params_ptr,
+    out_ptr,
+    wsum_ptr,
+    N,
+    M,
+    BLOCK_K: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    """Same search as ``_fwd_kernel``, ``BLOCK_K`` inputs at a time: the weight rows of a chunk are loaded
+    as one ``[BLOCK_K, BLOCK_J]`` tile, prefix sums come from ``tl.cumsum``, and each neuron takes the
+    first valid prefix of the chunk. Fewer dependent loads than the one-input loop."""
+    r = tl.program_id(0)
+    j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    jm = j < M
+    theta = tl.load(params_ptr)
+    t_max = tl.load(params_ptr + 1)
+    n_use = tl.load(n_use_ptr + r)
+    row = r * N
+    kr = tl.arange(0, BLOCK_K)
+    a = tl.zeros([BLOCK_J], dtype=tl.float64)
+    b = tl.zeros([BLOCK_J], dtype=tl.float64)
+    t_fire = tl.full([BLOCK_J], float("inf"), dtype=tl.float64)
+    w_sum = tl.zeros([BLOCK_J], dtype=tl.float64)
+    live = jm
+    n_live = tl.sum(live.to(tl.int32), axis=0)
+    k0 = 0
+    while (k0 < n_use) & (n_live > 0):
+        kk = k0 + kr
+        km = kk < n_use
+        tk = tl.load(ts_ptr + row + kk, mask=km, other=float("inf")).to(tl.float64)
+        ik = tl.load(idx_ptr + row + kk, mask=km, other=0)
+        t_next = tl.load(ts_ptr + row + kk + 1, mask=kk + 1 < N, other=float("inf")).to(tl.float64)
+        w = tl.load(wt_ptr + ik[:, None] * M + j[None, :], mask=km[:, None] & jm[None, :], other=0.0).to(tl.float64)
+        ca = a[None, :] + tl.cumsum(w, axis=0)
+        cb = b[None, :] + tl.cumsum(w * tl.where(km, tk, 0.0)[:, None], axis=0)
+        group_end = km & (t_next > tk)
+        cross = group_end[:, None] & live[None, :] & (ca > 0.0) & (theta + cb <= ca * t_next[:, None])
+        first = tl.min(tl.where(cross, kr[:, None], BLOCK_K), axis=0)
+        fires = first < BLOCK_K
+        pick = kr[:, None] == first[None, :]
+        a_pick = tl.sum(tl.where(pick, ca, 0.0), axis=0)
+        b_pick = tl.sum(tl.where(pick, cb, 0.0), axis=0)
+        t_fire = tl.where(fires, (theta + b_pick) / tl.where(fires, a_pick, 1.0), t_fire)
+        w_sum = tl.where(fires, a_pick, w_sum)
+        live = live & (~fires)
+        n_live = tl.sum(live.to(tl.int32), axis=0)
+        a = a + tl.sum(w, axis=0)
+        b = b + tl.sum(w * tl.where(km, tk, 0.0)[:, None], axis=0)
+        k0 += BLOCK_K
     late = t_fire > t_max
     t_fire = tl.where(late, float("inf"), t_fire)
     w_sum = tl.where(late, 0.0, w_sum)
@@ -177,10 +245,13 @@ def _linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tup
     n_use = (ts <= t_max).sum(dim=1, dtype=torch.int32)  # +inf never counts, t_max = inf or not
     params = torch.tensor([float(theta), float(t_max)], dtype=torch.float64, device=t_in.device)
     grid = (rows, triton.cdiv(n_out, BLOCK_J_FWD))
-    _fwd_kernel[grid](
-        ts, order.to(torch.int32), n_use, weight.t().contiguous(), params, t_out, w_sum, n_in, n_out,
-        BLOCK_J=BLOCK_J_FWD,
-    )  # fmt: skip
+    args = (ts, order.to(torch.int32), n_use, weight.t().contiguous(), params, t_out, w_sum, n_in, n_out)
+    if FWD_VARIANT == "loop":
+        _fwd_kernel[grid](*args, BLOCK_J=BLOCK_J_FWD)
+    elif FWD_VARIANT == "chunked":
+        _fwd_kernel_chunked[grid](*args, BLOCK_K=BLOCK_K_FWD, BLOCK_J=BLOCK_J_FWD)
+    else:
+        raise ValueError(f"RELPSP_TRITON_FWD must be 'chunked' or 'loop', got {FWD_VARIANT!r}")
     return t_out, w_sum
 
 
