@@ -11,9 +11,11 @@ training, per spiking layer:
   the fraction below 0.05, where ``1 / slope`` (the factor in every spike-time gradient) exceeds 20.
 
 Writes ``OUT/depth_study.json`` (plus one training run folder per network) and, with ``--plot``, figures
-under ``docs/figures/``. Example (the committed study, about 40 minutes on 2 CPU cores)::
+under ``docs/figures/``. The committed studies (docs/DEPTH.md; a few minutes each on 2 CPU cores)::
 
-    python scripts/depth_study.py --out docs/results/depth --plot
+    python scripts/depth_study.py --out docs/results/depth
+    python scripts/depth_study.py --out docs/results/depth_alpha_tuned --kernels alpha --alpha-init-mean 10 --kernel-tau 3
+    python scripts/depth_study.py --out docs/results/depth --plot-only --also docs/results/depth_alpha_tuned
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def make_config(kernel: str, depth: int, args: argparse.Namespace) -> Config:
             arch=arch, input_shape=(1, 28, 28), kernel=kernel, kernel_tau=args.kernel_tau, init_mean=init_mean
         ),
         data=DataConfig(dataset=args.dataset, train_size=args.train_size),
-        train=TrainConfig(epochs=args.epochs, batch_size=256, lr=args.lr, tau=0.1, seed=args.seed),
+        train=TrainConfig(epochs=args.epochs, batch_size=256, lr=args.lr, tau=args.loss_tau, seed=args.seed),
     )
 
 
@@ -63,7 +65,7 @@ def _slope(mod: torch.nn.Module, t_in: Tensor, t_out: Tensor) -> Tensor:
         return torch.where(torch.isfinite(t_out), s.to(t_out.dtype), torch.full_like(t_out, math.nan))
 
 
-def diagnose(model: torch.nn.Sequential, x: Tensor, y: Tensor) -> dict[str, Any]:
+def diagnose(model: torch.nn.Sequential, x: Tensor, y: Tensor, loss_tau: float) -> dict[str, Any]:
     """Per spiking layer: silent and dead fractions, mean |dL/dW|, slope statistics; plus loss and accuracy."""
     model.zero_grad()
     h = x
@@ -74,7 +76,7 @@ def diagnose(model: torch.nn.Sequential, x: Tensor, y: Tensor) -> dict[str, Any]
         if isinstance(mod, (SpikingLinear, AlphaSpikingLinear)):
             h.retain_grad()
             records.append((mod, t_in.detach(), h))
-    loss = spike_time_cross_entropy(h, y, tau=0.1)
+    loss = spike_time_cross_entropy(h, y, tau=loss_tau)
     loss.backward()
     layers = []
     for mod, t_in, t_out in records:
@@ -109,13 +111,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 probe = (x_tr[: args.probe_size], y_tr[: args.probe_size])
             torch.manual_seed(cfg.train.seed)  # fit draws the same initial weights from this seed
             init_model = model_from_config(cfg.model)
-            at_init = diagnose(init_model, *probe)
+            at_init = diagnose(init_model, *probe, cfg.train.tau)
             run_dir = out / f"{kernel}-d{depth}-seed{cfg.train.seed}"
             print(f"[depth study] {kernel} {cfg.model.arch}", flush=True)
             t0 = time.perf_counter()
             res = fit(cfg, run_dir, resume=True, progress=args.progress)
             trained, _, _ = load_trained(run_dir / CHECKPOINT_NAME)
-            after = diagnose(trained, *probe)
+            after = diagnose(trained, *probe, cfg.train.tau)
             runs.append(
                 {
                     "kernel": kernel,
@@ -135,55 +137,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def plot(payload: dict[str, Any], fig_dir: Path) -> list[Path]:
+def _label(kernel: str, settings: dict[str, Any], tuned: bool) -> str:
+    if kernel == "relpsp":
+        return "ReL-PSP"
+    if not tuned:
+        return "alpha kernel, same settings"
+    return f"alpha kernel, init {settings['alpha_init_mean']:g}, tau {settings['kernel_tau']:g}"
+
+
+def series_of(payloads: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``(label, runs sorted by depth)`` per kernel of each study; studies after the first are alpha variants."""
+    out = []
+    for n, payload in enumerate(payloads):
+        kernels = sorted({r["kernel"] for r in payload["runs"]}, key=lambda k: k != "relpsp")
+        for k in kernels:
+            runs = sorted((r for r in payload["runs"] if r["kernel"] == k), key=lambda r: r["depth"])
+            out.append((_label(k, payload["settings"], tuned=n > 0), runs))
+    return out
+
+
+def plot(payloads: list[dict[str, Any]], fig_dir: Path) -> list[Path]:
+    """``depth_accuracy.png`` (accuracy against depth) and ``depth_layers.png`` (per-layer metrics of the
+    deepest network, at initialisation and after training) for the studies in ``payloads``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig_dir.mkdir(parents=True, exist_ok=True)
-    runs = payload["runs"]
-    kernels = sorted({r["kernel"] for r in runs}, key=lambda k: k != "relpsp")
-    style = {"relpsp": ("C0", "ReL-PSP"), "alpha": ("C3", "alpha kernel")}
+    series = series_of(payloads)
+    colors = ["C0", "C3", "C1", "C2", "C4"]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for k in kernels:
-        rs = sorted((r for r in runs if r["kernel"] == k), key=lambda r: r["depth"])
-        ax.plot(
-            [r["depth"] for r in rs], [100 * r["test_accuracy"] for r in rs], "o-", color=style[k][0], label=style[k][1]
-        )
-    ax.set_xlabel("hidden layers")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (label, runs), c in zip(series, colors):
+        ax.plot([r["depth"] for r in runs], [100 * r["test_accuracy"] for r in runs], "o-", color=c, label=label)
+    ax.set_xlabel("hidden layers (100 neurons each)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("MNIST, accuracy against depth")
+    ax.set_title("MNIST (20k training images, 10 epochs)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(fig_dir / "depth_accuracy.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    deepest = max(r["depth"] for r in runs)
+    deepest = max(r["depth"] for _, runs in series for r in runs)
     metrics = [
         ("dead_fraction", "dead neurons (fraction)", False),
-        ("mean_abs_weight_grad", "mean |dL/dW|", True),
+        ("mean_abs_weight_grad", "mean |dL/dW| (0 not drawn)", True),
         ("small_slope_fraction", f"crossings with slope < {SMALL_SLOPE}", False),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for row, phase in enumerate(("init", "trained")):
-        for col, (key, label, log) in enumerate(metrics):
+        for col, (key, title, log) in enumerate(metrics):
             ax = axes[row, col]
-            for k in kernels:
-                r = next(r for r in runs if r["kernel"] == k and r["depth"] == deepest)
+            for (label, runs), c in zip(series, colors):
+                r = next(r for r in runs if r["depth"] == deepest)
                 vals = [layer[key] for layer in r[phase]["layers"]]
-                ax.plot(range(1, len(vals) + 1), vals, "o-", color=style[k][0], label=style[k][1])
+                if log:
+                    vals = [v if v > 0 else math.nan for v in vals]
+                ax.plot(range(1, len(vals) + 1), vals, "o-", color=c, label=label)
             if log:
                 ax.set_yscale("log")
-            ax.set_xlabel("layer")
-            ax.set_title(f"{label}, {'at initialisation' if phase == 'init' else 'after training'}", fontsize=9)
+            ax.set_xlabel("spiking layer (last = output)")
+            ax.set_title(f"{title}, {'at initialisation' if phase == 'init' else 'after training'}", fontsize=9)
             ax.grid(alpha=0.3)
-    axes[0, 0].legend()
-    fig.suptitle(f"Per layer, {deepest} hidden layers ({runs[0]['arch'].split('-')[1]} wide)")
+    axes[1, 0].legend(fontsize=8)
+    fig.suptitle(f"Per layer, {deepest} hidden layers of 100 neurons")
     fig.tight_layout()
     paths.append(fig_dir / "depth_layers.png")
     fig.savefig(paths[-1], dpi=120)
@@ -205,18 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-mean", type=float, default=5.0)
     p.add_argument("--alpha-init-mean", type=float, default=5.0)
     p.add_argument("--kernel-tau", type=float, default=1.0)
+    p.add_argument("--loss-tau", type=float, default=0.1)
     p.add_argument("--probe-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--plot", action="store_true", help="write docs/figures/depth_*.png")
     p.add_argument("--plot-only", action="store_true", help="only redraw the figures from OUT/depth_study.json")
+    p.add_argument(
+        "--also", nargs="*", default=[], metavar="DIR", help="add the alpha runs of other studies to the plots"
+    )
     args = p.parse_args(argv)
     if args.plot_only:
         payload = json.loads((Path(args.out) / "depth_study.json").read_text())
     else:
         payload = run(args)
     if args.plot or args.plot_only:
-        for path in plot(payload, Path("docs/figures")):
+        others = [json.loads((Path(d) / "depth_study.json").read_text()) for d in args.also]
+        for path in plot([payload, *others], Path("docs/figures")):
             print(f"wrote {path}")
     return 0
 

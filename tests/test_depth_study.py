@@ -1,0 +1,61 @@
+"""scripts/depth_study.py: the per-layer measurements behind docs/DEPTH.md, on networks built to order."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+from relpsp.models import build_model
+
+_PATH = Path(__file__).resolve().parents[1] / "scripts" / "depth_study.py"
+_spec = importlib.util.spec_from_file_location("depth_study", _PATH)
+assert _spec is not None and _spec.loader is not None
+depth_study = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(depth_study)
+
+
+@pytest.mark.parametrize("kernel", ["relpsp", "alpha"])
+def test_diagnose_reports_dead_layers_and_their_zero_gradients(kernel):
+    torch.manual_seed(0)
+    model = build_model("16-12-8-3", kernel=kernel, init_mean=10.0)
+    with torch.no_grad():
+        model[2].weight.fill_(-0.1)  # the second hidden layer can never fire
+    x = torch.rand(32, 16)
+    y = torch.randint(0, 3, (32,))
+    d = depth_study.diagnose(model, x, y, 0.1)
+    first, dead, out = d["layers"]
+    assert first["silent_fraction"] < 0.5 and first["dead_fraction"] == 0.0
+    assert dead["silent_fraction"] == 1.0 and dead["dead_fraction"] == 1.0
+    assert math.isnan(dead["slope_median"])
+    assert out["silent_fraction"] == 1.0  # nothing reaches the output
+    assert all(layer["mean_abs_weight_grad"] == 0.0 for layer in d["layers"])  # no output spike: no gradient
+    assert d["accuracy"] == 0.0
+
+
+def test_diagnose_slopes_are_the_causal_weight_sums_for_relpsp():
+    torch.manual_seed(1)
+    model = build_model("6-4", init_mean=5.0)
+    x = torch.rand(5, 6)
+    d = depth_study.diagnose(model, x, torch.zeros(5, dtype=torch.long), 0.1)
+    t_in = model[0](x)
+    t_out = model[1](t_in).detach()
+    causal = (t_in.unsqueeze(1) < t_out.unsqueeze(2)).float()
+    w_j = (causal * model[1].weight.detach().unsqueeze(0)).sum(-1)
+    assert d["layers"][0]["slope_median"] == pytest.approx(float(w_j[torch.isfinite(t_out)].median()))
+    assert d["layers"][0]["mean_abs_weight_grad"] > 0
+
+
+def test_series_labels_name_each_study():
+    run = {"kernel": "alpha", "depth": 1, "test_accuracy": 0.5}
+    payloads = [
+        {"settings": {}, "runs": [dict(run, kernel="relpsp"), run]},
+        {"settings": {"alpha_init_mean": 10.0, "kernel_tau": 3.0}, "runs": [run]},
+    ]
+    labels = [label for label, _ in depth_study.series_of(payloads)]
+    assert labels == ["ReL-PSP", "alpha kernel, same settings", "alpha kernel, init 10, tau 3"]
