@@ -60,7 +60,22 @@ class LatencyEncode(nn.Module):
         return f"t_max={self.t_max}, zero_fires={self.zero_fires}"
 
 
-class SpikingLinear(nn.Module):
+class _DenseLayer(nn.Module):
+    """Shared part of the dense layers: checked sizes, threshold and cut-off, and the initialised weight."""
+
+    def __init__(
+        self, in_features: int, out_features: int, theta: float, t_max: float, init_mean: float, init_std: float
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.theta = check_finite_positive("theta", theta)
+        self.t_max = check_t_max(t_max)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        _init_weight(self.weight, in_features, self.theta, init_mean, init_std)
+
+
+class SpikingLinear(_DenseLayer):
     """Exact ReL-PSP dense layer: ``[B, in_features]`` -> ``[B, out_features]`` spike times."""
 
     def __init__(
@@ -74,14 +89,8 @@ class SpikingLinear(nn.Module):
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
     ) -> None:
-        super().__init__()
-        self.in_features = check_positive_int("in_features", in_features)
-        self.out_features = check_positive_int("out_features", out_features)
-        self.theta = check_finite_positive("theta", theta)
-        self.t_max = check_t_max(t_max)
+        super().__init__(in_features, out_features, theta, t_max, init_mean, init_std)
         self.backend = _check_backend(backend)
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        _init_weight(self.weight, in_features, self.theta, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
         return relpsp_linear(t_in, self.weight, theta=self.theta, t_max=self.t_max, backend=self.backend)
@@ -90,7 +99,7 @@ class SpikingLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, theta={self.theta}, t_max={self.t_max}"
 
 
-class AlphaSpikingLinear(nn.Module):
+class AlphaSpikingLinear(_DenseLayer):
     """Baseline dense layer with a decaying alpha-shaped PSP (``relpsp.alpha``), not the paper's neuron.
 
     Same interface and initialisation as :class:`SpikingLinear`; ``tau`` is the kernel's time to peak.
@@ -107,14 +116,8 @@ class AlphaSpikingLinear(nn.Module):
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
     ) -> None:
-        super().__init__()
-        self.in_features = check_positive_int("in_features", in_features)
-        self.out_features = check_positive_int("out_features", out_features)
-        self.theta = check_finite_positive("theta", theta)
+        super().__init__(in_features, out_features, theta, t_max, init_mean, init_std)
         self.tau = check_finite_positive("tau", tau)
-        self.t_max = check_t_max(t_max)
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        _init_weight(self.weight, in_features, self.theta, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
         out = alpha_linear(t_in, self.weight, theta=self.theta, tau=self.tau, t_max=self.t_max)

@@ -52,6 +52,16 @@ def _row_chunks(rows: int, width: int) -> list[tuple[int, int]]:
 
 
 @triton.jit
+def _store_spikes(out_ptr, wsum_ptr, dst, mask, t_fire, w_sum, t_max):
+    """Drop spikes later than ``t_max`` (W_j = 0 for them) and store one block of neurons."""
+    late = t_fire > t_max
+    t_fire = tl.where(late, float("inf"), t_fire)
+    w_sum = tl.where(late, 0.0, w_sum)
+    tl.store(out_ptr + dst, t_fire.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(wsum_ptr + dst, w_sum.to(wsum_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _fwd_kernel(
     ts_ptr,  # [R, N] input times sorted ascending per row (+inf last)
     idx_ptr,  # [R, N] int32: input index of each sorted time
@@ -92,12 +102,7 @@ def _fwd_kernel(
             live = live & (~cross)
             n_live = tl.sum(live.to(tl.int32), axis=0)
         k += 1
-    late = t_fire > t_max
-    t_fire = tl.where(late, float("inf"), t_fire)
-    w_sum = tl.where(late, 0.0, w_sum)
-    dst = r * M + j
-    tl.store(out_ptr + dst, t_fire.to(out_ptr.dtype.element_ty), mask=jm)
-    tl.store(wsum_ptr + dst, w_sum.to(wsum_ptr.dtype.element_ty), mask=jm)
+    _store_spikes(out_ptr, wsum_ptr, r * M + j, jm, t_fire, w_sum, t_max)
 
 
 @triton.jit
@@ -155,12 +160,7 @@ def _fwd_kernel_chunked(
         a = a + tl.sum(w, axis=0)
         b = b + tl.sum(w * tl.where(km, tk, 0.0)[:, None], axis=0)
         k0 += BLOCK_K
-    late = t_fire > t_max
-    t_fire = tl.where(late, float("inf"), t_fire)
-    w_sum = tl.where(late, 0.0, w_sum)
-    dst = r * M + j
-    tl.store(out_ptr + dst, t_fire.to(out_ptr.dtype.element_ty), mask=jm)
-    tl.store(wsum_ptr + dst, w_sum.to(wsum_ptr.dtype.element_ty), mask=jm)
+    _store_spikes(out_ptr, wsum_ptr, r * M + j, jm, t_fire, w_sum, t_max)
 
 
 @triton.jit
