@@ -156,6 +156,18 @@ def series_of(payloads: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, 
     return out
 
 
+def table(payloads: list[dict[str, Any]]) -> str:
+    """Markdown table: test accuracy (%) per series and depth, then the no-output-spike fraction."""
+    series = series_of(payloads)
+    depths = sorted({r["depth"] for _, runs in series for r in runs})
+    lines = ["| network | " + " | ".join(f"{d} hidden" for d in depths) + " |", "|---" * (len(depths) + 1) + "|"]
+    for label, runs in series:
+        by_depth = {r["depth"]: r for r in runs}
+        cells = [f"{100 * by_depth[d]['test_accuracy']:.2f}" if d in by_depth else "" for d in depths]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(payloads: list[dict[str, Any]], fig_dir: Path) -> list[Path]:
     """``depth_accuracy.png`` (accuracy against depth) and ``depth_layers.png`` (per-layer metrics of the
     deepest network, at initialisation and after training) for the studies in ``payloads``."""
@@ -182,7 +194,13 @@ def plot(payloads: list[dict[str, Any]], fig_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    deepest = max(r["depth"] for _, runs in series for r in runs)
+    all_depths = sorted({r["depth"] for _, runs in series for r in runs})
+    for depth in sorted({d for d in (4, all_depths[-1]) if d in all_depths}):
+        paths.append(_plot_layers(plt, series, colors, depth, fig_dir / f"depth_layers_d{depth}.png"))
+    return paths
+
+
+def _plot_layers(plt: Any, series: list, colors: list[str], depth: int, path: Path) -> Path:
     metrics = [
         ("dead_fraction", "dead neurons (fraction)", False),
         ("mean_abs_weight_grad", "mean |dL/dW| (0 not drawn)", True),
@@ -193,7 +211,9 @@ def plot(payloads: list[dict[str, Any]], fig_dir: Path) -> list[Path]:
         for col, (key, title, log) in enumerate(metrics):
             ax = axes[row, col]
             for (label, runs), c in zip(series, colors):
-                r = next(r for r in runs if r["depth"] == deepest)
+                r = next((r for r in runs if r["depth"] == depth), None)
+                if r is None:
+                    continue
                 vals = [layer[key] for layer in r[phase]["layers"]]
                 if log:
                     vals = [v if v > 0 else math.nan for v in vals]
@@ -204,12 +224,11 @@ def plot(payloads: list[dict[str, Any]], fig_dir: Path) -> list[Path]:
             ax.set_title(f"{title}, {'at initialisation' if phase == 'init' else 'after training'}", fontsize=9)
             ax.grid(alpha=0.3)
     axes[1, 0].legend(fontsize=8)
-    fig.suptitle(f"Per layer, {deepest} hidden layers of 100 neurons")
+    fig.suptitle(f"Per layer, {depth} hidden layers of 100 neurons")
     fig.tight_layout()
-    paths.append(fig_dir / "depth_layers.png")
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         others = [json.loads((Path(d) / "depth_study.json").read_text()) for d in args.also]
         for path in plot([payload, *others], Path("docs/figures")):
             print(f"wrote {path}")
+        print(table([payload, *others]))
     return 0
 
 

@@ -59,3 +59,11 @@ def test_series_labels_name_each_study():
     ]
     labels = [label for label, _ in depth_study.series_of(payloads)]
     assert labels == ["ReL-PSP", "alpha kernel, same settings", "alpha kernel, init 10, tau 3"]
+
+
+def test_table_has_a_row_per_series_and_a_column_per_depth():
+    runs = [{"kernel": "relpsp", "depth": d, "test_accuracy": a} for d, a in ((1, 0.9512), (3, 0.5))]
+    text = depth_study.table([{"settings": {}, "runs": runs}])
+    lines = text.splitlines()
+    assert lines[0] == "| network | 1 hidden | 3 hidden |"
+    assert lines[2] == "| ReL-PSP | 95.12 | 50.00 |"
