@@ -11,8 +11,9 @@ Backward, with u_rj = dL/dt_rj / max(W_rj, w_sum_min) for firing neurons (0 othe
 mask c_rji = [t_ri < t_rj]: two masked contractions,
 
     dL/dt_ri = sum_j u_rj w_ji c_rji          (tiles of rows x inputs, loop over neurons)
-    dL/dw_ji = sum_r u_rj (t_ri - t_rj) c_rji (tiles of neurons x inputs, loop over rows, split over
-                                               row blocks whose partial sums are added in torch)
+    dL/dw_ji = sum_r u_rj (t_ri - t_rj) c_rji (tiles of neurons x inputs, loop over rows; the rows are
+                                               split into blocks, whose partial sums torch adds, only
+                                               as far as the tiles alone give too few programs)
 
 accumulated in the input dtype. Nothing here materialises an ``R x N_in x N_out`` tensor. Kernels use
 int32 offsets; the wrappers split the rows so that every offset fits (``_MAX_ELEMS``).
@@ -42,8 +43,19 @@ FWD_VARIANT = os.environ.get("RELPSP_TRITON_FWD", "chunked")
 BLOCK_R_GIN = 32
 BLOCK_I = 64
 BLOCK_J_GW = 64
-ROWS_PER_SPLIT = 256
+#: dL/dw: about this many programs in all; rows are split into blocks (whose partial sums torch adds)
+#: only as far as the (neuron x input) tiles alone fall short of it, with at least MIN_SPLIT_ROWS rows each.
+TARGET_PROGRAMS = 1024
+MIN_SPLIT_ROWS = 64
 _MAX_ELEMS = 2**31 - 1  # largest int32 offset into any [rows, features] or [splits, M, N] buffer
+
+
+def _row_splits(rows: int, n_out: int, n_in: int) -> tuple[int, int]:
+    """``(rows per split, number of splits)`` for the dL/dw kernel (see ``TARGET_PROGRAMS``)."""
+    tiles = triton.cdiv(n_out, BLOCK_J_GW) * triton.cdiv(n_in, BLOCK_I)
+    splits = max(1, min(triton.cdiv(rows, MIN_SPLIT_ROWS), triton.cdiv(TARGET_PROGRAMS, tiles)))
+    per = max(1, triton.cdiv(rows, splits))
+    return per, max(1, triton.cdiv(rows, per))
 
 
 def _row_chunks(rows: int, width: int) -> list[tuple[int, int]]:
@@ -201,7 +213,7 @@ def _grad_w_kernel(
     R,
     M,
     N,
-    ROWS: tl.constexpr,
+    ROWS,
     BLOCK_J: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
@@ -267,7 +279,7 @@ def linear_bwd(
 ) -> tuple[Tensor | None, Tensor | None]:
     """``(dL/dt_in [R, N_in] or None, dL/dweight [N_out, N_in] or None)`` in the input dtype."""
     n_in, n_out = t_in.shape[1], weight.shape[0]
-    chunks = _row_chunks(t_in.shape[0], max(n_in, n_out, n_in * n_out // ROWS_PER_SPLIT + 1))
+    chunks = _row_chunks(t_in.shape[0], max(n_in, n_out))
     if len(chunks) > 1:
         parts = [
             _linear_bwd(grad_out[a:b], t_in[a:b], weight, t_out[a:b], w_sum[a:b], w_sum_min, need_in, need_w)
@@ -306,12 +318,12 @@ def _linear_bwd(
                 BLOCK_R=BLOCK_R_GIN, BLOCK_I=BLOCK_I,
             )  # fmt: skip
     if need_w:
-        splits = max(1, triton.cdiv(rows, ROWS_PER_SPLIT))
+        rows_per_split, splits = _row_splits(rows, n_out, n_in)
         parts = torch.zeros((splits, n_out, n_in), dtype=t_in.dtype, device=t_in.device)
         if rows and n_in and n_out:
             grid_w = (triton.cdiv(n_out, BLOCK_J_GW), triton.cdiv(n_in, BLOCK_I), splits)
             _grad_w_kernel[grid_w](
-                u, to, t_in, parts, rows, n_out, n_in, ROWS=ROWS_PER_SPLIT, BLOCK_J=BLOCK_J_GW, BLOCK_I=BLOCK_I
+                u, to, t_in, parts, rows, n_out, n_in, ROWS=rows_per_split, BLOCK_J=BLOCK_J_GW, BLOCK_I=BLOCK_I
             )
         g_w = parts.sum(0)
     return g_in, g_w
