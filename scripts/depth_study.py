@@ -142,7 +142,8 @@ def _label(kernel: str, settings: dict[str, Any], tuned: bool) -> str:
         return "ReL-PSP"
     if not tuned:
         return "alpha kernel, same settings"
-    return f"alpha kernel, init {settings['alpha_init_mean']:g}, tau {settings['kernel_tau']:g}"
+    lr = f", lr {settings['lr']:g}" if settings.get("lr", 1e-3) != 1e-3 else ""
+    return f"alpha kernel, init {settings['alpha_init_mean']:g}, tau {settings['kernel_tau']:g}{lr}"
 
 
 def series_of(payloads: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
