@@ -46,7 +46,9 @@ class DataConfig:
     data_dir: str | None = None  # None: $RELPSP_DATA or ~/.cache/relpsp
     val_size: int = 0  # samples held out of the training set for validation (sets with a val split use it)
     train_size: int = 0  # train on a seeded random subset of this many samples; 0 = the whole training set
-    augment: bool = False  # random shifts of up to 2 pixels (images only)
+    augment: bool = False  # random shifts of up to max_shift pixels (images only)
+    max_shift: int = 2  # with augment: largest shift in pixels, in each direction
+    flip: bool = False  # with augment: also mirror each image left-right with probability 1/2
     bias_input: float = -1.0  # feature sets (Yin-Yang): constant extra input of this intensity; < 0: none
     image_size: tuple[int, ...] = ()  # image folders (Caltech): (H, W); empty: the dataset's default
 

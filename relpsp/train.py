@@ -239,6 +239,8 @@ def _validate(cfg: Config) -> None:
         raise ValueError("train.device is cuda but torch sees no CUDA device")
     if cfg.data.val_size < 0 or cfg.data.train_size < 0:
         raise ValueError("data.val_size and data.train_size must be >= 0")
+    if not 0 <= cfg.data.max_shift <= 64:
+        raise ValueError(f"data.max_shift must be in [0, 64], got {cfg.data.max_shift}")
     if cfg.model.kernel == "alpha":
         if t.silent_penalty > 0:
             raise ValueError(
@@ -308,17 +310,21 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _augment(x: Tensor, seed: int, epoch: int, step: int) -> Tensor:
-    """Shift every image by its own random offset of up to 2 pixels in each direction (zero fill),
-    drawn from a generator seeded by (seed, epoch, step), so resumed runs see the same shifts."""
+def _augment(x: Tensor, seed: int, epoch: int, step: int, max_shift: int = 2, flip: bool = False) -> Tensor:
+    """Shift every image by its own random offset of up to ``max_shift`` pixels in each direction (zero
+    fill) and, with ``flip``, mirror it left-right with probability 1/2; drawn from a generator seeded by
+    (seed, epoch, step), so resumed runs see the same transformations."""
     if x.dim() != 4:
         return x
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
-    shifts = torch.randint(-2, 3, (len(x), 2), generator=g)
+    shifts = torch.randint(-max_shift, max_shift + 1, (len(x), 2), generator=g)
+    if flip:
+        mirror = torch.rand(len(x), generator=g) < 0.5
+        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
     out = torch.zeros_like(x)
     h, w = x.shape[2], x.shape[3]
-    for dy in range(-2, 3):
-        for dx in range(-2, 3):
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
             sel = torch.nonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).squeeze(1)
             if len(sel):
                 out[sel, :, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
@@ -718,7 +724,7 @@ def fit(
             n_global = len(idx)
             lo, hi = _shard(n_global, ctx)
             if cfg.data.augment:  # on the global batch: the random shifts belong to positions in it
-                xb = _augment(x_tr[idx], cfg.train.seed, epoch, step)[lo:hi]
+                xb = _augment(x_tr[idx], cfg.train.seed, epoch, step, cfg.data.max_shift, cfg.data.flip)[lo:hi]
             else:
                 xb = x_tr[idx[lo:hi]]
             xb, yb = xb.to(device), y_tr[idx[lo:hi]].to(device)

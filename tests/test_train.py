@@ -125,3 +125,20 @@ def test_bad_training_settings_raise(tmp_path):
     }
     with pytest.raises(ValueError, match=r"input_shape"):
         fit(_cfg(epochs=1), tmp_path, splits=wrong_shape, progress=False, log=lambda s: None)
+
+
+def test_augment_shifts_and_flips():
+    from relpsp.train import _augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(64, 1, 12, 12)
+    x[:, :, 4:8, 3:8] = torch.rand(64, 1, 4, 5, generator=g)  # content clear of the borders
+    assert torch.equal(_augment(x, 1, 2, 3, max_shift=0), x)
+    flipped = _augment(x, 1, 2, 3, max_shift=0, flip=True)
+    same = (flipped == x).flatten(1).all(1)
+    mirrored = (flipped == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and same.any() and mirrored.any()
+    a = _augment(x, 1, 2, 3, max_shift=3, flip=True)
+    assert torch.equal(a, _augment(x, 1, 2, 3, max_shift=3, flip=True))  # seeded: resumes see the same
+    assert torch.allclose(a.sum((1, 2, 3)), x.sum((1, 2, 3)))  # shifts of at most 3 px lose nothing here
+    assert not torch.equal(a, x)
