@@ -27,19 +27,9 @@ from torch.autograd.function import once_differentiable
 from relpsp._validate import check_finite_positive
 from relpsp.core.dense import W_SUM_MIN
 from relpsp.functional import _check_linear
-from relpsp.kernels import cpu_kernels_available
+from relpsp.kernels import load_alpha_kernels
 
 __all__ = ["AlphaLinearFn", "alpha_linear", "alpha_potential"]
-
-_HINT = "the alpha-kernel baseline needs numba: pip install 'relpsp[cpu]' (or pip install numba)"
-
-
-def _kernels() -> Any:
-    if not cpu_kernels_available():
-        raise RuntimeError(_HINT)
-    from relpsp.kernels import alpha_numba
-
-    return alpha_numba
 
 
 def _f64(x: Tensor) -> Any:
@@ -53,7 +43,7 @@ class AlphaLinearFn(torch.autograd.Function):
     def forward(  # type: ignore[override]
         t_in: Tensor, weight: Tensor, theta: float, tau: float, t_max: float, slope_min: float
     ) -> tuple[Tensor, Tensor]:
-        t_out, slope = _kernels().alpha_linear_fwd(_f64(t_in), _f64(weight), theta, tau, t_max)
+        t_out, slope = load_alpha_kernels().alpha_linear_fwd(_f64(t_in), _f64(weight), theta, tau, t_max)
         return torch.from_numpy(t_out).to(t_in.dtype), torch.from_numpy(slope)
 
     @staticmethod
@@ -70,7 +60,7 @@ class AlphaLinearFn(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor, _grad_slope: Tensor | None) -> tuple[Tensor | None, ...]:
         t_in, weight, t_out, slope = ctx.saved_tensors
         need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        g_in, g_w = _kernels().alpha_linear_bwd(
+        g_in, g_w = load_alpha_kernels().alpha_linear_bwd(
             _f64(grad_out),
             _f64(t_in),
             _f64(weight),

@@ -36,6 +36,7 @@ from torch import Tensor
 
 __all__ = [
     "W_SUM_MIN",
+    "backward_factors",
     "relpsp_linear_bwd_torch",
     "relpsp_linear_fwd_torch",
     "relpsp_linear_ref",
@@ -120,6 +121,15 @@ def relpsp_linear_fwd_torch(
     return t_out, w_sum
 
 
+def backward_factors(grad_out: Tensor, t_out: Tensor, w_sum: Tensor, w_sum_min: float) -> tuple[Tensor, Tensor]:
+    """``(u, t_fired)``: u_j = dL/dt_j / max(W_j, w_sum_min) for firing neurons, 0 for silent ones, and the
+    output times with silent neurons set to 0, so that no input (t_i >= 0) counts as causal for them.
+    Every backward (torch here, the Triton kernels) starts from these."""
+    fired = torch.isfinite(t_out)
+    zero = torch.zeros((), dtype=t_out.dtype, device=t_out.device)
+    return torch.where(fired, grad_out / w_sum.clamp_min(w_sum_min), zero), torch.where(fired, t_out, zero)
+
+
 def relpsp_linear_bwd_torch(
     grad_out: Tensor,
     t_in: Tensor,
@@ -136,9 +146,7 @@ def relpsp_linear_bwd_torch(
     """
     rows, n_in = t_in.shape
     n_out = weight.shape[0]
-    fired = torch.isfinite(t_out)
-    u = torch.where(fired, grad_out / w_sum.clamp_min(w_sum_min), 0)  # dL/dt_j / W_j
-    t_out_f = torch.where(fired, t_out, 0)
+    u, t_out_f = backward_factors(grad_out, t_out, w_sum, w_sum_min)  # dL/dt_j / W_j; silent: t = 0
     t_in_f = torch.where(torch.isfinite(t_in), t_in, 0)
     g_in = torch.zeros_like(t_in) if need_t_in else None
     g_w = torch.zeros_like(weight) if need_weight else None

@@ -13,6 +13,7 @@ from types import ModuleType
 
 __all__ = [
     "cpu_kernels_available",
+    "load_alpha_kernels",
     "load_cpu_kernels",
     "load_gpu_kernels",
     "set_cpu_kernel_threads",
@@ -36,6 +37,14 @@ def load_cpu_kernels() -> ModuleType:
     if not cpu_kernels_available():
         raise RuntimeError(_INSTALL_HINT)
     return importlib.import_module("relpsp.kernels.cpu_numba")
+
+
+def load_alpha_kernels() -> ModuleType:
+    """Import and return ``relpsp.kernels.alpha_numba`` (the alpha-kernel baseline of ``relpsp.alpha``);
+    raise ``RuntimeError`` saying what to install."""
+    if not cpu_kernels_available():
+        raise RuntimeError("the alpha-kernel baseline needs numba: pip install 'relpsp[cpu]' (or pip install numba)")
+    return importlib.import_module("relpsp.kernels.alpha_numba")
 
 
 _TRITON_HINT = "the 'triton' backend needs triton: pip install 'relpsp[triton]' (or pip install triton)"

@@ -33,6 +33,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from relpsp.core.dense import backward_factors
+
 __all__ = ["linear_bwd", "linear_fwd"]
 
 BLOCK_J_FWD = 128
@@ -303,10 +305,7 @@ def _linear_bwd(
 ) -> tuple[Tensor | None, Tensor | None]:
     rows, n_in = t_in.shape
     n_out = weight.shape[0]
-    fired = torch.isfinite(t_out)
-    zero = torch.zeros((), dtype=t_out.dtype, device=t_out.device)
-    u = torch.where(fired, grad_out / w_sum.clamp_min(w_sum_min), zero).contiguous()
-    to = torch.where(fired, t_out, zero).contiguous()  # silent: t = 0, so no input (t >= 0) is causal
+    u, to = (x.contiguous() for x in backward_factors(grad_out, t_out, w_sum, w_sum_min))
     t_in = t_in.contiguous()
     g_in = g_w = None
     if need_in:
