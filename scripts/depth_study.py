@@ -32,8 +32,10 @@ import torch
 from torch import Tensor
 
 from relpsp.alpha import alpha_linear
+from relpsp.autograd import RelpspLinearFn, resolve_backend
 from relpsp.checkpoint import atomic_write_bytes
 from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
+from relpsp.core.dense import W_SUM_MIN
 from relpsp.functional import spike_time_cross_entropy
 from relpsp.models import model_from_config
 from relpsp.nn import AlphaSpikingLinear, SpikingLinear
@@ -59,9 +61,9 @@ def _slope(mod: torch.nn.Module, t_in: Tensor, t_out: Tensor) -> Tensor:
     with torch.no_grad():
         if isinstance(mod, AlphaSpikingLinear):
             _, s = alpha_linear(t_in.double(), mod.weight.double(), theta=mod.theta, tau=mod.tau, return_slope=True)
-        else:  # ReL-PSP: W_j, the summed weight of the causal inputs
-            causal = (t_in.unsqueeze(1) < t_out.unsqueeze(2)).to(mod.weight.dtype)
-            s = (causal * mod.weight.unsqueeze(0)).sum(-1)
+        else:  # ReL-PSP: W_j, the summed weight of the causal inputs, as the forward op reports it
+            backend = resolve_backend(mod.backend, t_in)
+            _, s = RelpspLinearFn.apply(t_in, mod.weight, mod.theta, mod.t_max, W_SUM_MIN, backend)
         return torch.where(torch.isfinite(t_out), s.to(t_out.dtype), torch.full_like(t_out, math.nan))
 
 
@@ -102,20 +104,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     set_threads(args.threads)
     runs = []
-    probe: tuple[Tensor, Tensor] | None = None
+    # Every network of a study trains on the same data (same dataset, subset size and seed): load it once.
+    splits = load_splits(make_config(args.kernels[0], args.depths[0], args))
+    x_tr, y_tr = splits["train"]
+    probe = (x_tr[: args.probe_size], y_tr[: args.probe_size])
     for kernel in args.kernels:
         for depth in args.depths:
             cfg = make_config(kernel, depth, args)
-            if probe is None:
-                x_tr, y_tr = load_splits(cfg)["train"]
-                probe = (x_tr[: args.probe_size], y_tr[: args.probe_size])
             torch.manual_seed(cfg.train.seed)  # fit draws the same initial weights from this seed
             init_model = model_from_config(cfg.model)
             at_init = diagnose(init_model, *probe, cfg.train.tau)
             run_dir = out / f"{kernel}-d{depth}-seed{cfg.train.seed}"
             print(f"[depth study] {kernel} {cfg.model.arch}", flush=True)
             t0 = time.perf_counter()
-            res = fit(cfg, run_dir, resume=True, progress=args.progress)
+            res = fit(cfg, run_dir, resume=True, progress=args.progress, splits=splits)
             trained, _, _ = load_trained(run_dir / CHECKPOINT_NAME)
             after = diagnose(trained, *probe, cfg.train.tau)
             runs.append(
