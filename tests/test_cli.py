@@ -97,3 +97,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and err.startswith("relpsp: error:") and "\n" not in err
+
+
+def test_train_backend_flag_offers_every_library_backend(tmp_path, monkeypatch, capsys):
+    from relpsp.autograd import BACKENDS
+    from relpsp.commands.train import TRAIN_BACKENDS
+
+    assert TRAIN_BACKENDS == BACKENDS
+    # the flag reaches the kernel boundary, which refuses triton on a CPU tensor outside the interpreter
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    argv = ["train", "--dataset", "yinyang", "--arch", "4-6-3", "--epochs", "1", "--backend", "triton"]
+    assert cli.main([*argv, "--threads", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "relpsp: error:" in err and "triton" in err

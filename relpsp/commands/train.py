@@ -7,7 +7,11 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["configure", "resolve_config", "run"]
+__all__ = ["TRAIN_BACKENDS", "configure", "resolve_config", "run"]
+
+#: the same names as ``relpsp.autograd.BACKENDS`` (kept literal so that ``--help`` does not import torch; a test
+#: checks that the two agree)
+TRAIN_BACKENDS = ("auto", "torch", "numba", "triton")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -19,7 +23,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu | cuda | cuda:N")
-    p.add_argument("--backend", choices=("auto", "torch", "numba"))
+    p.add_argument(
+        "--backend",
+        choices=TRAIN_BACKENDS,
+        help="kernel backend (auto: numba on the CPU, triton on CUDA when installed, else torch)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for the kernels (0: all cores)")
     p.add_argument("--data-dir", help="dataset folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
     p.add_argument("--out", help="run folder (default: runs/<config or dataset-arch>-seed<seed>)")
