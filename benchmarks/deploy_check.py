@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from relpsp.export.nir import export_nir, read_nir
     from relpsp.models import layer_outputs
     from relpsp.sim import SimOptions, load_inputs, network_from_checkpoint, simulate
-    from relpsp.train import load_trained, set_threads
+    from relpsp.train import data_options, load_trained, set_threads
 
     set_threads(0)
     net, _ = network_from_checkpoint(args.checkpoint)
     model, cfg, _ = load_trained(args.checkpoint)
-    x, y = load_inputs(cfg.data.dataset, "test", args.data_dir, args.limit)
+    x, y = load_inputs(cfg.data.dataset, "test", args.data_dir, args.limit, data_options(cfg))
     t0 = time.perf_counter()
     sim = simulate(net, x, SimOptions(), record_layers=True)
     sim_s = time.perf_counter() - t0

@@ -14,7 +14,8 @@ import torch
 
 from relpsp import cli
 from relpsp.checkpoint import save_checkpoint
-from relpsp.config import Config, ModelConfig, config_to_dict
+from relpsp.commands import simulate as commands_simulate
+from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict
 from relpsp.models import build_model, layer_outputs, model_arrays
 from relpsp.sim import (
     SimConv,
@@ -353,3 +354,22 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     # Bad input: one-line error, exit code 2.
     assert cli.main(["simulate", str(tmp_path / "missing.ckpt"), "--dataset", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_simulate_uses_the_checkpoints_data_options(tmp_path, capsys):
+    """A Yin-Yang network trained with a bias input has 5 inputs: simulating it on its own dataset by name
+    must load the data as it was trained (with the bias column), and agree with the torch model."""
+    arch = "5-8-3"
+    torch.manual_seed(0)
+    model = build_model(arch, (5,), init_mean=4.0, init_std=2.0)
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=0.5))
+    ckpt = tmp_path / "yy.ckpt"
+    save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    out = tmp_path / "sim.json"
+    argv = ["simulate", str(ckpt), "--limit", "50", "--compare", "--compare-dtype", "float64", "--out", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads(out.read_text())
+    assert summary["n_images"] == 50 and summary["compare"]["decision_agreement"] == 1.0
+    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg), "yinyang") == {"bias": 0.5}
+    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg), "mnist") == {}  # another dataset
+    assert commands_simulate.checkpoint_data_options({}, "yinyang") == {}  # a NIR file: no settings

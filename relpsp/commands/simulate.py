@@ -118,6 +118,24 @@ def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
     return SimOptions(**kw)
 
 
+def checkpoint_data_options(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The loader options the checkpoint's network was trained with (e.g. Caltech's image size, Yin-Yang's
+    bias input), when ``dataset`` is the checkpoint's own dataset; none otherwise (another dataset, or a
+    NIR file, which carries no data settings)."""
+    if not cfg or not str(dataset) or str(dataset).endswith(".npz"):
+        return {}
+    from relpsp.config import config_from_dict
+    from relpsp.data import canonical_name
+    from relpsp.train import data_options
+
+    trained = config_from_dict(cfg)
+    try:
+        same = canonical_name(dataset) == canonical_name(trained.data.dataset)
+    except ValueError:  # an unknown name: load_inputs reports it
+        return {}
+    return data_options(trained) if same else {}
+
+
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
     """Load the network and the images and resolve the options (calibrating the time window if a grid
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
@@ -130,7 +148,7 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     if not dataset:
         raise ValueError("--dataset is needed: the source is a NIR file or its checkpoint names no dataset")
     data_dir = args.data_dir or data_cfg.get("data_dir")
-    x, y = load_inputs(dataset, args.split, data_dir, args.limit)
+    x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(cfg, dataset))
     options = sim_options(args, **({"weight_bits": weight_bits} if weight_bits is not None else {}))
     calibrated = False
     if options.time_bits is not None and resolve_time_window(net, options) is None:

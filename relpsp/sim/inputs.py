@@ -8,7 +8,9 @@ Intensities are float in [0, 1], ``[N, C, H, W]`` or ``[N, F]``; labels are inte
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,12 +27,17 @@ def _to_numpy(a: object, what: str) -> np.ndarray:
 
 
 def load_inputs(
-    dataset: str, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int | None = None
+    dataset: str,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x float64 [N, ...] in [0, 1], y int64 [N])``, the first ``limit`` samples when given.
 
-    ``dataset`` ending in ``.npz`` is read as a file (``split`` and ``data_dir`` ignored); any other
-    name goes to ``relpsp.data.load_dataset(name, split, data_dir)``.
+    ``dataset`` ending in ``.npz`` is read as a file (``split``, ``data_dir`` and ``options`` ignored); any
+    other name goes to ``relpsp.data.load_dataset(name, split, data_dir, **options)`` (loader options such
+    as Caltech's ``image_size`` or Yin-Yang's ``bias``: those the network was trained with).
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
@@ -48,7 +55,7 @@ def load_inputs(
             from relpsp.data import load_dataset
         except ImportError as e:
             raise RuntimeError(f"relpsp.data.load_dataset is not available ({e}); pass an .npz file instead") from e
-        loaded = load_dataset(dataset, split, data_dir)
+        loaded = load_dataset(dataset, split, data_dir, **dict(options or {}))
         x, y = loaded[0], loaded[1]
     x = _to_numpy(x, "x").astype(np.float64, copy=False)
     y = _to_numpy(y, "y")
