@@ -49,6 +49,7 @@ class DataConfig:
     augment: bool = False  # random shifts of up to max_shift pixels (images only)
     max_shift: int = 2  # with augment: largest shift in pixels, in each direction
     flip: bool = False  # with augment: also mirror each image left-right with probability 1/2
+    invert: bool = False  # image sets: x -> 1 - x before the latency code (dark pixels fire first)
     bias_input: float = -1.0  # feature sets (Yin-Yang): constant extra input of this intensity; < 0: none
     image_size: tuple[int, ...] = ()  # image folders (Caltech): (H, W); empty: the dataset's default
 

@@ -302,6 +302,8 @@ def data_options(cfg: Config) -> dict[str, Any]:
         opts["bias"] = cfg.data.bias_input
     if name == "caltech-face-motorbike" and cfg.data.image_size:
         opts["image_size"] = tuple(cfg.data.image_size)
+    if cfg.data.invert:
+        opts["invert"] = True  # refused by load_dataset for feature sets (Yin-Yang)
     return opts
 
 

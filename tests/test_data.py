@@ -326,6 +326,12 @@ def test_image_folder_layout(tmp_path):
     assert D.dataset_info("caltech", image_size=(16, 20)).input_shape == (1, 16, 20)
     xr, _ = D.load_dataset("caltech", "test", root=tmp_path / "caltech-face-motorbike", image_size=8)
     assert xr.shape == (6, 1, 8, 8)
+    xi, yi = D.load_dataset("caltech-face-motorbike", "train", data_dir=tmp_path, image_size=(16, 20), invert=True)
+    assert torch.equal(xi, 1.0 - x) and torch.equal(yi, y)
+    with pytest.raises(ValueError, match="invert must be true or false"):
+        D.load_dataset("caltech", "train", data_dir=tmp_path, invert="yes")
+    with pytest.raises(ValueError, match=r"takes no option.*invert"):
+        D.load_dataset("yinyang", "train", invert=True)
 
 
 def test_image_folder_errors(tmp_path):

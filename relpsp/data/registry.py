@@ -396,12 +396,12 @@ def _cifar_paths(folder: Path, split: str, fix: str) -> list[Path]:
 
 
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "mnist": ("verify",),
-    "mnist-pkl": ("verify",),
-    "fashion-mnist": ("verify",),
-    "caltech-face-motorbike": ("image_size", "root", "verify"),
+    "mnist": ("verify", "invert"),
+    "mnist-pkl": ("verify", "invert"),
+    "fashion-mnist": ("verify", "invert"),
+    "caltech-face-motorbike": ("image_size", "root", "verify", "invert"),
     "yinyang": ("num_samples", "seed", "r_small", "bias"),
-    "cifar10": (),
+    "cifar10": ("invert",),
 }
 
 
@@ -416,12 +416,24 @@ def load_dataset(
     - ``verify=True`` (mnist, mnist-pkl, fashion-mnist, caltech): check sha256 of every file read.
     - ``image_size=(64, 64)`` (H, W) and ``root`` (a folder with train/ and test/) for Caltech.
     - ``num_samples`` (default 5000 / 1000 / 1000), ``seed=0``, ``r_small=0.1``, ``bias=None`` for Yin-Yang.
+    - ``invert=False`` (image sets): return 1 - x, so that dark pixels carry the high intensities (and,
+      latency coded, fire first) and white ones never fire.
 
     Never downloads; see :func:`relpsp.data.fetch_dataset`.
     """
     name = canonical_name(name)
     _check_opts(name, opts, _OPTIONS[name])
     _check_split(name, split)
+    invert = opts.get("invert", False)
+    if not isinstance(invert, bool):
+        raise ValueError(f"invert must be true or false, got {invert!r}")
+    x, y = _load_split(name, split, data_dir, opts)
+    return (1.0 - x if invert else x), y
+
+
+def _load_split(
+    name: str, split: str, data_dir: str | os.PathLike[str] | None, opts: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
     folder = dataset_dir(name, data_dir)
     fix = fix_hint(name, data_dir)
     verify = bool(opts.get("verify", True))
