@@ -371,10 +371,11 @@ def test_cli_simulate_uses_the_checkpoints_data_options(tmp_path, capsys):
     summary = json.loads(out.read_text())
     assert summary["n_images"] == 50 and summary["compare"]["decision_agreement"] == 1.0
     assert commands_simulate.checkpoint_data_options(config_to_dict(cfg), "yinyang") == {"bias": 0.5}
-    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg), "mnist") == {}  # another dataset
+    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg), "mnist") == {}  # no bias there
     assert commands_simulate.checkpoint_data_options({}, "yinyang") == {}  # a NIR file: no settings
     inverted = config_to_dict(Config(data=DataConfig(dataset="caltech", invert=True, image_size=(32, 32))))
     assert commands_simulate.checkpoint_data_options(inverted, "caltech-face-motorbike") == {
         "image_size": (32, 32),
         "invert": True,
     }
+    assert commands_simulate.checkpoint_data_options(inverted, "mnist") == {"invert": True}  # as relpsp eval does

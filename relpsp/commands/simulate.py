@@ -119,21 +119,18 @@ def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def checkpoint_data_options(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """The loader options the checkpoint's network was trained with (e.g. Caltech's image size, Yin-Yang's
-    bias input), when ``dataset`` is the checkpoint's own dataset; none otherwise (another dataset, or a
-    NIR file, which carries no data settings)."""
-    if not cfg or not str(dataset) or str(dataset).endswith(".npz"):
+    """Loader options for ``dataset`` from the checkpoint's training config, as ``relpsp eval`` uses them:
+    the inversion of intensities, and Caltech's image size or Yin-Yang's bias input where ``dataset`` is
+    of that kind. None for an ``.npz`` file or a source without a config (a NIR file)."""
+    if not cfg or str(dataset).endswith(".npz"):
         return {}
+    import dataclasses
+
     from relpsp.config import config_from_dict
-    from relpsp.data import canonical_name
     from relpsp.train import data_options
 
     trained = config_from_dict(cfg)
-    try:
-        same = canonical_name(dataset) == canonical_name(trained.data.dataset)
-    except ValueError:  # an unknown name: load_inputs reports it
-        return {}
-    return data_options(trained) if same else {}
+    return data_options(dataclasses.replace(trained, data=dataclasses.replace(trained.data, dataset=dataset)))
 
 
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
