@@ -53,11 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", help="PNG file: accuracy against weight bits and time bits")
     args = ap.parse_args(argv)
 
+    from relpsp.commands.simulate import checkpoint_data_options
     from relpsp.sim import SimOptions, calibrate_time_window, load_inputs, network_from_checkpoint, simulate
 
     net, meta = network_from_checkpoint(args.checkpoint)
-    from relpsp.commands.simulate import checkpoint_data_options
-
     dataset = meta["config"]["data"]["dataset"]
     x, y = load_inputs(dataset, "test", args.data_dir, args.limit, checkpoint_data_options(meta["config"], dataset))
     window = calibrate_time_window(net, x[:1000], rule=args.window)

@@ -292,11 +292,13 @@ def _check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None
             )
 
 
-def data_options(cfg: Config) -> dict[str, Any]:
-    """Loader options implied by the data config (see ``relpsp.data.load_dataset``)."""
+def data_options(cfg: Config, dataset: str | None = None) -> dict[str, Any]:
+    """Loader options implied by the data config (see ``relpsp.data.load_dataset``) for ``dataset``
+    (default: the config's own): the inversion of intensities for any set, Caltech's image size and
+    Yin-Yang's bias input where ``dataset`` is of that kind."""
     from relpsp.data import canonical_name
 
-    name = canonical_name(cfg.data.dataset)
+    name = canonical_name(dataset or cfg.data.dataset)
     opts: dict[str, Any] = {}
     if name == "yinyang" and cfg.data.bias_input >= 0:
         opts["bias"] = cfg.data.bias_input

@@ -18,23 +18,20 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from relpsp.data import load_dataset
     from relpsp.train import data_options, evaluate, load_trained, set_threads
 
     set_threads(0)
     model, cfg, _ = load_trained(args.checkpoint)
-    if args.dataset:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=args.dataset))
-    x, y = load_dataset(cfg.data.dataset, args.split, args.data_dir or cfg.data.data_dir, **data_options(cfg))
+    dataset = args.dataset or cfg.data.dataset
+    x, y = load_dataset(dataset, args.split, args.data_dir or cfg.data.data_dir, **data_options(cfg, dataset))
     res = evaluate(model, x, y, args.batch_size, tau=cfg.train.tau)
     if args.json:
         print(json.dumps(res, indent=1))
     else:
         rates = " ".join(f"{r:.3f}" for r in res["firing_rates"])
         print(
-            f"{cfg.data.dataset} {args.split}: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, "
+            f"{dataset} {args.split}: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, "
             f"no output spike {100 * res['no_output_spike_fraction']:.2f}%, "
             f"mean decision time {res['mean_decision_time']:.4f}\nfiring rate per layer: {rates}"
         )

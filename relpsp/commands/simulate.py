@@ -119,18 +119,14 @@ def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def checkpoint_data_options(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """Loader options for ``dataset`` from the checkpoint's training config, as ``relpsp eval`` uses them:
-    the inversion of intensities, and Caltech's image size or Yin-Yang's bias input where ``dataset`` is
-    of that kind. None for an ``.npz`` file or a source without a config (a NIR file)."""
+    """Loader options for ``dataset`` from the checkpoint's training config (``relpsp.train.data_options``,
+    as ``relpsp eval`` uses them); none for an ``.npz`` file or a source without a config (a NIR file)."""
     if not cfg or str(dataset).endswith(".npz"):
         return {}
-    import dataclasses
-
     from relpsp.config import config_from_dict
     from relpsp.train import data_options
 
-    trained = config_from_dict(cfg)
-    return data_options(dataclasses.replace(trained, data=dataclasses.replace(trained.data, dataset=dataset)))
+    return data_options(config_from_dict(cfg), dataset)
 
 
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
