@@ -138,6 +138,24 @@ def test_forward_hand_cases(case, backend, dtype):
     assert_close("t_out_ref", ref, [[expected]], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_rows_of_every_length_match_oracle(backend, dtype):
+    """Rows with 0 to 70 input spikes (the numba kernel sorts short rows by insertion and long ones by
+    radix), on a coarse grid of times so that most rows hold ties, match the oracle."""
+    rng = np.random.default_rng(3)
+    n_in = 70
+    t_in = np.full((n_in + 1, n_in), INF)
+    for r in range(n_in + 1):  # row r has exactly r input spikes, in a random order of the columns
+        t_in[r, rng.permutation(n_in)[:r]] = rng.integers(0, 12, r) / 8.0
+    np_dtype = np.float64 if dtype == F64 else np.float32
+    weight = rng.normal(0.02, 0.3, (9, n_in)).astype(np_dtype).astype(np.float64)
+    expected = oracle.dense(t_in, weight, 1.0, INF)
+    assert np.isfinite(expected).sum() >= 100 and np.isinf(expected).sum() >= 100
+    out = relpsp_linear(_t(t_in, dtype), _t(weight, dtype), theta=1.0, t_max=INF, backend=backend)
+    assert_close("t_out", out, expected, dtype)
+
+
 @pytest.mark.parametrize("theta,t_max", [(1.0, INF), (1.0, 2.2), (2.5, INF)], ids=["theta1", "t_max2.2", "theta2.5"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -67,6 +67,26 @@ def _fire(a, b, out, ws, theta, t_next):  # pragma: no cover
     return fired
 
 
+# Rows with at most this many input spikes are sorted by insertion: the radix sort's fixed cost (zeroing
+# and scanning 256 counters per byte) dominates short rows such as a first convolution's 5x5 windows.
+_SMALL_SORT = 32
+
+
+@njit(cache=True, nogil=True)
+def _insertion_argsort(bits, order, n):  # pragma: no cover
+    """Sort ``order[:n]`` by the keys ``bits[:n]`` in place (``bits`` moves along), for short rows."""
+    for i in range(1, n):
+        kb = bits[i]
+        ko = order[i]
+        j = i - 1
+        while j >= 0 and bits[j] > kb:
+            bits[j + 1] = bits[j]
+            order[j + 1] = order[j]
+            j -= 1
+        bits[j + 1] = kb
+        order[j + 1] = ko
+
+
 @njit(cache=True, nogil=True)
 def _radix_argsort(bits, order, n, n_bytes, tmp_bits, tmp_order, count):  # pragma: no cover
     """Sort ``order[:n]`` by the unsigned keys ``bits[:n]`` (LSD radix, one byte per pass, passes where
@@ -109,8 +129,10 @@ def _fwd_rows(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r
                 bits[n] = np.uint64(t_bits[r, i]) if ti != 0.0 else np.uint64(0)  # fold -0.0 into 0
                 order[n] = n
                 n += 1
-        if n:
+        if n > _SMALL_SORT:
             _radix_argsort(bits, order, n, n_bytes, tmp_bits, tmp_order, count)
+        elif n > 1:
+            _insertion_argsort(bits, order, n)
         out = t_out[r]
         ws = w_sum[r]
         a[:] = 0.0
