@@ -31,6 +31,7 @@ from relpsp.sim import (
     network_from_checkpoint,
     quantize_weight,
     resolve_time_window,
+    run_layer,
     simulate,
 )
 from tests.helpers import assert_close
@@ -85,6 +86,37 @@ def test_matches_torch_model(arch, shape, t_max, backend):
     # The test is only meaningful with both firing and silent neurons somewhere.
     hidden = np.concatenate([t.reshape(-1) for t in res.layer_times[1:-1]])
     assert np.isfinite(hidden).any() and np.isinf(hidden).any()
+
+
+@pytest.mark.parametrize("backend", SIM_BACKENDS)
+@pytest.mark.parametrize(("arch", "shape"), NETWORKS)
+def test_run_layer_is_one_step_of_simulate(arch, shape, backend):
+    """Fed the recorded input of layer i, run_layer gives the recorded output of layer i (every layer kind),
+    and on the torch model's own per-layer inputs it gives the torch layer's outputs."""
+    model, net = _model_and_net(arch, shape, t_max=1.7)
+    x = _images(shape)
+    opts = SimOptions(backend=backend)
+    res = simulate(net, x, opts, record_layers=True)
+    assert res.layer_times is not None
+    with torch.no_grad():
+        torch_times = [o.numpy() for o in layer_outputs(model, torch.from_numpy(x))]
+    for i in range(len(net.layers)):
+        got = run_layer(net, i, res.layer_times[i], opts)
+        np.testing.assert_array_equal(got, res.layer_times[i + 1])
+        from_torch = run_layer(net, i, torch_times[i].reshape(res.layer_times[i].shape), opts)
+        assert_close(
+            f"{arch} layer {i}", from_torch.reshape(torch_times[i + 1].shape), torch_times[i + 1], torch.float64
+        )
+
+
+def test_run_layer_validates():
+    _, net = _model_and_net("12-16-10", (12,))
+    with pytest.raises(ValueError, match="out of range"):
+        run_layer(net, len(net.layers), np.zeros((1, 12)))
+    with pytest.raises(ValueError, match=r"spike times \[B, 12\]"):
+        run_layer(net, 0, np.zeros((1, 13)))
+    with pytest.raises(ValueError, match="time grid"):
+        run_layer(net, 0, np.zeros((1, 12)), SimOptions(time_bits=8, time_window=2.0))
 
 
 @pytest.mark.parametrize("backend", SIM_BACKENDS)

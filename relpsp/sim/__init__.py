@@ -21,6 +21,7 @@ from relpsp.sim.engine import (
     fire_rows,
     latency_encode_np,
     resolve_time_window,
+    run_layer,
     simulate,
 )
 from relpsp.sim.inputs import load_inputs
@@ -59,5 +60,6 @@ __all__ = [
     "network_from_checkpoint",
     "quantize_weight",
     "resolve_time_window",
+    "run_layer",
     "simulate",
 ]

@@ -57,6 +57,7 @@ __all__ = [
     "fire_rows",
     "latency_encode_np",
     "resolve_time_window",
+    "run_layer",
     "simulate",
 ]
 
@@ -346,6 +347,47 @@ def _effective_weights(net: SimNetwork, weight_bits: int | None) -> list[np.ndar
     return out
 
 
+def _fire_layer(
+    layer: SimDense | SimConv, w: np.ndarray, t: np.ndarray, t_cut: float, backend: str
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """One spiking layer on input times ``t`` -> ``(rows, t_rows, to_layer)``: the rows of shared input
+    events, their output times ``[R, N]`` and a function that lays rows out as the layer's output."""
+    if isinstance(layer, SimDense):
+        return t, fire_rows(t, w, layer.theta, t_cut, backend), lambda r: r
+    b, c_out = t.shape[0], w.shape[0]
+    rows, h_out, w_out = _conv_rows(t, layer.kernel, layer.stride, layer.padding)
+    t_rows = fire_rows(rows, w.reshape(c_out, -1), layer.theta, t_cut, backend)
+    return rows, t_rows, lambda r: r.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
+
+
+def run_layer(net: SimNetwork, index: int, t: Any, options: SimOptions | None = None) -> np.ndarray:
+    """Layer ``index`` of ``net`` (0-based, as ``net.layers``) alone on given input spike times ``t``
+    ``[B, *in_shape]`` (inf = no spike) -> its output times in float64: the same computation as one step
+    of ``simulate`` without a time grid (weights rounded to ``options.weight_bits`` if set). Lets a check
+    feed every layer the *same* input spikes as another implementation, so that a difference in one
+    layer is not confused with one carried in from the layers before."""
+    options = options or SimOptions()
+    if not 0 <= index < len(net.layers):
+        raise ValueError(f"layer index {index} out of range for a network of {len(net.layers)} layers")
+    if options.time_bits is not None:
+        raise ValueError("run_layer runs without a time grid; time_bits must be None")
+    layer = net.layers[index]
+    t = np.asarray(t, dtype=np.float64)
+    in_shape = net.shapes[index]
+    if t.ndim < 1 or tuple(t.shape[1:]) != tuple(in_shape):
+        raise ValueError(f"layer {index} takes spike times [B, {', '.join(map(str, in_shape))}], got {t.shape}")
+    if isinstance(layer, SimFlatten):
+        return t.reshape(t.shape[0], -1)
+    if isinstance(layer, SimPool):
+        return _pool(t, layer.kernel, layer.step)
+    w = _effective_weights(net, options.weight_bits)[index]
+    assert w is not None
+    _, t_rows, to_layer = _fire_layer(
+        layer, w, t, min(layer.t_max, options.t_cutoff), _resolve_backend(options.backend)
+    )
+    return to_layer(t_rows)
+
+
 def _run_batch(
     net: SimNetwork,
     x: np.ndarray,
@@ -384,24 +426,16 @@ def _run_batch(
             if grid is not None:
                 t_cut = min(t_cut, grid.window)
             if isinstance(layer, SimDense):
-                rows = t
                 syn[:, i] = spikes_in[:, i] * w.shape[0]
-                t_rows = fire_rows(rows, w, layer.theta, t_cut, backend)
-                t_new = t_rows
             else:
-                k, c_out = layer.kernel, w.shape[0]
-                reach = conv_reach(t.shape[2:], k, layer.stride, layer.padding)
-                syn[:, i] = (fired_in * reach).reshape(b, -1).sum(1) * c_out
-                rows, h_out, w_out = _conv_rows(t, k, layer.stride, layer.padding)
-                t_rows = fire_rows(rows, w.reshape(c_out, -1), layer.theta, t_cut, backend)
-                t_new = t_rows.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
+                reach = conv_reach(t.shape[2:], layer.kernel, layer.stride, layer.padding)
+                syn[:, i] = (fired_in * reach).reshape(b, -1).sum(1) * w.shape[0]
+            rows, t_rows, to_layer = _fire_layer(layer, w, t, t_cut, backend)
             if grid is not None:
                 t_rows = grid.quantize(t_rows)
                 t_rows = np.where(t_rows <= t_cut * (1 + 1e-12), t_rows, np.inf)
-                if isinstance(layer, SimDense):
-                    t_new = t_rows
-                else:
-                    t_new = t_rows.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
+            t_new = to_layer(t_rows)
+            if grid is not None:
                 assert upd is not None
                 # Clocked updates: from the tick of the first input event to the firing tick (or to the
                 # last tick the cut-off allows, for a neuron that never fires).
