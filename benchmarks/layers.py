@@ -1,6 +1,6 @@
 """Forward and forward+backward time of the paper's layers at batch 256, per implementation.
 
-    python -m benchmarks.layers [--batch 256] [--impls numba,torch,ref] [--out FILE.json]
+    python -m benchmarks.layers [--batch 256] [--impls numba,torch,ref] [--threads N] [--out FILE.json]
 
 Layers: 784-800 and 800-10 (the MNIST MLP), and the two convolutions of 16C5-P2-32C5-P2-800-128-10
 (1->16 C5 on 28x28, 16->32 C5 on 12x12). Inputs are realistic: MNIST test images (about 19% of pixels
@@ -56,12 +56,12 @@ def _rows_cost(case: str, t_in: torch.Tensor, weight: torch.Tensor) -> int:
     return t_in.shape[0] * t_in.shape[1] * weight.shape[0]
 
 
-def run_one(case: str, impl: str, batch: int, device: str) -> dict:
+def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0) -> dict:
     from relpsp.functional import relpsp_conv2d, relpsp_conv2d_ref, relpsp_linear, relpsp_linear_ref
     from relpsp.train import set_threads
 
     if device == "cpu":
-        set_threads(0)
+        set_threads(threads)
     t_in, weight, kind, source = _inputs(case, batch, device)
     if impl == "ref" and _rows_cost(case, t_in, weight) * t_in.element_size() * 6 > REF_LIMIT_BYTES:
         return {"case": case, "impl": impl, "skipped": "reference needs more than 6 GiB here"}
@@ -125,16 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", default="numba,torch,ref")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (torch and numba; 0: all cores)")
     ap.add_argument("--out", help="JSON file for the results")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads < 0:
+        ap.error("--threads must be >= 0")
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.batch, args.device)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.batch, args.device, args.threads)))
         return 0
     from relpsp.train import set_threads
 
     if args.device == "cpu":
-        set_threads(0)
+        set_threads(args.threads)
     env = environment(args.device)
     print("environment:", json.dumps(env))
     rows = []
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.batch),
                 "--device",
                 args.device,
+                "--threads",
+                str(args.threads),
             ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
