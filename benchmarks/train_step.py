@@ -1,7 +1,8 @@
 """Full training step (forward, backward, Adam) per architecture: samples/s and peak memory.
 
     python -m benchmarks.train_step [--archs 784-800-10,16C5-P2-32C5-P2-800-128-10] [--batch 256]
-                                    [--device cpu|cuda] [--backend auto] [--steps 10] [--out FILE.json]
+                                    [--device cpu|cuda] [--backend auto] [--steps 10] [--threads N]
+                                    [--out FILE.json]
 
 Inputs are MNIST training images (28x28 archs; about 19% of pixels spike) or, for 3-channel archs,
 synthetic 32x32x3 images with the same fraction of lit pixels. Each architecture is timed in a fresh
@@ -24,13 +25,13 @@ from benchmarks.common import environment, mnist_like_batch, peak_rss_mib, write
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 
 
-def run_one(arch: str, batch: int, device: str, backend: str, steps: int) -> dict:
+def run_one(arch: str, batch: int, device: str, backend: str, steps: int, threads: int = 0) -> dict:
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.models import build_model
     from relpsp.train import set_threads
 
     if device == "cpu":
-        set_threads(0)
+        set_threads(threads)
     three_channel = arch.startswith("64C3")
     shape = (3, 32, 32) if three_channel else (1, 28, 28)
     torch.manual_seed(0)
@@ -93,12 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (torch and numba; 0: all cores)")
     ap.add_argument("--out")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads < 0:
+        ap.error("--threads must be >= 0")
     if args.one:
-        print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps)))
+        print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps, args.threads)))
         return 0
+    if args.device == "cpu" and args.threads:
+        from relpsp.train import set_threads
+
+        set_threads(args.threads)  # so that the environment printed below shows the threads used
     env = environment(args.device)
     print("environment:", json.dumps(env))
     rows = []
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             args.backend,
             "--steps",
             str(args.steps),
+            "--threads",
+            str(args.threads),
         ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:

@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -29,7 +30,14 @@ from relpsp.kernels import (
     triton_interpreted,
 )
 
-__all__ = ["BACKENDS", "RelpspLinearFn", "relpsp_linear_rows", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "RelpspConv2dFn",
+    "RelpspLinearFn",
+    "conv_kernel_applies",
+    "relpsp_linear_rows",
+    "resolve_backend",
+]
 
 BACKENDS = ("auto", "torch", "numba", "triton")
 _NUMBA_DTYPES = (torch.float32, torch.float64)
@@ -129,3 +137,62 @@ def relpsp_linear_rows(
     concrete = resolve_backend(backend, t_in)
     t_out, _ = RelpspLinearFn.apply(t_in, weight, float(theta), float(t_max), float(w_sum_min), concrete)
     return t_out
+
+
+def conv_kernel_applies(padded_hw: tuple[int, int], kernel: tuple[int, int]) -> bool:
+    """Whether the numba convolution kernel (one sort per image, windows read from a rank bitmap of
+    C*Hp*Wp/64 words) beats sorting every im2col row: when the bitmap is no longer than a window."""
+    return padded_hw[0] * padded_hw[1] <= 64 * kernel[0] * kernel[1]
+
+
+class RelpspConv2dFn(torch.autograd.Function):
+    """Numba-only ``(t_pad [B, C, Hp, Wp], weight [C_out, C, kh, kw]) -> (t_rows, w_sum)``, both
+    ``[B * H_out * W_out, C_out]`` in im2col row order; ``t_pad`` is the input already padded with +inf.
+
+    The forward sorts each image's spikes once (``cpu_numba.conv_fwd``); the backward unfolds ``t_pad``
+    into rows, applies the dense backward to them and folds the row gradients back onto the image, so
+    the gradients are those of the im2col path exactly.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        t_pad: Tensor, weight: Tensor, stride: tuple[int, int], theta: float, t_max: float, w_sum_min: float
+    ) -> tuple[Tensor, Tensor]:
+        k = load_cpu_kernels()
+        t_out, w_sum = k.conv_fwd(t_pad.detach().numpy(), weight.detach().numpy(), stride, theta, t_max)
+        return torch.from_numpy(t_out), torch.from_numpy(w_sum)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        t_pad, weight, stride, _theta, _t_max, w_sum_min = inputs
+        t_out, w_sum = output
+        ctx.save_for_backward(t_pad, weight, t_out, w_sum)
+        ctx.mark_non_differentiable(w_sum)
+        ctx.stride = stride
+        ctx.w_sum_min = w_sum_min
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor, _grad_w_sum: Tensor | None) -> tuple[Tensor | None, ...]:
+        t_pad, weight, t_out, w_sum = ctx.saved_tensors
+        need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_in or need_w):
+            return None, None, None, None, None, None
+        b, _c, hp, wp = t_pad.shape
+        kernel = (weight.shape[2], weight.shape[3])
+        cols = F.unfold(t_pad, kernel, stride=ctx.stride)  # [B, C*kh*kw, L]
+        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
+        g_rows, g_w = load_cpu_kernels().linear_bwd(
+            grad_out.contiguous().numpy(),
+            rows.numpy(),
+            weight.reshape(weight.shape[0], -1).numpy(),
+            t_out.numpy(),
+            w_sum.numpy(),
+            ctx.w_sum_min,
+        )
+        g_in = None
+        if need_in:
+            g_cols = torch.from_numpy(g_rows).reshape(b, -1, cols.shape[1]).transpose(1, 2)
+            g_in = F.fold(g_cols, (hp, wp), kernel, stride=ctx.stride)
+        g_weight = torch.from_numpy(g_w).reshape(weight.shape) if need_w else None
+        return g_in, g_weight, None, None, None, None

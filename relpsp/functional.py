@@ -25,7 +25,7 @@ from relpsp._validate import (
     check_spike_times,
     check_t_max,
 )
-from relpsp.autograd import relpsp_linear_rows
+from relpsp.autograd import RelpspConv2dFn, conv_kernel_applies, relpsp_linear_rows, resolve_backend
 from relpsp.core import dense as _dense
 from relpsp.core.dense import W_SUM_MIN
 
@@ -163,6 +163,21 @@ def relpsp_conv2d(
     """
     _check_conv(t_in, weight, theta, t_max)
     check_finite_positive("w_sum_min", w_sum_min)
+    kernel = (weight.shape[2], weight.shape[3])
+    stride_hw, padding_hw = _pair("stride", stride, 1), _pair("padding", padding, 0)
+    padded_hw = (t_in.shape[2] + 2 * padding_hw[0], t_in.shape[3] + 2 * padding_hw[1])
+    if resolve_backend(backend, t_in) == "numba" and conv_kernel_applies(padded_hw, kernel):
+        if padded_hw[0] < kernel[0] or padded_hw[1] < kernel[1]:
+            raise ValueError(f"kernel {kernel} is larger than the (padded) input {padded_hw[0]}x{padded_hw[1]}")
+        t_pad = t_in
+        if padding_hw != (0, 0):
+            t_pad = F.pad(t_in, (padding_hw[1], padding_hw[1], padding_hw[0], padding_hw[0]), value=math.inf)
+        t_rows, _ = RelpspConv2dFn.apply(
+            t_pad.contiguous(), weight, stride_hw, float(theta), float(t_max), float(w_sum_min)
+        )
+        h_out = (padded_hw[0] - kernel[0]) // stride_hw[0] + 1
+        w_out = (padded_hw[1] - kernel[1]) // stride_hw[1] + 1
+        return t_rows.reshape(t_in.shape[0], h_out, w_out, weight.shape[0]).permute(0, 3, 1, 2)
     return _conv(
         t_in,
         weight,

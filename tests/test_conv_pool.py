@@ -12,11 +12,35 @@ import numpy as np
 import pytest
 import torch
 
+import relpsp.functional as functional_module
+from relpsp.autograd import conv_kernel_applies
 from relpsp.functional import min_time_pool2d, relpsp_conv2d, relpsp_conv2d_ref
 from tests import oracle
-from tests.helpers import BACKENDS, DTYPES, assert_close
+from tests.helpers import DTYPES, assert_close
 
 INF = math.inf
+
+# "numba" runs the convolution kernel (one sort per image) wherever it applies, which is every case
+# here; "numba-rows" forces the numba dense kernel on im2col rows, the path of larger images.
+CONV_BACKENDS = [
+    pytest.param("torch", id="torch"),
+    pytest.param("numba", id="numba"),
+    pytest.param("numba-rows", id="numba-rows"),
+]
+
+
+@pytest.fixture
+def use_backend(monkeypatch):
+    """``use_backend(name)`` -> the backend argument for ``relpsp_conv2d``; "numba-rows" switches the
+    convolution kernel off for the test."""
+
+    def pick(name: str) -> str:
+        if name == "numba-rows":
+            monkeypatch.setattr(functional_module, "conv_kernel_applies", lambda *_: False)
+            return "numba"
+        return name
+
+    return pick
 
 
 def _t(x, dtype, grad: bool = False) -> torch.Tensor:
@@ -52,8 +76,9 @@ CONV_CONFIGS = [
 
 @pytest.mark.parametrize("kernel,stride,padding", CONV_CONFIGS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_conv_forward_matches_oracle(backend, dtype, kernel, stride, padding):
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
+def test_conv_forward_matches_oracle(impl, use_backend, dtype, kernel, stride, padding):
+    backend = use_backend(impl)
     t_np, w_np = conv_case(100, dtype, kernel)
     t_max = 2.5
     expected = oracle.conv2d(t_np, w_np, stride, padding, 1.0, t_max)
@@ -66,8 +91,9 @@ def test_conv_forward_matches_oracle(backend, dtype, kernel, stride, padding):
     assert_close("t_out_ref", ref, expected, dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_conv_padding_never_spikes(backend):
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
+def test_conv_padding_never_spikes(impl, use_backend):
+    backend = use_backend(impl)
     # One spike at the centre of a 3x3 input, all weights 2: with padding 1 and a 3x3 kernel every
     # output position sees the spike and fires at 0.5 after it. Padding that spiked at t = 0 would make
     # every position fire earlier; padding that spiked at all would make a position with no real input
@@ -84,8 +110,9 @@ def test_conv_padding_never_spikes(backend):
     assert_close("oracle", oracle.conv2d(t.numpy(), w.numpy(), 1, 2), expected, torch.float64)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_conv_pair_stride_and_padding(backend):
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
+def test_conv_pair_stride_and_padding(impl, use_backend):
+    backend = use_backend(impl)
     t_np, w_np = conv_case(101, torch.float64, (2, 3), hw=(6, 8))
     out = relpsp_conv2d(
         _t(t_np, torch.float64), _t(w_np, torch.float64), stride=(1, 2), padding=(1, 0), backend=backend
@@ -112,8 +139,9 @@ def _grads(fn, t_in, weight, grad_out):
 
 @pytest.mark.parametrize("kernel,stride,padding", CONV_CONFIGS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_conv_backward_matches_ref(backend, dtype, kernel, stride, padding):
+@pytest.mark.parametrize("impl", CONV_BACKENDS)
+def test_conv_backward_matches_ref(impl, use_backend, dtype, kernel, stride, padding):
+    backend = use_backend(impl)
     t_np, w_np = conv_case(110, dtype, kernel)
     t_in, weight = _t(t_np, dtype), _t(w_np, dtype)
     shape = oracle.conv2d(t_np, w_np, stride, padding).shape
@@ -128,9 +156,10 @@ def test_conv_backward_matches_ref(backend, dtype, kernel, stride, padding):
     assert (g_in[1, :, :3, :3] == 0).all()  # inputs that never spike
 
 
-@pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
+@pytest.mark.parametrize("impl", ["ref", "torch", "numba", "numba-rows"])
 @pytest.mark.parametrize("kernel,stride,padding", CONV_CONFIGS)
-def test_conv_grads_match_oracle(kernel, stride, padding, impl):
+def test_conv_grads_match_oracle(kernel, stride, padding, impl, use_backend):
+    backend = use_backend(impl)
     t_np, w_np = conv_case(120, torch.float64, kernel)
     kw = dict(stride=stride, padding=padding, t_max=2.5)
     g_np = np.random.default_rng(121).normal(size=oracle.conv2d(t_np, w_np, stride, padding).shape)
@@ -142,13 +171,52 @@ def test_conv_grads_match_oracle(kernel, stride, padding, impl):
     else:
 
         def fn(t, w):
-            return relpsp_conv2d(t, w, backend=impl, **kw)
+            return relpsp_conv2d(t, w, backend=backend, **kw)
 
     _, g_in, g_w = _grads(fn, _t(t_np, torch.float64), _t(w_np, torch.float64), _t(g_np, torch.float64))
     assert_close("grad_t_in", g_in, exp_in, torch.float64, kind="grad")
     assert_close("grad_weight", g_w, exp_w, torch.float64, kind="grad")
     # Inputs in the silent region and padding get nothing; the region's own entries are exactly 0.
     assert (g_in[1, :, :3, :3] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape,kernel,stride",
+    [((3, 4, 13, 11), (5, 5), (1, 1)), ((2, 3, 12, 12), (3, 2), (2, 3)), ((2, 1, 28, 28), (5, 5), (1, 1))],
+    ids=["c4_k5", "c3_k3x2_s2x3", "c1_28x28_k5"],
+)
+def test_conv_kernel_equals_dense_kernel_on_rows(shape, kernel, stride, dtype):
+    """``cpu_numba.conv_fwd`` (one sort per image, windows read from a rank bitmap) gives bit for bit
+    what ``linear_fwd`` gives on the im2col rows: images with hundreds of spikes (several bitmap words,
+    radix-sorted) and with few (insertion-sorted), ties, and an image with no spike at all."""
+    pytest.importorskip("numba")
+    from relpsp.kernels import cpu_numba
+
+    rng = np.random.default_rng(7)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    t = rng.integers(0, 64, shape) / 32.0  # a coarse grid: many ties
+    t[rng.random(shape) < 0.3] = INF
+    t[0, :, 1:4, :] = 0.0  # inputs at t = 0
+    t[-1] = INF  # an image with no spike
+    t = t.astype(np_dtype)
+    if shape[1] == 1:
+        t[1, 0, rng.random(shape[2:]) < 0.9] = INF  # a sparse image: few spikes per window
+    weight = rng.normal(0.1, 0.4, (6, shape[1], *kernel)).astype(np_dtype)
+    rows = torch.nn.functional.unfold(torch.from_numpy(t), kernel, stride=stride)
+    rows = rows.transpose(1, 2).reshape(-1, rows.shape[1]).contiguous().numpy()
+    expected = cpu_numba.linear_fwd(rows, weight.reshape(6, -1), 1.0, 2.5)
+    got = cpu_numba.conv_fwd(t, weight, stride, 1.0, 2.5)
+    assert np.isfinite(expected[0]).mean() > 0.2 and np.isinf(expected[0]).mean() > 0.05
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_conv_kernel_applies_where_the_bitmap_is_no_longer_than_a_window():
+    assert conv_kernel_applies((12, 12), (5, 5))  # the paper's second convolution
+    assert conv_kernel_applies((28, 28), (5, 5))
+    assert not conv_kernel_applies((34, 34), (3, 3))  # a padded 32x32 image under a 3x3 kernel
+    assert not conv_kernel_applies((9, 9), (1, 1))
 
 
 def _conv_gradcheck_case(seed: int, stride: int, padding: int):
