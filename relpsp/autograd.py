@@ -192,7 +192,7 @@ class RelpspConv2dFn(torch.autograd.Function):
         )
         g_in = None
         if need_in:
-            g_cols = torch.from_numpy(g_rows).reshape(b, -1, cols.shape[1]).transpose(1, 2)
+            g_cols = torch.from_numpy(g_rows).reshape(b, cols.shape[2], cols.shape[1]).transpose(1, 2)
             g_in = F.fold(g_cols, (hp, wp), kernel, stride=ctx.stride)
         g_weight = torch.from_numpy(g_w).reshape(weight.shape) if need_w else None
         return g_in, g_weight, None, None, None, None

@@ -154,10 +154,12 @@ def test_empty_batch_gives_empty_output_and_zero_gradient(backend):
     out.sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w))
     wc = W_CONV.clone().requires_grad_()
-    out = relpsp_conv2d(torch.zeros(0, 1, 5, 5), wc, backend=backend)
+    tc = torch.zeros(0, 1, 5, 5, requires_grad=True)
+    out = relpsp_conv2d(tc, wc, backend=backend)
     assert out.shape == (0, 2, 3, 3)
     out.sum().backward()
     assert torch.equal(wc.grad, torch.zeros_like(wc))
+    assert tc.grad is not None and tc.grad.shape == (0, 1, 5, 5)
     model = build_model("2C3-P3-3", (1, 5, 5), backend=backend)
     assert model(torch.zeros(0, 1, 5, 5)).shape == (0, 3)
     assert float(spike_time_cross_entropy(torch.zeros(0, 3), TARGET[:0], reduction="sum")) == 0.0
