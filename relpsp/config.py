@@ -37,7 +37,9 @@ class ModelConfig:
     init_mean: float = 5.0  # weight mean = init_mean * theta / fan_in
     init_std: float = 1.0  # weight std = init_std * theta / sqrt(fan_in)
     kernel: str = "relpsp"  # "relpsp" (the paper's neuron) | "alpha" (decaying baseline, dense layers only)
+    #                         | "window" (per-layer time windows, dynamic threshold: relpsp.window; a departure)
     kernel_tau: float = 1.0  # alpha kernel: time to the PSP peak
+    window: float = 1.0  # window kernel: length of every spiking layer's time window
 
 
 @dataclass(frozen=True)

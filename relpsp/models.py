@@ -25,6 +25,8 @@ from relpsp.nn import (
     MinTimePool2d,
     SpikingConv2d,
     SpikingLinear,
+    WindowConv2d,
+    WindowLinear,
 )
 
 __all__ = [
@@ -44,8 +46,9 @@ __all__ = [
 #: "784-8000000-10" should fail with a message, not with an out-of-memory error.
 MAX_WEIGHTS = 2**30
 
-#: PSP kernels: the paper's rectified linear one, and a decaying alpha kernel as a baseline (dense only).
-KERNELS = ("relpsp", "alpha")
+#: Neurons: the paper's ReL-PSP one; a decaying alpha kernel as a baseline (dense only); and ReL-PSP in
+#: per-layer time windows with a dynamic threshold (``relpsp.window``, a departure from the paper).
+KERNELS = ("relpsp", "alpha", "window")
 
 
 def count_weights(specs: list) -> int:
@@ -72,17 +75,24 @@ def build_model(
     init_std: float = DEFAULT_INIT_STD,
     kernel: str = "relpsp",
     kernel_tau: float = 1.0,
+    window: float = 1.0,
 ) -> nn.Sequential:
     """Build the network for ``arch``. ``input_shape`` is ``(N,)`` or ``(C, H, W)``; for an MLP it may be
     omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
     spiking layer (inf = none). ``kernel``: ``"relpsp"`` (the paper's neuron) or ``"alpha"`` (the decaying
-    baseline of ``relpsp.alpha``, time to peak ``kernel_tau``; dense layers only)."""
+    baseline of ``relpsp.alpha``, time to peak ``kernel_tau``; dense layers only) or ``"window"`` (the
+    windowed neuron of ``relpsp.window``: spiking layer l fires in ``[t_in + (l-1) window, t_in + l window]``;
+    ``theta`` and ``t_max`` do not apply)."""
     kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
     check_finite_positive("t_in", t_in)  # the coding window (LatencyEncode calls it t_max)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     check_finite_positive("kernel_tau", kernel_tau)
+    check_finite_positive("window", window)
+    if kernel == "window" and math.isfinite(t_max):
+        raise ValueError("kernel 'window' has its own time windows; t_max (a cut-off) does not apply, leave it inf")
     modules: list[nn.Module] = []
+    n_spiking = 0
     specs = parse_arch(arch, input_shape)
     n_weights = count_weights(specs)
     if n_weights > MAX_WEIGHTS:
@@ -95,6 +105,25 @@ def build_model(
             modules.append(LatencyEncode(t_in, zero_fires))
         elif isinstance(spec, FlattenSpec):
             modules.append(nn.Flatten())
+        elif isinstance(spec, (DenseSpec, ConvSpec)) and kernel == "window":
+            n_spiking += 1
+            start, end = t_in + (n_spiking - 1) * window, t_in + n_spiking * window
+            init = dict(init_mean=init_mean, init_std=init_std)
+            if isinstance(spec, DenseSpec):
+                modules.append(WindowLinear(spec.n_in, spec.n_out, t_start=start, t_end=end, **init))
+            else:
+                modules.append(
+                    WindowConv2d(
+                        spec.c_in,
+                        spec.c_out,
+                        spec.kernel,
+                        stride=spec.stride,
+                        padding=spec.padding,
+                        t_start=start,
+                        t_end=end,
+                        **init,
+                    )
+                )
         elif isinstance(spec, DenseSpec) and kernel == "alpha":
             alpha_kw = dict(theta=theta, t_max=t_max, init_mean=init_mean, init_std=init_std)
             modules.append(AlphaSpikingLinear(spec.n_in, spec.n_out, tau=kernel_tau, **alpha_kw))
@@ -134,6 +163,7 @@ def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
         init_std=cfg.init_std,
         kernel=cfg.kernel,
         kernel_tau=cfg.kernel_tau,
+        window=cfg.window,
     )
 
 

@@ -17,6 +17,7 @@ from relpsp._validate import check_finite, check_finite_positive, check_non_nega
 from relpsp.alpha import alpha_linear
 from relpsp.autograd import BACKENDS
 from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
+from relpsp.window import window_conv2d, window_linear
 
 __all__ = [
     "DEFAULT_INIT_MEAN",
@@ -26,6 +27,8 @@ __all__ = [
     "MinTimePool2d",
     "SpikingConv2d",
     "SpikingLinear",
+    "WindowConv2d",
+    "WindowLinear",
 ]
 
 DEFAULT_INIT_MEAN = 5.0
@@ -128,6 +131,36 @@ class AlphaSpikingLinear(_DenseLayer):
         return f"{self.in_features}, {self.out_features}, theta={self.theta}, tau={self.tau}, t_max={self.t_max}"
 
 
+def _check_window_edges(t_start: float, t_end: float) -> tuple[float, float]:
+    if not (math.isfinite(t_start) and math.isfinite(t_end) and t_end > t_start):
+        raise ValueError(f"the window must be finite with t_end > t_start, got [{t_start}, {t_end}]")
+    return float(t_start), float(t_end)
+
+
+class WindowLinear(_DenseLayer):
+    """Dense layer of windowed neurons with a dynamic threshold (``relpsp.window``; a departure from the
+    paper): fires in ``[t_start, t_end]``, every input having fired by ``t_start``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        t_start: float,
+        t_end: float,
+        init_mean: float = DEFAULT_INIT_MEAN,
+        init_std: float = DEFAULT_INIT_STD,
+    ) -> None:
+        super().__init__(in_features, out_features, 1.0, math.inf, init_mean, init_std)
+        self.t_start, self.t_end = _check_window_edges(t_start, t_end)
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        return window_linear(t_in, self.weight, t_start=self.t_start, t_end=self.t_end)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, window=[{self.t_start}, {self.t_end}]"
+
+
 class SpikingConv2d(nn.Module):
     """Exact ReL-PSP convolution: ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]`` spike times."""
 
@@ -174,6 +207,47 @@ class SpikingConv2d(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, theta={self.theta}, t_max={self.t_max}"
+        )
+
+
+class WindowConv2d(nn.Module):
+    """Convolution of windowed neurons with a dynamic threshold (``relpsp.window``; a departure from the
+    paper): ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]`` spike times in ``[t_start, t_end]``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        t_start: float,
+        t_end: float,
+        stride: int = 1,
+        padding: int = 0,
+        init_mean: float = DEFAULT_INIT_MEAN,
+        init_std: float = DEFAULT_INIT_STD,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.stride = check_positive_int("stride", stride)
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
+        self.padding = padding
+        self.t_start, self.t_end = _check_window_edges(t_start, t_end)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        _init_weight(self.weight, in_channels * kernel_size**2, 1.0, init_mean, init_std)
+
+    def forward(self, t_in: Tensor) -> Tensor:
+        return window_conv2d(
+            t_in, self.weight, stride=self.stride, padding=self.padding, t_start=self.t_start, t_end=self.t_end
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, window=[{self.t_start}, {self.t_end}]"
         )
 
 

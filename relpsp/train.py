@@ -76,12 +76,14 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.ckpt"
 
 
-def set_threads(threads: int) -> None:
+def set_threads(threads: int, torch_heavy: bool = False) -> None:
     """Give the cores to the compiled kernels. torch and numba each bring their own OpenMP pool; when both
     run several threads they fight for the cores (we measured training 5x slower), so torch, which only does
-    small elementwise work here, gets one thread and numba gets ``threads`` (0: all cores)."""
+    small elementwise work here, gets one thread and numba gets ``threads`` (0: all cores). With
+    ``torch_heavy`` (networks whose layers are torch matrix products, such as the windowed neuron) torch gets
+    them instead."""
     n = threads or os.cpu_count() or 1
-    if set_cpu_kernel_threads(n):
+    if set_cpu_kernel_threads(1 if torch_heavy else n) and not torch_heavy:
         torch.set_num_threads(1)
     else:
         torch.set_num_threads(n)
@@ -241,6 +243,8 @@ def _validate(cfg: Config) -> None:
         raise ValueError("data.val_size and data.train_size must be >= 0")
     if not 0 <= cfg.data.max_shift <= 64:
         raise ValueError(f"data.max_shift must be in [0, 64], got {cfg.data.max_shift}")
+    if cfg.model.kernel == "window" and t.silent_penalty > 0:
+        raise ValueError("train.silent_penalty does not apply to kernel window: every windowed neuron fires")
     if cfg.model.kernel == "alpha":
         if t.silent_penalty > 0:
             raise ValueError(
@@ -627,7 +631,7 @@ def fit(
         threads = cfg.train.threads
         if not threads and ctx.local_world_size > 1:  # share the cores between this machine's processes
             threads = max(1, (os.cpu_count() or 1) // ctx.local_world_size)
-        set_threads(threads)
+        set_threads(threads, torch_heavy=cfg.model.kernel == "window")
     splits = splits if splits is not None else load_splits(cfg)
     _check_splits(cfg, splits)
     x_tr, y_tr = splits["train"]

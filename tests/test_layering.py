@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"_validate", "_types", "config", "arch", "checkpoint", "data"},
     {"core", "kernels"},
     {"autograd"},
-    {"functional", "alpha"},
+    {"functional", "alpha", "window"},
     {"nn"},
     {"models", "sim"},
     {"train", "hw", "export", "plots"},

@@ -1,0 +1,109 @@
+"""Departure from the paper: ReL-PSP neurons in per-layer time windows with a dynamic threshold.
+
+After the same group's later work (Wei et al., ICCV 2023); not the model of Zhang et al. 2021, and
+reported apart from it. Spiking layer l (1-based) may fire only in its own window [s_l, e_l] and all of
+its inputs fired in the window before (the encoded input in [0, t_in]), so every input is causal and no
+causal-set search is needed. With ``T`` the window length, ``s_l = t_in + (l - 1) T`` and
+``e_l = s_l + T``. Neuron j, for t in its window:
+
+    V_j(t) = sum_i w_ji (t - t_i)        over the inputs that spiked (all at t_i <= s_l)
+    theta(t) = e_l - t                   a threshold that falls to 0 at the window's end
+    g(t) = V_j(t) - theta(t) = (1 + W_j) t - (e_l + sum_i w_ji t_i),     W_j = sum_i w_ji
+
+t_j is the first t in [s_l, e_l] with g(t) >= 0, and a neuron whose g stays negative fires at e_l: every
+neuron fires exactly once. g is linear in t, so
+
+    1 + W_j > 0:   t_j = clamp((e_l + sum_i w_ji t_i) / (1 + W_j), s_l, e_l)
+    1 + W_j <= 0:  t_j = s_l if g(s_l) >= 0, else e_l.
+
+Gradients are those of this closed form (autograd): inside the window dt_j/dt_i = w_ji / (1 + W_j) and
+dt_j/dw_ji = (t_i - t_j) / (1 + W_j), ReL-PSP's STDBP with every input causal and the threshold folded in;
+a neuron held at s_l or e_l passes none. A layer is one matrix product (or convolution) of the input
+times and one of the spike mask, in plain torch on any device: much faster than the exact causal model.
+
+The event-driven simulator, the cost model and the NIR export handle the paper's neuron only and refuse
+these networks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from relpsp._validate import check_finite
+
+__all__ = ["window_conv2d", "window_linear", "window_times"]
+
+
+def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, ndim: int) -> None:
+    if not isinstance(t_in, Tensor) or not isinstance(weight, Tensor):
+        raise TypeError("t_in and weight must be tensors")
+    if t_in.ndim != ndim or weight.ndim != ndim:
+        raise ValueError(f"expected {ndim}-D t_in and weight, got shapes {tuple(t_in.shape)} and {tuple(weight.shape)}")
+    if not t_in.is_floating_point() or t_in.dtype != weight.dtype:
+        raise ValueError(f"t_in and weight must share a float dtype, got {t_in.dtype} and {weight.dtype}")
+    check_finite("t_start", t_start)
+    check_finite("t_end", t_end)
+    if not t_end > t_start:
+        raise ValueError(f"the window must have t_end > t_start, got [{t_start}, {t_end}]")
+    t = t_in.detach()
+    if torch.isnan(t).any() or (t == -math.inf).any():
+        raise ValueError("t_in holds NaN or -inf; spike times are finite or +inf (no spike)")
+    latest = float(torch.where(torch.isfinite(t), t, -math.inf).max()) if t.numel() else -math.inf
+    # Rounding slack: a float32 window edge may lie an ulp above the float64 one.
+    if latest > t_start + 1e-6 * max(1.0, abs(t_start)):
+        raise ValueError(
+            f"an input spike at t = {latest:.6g} is later than the window's start {t_start:.6g}: every input "
+            "must fire before the layer's window opens"
+        )
+
+
+def window_times(w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
+    """Spike times from ``W_j = sum_i w_ji`` and ``sum_i w_ji t_i`` (over inputs that spiked): the closed
+    form of the module docstring."""
+    den = 1.0 + w_sum
+    num = t_end + wt_sum
+    pos = den > 0
+    inside = torch.clamp(num / torch.where(pos, den, torch.ones_like(den)), t_start, t_end)
+    start = torch.full_like(den, t_start)
+    end = torch.full_like(den, t_end)
+    held = torch.where(den * t_start - num >= 0, start, end)
+    return torch.where(pos, inside, held)
+
+
+def _split(t_in: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mask, times)``: 1 where an input spiked (0 elsewhere) and the times with no-spike set to 0."""
+    spiked = torch.isfinite(t_in)
+    return spiked.to(t_in.dtype), torch.where(spiked, t_in, torch.zeros_like(t_in))
+
+
+def window_linear(t_in: Tensor, weight: Tensor, *, t_start: float, t_end: float) -> Tensor:
+    """Dense layer of windowed neurons: ``t_in [B, N_in]`` (+inf = no spike, every spike <= t_start),
+    ``weight [N_out, N_in]`` -> spike times ``[B, N_out]`` in ``[t_start, t_end]``."""
+    _check_window(t_in, weight, t_start, t_end, 2)
+    if t_in.shape[1] != weight.shape[1]:
+        raise ValueError(f"t_in has {t_in.shape[1]} inputs, weight expects {weight.shape[1]}")
+    mask, times = _split(t_in)
+    # Hidden layers: every input spiked, and W_j is the row sum (half the work).
+    w_sum = weight.sum(1).expand(t_in.shape[0], -1) if bool(mask.all()) else mask @ weight.T
+    return window_times(w_sum, times @ weight.T, t_start, t_end)
+
+
+def window_conv2d(
+    t_in: Tensor, weight: Tensor, *, stride: int = 1, padding: int = 0, t_start: float, t_end: float
+) -> Tensor:
+    """Convolution of windowed neurons: ``t_in [B, C_in, H, W]``, ``weight [C_out, C_in, k, k]`` ->
+    ``[B, C_out, H_out, W_out]``; padded positions never spike."""
+    _check_window(t_in, weight, t_start, t_end, 4)
+    if t_in.shape[1] != weight.shape[1]:
+        raise ValueError(f"t_in has {t_in.shape[1]} channels, weight expects {weight.shape[1]}")
+    mask, times = _split(t_in)
+    wt_sum = F.conv2d(times, weight, stride=stride, padding=padding)
+    if padding == 0 and bool(mask.all()):  # every input spiked and no padding: W_j is the kernel's sum
+        w_sum = weight.sum((1, 2, 3)).view(1, -1, 1, 1).expand_as(wt_sum)
+    else:
+        w_sum = F.conv2d(mask, weight, stride=stride, padding=padding)
+    return window_times(w_sum, wt_sum, t_start, t_end)

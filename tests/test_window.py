@@ -1,0 +1,207 @@
+"""The windowed neuron with a dynamic threshold (``relpsp.window``, a departure from the paper).
+
+Forward against a reference that does not use the closed form: V(t) = sum_i w_i max(0, t - t_i) and
+theta(t) = t_end - t evaluated on a fine grid of the window, first grid time with V >= theta (t_end if
+none). Gradients by finite differences (float64 ``gradcheck``) where no neuron sits on a window edge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from relpsp.models import build_model, model_arrays
+from relpsp.sim import network_from_arrays
+from relpsp.window import window_conv2d, window_linear
+
+INF = math.inf
+GRID = 20001  # grid points over the window: the reference is exact to (t_end - t_start) / 20000
+
+
+def grid_reference(t_in: np.ndarray, weight: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+    """``t_in [B, N]``, ``weight [M, N]`` -> first grid time in [t_start, t_end] with V >= theta."""
+    ts = np.linspace(t_start, t_end, GRID)
+    out = np.empty((t_in.shape[0], weight.shape[0]))
+    for r in range(t_in.shape[0]):
+        psp = np.where(
+            np.isfinite(t_in[r])[None, :], np.maximum(0.0, ts[:, None] - np.nan_to_num(t_in[r], posinf=0)), 0.0
+        )
+        v = psp @ weight.T  # [GRID, M]
+        above = v >= (t_end - ts)[:, None]
+        first = np.where(above.any(0), above.argmax(0), GRID - 1)
+        out[r] = ts[first]
+    return out
+
+
+def window_case(seed: int, b: int = 5, n_in: int = 9, n_out: int = 12, t_start: float = 1.0):
+    """Inputs in [0, t_start] (some silent, some at t_start exactly), weights giving every regime:
+    crossings inside the window, neurons held at t_start, at t_end, and 1 + W <= 0."""
+    rng = np.random.default_rng(seed)
+    t_in = rng.uniform(0.0, t_start, (b, n_in))
+    t_in[rng.random(t_in.shape) < 0.25] = INF
+    t_in[0, 0] = t_start
+    weight = rng.normal(0.12, 0.35, (n_out, n_in))
+    weight[0] = -0.4  # 1 + W <= 0 wherever enough inputs spike: held at t_end
+    weight[1] = 3.0  # a large W with early inputs: g(t_start) >= 0, held at t_start
+    return t_in, weight
+
+
+@pytest.mark.parametrize("t_start,t_end", [(1.0, 2.0), (2.0, 2.5), (3.0, 7.0)])
+def test_linear_matches_grid_reference(t_start, t_end):
+    t_in, weight = window_case(0, t_start=t_start)
+    expected = grid_reference(t_in, weight, t_start, t_end)
+    got = window_linear(torch.from_numpy(t_in), torch.from_numpy(weight), t_start=t_start, t_end=t_end).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=(t_end - t_start) / (GRID - 1) + 1e-12)
+    # Every regime occurs: held at the start, held at the end, and strictly inside.
+    assert (got == t_start).sum() >= 3 and (got == t_end).sum() >= 3
+    assert ((got > t_start) & (got < t_end)).sum() >= 8
+
+
+def test_linear_float32_and_all_inputs_spiking():
+    t_in, weight = window_case(1)
+    t_in = np.where(np.isfinite(t_in), t_in, 0.5)  # the hidden-layer case: every input spiked
+    expected = grid_reference(t_in, weight, 1.0, 2.0)
+    got = window_linear(
+        torch.tensor(t_in, dtype=torch.float32), torch.tensor(weight, dtype=torch.float32), t_start=1.0, t_end=2.0
+    )
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=1 / (GRID - 1) + 1e-5)
+
+
+@pytest.mark.parametrize("silent", [0.3, 0.0], ids=["some-silent", "all-spike"])
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), (1, 2)], ids=["s1_p0", "s2_p1", "s1_p2"])
+def test_conv_is_the_dense_neuron_on_every_window(stride, padding, silent):
+    rng = np.random.default_rng(3)
+    t = rng.uniform(0.0, 1.0, (2, 2, 6, 5))
+    t[rng.random(t.shape) < silent] = INF
+    w = rng.normal(0.1, 0.3, (3, 2, 3, 3))
+    got = window_conv2d(
+        torch.from_numpy(t), torch.from_numpy(w), stride=stride, padding=padding, t_start=1.0, t_end=2.0
+    )
+    padded = np.pad(t, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=INF)
+    h_out, w_out = got.shape[2:]
+    for oy in range(h_out):
+        for ox in range(w_out):
+            patch = padded[:, :, oy * stride : oy * stride + 3, ox * stride : ox * stride + 3].reshape(2, -1)
+            exp = grid_reference(patch, w.reshape(3, -1), 1.0, 2.0)
+            np.testing.assert_allclose(got[:, :, oy, ox].numpy(), exp, rtol=0, atol=1 / (GRID - 1) + 1e-12)
+
+
+def test_gradients_match_finite_differences_inside_the_window():
+    rng = np.random.default_rng(4)
+    t_in = torch.tensor(rng.uniform(0.0, 1.0, (3, 5)), dtype=torch.float64, requires_grad=True)
+    weight = torch.tensor(rng.uniform(0.05, 0.3, (4, 5)), dtype=torch.float64, requires_grad=True)
+    out = window_linear(t_in, weight, t_start=1.0, t_end=2.0)
+    assert ((out > 1.05) & (out < 1.95)).all()  # no neuron near an edge, so the closed form is smooth here
+    assert torch.autograd.gradcheck(lambda t, w: window_linear(t, w, t_start=1.0, t_end=2.0), (t_in, weight))
+    conv_t = torch.tensor(rng.uniform(0.0, 1.0, (1, 2, 4, 4)), dtype=torch.float64, requires_grad=True)
+    conv_w = torch.tensor(rng.uniform(0.02, 0.1, (2, 2, 3, 3)), dtype=torch.float64, requires_grad=True)
+
+    def conv(t, w):
+        return window_conv2d(t, w, padding=1, t_start=1.0, t_end=2.0)
+
+    out = conv(conv_t, conv_w)
+    assert ((out > 1.0) & (out < 2.0)).all()
+    assert torch.autograd.gradcheck(conv, (conv_t, conv_w))
+
+
+def test_neurons_held_at_an_edge_pass_no_gradient():
+    t_in, weight = window_case(5)
+    t = torch.tensor(t_in, requires_grad=True)
+    w = torch.tensor(weight, requires_grad=True)
+    out = window_linear(t, w, t_start=1.0, t_end=2.0)
+    held = (out == 1.0) | (out == 2.0)
+    assert held.any() and (~held).any()
+    g = torch.where(held, torch.ones_like(out), torch.zeros_like(out))
+    out.backward(g)
+    assert torch.equal(t.grad, torch.zeros_like(t)) and torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_analytic_gradient_of_one_neuron():
+    """t = (e + sum w t_i) / (1 + W): dt/dt_i = w_i / (1 + W), dt/dw_i = (t_i - t) / (1 + W)."""
+    t = torch.tensor([[0.2, 0.6]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[0.5, 0.25]], dtype=torch.float64, requires_grad=True)
+    out = window_linear(t, w, t_start=1.0, t_end=2.0)
+    expected = (2.0 + 0.5 * 0.2 + 0.25 * 0.6) / 1.75
+    assert float(out.detach()) == pytest.approx(expected, rel=1e-15)
+    out.sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), [[0.5 / 1.75, 0.25 / 1.75]], rtol=1e-14)
+    np.testing.assert_allclose(w.grad.numpy(), [[(0.2 - expected) / 1.75, (0.6 - expected) / 1.75]], rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: window_linear(torch.tensor([[1.5]]), torch.ones(1, 1), t_start=1.0, t_end=2.0), "later than"),
+        (lambda: window_linear(torch.zeros(1, 1), torch.ones(1, 1), t_start=2.0, t_end=2.0), "t_end > t_start"),
+        (lambda: window_linear(torch.tensor([[math.nan]]), torch.ones(1, 1), t_start=1.0, t_end=2.0), "NaN"),
+        (lambda: window_linear(torch.zeros(1, 2), torch.ones(1, 3), t_start=1.0, t_end=2.0), "2 inputs"),
+        (
+            lambda: window_linear(torch.zeros(1, 1), torch.ones(1, 1, dtype=torch.float64), t_start=1.0, t_end=2.0),
+            "dtype",
+        ),
+        (lambda: window_conv2d(torch.zeros(1, 2, 3, 3), torch.ones(1, 1, 2, 2), t_start=1.0, t_end=2.0), "channels"),
+    ],
+    ids=["late-input", "empty-window", "nan", "inputs", "dtype", "channels"],
+)
+def test_bad_input_is_refused(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_model_layers_fire_in_consecutive_windows():
+    torch.manual_seed(0)
+    model = build_model("2C3-P2-6-3", (1, 6, 6), kernel="window", window=0.5, t_in=1.0, init_mean=1.0, init_std=0.3)
+    x = torch.rand(4, 1, 6, 6)
+    x[x < 0.3] = 0.0  # dark pixels never spike
+    h = x
+    windows = []
+    for mod in model:
+        h = mod(h)
+        if hasattr(mod, "t_start"):
+            windows.append((mod.t_start, mod.t_end))
+            assert torch.isfinite(h).all() and (h >= mod.t_start).all() and (h <= mod.t_end).all()
+    assert windows == [(1.0, 1.5), (1.5, 2.0), (2.0, 2.5)]
+    with pytest.raises(ValueError, match="t_max"):
+        build_model("4-2", (4,), kernel="window", t_max=3.0)
+
+
+def test_simulator_and_export_refuse_windowed_networks():
+    model = build_model("4-3-2", (4,), kernel="window")
+    with pytest.raises(ValueError, match="'window' PSP kernel"):
+        network_from_arrays(model_arrays(model), {"arch": "4-3-2", "input_shape": [4], "kernel": "window"})
+
+
+def test_training_a_windowed_cnn_learns_and_round_trips(tmp_path):
+    """fit() with kernel window: a separable toy task is learnt, the checkpoint reloads the windowed
+    layers with their windows, and the silent-neuron penalty (no silent neurons here) is refused."""
+    from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
+    from relpsp.nn import WindowConv2d, WindowLinear
+    from relpsp.train import CHECKPOINT_NAME, fit, load_trained
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (192,), generator=g)
+    x = 0.3 * torch.rand(192, 1, 6, 6, generator=g)
+    x[torch.arange(192), 0, 2 * y, :] = 0.95  # the class is the bright row
+    splits = {"train": (x[:128], y[:128]), "test": (x[128:], y[128:])}
+    model_cfg = ModelConfig(
+        arch="4C3p1-P2-3", input_shape=(1, 6, 6), kernel="window", window=2.0, init_mean=1.0, init_std=0.5
+    )
+    cfg = Config(
+        model=model_cfg,
+        data=DataConfig(dataset="tiny"),
+        train=TrainConfig(epochs=24, batch_size=16, lr=3e-3, seed=1, threads=1),
+    )
+    res = fit(cfg, tmp_path, progress=False, splits=splits, log=lambda s: None)
+    assert res["test_accuracy"] >= 0.8  # chance is 1/3
+    model, back, _ = load_trained(tmp_path / CHECKPOINT_NAME)
+    assert back.model.kernel == "window" and back.model.window == 2.0
+    assert isinstance(model[1], WindowConv2d) and isinstance(model[4], WindowLinear)
+    assert (model[1].t_start, model[1].t_end, model[4].t_start, model[4].t_end) == (1.0, 3.0, 3.0, 5.0)
+    with pytest.raises(ValueError, match="silent_penalty"):
+        fit(
+            Config(model=model_cfg, data=cfg.data, train=TrainConfig(silent_penalty=1.0)), tmp_path / "x", splits=splits
+        )
