@@ -161,7 +161,39 @@ class WindowLinear(_DenseLayer):
         return f"{self.in_features}, {self.out_features}, window=[{self.t_start}, {self.t_end}]"
 
 
-class SpikingConv2d(nn.Module):
+class _ConvLayer(nn.Module):
+    """Shared part of the convolutions: checked sizes, stride and padding, and the initialised weight."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        theta: float,
+        init_mean: float,
+        init_std: float,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.kernel_size = check_positive_int("kernel_size", kernel_size)
+        self.stride = check_positive_int("stride", stride)
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
+        self.padding = padding
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        _init_weight(self.weight, in_channels * kernel_size**2, theta, init_mean, init_std)
+
+    def _sizes(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}"
+        )
+
+
+class SpikingConv2d(_ConvLayer):
     """Exact ReL-PSP convolution: ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]`` spike times."""
 
     def __init__(
@@ -178,19 +210,11 @@ class SpikingConv2d(nn.Module):
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.out_channels = check_positive_int("out_channels", out_channels)
-        self.kernel_size = check_positive_int("kernel_size", kernel_size)
-        self.stride = check_positive_int("stride", stride)
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
-        self.padding = padding
-        self.theta = check_finite_positive("theta", theta)
+        theta = check_finite_positive("theta", theta)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, theta, init_mean, init_std)
+        self.theta = theta
         self.t_max = check_t_max(t_max)
         self.backend = _check_backend(backend)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        _init_weight(self.weight, in_channels * kernel_size**2, self.theta, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
         return relpsp_conv2d(
@@ -204,13 +228,10 @@ class SpikingConv2d(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, theta={self.theta}, t_max={self.t_max}"
-        )
+        return f"{self._sizes()}, theta={self.theta}, t_max={self.t_max}"
 
 
-class WindowConv2d(nn.Module):
+class WindowConv2d(_ConvLayer):
     """Convolution of windowed neurons with a dynamic threshold (``relpsp.window``; a departure from the
     paper): ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]`` spike times in ``[t_start, t_end]``."""
 
@@ -227,17 +248,8 @@ class WindowConv2d(nn.Module):
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
     ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.out_channels = check_positive_int("out_channels", out_channels)
-        self.kernel_size = check_positive_int("kernel_size", kernel_size)
-        self.stride = check_positive_int("stride", stride)
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
-        self.padding = padding
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 1.0, init_mean, init_std)
         self.t_start, self.t_end = _check_window_edges(t_start, t_end)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        _init_weight(self.weight, in_channels * kernel_size**2, 1.0, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
         return window_conv2d(
@@ -245,10 +257,7 @@ class WindowConv2d(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, window=[{self.t_start}, {self.t_end}]"
-        )
+        return f"{self._sizes()}, window=[{self.t_start}, {self.t_end}]"
 
 
 class MinTimePool2d(nn.Module):

@@ -115,23 +115,31 @@ def _radix_argsort(bits, order, n, n_bytes, tmp_bits, tmp_order, count):  # prag
 
 
 @njit(cache=True, nogil=True)
-def _fwd_rows(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r1, a, b, scratch):  # pragma: no cover
-    n_in = t_in.shape[1]
+def _gather_sorted(t_row, bits_row, n_bytes, scratch):  # pragma: no cover
+    """Collect the finite times of ``t_row`` (``key``, their positions ``idx``) and sort them: afterwards
+    ``key[order[m]]`` ascends over m < n. Returns n, the number of spikes."""
     key, idx, bits, order, tmp_bits, tmp_order, count = scratch
+    n = 0
+    for i in range(t_row.shape[0]):
+        ti = t_row[i]
+        if ti < math.inf:
+            key[n] = ti
+            idx[n] = i
+            bits[n] = np.uint64(bits_row[i]) if ti != 0.0 else np.uint64(0)  # fold -0.0 into 0
+            order[n] = n
+            n += 1
+    if n > _SMALL_SORT:
+        _radix_argsort(bits, order, n, n_bytes, tmp_bits, tmp_order, count)
+    elif n > 1:
+        _insertion_argsort(bits, order, n)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _fwd_rows(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r1, a, b, scratch):  # pragma: no cover
+    key, idx, order = scratch[0], scratch[1], scratch[3]
     for r in range(r0, r1):
-        n = 0
-        for i in range(n_in):
-            ti = t_in[r, i]
-            if ti < math.inf:
-                key[n] = ti
-                idx[n] = i
-                bits[n] = np.uint64(t_bits[r, i]) if ti != 0.0 else np.uint64(0)  # fold -0.0 into 0
-                order[n] = n
-                n += 1
-        if n > _SMALL_SORT:
-            _radix_argsort(bits, order, n, n_bytes, tmp_bits, tmp_order, count)
-        elif n > 1:
-            _insertion_argsort(bits, order, n)
+        n = _gather_sorted(t_in[r], t_bits[r], n_bytes, scratch)
         _walk(key, idx, order, n, weight_t, theta, t_max, t_out[r], w_sum[r], a, b)
 
 
@@ -162,6 +170,21 @@ def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, a, b):  # pragma:
             ws[j] = 0.0
 
 
+@njit(cache=True, nogil=True)
+def _sort_scratch(n):  # pragma: no cover
+    """Work arrays for gathering and sorting up to ``n`` spike times: keys, indices, bit patterns, order,
+    the radix sort's two buffers and its 256 counters."""
+    return (
+        np.empty(n, np.float64),
+        np.empty(n, np.int64),
+        np.empty(n, np.uint64),
+        np.empty(n, np.int64),
+        np.empty(n, np.uint64),
+        np.empty(n, np.int64),
+        np.empty(256, np.int64),
+    )
+
+
 @njit(parallel=True, cache=True)
 def _fwd(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, n_chunks):  # pragma: no cover
     rows, n_in = t_in.shape
@@ -170,17 +193,8 @@ def _fwd(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, n_chunks):
     for c in prange(n_chunks):
         a = np.empty(n_out, np.float64)
         b = np.empty(n_out, np.float64)
-        scratch = (
-            np.empty(n_in, np.float64),
-            np.empty(n_in, np.int64),
-            np.empty(n_in, np.uint64),
-            np.empty(n_in, np.int64),
-            np.empty(n_in, np.uint64),
-            np.empty(n_in, np.int64),
-            np.empty(256, np.int64),
-        )
         r0, r1 = c * step, min(rows, (c + 1) * step)
-        _fwd_rows(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r1, a, b, scratch)
+        _fwd_rows(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r1, a, b, _sort_scratch(n_in))
 
 
 # Lowest set bit of a uint64 -> its index, by de Bruijn multiplication (numba has no count-trailing-zeros).
@@ -192,7 +206,7 @@ for _i in range(64):
 
 @njit(cache=True, nogil=True)
 def _conv_fwd_images(
-    t_flat, t_bits, n_bytes, shape, kernel, stride, weight_t, theta, t_max, t_out, w_sum, b0, b1, a, b, scratch
+    t_flat, t_bits, n_bytes, shape, kernel, stride, weight_t, theta, t_max, t_out, w_sum, b0, b1, a, b, scratch, window
 ):  # pragma: no cover
     """Images ``b0..b1`` of a convolution, sorting each image's spikes once instead of every window.
 
@@ -206,24 +220,13 @@ def _conv_fwd_images(
     h_out = (hp - kh) // sh + 1
     w_out = (wp - kw) // sw + 1
     hw = hp * wp
-    key, idx, bits, order, tmp_bits, tmp_order, count, rank, s_key, s_base, bitmap, row_key, row_idx, ident = scratch
+    key, idx, order = scratch[0], scratch[1], scratch[3]
+    rank, s_key, s_base, bitmap, row_key, row_idx, ident = window
     one = np.uint64(1)
     zero = np.uint64(0)
     for bi in range(b0, b1):
-        n = 0
-        for f in range(t_flat.shape[1]):
-            ti = t_flat[bi, f]
-            rank[f] = -1
-            if ti < math.inf:
-                key[n] = ti
-                idx[n] = f
-                bits[n] = np.uint64(t_bits[bi, f]) if ti != 0.0 else zero
-                order[n] = n
-                n += 1
-        if n > _SMALL_SORT:
-            _radix_argsort(bits, order, n, n_bytes, tmp_bits, tmp_order, count)
-        elif n > 1:
-            _insertion_argsort(bits, order, n)
+        rank[:] = -1
+        n = _gather_sorted(t_flat[bi], t_bits[bi], n_bytes, scratch)
         for m in range(n):
             f = idx[order[m]]
             rank[f] = m
@@ -271,26 +274,34 @@ def _conv_fwd(
     for ch in prange(n_chunks):
         a = np.empty(n_out, np.float64)
         b = np.empty(n_out, np.float64)
-        ident = np.arange(n_k)
-        scratch = (
-            np.empty(n_flat, np.float64),
-            np.empty(n_flat, np.int64),
-            np.empty(n_flat, np.uint64),
-            np.empty(n_flat, np.int64),
-            np.empty(n_flat, np.uint64),
-            np.empty(n_flat, np.int64),
-            np.empty(256, np.int64),
-            np.empty(n_flat, np.int64),
-            np.empty(n_flat, np.float64),
-            np.empty(n_flat, np.int64),
-            np.empty((n_flat + 63) >> 6, np.uint64),
-            np.empty(n_k, np.float64),
-            np.empty(n_k, np.int64),
-            ident,
+        window = (
+            np.empty(n_flat, np.int64),  # rank of every input position (-1: no spike)
+            np.empty(n_flat, np.float64),  # sorted times
+            np.empty(n_flat, np.int64),  # weight row of each sorted spike, for a window at (0, 0)
+            np.empty((n_flat + 63) >> 6, np.uint64),  # the rank bitmap
+            np.empty(n_k, np.float64),  # one window's times, in order
+            np.empty(n_k, np.int64),  # ... and weight rows
+            np.arange(n_k),  # the identity order
         )
         b0, b1 = ch * step, min(n_img, (ch + 1) * step)
         _conv_fwd_images(
-            t_flat, t_bits, n_bytes, shape, kernel, stride, weight_t, theta, t_max, t_out, w_sum, b0, b1, a, b, scratch
+            t_flat,
+            t_bits,
+            n_bytes,
+            shape,
+            kernel,
+            stride,
+            weight_t,
+            theta,
+            t_max,
+            t_out,
+            w_sum,
+            b0,
+            b1,
+            a,
+            b,
+            _sort_scratch(n_flat),
+            window,
         )
 
 
