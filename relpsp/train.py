@@ -554,16 +554,22 @@ def _versions() -> dict[str, str]:
         v["numba"] = numba.__version__
     except ImportError:
         pass
+    here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here
         ).stdout.strip()
         if commit:
             v["commit"] = commit
+            # Whether the package's files differ from that commit (the run used code the commit lacks).
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=here,
+            ).stdout.strip()
+            v["source_modified"] = "yes" if status else "no"
     except (OSError, subprocess.SubprocessError):
         pass
     return v
@@ -641,6 +647,7 @@ def fit(
     start_epoch, start_step, history, wall_before = 0, 0, [], 0.0
     resumed_running: dict[str, Any] | None = None
 
+    versions = _versions()  # the code this call imported, read before it runs for hours
     found = _all_reduce([float(resume and ckpt_path.exists())], ctx, device, "max")[0]
     if found and not _all_reduce([float(ckpt_path.exists())], ctx, device, "min")[0]:
         raise ValueError(f"{ckpt_path} exists on some ranks only: --out must be on a filesystem all ranks share")
@@ -816,7 +823,7 @@ def fit(
         "wall_time_s": wall_before + time.perf_counter() - t_start,
         "train_samples_per_s_mean": float(np.mean([r["samples_per_s"] for r in history])) if history else None,
         "config": config_to_dict(cfg),
-        "versions": _versions(),
+        "versions": versions,
         "device": device_name(device),
         "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         "processes": ctx.world_size,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +44,8 @@ def test_fit_writes_results_metrics_and_checkpoint(tmp_path):
     for key in ("config", "versions", "device", "wall_time_s", "firing_rates", "test_no_output_spike_fraction"):
         assert key in saved, key
     assert len(saved["firing_rates"]) == 4  # encode, flatten, hidden, output
+    if shutil.which("git") and (Path(__file__).resolve().parents[1] / ".git").exists():  # a git checkout
+        assert len(saved["versions"]["commit"]) >= 7 and saved["versions"]["source_modified"] in ("yes", "no")
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     model, cfg, meta = load_trained(tmp_path / CHECKPOINT_NAME)
