@@ -36,6 +36,7 @@ class ModelConfig:
     zero_fires: bool = False  # whether intensity 0 spikes (at t_in) or never
     init_mean: float = 5.0  # weight mean = init_mean * theta / fan_in
     init_std: float = 1.0  # weight std = init_std * theta / sqrt(fan_in)
+    init_centered: bool = False  # shift each neuron's initial weights to sum to exactly init_mean * theta
     kernel: str = "relpsp"  # "relpsp" (the paper's neuron) | "alpha" (decaying baseline, dense layers only)
     #                         | "window" (per-layer time windows, dynamic threshold: relpsp.window; a departure)
     kernel_tau: float = 1.0  # alpha kernel: time to the PSP peak

@@ -33,6 +33,7 @@ __all__ = [
     "KERNELS",
     "MAX_WEIGHTS",
     "build_model",
+    "center_rows",
     "count_weights",
     "layer_outputs",
     "load_model_arrays",
@@ -76,13 +77,15 @@ def build_model(
     kernel: str = "relpsp",
     kernel_tau: float = 1.0,
     window: float = 1.0,
+    init_centered: bool = False,
 ) -> nn.Sequential:
     """Build the network for ``arch``. ``input_shape`` is ``(N,)`` or ``(C, H, W)``; for an MLP it may be
     omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
     spiking layer (inf = none). ``kernel``: ``"relpsp"`` (the paper's neuron) or ``"alpha"`` (the decaying
     baseline of ``relpsp.alpha``, time to peak ``kernel_tau``; dense layers only) or ``"window"`` (the
     windowed neuron of ``relpsp.window``: spiking layer l fires in ``[t_in + (l-1) window, t_in + l window]``;
-    ``theta`` and ``t_max`` do not apply)."""
+    ``theta`` and ``t_max`` do not apply). ``init_centered``: shift each neuron's initial weights so that
+    they sum to exactly ``init_mean * theta`` (see ``center_rows``)."""
     kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
     check_finite_positive("t_in", t_in)  # the coding window (LatencyEncode calls it t_max)
     if kernel not in KERNELS:
@@ -137,7 +140,25 @@ def build_model(
             )
         elif isinstance(spec, PoolSpec):
             modules.append(MinTimePool2d(spec.kernel))
-    return nn.Sequential(*modules)
+    model = nn.Sequential(*modules)
+    if init_centered:
+        center_rows(model, init_mean * (1.0 if kernel == "window" else theta))
+    return model
+
+
+def center_rows(model: nn.Sequential, total: float) -> None:
+    """Shift every neuron's weights by one constant so that they sum to exactly ``total``.
+
+    With weights drawn i.i.d., W_j = sum_i w_ji varies from neuron to neuron with the spread of the draw;
+    for the windowed neuron that spread becomes a fixed offset of each neuron's spike time, which pushes
+    many neurons of a deep network onto an edge of their window (held there, no gradient). Centring keeps
+    the random part (the sample-dependent signal) and removes the offsets."""
+    with torch.no_grad():
+        for m in model:
+            w = getattr(m, "weight", None)
+            if isinstance(w, nn.Parameter):
+                rows = w.view(w.shape[0], -1)
+                rows += (total - rows.sum(1, keepdim=True)) / rows.shape[1]
 
 
 def layer_outputs(model: nn.Sequential, x: Tensor) -> list[Tensor]:
@@ -164,6 +185,7 @@ def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
         kernel=cfg.kernel,
         kernel_tau=cfg.kernel_tau,
         window=cfg.window,
+        init_centered=cfg.init_centered,
     )
 
 

@@ -7,7 +7,9 @@ none). Gradients by finite differences (float64 ``gradcheck``) where no neuron s
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +207,66 @@ def test_training_a_windowed_cnn_learns_and_round_trips(tmp_path):
         fit(
             Config(model=model_cfg, data=cfg.data, train=TrainConfig(silent_penalty=1.0)), tmp_path / "x", splits=splits
         )
+
+
+# --- model.init_centered, and scripts/window_init.py's per-layer measurements ---
+
+_INIT_PATH = Path(__file__).resolve().parents[1] / "scripts" / "window_init.py"
+_init_spec = importlib.util.spec_from_file_location("window_init", _INIT_PATH)
+assert _init_spec is not None and _init_spec.loader is not None
+window_init = importlib.util.module_from_spec(_init_spec)
+_init_spec.loader.exec_module(window_init)
+
+
+@pytest.mark.parametrize("kernel, theta", [("window", 1.0), ("relpsp", 1.0), ("relpsp", 2.5)])
+def test_init_centered_rows_sum_to_the_mean_and_keep_their_spread(kernel, theta):
+    torch.manual_seed(0)
+    kw = dict(kernel=kernel, init_mean=0.7, init_std=1.5)
+    if kernel == "relpsp":
+        kw["theta"] = theta
+    plain = build_model("2C3-P2-40-30-5", (1, 8, 8), **kw)
+    torch.manual_seed(0)
+    centred = build_model("2C3-P2-40-30-5", (1, 8, 8), init_centered=True, **kw)
+    layers = [m for m in centred if hasattr(m, "weight")]
+    assert len(layers) == 4
+    for m, p in zip(layers, [m for m in plain if hasattr(m, "weight")]):
+        rows, plain_rows = m.weight.detach().flatten(1).double(), p.weight.detach().flatten(1).double()
+        target = 0.7 * (theta if kernel == "relpsp" else 1.0)
+        assert torch.allclose(rows.sum(1), torch.full((rows.shape[0],), target, dtype=torch.float64), atol=1e-5)
+        assert not torch.allclose(plain_rows.sum(1), rows.sum(1), atol=1e-3)  # the plain draw does vary
+        # one constant per row: the deviations from the row mean are those of the plain draw
+        dev = rows - rows.mean(1, keepdim=True)
+        plain_dev = plain_rows - plain_rows.mean(1, keepdim=True)
+        assert torch.allclose(dev, plain_dev, atol=1e-6)
+
+
+def test_init_centered_from_the_config():
+    from relpsp.config import config_from_dict
+    from relpsp.models import model_from_config
+
+    cfg = config_from_dict(
+        {
+            "model": dict(
+                arch="30-20-4", input_shape=[30], kernel="window", init_mean=0.5, init_std=2.0, init_centered=True
+            )
+        }
+    )
+    model = model_from_config(cfg.model)
+    for m in (model[1], model[2]):
+        assert torch.allclose(m.weight.detach().sum(1), torch.full((m.weight.shape[0],), 0.5), atol=1e-5)
+
+
+def test_window_init_layer_stats_counts_held_neurons_and_the_signal():
+    model = build_model("3-2", (3,), kernel="window", window=1.0, t_in=1.0)
+    with torch.no_grad():
+        # neuron 0: W = -2 (1 + W <= 0, g(s) < 0: held at the end); neuron 1: W = 0.5 (inside or at s)
+        model[1].weight.copy_(torch.tensor([[-1.0, -0.5, -0.5], [0.5, 0.0, 0.0]]))
+    x = torch.tensor([[1.0, 0.5, 0.5], [0.0, 0.5, 0.5]])  # input 0 fires at t = 0, or never
+    ((at_s, at_e, signal),) = window_init.layer_stats(model, x)
+    with torch.no_grad():
+        t = model(x)
+    assert at_e == pytest.approx(float((t >= 2.0 - 1e-6).float().mean()))
+    assert at_e >= 0.5  # neuron 0 is held at the end for both images
+    assert at_s == pytest.approx(float((t <= 1.0 + 1e-6).float().mean()))
+    assert signal == pytest.approx(float(t.std(0).mean()))
+    assert signal > 0  # neuron 1 fires at different times for the two images
