@@ -142,12 +142,13 @@ def build_model(
             modules.append(MinTimePool2d(spec.kernel))
     model = nn.Sequential(*modules)
     if init_centered:
-        center_rows(model, init_mean * (1.0 if kernel == "window" else theta))
+        center_rows(model, init_mean)
     return model
 
 
-def center_rows(model: nn.Sequential, total: float) -> None:
-    """Shift every neuron's weights by one constant so that they sum to exactly ``total``.
+def center_rows(model: nn.Sequential, init_mean: float) -> None:
+    """Shift every neuron's weights by one constant so that they sum to exactly ``init_mean * theta``
+    (the layer's own threshold, as in the initial draw; 1 for the windowed layers).
 
     With weights drawn i.i.d., W_j = sum_i w_ji varies from neuron to neuron with the spread of the draw;
     for the windowed neuron that spread becomes a fixed offset of each neuron's spike time, which pushes
@@ -155,10 +156,13 @@ def center_rows(model: nn.Sequential, total: float) -> None:
     the random part (the sample-dependent signal) and removes the offsets."""
     with torch.no_grad():
         for m in model:
-            w = getattr(m, "weight", None)
-            if isinstance(w, nn.Parameter):
-                rows = w.view(w.shape[0], -1)
-                rows += (total - rows.sum(1, keepdim=True)) / rows.shape[1]
+            w, theta = getattr(m, "weight", None), getattr(m, "theta", None)
+            if not isinstance(w, nn.Parameter):
+                continue
+            if not isinstance(theta, float):
+                raise TypeError(f"{type(m).__name__} has weights but no float threshold theta")
+            rows = w.view(w.shape[0], -1)
+            rows += (init_mean * theta - rows.sum(1, keepdim=True)) / rows.shape[1]
 
 
 def layer_outputs(model: nn.Sequential, x: Tensor) -> list[Tensor]:

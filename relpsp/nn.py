@@ -162,7 +162,8 @@ class WindowLinear(_DenseLayer):
 
 
 class _ConvLayer(nn.Module):
-    """Shared part of the convolutions: checked sizes, stride and padding, and the initialised weight."""
+    """Shared part of the convolutions: checked sizes, stride and padding, threshold, and the initialised
+    weight."""
 
     def __init__(
         self,
@@ -183,6 +184,7 @@ class _ConvLayer(nn.Module):
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
             raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
         self.padding = padding
+        self.theta = theta
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         _init_weight(self.weight, in_channels * kernel_size**2, theta, init_mean, init_std)
 
@@ -212,7 +214,6 @@ class SpikingConv2d(_ConvLayer):
     ) -> None:
         theta = check_finite_positive("theta", theta)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, theta, init_mean, init_std)
-        self.theta = theta
         self.t_max = check_t_max(t_max)
         self.backend = _check_backend(backend)
 
