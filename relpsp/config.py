@@ -64,6 +64,7 @@ class TrainConfig:
     lr: float = 3e-4
     lr_schedule: str = "cosine"  # "cosine" | "constant"
     weight_decay: float = 0.0
+    grad_clip: float = 0.0  # largest global L2 norm of the gradient per step (rescaled above it); 0 = off
     optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
     seed: int = 0
     device: str = "cpu"

@@ -221,7 +221,7 @@ def _validate(cfg: Config) -> None:
         raise ValueError("train.threads or train.eval_batch_size is absurdly large")
     if not 0 <= t.seed < 2**32:
         raise ValueError(f"train.seed must be in [0, 2^32), got {t.seed}")
-    for name in ("weight_decay", "silent_margin", "silent_penalty", "tau"):
+    for name in ("weight_decay", "grad_clip", "silent_margin", "silent_penalty", "tau"):
         v = getattr(t, name)
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
@@ -705,7 +705,7 @@ def fit(
     def reduce_max(values: list[float]) -> list[float]:
         return _all_reduce(values, ctx, device, "max")
 
-    running = {"seen": 0, "correct": 0, "loss_sum": 0.0}  # this epoch's counters, kept across a resume
+    running = {"seen": 0, "correct": 0, "loss_sum": 0.0, "clipped": 0}  # this epoch's counters, kept across a resume
 
     def progress_state(epoch: int, step: int) -> dict[str, Any]:
         return {
@@ -732,7 +732,7 @@ def fit(
         if epoch == start_epoch and resumed_running:
             running.update(resumed_running)
         else:
-            running.update(seen=0, correct=0, loss_sum=0.0)
+            running.update(seen=0, correct=0, loss_sum=0.0, clipped=0)
         t_epoch = time.perf_counter()
         seen_before = running["seen"]
         for step, idx in _batches(order, cfg.train.batch_size, first_step):
@@ -762,6 +762,9 @@ def fit(
             loss = loss_sum / n_global  # this rank's share of the global mean; DDP sums the shares' gradients
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.train.grad_clip > 0:  # on the summed gradient: DDP has reduced it by now
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                running["clipped"] += int(float(norm) > cfg.train.grad_clip)
             opt.step()
             with torch.no_grad():
                 pred, _ = first_spike_decode(t_out)
@@ -793,6 +796,8 @@ def fit(
             "samples_per_s": (seen - seen_before) / max(epoch_time, 1e-9),
             "lr_end": opt.param_groups[0]["lr"],
         }
+        if cfg.train.grad_clip > 0:
+            row["clipped_steps"] = running["clipped"]  # steps of this epoch whose gradient norm was cut
         for split in ("val", "test"):
             if split in splits:
                 ev = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)

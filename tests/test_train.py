@@ -28,7 +28,7 @@ def _cfg(epochs: int = 2, **train) -> Config:
     return Config(
         model=ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)),
         data=DataConfig(dataset="tiny"),
-        train=TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, seed=3, threads=1, **train),
+        train=TrainConfig(**({"epochs": epochs, "batch_size": 16, "lr": 3e-3, "seed": 3, "threads": 1} | train)),
     )
 
 
@@ -118,6 +118,31 @@ def test_silent_penalty_gives_silent_neurons_a_gradient():
     expected = -(2.0 - t_in).mean(0).expand(3, 6)
     torch.testing.assert_close(w.grad, expected)
     assert float(pen.detach()) == pytest.approx(float((1 + 0.1 * (2.0 - t_in).sum(1)).sum() * 3 / 4), rel=1e-5)
+
+
+def test_grad_clip_bounds_the_step_and_counts_it(tmp_path):
+    """One SGD step from the seeded initial weights moves them by lr * g, with |g| cut to grad_clip."""
+    from relpsp.models import model_from_config
+
+    splits = _tiny_splits()  # 64 training samples: batch 64 makes one step per epoch
+
+    def step_length(name: str, clip: float) -> tuple[float, dict]:
+        cfg = _cfg(epochs=1, optimizer="sgd", lr=0.5, batch_size=64, grad_clip=clip)
+        torch.manual_seed(cfg.train.seed)  # fit builds its initial model right after this same call
+        start = {f"model.{k}": v.detach().numpy().copy() for k, v in model_from_config(cfg.model).state_dict().items()}
+        res = fit(cfg, tmp_path / name, progress=False, splits=splits, log=lambda s: None)
+        after = _weights(tmp_path / name / CHECKPOINT_NAME)
+        assert after.keys() == start.keys()
+        return float(np.sqrt(sum(((after[k] - start[k]) ** 2).sum() for k in start))), res
+
+    free, res_free = step_length("free", 0.0)
+    cut, res_cut = step_length("cut", 1e-3)
+    assert free > 10 * 0.5 * 1e-3  # the gradient's norm is well above the clip
+    assert cut == pytest.approx(0.5 * 1e-3, rel=1e-3)  # lr * grad_clip: rescaled to the clip exactly
+    assert res_cut["history"][0]["clipped_steps"] == 1
+    assert "clipped_steps" not in res_free["history"][0]
+    with pytest.raises(ValueError, match="grad_clip"):
+        fit(_cfg(grad_clip=-1.0), tmp_path / "bad", splits=splits, progress=False, log=lambda s: None)
 
 
 def test_bad_training_settings_raise(tmp_path):
