@@ -682,6 +682,15 @@ def fit(
         ):
             raise ValueError(f"the ranks read different checkpoints from {ckpt_path}; --out must be shared")
         log(f"resumed from {ckpt_path} at epoch {start_epoch + 1}, step {start_step}")
+        if saved.train.epochs != cfg.train.epochs and cfg.train.lr_schedule == "cosine":
+            step_now = start_epoch * steps_per_epoch + start_step
+            lr_was = _lr_at(saved, step_now, steps_per_epoch * saved.train.epochs)
+            lr_now = _lr_at(cfg, step_now, total_steps)
+            log(
+                f"note: epochs changed from {saved.train.epochs} to {cfg.train.epochs}: the cosine learning rate "
+                f"is now spread over {cfg.train.epochs} epochs, so at this step it is {lr_now:.3g} "
+                f"(it would have been {lr_was:.3g}); a run of {cfg.train.epochs} epochs from scratch differs"
+            )
         if saved_world != ctx.world_size:
             log(
                 f"note: the checkpoint was written by {saved_world} process(es), this run has {ctx.world_size}; "

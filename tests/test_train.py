@@ -95,6 +95,21 @@ def test_resume_refuses_a_different_config(tmp_path):
         fit(other, tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
 
 
+def test_resume_with_more_epochs_says_the_cosine_schedule_restarts(tmp_path):
+    """--epochs may grow on resume; the cosine rate is then recomputed over the new length, and the log says so."""
+    fit(_cfg(epochs=2), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)  # 4 steps per epoch
+    lines: list[str] = []
+    res = fit(_cfg(epochs=4), tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lines.append)
+    note = [line for line in lines if "epochs changed from 2 to 4" in line]
+    assert len(note) == 1, lines
+    assert "at this step it is 0.0015 (it would have been 0)" in note[0]  # 3e-3 * (1 + cos(pi/2)) / 2, and 0
+    assert [r["epoch"] for r in res["history"]] == [1, 2, 3, 4]
+    assert res["history"][2]["lr_end"] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(np.pi * 11 / 16)))
+    lines.clear()
+    fit(_cfg(epochs=4), tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lines.append)
+    assert not [line for line in lines if "epochs changed" in line]
+
+
 def test_truncated_checkpoint_is_refused(tmp_path):
     fit(_cfg(epochs=1), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
     path = tmp_path / CHECKPOINT_NAME
