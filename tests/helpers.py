@@ -1,6 +1,11 @@
-"""Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids."""
+"""Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids, and
+``load_script`` for the programs under ``scripts/`` (not a package)."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ __all__ = [
     "DTYPES",
     "TOLERANCES",
     "assert_close",
+    "load_script",
     "to_numpy",
 ]
 
@@ -71,3 +77,13 @@ def assert_close(name: str, actual, expected, dtype: torch.dtype, kind: str = "f
         f"{name} ({kind}, {dtype}): {int((err > allowed).sum())} of {err.size} values out of tolerance "
         f"(rtol={rtol}, atol={atol}*scale); worst: actual {a[fin][worst]!r} expected {e[fin][worst]!r}"
     )
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a module (its ``main`` is not run)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +10,9 @@ import torch
 pytest.importorskip("numba")
 
 from relpsp.models import build_model
+from tests.helpers import load_script
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "depth_study.py"
-_spec = importlib.util.spec_from_file_location("depth_study", _PATH)
-assert _spec is not None and _spec.loader is not None
-depth_study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(depth_study)
+depth_study = load_script("depth_study")
 
 
 @pytest.mark.parametrize("kernel", ["relpsp", "alpha"])

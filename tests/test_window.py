@@ -7,9 +7,7 @@ none). Gradients by finite differences (float64 ``gradcheck``) where no neuron s
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ import torch
 from relpsp.models import build_model, model_arrays
 from relpsp.sim import network_from_arrays
 from relpsp.window import window_conv2d, window_linear
+from tests.helpers import load_script
 
 INF = math.inf
 GRID = 20001  # grid points over the window: the reference is exact to (t_end - t_start) / 20000
@@ -211,11 +210,7 @@ def test_training_a_windowed_cnn_learns_and_round_trips(tmp_path):
 
 # --- model.init_centered, and scripts/window_init.py's per-layer measurements ---
 
-_INIT_PATH = Path(__file__).resolve().parents[1] / "scripts" / "window_init.py"
-_init_spec = importlib.util.spec_from_file_location("window_init", _INIT_PATH)
-assert _init_spec is not None and _init_spec.loader is not None
-window_init = importlib.util.module_from_spec(_init_spec)
-_init_spec.loader.exec_module(window_init)
+window_init = load_script("window_init")
 
 
 @pytest.mark.parametrize("kernel, theta", [("window", 1.0), ("relpsp", 1.0), ("relpsp", 2.5)])
