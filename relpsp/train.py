@@ -682,12 +682,12 @@ def fit(
         ):
             raise ValueError(f"the ranks read different checkpoints from {ckpt_path}; --out must be shared")
         log(f"resumed from {ckpt_path} at epoch {start_epoch + 1}, step {start_step}")
-        if saved.train.epochs != cfg.train.epochs and cfg.train.lr_schedule == "cosine":
-            step_now = start_epoch * steps_per_epoch + start_step
-            lr_was = _lr_at(saved, step_now, steps_per_epoch * saved.train.epochs)
-            lr_now = _lr_at(cfg, step_now, total_steps)
+        step_now = start_epoch * steps_per_epoch + start_step
+        lr_was = _lr_at(saved, step_now, steps_per_epoch * saved.train.epochs)
+        lr_now = _lr_at(cfg, step_now, total_steps)
+        if lr_now != lr_was:  # a schedule over the run's length (cosine) and a changed --epochs
             log(
-                f"note: epochs changed from {saved.train.epochs} to {cfg.train.epochs}: the cosine learning rate "
+                f"note: epochs changed from {saved.train.epochs} to {cfg.train.epochs}: the learning-rate schedule "
                 f"is now spread over {cfg.train.epochs} epochs, so at this step it is {lr_now:.3g} "
                 f"(it would have been {lr_was:.3g}); a run of {cfg.train.epochs} epochs from scratch differs"
             )
@@ -714,7 +714,8 @@ def fit(
     def reduce_max(values: list[float]) -> list[float]:
         return _all_reduce(values, ctx, device, "max")
 
-    running = {"seen": 0, "correct": 0, "loss_sum": 0.0, "clipped": 0}  # this epoch's counters, kept across a resume
+    new_epoch = {"seen": 0, "correct": 0, "loss_sum": 0.0, "clipped": 0}
+    running = dict(new_epoch)  # this epoch's counters, kept across a resume
 
     def progress_state(epoch: int, step: int) -> dict[str, Any]:
         return {
@@ -741,7 +742,7 @@ def fit(
         if epoch == start_epoch and resumed_running:
             running.update(resumed_running)
         else:
-            running.update(seen=0, correct=0, loss_sum=0.0, clipped=0)
+            running.update(new_epoch)
         t_epoch = time.perf_counter()
         seen_before = running["seen"]
         for step, idx in _batches(order, cfg.train.batch_size, first_step):
