@@ -65,6 +65,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" | "constant"
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # largest global L2 norm of the gradient per step (rescaled above it); 0 = off
+    ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and saved; 0 = off
     optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
     seed: int = 0
     device: str = "cpu"

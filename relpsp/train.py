@@ -9,6 +9,12 @@
 - ``results.json``: final test accuracy, resolved config, versions, device, wall time, per-layer
   firing rates and the fraction of samples with no output spike.
 
+Weight averaging (``train.ema_decay = d > 0``): after every optimizer step the averaged weights become
+``w_avg <- d * w_avg + (1 - d) * w``, starting from the initial weights. The averaged network is the one
+evaluated and reported, and the checkpoint's ``model.*`` arrays hold it (so ``eval``, ``simulate``,
+``cost`` and ``export`` use it); the weights being trained are kept as ``training.model.*`` for resume,
+and each epoch's metrics also give their test accuracy as ``raw_test_accuracy``.
+
 Determinism: the weights come from ``seed``; the sample order of epoch ``e`` is a permutation drawn from
 a generator seeded with ``(seed, e)``; the learning rate is a pure function of the step. A run resumed
 from any checkpoint therefore replays exactly the steps an uninterrupted run would take (on CPU, with
@@ -29,6 +35,7 @@ added in a different order), which ``tests/test_distributed.py`` checks.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -62,6 +69,7 @@ from relpsp.models import layer_outputs, load_model_arrays, model_arrays, model_
 __all__ = [
     "CHECKPOINT_NAME",
     "DistInfo",
+    "WeightAverage",
     "data_options",
     "device_name",
     "dist_info",
@@ -221,6 +229,8 @@ def _validate(cfg: Config) -> None:
         raise ValueError("train.threads or train.eval_batch_size is absurdly large")
     if not 0 <= t.seed < 2**32:
         raise ValueError(f"train.seed must be in [0, 2^32), got {t.seed}")
+    if not (math.isfinite(t.ema_decay) and 0 <= t.ema_decay < 1):
+        raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no weight averaging), got {t.ema_decay}")
     for name in ("weight_decay", "grad_clip", "silent_margin", "silent_penalty", "tau"):
         v = getattr(t, name)
         if not (math.isfinite(v) and v >= 0):
@@ -448,8 +458,17 @@ def _load_optimizer(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], m
         raise CheckpointError(f"the optimizer state in the checkpoint does not fit this model ({e})") from e
 
 
-def _save_training_checkpoint(path: Path, model, opt, cfg: Config, progress: dict[str, Any]) -> None:
-    arrays = model_arrays(model)
+TRAINING_PREFIX = "training."  # with weight averaging: the weights being trained (``model.*`` is the average)
+
+
+def _save_training_checkpoint(
+    path: Path, model, opt, cfg: Config, progress: dict[str, Any], averaged: WeightAverage | None = None
+) -> None:
+    if averaged is None:
+        arrays = model_arrays(model)
+    else:
+        arrays = model_arrays(averaged.model)
+        arrays.update({TRAINING_PREFIX + k: v for k, v in model_arrays(model).items()})
     o_arrays, o_meta = _optimizer_arrays(opt)
     arrays.update(o_arrays)
     meta = {
@@ -474,6 +493,27 @@ def load_trained(path: str | os.PathLike, backend: str = "auto") -> tuple[nn.Seq
 
 
 # ----------------------------------------------------------------------------------------------- training
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (Polyak averaging): ``update`` sets every parameter
+    of ``self.model`` to ``decay * avg + (1 - decay) * current`` and copies the buffers. The average
+    starts as a copy of the model it is built from; about ``1 / (1 - decay)`` recent steps carry weight."""
+
+    def __init__(self, model: nn.Sequential, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Sequential) -> None:
+        for avg, cur in zip(self.model.parameters(), model.parameters(), strict=True):
+            avg.lerp_(cur, 1.0 - self.decay)
+        for buf, src in zip(self.model.buffers(), model.buffers(), strict=True):
+            buf.copy_(src)
 
 
 class _SilentPenalty:
@@ -642,6 +682,8 @@ def fit(
     _check_splits(cfg, splits)
     x_tr, y_tr = splits["train"]
     opt = make_optimizer(cfg, model.parameters())
+    averaged = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    eval_model = averaged.model if averaged is not None else model  # the network evaluated and reported
     steps_per_epoch = math.ceil(len(y_tr) / cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     start_epoch, start_step, history, wall_before = 0, 0, [], 0.0
@@ -675,7 +717,12 @@ def fit(
             )
         if not (0 <= start_epoch and 0 <= start_step <= steps_per_epoch and len(history) == start_epoch):
             raise CheckpointError(f"{ckpt_path}: progress epoch {start_epoch}, step {start_step} does not fit this run")
-        load_model_arrays(model, arrays)
+        if averaged is None:
+            load_model_arrays(model, arrays)
+        else:
+            load_model_arrays(averaged.model, arrays)
+            n = len(TRAINING_PREFIX)
+            load_model_arrays(model, {k[n:]: v for k, v in arrays.items() if k.startswith(TRAINING_PREFIX)})
         _load_optimizer(opt, arrays, opt_meta)
         if _all_reduce([start_epoch, start_step], ctx, device, "max") != _all_reduce(
             [start_epoch, start_step], ctx, device, "min"
@@ -729,7 +776,7 @@ def fit(
 
     def save(epoch: int, step: int) -> None:
         if ctx.is_main:
-            _save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch, step))
+            _save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch, step), averaged)
         _barrier(ctx)  # nobody runs ahead of a checkpoint that is not on disk yet
 
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -776,6 +823,8 @@ def fit(
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 running["clipped"] += int(float(norm) > cfg.train.grad_clip)
             opt.step()
+            if averaged is not None:
+                averaged.update(model)
             with torch.no_grad():
                 pred, _ = first_spike_decode(t_out)
                 correct = int((pred == yb).sum())
@@ -810,10 +859,13 @@ def fit(
             row["clipped_steps"] = running["clipped"]  # steps of this epoch whose gradient norm was cut
         for split in ("val", "test"):
             if split in splits:
-                ev = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+                ev = _evaluate(eval_model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
                 row[f"{split}_accuracy"] = ev["accuracy"]
                 row[f"{split}_loss"] = ev["loss"]
                 row[f"{split}_no_output_spike_fraction"] = ev["no_output_spike_fraction"]
+        if averaged is not None:  # the weights being trained, for comparison with their average
+            raw = _evaluate(model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+            row["raw_test_accuracy"] = raw["accuracy"]
         history.append(row)
         save(epoch + 1, 0)
         if ctx.is_main:
@@ -826,7 +878,7 @@ def fit(
 
     if penalty is not None:
         penalty.close()
-    final = _evaluate(model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+    final = _evaluate(eval_model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
     results = {
         "test_accuracy": final["accuracy"],
         "test_no_output_spike_fraction": final["no_output_spike_fraction"],

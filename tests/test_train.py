@@ -160,6 +160,66 @@ def test_grad_clip_bounds_the_step_and_counts_it(tmp_path):
         fit(_cfg(grad_clip=-1.0), tmp_path / "bad", splits=splits, progress=False, log=lambda s: None)
 
 
+def test_weight_average_is_the_running_mean_of_every_step_and_is_what_gets_saved(tmp_path):
+    """With ema_decay d the saved model is a_k = d a_(k-1) + (1 - d) w_k over the weights w_k after each step
+    (a_0 = the initial weights), recomputed here from the checkpoint written after every step; the weights
+    being trained are kept beside it, and the reported accuracy is the average's."""
+    from relpsp.models import model_from_config
+    from relpsp.train import TRAINING_PREFIX, evaluate
+
+    d = 0.8
+    cfg = _cfg(epochs=2, checkpoint_every=1, ema_decay=d)
+    torch.manual_seed(cfg.train.seed)  # fit builds its initial model right after this same call
+    avg = {
+        f"model.{k}": v.detach().numpy().astype(np.float64)
+        for k, v in model_from_config(cfg.model).state_dict().items()
+    }
+    trained: list[dict[str, np.ndarray]] = []
+
+    def record(epoch: int, step: int) -> None:
+        arrays, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+        trained.append({k[len(TRAINING_PREFIX) :]: v for k, v in arrays.items() if k.startswith(TRAINING_PREFIX)})
+
+    res = fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), on_step=record, log=lambda s: None)
+    assert len(trained) == 8 and trained[0].keys() == avg.keys()  # 64 samples, batch 16, 2 epochs
+    assert not np.array_equal(trained[0]["model.2.weight"], trained[-1]["model.2.weight"])  # it trained
+    for w in trained:
+        avg = {k: d * avg[k] + (1 - d) * w[k] for k in avg}
+    saved = _weights(tmp_path / CHECKPOINT_NAME)
+    for k in avg:
+        np.testing.assert_allclose(saved[k], avg[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        assert not np.allclose(saved[k], trained[-1][k], rtol=1e-3, atol=1e-4), k  # not the trained weights
+    model, _, _ = load_trained(tmp_path / CHECKPOINT_NAME)
+    x, y = _tiny_splits()["test"]
+    assert res["test_accuracy"] == evaluate(model, x, y, tau=cfg.train.tau)["accuracy"]
+    assert all("raw_test_accuracy" in row for row in res["history"])
+
+
+def test_weight_average_resumes_exactly(tmp_path):
+    cfg = _cfg(epochs=2, checkpoint_every=1, ema_decay=0.9)
+    fit(cfg, tmp_path / "ref", progress=False, splits=_tiny_splits(), log=lambda s: None)
+
+    def boom(epoch: int, step: int) -> None:
+        if (epoch, step) == (1, 1):
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        fit(cfg, tmp_path / "cut", progress=False, splits=_tiny_splits(), on_step=boom, log=lambda s: None)
+    fit(cfg, tmp_path / "cut", resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    ref, _ = load_checkpoint(tmp_path / "ref" / CHECKPOINT_NAME)
+    cut, _ = load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)
+    names = [k for k in ref if k.startswith(("model.", "training."))]
+    assert len(names) == 4  # two weight matrices, each averaged and trained
+    for k in names:
+        np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, float("nan")])
+def test_bad_ema_decay_is_refused(tmp_path, decay):
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(_cfg(ema_decay=decay), tmp_path, splits=_tiny_splits(), progress=False, log=lambda s: None)
+
+
 def test_bad_training_settings_raise(tmp_path):
     with pytest.raises(ValueError, match="lr"):
         fit(Config(model=_cfg().model, train=TrainConfig(lr=-1.0)), tmp_path, splits=_tiny_splits(), progress=False)
