@@ -198,11 +198,12 @@ def model_arrays(model: nn.Sequential) -> dict[str, np.ndarray]:
     return {f"model.{k}": v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
 
 
-def load_model_arrays(model: nn.Sequential, arrays: dict[str, np.ndarray]) -> None:
-    """Copy ``"model.*"`` arrays into ``model``; raise ``ValueError`` on missing or mis-shaped ones."""
+def load_model_arrays(model: nn.Sequential, arrays: dict[str, np.ndarray], prefix: str = "model.") -> None:
+    """Copy the ``prefix + k`` arrays (default ``"model.*"``) into ``model``; raise ``ValueError`` on missing or
+    mis-shaped ones, naming the array as stored."""
     state = model.state_dict()
     for k, v in state.items():
-        name = f"model.{k}"
+        name = f"{prefix}{k}"
         if name not in arrays:
             raise ValueError(f"checkpoint has no array {name!r} for this architecture")
         a = np.asarray(arrays[name])

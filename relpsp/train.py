@@ -721,8 +721,7 @@ def fit(
             load_model_arrays(model, arrays)
         else:
             load_model_arrays(averaged.model, arrays)
-            n = len(TRAINING_PREFIX)
-            load_model_arrays(model, {k[n:]: v for k, v in arrays.items() if k.startswith(TRAINING_PREFIX)})
+            load_model_arrays(model, arrays, prefix=TRAINING_PREFIX + "model.")
         _load_optimizer(opt, arrays, opt_meta)
         if _all_reduce([start_epoch, start_step], ctx, device, "max") != _all_reduce(
             [start_epoch, start_step], ctx, device, "min"

@@ -214,6 +214,28 @@ def test_weight_average_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
 
 
+def test_weight_average_resume_without_trained_weights_names_the_missing_array(tmp_path):
+    """A checkpoint written with averaging but stripped of its ``training.*`` arrays is refused, and the
+    error names the array that is missing as it is stored."""
+    from relpsp.checkpoint import save_checkpoint
+
+    cfg = _cfg(epochs=2, checkpoint_every=1, ema_decay=0.9)
+
+    def boom(epoch: int, step: int) -> None:
+        if (epoch, step) == (1, 1):
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), on_step=boom, log=lambda s: None)
+    path = tmp_path / CHECKPOINT_NAME
+    arrays, meta = load_checkpoint(path)
+    stripped = {k: v for k, v in arrays.items() if not k.startswith("training.")}
+    assert len(stripped) < len(arrays)
+    save_checkpoint(path, stripped, meta)
+    with pytest.raises(ValueError, match=r"no array 'training\.model\.\d+\.weight'"):
+        fit(cfg, tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+
+
 @pytest.mark.parametrize("decay", [-0.1, 1.0, float("nan")])
 def test_bad_ema_decay_is_refused(tmp_path, decay):
     with pytest.raises(ValueError, match="ema_decay"):
