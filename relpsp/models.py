@@ -193,9 +193,10 @@ def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
     )
 
 
-def model_arrays(model: nn.Sequential) -> dict[str, np.ndarray]:
-    """Weights as float32 NumPy arrays named ``"model.{k}.weight"`` (the checkpoint layout)."""
-    return {f"model.{k}": v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+def model_arrays(model: nn.Sequential, prefix: str = "model.") -> dict[str, np.ndarray]:
+    """Weights as float32 NumPy arrays named ``prefix + k`` (default ``"model.{k}.weight"``, the checkpoint
+    layout); ``load_model_arrays`` with the same prefix reads them back."""
+    return {f"{prefix}{k}": v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
 
 
 def load_model_arrays(model: nn.Sequential, arrays: dict[str, np.ndarray], prefix: str = "model.") -> None:

@@ -468,7 +468,7 @@ def _save_training_checkpoint(
         arrays = model_arrays(model)
     else:
         arrays = model_arrays(averaged.model)
-        arrays.update({TRAINING_PREFIX + k: v for k, v in model_arrays(model).items()})
+        arrays.update(model_arrays(model, prefix=TRAINING_PREFIX + "model."))
     o_arrays, o_meta = _optimizer_arrays(opt)
     arrays.update(o_arrays)
     meta = {
