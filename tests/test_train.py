@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from relpsp.checkpoint import CheckpointError, load_checkpoint
+from relpsp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
 from relpsp.train import CHECKPOINT_NAME, fit, load_trained
 
@@ -68,17 +68,22 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("stop_at", [(0, 1), (1, 2), (2, 3)], ids=["epoch1-step2", "epoch2-step3", "last-step"])
-def test_interrupted_run_resumes_to_identical_weights(tmp_path, stop_at):
-    cfg = _cfg(epochs=3, checkpoint_every=1)
-    fit(cfg, tmp_path / "ref", progress=False, splits=_tiny_splits(), log=lambda s: None)
+def _fit_interrupted(cfg: Config, out, stop_at: tuple[int, int]) -> None:
+    """Run ``fit`` until the step ``stop_at = (epoch, step)`` (0-based epoch) and stop it there, as a kill would."""
 
     def boom(epoch: int, step: int) -> None:
         if (epoch, step) == stop_at:
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        fit(cfg, tmp_path / "cut", progress=False, splits=_tiny_splits(), on_step=boom, log=lambda s: None)
+        fit(cfg, out, progress=False, splits=_tiny_splits(), on_step=boom, log=lambda s: None)
+
+
+@pytest.mark.parametrize("stop_at", [(0, 1), (1, 2), (2, 3)], ids=["epoch1-step2", "epoch2-step3", "last-step"])
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, stop_at):
+    cfg = _cfg(epochs=3, checkpoint_every=1)
+    fit(cfg, tmp_path / "ref", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    _fit_interrupted(cfg, tmp_path / "cut", stop_at)
     res = fit(cfg, tmp_path / "cut", resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
     ref = _weights(tmp_path / "ref" / CHECKPOINT_NAME)
     cut = _weights(tmp_path / "cut" / CHECKPOINT_NAME)
@@ -198,13 +203,7 @@ def test_weight_average_is_the_running_mean_of_every_step_and_is_what_gets_saved
 def test_weight_average_resumes_exactly(tmp_path):
     cfg = _cfg(epochs=2, checkpoint_every=1, ema_decay=0.9)
     fit(cfg, tmp_path / "ref", progress=False, splits=_tiny_splits(), log=lambda s: None)
-
-    def boom(epoch: int, step: int) -> None:
-        if (epoch, step) == (1, 1):
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        fit(cfg, tmp_path / "cut", progress=False, splits=_tiny_splits(), on_step=boom, log=lambda s: None)
+    _fit_interrupted(cfg, tmp_path / "cut", (1, 1))
     fit(cfg, tmp_path / "cut", resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
     ref, _ = load_checkpoint(tmp_path / "ref" / CHECKPOINT_NAME)
     cut, _ = load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)
@@ -217,16 +216,8 @@ def test_weight_average_resumes_exactly(tmp_path):
 def test_weight_average_resume_without_trained_weights_names_the_missing_array(tmp_path):
     """A checkpoint written with averaging but stripped of its ``training.*`` arrays is refused, and the
     error names the array that is missing as it is stored."""
-    from relpsp.checkpoint import save_checkpoint
-
     cfg = _cfg(epochs=2, checkpoint_every=1, ema_decay=0.9)
-
-    def boom(epoch: int, step: int) -> None:
-        if (epoch, step) == (1, 1):
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), on_step=boom, log=lambda s: None)
+    _fit_interrupted(cfg, tmp_path, (1, 1))
     path = tmp_path / CHECKPOINT_NAME
     arrays, meta = load_checkpoint(path)
     stripped = {k: v for k, v in arrays.items() if not k.startswith("training.")}
