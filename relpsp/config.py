@@ -53,6 +53,9 @@ class DataConfig:
     max_shift: int = 2  # with augment: largest shift in pixels, in each direction
     flip: bool = False  # with augment: also mirror each image left-right with probability 1/2
     invert: bool = False  # image sets: x -> 1 - x before the latency code (dark pixels fire first)
+    dog: bool = False  # image sets: difference-of-Gaussians ON/OFF contrast maps (C channels -> 2C), after invert
+    dog_sigmas: tuple[float, ...] = (1.0, 2.0)  # with dog: centre and surround sigma in pixels (7x7 window)
+    dog_threshold: float = 0.0  # with dog: contrasts below this fraction of the image's largest never fire
     bias_input: float = -1.0  # feature sets (Yin-Yang): constant extra input of this intensity; < 0: none
     image_size: tuple[int, ...] = ()  # image folders (Caltech): (H, W); empty: the dataset's default
 
@@ -92,11 +95,15 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     default = f.default
     if isinstance(default, tuple):
+        floats = bool(default) and all(isinstance(v, float) for v in default)
+        kinds = (int, float) if floats else (int,)
         if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
+            isinstance(v, kinds) and not isinstance(v, bool) for v in value
         ):
-            raise ValueError(f"{cls.__name__}.{name} must be a list of integers, got {value!r}")
-        return tuple(value)
+            raise ValueError(
+                f"{cls.__name__}.{name} must be a list of {'numbers' if floats else 'integers'}, got {value!r}"
+            )
+        return tuple(float(v) for v in value) if floats else tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{cls.__name__}.{name} must be true or false, got {value!r}")

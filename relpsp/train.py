@@ -320,6 +320,8 @@ def data_options(cfg: Config, dataset: str | None = None) -> dict[str, Any]:
         opts["image_size"] = tuple(cfg.data.image_size)
     if cfg.data.invert:
         opts["invert"] = True  # refused by load_dataset for feature sets (Yin-Yang)
+    if cfg.data.dog:  # likewise
+        opts.update(dog=True, dog_sigmas=tuple(cfg.data.dog_sigmas), dog_threshold=cfg.data.dog_threshold)
     return opts
 
 

@@ -30,6 +30,7 @@ from relpsp.data._files import (
 from relpsp.data.idx import load_idx_pair, parse_idx
 from relpsp.data.images import load_image_folder, read_sha256sums
 from relpsp.data.pickled import load_cifar_batches, load_mnist_pkl
+from relpsp.data.transforms import dog_kernel, dog_on_off
 from relpsp.data.yinyang import YINYANG_CLASSES, make_yinyang
 
 __all__ = [
@@ -297,13 +298,17 @@ def _image_size(opts: Mapping[str, Any]) -> tuple[int, int]:
 def dataset_info(name: str, **opts: Any) -> DatasetInfo:
     """Input shape per sample, number of classes, class names and split sizes of ``name``.
 
-    Options that change the shape are honoured: ``image_size`` (Caltech), ``bias`` and ``num_samples`` (Yin-Yang).
+    Options that change the shape are honoured: ``image_size`` (Caltech), ``dog`` (image sets: twice the
+    channels), ``bias`` and ``num_samples`` (Yin-Yang).
     """
     name = canonical_name(name)
     _check_opts(name, opts, _OPTIONS[name])
     info = DATASETS[name]
     if name == "caltech-face-motorbike":
-        return dataclasses.replace(info, input_shape=(1, *_image_size(opts)))
+        info = dataclasses.replace(info, input_shape=(1, *_image_size(opts)))
+    if _dog_options(opts) is not None:
+        c, *hw = info.input_shape
+        return dataclasses.replace(info, input_shape=(2 * c, *hw))
     if name == "yinyang":
         shape = (5,) if opts.get("bias") is not None else (4,)
         sizes = dict(info.split_sizes)
@@ -395,13 +400,14 @@ def _cifar_paths(folder: Path, split: str, fix: str) -> list[Path]:
     raise DatasetNotFoundError(f"missing {folder / names[0]}; {fix}")
 
 
+_IMAGE_OPTIONS = ("invert", "dog", "dog_sigmas", "dog_threshold")
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "mnist": ("verify", "invert"),
-    "mnist-pkl": ("verify", "invert"),
-    "fashion-mnist": ("verify", "invert"),
-    "caltech-face-motorbike": ("image_size", "root", "verify", "invert"),
+    "mnist": ("verify", *_IMAGE_OPTIONS),
+    "mnist-pkl": ("verify", *_IMAGE_OPTIONS),
+    "fashion-mnist": ("verify", *_IMAGE_OPTIONS),
+    "caltech-face-motorbike": ("image_size", "root", "verify", *_IMAGE_OPTIONS),
     "yinyang": ("num_samples", "seed", "r_small", "bias"),
-    "cifar10": ("invert",),
+    "cifar10": _IMAGE_OPTIONS,
 }
 
 
@@ -418,6 +424,9 @@ def load_dataset(
     - ``num_samples`` (default 5000 / 1000 / 1000), ``seed=0``, ``r_small=0.1``, ``bias=None`` for Yin-Yang.
     - ``invert=False`` (image sets): return 1 - x, so that dark pixels carry the high intensities (and,
       latency coded, fire first) and white ones never fire.
+    - ``dog=False`` (image sets): replace each channel by its difference-of-Gaussians ON and OFF maps
+      (:func:`relpsp.data.transforms.dog_on_off`; C channels become 2C), after any inversion;
+      ``dog_sigmas=(1.0, 2.0)`` (centre, surround, in pixels; 7×7 window), ``dog_threshold=0.0``.
 
     Never downloads; see :func:`relpsp.data.fetch_dataset`.
     """
@@ -427,8 +436,29 @@ def load_dataset(
     invert = opts.get("invert", False)
     if not isinstance(invert, bool):
         raise ValueError(f"invert must be true or false, got {invert!r}")
+    dog = _dog_options(opts)
     x, y = _load_split(name, split, data_dir, opts)
-    return (1.0 - x if invert else x), y
+    x = 1.0 - x if invert else x
+    if dog is not None:
+        x = dog_on_off(x, dog[0], dog[1], threshold=dog[2])
+    return x, y
+
+
+def _dog_options(opts: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """(σ_centre, σ_surround, threshold) when ``dog`` is on, else None; checks the values either way."""
+    dog = opts.get("dog", False)
+    if not isinstance(dog, bool):
+        raise ValueError(f"dog must be true or false, got {dog!r}")
+    sigmas = tuple(opts.get("dog_sigmas", (1.0, 2.0)))
+    if len(sigmas) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigmas):
+        raise ValueError(f"dog_sigmas must be two numbers (centre, surround), got {opts.get('dog_sigmas')!r}")
+    threshold = opts.get("dog_threshold", 0.0)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold < 1.0:
+        raise ValueError(f"dog_threshold must be a number in [0, 1), got {threshold!r}")
+    if not dog:
+        return None
+    dog_kernel(float(sigmas[0]), float(sigmas[1]))  # raises on bad sigmas before any file is read
+    return float(sigmas[0]), float(sigmas[1]), float(threshold)
 
 
 def _load_split(
