@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
-from relpsp.config import config_from_dict
+from relpsp.commands.simulate import checkpoint_data_options
+from relpsp.config import config_from_dict, config_to_dict
 from relpsp.data import dataset_info, load_dataset
 from relpsp.data.transforms import dog_kernel, dog_on_off
 from relpsp.train import data_options
@@ -111,6 +113,9 @@ def test_config_dog_fields_reach_the_loader():
     cfg = config_from_dict({"data": {"dataset": "caltech", "dog": True, "dog_sigmas": [1, 2.5], "dog_threshold": 0.1}})
     assert cfg.data.dog_sigmas == (1.0, 2.5) and all(isinstance(s, float) for s in cfg.data.dog_sigmas)
     assert data_options(cfg) == {"dog": True, "dog_sigmas": (1.0, 2.5), "dog_threshold": 0.1}
+    # relpsp simulate / cost read a checkpoint's stored config the same way (through JSON and back).
+    stored = json.loads(json.dumps(config_to_dict(cfg)))
+    assert checkpoint_data_options(stored, "caltech-face-motorbike") == data_options(cfg)
     assert data_options(config_from_dict({"data": {"dataset": "mnist"}})) == {}
     with pytest.raises(ValueError, match=r"DataConfig\.dog_sigmas must be a list of numbers"):
         config_from_dict({"data": {"dog_sigmas": ["a", 2]}})
