@@ -96,6 +96,7 @@ def test_loader_dog_option_doubles_channels_after_inversion(tmp_path):
         ({"dog": "yes"}, "dog must be true or false"),
         ({"dog": True, "dog_sigmas": (3.0, 1.0)}, "centre < surround"),
         ({"dog": True, "dog_sigmas": (1.0,)}, "two numbers"),
+        ({"dog": True, "dog_sigmas": 2.0}, "two numbers"),
         ({"dog": True, "dog_threshold": 1.5}, r"dog_threshold must be a number in \[0, 1\)"),
     ],
 )

@@ -449,9 +449,13 @@ def _dog_options(opts: Mapping[str, Any]) -> tuple[float, float, float] | None:
     dog = opts.get("dog", False)
     if not isinstance(dog, bool):
         raise ValueError(f"dog must be true or false, got {dog!r}")
-    sigmas = tuple(opts.get("dog_sigmas", (1.0, 2.0)))
-    if len(sigmas) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigmas):
-        raise ValueError(f"dog_sigmas must be two numbers (centre, surround), got {opts.get('dog_sigmas')!r}")
+    sigmas = opts.get("dog_sigmas", (1.0, 2.0))
+    if (
+        not isinstance(sigmas, (list, tuple))
+        or len(sigmas) != 2
+        or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigmas)
+    ):
+        raise ValueError(f"dog_sigmas must be two numbers (centre, surround), got {sigmas!r}")
     threshold = opts.get("dog_threshold", 0.0)
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold < 1.0:
         raise ValueError(f"dog_threshold must be a number in [0, 1), got {threshold!r}")

@@ -22,7 +22,8 @@ _RESPONSE_FLOOR = 1e-9  # |DoG response| below this (intensities in [0, 1]) is t
 
 def dog_kernel(sigma_center: float = 1.0, sigma_surround: float = 2.0, size: int = 7) -> torch.Tensor:
     """``size`` × ``size`` float64 kernel G(σ_c) − G(σ_s), each Gaussian normalised to sum 1 over the
-    window, so the kernel sums to 0: a uniform patch gives no response."""
+    window, so the kernel sums to 0: a uniform patch gives no response. The window does not grow with
+    the sigmas: with the default 7 × 7, a surround σ much above 2 px is cut off by the window."""
     if not (math.isfinite(sigma_center) and math.isfinite(sigma_surround)) or not 0 < sigma_center < sigma_surround:
         raise ValueError(
             f"DoG sigmas must satisfy 0 < centre < surround, got centre {sigma_center}, surround {sigma_surround}"
