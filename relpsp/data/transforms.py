@@ -52,8 +52,9 @@ def dog_on_off(
     Each channel c is filtered with :func:`dog_kernel` (borders replicated, so an image edge is not a
     contrast); channel 2c holds max(0, response) (ON) and 2c + 1 holds max(0, −response) (OFF). Each
     image is divided by its largest response over all its maps, so its strongest contrast has
-    intensity 1 (fires first); a blank or uniform image stays 0. Computed in float64, returned float32. Intensities below ``threshold`` (in [0, 1)) are set
-    to 0: weak contrasts never fire, which saves events.
+    intensity 1 (fires first); a blank or uniform image stays 0. Intensities below ``threshold`` (in
+    [0, 1)) are set to 0: weak contrasts never fire, which saves events. Computed in float64, returned
+    float32.
     """
     if x.dim() != 4:
         raise ValueError(f"DoG filtering needs images [N, C, H, W], got shape {tuple(x.shape)}")
@@ -68,8 +69,8 @@ def dog_on_off(
     # spike. Real contrasts of images in [0, 1] (8-bit: steps of 1/255) answer far above this floor.
     resp = torch.where(resp.abs() < _RESPONSE_FLOOR, torch.zeros_like(resp), resp)
     maps = torch.stack((resp.clamp(min=0), (-resp).clamp(min=0)), dim=2).reshape(n, 2 * c, h, w)
-    peak = maps.amax(dim=(1, 2, 3), keepdim=True)
-    maps = torch.where(peak > 0, maps / peak.clamp(min=_RESPONSE_FLOOR), maps)
+    # Every nonzero response is >= the floor, so the clamp only turns a blank image's 0 / 0 into 0 / floor.
+    maps = maps / maps.amax(dim=(1, 2, 3), keepdim=True).clamp(min=_RESPONSE_FLOOR)
     if threshold > 0:
         maps = torch.where(maps < threshold, torch.zeros_like(maps), maps)
     return maps.clamp(0.0, 1.0).to(torch.float32)
