@@ -30,7 +30,7 @@ from relpsp.data._files import (
 from relpsp.data.idx import load_idx_pair, parse_idx
 from relpsp.data.images import load_image_folder, read_sha256sums
 from relpsp.data.pickled import load_cifar_batches, load_mnist_pkl
-from relpsp.data.transforms import dog_kernel, dog_on_off
+from relpsp.data.transforms import check_dog_threshold, dog_kernel, dog_on_off
 from relpsp.data.yinyang import YINYANG_CLASSES, make_yinyang
 
 __all__ = [
@@ -456,13 +456,11 @@ def _dog_options(opts: Mapping[str, Any]) -> tuple[float, float, float] | None:
         or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigmas)
     ):
         raise ValueError(f"dog_sigmas must be two numbers (centre, surround), got {sigmas!r}")
-    threshold = opts.get("dog_threshold", 0.0)
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold < 1.0:
-        raise ValueError(f"dog_threshold must be a number in [0, 1), got {threshold!r}")
+    threshold = check_dog_threshold(opts.get("dog_threshold", 0.0))
     if not dog:
         return None
     dog_kernel(float(sigmas[0]), float(sigmas[1]))  # raises on bad sigmas before any file is read
-    return float(sigmas[0]), float(sigmas[1]), float(threshold)
+    return float(sigmas[0]), float(sigmas[1]), threshold
 
 
 def _load_split(

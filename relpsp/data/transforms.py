@@ -15,9 +15,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dog_kernel", "dog_on_off"]
+__all__ = ["check_dog_threshold", "dog_kernel", "dog_on_off"]
 
 _RESPONSE_FLOOR = 1e-9  # |DoG response| below this (intensities in [0, 1]) is taken as no contrast
+
+
+def check_dog_threshold(threshold: object) -> float:
+    """``threshold`` as a float if it is a number in [0, 1) (the fraction of an image's strongest contrast
+    below which a contrast never fires), else ValueError."""
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold < 1.0:
+        raise ValueError(f"dog_threshold must be a number in [0, 1), got {threshold!r}")
+    return float(threshold)
 
 
 def dog_kernel(sigma_center: float = 1.0, sigma_surround: float = 2.0, size: int = 7) -> torch.Tensor:
@@ -58,8 +66,7 @@ def dog_on_off(
     """
     if x.dim() != 4:
         raise ValueError(f"DoG filtering needs images [N, C, H, W], got shape {tuple(x.shape)}")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"DoG threshold must be in [0, 1), got {threshold}")
+    threshold = check_dog_threshold(threshold)
     n, c, h, w = x.shape
     k = dog_kernel(sigma_center, sigma_surround, size)
     pad = size // 2
