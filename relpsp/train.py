@@ -762,7 +762,9 @@ def fit(
     def reduce_max(values: list[float]) -> list[float]:
         return _all_reduce(values, ctx, device, "max")
 
-    new_epoch = {"seen": 0, "correct": 0, "loss_sum": 0.0, "clipped": 0}
+    # grad_*: the global L2 norm of each step's gradient (before any clipping): sum of logs, steps, largest
+    new_epoch = {"seen": 0, "correct": 0, "loss_sum": 0.0, "clipped": 0, "grad_log_sum": 0.0, "grad_steps": 0,
+                 "grad_max": 0.0}
     running = dict(new_epoch)  # this epoch's counters, kept across a resume
 
     def progress_state(epoch: int, step: int) -> dict[str, Any]:
@@ -820,9 +822,13 @@ def fit(
             loss = loss_sum / n_global  # this rank's share of the global mean; DDP sums the shares' gradients
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.train.grad_clip > 0:  # on the summed gradient: DDP has reduced it by now
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                running["clipped"] += int(float(norm) > cfg.train.grad_clip)
+            # on the summed gradient: DDP has reduced it by now
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf))
+            running["clipped"] += int(cfg.train.grad_clip > 0 and norm > cfg.train.grad_clip)
+            if math.isfinite(norm) and norm > 0:
+                running["grad_log_sum"] += math.log(norm)
+                running["grad_steps"] += 1
+                running["grad_max"] = max(running["grad_max"], norm)
             opt.step()
             if averaged is not None:
                 averaged.update(model)
@@ -858,6 +864,9 @@ def fit(
         }
         if cfg.train.grad_clip > 0:
             row["clipped_steps"] = running["clipped"]  # steps of this epoch whose gradient norm was cut
+        if running["grad_steps"]:  # the typical step's gradient norm (geometric mean) and the largest
+            row["grad_norm_geomean"] = math.exp(running["grad_log_sum"] / running["grad_steps"])
+            row["grad_norm_max"] = running["grad_max"]
         for split in ("val", "test"):
             if split in splits:
                 ev = _evaluate(eval_model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)

@@ -161,6 +161,11 @@ def test_grad_clip_bounds_the_step_and_counts_it(tmp_path):
     assert cut == pytest.approx(0.5 * 1e-3, rel=1e-3)  # lr * grad_clip: rescaled to the clip exactly
     assert res_cut["history"][0]["clipped_steps"] == 1
     assert "clipped_steps" not in res_free["history"][0]
+    # One SGD step of length lr * |g|: the logged norm is |g|, taken before clipping in both runs.
+    for res in (res_free, res_cut):
+        row = res["history"][0]
+        assert row["grad_norm_geomean"] == pytest.approx(free / 0.5, rel=1e-4)
+        assert row["grad_norm_max"] == pytest.approx(free / 0.5, rel=1e-4)
     with pytest.raises(ValueError, match="grad_clip"):
         fit(_cfg(grad_clip=-1.0), tmp_path / "bad", splits=splits, progress=False, log=lambda s: None)
 
