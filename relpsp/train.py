@@ -763,8 +763,15 @@ def fit(
         return _all_reduce(values, ctx, device, "max")
 
     # grad_*: the global L2 norm of each step's gradient (before any clipping): sum of logs, steps, largest
-    new_epoch = {"seen": 0, "correct": 0, "loss_sum": 0.0, "clipped": 0, "grad_log_sum": 0.0, "grad_steps": 0,
-                 "grad_max": 0.0}
+    new_epoch = {
+        "seen": 0,
+        "correct": 0,
+        "loss_sum": 0.0,
+        "clipped": 0,
+        "grad_log_sum": 0.0,
+        "grad_steps": 0,
+        "grad_max": 0.0,
+    }
     running = dict(new_epoch)  # this epoch's counters, kept across a resume
 
     def progress_state(epoch: int, step: int) -> dict[str, Any]:
