@@ -1,7 +1,8 @@
 """Typed configuration: frozen dataclasses, TOML experiment files, command-line overrides.
 
 A TOML file has sections ``[model]``, ``[data]`` and ``[train]`` whose keys are the fields below;
-flags override single fields. Every checkpoint and results file stores the resolved config.
+flags override single fields. ``extends = "base.toml"`` makes a file a set of changes to another file
+(see ``load_toml``). Every checkpoint and results file stores the resolved config.
 """
 
 from __future__ import annotations
@@ -159,15 +160,55 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return {s: {k: clean(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()} for s in _SECTIONS}
 
 
+_MAX_EXTENDS = 16
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML experiment file into a dict of sections.
+
+    A top-level ``extends = "other.toml"`` (a path relative to this file's folder) starts from the
+    sections of that file, itself read this way; this file's keys then replace the inherited ones key
+    by key. ``name`` and ``description`` are never inherited. Cycles and chains deeper than 16 files
+    are errors.
+    """
+    return _load_toml(Path(path), ())
+
+
+def _read_toml(p: Path) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
-    p = Path(path)
     if not p.is_file():
         raise ValueError(f"config file {p} does not exist")
     try:
         return tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config file {p} is not valid TOML: {e}") from e
+
+
+def _load_toml(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    raw = _read_toml(p)
+    parent_name = raw.pop("extends", None)
+    if parent_name is None:
+        return raw
+    if not isinstance(parent_name, str) or not parent_name:
+        raise ValueError(f"config file {p}: extends must be a file name (a string), got {parent_name!r}")
+    here = p.resolve()
+    chain = (*chain, here)
+    parent_path = p.parent / parent_name
+    if parent_path.resolve() in chain:
+        names = " -> ".join(str(c) for c in (*chain, parent_path.resolve()))
+        raise ValueError(f"config file {p}: extends forms a cycle: {names}")
+    if not parent_path.is_file():
+        raise ValueError(f"config file {p}: extends {parent_name!r}, but {parent_path} does not exist")
+    if len(chain) >= _MAX_EXTENDS:
+        raise ValueError(f"config file {p}: more than {_MAX_EXTENDS} files in its extends chain")
+    merged = {k: v for k, v in _load_toml(parent_path, chain).items() if k not in ("name", "description")}
+    for key, value in raw.items():
+        inherited = merged.get(key)
+        if key in _SECTIONS and isinstance(value, dict) and isinstance(inherited, dict):
+            merged[key] = {**inherited, **value}
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,73 @@
+"""``load_toml``: experiment files that extend other files, and the errors for bad ``extends``."""
+
+from __future__ import annotations
+
+import pytest
+
+from relpsp.config import config_from_dict, load_toml
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_extends_merges_sections_key_by_key(tmp_path):
+    _write(
+        tmp_path / "base.toml",
+        'name = "base"\ndescription = "the base"\n[model]\narch = "4-6-3"\ntheta = 2.0\n'
+        '[data]\ndataset = "yinyang"\n[train]\nepochs = 7\nlr = 0.01\n',
+    )
+    child = _write(tmp_path / "child.toml", 'extends = "base.toml"\nname = "child"\n[train]\nlr = 0.02\ntau = 0.5\n')
+    d = load_toml(child)
+    assert d == {
+        "name": "child",
+        "model": {"arch": "4-6-3", "theta": 2.0},
+        "data": {"dataset": "yinyang"},
+        "train": {"epochs": 7, "lr": 0.02, "tau": 0.5},
+    }
+    cfg = config_from_dict(d)
+    assert (cfg.model.theta, cfg.train.epochs, cfg.train.lr, cfg.train.tau) == (2.0, 7, 0.02, 0.5)
+
+
+def test_extends_follows_chains_relative_to_each_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "a.toml", '[model]\narch = "4-6-3"\n[train]\nepochs = 1\nlr = 0.1\nseed = 5\n')
+    _write(tmp_path / "sub" / "b.toml", 'extends = "../a.toml"\n[train]\nlr = 0.2\n')
+    c = _write(tmp_path / "sub" / "c.toml", 'extends = "b.toml"\n[train]\nepochs = 3\n')
+    d = load_toml(c)
+    assert d["train"] == {"epochs": 3, "lr": 0.2, "seed": 5}
+    assert "name" not in d and "extends" not in d
+
+
+def test_name_is_not_inherited(tmp_path):
+    _write(tmp_path / "base.toml", 'name = "base"\n[train]\nepochs = 2\n')
+    d = load_toml(_write(tmp_path / "child.toml", 'extends = "base.toml"\n'))
+    assert d == {"train": {"epochs": 2}}
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"x.toml": 'extends = "x.toml"\n'}, "cycle"),
+        ({"x.toml": 'extends = "y.toml"\n', "y.toml": 'extends = "x.toml"\n'}, "cycle"),
+        ({"x.toml": 'extends = "nowhere.toml"\n'}, r"extends 'nowhere.toml', but .*nowhere.toml does not exist"),
+        ({"x.toml": "extends = 3\n"}, "extends must be a file name"),
+        ({"x.toml": 'extends = ""\n'}, "extends must be a file name"),
+        ({"x.toml": 'extends = "y.toml"\n', "y.toml": "[train\n"}, "y.toml is not valid TOML"),
+    ],
+)
+def test_bad_extends_is_refused(tmp_path, files, needle):
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(ValueError, match=needle):
+        load_toml(tmp_path / "x.toml")
+
+
+def test_too_deep_a_chain_is_refused(tmp_path):
+    _write(tmp_path / "f0.toml", "[train]\nepochs = 1\n")
+    for i in range(1, 17):
+        _write(tmp_path / f"f{i}.toml", f'extends = "f{i - 1}.toml"\n')
+    assert load_toml(tmp_path / "f15.toml") == {"train": {"epochs": 1}}  # 16 files
+    with pytest.raises(ValueError, match="more than 16 files in its extends chain"):
+        load_toml(tmp_path / "f16.toml")
