@@ -168,8 +168,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
     A top-level ``extends = "other.toml"`` (a path relative to this file's folder) starts from the
     sections of that file, itself read this way; this file's keys then replace the inherited ones key
-    by key. ``name`` and ``description`` are never inherited. Cycles and chains deeper than 16 files
-    are errors.
+    by key. ``name`` and ``description`` are never inherited. A cycle, a missing file and a chain of
+    more than 16 files are errors.
     """
     return _load_toml(Path(path), ())
 
@@ -194,8 +194,7 @@ def _load_toml(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         return raw
     if not isinstance(parent_name, str) or not parent_name:
         raise ValueError(f"config file {p}: extends must be a file name (a string), got {parent_name!r}")
-    here = p.resolve()
-    chain = (*chain, here)
+    chain = (*chain, p.resolve())
     parent_path = p.parent / parent_name
     if parent_path.resolve() in chain:
         names = " -> ".join(str(c) for c in (*chain, parent_path.resolve()))
