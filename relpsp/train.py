@@ -13,7 +13,8 @@ Weight averaging (``train.ema_decay = d > 0``): after every optimizer step the a
 ``w_avg <- d * w_avg + (1 - d) * w``, starting from the initial weights. The averaged network is the one
 evaluated and reported, and the checkpoint's ``model.*`` arrays hold it (so ``eval``, ``simulate``,
 ``cost`` and ``export`` use it); the weights being trained are kept as ``training.model.*`` for resume,
-and each epoch's metrics also give their test accuracy as ``raw_test_accuracy``.
+and each epoch's metrics also give their accuracy as ``raw_test_accuracy`` (and ``raw_val_accuracy``
+with a validation split, so that averaging or not can be chosen on validation data).
 
 Determinism: the weights come from ``seed``; the sample order of epoch ``e`` is a permutation drawn from
 a generator seeded with ``(seed, e)``; the learning rate is a pure function of the step. A run resumed
@@ -881,8 +882,10 @@ def fit(
                 row[f"{split}_loss"] = ev["loss"]
                 row[f"{split}_no_output_spike_fraction"] = ev["no_output_spike_fraction"]
         if averaged is not None:  # the weights being trained, for comparison with their average
-            raw = _evaluate(model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
-            row["raw_test_accuracy"] = raw["accuracy"]
+            for split in ("val", "test"):
+                if split in splits:
+                    raw = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+                    row[f"raw_{split}_accuracy"] = raw["accuracy"]
         history.append(row)
         save(epoch + 1, 0)
         if ctx.is_main:

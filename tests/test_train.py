@@ -205,6 +205,26 @@ def test_weight_average_is_the_running_mean_of_every_step_and_is_what_gets_saved
     assert all("raw_test_accuracy" in row for row in res["history"])
 
 
+def test_weight_average_run_also_reports_the_trained_weights_on_val_and_test(tmp_path):
+    from relpsp.models import load_model_arrays, model_from_config
+    from relpsp.train import TRAINING_PREFIX, evaluate
+
+    cfg = _cfg(epochs=1, ema_decay=0.9, lr=0.03)  # 3 steps: the average still trails the trained weights
+    splits = _tiny_splits()
+    x, y = splits.pop("train")
+    splits.update(train=(x[:48], y[:48]), val=(x[48:], y[48:]))
+    res = fit(cfg, tmp_path, progress=False, splits=splits, log=lambda s: None)
+    arrays, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    trained = model_from_config(cfg.model)
+    load_model_arrays(trained, arrays, prefix=TRAINING_PREFIX + "model.")
+    averaged, _, _ = load_trained(tmp_path / CHECKPOINT_NAME)
+    last = res["history"][-1]
+    for split in ("val", "test"):
+        assert last[f"raw_{split}_accuracy"] == evaluate(trained, *splits[split], tau=cfg.train.tau)["accuracy"]
+        assert last[f"{split}_accuracy"] == evaluate(averaged, *splits[split], tau=cfg.train.tau)["accuracy"]
+        assert last[f"raw_{split}_accuracy"] != last[f"{split}_accuracy"]  # so a swap of the two would fail
+
+
 def test_weight_average_resumes_exactly(tmp_path):
     cfg = _cfg(epochs=2, checkpoint_every=1, ema_decay=0.9)
     fit(cfg, tmp_path / "ref", progress=False, splits=_tiny_splits(), log=lambda s: None)
