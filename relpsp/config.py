@@ -196,8 +196,8 @@ def _load_toml(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ValueError(f"config file {p}: extends must be a file name (a string), got {parent_name!r}")
     chain = (*chain, p.resolve())
     parent_path = p.parent / parent_name
-    if parent_path.resolve() in chain:
-        names = " -> ".join(str(c) for c in (*chain, parent_path.resolve()))
+    if (resolved := parent_path.resolve()) in chain:
+        names = " -> ".join(str(c) for c in (*chain, resolved))
         raise ValueError(f"config file {p}: extends forms a cycle: {names}")
     if not parent_path.is_file():
         raise ValueError(f"config file {p}: extends {parent_name!r}, but {parent_path} does not exist")

@@ -876,16 +876,15 @@ def fit(
             row["grad_norm_geomean"] = math.exp(running["grad_log_sum"] / running["grad_steps"])
             row["grad_norm_max"] = running["grad_max"]
         for split in ("val", "test"):
-            if split in splits:
-                ev = _evaluate(eval_model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
-                row[f"{split}_accuracy"] = ev["accuracy"]
-                row[f"{split}_loss"] = ev["loss"]
-                row[f"{split}_no_output_spike_fraction"] = ev["no_output_spike_fraction"]
-        if averaged is not None:  # the weights being trained, for comparison with their average
-            for split in ("val", "test"):
-                if split in splits:
-                    raw = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
-                    row[f"raw_{split}_accuracy"] = raw["accuracy"]
+            if split not in splits:
+                continue
+            ev = _evaluate(eval_model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+            row[f"{split}_accuracy"] = ev["accuracy"]
+            row[f"{split}_loss"] = ev["loss"]
+            row[f"{split}_no_output_spike_fraction"] = ev["no_output_spike_fraction"]
+            if averaged is not None:  # the weights being trained, for comparison with their average
+                raw = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+                row[f"raw_{split}_accuracy"] = raw["accuracy"]
         history.append(row)
         save(epoch + 1, 0)
         if ctx.is_main:
