@@ -637,6 +637,20 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
 
 
+def _stuck_warning(epoch: int, silent_fraction: float, silent_penalty: float) -> str:
+    """The line logged after an epoch in which no step had a finite non-zero gradient."""
+    msg = (
+        f"warning: epoch {epoch}: no step had a finite non-zero gradient; "
+        f"{100 * silent_fraction:.1f}% of the training samples had no output spike"
+    )
+    if silent_fraction >= 1 and silent_penalty == 0:
+        msg += (
+            ". With every output silent no gradient reaches any weight, so training cannot recover by itself;"
+            " train.silent_penalty gives silent neurons a gradient"
+        )
+    return msg
+
+
 def fit(
     cfg: Config,
     out_dir: str | os.PathLike,
@@ -763,10 +777,12 @@ def fit(
     def reduce_max(values: list[float]) -> list[float]:
         return _all_reduce(values, ctx, device, "max")
 
-    # grad_*: the global L2 norm of each step's gradient (before any clipping): sum of logs, steps, largest
+    # grad_*: the global L2 norm of each step's gradient (before any clipping): sum of logs, steps, largest;
+    # silent: training samples with no output spike (counted in the forward pass that trained on them)
     new_epoch = {
         "seen": 0,
         "correct": 0,
+        "silent": 0,
         "loss_sum": 0.0,
         "clipped": 0,
         "grad_log_sum": 0.0,
@@ -843,8 +859,10 @@ def fit(
             with torch.no_grad():
                 pred, _ = first_spike_decode(t_out)
                 correct = int((pred == yb).sum())
-            step_loss, step_correct = _all_reduce([float(loss_sum.detach()), correct], ctx, device)
+                silent = int((~fired).all(dim=1).sum())
+            step_loss, step_correct, step_silent = _all_reduce([float(loss_sum.detach()), correct, silent], ctx, device)
             running["correct"] += round(step_correct)
+            running["silent"] += round(step_silent)
             running["seen"] += n_global
             running["loss_sum"] += step_loss
             if bar is not None:
@@ -867,6 +885,7 @@ def fit(
             "epoch": epoch + 1,
             "train_loss": running["loss_sum"] / max(seen, 1),
             "train_accuracy": running["correct"] / max(seen, 1),
+            "train_no_output_spike_fraction": running["silent"] / max(seen, 1),
             "samples_per_s": (seen - seen_before) / max(epoch_time, 1e-9),
             "lr_end": opt.param_groups[0]["lr"],
         }
@@ -875,6 +894,8 @@ def fit(
         if running["grad_steps"]:  # the typical step's gradient norm (geometric mean) and the largest
             row["grad_norm_geomean"] = math.exp(running["grad_log_sum"] / running["grad_steps"])
             row["grad_norm_max"] = running["grad_max"]
+        elif seen:
+            log(_stuck_warning(epoch + 1, row["train_no_output_spike_fraction"], cfg.train.silent_penalty))
         for split in ("val", "test"):
             if split not in splits:
                 continue

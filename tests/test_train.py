@@ -54,6 +54,25 @@ def test_fit_writes_results_metrics_and_checkpoint(tmp_path):
     assert model(x).shape == (len(x), 3)
 
 
+def test_an_epoch_with_every_output_silent_is_reported_and_warned_about(tmp_path):
+    """Black images fire no input spike, so no output fires and no step has a gradient: the run says so."""
+    splits = {k: (torch.zeros_like(x), y) for k, (x, y) in _tiny_splits().items()}
+    lines: list[str] = []
+    res = fit(_cfg(), tmp_path / "dark", progress=False, splits=splits, log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 2 and "epoch 1:" in warnings[0] and "epoch 2:" in warnings[1]
+    assert "100.0% of the training samples had no output spike" in warnings[0]
+    assert "train.silent_penalty" in warnings[0]
+    for row in res["history"]:
+        assert row["train_no_output_spike_fraction"] == 1.0 and "grad_norm_geomean" not in row
+
+    lines.clear()  # a run that trains: no warning, and the fraction is what the forward passes saw
+    res = fit(_cfg(), tmp_path / "lit", progress=False, splits=_tiny_splits(), log=lines.append)
+    assert not [line for line in lines if line.startswith("warning:")]
+    fractions = [row["train_no_output_spike_fraction"] for row in res["history"]]
+    assert all(0.0 <= f < 1.0 for f in fractions)
+
+
 def test_same_seed_gives_identical_runs(tmp_path):
     a = fit(_cfg(), tmp_path / "a", progress=False, splits=_tiny_splits(), log=lambda s: None)
     b = fit(_cfg(), tmp_path / "b", progress=False, splits=_tiny_splits(), log=lambda s: None)
