@@ -2,12 +2,11 @@
 
 The exact spike-time gradient of a ReL-PSP neuron is dt_j/dw_ji = (t_i - t_j) / W_j, with W_j the sum of
 the weights of the inputs that fired before t_j. A neuron that only just reaches threshold has a small W_j
-and fires late, so its gradient is large twice over: this prints, for each spiking dense layer of a
-checkpoint, on the training images (no augmentation), the fraction of (image, neuron) pairs that fire,
-quantiles of W_j over those that fire (interpolated), and the median (the lower middle value) and
-largest spike time; then the median and
-largest time of the correct and the wrong output (two-class and multi-class alike: the earliest wrong
-output). Used for the Caltech collapse in docs/RESULTS.md:
+and fires late, so its gradient is large twice over. For each spiking dense layer of a checkpoint this
+prints, on the first ``--images`` training images (no augmentation), the fraction of (image, neuron)
+pairs that fire, quantiles of W_j over those that fire (interpolated), and the median (the lower middle
+value) and largest spike time; then the median and largest time of the correct output and of the
+earliest wrong one. Used for the Caltech collapse in docs/RESULTS.md:
 
     python scripts/spike_lateness.py runs/cal4_ep9.ckpt runs/cal4_ep10.ckpt
 """
@@ -24,12 +23,17 @@ from relpsp.models import layer_outputs
 from relpsp.nn import SpikingLinear
 
 QUANTILES = (0.0, 0.001, 0.01, 0.5)
+CHUNK_ELEMENTS = 2**25  # rows per step of causal_weight_sums keep its [rows, out, in] mask about this size
 
 
 def causal_weight_sums(t_in: Tensor, weight: Tensor, t_out: Tensor) -> Tensor:
     """``W_j`` per (row, neuron): the summed weights of the inputs that fired strictly before ``t_out``."""
-    causal = (t_in[:, None, :] < t_out[:, :, None]).to(weight.dtype)  # [B, out, in]
-    return (causal * weight[None]).sum(-1)
+    rows = max(1, CHUNK_ELEMENTS // max(1, weight.numel()))
+    parts = []
+    for a in range(0, len(t_in), rows):
+        causal = (t_in[a : a + rows, None, :] < t_out[a : a + rows, :, None]).to(weight.dtype)  # [rows, out, in]
+        parts.append((causal * weight[None]).sum(-1))
+    return torch.cat(parts) if parts else t_out.new_zeros(t_out.shape)
 
 
 def dense_layer_stats(model: torch.nn.Sequential, x: Tensor) -> list[dict[str, Any]]:
@@ -76,10 +80,13 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--images", type=int, default=1000, help="the first N training images (default 1000)")
     args = p.parse_args()
+    if args.images < 1:
+        p.error("--images must be >= 1")
     for path in args.checkpoints:
         model, cfg, meta = load_trained(path)
-        x, y = load_splits(cfg)["train"]
+        x, y = (a[: args.images] for a in load_splits(cfg)["train"])
         print(f"{path} (after epoch {meta['progress']['epoch']}), {len(y)} training images")
         for s in dense_layer_stats(model, x):
             q = s["w_sum_quantiles"]

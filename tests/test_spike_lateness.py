@@ -24,6 +24,16 @@ def test_causal_weight_sums_count_only_inputs_before_the_spike():
     assert w_sum[0, 1] == pytest.approx(0.9)
 
 
+def test_causal_weight_sums_in_chunks_equal_one_pass(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    t_in, weight, t_out = torch.rand(7, 5, generator=g), torch.randn(3, 5, generator=g), torch.rand(7, 3, generator=g)
+    whole = lateness.causal_weight_sums(t_in, weight, t_out)
+    monkeypatch.setattr(lateness, "CHUNK_ELEMENTS", 2 * weight.numel())  # two rows per chunk: 4 chunks
+    torch.testing.assert_close(lateness.causal_weight_sums(t_in, weight, t_out), whole)
+    expected = ((t_in[:, None, :] < t_out[:, :, None]) * weight[None]).sum(-1)
+    torch.testing.assert_close(whole, expected)
+
+
 def test_dense_layer_stats_and_output_times_on_a_network_with_known_spikes():
     layer = SpikingLinear(2, 2, theta=1.0)
     with torch.no_grad():
