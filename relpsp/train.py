@@ -857,9 +857,9 @@ def fit(
             if averaged is not None:
                 averaged.update(model)
             with torch.no_grad():
-                pred, _ = first_spike_decode(t_out)
+                pred, decided = first_spike_decode(t_out)
                 correct = int((pred == yb).sum())
-                silent = int((~fired).all(dim=1).sum())
+                silent = int((~decided).sum())
             step_loss, step_correct, step_silent = _all_reduce([float(loss_sum.detach()), correct, silent], ctx, device)
             running["correct"] += round(step_correct)
             running["silent"] += round(step_silent)
