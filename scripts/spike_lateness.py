@@ -1,7 +1,8 @@
 """How late the spikes of a trained network's dense layers fall, and how small their summed causal weights.
 
 The exact spike-time gradient of a ReL-PSP neuron is dt_j/dw_ji = (t_i - t_j) / W_j, with W_j the sum of
-the weights of the inputs that fired before t_j. A neuron that only just reaches threshold has a small W_j
+the weights of the inputs that fired before t_j (taken here from the exact forward,
+``relpsp.core.dense.relpsp_linear_fwd_torch``, the W_j that training's backward divides by). A neuron that only just reaches threshold has a small W_j
 and fires late, so its gradient is large twice over. For each spiking dense layer of a checkpoint this
 prints, on the first ``--images`` training images (no augmentation), the fraction of (image, neuron)
 pairs that fire, quantiles of W_j over those that fire (interpolated), and the median (the lower middle
@@ -19,21 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from relpsp.core.dense import relpsp_linear_fwd_torch
 from relpsp.models import layer_outputs
 from relpsp.nn import SpikingLinear
 
 QUANTILES = (0.0, 0.001, 0.01, 0.5)
-CHUNK_ELEMENTS = 2**25  # rows per step of causal_weight_sums keep its [rows, out, in] mask about this size
-
-
-def causal_weight_sums(t_in: Tensor, weight: Tensor, t_out: Tensor) -> Tensor:
-    """``W_j`` per (row, neuron): the summed weights of the inputs that fired strictly before ``t_out``."""
-    rows = max(1, CHUNK_ELEMENTS // max(1, weight.numel()))
-    parts = []
-    for a in range(0, len(t_in), rows):
-        causal = (t_in[a : a + rows, None, :] < t_out[a : a + rows, :, None]).to(weight.dtype)  # [rows, out, in]
-        parts.append((causal * weight[None]).sum(-1))
-    return torch.cat(parts) if parts else t_out.new_zeros(t_out.shape)
 
 
 def dense_layer_stats(model: torch.nn.Sequential, x: Tensor) -> list[dict[str, Any]]:
@@ -45,19 +36,17 @@ def dense_layer_stats(model: torch.nn.Sequential, x: Tensor) -> list[dict[str, A
             if not isinstance(m, SpikingLinear):
                 continue
             t_in = (outs[i - 1] if i else x).flatten(1)
-            t = outs[i]
+            t = outs[i]  # the times the network's own forward gave; W_j from the reference forward
+            w_sum = relpsp_linear_fwd_torch(t_in, m.weight, m.theta, m.t_max)[1]
             fired = torch.isfinite(t)
-            w_sum = causal_weight_sums(t_in, m.weight, t)[fired]
-            q = torch.quantile(w_sum.double(), torch.tensor(QUANTILES, dtype=torch.float64)) if fired.any() else None
-            stats.append(
-                {
-                    "shape": tuple(m.weight.shape),
-                    "fired": float(fired.double().mean()),
-                    "w_sum_quantiles": None if q is None else [float(v) for v in q],
-                    "t_median": float(t[fired].median()) if fired.any() else float("inf"),
-                    "t_max": float(t[fired].max()) if fired.any() else float("inf"),
-                }
-            )
+            row: dict[str, Any] = {"shape": tuple(m.weight.shape), "fired": float(fired.double().mean())}
+            if fired.any():
+                q = torch.quantile(w_sum[fired].double(), torch.tensor(QUANTILES, dtype=torch.float64))
+                row |= {"w_sum_quantiles": [float(v) for v in q], "t_median": float(t[fired].median())}
+                row["t_max"] = float(t[fired].max())
+            else:
+                row |= {"w_sum_quantiles": None, "t_median": float("inf"), "t_max": float("inf")}
+            stats.append(row)
     return stats
 
 

@@ -13,25 +13,22 @@ from tests.helpers import load_script
 lateness = load_script("spike_lateness")
 
 
-def test_causal_weight_sums_count_only_inputs_before_the_spike():
-    t_in = torch.tensor([[0.0, 0.4, 2.0, math.inf]])
-    weight = torch.tensor([[2.0, 0.01, 5.0, 7.0], [0.3, 0.3, 0.3, 0.3]])
-    t_out = torch.tensor([[0.4995, math.inf]])
-    w_sum = lateness.causal_weight_sums(t_in, weight, t_out)
-    # neuron 0: inputs at 0 and 0.4 precede 0.4995; the one at 2.0 and the silent one do not
-    assert w_sum[0, 0] == pytest.approx(2.01)
-    # a silent neuron counts every finite input (all precede +inf)
-    assert w_sum[0, 1] == pytest.approx(0.9)
+def test_w_sum_counts_only_inputs_before_the_spike():
+    """Inputs at 0 and 0.4 precede the spike at 0.4995 (W = 2.01); the one at 2.0 and the silent one do not."""
+    layer = SpikingLinear(4, 1, theta=1.0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, 0.01, 5.0, 7.0]]))
+    (s,) = lateness.dense_layer_stats(torch.nn.Sequential(layer), torch.tensor([[0.0, 0.4, 2.0, math.inf]]))
+    assert s["w_sum_quantiles"] == pytest.approx([2.01] * 4)
+    assert s["t_max"] == pytest.approx(1.004 / 2.01)
 
 
-def test_causal_weight_sums_in_chunks_equal_one_pass(monkeypatch):
-    g = torch.Generator().manual_seed(0)
-    t_in, weight, t_out = torch.rand(7, 5, generator=g), torch.randn(3, 5, generator=g), torch.rand(7, 3, generator=g)
-    whole = lateness.causal_weight_sums(t_in, weight, t_out)
-    monkeypatch.setattr(lateness, "CHUNK_ELEMENTS", 2 * weight.numel())  # two rows per chunk: 4 chunks
-    torch.testing.assert_close(lateness.causal_weight_sums(t_in, weight, t_out), whole)
-    expected = ((t_in[:, None, :] < t_out[:, :, None]) * weight[None]).sum(-1)
-    torch.testing.assert_close(whole, expected)
+def test_a_layer_that_never_fires_has_no_quantiles():
+    layer = SpikingLinear(2, 3, theta=1.0)
+    with torch.no_grad():
+        layer.weight.fill_(-0.1)
+    (s,) = lateness.dense_layer_stats(torch.nn.Sequential(layer), torch.zeros(4, 2))
+    assert s["fired"] == 0.0 and s["w_sum_quantiles"] is None and s["t_max"] == math.inf
 
 
 def test_dense_layer_stats_and_output_times_on_a_network_with_known_spikes():
