@@ -77,6 +77,7 @@ class TrainConfig:
     tau: float = 0.1  # time scale of the loss: softmax(-t_out / tau); 1 = the plain form
     silent_margin: float = 1.0
     silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
+    target_penalty: float = 0.0  # the same term on the correct output only, for samples where it is silent
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
     threads: int = 0  # torch/numba threads; 0 = leave as is

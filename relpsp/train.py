@@ -232,7 +232,7 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"train.seed must be in [0, 2^32), got {t.seed}")
     if not (math.isfinite(t.ema_decay) and 0 <= t.ema_decay < 1):
         raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no weight averaging), got {t.ema_decay}")
-    for name in ("weight_decay", "grad_clip", "silent_margin", "silent_penalty", "tau"):
+    for name in ("weight_decay", "grad_clip", "silent_margin", "silent_penalty", "target_penalty", "tau"):
         v = getattr(t, name)
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
@@ -254,12 +254,15 @@ def _validate(cfg: Config) -> None:
         raise ValueError("data.val_size and data.train_size must be >= 0")
     if not 0 <= cfg.data.max_shift <= 64:
         raise ValueError(f"data.max_shift must be in [0, 64], got {cfg.data.max_shift}")
-    if cfg.model.kernel == "window" and t.silent_penalty > 0:
-        raise ValueError("train.silent_penalty does not apply to kernel window: every windowed neuron fires")
+    if cfg.model.kernel == "window" and (t.silent_penalty > 0 or t.target_penalty > 0):
+        raise ValueError(
+            "train.silent_penalty and train.target_penalty do not apply to kernel window: every windowed neuron fires"
+        )
     if cfg.model.kernel == "alpha":
-        if t.silent_penalty > 0:
+        if t.silent_penalty > 0 or t.target_penalty > 0:
             raise ValueError(
-                "train.silent_penalty is defined for the ReL-PSP kernel only; set it to 0 with kernel alpha"
+                "train.silent_penalty and train.target_penalty are defined for the ReL-PSP kernel only;"
+                " set them to 0 with kernel alpha"
             )
         if t.device != "cpu":
             raise ValueError("the alpha-kernel baseline runs on the CPU only (train.device = 'cpu')")
@@ -522,24 +525,36 @@ class WeightAverage:
 class _SilentPenalty:
     """Sums ``silent_neuron_penalty`` over the spiking layers of one forward pass, read through forward
     hooks (the modules stay stateless). ``t_end`` of a layer: the latest spike it fired in the batch
-    (capped by its cut-off), so silent neurons are pushed to fire within the range the others use."""
+    (capped by its cut-off), so silent neurons are pushed to fire within the range the others use.
 
-    def __init__(self, model: nn.Sequential) -> None:
+    With ``target_only`` only the output layer is read, and of its neurons only the correct output of
+    each sample (the others are passed as having fired): the term then acts only where a sample's correct
+    output is silent, the case in which the spike-time loss sends the output layer no gradient."""
+
+    def __init__(self, model: nn.Sequential, *, target_only: bool = False) -> None:
         from relpsp.nn import SpikingConv2d, SpikingLinear
 
         self.records: list[tuple[Any, Tensor, Tensor]] = []
+        layers = [m for m in model if isinstance(m, (SpikingLinear, SpikingConv2d))]
+        if target_only:
+            if not layers or layers[-1] is not list(model)[-1] or not isinstance(layers[-1], SpikingLinear):
+                raise ValueError("train.target_penalty needs a network that ends in a spiking dense layer")
+            layers = layers[-1:]
+        self.target_only = target_only
         self.handles = [
-            m.register_forward_hook(lambda mod, inp, out: self.records.append((mod, inp[0], out)))
-            for m in model
-            if isinstance(m, (SpikingLinear, SpikingConv2d))
+            m.register_forward_hook(lambda mod, inp, out: self.records.append((mod, inp[0], out))) for m in layers
         ]
 
-    def __call__(self, reduce_max: Callable[[list[float]], list[float]] | None = None) -> Tensor:
+    def __call__(
+        self, reduce_max: Callable[[list[float]], list[float]] | None = None, target: Tensor | None = None
+    ) -> Tensor:
         """The penalty *summed* over the samples of this batch (the caller divides by the global batch
         size). ``reduce_max`` makes the latest spike times global over the ranks of a distributed run, so
-        every rank uses the horizon a single process would."""
+        every rank uses the horizon a single process would. ``target``: the labels (``target_only``)."""
         from relpsp.functional import silent_neuron_penalty
 
+        if self.target_only and target is None:
+            raise ValueError("the target penalty needs the batch's labels")
         latest: list[float] = []  # per layer: latest output spike, latest input spike (-inf: none)
         with torch.no_grad():
             for _mod, t_in, t_out in self.records:
@@ -557,6 +572,9 @@ class _SilentPenalty:
                 t_end = min(last_in + 1.0, mod.t_max)
             else:
                 continue
+            if self.target_only and target is not None:  # every other output counts as fired (time 0)
+                is_target = torch.nn.functional.one_hot(target, t_out.shape[1]).bool()
+                t_out = torch.where(is_target, t_out.detach(), torch.zeros((), dtype=t_out.dtype))
             kw = {"stride": mod.stride, "padding": mod.padding} if t_in.dim() == 4 else {}
             mean = silent_neuron_penalty(t_in, mod.weight, t_out, t_end=t_end, theta=mod.theta, **kw)
             total = total + mean * t_out.shape[0]
@@ -638,7 +656,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _stuck_warning(epoch: int, silent_fraction: float, silent_penalty: float) -> str:
-    """The line logged after an epoch in which no step had a finite non-zero gradient."""
+    """The line logged after an epoch in which no step had a finite non-zero gradient (``silent_penalty``:
+    the weight of any penalty that gives silent neurons a gradient)."""
     msg = (
         f"warning: epoch {epoch}: no step had a finite non-zero gradient; "
         f"{100 * silent_fraction:.1f}% of the training samples had no output spike"
@@ -646,7 +665,8 @@ def _stuck_warning(epoch: int, silent_fraction: float, silent_penalty: float) ->
     if silent_fraction >= 1 and silent_penalty == 0:
         msg += (
             ". With every output silent no gradient reaches any weight, so training cannot recover by itself;"
-            " train.silent_penalty gives silent neurons a gradient"
+            " train.silent_penalty (every silent neuron) or train.target_penalty (a silent correct output)"
+            " gives them a gradient"
         )
     return msg
 
@@ -773,6 +793,7 @@ def fit(
 
     t_start = time.perf_counter()
     penalty = _SilentPenalty(model) if cfg.train.silent_penalty > 0 else None
+    target_penalty = _SilentPenalty(model, target_only=True) if cfg.train.target_penalty > 0 else None
 
     def reduce_max(values: list[float]) -> list[float]:
         return _all_reduce(values, ctx, device, "max")
@@ -829,8 +850,9 @@ def fit(
             xb, yb = xb.to(device), y_tr[idx[lo:hi]].to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps)
-            if penalty is not None:
-                penalty.records.clear()  # drop what evaluation passes recorded
+            for pen in (penalty, target_penalty):
+                if pen is not None:
+                    pen.records.clear()  # drop what evaluation passes recorded
             t_out = train_model(xb)
             # spike_time_cross_entropy gives silent outputs the latest output time of the batch plus a margin;
             # fill them in here with that time taken over the global batch, so each rank's share is exact.
@@ -843,6 +865,8 @@ def fit(
             loss_sum = spike_time_cross_entropy(t_filled, yb, tau=cfg.train.tau, reduction="sum")
             if penalty is not None:
                 loss_sum = loss_sum + cfg.train.silent_penalty * penalty(reduce_max)
+            if target_penalty is not None:
+                loss_sum = loss_sum + cfg.train.target_penalty * target_penalty(reduce_max, yb)
             loss = loss_sum / n_global  # this rank's share of the global mean; DDP sums the shares' gradients
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -895,7 +919,8 @@ def fit(
             row["grad_norm_geomean"] = math.exp(running["grad_log_sum"] / running["grad_steps"])
             row["grad_norm_max"] = running["grad_max"]
         elif seen:
-            log(_stuck_warning(epoch + 1, row["train_no_output_spike_fraction"], cfg.train.silent_penalty))
+            guard = cfg.train.silent_penalty + cfg.train.target_penalty
+            log(_stuck_warning(epoch + 1, row["train_no_output_spike_fraction"], guard))
         for split in ("val", "test"):
             if split not in splits:
                 continue
@@ -916,8 +941,9 @@ def fit(
             + f"  {row['samples_per_s']:.0f} samples/s"
         )
 
-    if penalty is not None:
-        penalty.close()
+    for pen in (penalty, target_penalty):
+        if pen is not None:
+            pen.close()
     final = _evaluate(eval_model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
     results = {
         "test_accuracy": final["accuracy"],

@@ -159,6 +159,55 @@ def test_silent_penalty_gives_silent_neurons_a_gradient():
     assert float(pen.detach()) == pytest.approx(float((1 + 0.1 * (2.0 - t_in).sum(1)).sum() * 3 / 4), rel=1e-5)
 
 
+def test_target_penalty_acts_only_on_silent_correct_outputs():
+    """The target-only penalty is max(0, theta - V(t_end)) of each sample's correct output where that
+    output is silent, summed over samples; other outputs, silent or not, get nothing."""
+    from relpsp.models import model_from_config
+    from relpsp.train import _SilentPenalty
+
+    torch.manual_seed(0)
+    model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)))
+    out_layer = model[-1]
+    with torch.no_grad():
+        out_layer.weight[0] = -0.05  # output 0 never fires
+        out_layer.weight[2] = -0.05  # nor output 2
+    x, y = _tiny_splits()["train"]
+    pen = _SilentPenalty(model, target_only=True)
+    t_out = model(x)
+    assert not torch.isfinite(t_out[:, 0]).any() and not torch.isfinite(t_out[:, 2]).any()
+    assert torch.isfinite(t_out[:, 1]).all()
+    total = pen(None, y)
+    pen.close()
+    with torch.no_grad():
+        hidden = model[:-1](x)
+        t_end = float(t_out[:, 1].max())
+        v_end = torch.where(torch.isfinite(hidden), (t_end - hidden).clamp_min(0), 0) @ out_layer.weight.t()
+        silent_target = (y != 1).float()
+        expected = ((1.0 - v_end.gather(1, y[:, None])[:, 0]).clamp_min(0) * silent_target).sum()
+    assert float(total.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(total.detach()) > 0
+    total.backward()
+    g = out_layer.weight.grad
+    assert g[0].abs().sum() > 0 and g[2].abs().sum() > 0  # the silent targets are pushed up
+    assert float(g[1].abs().sum()) == 0.0  # output 1 fires for every sample: untouched
+    pen = _SilentPenalty(model, target_only=True)
+    model(x)
+    assert float(pen(None, torch.ones_like(y)).detach()) == 0.0  # every correct output fired: no term
+    with pytest.raises(ValueError, match="labels"):
+        pen(None)
+    pen.close()
+
+
+def test_target_penalty_trains_and_is_validated(tmp_path):
+    splits = _tiny_splits()
+    res = fit(_cfg(epochs=3, target_penalty=0.01), tmp_path / "run", progress=False, splits=splits, log=lambda s: None)
+    assert res["test_accuracy"] > 0.5  # three classes: chance is 1/3
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["config"]["train"]["target_penalty"] == 0.01
+    with pytest.raises(ValueError, match="target_penalty"):
+        fit(_cfg(target_penalty=-1.0), tmp_path / "bad", splits=splits, progress=False, log=lambda s: None)
+
+
 def test_grad_clip_bounds_the_step_and_counts_it(tmp_path):
     """One SGD step from the seeded initial weights moves them by lr * g, with |g| cut to grad_clip."""
     from relpsp.models import model_from_config
