@@ -574,7 +574,7 @@ class _SilentPenalty:
                 continue
             if self.target_only and target is not None:  # every other output counts as fired (time 0)
                 is_target = torch.nn.functional.one_hot(target, t_out.shape[1]).bool()
-                t_out = torch.where(is_target, t_out.detach(), torch.zeros((), dtype=t_out.dtype))
+                t_out = torch.where(is_target, t_out.detach(), t_out.new_zeros(()))
             kw = {"stride": mod.stride, "padding": mod.padding} if t_in.dim() == 4 else {}
             mean = silent_neuron_penalty(t_in, mod.weight, t_out, t_end=t_end, theta=mod.theta, **kw)
             total = total + mean * t_out.shape[0]
