@@ -238,6 +238,12 @@ def _validate(cfg: Config) -> None:
             raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
     if t.tau == 0:
         raise ValueError("train.tau must be > 0")
+    if not (math.isfinite(t.spike_dropout) and 0 <= t.spike_dropout < 1):
+        raise ValueError(f"train.spike_dropout must be in [0, 1) (0 = off), got {t.spike_dropout}")
+    if t.spike_dropout > 0 and cfg.model.kernel != "relpsp":
+        raise ValueError("train.spike_dropout is defined for the ReL-PSP kernel only (model.kernel = 'relpsp')")
+    if t.spike_dropout > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
+        raise ValueError("train.spike_dropout cannot be combined with train.silent_penalty or train.target_penalty")
     if t.optimizer not in ("adam", "adamw", "sgd"):
         raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'sgd', got {t.optimizer!r}")
     if t.lr_schedule not in ("cosine", "constant"):
@@ -586,6 +592,52 @@ class _SilentPenalty:
             h.remove()
 
 
+class _SpikeDropout:
+    """Training-time dropout for spike times, attached to every ReL-PSP dense layer through hooks (the
+    network itself, its checkpoint, export and inference are unchanged). In a forward pass in training
+    mode each input spike of the layer is deleted (its time set to +inf) with probability ``p``, and the
+    layer's threshold is scaled by ``1 - p`` for that pass: firing at ``sum_causal w_i (t - t_i) = theta``
+    with weights ``w / (1 - p)`` is firing at threshold ``theta * (1 - p)`` with ``w``, so the expected
+    potential matches that of the full input at evaluation (the analogue of inverted dropout). The masks
+    come from a generator reseeded before every step from (seed, epoch, step, rank), so a run and its
+    resume draw the same masks."""
+
+    def __init__(self, model: nn.Sequential, p: float) -> None:
+        from relpsp.nn import SpikingLinear
+
+        self.p = p
+        self.layers = [m for m in model if isinstance(m, SpikingLinear)]
+        if not self.layers:
+            raise ValueError("train.spike_dropout needs a network with a spiking dense layer")
+        self.theta = {id(m): m.theta for m in self.layers}
+        self.generator: torch.Generator | None = None
+        self.handles = []
+        for m in self.layers:
+            self.handles.append(m.register_forward_pre_hook(self._drop))
+            self.handles.append(m.register_forward_hook(self._restore))
+
+    def reseed(self, seed: int, epoch: int, step: int, rank: int, device: str) -> None:
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed((seed * 1_000_003 + epoch * 10_007 + step) * 1_009 + rank + 0x5D10)
+
+    def _drop(self, mod: Any, args: tuple[Tensor, ...]):
+        if not mod.training or self.generator is None:
+            return None
+        t_in = args[0]
+        u = torch.rand(t_in.shape, generator=self.generator, device=t_in.device, dtype=t_in.dtype)
+        mod.theta = self.theta[id(mod)] * (1.0 - self.p)
+        return (torch.where(u < self.p, torch.full_like(t_in, math.inf), t_in), *args[1:])
+
+    def _restore(self, mod: Any, _args: Any, _out: Any) -> None:
+        mod.theta = self.theta[id(mod)]
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        for m in self.layers:
+            m.theta = self.theta[id(m)]
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
@@ -794,6 +846,7 @@ def fit(
     t_start = time.perf_counter()
     penalty = _SilentPenalty(model) if cfg.train.silent_penalty > 0 else None
     target_penalty = _SilentPenalty(model, target_only=True) if cfg.train.target_penalty > 0 else None
+    dropout = _SpikeDropout(model, cfg.train.spike_dropout) if cfg.train.spike_dropout > 0 else None
 
     def reduce_max(values: list[float]) -> list[float]:
         return _all_reduce(values, ctx, device, "max")
@@ -853,6 +906,8 @@ def fit(
             for pen in (penalty, target_penalty):
                 if pen is not None:
                     pen.records.clear()  # drop what evaluation passes recorded
+            if dropout is not None:
+                dropout.reseed(cfg.train.seed, epoch, step, ctx.rank, device)
             t_out = train_model(xb)
             # spike_time_cross_entropy gives silent outputs the latest output time of the batch plus a margin;
             # fill them in here with that time taken over the global batch, so each rank's share is exact.
@@ -941,9 +996,9 @@ def fit(
             + f"  {row['samples_per_s']:.0f} samples/s"
         )
 
-    for pen in (penalty, target_penalty):
-        if pen is not None:
-            pen.close()
+    for hooks in (penalty, target_penalty, dropout):
+        if hooks is not None:
+            hooks.close()
     final = _evaluate(eval_model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
     results = {
         "test_accuracy": final["accuracy"],

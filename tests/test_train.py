@@ -352,3 +352,71 @@ def test_augment_shifts_and_flips():
     assert torch.equal(a, _augment(x, 1, 2, 3, max_shift=3, flip=True))  # seeded: resumes see the same
     assert torch.allclose(a.sum((1, 2, 3)), x.sum((1, 2, 3)))  # shifts of at most 3 px lose nothing here
     assert not torch.equal(a, x)
+
+
+def test_spike_dropout_deletes_inputs_and_scales_the_threshold_in_training_only():
+    """In training mode a hooked dense layer sees its input with a seeded random subset of spikes set to
+    +inf and fires at threshold theta * (1 - p); in evaluation mode, and after close(), it is untouched."""
+    from relpsp.functional import relpsp_linear
+    from relpsp.models import model_from_config
+    from relpsp.train import _SpikeDropout
+
+    torch.manual_seed(0)
+    model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)))
+    hidden = model[-2]
+    x, _ = _tiny_splits()["train"]
+    with torch.no_grad():
+        t_enc = model[:-2](x)  # encoded and flattened input of the hidden layer
+        plain = model(x)
+    seen: list = []  # registered first, so it runs before the dropout's hook restores the threshold
+    hook = hidden.register_forward_hook(lambda m, inp, out: seen.append((inp[0].clone(), m.theta, out.clone())))
+    drop = _SpikeDropout(model, 0.25)
+    model.train()
+    drop.reseed(0, 0, 0, 0, "cpu")
+    with torch.no_grad():
+        model(x)
+    t_in, theta, out = seen[0]
+    dropped = torch.isinf(t_in) & torch.isfinite(t_enc)
+    assert torch.equal(t_in[~dropped], t_enc[~dropped])  # kept spikes keep their times
+    frac = float(dropped.sum()) / float(torch.isfinite(t_enc).sum())
+    assert 0.15 < frac < 0.35  # about p of the spikes are deleted
+    assert theta == pytest.approx(0.75)
+    with torch.no_grad():
+        assert torch.allclose(out, relpsp_linear(t_in, hidden.weight, theta=0.75), equal_nan=True)
+    assert hidden.theta == 1.0  # restored after the pass
+    drop.reseed(0, 0, 0, 0, "cpu")  # the same seed draws the same mask
+    with torch.no_grad():
+        model(x)
+    assert torch.equal(seen[1][0], t_in)
+    drop.reseed(0, 0, 1, 0, "cpu")  # the next step draws another
+    with torch.no_grad():
+        model(x)
+    assert not torch.equal(seen[2][0], t_in)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)  # no dropout in evaluation
+    drop.close()
+    hook.remove()
+    model.train()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)  # hooks removed
+
+
+def test_spike_dropout_trains_deterministically_and_is_validated(tmp_path):
+    splits = _tiny_splits()
+    runs = [
+        fit(_cfg(epochs=2, spike_dropout=p), tmp_path / n, progress=False, splits=splits, log=lambda s: None)
+        for n, p in (("a", 0.2), ("b", 0.2), ("off", 0.0))
+    ]
+    losses = [[r["train_loss"] for r in res["history"]] for res in runs]
+    assert losses[0] == losses[1]  # seeded masks: the same run twice
+    assert losses[0] != losses[2]  # and the masks change training
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["config"]["train"]["spike_dropout"] == 0.2
+    for bad, match in (
+        (_cfg(spike_dropout=1.0), "spike_dropout"),
+        (_cfg(spike_dropout=-0.1), "spike_dropout"),
+        (_cfg(spike_dropout=0.2, target_penalty=0.01), "cannot be combined"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            fit(bad, tmp_path / "bad", splits=splits, progress=False, log=lambda s: None)
