@@ -597,8 +597,9 @@ class _SpikeDropout:
     network itself, its checkpoint, export and inference are unchanged). In a forward pass in training
     mode each input spike of the layer is deleted (its time set to +inf) with probability ``p``, and the
     layer's threshold is scaled by ``1 - p`` for that pass: firing at ``sum_causal w_i (t - t_i) = theta``
-    with weights ``w / (1 - p)`` is firing at threshold ``theta * (1 - p)`` with ``w``, so the expected
-    potential matches that of the full input at evaluation (the analogue of inverted dropout). The masks
+    with weights ``w / (1 - p)`` is firing at threshold ``theta * (1 - p)`` with ``w``, so at any time the
+    expected potential over the masks equals that of the full input at evaluation (the analogue of
+    inverted dropout; the firing time itself is not preserved exactly, as it is not linear). The masks
     come from a generator reseeded before every step from (seed, epoch, step, rank), so a run and its
     resume draw the same masks."""
 
