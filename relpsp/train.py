@@ -37,6 +37,7 @@ added in a different order), which ``tests/test_distributed.py`` checks.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -340,13 +341,26 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _step_key(stream: str, legacy: int, in_range: bool, *parts: int) -> int:
+    """Generator key for one training step's random draws. Within the range where the original packed
+    formula ``legacy`` is one-to-one (``in_range``) and below 2**63, it is kept, so runs made with it
+    replay unchanged; elsewhere (very many steps per epoch, or a seed so large that the packed number
+    would not fit torch's 64-bit seed) the key is a SHA-256 hash of (stream, parts) with the top bit set,
+    which no packed key reaches."""
+    if in_range and 0 <= legacy < 2**63:
+        return legacy
+    digest = hashlib.sha256(":".join([stream, *map(str, parts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") | (1 << 63)
+
+
 def _augment(x: Tensor, seed: int, epoch: int, step: int, max_shift: int = 2, flip: bool = False) -> Tensor:
     """Shift every image by its own random offset of up to ``max_shift`` pixels in each direction (zero
     fill) and, with ``flip``, mirror it left-right with probability 1/2; drawn from a generator seeded by
     (seed, epoch, step), so resumed runs see the same transformations."""
     if x.dim() != 4:
         return x
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
+    legacy = (seed * 1_000_003 + epoch) * 100_003 + step
+    g = torch.Generator().manual_seed(_step_key("augment", legacy, step < 100_003, seed, epoch, step))
     shifts = torch.randint(-max_shift, max_shift + 1, (len(x), 2), generator=g)
     if flip:
         mirror = torch.rand(len(x), generator=g) < 0.5
@@ -619,7 +633,9 @@ class _SpikeDropout:
 
     def reseed(self, seed: int, epoch: int, step: int, rank: int, device: str) -> None:
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed((seed * 1_000_003 + epoch * 10_007 + step) * 1_009 + rank + 0x5D10)
+        legacy = (seed * 1_000_003 + epoch * 10_007 + step) * 1_009 + rank + 0x5D10
+        in_range = step < 10_007 and rank < 1_009
+        self.generator.manual_seed(_step_key("spike-dropout", legacy, in_range, seed, epoch, step, rank))
 
     def _drop(self, mod: Any, args: tuple[Tensor, ...]):
         if not mod.training or self.generator is None:

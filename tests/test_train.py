@@ -354,6 +354,32 @@ def test_augment_shifts_and_flips():
     assert not torch.equal(a, x)
 
 
+def test_step_keys_keep_the_packed_formula_in_range_and_never_repeat_or_overflow_outside():
+    """The per-step generator keys of augmentation and spike dropout are the packed numbers earlier runs
+    used wherever those are one-to-one; past that (more steps per epoch than the packing allows, or a seed
+    whose packed key would overflow torch's 64-bit seed) they are hashed into a range no packed key uses."""
+    from relpsp.models import model_from_config
+    from relpsp.train import _augment, _SpikeDropout, _step_key
+
+    assert _step_key("augment", (3 * 1_000_003 + 2) * 100_003 + 7, True, 3, 2, 7) == 300_010_100_040
+    big = [_step_key("s", 2**70, True, 9), _step_key("s", 5, False, 1), _step_key("s", 5, False, 2)]
+    assert all(2**63 <= k < 2**64 for k in big) and len(set(big)) == 3
+    assert _step_key("s", 5, False, 1) == _step_key("s", 6, False, 1)  # the hash ignores the packed number
+
+    x = torch.rand(4, 1, 8, 8)  # the largest seed used to overflow the packed augmentation key
+    a = _augment(x, 2**32 - 1, 3, 5, max_shift=2)
+    assert torch.equal(a, _augment(x, 2**32 - 1, 3, 5, max_shift=2))
+
+    drop = _SpikeDropout(model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))), 0.5)
+    masks = []
+    for epoch, step in ((0, 10_007), (1, 0)):  # the packed key of the first equals that of the second
+        drop.reseed(0, epoch, step, 0, "cpu")
+        assert drop.generator is not None
+        masks.append(torch.rand(64, generator=drop.generator))
+    assert not torch.equal(masks[0], masks[1])
+    drop.close()
+
+
 def test_spike_dropout_deletes_inputs_and_scales_the_threshold_in_training_only():
     """In training mode a hooked dense layer sees its input with a seeded random subset of spikes set to
     +inf and fires at threshold theta * (1 - p); in evaluation mode, and after close(), it is untouched."""
