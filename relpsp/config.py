@@ -121,7 +121,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{cls.__name__}.{name} must be a number, got {value!r}")
         return float(value)
-    if value is not None and not isinstance(value, str):
+    if value is None and default is None:  # an optional setting left unset (data_dir)
+        return value
+    if not isinstance(value, str):
         raise ValueError(f"{cls.__name__}.{name} must be a string, got {value!r}")
     return value
 

@@ -36,6 +36,7 @@ added in a different order), which ``tests/test_distributed.py`` checks.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -360,7 +361,8 @@ def _augment(x: Tensor, seed: int, epoch: int, step: int, max_shift: int = 2, fl
     if x.dim() != 4:
         return x
     legacy = (seed * 1_000_003 + epoch) * 100_003 + step
-    g = torch.Generator().manual_seed(_step_key("augment", legacy, step < 100_003, seed, epoch, step))
+    in_range = step < 100_003 and epoch < 1_000_003
+    g = torch.Generator().manual_seed(_step_key("augment", legacy, in_range, seed, epoch, step))
     shifts = torch.randint(-max_shift, max_shift + 1, (len(x), 2), generator=g)
     if flip:
         mirror = torch.rand(len(x), generator=g) < 0.5
@@ -614,8 +616,9 @@ class _SpikeDropout:
     with weights ``w / (1 - p)`` is firing at threshold ``theta * (1 - p)`` with ``w``, so at any time the
     expected potential over the masks equals that of the full input at evaluation (the analogue of
     inverted dropout; the firing time itself is not preserved exactly, as it is not linear). The masks
-    come from a generator reseeded before every step from (seed, epoch, step, rank), so a run and its
-    resume draw the same masks."""
+    come from a generator reseeded before every step from (seed, epoch, step), so a run and its resume
+    draw the same masks; each layer draws the mask of the whole global batch and keeps this process's
+    rows, so a data-parallel run drops the spikes that a single process would."""
 
     def __init__(self, model: nn.Sequential, p: float) -> None:
         from relpsp.nn import SpikingLinear
@@ -626,22 +629,32 @@ class _SpikeDropout:
             raise ValueError("train.spike_dropout needs a network with a spiking dense layer")
         self.theta = {id(m): m.theta for m in self.layers}
         self.generator: torch.Generator | None = None
+        self.rows: tuple[int, int, int] | None = None
         self.handles = []
         for m in self.layers:
             self.handles.append(m.register_forward_pre_hook(self._drop))
             self.handles.append(m.register_forward_hook(self._restore))
 
-    def reseed(self, seed: int, epoch: int, step: int, rank: int, device: str) -> None:
+    def reseed(self, seed: int, epoch: int, step: int, device: str, rows: tuple[int, int, int] | None = None) -> None:
+        """Seed the masks of one step; ``rows = (lo, hi, n_global)``: this process holds rows lo:hi of
+        a global batch of n_global (None: the whole batch)."""
         self.generator = torch.Generator(device=device)
-        legacy = (seed * 1_000_003 + epoch * 10_007 + step) * 1_009 + rank + 0x5D10
-        in_range = step < 10_007 and rank < 1_009
-        self.generator.manual_seed(_step_key("spike-dropout", legacy, in_range, seed, epoch, step, rank))
+        self.rows = rows
+        # the packed key of the first runs (its last slot held a rank, always 0 there); one-to-one while
+        # epoch * 10_007 + step stays below the seed's radix 1_000_003
+        legacy = (seed * 1_000_003 + epoch * 10_007 + step) * 1_009 + 0x5D10
+        in_range = step < 10_007 and epoch * 10_007 + step < 1_000_003
+        self.generator.manual_seed(_step_key("spike-dropout", legacy, in_range, seed, epoch, step, 0))
 
     def _drop(self, mod: Any, args: tuple[Tensor, ...]):
         if not mod.training or self.generator is None:
             return None
         t_in = args[0]
-        u = torch.rand(t_in.shape, generator=self.generator, device=t_in.device, dtype=t_in.dtype)
+        lo, hi, n = self.rows if self.rows is not None else (0, len(t_in), len(t_in))
+        if hi - lo != len(t_in):
+            raise RuntimeError(f"spike dropout expected rows {lo}:{hi} of the batch, got {len(t_in)}")
+        shape = (n, *t_in.shape[1:])
+        u = torch.rand(shape, generator=self.generator, device=t_in.device, dtype=t_in.dtype)[lo:hi]
         mod.theta = self.theta[id(mod)] * (1.0 - self.p)
         return (torch.where(u < self.p, torch.full_like(t_in, math.inf), t_in), *args[1:])
 
@@ -740,11 +753,73 @@ def _stuck_warning(epoch: int, silent_fraction: float, silent_penalty: float) ->
     return msg
 
 
+LOCK_NAME = ".relpsp.lock"
+
+
+@contextlib.contextmanager
+def _run_folder_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out/.relpsp.lock`` (POSIX ``flock``; nothing elsewhere) for one run:
+    a second process training into the same folder is refused instead of interleaving its writes (and
+    removing the first one's temporary files). The lock file stays; the lock goes with the process."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / LOCK_NAME, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another process is training into {out}; wait for it or use another --out folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+#: training settings that a resumed run may change: they do not alter the trained network's arithmetic
+#: beyond float rounding (devices, kernels and thread counts round differently) or where the data lies
+RESUME_MAY_CHANGE = (
+    "train.epochs",
+    "train.device",
+    "train.backend",
+    "train.threads",
+    "train.eval_batch_size",
+    "train.checkpoint_every",
+    "data.data_dir",
+)
+
+
+def _resume_key(cfg: Config) -> Config:
+    """``cfg`` with the settings of ``RESUME_MAY_CHANGE`` at their defaults: equal keys may resume each other."""
+    default = Config()
+    sections = {}
+    for name in ("train", "data"):
+        keys = [k.split(".")[1] for k in RESUME_MAY_CHANGE if k.startswith(name + ".")]
+        sections[name] = replace(getattr(cfg, name), **{k: getattr(getattr(default, name), k) for k in keys})
+    return replace(cfg, **sections)
+
+
+def _config_changes(a: Config, b: Config) -> str:
+    """The fields that differ between two configs, as ``section.key a -> b`` (for error messages)."""
+    da, db = config_to_dict(a), config_to_dict(b)
+    diffs = [
+        f"{sec}.{k} {da[sec].get(k)!r} -> {db[sec].get(k)!r}"
+        for sec in da
+        for k in sorted(set(da[sec]) | set(db[sec]))
+        if da[sec].get(k) != db[sec].get(k)
+    ]
+    return ", ".join(diffs) or "no field differs"
+
+
 def fit(
     cfg: Config,
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     splits: dict[str, tuple[Tensor, Tensor]] | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -752,10 +827,41 @@ def fit(
 ) -> dict[str, Any]:
     """Train, checkpoint, evaluate; return the results dict (also written to ``out_dir/results.json``).
 
+    A folder that already holds a run (a checkpoint, ``metrics.jsonl`` or ``results.json``) is continued
+    with ``resume`` (from its checkpoint), replaced with ``overwrite`` (its files are deleted first) and
+    otherwise refused, so that a second run into the same folder cannot destroy the first; while it
+    runs, the folder is locked (``.relpsp.lock``) against other processes.
     ``splits`` overrides the dataset (tests use it); ``on_step(epoch, step)`` is called after each
     optimizer step (tests use it to interrupt a run). In a distributed run (see the module docstring)
     call it on every rank with the same arguments; every rank returns the same results.
     """
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        return _fit(
+            cfg,
+            out_dir,
+            held,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            splits=splits,
+            on_step=on_step,
+            log=log,
+        )
+
+
+def _fit(
+    cfg: Config,
+    out_dir: str | os.PathLike,
+    held: contextlib.ExitStack,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    splits: dict[str, tuple[Tensor, Tensor]] | None,
+    on_step: Callable[[int, int], None] | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """``fit``'s body; ``held`` keeps the run folder's lock until ``fit`` returns or raises."""
     _validate(cfg)
     ctx = dist_info()
     if cfg.train.batch_size % ctx.world_size:
@@ -774,11 +880,28 @@ def fit(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        held.enter_context(_run_folder_lock(out))
     ckpt_path = out / CHECKPOINT_NAME
     if ctx.is_main:  # temporary files of writes that a kill interrupted
         for name in (CHECKPOINT_NAME, "metrics.jsonl", "results.json"):
             for p in remove_stale_temp_files(out / name):
                 log(f"removed {p.name}, left by an interrupted write")
+    # a run already in the folder: continued (resume, from its checkpoint), replaced (overwrite) or refused
+    left = [n for n in (CHECKPOINT_NAME, "metrics.jsonl", "results.json") if (out / n).exists()]
+    replaced = left if not (resume and ckpt_path.exists()) else []
+    if replaced and not overwrite:
+        why = "has no checkpoint to resume from" if resume else "already holds a run"
+        raise ValueError(
+            f"{out} {why} ({', '.join(replaced)}); pass --resume to continue a run from its checkpoint, "
+            "--overwrite to delete these files and start again, or choose another --out folder"
+        )
+    if overwrite:
+        _barrier(ctx)  # every rank has looked before the main one deletes
+        if ctx.is_main:
+            for name in replaced:
+                (out / name).unlink()
+                log(f"overwrite: deleted {out / name}")
     if device == "cpu":
         threads = cfg.train.threads
         if not threads and ctx.local_world_size > 1:  # share the cores between this machine's processes
@@ -814,15 +937,20 @@ def fit(
                 f"{ckpt_path} has no usable training state ({type(e).__name__}: {e}); "
                 "it is not a resumable relpsp training checkpoint"
             ) from e
-        if replace(saved, train=replace(saved.train, epochs=cfg.train.epochs, device=cfg.train.device)) != replace(
-            cfg, train=replace(cfg.train, epochs=cfg.train.epochs, device=cfg.train.device)
-        ):
+        if _resume_key(saved) != _resume_key(cfg):
+            changed = _config_changes(_resume_key(saved), _resume_key(cfg))
             raise ValueError(
-                f"{ckpt_path} was written with a different config; resume with the same settings "
-                "(only --epochs and --device may change) or use another --out folder"
+                f"{ckpt_path} was written with a different config ({changed}); resume with the same settings "
+                f"(only {', '.join(RESUME_MAY_CHANGE)} may change) or use another --out folder"
             )
         if not (0 <= start_epoch and 0 <= start_step <= steps_per_epoch and len(history) == start_epoch):
             raise CheckpointError(f"{ckpt_path}: progress epoch {start_epoch}, step {start_step} does not fit this run")
+        if start_epoch + (start_step > 0) > cfg.train.epochs:
+            done = f"{start_epoch} epochs" + (f" and {start_step} steps" if start_step else "")
+            raise ValueError(
+                f"{ckpt_path} has trained {done}, more than the {cfg.train.epochs} epochs asked for; "
+                f"resume with --epochs {start_epoch + (start_step > 0)} or more, or use another --out folder"
+            )
         if averaged is None:
             load_model_arrays(model, arrays)
         else:
@@ -848,6 +976,8 @@ def fit(
                 f"note: the checkpoint was written by {saved_world} process(es), this run has {ctx.world_size}; "
                 "the batches are the same, the float rounding of the gradient sums differs"
             )
+        if ctx.is_main:  # a kill between the checkpoint's write and this file's would leave it a line short
+            atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
     elif resume:
         log(f"no checkpoint in {out}: starting from scratch")
 
@@ -924,7 +1054,7 @@ def fit(
                 if pen is not None:
                     pen.records.clear()  # drop what evaluation passes recorded
             if dropout is not None:
-                dropout.reseed(cfg.train.seed, epoch, step, ctx.rank, device)
+                dropout.reseed(cfg.train.seed, epoch, step, device, rows=(lo, hi, n_global))
             t_out = train_model(xb)
             # spike_time_cross_entropy gives silent outputs the latest output time of the batch plus a margin;
             # fill them in here with that time taken over the global batch, so each rank's share is exact.

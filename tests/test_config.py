@@ -71,3 +71,12 @@ def test_too_deep_a_chain_is_refused(tmp_path):
     assert load_toml(tmp_path / "f15.toml") == {"train": {"epochs": 1}}  # 16 files
     with pytest.raises(ValueError, match="more than 16 files in its extends chain"):
         load_toml(tmp_path / "f16.toml")
+
+
+def test_null_is_accepted_only_for_settings_that_may_be_unset():
+    """JSON null (``--set train.device=null``) used to pass as a text setting and fail later with a
+    traceback; only ``data.data_dir``, whose default is unset, takes it."""
+    assert config_from_dict({"data": {"data_dir": None}}).data.data_dir is None
+    for section, key in (("train", "device"), ("data", "dataset"), ("model", "arch"), ("train", "optimizer")):
+        with pytest.raises(ValueError, match=rf"{key} must be a string, got None"):
+            config_from_dict({section: {key: None}})

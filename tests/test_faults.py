@@ -317,3 +317,15 @@ def test_package_never_unpickles_or_evaluates():
         if pattern.search(line) and not line.lstrip().startswith(("#", '"', "``"))
     ]
     assert hits == []
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp creates owner-only files; the renamed result gets what open(path, "w") would give under
+    the process's umask, so results on a shared filesystem stay readable by the group."""
+    from relpsp.checkpoint import atomic_write_bytes
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = tmp_path / "atomic.txt"
+    atomic_write_bytes(atomic, b"x")
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,69 @@ def test_resume_refuses_a_different_config(tmp_path):
     other = Config(model=ModelConfig(arch="16-20-3", input_shape=(1, 4, 4)), train=_cfg().train)
     with pytest.raises(ValueError, match="different config"):
         fit(other, tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    """A second run into a folder that holds one does not replace it silently: without resume or overwrite
+    it is refused before anything is written; overwrite deletes the old files first; resume needs a
+    checkpoint (leftover results without one are refused too)."""
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    first = fit(_cfg(epochs=1), tmp_path, **quiet)
+    before = {n: (tmp_path / n).read_bytes() for n in (CHECKPOINT_NAME, "metrics.jsonl", "results.json")}
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint\.ckpt, metrics\.jsonl, results\.json\)"):
+        fit(_cfg(epochs=1, lr=1e-3), tmp_path, **quiet)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before  # nothing touched
+    lines: list[str] = []
+    again = fit(_cfg(epochs=1, lr=1e-3), tmp_path, overwrite=True, **(quiet | {"log": lines.append}))
+    assert sum("overwrite: deleted" in line for line in lines) == 3
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["train"]["lr"] == 1e-3
+    assert again["history"][0]["train_loss"] != first["history"][0]["train_loss"]
+    (tmp_path / CHECKPOINT_NAME).unlink()  # results without a checkpoint: nothing to resume from
+    with pytest.raises(ValueError, match="has no checkpoint to resume from"):
+        fit(_cfg(epochs=1, lr=1e-3), tmp_path, resume=True, **quiet)
+
+
+def test_a_folder_another_process_trains_into_is_refused(tmp_path):
+    """The lock of a run folder: held (as by another process), a second run is refused before it reads
+    or writes anything; released, training proceeds, and an interrupted run releases it."""
+    from relpsp.train import LOCK_NAME, _run_folder_lock
+
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    with _run_folder_lock(tmp_path):
+        with pytest.raises(ValueError, match="another process is training into"):
+            fit(_cfg(epochs=1), tmp_path, **quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
+    _fit_interrupted(_cfg(epochs=1, checkpoint_every=1), tmp_path, (0, 1))
+    assert fit(_cfg(epochs=1, checkpoint_every=1), tmp_path, resume=True, **quiet)["history"]
+
+
+def test_resume_refuses_fewer_epochs_than_trained_and_allows_machine_settings(tmp_path):
+    """A checkpoint past the asked number of epochs is refused (the results would describe a longer
+    run); the settings that only change where and how fast it runs may differ."""
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    fit(_cfg(epochs=2), tmp_path, **quiet)
+    with pytest.raises(ValueError, match=r"has trained 2 epochs, more than the 1 epochs asked for"):
+        fit(_cfg(epochs=1), tmp_path, resume=True, **quiet)
+    moved = _cfg(epochs=2, threads=2, eval_batch_size=7, checkpoint_every=3)
+    res = fit(replace(moved, data=replace(moved.data, data_dir=str(tmp_path))), tmp_path, resume=True, **quiet)
+    assert [r["epoch"] for r in res["history"]] == [1, 2]
+    with pytest.raises(ValueError, match=r"different config \(train\.lr 0\.003 -> 0\.001\)"):
+        fit(_cfg(epochs=2, lr=1e-3), tmp_path, resume=True, **quiet)
+    cut = tmp_path / "cut"
+    _fit_interrupted(_cfg(epochs=2, checkpoint_every=1), cut, (1, 1))  # stopped in epoch 2, after its step 2
+    with pytest.raises(ValueError, match=r"has trained 1 epochs and 2 steps, more than the 1 epochs"):
+        fit(_cfg(epochs=1, checkpoint_every=1), cut, resume=True, **quiet)
+
+
+def test_resume_restores_a_metrics_file_that_missed_its_last_line(tmp_path):
+    """The checkpoint is written before metrics.jsonl; a kill between the two is repaired on resume."""
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    fit(_cfg(epochs=2), tmp_path, **quiet)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n")
+    fit(_cfg(epochs=2), tmp_path, resume=True, **quiet)
+    restored = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in restored] == [json.loads(line) for line in lines]
 
 
 def test_resume_with_more_epochs_says_the_cosine_schedule_restarts(tmp_path):
@@ -371,12 +435,17 @@ def test_step_keys_keep_the_packed_formula_in_range_and_never_repeat_or_overflow
     assert torch.equal(a, _augment(x, 2**32 - 1, 3, 5, max_shift=2))
 
     drop = _SpikeDropout(model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))), 0.5)
-    masks = []
-    for epoch, step in ((0, 10_007), (1, 0)):  # the packed key of the first equals that of the second
-        drop.reseed(0, epoch, step, 0, "cpu")
-        assert drop.generator is not None
-        masks.append(torch.rand(64, generator=drop.generator))
-    assert not torch.equal(masks[0], masks[1])
+    drop.reseed(3, 2, 7, "cpu")  # in range: the packed key the committed runs used
+    assert drop.generator is not None
+    assert drop.generator.initial_seed() == (3 * 1_000_003 + 2 * 10_007 + 7) * 1_009 + 0x5D10
+    # pairs whose packed keys are equal: too many steps per epoch, and a long run meeting the next seed
+    for a, b in (((0, 0, 10_007), (0, 1, 0)), ((0, 100, 5), (1, 0, 702))):
+        masks = []
+        for seed, epoch, step in (a, b):
+            drop.reseed(seed, epoch, step, "cpu")
+            assert drop.generator is not None
+            masks.append(torch.rand(64, generator=drop.generator))
+        assert not torch.equal(masks[0], masks[1]), (a, b)
     drop.close()
 
 
@@ -398,7 +467,7 @@ def test_spike_dropout_deletes_inputs_and_scales_the_threshold_in_training_only(
     hook = hidden.register_forward_hook(lambda m, inp, out: seen.append((inp[0].clone(), m.theta, out.clone())))
     drop = _SpikeDropout(model, 0.25)
     model.train()
-    drop.reseed(0, 0, 0, 0, "cpu")
+    drop.reseed(0, 0, 0, "cpu")
     with torch.no_grad():
         model(x)
     t_in, theta, out = seen[0]
@@ -410,11 +479,11 @@ def test_spike_dropout_deletes_inputs_and_scales_the_threshold_in_training_only(
     with torch.no_grad():
         assert torch.allclose(out, relpsp_linear(t_in, hidden.weight, theta=0.75), equal_nan=True)
     assert hidden.theta == 1.0  # restored after the pass
-    drop.reseed(0, 0, 0, 0, "cpu")  # the same seed draws the same mask
+    drop.reseed(0, 0, 0, "cpu")  # the same seed draws the same mask
     with torch.no_grad():
         model(x)
     assert torch.equal(seen[1][0], t_in)
-    drop.reseed(0, 0, 1, 0, "cpu")  # the next step draws another
+    drop.reseed(0, 0, 1, "cpu")  # the next step draws another
     with torch.no_grad():
         model(x)
     assert not torch.equal(seen[2][0], t_in)
@@ -426,6 +495,39 @@ def test_spike_dropout_deletes_inputs_and_scales_the_threshold_in_training_only(
     model.train()
     with torch.no_grad():
         assert torch.equal(model(x), plain)  # hooks removed
+
+
+def test_spike_dropout_masks_do_not_depend_on_how_the_batch_is_split():
+    """A process holding rows lo:hi of the global batch (data-parallel training) drops exactly the spikes
+    of those rows that a single process holding the whole batch drops."""
+    from relpsp.models import model_from_config
+    from relpsp.train import _SpikeDropout
+
+    torch.manual_seed(0)
+    model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))).train()
+    x, _ = _tiny_splits()["train"]
+    seen: list = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone())) for m in model[-2:]]
+    drop = _SpikeDropout(model, 0.4)
+    with torch.no_grad():
+        drop.reseed(5, 1, 2, "cpu")
+        model(x)
+        whole = list(seen)
+        parts = []
+        for lo, hi in ((0, 3), (3, len(x))):
+            seen.clear()
+            drop.reseed(5, 1, 2, "cpu", rows=(lo, hi, len(x)))
+            model(x[lo:hi])
+            parts.append(list(seen))
+        for layer in range(2):  # both dense layers draw their own mask
+            assert torch.isinf(whole[layer]).any()
+            assert torch.equal(torch.cat([p[layer] for p in parts]), whole[layer])
+        drop.reseed(5, 1, 2, "cpu", rows=(0, 3, len(x)))
+        with pytest.raises(RuntimeError, match="rows 0:3"):
+            model(x[:4])
+    drop.close()
+    for h in hooks:
+        h.remove()
 
 
 def test_spike_dropout_trains_deterministically_and_is_validated(tmp_path):

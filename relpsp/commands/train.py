@@ -33,6 +33,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default: runs/<config or dataset-arch>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ckpt if present")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete a run already in OUT (checkpoint, metrics, results) and start again; without it, and "
+        "without --resume, an OUT that holds a run is refused",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -104,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if ctx.is_main:
             procs = f", {ctx.world_size} processes" if ctx.world_size > 1 else ""
             print(f"relpsp train: {cfg.data.dataset} {cfg.model.arch}, {cfg.train.epochs} epochs{procs} -> {out}")
-        res = fit(cfg, out, resume=args.resume, progress=not args.no_progress)
+        res = fit(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
         if ctx.is_main:
             print(
                 f"test accuracy {100 * res['test_accuracy']:.2f}% "
