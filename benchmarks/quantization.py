@@ -5,10 +5,13 @@
 For every weight width W and time width T in ``--bits`` (plus float64 weights / continuous time, "fp"),
 the whole grid W x T is simulated: fixed-point weights (symmetric, per layer) and every spike time
 rounded up to a grid of 2^T steps over [0, T_window]; spikes after T_window are dropped. T_window is
-calibrated once on the first 1000 test images and recorded: by default (``--window decision``) it is the
-latest decision time (first output spike) in continuous time, since a clocked chip can stop at the first
-output spike and no spike after it can change the decision (causality); ``--window spikes`` uses the
-99.9th percentile of all spike times instead (``relpsp.sim.calibrate_time_window``). Prints a markdown table (rows: weight bits, columns: time bits) and writes JSON.
+calibrated on the first 1000 test images and recorded (``relpsp.sim.calibrate_time_window``):
+``--window decision`` (default) calibrates each cell as ``relpsp simulate`` does, from the latest
+decision time (first output spike) in continuous time, widened until that cell's grid decides every
+calibration image the continuous run decides (a clocked chip can stop at the first output spike, and no
+later spike can change the decision); ``--window decision-fixed`` uses the unwidened latest decision time
+for every cell (the rule before 3 December 2026); ``--window spikes`` the 99.9th percentile of all spike
+times. Prints a markdown table (rows: weight bits, columns: time bits) and writes JSON.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bits", default="4,6,8,10,12,16")
     ap.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")
     ap.add_argument("--data-dir")
-    ap.add_argument("--window", choices=("decision", "spikes"), default="decision")
+    ap.add_argument("--window", choices=("decision", "decision-fixed", "spikes"), default="decision")
     ap.add_argument("--out")
     ap.add_argument("--plot", help="PNG file: accuracy against weight bits and time bits")
     args = ap.parse_args(argv)
@@ -59,15 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     net, meta = network_from_checkpoint(args.checkpoint)
     dataset = meta["config"]["data"]["dataset"]
     x, y = load_inputs(dataset, "test", args.data_dir, args.limit, checkpoint_data_options(meta["config"], dataset))
-    window = calibrate_time_window(net, x[:1000], rule=args.window)
+    rule = "spikes" if args.window == "spikes" else "decision"
+    window = calibrate_time_window(net, x[:1000], rule=rule)  # continuous time: no widening
     bits: list[int | None] = [None] + [int(b) for b in args.bits.split(",")]
     grid: dict[str, dict[str, float]] = {}
+    windows: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
     for wb in bits:
         row = grid.setdefault("fp" if wb is None else str(wb), {})
+        row_windows = windows.setdefault("fp" if wb is None else str(wb), {})
         for tb in bits:
-            opts = SimOptions(weight_bits=wb, time_bits=tb, time_window=window)
+            cell = window
+            if args.window == "decision" and tb is not None:
+                cell = calibrate_time_window(net, x[:1000], SimOptions(weight_bits=wb, time_bits=tb))
+            opts = SimOptions(weight_bits=wb, time_bits=tb, time_window=cell)
             row["fp" if tb is None else str(tb)] = simulate(net, x, opts).accuracy(y)
+            row_windows["fp" if tb is None else str(tb)] = cell
         print(
             f"weight bits {'fp' if wb is None else wb}: " + "  ".join(f"{k}:{100 * v:.2f}" for k, v in row.items()),
             flush=True,
@@ -75,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     base = grid["fp"]["fp"]
     cols = list(grid["fp"])
     print(
-        f"\n{meta['config']['model']['arch']} on {dataset} test ({len(y)} images), T_window = {window:.4g}; "
+        f"\n{meta['config']['model']['arch']} on {dataset} test ({len(y)} images), T_window = {window:.4g} "
+        f"({args.window}; per cell in the JSON); "
         "accuracy (%) by weight bits (rows) and time bits (columns); fp = float64 / continuous"
     )
     print("| weight \\ time | " + " | ".join(cols) + " |")
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dataset": dataset,
                 "n_images": len(y),
                 "time_window": window,
+                "time_windows": windows,
                 "window_rule": args.window,
                 "accuracy": grid,
                 "seconds": time.perf_counter() - t0,

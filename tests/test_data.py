@@ -357,6 +357,9 @@ def test_image_folder_errors(tmp_path):
 def test_caltech_without_sha256sums_loads(tmp_path):
     make_image_folder(tmp_path / "caltech-face-motorbike", n=2, sums=False)
     assert D.load_dataset("caltech", "test", data_dir=tmp_path)[1].tolist() == [0, 0, 1, 1]
+    # ... but verification cannot pass: it reports the missing checksum list
+    checks = D.verify_dataset("caltech", tmp_path)
+    assert [(c.path.name, c.status) for c in checks] == [("train", "ok"), ("test", "ok"), ("SHA256SUMS", "missing")]
 
 
 @pytest.mark.skipif(not CALTECH.is_dir(), reason=f"real Caltech Face/Motorbike folder absent ({CALTECH})")

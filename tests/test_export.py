@@ -63,6 +63,28 @@ def test_round_trip_same_spike_times(tmp_path, arch, shape, t_max):
     assert np.isfinite(a.t_out).any()
 
 
+def test_a_failed_export_leaves_the_previous_file(tmp_path, monkeypatch):
+    """The file is written beside the target and renamed: an export that fails part-way (here the HDF5
+    writer, after creating its file) leaves the earlier export readable and no temporary file."""
+    ckpt, _ = _checkpoint(tmp_path, "20-12-5", (1, 4, 5), math.inf)
+    out = tmp_path / "m.nir"
+    export_nir(ckpt, out)
+    good = out.read_bytes()
+
+    def broken_write(path, graph):
+        with open(path, "wb") as f:
+            f.write(b"half an HDF5 file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nir, "write", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        export_nir(ckpt, out)
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt", "m.nir"]
+    monkeypatch.undo()
+    assert read_nir(out).arch == "20-12-5"
+
+
 def test_metadata_and_node_mapping(tmp_path):
     ckpt, _ = _checkpoint(tmp_path, "3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0)
     net, _ = network_from_checkpoint(ckpt)

@@ -69,6 +69,7 @@ def test_hand_computed_energy_latency_and_ann():
     res = simulate(net, X, SimOptions(time_bits=3, time_window=2.0))
     rep = estimate_cost(res, net, UNIT_PRESET, labels=np.array([0]))
     assert rep.syn_events == 10 and rep.neuron_updates == 15
+    assert rep.spikes == 3 + 2 + 2  # input, hidden, output
     assert rep.weight_bytes_read == 10  # 8-bit weights (the preset's width: the run did not quantise)
     # E = 10 synops + 10 bytes + 15 updates, 1 pJ each, no static power
     assert rep.e_total_uj == pytest.approx(35e-6)
@@ -110,6 +111,11 @@ def test_conv_reach_and_synaptic_events():
     assert res.neuron_updates is not None
     assert res.neuron_updates[0, 1] == 2 * (4 + 7 + 7 + 7 + 7)
     assert ann_macs(net) == [0, 3 * 3 * 2 * 9, 0, 3 * 18]
+    # The spike total counts the input's and the neurons' spikes once: flattening passes the
+    # convolution's spikes on (the same count) and adds none.
+    out = res.spikes_out[0].tolist()
+    assert out[0] == 3 and out[1] > 0 and out[2] == out[1]
+    assert estimate_cost(res, net, UNIT_PRESET).spikes == out[0] + out[1] + out[3]
 
 
 def test_presets_are_valid_and_cited():

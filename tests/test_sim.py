@@ -251,6 +251,32 @@ def test_time_window_rules_and_calibration():
     assert calibrate_time_window(net, x, quantile=1.0) == pytest.approx(max(1.5, t_fire))
 
 
+def test_calibrated_decision_window_keeps_every_decision_on_the_grid():
+    """Rounding each layer's spikes up to a tick delays the latest decisions past the continuous run's
+    latest decision time; the calibrated window is widened until the grid run decides every sample the
+    continuous run decides."""
+    _, net = _model_and_net("20-30-20-5", (20,))
+    x = _images((20,), n=300)
+    decided = np.isfinite(simulate(net, x).t_decision)
+    latest = calibrate_time_window(net, x)  # no grid asked: the latest decision time itself
+    assert latest == pytest.approx(float(simulate(net, x).t_decision[decided].max()))
+    narrow = simulate(net, x, SimOptions(time_bits=4, time_window=latest))
+    assert not np.isfinite(narrow.t_decision[decided]).all()  # the plain latest decision time loses some
+    window = calibrate_time_window(net, x, SimOptions(time_bits=4))
+    assert latest < window < 2 * latest
+    grid = simulate(net, x, SimOptions(time_bits=4, time_window=window))
+    assert np.isfinite(grid.t_decision[decided]).all()
+
+
+@pytest.mark.parametrize("options", [SimOptions(), SimOptions(time_bits=4, time_window=3.0)], ids=["exact", "grid"])
+def test_an_empty_batch_gives_an_empty_result(options):
+    _, net = _model_and_net("3C3p1-P2-4C3s2-12-5", (2, 9, 9))
+    res = simulate(net, np.zeros((0, 2, 9, 9)), options, record_layers=True)
+    assert res.t_out.shape == (0, 5) and res.decision.shape == (0,) and res.t_decision.shape == (0,)
+    assert res.spikes_out.shape == res.syn_events.shape == (0, len(net.names))
+    assert res.layer_times is not None and [t.shape[1:] for t in res.layer_times] == list(net.shapes)
+
+
 def test_t_cutoff_drops_late_spikes_everywhere():
     _, net = _model_and_net("12-16-10", (12,))
     x = _images((12,))

@@ -527,6 +527,8 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **
         root = _caltech_root(folder, opts)
         for split in ("train", "test"):
             checks.append(_check(root / split, functools.partial(_load_caltech, split, folder, opts, True, fix)))
+        if not (root / "SHA256SUMS").is_file():  # the images load, but nothing vouches for their content
+            checks.append(FileCheck(root / "SHA256SUMS", "missing", "the images were read but not checked"))
     elif name == "cifar10":
         for split, first in (("train", CIFAR10_TRAIN[0]), ("test", CIFAR10_TEST[0])):
             path = folder / first if (folder / first).is_file() else folder / "cifar-10-batches-py" / first

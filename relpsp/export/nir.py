@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from relpsp.checkpoint import atomic_write_with
 from relpsp.sim.network import (
     SimConv,
     SimDense,
@@ -172,10 +173,12 @@ def to_nir(net: SimNetwork, metadata: dict[str, Any] | None = None) -> Any:
 
 
 def export_nir(source: SimNetwork | str | os.PathLike, path: str | os.PathLike) -> None:
-    """Write ``source`` (a network or a checkpoint path) as a NIR (HDF5) file at ``path``."""
+    """Write ``source`` (a network or a checkpoint path) as a NIR (HDF5) file at ``path``, atomically: a
+    failed export leaves an existing file at ``path`` as it was."""
     nir = _nir()
     net = source if isinstance(source, SimNetwork) else network_from_checkpoint(source)[0]
-    nir.write(str(path), to_nir(net))
+    graph = to_nir(net)
+    atomic_write_with(path, lambda tmp: nir.write(str(tmp), graph))
 
 
 def _chain(graph: Any) -> list[str]:

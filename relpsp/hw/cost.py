@@ -79,7 +79,9 @@ class LayerCost:
 
 @dataclass(frozen=True)
 class CostReport:
-    """Per-image means (energies in uJ, latency in us, power in mW) for ``preset`` on ``n_images``."""
+    """Per-image means (energies in uJ, latency in us, power in mW) for ``preset`` on ``n_images``.
+    ``spikes`` counts the input spikes and those the dense and convolutional neurons emit; the per-layer
+    ``spikes_out`` of a pooling or flattening layer are spikes passed on, not counted again."""
 
     preset: HardwarePreset
     n_images: int
@@ -179,6 +181,8 @@ def estimate_cost(
         )
         for i, name in enumerate(result.layer_names)
     )
+    # spikes that exist: the input's and those the neurons emit (pooling and flattening pass them on)
+    spike_cols = [0, *(i + 1 for i in net.spiking_layers())]
     syn_img = syn.sum(1)
     upd_img = upd.sum(1)
     bytes_img = syn_img * bytes_per_weight
@@ -205,7 +209,7 @@ def estimate_cost(
         n_ticks=int(n_ticks),
         dt=float(result.grid.dt),
         layers=layers,
-        spikes=float(result.spikes_out.sum(1).mean()),
+        spikes=float(result.spikes_out[:, spike_cols].sum(1).mean()),
         syn_events=float(syn_img.mean()),
         neuron_updates=float(upd_img.mean()),
         weight_bytes_read=float(bytes_img.mean()),

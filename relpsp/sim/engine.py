@@ -409,14 +409,14 @@ def _run_batch(
         t = grid.quantize(t)
         cut_in = min(cut_in, grid.window)
     t = np.where(t <= cut_in * (1 + 1e-12), t, np.inf)
-    spikes_out[:, 0] = np.isfinite(t).reshape(b, -1).sum(1)
-    t_last = np.where(np.isfinite(t), t, 0.0).reshape(b, -1).max(1) if t.size else np.zeros(b)
+    spikes_out[:, 0] = _per_image(np.isfinite(t)).sum(1)
+    t_last = _per_image(np.where(np.isfinite(t), t, 0.0)).max(1) if t.size else np.zeros(b)
     times = [t] if record_layers else None
     for i, layer in enumerate(net.layers, start=1):
         fired_in = np.isfinite(t)
-        spikes_in[:, i] = fired_in.reshape(b, -1).sum(1)
+        spikes_in[:, i] = _per_image(fired_in).sum(1)
         if isinstance(layer, SimFlatten):
-            t = t.reshape(b, -1)
+            t = _per_image(t)
         elif isinstance(layer, SimPool):
             t = _pool(t, layer.kernel, layer.step)
         else:
@@ -429,7 +429,7 @@ def _run_batch(
                 syn[:, i] = spikes_in[:, i] * w.shape[0]
             else:
                 reach = conv_reach(t.shape[2:], layer.kernel, layer.stride, layer.padding)
-                syn[:, i] = (fired_in * reach).reshape(b, -1).sum(1) * w.shape[0]
+                syn[:, i] = _per_image(fired_in * reach).sum(1) * w.shape[0]
             rows, t_rows, to_layer = _fire_layer(layer, w, t, t_cut, backend)
             if grid is not None:
                 t_rows = grid.quantize(t_rows)
@@ -446,11 +446,11 @@ def _run_batch(
                 per_row = np.where(
                     has_input[:, None], np.maximum(fire_tick - np.where(has_input, first_tick, 0)[:, None], 0), 0
                 ).sum(1)
-                upd[:, i] = per_row.reshape(b, -1).sum(1).astype(np.int64)
+                upd[:, i] = per_row.reshape(b, per_row.size // max(b, 1)).sum(1).astype(np.int64)  # rows are image-major
             t = t_new
-        spikes_out[:, i] = np.isfinite(t).reshape(b, -1).sum(1)
+        spikes_out[:, i] = _per_image(np.isfinite(t)).sum(1)
         if t.size:
-            t_last = np.maximum(t_last, np.where(np.isfinite(t), t, 0.0).reshape(b, -1).max(1))
+            t_last = np.maximum(t_last, _per_image(np.where(np.isfinite(t), t, 0.0)).max(1))
         if times is not None:
             times.append(t)
     return {
@@ -462,6 +462,11 @@ def _run_batch(
         "t_last": t_last,
         "layer_times": times,
     }
+
+
+def _per_image(a: np.ndarray) -> np.ndarray:
+    """``a [B, ...]`` as ``[B, rest]``; unlike ``reshape(B, -1)`` also for B = 0."""
+    return a.reshape(a.shape[0], math.prod(a.shape[1:]))
 
 
 def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, record_layers: bool = False) -> SimResult:
@@ -555,8 +560,12 @@ def calibrate_time_window(
     ``options``); at least ``net.t_in``.
 
     ``rule="decision"`` (default): the latest decision time (first output spike) over ``x``. A clocked chip
-    can stop at the first output spike, and by causality no later spike can change the decision, so a grid
-    over this T keeps every decision of ``x`` while spending its steps where they matter.
+    can stop at the first output spike, and by causality no later spike can change the decision, so a
+    grid over this T spends its steps where they matter. The grid rounds every layer's spikes up to a
+    tick, which can push the latest decisions past T; so with ``options.time_bits`` set, T is then
+    widened (by (L + 1) ticks of L spiking layers at a time, at most 64 times) until the grid run makes a
+    decision on every sample of ``x`` that the continuous run decides. Samples outside ``x`` may still
+    lose theirs.
     ``rule="spikes"``: the ``quantile`` of all finite spike times (every layer, input included);
     ``quantile=1`` gives the latest spike. Trained networks have stragglers (neurons whose summed weight
     barely exceeds 0 fire very late), which make this T far longer than the decisions need."""
@@ -564,11 +573,21 @@ def calibrate_time_window(
         raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
     if rule not in ("decision", "spikes"):
         raise ValueError(f"rule must be 'decision' or 'spikes', got {rule!r}")
-    options = replace(options or SimOptions(), time_bits=None, time_window=None)
+    asked = options or SimOptions()
+    options = replace(asked, time_bits=None, time_window=None)
     res = simulate(net, x, options, record_layers=rule == "spikes")
     if rule == "decision":
-        t_dec = res.t_decision[np.isfinite(res.t_decision)]
-        return max(net.t_in, float(t_dec.max()) if t_dec.size else 0.0)
+        decided = np.isfinite(res.t_decision)
+        window = max(net.t_in, float(res.t_decision[decided].max()) if decided.any() else 0.0)
+        if asked.time_bits is None or not decided.any():
+            return window
+        grow = 1.0 + (len(net.spiking_layers()) + 1) / 2**asked.time_bits
+        for _ in range(64):
+            grid = simulate(net, x, replace(asked, time_window=window))
+            if np.isfinite(grid.t_decision[decided]).all():
+                break
+            window *= grow
+        return window
     assert res.layer_times is not None
     # The input and the spiking layers (pooling and flattening only repeat spikes).
     cols = [0, *(i + 1 for i in net.spiking_layers())]
