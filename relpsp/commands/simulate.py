@@ -149,8 +149,12 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
         t_window = calibrate_time_window(net, x[:1000], options, rule=rule)
         options = sim_options(args, time_window=t_window, weight_bits=options.weight_bits)
         calibrated = True
-        what = "latest decision time" if rule == "decision" else "99.9th percentile of the spike times"
-        print(f"time window T = {t_window:.6g} ({what} of {min(len(x), 1000)} images)")
+        what = (
+            f"latest decision time, widened until the {options.time_bits}-bit grid keeps every decision"
+            if rule == "decision"
+            else "99.9th percentile of the spike times"
+        )
+        print(f"time window T = {t_window:.6g} ({what} of the first {min(len(x), 1000)} images)")
     return {"net": net, "meta": meta, "dataset": dataset, "x": x, "y": y, "options": options, "calibrated": calibrated}
 
 
