@@ -446,7 +446,8 @@ def _run_batch(
                 per_row = np.where(
                     has_input[:, None], np.maximum(fire_tick - np.where(has_input, first_tick, 0)[:, None], 0), 0
                 ).sum(1)
-                upd[:, i] = per_row.reshape(b, per_row.size // max(b, 1)).sum(1).astype(np.int64)  # rows are image-major
+                # the rows are image-major: each image's rows are consecutive
+                upd[:, i] = per_row.reshape(b, per_row.size // max(b, 1)).sum(1).astype(np.int64)
             t = t_new
         spikes_out[:, i] = _per_image(np.isfinite(t)).sum(1)
         if t.size:
