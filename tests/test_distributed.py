@@ -67,6 +67,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         assert (ctx.rank, ctx.world_size) == (rank, WORLD)
         quiet = {"progress": False, "splits": _splits(), "log": lambda s: None}
         fit(_cfg(), Path(out) / "ddp", **quiet)
+        fit(_cfg(spike_dropout=0.3, silent_penalty=0.0), Path(out) / "ddp_drop", **quiet)
 
         def stop(epoch: int, step: int) -> None:
             if (epoch, step) == (0, 2):
@@ -115,6 +116,23 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert results["history"][-1][key] == pytest.approx(single["history"][-1][key], rel=1e-5), key
     assert results["test_accuracy"] == pytest.approx(single["test_accuracy"])
     assert not (tmp_path / "odd" / CHECKPOINT_NAME).exists()
+
+    # spike dropout: each rank keeps its rows of the global batch's masks, so the ranks drop the spikes
+    # that one process drops (masks drawn per rank would give other weights, far beyond rounding)
+    fit(
+        _cfg(spike_dropout=0.3, silent_penalty=0.0),
+        tmp_path / "single_drop",
+        progress=False,
+        splits=_splits(),
+        log=lambda s: None,
+    )
+    ddp_drop = _model_weights(tmp_path / "ddp_drop" / CHECKPOINT_NAME)
+    ref_drop = _model_weights(tmp_path / "single_drop" / CHECKPOINT_NAME)
+    for k in ref_drop:
+        torch.testing.assert_close(
+            torch.from_numpy(ddp_drop[k]), torch.from_numpy(ref_drop[k]), rtol=1e-5, atol=1e-6, msg=k
+        )
+    assert any(not np.array_equal(ref_drop[k], ref[k]) for k in ref)  # the dropout changed training
 
     # The interrupted two-process run resumed to exactly the uninterrupted two-process weights.
     cut = _model_weights(tmp_path / "cut" / CHECKPOINT_NAME)
