@@ -69,15 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     windows: dict[str, dict[str, float]] = {}
     t0 = time.perf_counter()
     for wb in bits:
-        row = grid.setdefault("fp" if wb is None else str(wb), {})
-        row_windows = windows.setdefault("fp" if wb is None else str(wb), {})
+        wkey = "fp" if wb is None else str(wb)
+        row, row_windows = grid.setdefault(wkey, {}), windows.setdefault(wkey, {})
         for tb in bits:
             cell = window
             if args.window == "decision" and tb is not None:
                 cell = calibrate_time_window(net, x[:1000], SimOptions(weight_bits=wb, time_bits=tb))
             opts = SimOptions(weight_bits=wb, time_bits=tb, time_window=cell)
-            row["fp" if tb is None else str(tb)] = simulate(net, x, opts).accuracy(y)
-            row_windows["fp" if tb is None else str(tb)] = cell
+            tkey = "fp" if tb is None else str(tb)
+            row[tkey], row_windows[tkey] = simulate(net, x, opts).accuracy(y), cell
         print(
             f"weight bits {'fp' if wb is None else wb}: " + "  ".join(f"{k}:{100 * v:.2f}" for k, v in row.items()),
             flush=True,

@@ -754,6 +754,13 @@ def _stuck_warning(epoch: int, silent_fraction: float, silent_penalty: float) ->
 
 
 LOCK_NAME = ".relpsp.lock"
+#: the files of a run folder that a run writes (and a new run into the folder would replace)
+RUN_FILES = (CHECKPOINT_NAME, "metrics.jsonl", "results.json")
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """``out/metrics.jsonl``: one JSON line per finished epoch, written atomically."""
+    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 @contextlib.contextmanager
@@ -884,11 +891,11 @@ def _fit(
         held.enter_context(_run_folder_lock(out))
     ckpt_path = out / CHECKPOINT_NAME
     if ctx.is_main:  # temporary files of writes that a kill interrupted
-        for name in (CHECKPOINT_NAME, "metrics.jsonl", "results.json"):
+        for name in RUN_FILES:
             for p in remove_stale_temp_files(out / name):
                 log(f"removed {p.name}, left by an interrupted write")
     # a run already in the folder: continued (resume, from its checkpoint), replaced (overwrite) or refused
-    left = [n for n in (CHECKPOINT_NAME, "metrics.jsonl", "results.json") if (out / n).exists()]
+    left = [n for n in RUN_FILES if (out / n).exists()]
     replaced = left if not (resume and ckpt_path.exists()) else []
     if replaced and not overwrite:
         why = "has no checkpoint to resume from" if resume else "already holds a run"
@@ -977,7 +984,7 @@ def _fit(
                 "the batches are the same, the float rounding of the gradient sums differs"
             )
         if ctx.is_main:  # a kill between the checkpoint's write and this file's would leave it a line short
-            atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+            _write_metrics(out, history)
     elif resume:
         log(f"no checkpoint in {out}: starting from scratch")
 
@@ -1136,7 +1143,7 @@ def _fit(
         history.append(row)
         save(epoch + 1, 0)
         if ctx.is_main:
-            atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+            _write_metrics(out, history)
         log(
             f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  train {row['train_accuracy']:.4f}  "
             + "  ".join(f"{s} {row[f'{s}_accuracy']:.4f}" for s in ("val", "test") if f"{s}_accuracy" in row)
