@@ -841,7 +841,13 @@ def fit(
     ``splits`` overrides the dataset (tests use it); ``on_step(epoch, step)`` is called after each
     optimizer step (tests use it to interrupt a run). In a distributed run (see the module docstring)
     call it on every rank with the same arguments; every rank returns the same results.
+    ``resume`` and ``overwrite`` together are refused: one continues the run, the other deletes it.
     """
+    if resume and overwrite:
+        raise ValueError(
+            "resume and overwrite exclude each other: resume continues the run in the folder, "
+            "overwrite deletes it and starts again; pass one"
+        )
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
         return _fit(
             cfg,

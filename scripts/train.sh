@@ -3,10 +3,14 @@
 # (80 epochs with random shifts, about 15 minutes on 2 cores; 98.5% or more on the test set)
 # and print the test accuracy. Extra arguments go to `relpsp train`, e.g. `bash scripts/train.sh --epochs 5 --out runs/quick`.
 # Run again, it continues an interrupted run from its checkpoint, or re-evaluates a finished one
-# (--resume); `--overwrite` starts again from scratch.
+# (--resume); with `--overwrite` it deletes that run and starts again (then --resume is not passed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 relpsp data fetch mnist
-relpsp train configs/mnist_mlp_shift.toml --resume "$@"
+resume=(--resume)
+for a in "$@"; do
+    if [[ "$a" == --overwrite ]]; then resume=(); fi
+done
+relpsp train configs/mnist_mlp_shift.toml "${resume[@]}" "$@"

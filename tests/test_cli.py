@@ -110,3 +110,13 @@ def test_train_backend_flag_offers_every_library_backend(tmp_path, monkeypatch, 
     assert cli.main([*argv, "--threads", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "relpsp: error:" in err and "triton" in err
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
+    """`--resume` continues the run in OUT and `--overwrite` deletes it: together they are an error, not a
+    silent resume (scripts/train.sh passes --resume unless --overwrite is given)."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--resume", "--overwrite", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "--overwrite: not allowed with argument --resume" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

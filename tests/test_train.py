@@ -138,6 +138,10 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     (tmp_path / CHECKPOINT_NAME).unlink()  # results without a checkpoint: nothing to resume from
     with pytest.raises(ValueError, match="has no checkpoint to resume from"):
         fit(_cfg(epochs=1, lr=1e-3), tmp_path, resume=True, **quiet)
+    before = {n: (tmp_path / n).read_bytes() for n in ("metrics.jsonl", "results.json")}
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        fit(_cfg(epochs=1, lr=1e-3), tmp_path, resume=True, overwrite=True, **quiet)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before  # neither continued nor deleted
 
 
 def test_a_folder_another_process_trains_into_is_refused(tmp_path):

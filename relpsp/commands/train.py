@@ -31,8 +31,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for the kernels (0: all cores)")
     p.add_argument("--data-dir", help="dataset folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
     p.add_argument("--out", help="run folder (default: runs/<config or dataset-arch>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ckpt if present")
-    p.add_argument(
+    folder = p.add_mutually_exclusive_group()
+    folder.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ckpt if present")
+    folder.add_argument(
         "--overwrite",
         action="store_true",
         help="delete a run already in OUT (checkpoint, metrics, results) and start again; without it, and "
