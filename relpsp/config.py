@@ -81,7 +81,7 @@ class TrainConfig:
     spike_dropout: float = 0.0  # training only: drop each input spike of a dense layer with this probability
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
-    threads: int = 0  # torch/numba threads; 0 = leave as is
+    threads: int = 0  # torch/numba threads; 0 = all cores (shared between the processes of one machine)
 
 
 @dataclass(frozen=True)

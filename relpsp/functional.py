@@ -97,7 +97,7 @@ def relpsp_linear(
     """Exact ReL-PSP dense layer. ``t_in [B, N_in]``, ``weight [N_out, N_in]`` -> ``t_out [B, N_out]``.
 
     ``t_max``: spikes later than it are dropped (+inf). ``w_sum_min``: lower clamp of W_j in the backward
-    only. ``backend``: ``"auto"``, ``"torch"`` or ``"numba"`` (see ``relpsp.autograd``).
+    only. ``backend``: ``"auto"``, ``"torch"``, ``"numba"`` or ``"triton"`` (see ``relpsp.autograd``).
     """
     _check_linear(t_in, weight, theta, t_max)
     check_finite_positive("w_sum_min", w_sum_min)

@@ -39,8 +39,9 @@ __all__ = ["window_conv2d", "window_linear", "window_times"]
 
 
 def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, ndim: int) -> None:
-    if not isinstance(t_in, Tensor) or not isinstance(weight, Tensor):
-        raise TypeError("t_in and weight must be tensors")
+    for name, x in (("t_in", t_in), ("weight", weight)):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if t_in.ndim != ndim or weight.ndim != ndim:
         raise ValueError(f"expected {ndim}-D t_in and weight, got shapes {tuple(t_in.shape)} and {tuple(weight.shape)}")
     if not t_in.is_floating_point() or t_in.dtype != weight.dtype:

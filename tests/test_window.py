@@ -145,8 +145,10 @@ def test_analytic_gradient_of_one_neuron():
             "dtype",
         ),
         (lambda: window_conv2d(torch.zeros(1, 2, 3, 3), torch.ones(1, 1, 2, 2), t_start=1.0, t_end=2.0), "channels"),
+        (lambda: window_linear([[0.5]], torch.ones(1, 1), t_start=1.0, t_end=2.0), "t_in must be a torch.Tensor"),
+        (lambda: window_conv2d(torch.zeros(1, 1, 3, 3), 1.0, t_start=1.0, t_end=2.0), "weight must be a torch.Tensor"),
     ],
-    ids=["late-input", "empty-window", "nan", "inputs", "dtype", "channels"],
+    ids=["late-input", "empty-window", "nan", "inputs", "dtype", "channels", "list-input", "float-weight"],
 )
 def test_bad_input_is_refused(call, match):
     with pytest.raises(ValueError, match=match):

@@ -18,8 +18,10 @@ time within ``1e-9`` ticks above a tick counts as on it.
 
 The window T (see ``resolve_time_window``): an explicit ``time_window``; else the global cut-off
 ``t_cutoff`` when finite; else, when every spiking layer has a finite ``t_max``, ``max(t_in, t_max)``;
-otherwise there is no natural window and the caller must give one (``calibrate_time_window`` measures
-the latest spike of an unquantised run, which ``relpsp simulate`` and ``relpsp cost`` use and report).
+otherwise there is no natural window and the caller must give one. ``calibrate_time_window`` measures
+one on calibration images, which ``relpsp simulate`` and ``relpsp cost`` use and report: by default
+(rule ``"decision"``) the latest decision time of an unquantised run, widened until the time grid keeps
+every decision; with rule ``"spikes"`` the 99.9th percentile of all spike times.
 """
 
 from __future__ import annotations
