@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     net, meta = network_from_checkpoint(args.checkpoint)
     dataset = meta["config"]["data"]["dataset"]
-    x, y = load_inputs(dataset, "test", args.data_dir, args.limit, checkpoint_data_options(meta["config"], dataset))
+    x, y = load_inputs(
+        dataset, "test", args.data_dir, args.limit, checkpoint_data_options(meta["config"]["data"], dataset)
+    )
     rule = "spikes" if args.window == "spikes" else "decision"
     window = calibrate_time_window(net, x[:1000], rule=rule)  # continuous time: no widening
     bits: list[int | None] = [None] + [int(b) for b in args.bits.split(",")]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["plot_curves", "plot_output_histogram", "plot_raster", "plot_run"]
+__all__ = ["plot_curves", "plot_output_histogram", "plot_raster", "plot_run", "read_metrics"]
 
 
 def _pyplot():
@@ -22,6 +23,29 @@ def _pyplot():
     return plt
 
 
+_METRIC_KEYS = ("epoch", "train_loss", "train_accuracy")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``; a line that is not a JSON object with numbers for ``epoch``,
+    ``train_loss`` and ``train_accuracy`` raises ``ValueError`` naming the file and line."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
+        bad = [k for k in _METRIC_KEYS if isinstance(row.get(k), bool) or not isinstance(row.get(k), (int, float))]
+        if bad:
+            raise ValueError(f"{path}, line {n}: missing or non-numeric {', '.join(bad)}")
+        rows.append(row)
+    return rows
+
+
 def plot_curves(history: list[dict], path: Path) -> Path:
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -29,14 +53,14 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax1.plot(ep, [r["train_loss"] for r in history], label="train")
     for split in ("val", "test"):
         if history and f"{split}_loss" in history[0]:
-            ax1.plot(ep, [r[f"{split}_loss"] for r in history], label=split)
+            ax1.plot(ep, [r.get(f"{split}_loss", math.nan) for r in history], label=split)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("cross-entropy of softmax(-t)")
     ax1.legend()
     ax2.plot(ep, [100 * r["train_accuracy"] for r in history], label="train")
     for split in ("val", "test"):
         if history and f"{split}_accuracy" in history[0]:
-            ax2.plot(ep, [100 * r[f"{split}_accuracy"] for r in history], label=split)
+            ax2.plot(ep, [100 * r.get(f"{split}_accuracy", math.nan) for r in history], label=split)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.legend()
@@ -116,7 +140,7 @@ def plot_run(run_dir: str | os.PathLike, sample: int = 0, data_dir: str | None =
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics} not found: is {run} a folder written by `relpsp train`?")
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    history = read_metrics(metrics)
     paths = [plot_curves(history, run / "curves.png")]
     model, cfg, _ = load_trained(run / CHECKPOINT_NAME)
     x, y = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, **data_options(cfg))

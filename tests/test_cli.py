@@ -120,3 +120,22 @@ def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--overwrite: not allowed with argument --resume" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ('{"epoch": 0}', "missing or non-numeric train_loss, train_accuracy"),
+        ("[1, 2]", "expected a JSON object"),
+        ("{", "not JSON"),
+    ],
+    ids=["keys", "list", "truncated"],
+)
+def test_plot_of_a_malformed_metrics_file_is_one_line(run_dir, tmp_path, capsys, line, needle):
+    """A damaged metrics.jsonl gives an error naming the file and line, not a KeyError traceback."""
+    first = (run_dir / "metrics.jsonl").read_text().splitlines()[0]
+    (tmp_path / "metrics.jsonl").write_text(f"{first}\n{line}\n")
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("relpsp: error:") and "metrics.jsonl, line 2" in err and needle in err

@@ -14,8 +14,17 @@ nir = pytest.importorskip("nir")
 
 from relpsp import cli  # noqa: E402
 from relpsp.checkpoint import save_checkpoint  # noqa: E402
-from relpsp.config import Config, ModelConfig, config_to_dict  # noqa: E402
-from relpsp.export.nir import EXPORTERS, export_nir, network_from_nir, read_nir, to_nir  # noqa: E402
+from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict  # noqa: E402
+from relpsp.export.nir import (  # noqa: E402
+    DATA_KEYS,
+    EXPORTERS,
+    export_nir,
+    network_from_nir,
+    nir_data_config,
+    read_nir,
+    read_nir_graph,
+    to_nir,
+)
 from relpsp.models import build_model, layer_outputs, model_arrays  # noqa: E402
 from relpsp.sim import SimDense, SimNetwork, SimOptions, network_from_checkpoint, simulate  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
@@ -146,11 +155,119 @@ def test_cli_export_then_simulate_nir(tmp_path, capsys):
     ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ja["accuracy"] == jb["accuracy"] and ja["mean_decision_time"] == jb["mean_decision_time"]
     assert ja["layers"] == jb["layers"]
-    # A NIR file names no dataset, and has no torch model to compare with.
+    # The file names the checkpoint's dataset; one written from a bare network (or another tool) names
+    # none. Neither has a torch model to compare with.
+    assert nir_data_config(read_nir_graph(out))["dataset"] == "mnist"
+    bare = tmp_path / "bare.nir"
+    export_nir(network_from_checkpoint(ckpt)[0], bare)
+    assert nir_data_config(read_nir_graph(bare)) is None
     capsys.readouterr()
-    assert cli.main(["simulate", str(out)]) == 2
+    assert cli.main(["simulate", str(bare)]) == 2
     assert "--dataset" in capsys.readouterr().err
     assert cli.main(["simulate", str(out), "--dataset", str(data), "--compare"]) == 2
+    # OUT = CKPT would replace the checkpoint by the NIR file: refused, the checkpoint kept.
+    before = ckpt.read_bytes()
+    assert cli.main(["export", str(ckpt), str(tmp_path / "." / ckpt.name)]) == 2
+    assert "would overwrite the checkpoint" in capsys.readouterr().err and ckpt.read_bytes() == before
+
+
+def test_nir_file_carries_the_data_settings_of_its_checkpoint(tmp_path, capsys):
+    """A Yin-Yang network trained with a bias input (5 inputs): its NIR file, simulated on the dataset by
+    name, gets the bias column as the checkpoint does, so both runs see the same inputs."""
+    arch = "5-8-3"
+    torch.manual_seed(0)
+    model = build_model(arch, (5,), init_mean=4.0, init_std=2.0)
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=0.5))
+    ckpt = tmp_path / "yy.ckpt"
+    save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    out = tmp_path / "yy.nir"
+    assert cli.main(["export", str(ckpt), str(out)]) == 0
+    data = nir_data_config(read_nir_graph(out))
+    assert (
+        data is not None and data["dataset"] == "yinyang" and data["bias_input"] == 0.5 and set(data) <= set(DATA_KEYS)
+    )
+    runs = {}
+    for name, src in (("ckpt", ckpt), ("nir", out)):
+        js = tmp_path / f"{name}.json"
+        assert cli.main(["simulate", str(src), "--limit", "60", "--out", str(js)]) == 0, capsys.readouterr().err
+        runs[name] = json.loads(js.read_text())
+    assert runs["nir"]["dataset"] == "yinyang" and runs["nir"]["n_images"] == 60
+    for key in ("accuracy", "mean_decision_time", "layers"):
+        assert runs["nir"][key] == runs["ckpt"][key], key
+
+
+def _broken_nir(tmp_path, name, edit):
+    """The exported file of a small MLP with ``edit(h5py.File)`` applied."""
+    import h5py
+
+    ckpt, _ = _checkpoint(tmp_path, "20-12-5", (1, 4, 5), math.inf)
+    path = tmp_path / name
+    export_nir(ckpt, path)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def test_malformed_nir_files_raise_value_error(tmp_path, capsys):
+    """HDF5 files that are not NIR graphs, or that lost a dataset, give ``ValueError`` (one CLI line), not
+    the reader's KeyError/TypeError/AssertionError."""
+    import h5py
+
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = [1]
+    no_weight = _broken_nir(tmp_path, "w.nir", lambda f: f.__delitem__("node/nodes/dense1.linear/weight"))
+    no_edges = _broken_nir(tmp_path, "e.nir", lambda f: f.__delitem__("node/edges"))
+    for path in (other, no_weight, no_edges):
+        with pytest.raises(ValueError, match="is not a valid NIR file"):
+            read_nir(path)
+        capsys.readouterr()
+        assert cli.main(["simulate", str(path), "--dataset", "yinyang"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("relpsp: error:") and "not a valid NIR file" in err
+
+
+def test_oversized_nir_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A compressed dataset that would expand past ``MAX_NIR_ELEMENTS`` is refused before ``nir.read``."""
+
+    import relpsp.export.nir as nir_module
+
+    def bomb(f):
+        del f["node/nodes/dense1.linear/weight"]
+        f.create_dataset("node/nodes/dense1.linear/weight", shape=(3000, 3000), dtype="f8", compression="gzip")
+
+    path = _broken_nir(tmp_path, "big.nir", bomb)
+    assert path.stat().st_size < 200_000  # small on disk, 9e6 values when read
+    monkeypatch.setattr(nir_module, "MAX_NIR_ELEMENTS", 1_000_000)
+    monkeypatch.setattr(nir, "read", lambda *a, **k: pytest.fail("nir.read ran on an oversized file"))
+    with pytest.raises(ValueError, match="more than 1000000 values"):
+        read_nir(path)
+
+
+def test_reader_rejects_inconsistent_graphs():
+    """Shapes that do not fit and edges to missing nodes are ``ValueError``s naming the node."""
+    lif = dict(r=np.ones(1), v_threshold=np.ones(1))
+    conv = nir.Conv2d(
+        input_shape=None, weight=np.ones((1, 1, 3, 3)), stride=1, padding=0, dilation=1, groups=1, bias=np.zeros(1)
+    )
+    after_flat = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type={"input": np.array([16])}),
+            "c": conv,
+            "ci": nir.I(r=np.ones(1)),
+            "cif": nir.IF(**lif),
+            "output": nir.Output(output_type={"output": np.array([1])}),
+        },
+        edges=[("input", "c"), ("c", "ci"), ("ci", "cif"), ("cif", "output")],
+    )
+    with pytest.raises(ValueError, match=r"needs a \(C, H, W\) input"):
+        network_from_nir(after_flat)
+    after_flat.nodes["input"] = nir.Input(input_type={"input": np.array([1, 2, 2])})
+    with pytest.raises(ValueError, match="does not fit its input"):
+        network_from_nir(after_flat)
+    after_flat.edges.append(("cif", "zz"))
+    with pytest.raises(ValueError, match="'zz' it does not hold"):
+        network_from_nir(after_flat)
 
 
 def test_simulate_options_apply_to_nir_networks(tmp_path):

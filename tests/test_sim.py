@@ -27,6 +27,7 @@ from relpsp.sim import (
     TimeGrid,
     calibrate_time_window,
     fire_rows,
+    load_inputs,
     network_from_arrays,
     network_from_checkpoint,
     quantize_weight,
@@ -334,6 +335,55 @@ def test_network_from_checkpoint(tmp_path):
         network_from_arrays(arrays, config_to_dict(cfg)["model"])
 
 
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda c: "hello", "no config.model section"),
+        (lambda c: c | {"data": [1]}, r"\[data\] must be a table"),
+        (lambda c: c | {"model": c["model"] | {"input_shape": 5}}, "input_shape"),
+        (lambda c: c | {"model": c["model"] | {"theta": None}}, "theta"),
+        (lambda c: c | {"model": c["model"] | {"t_max": [1]}}, "t_max"),
+    ],
+    ids=["config-text", "data-list", "shape-int", "theta-null", "t_max-list"],
+)
+def test_malformed_checkpoint_config_is_a_value_error(tmp_path, capsys, edit, needle):
+    """The meta is not covered by the arrays' checksums: a config of the wrong shape or types is refused
+    with ``ValueError`` (one CLI line) by the simulator, cost model and export, as by ``relpsp eval``."""
+    arch, shape = "20-6-4", (20,)
+    cfg = config_to_dict(Config(model=ModelConfig(arch=arch, input_shape=shape)))
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, model_arrays(build_model(arch, shape)), {"config": edit(cfg), "version": "0.1.0"})
+    with pytest.raises(ValueError, match=needle):
+        network_from_checkpoint(path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((3, 20)), y=np.zeros(3, dtype=np.int64))
+    for argv in (["simulate", str(path), "--dataset", str(data)], ["export", str(path), str(tmp_path / "m.nir")]):
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("relpsp: error:") and "\n" not in err.strip()
+    assert not (tmp_path / "m.nir").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.bool_])
+def test_weights_that_are_not_real_numbers_are_refused(tmp_path, dtype):
+    """A complex weight would lose its imaginary part and a boolean one become 0/1 without a word."""
+    arch, shape = "20-6-4", (20,)
+    cfg = config_to_dict(Config(model=ModelConfig(arch=arch, input_shape=shape)))
+    arrays = {k: v.astype(dtype) for k, v in model_arrays(build_model(arch, shape)).items()}
+    with pytest.raises(ValueError, match="must hold real numbers"):
+        network_from_arrays(arrays, cfg["model"])
+    with pytest.raises(ValueError, match="must hold real numbers"):
+        SimDense(np.ones((2, 3), dtype=dtype))
+
+
+def test_an_empty_dataset_is_refused(tmp_path):
+    data = tmp_path / "empty.npz"
+    np.savez(data, x=np.zeros((0, 20)), y=np.zeros(0, dtype=np.int64))
+    with pytest.raises(ValueError, match="holds no samples"):
+        load_inputs(str(data))
+
+
 def test_sim_imports_no_training_code():
     """relpsp.sim is a second implementation: it may import NumPy, the standard library, numba and
     relpsp.arch/checkpoint/config/data, and itself; never torch or the training code."""
@@ -428,10 +478,10 @@ def test_cli_simulate_uses_the_checkpoints_data_options(tmp_path, capsys):
     assert cli.main(argv) == 0, capsys.readouterr().err
     summary = json.loads(out.read_text())
     assert summary["n_images"] == 50 and summary["compare"]["decision_agreement"] == 1.0
-    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg), "yinyang") == {"bias": 0.5}
-    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg), "mnist") == {}  # no bias there
+    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg)["data"], "yinyang") == {"bias": 0.5}
+    assert commands_simulate.checkpoint_data_options(config_to_dict(cfg)["data"], "mnist") == {}  # no bias there
     assert commands_simulate.checkpoint_data_options({}, "yinyang") == {}  # a NIR file: no settings
-    inverted = config_to_dict(Config(data=DataConfig(dataset="caltech", invert=True, image_size=(32, 32))))
+    inverted = config_to_dict(Config(data=DataConfig(dataset="caltech", invert=True, image_size=(32, 32))))["data"]
     assert commands_simulate.checkpoint_data_options(inverted, "caltech-face-motorbike") == {
         "image_size": (32, 32),
         "invert": True,

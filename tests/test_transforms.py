@@ -116,7 +116,7 @@ def test_config_dog_fields_reach_the_loader():
     assert data_options(cfg) == {"dog": True, "dog_sigmas": (1.0, 2.5), "dog_threshold": 0.1}
     # relpsp simulate / cost read a checkpoint's stored config the same way (through JSON and back).
     stored = json.loads(json.dumps(config_to_dict(cfg)))
-    assert checkpoint_data_options(stored, "caltech-face-motorbike") == data_options(cfg)
+    assert checkpoint_data_options(stored["data"], "caltech-face-motorbike") == data_options(cfg)
     assert data_options(config_from_dict({"data": {"dataset": "mnist"}})) == {}
     with pytest.raises(ValueError, match=r"DataConfig\.dog_sigmas must be a list of numbers"):
         config_from_dict({"data": {"dog_sigmas": ["a", 2]}})

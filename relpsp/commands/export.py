@@ -1,6 +1,7 @@
 """``relpsp export CKPT --format nir OUT``: write a checkpoint as a NIR graph (see ``relpsp.export.nir``:
 each layer as Linear/Conv2d -> I -> IF, with the single-spike rule, theta and the cut-off t_max in the
-node metadata; min-time pooling as SumPool2d -> IF). ``relpsp simulate OUT`` runs the file again."""
+node metadata; min-time pooling as SumPool2d -> IF; the dataset and its preprocessing on the Input node).
+``relpsp simulate OUT`` runs the file again. OUT may not be CKPT itself."""
 
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from relpsp.export.nir import export_nir
-    from relpsp.sim import network_from_checkpoint
 
     if args.format != "nir":  # pragma: no cover - argparse already restricts the choices
         raise ValueError(f"unknown export format {args.format!r}; known: {FORMATS}")
-    net, _ = network_from_checkpoint(args.checkpoint)
-    export_nir(net, args.out)
+    net = export_nir(args.checkpoint, args.out)  # with the checkpoint's data settings (relpsp.data)
     print(f"wrote {args.out} (NIR, {len(net.layers)} layers, arch {net.arch!r})")
     return 0

@@ -89,18 +89,21 @@ def is_nir_file(path: str | os.PathLike) -> bool:
         return f.read(8) == _HDF5_MAGIC
 
 
-def load_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None]:
-    """``(SimNetwork, checkpoint meta or None for a NIR file)``."""
+def load_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    """``(SimNetwork, checkpoint meta or None for a NIR file, data settings)``: the data settings are the
+    checkpoint's ``[data]`` section or the NIR file's ``relpsp.data`` (empty when it has none)."""
     from relpsp.sim import network_from_checkpoint
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist")
     if is_nir_file(p):
-        from relpsp.export.nir import read_nir
+        from relpsp.export.nir import network_from_nir, nir_data_config, read_nir_graph
 
-        return read_nir(p), None
-    return network_from_checkpoint(p)
+        graph = read_nir_graph(p)
+        return network_from_nir(graph), None, nir_data_config(graph) or {}
+    net, meta = network_from_checkpoint(p)  # the checkpoint's config is validated there
+    return net, meta, meta["config"].get("data") or {}
 
 
 def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -118,15 +121,16 @@ def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
     return SimOptions(**kw)
 
 
-def checkpoint_data_options(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """Loader options for ``dataset`` from the checkpoint's training config (``relpsp.train.data_options``,
-    as ``relpsp eval`` uses them); none for an ``.npz`` file or a source without a config (a NIR file)."""
-    if not cfg or str(dataset).endswith(".npz"):
+def checkpoint_data_options(data_cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """Loader options for ``dataset`` from the ``[data]`` settings the network was trained with
+    (``relpsp.train.data_options``, as ``relpsp eval`` uses them); none for an ``.npz`` file or a source
+    without them (a NIR file from another tool)."""
+    if not data_cfg or str(dataset).endswith(".npz"):
         return {}
     from relpsp.config import config_from_dict
     from relpsp.train import data_options
 
-    return data_options(config_from_dict(cfg), dataset)
+    return data_options(config_from_dict({"data": data_cfg}), dataset)
 
 
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
@@ -134,14 +138,12 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
     from relpsp.sim import calibrate_time_window, load_inputs, resolve_time_window
 
-    net, meta = load_source(args.source)
-    cfg = (meta or {}).get("config") or {}
-    data_cfg = cfg.get("data") or {}
+    net, meta, data_cfg = load_source(args.source)
     dataset = args.dataset or data_cfg.get("dataset")
     if not dataset:
-        raise ValueError("--dataset is needed: the source is a NIR file or its checkpoint names no dataset")
+        raise ValueError("--dataset is needed: the source is a NIR file that names no dataset")
     data_dir = args.data_dir or data_cfg.get("data_dir")
-    x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(cfg, dataset))
+    x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
     options = sim_options(args, **({"weight_bits": weight_bits} if weight_bits is not None else {}))
     calibrated = False
     if options.time_bits is not None and resolve_time_window(net, options) is None:

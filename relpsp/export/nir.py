@@ -25,7 +25,10 @@ What NIR cannot express goes into node metadata (keys prefixed ``relpsp.``): on 
 ``relpsp.single_spike`` (each neuron fires at most once; NIR's IF would reset and fire again),
 ``relpsp.t_max`` (spikes later than it are dropped; inf = none) and ``relpsp.op`` (``"relpsp_neuron"``
 or ``"min_time_pool"``); on the Input node the latency coding (``relpsp.encoding = "latency"``,
-``relpsp.t_in``, ``relpsp.zero_fires``: an intensity x fires at ``t_in * (1 - x)``); on the graph,
+``relpsp.t_in``, ``relpsp.zero_fires``: an intensity x fires at ``t_in * (1 - x)``) and, when exported
+from a checkpoint, ``relpsp.data``: a JSON object with the dataset and the preprocessing the network was
+trained with (``DATA_KEYS``: inversion, difference-of-Gaussians maps, image size, bias input), which
+``relpsp simulate`` and ``relpsp cost`` apply to the images they feed it; on the graph,
 ``relpsp.arch`` and ``relpsp.version``. NIR's IF fires on ``v > v_threshold``, the model on
 ``v >= theta``; the two differ only when v touches theta without crossing it.
 
@@ -33,14 +36,20 @@ The reader (``network_from_nir``) accepts exactly these patterns, also from othe
 a zero bias counts as ``Linear``; per-neuron ``r`` and ``v_threshold`` are folded into the weights
 (``w_ji * r_I,j * r_IF,j * theta / v_threshold,j``); an IF without ``relpsp.t_max`` has no cut-off; the
 single-spike rule is always applied. Anything else raises ``ValueError`` naming the node.
+
+Files are untrusted input: before ``nir.read`` loads anything, a file whose datasets hold more than
+``MAX_NIR_ELEMENTS`` values in all is refused (a small compressed file can expand to gigabytes), and a
+file that is HDF5 but not a readable NIR graph raises ``ValueError``, not the reader's internal error.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,7 +66,22 @@ from relpsp.sim.network import (
     network_from_checkpoint,
 )
 
-__all__ = ["EXPORTERS", "export_nir", "network_from_nir", "read_nir", "to_nir"]
+__all__ = [
+    "DATA_KEYS",
+    "EXPORTERS",
+    "MAX_NIR_ELEMENTS",
+    "export_nir",
+    "network_from_nir",
+    "nir_data_config",
+    "read_nir",
+    "read_nir_graph",
+    "to_nir",
+]
+
+#: The ``[data]`` settings that decide what a trained network's input is; exported as ``relpsp.data``.
+DATA_KEYS = ("dataset", "invert", "dog", "dog_sigmas", "dog_threshold", "image_size", "bias_input")
+#: Most values (array elements, all datasets together) a NIR file may hold: 2**28, 2 GiB as float64.
+MAX_NIR_ELEMENTS = 2**28
 
 _INSTALL_HINT = "NIR export needs the nir package: pip install 'relpsp[nir]' (or pip install nir)"
 _POOL_THRESHOLD = 0.5
@@ -147,17 +171,22 @@ _NODE_SUFFIX = {
 }
 
 
-def to_nir(net: SimNetwork, metadata: dict[str, Any] | None = None) -> Any:
-    """The ``nir.NIRGraph`` of ``net`` (see the module docstring for the mapping)."""
+def to_nir(net: SimNetwork, metadata: dict[str, Any] | None = None, *, data: dict[str, Any] | None = None) -> Any:
+    """The ``nir.NIRGraph`` of ``net`` (see the module docstring for the mapping). ``data``: the
+    checkpoint's ``[data]`` section; its ``DATA_KEYS`` go into the Input node as ``relpsp.data``."""
     nir = _nir()
     from relpsp import __version__
 
-    nodes: dict[str, Any] = {
-        "input": nir.Input(
-            input_type={"input": np.array(net.input_shape)},
-            metadata={"relpsp.encoding": "latency", "relpsp.t_in": net.t_in, "relpsp.zero_fires": net.zero_fires},
-        )
+    in_meta: dict[str, Any] = {
+        "relpsp.encoding": "latency",
+        "relpsp.t_in": net.t_in,
+        "relpsp.zero_fires": net.zero_fires,
     }
+    if data is not None:
+        if not isinstance(data, dict):
+            raise ValueError(f"data must be the [data] section as a dict, got {type(data).__name__}")
+        in_meta["relpsp.data"] = json.dumps({k: data[k] for k in DATA_KEYS if k in data}, sort_keys=True)
+    nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(net.input_shape)}, metadata=in_meta)}
     for i, layer in enumerate(net.layers):
         conv = EXPORTERS.get(type(layer))
         if conv is None:
@@ -172,13 +201,25 @@ def to_nir(net: SimNetwork, metadata: dict[str, Any] | None = None) -> Any:
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 
 
-def export_nir(source: SimNetwork | str | os.PathLike, path: str | os.PathLike) -> None:
+def export_nir(
+    source: SimNetwork | str | os.PathLike, path: str | os.PathLike, *, data: dict[str, Any] | None = None
+) -> SimNetwork:
     """Write ``source`` (a network or a checkpoint path) as a NIR (HDF5) file at ``path``, atomically: a
-    failed export leaves an existing file at ``path`` as it was."""
+    failed export leaves an existing file at ``path`` as it was. A checkpoint's ``[data]`` section goes
+    into the file (``relpsp.data``) unless ``data`` is given; writing over ``source`` itself is refused.
+    Returns the network written."""
     nir = _nir()
-    net = source if isinstance(source, SimNetwork) else network_from_checkpoint(source)[0]
-    graph = to_nir(net)
+    if isinstance(source, SimNetwork):
+        net = source
+    else:
+        if Path(path).resolve() == Path(source).resolve():
+            raise ValueError(f"the NIR file {path} would overwrite the checkpoint it is exported from")
+        net, meta = network_from_checkpoint(source)
+        if data is None:
+            data = (meta.get("config") or {}).get("data")
+    graph = to_nir(net, data=data)
     atomic_write_with(path, lambda tmp: nir.write(str(tmp), graph))
+    return net
 
 
 def _chain(graph: Any) -> list[str]:
@@ -189,6 +230,9 @@ def _chain(graph: Any) -> list[str]:
         raise ValueError(f"the NIR graph must have exactly one Input node, found {len(inputs)}: {inputs}")
     succ: dict[str, list[str]] = {}
     for a, b in graph.edges:
+        for end in (a, b):
+            if end not in graph.nodes:
+                raise ValueError(f"the NIR graph has an edge {a!r} -> {b!r} to a node {end!r} it does not hold")
         succ.setdefault(a, []).append(b)
     order = [inputs[0]]
     while not isinstance(graph.nodes[order[-1]], nir.Output):
@@ -252,7 +296,9 @@ def network_from_nir(graph: Any, *, t_in: float | None = None, zero_fires: bool 
     ``zero_fires`` override the Input node's ``relpsp.*`` metadata (defaults 1.0 and False)."""
     nir = _nir()
     if isinstance(graph, (str, os.PathLike)):
-        graph = nir.read(str(graph))
+        graph = read_nir_graph(graph)
+    if not isinstance(graph, nir.NIRGraph):
+        raise ValueError(f"expected a nir.NIRGraph or a path, got {type(graph).__name__}")
     names = _chain(graph)
     inp = graph.nodes[names[0]]
     shape = tuple(int(d) for d in np.asarray(inp.input_type["input"]).reshape(-1))
@@ -292,11 +338,20 @@ def network_from_nir(graph: Any, *, t_in: float | None = None, zero_fires: bool 
                     raise ValueError(f"NIR node {name!r}: padding {pad!r} is not supported with this kernel/stride")
             else:
                 padding = _pair_value(pad, "padding", name)
+            if len(cur) != 3 or cur[0] != w.shape[1]:
+                raise ValueError(
+                    f"NIR node {name!r}: a Conv2d with {w.shape[1]} input channels needs a (C, H, W) input with "
+                    f"C = {w.shape[1]}, got shape {cur}"
+                )
+            if stride < 1 or padding < 0 or w.shape[2] != w.shape[3]:
+                raise ValueError(f"NIR node {name!r}: needs a square kernel, stride >= 1 and padding >= 0")
             out_shape = (
                 w.shape[0],
                 (cur[1] + 2 * padding - w.shape[2]) // stride + 1,
                 (cur[2] + 2 * padding - w.shape[2]) // stride + 1,
             )
+            if min(out_shape) < 1:
+                raise ValueError(f"NIR node {name!r}: a {w.shape[2]}x{w.shape[3]} kernel does not fit its input {cur}")
             factor, theta, t_max = _neuron_gain(graph, names, j, out_shape)
             if not (factor == 1).all():
                 f_c = factor.reshape(factor.shape[0], -1)
@@ -339,6 +394,60 @@ def network_from_nir(graph: Any, *, t_in: float | None = None, zero_fires: bool 
     return SimNetwork(tuple(layers), shape, t_in=t_in_v, zero_fires=zf, arch=arch)
 
 
+def _check_size(path: Path) -> None:
+    """Refuse a file whose datasets hold more than ``MAX_NIR_ELEMENTS`` values, before any is read."""
+    import h5py
+
+    total = 0
+
+    def visit(name: str, obj: Any) -> None:
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(obj.size or 0)
+            if total > MAX_NIR_ELEMENTS:
+                raise ValueError(
+                    f"{path}: the datasets hold more than {MAX_NIR_ELEMENTS} values (reached at {name!r}); "
+                    "refused as too large for a NIR network file"
+                )
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {e}") from e
+
+
+def read_nir_graph(path: str | os.PathLike) -> Any:
+    """``nir.read(path)`` for an untrusted file: its size is checked first (``MAX_NIR_ELEMENTS``) and a
+    file that is not a NIR graph raises ``ValueError``."""
+    nir = _nir()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist")
+    _check_size(p)
+    try:
+        return nir.read(str(p))
+    except (KeyError, TypeError, ValueError, AssertionError, AttributeError, IndexError) as e:
+        raise ValueError(f"{p} is not a valid NIR file: {type(e).__name__}: {e}") from e
+
+
+def nir_data_config(graph: Any) -> dict[str, Any] | None:
+    """The ``[data]`` settings in the Input node's ``relpsp.data`` (a dict of ``DATA_KEYS``), or None when
+    the graph has none (a file from another tool, or a network exported without a checkpoint)."""
+    nir = _nir()
+    inputs = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
+    raw = _scalar(inputs[0].metadata or {}, "relpsp.data", None) if len(inputs) == 1 else None
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the NIR Input node's relpsp.data is not JSON: {e}") from e
+    if not isinstance(data, dict) or set(data) - set(DATA_KEYS):
+        raise ValueError(f"the NIR Input node's relpsp.data must be an object with keys among {DATA_KEYS}, got {raw!r}")
+    return data
+
+
 def read_nir(path: str | os.PathLike, *, t_in: float | None = None, zero_fires: bool | None = None) -> SimNetwork:
     """Read a NIR file into the simulator's network (see ``network_from_nir``)."""
-    return network_from_nir(str(path), t_in=t_in, zero_fires=zero_fires)
+    return network_from_nir(read_nir_graph(path), t_in=t_in, zero_fires=zero_fires)

@@ -65,4 +65,6 @@ def load_inputs(
         raise ValueError(f"labels must be integers, got dtype {y.dtype}")
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    if len(y) == 0:
+        raise ValueError(f"{dataset} ({split}) holds no samples")
     return x, y.astype(np.int64)

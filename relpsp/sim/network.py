@@ -25,6 +25,7 @@ import numpy as np
 
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
 from relpsp.checkpoint import load_checkpoint
+from relpsp.config import config_from_dict
 
 __all__ = [
     "SimConv",
@@ -47,7 +48,10 @@ def _check_theta_t_max(theta: float, t_max: float) -> None:
 
 
 def _as_weight(weight: Any, ndim: int, what: str) -> np.ndarray:
-    w = np.ascontiguousarray(np.asarray(weight, dtype=np.float64))
+    raw = np.asarray(weight)
+    if raw.dtype.kind not in "fiu":
+        raise ValueError(f"{what} weight must hold real numbers, got dtype {raw.dtype}")
+    w = np.ascontiguousarray(raw, dtype=np.float64)
     if w.ndim != ndim:
         raise ValueError(f"{what} weight must have {ndim} dimensions, got shape {w.shape}")
     if not np.isfinite(w).all():
@@ -234,11 +238,16 @@ def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) ->
         )
     arch = str(model["arch"])
     shape = model.get("input_shape")
-    input_shape = tuple(int(d) for d in shape) if shape is not None else None
-    theta = float(_model_value(model, "theta", 1.0))
-    t_max = float(_model_value(model, "t_max", math.inf))
-    t_in = float(_model_value(model, "t_in", 1.0))
-    zero_fires = bool(model.get("zero_fires", False))
+    try:
+        input_shape = tuple(int(d) for d in shape) if shape is not None else None
+        theta = float(_model_value(model, "theta", 1.0))
+        t_max = float(_model_value(model, "t_max", math.inf))
+        t_in = float(_model_value(model, "t_in", 1.0))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model config's input_shape, theta, t_max or t_in is not a number: {e}") from e
+    zero_fires = model.get("zero_fires", False)
+    if not isinstance(zero_fires, (bool, np.bool_)):
+        raise ValueError(f"the model config's zero_fires must be true or false, got {zero_fires!r}")
     specs = parse_arch(arch, input_shape)
     layers: list[SimLayer] = []
     enc_shape: tuple[int, ...] = ()
@@ -265,13 +274,17 @@ def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) ->
                     raise ValueError(f"{name} has shape {w.shape}, {arch!r} needs {want}")
                 layers.append(SimConv(w, stride=spec.stride, padding=spec.padding, theta=theta, t_max=t_max))
     # A flat MLP input may be given as (1, 28, 28) in the config; the simulator flattens it itself.
-    return SimNetwork(tuple(layers), enc_shape, t_in=t_in, zero_fires=zero_fires, arch=arch)
+    return SimNetwork(tuple(layers), enc_shape, t_in=t_in, zero_fires=bool(zero_fires), arch=arch)
 
 
 def network_from_checkpoint(path: str | os.PathLike) -> tuple[SimNetwork, dict[str, Any]]:
     """Read a checkpoint written by the trainer; returns ``(network, meta)``."""
     arrays, meta = load_checkpoint(path)
-    model = (meta.get("config") or {}).get("model")
-    if not isinstance(model, dict):
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise ValueError(f"{path}: the checkpoint meta has no config.model section")
-    return network_from_arrays(arrays, model), meta
+    try:  # the meta is not covered by the checksums of the arrays: check every section's types
+        config_from_dict(cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: the checkpoint's config is not valid: {e}") from e
+    return network_from_arrays(arrays, cfg["model"]), meta
