@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -141,14 +142,39 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, arr in arrays.items():
             a = np.asarray(arr)
-            if a.dtype.hasobject:
-                raise ValueError(f"array {name!r} has dtype object; only numeric arrays can be saved")
+            if a.dtype.hasobject or a.dtype.kind not in "biuf" or a.dtype.itemsize > 8:
+                raise ValueError(
+                    f"array {name!r} has dtype {a.dtype}; only boolean, integer and float arrays of at most "
+                    "64 bits can be saved"
+                )
             digests[name] = _sha256(a)
             with zf.open(_PREFIX + name + ".npy", "w") as f:
                 np.lib.format.write_array(f, a, allow_pickle=False)
         full = {**meta, "format": FORMAT, "sha256": digests}
         zf.writestr(_META, json.dumps(full, indent=1, sort_keys=True, default=str))
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _read_npy(data: bytes, what: str) -> np.ndarray:
+    """An ``.npy`` entry, its header checked first: numpy would allocate the shape the header claims before
+    reading a byte, so a tiny entry claiming 10**15 values must be refused, not allocated. Only plain
+    numeric arrays whose data fills the entry exactly are read."""
+    bio = io.BytesIO(data)
+    version = np.lib.format.read_magic(bio)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(bio)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(bio)
+    else:
+        raise CheckpointError(f"{what} uses .npy format {version}, which relpsp does not write")
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise CheckpointError(f"{what} has dtype {dtype}: checkpoints hold numeric arrays of at most 64 bits")
+    if len(data) - bio.tell() != math.prod(shape) * dtype.itemsize:
+        raise CheckpointError(
+            f"{what} claims shape {shape} of {dtype} but holds {len(data) - bio.tell()} bytes: the file is damaged"
+        )
+    bio.seek(0)
+    return np.lib.format.read_array(bio, allow_pickle=False)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -179,7 +205,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                 if entry not in names:
                     raise CheckpointError(f"{path} is missing array {name!r}: the file is damaged")
                 with zf.open(entry) as f:
-                    a = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+                    a = _read_npy(f.read(), f"{path}: array {name!r}")
                 if _sha256(a) != digest:
                     raise CheckpointError(f"{path}: array {name!r} fails its SHA-256 check: the file is corrupted")
                 arrays[name] = a

@@ -210,11 +210,11 @@ def load_model_arrays(model: nn.Sequential, arrays: dict[str, np.ndarray], prefi
         a = np.asarray(arrays[name])
         if tuple(a.shape) != tuple(v.shape):
             raise ValueError(f"checkpoint array {name!r} has shape {a.shape}, the model needs {tuple(v.shape)}")
-        if a.dtype.kind not in "fiu":
-            raise ValueError(f"checkpoint array {name!r} has dtype {a.dtype}; weights must be numeric")
+        if a.dtype.kind not in "fiu" or a.dtype.itemsize > 8:
+            raise ValueError(f"checkpoint array {name!r} has dtype {a.dtype}; weights must be numeric, 64 bits at most")
         if not np.isfinite(a).all():
             raise ValueError(
                 f"checkpoint array {name!r} holds NaN or infinite weights: the run diverged or the file is bad"
             )
         with torch.no_grad():
-            v.copy_(torch.from_numpy(np.asarray(a)))
+            v.copy_(torch.from_numpy(np.asarray(a, dtype=np.float64)))  # any byte order; exact for float32

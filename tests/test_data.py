@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ast
 import gzip
+import io
 import os
 import pickle
 import struct
@@ -23,6 +24,7 @@ from relpsp.commands import data as data_cmd
 from relpsp.data import fetch as fetch_mod
 from relpsp.data import registry
 from relpsp.data._files import sha256_bytes
+from relpsp.data.images import load_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CALTECH = REPO.parent / "shared" / "datasets" / "caltech-face-motorbike"
@@ -175,10 +177,26 @@ def test_idx_damaged_files_raise(tmp_path, damage, match):
         D.load_dataset("mnist", "test", data_dir=tmp_path, verify=False)
 
 
+def test_gzip_that_expands_past_the_limit_is_refused_before_its_checksum(tmp_path, monkeypatch):
+    """A small gzip file cannot expand without bound: decompression stops at ``MAX_GUNZIP_BYTES``."""
+    import relpsp.data._files as files
+
+    write_idx_set(tmp_path / "mnist", registry.MNIST_FILES)
+    monkeypatch.setattr(registry, "MNIST_FILES", fake_table(tmp_path / "mnist", registry.MNIST_FILES))
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").unlink()
+    bomb = gzip.compress(bytes(4 << 20))
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(bomb)
+    monkeypatch.setattr(files, "MAX_GUNZIP_BYTES", 1 << 20)
+    for verify in (True, False):
+        with pytest.raises(D.DatasetCorruptError, match=f"expands past {1 << 20} bytes"):
+            D.load_dataset("mnist", "test", data_dir=tmp_path, verify=verify)
+
+
 def test_idx_label_count_mismatch(tmp_path):
+    """The message names the file, also when the check runs on arrays already read (verify=False)."""
     write_idx_set(tmp_path / "mnist", registry.MNIST_FILES)
     (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(4, dtype=np.uint8)))
-    with pytest.raises(D.DatasetCorruptError, match="expected 5 labels"):
+    with pytest.raises(D.DatasetCorruptError, match=r"t10k-labels-idx1-ubyte: expected 5 labels"):
         D.load_dataset("mnist", "test", data_dir=tmp_path, verify=False)
 
 
@@ -253,6 +271,10 @@ def test_cifar10_missing_and_damaged(tmp_path):
         D.load_dataset("cifar10", "test", data_dir=tmp_path)
     (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8)}, protocol=2))
     with pytest.raises(D.DatasetCorruptError, match=r"'data' must be a uint8 array \[n, 3072\]"):
+        D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    huge_label = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [2**70]}  # no int64 holds it
+    (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps(huge_label, protocol=2))
+    with pytest.raises(D.DatasetCorruptError, match=r"'labels' must be 1 ints in 0\.\.9"):
         D.load_dataset("cifar10", "test", data_dir=tmp_path)
 
 
@@ -352,6 +374,43 @@ def test_image_folder_errors(tmp_path):
     (root / "test" / "face" / "image_0000.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(D.DatasetCorruptError, match="cannot decode image"):
         D.load_dataset("caltech", "test", data_dir=tmp_path, verify=False)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """16-bit PNG/PGM (Pillow modes I;16 and I) keep their grey levels; Pillow's convert("L") would clip
+    every value above 255 to white."""
+    from PIL import Image
+
+    pix = np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)
+    for suffix in (".png", ".pgm"):
+        root = tmp_path / suffix[1:]
+        (root / "a").mkdir(parents=True)
+        Image.fromarray(pix).save(root / "a" / f"img{suffix}")
+        x, _ = load_image_folder(root, ["a"], size=(2, 2))
+        assert np.rint(x[0, 0].numpy() * 255).tolist() == [[0, 64], [128, 255]], suffix
+
+
+def test_image_whose_header_claims_a_huge_size_is_corrupt_not_a_crash(tmp_path):
+    """Pillow's DecompressionBombError is neither OSError nor ValueError: it must still name the file."""
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", 20000, 20000)  # IHDR width and height, then its CRC
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bomb.png").write_bytes(bytes(png))
+    with pytest.raises(D.DatasetCorruptError, match=r"bomb\.png: cannot decode image"):
+        load_image_folder(tmp_path, ["a"], size=(2, 2))
+
+
+@pytest.mark.parametrize("size", ["64", None, 64.0, (8, 8, 8), (0, 8), True], ids=str)
+def test_image_size_must_be_ints(size):
+    with pytest.raises(ValueError, match="image_size must be a positive int or"):
+        D.dataset_info("caltech", image_size=size)
 
 
 def test_caltech_without_sha256sums_loads(tmp_path):

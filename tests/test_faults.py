@@ -269,6 +269,13 @@ def _npy(a: np.ndarray, allow_pickle: bool = False) -> bytes:
     return buf.getvalue()
 
 
+def _npy_claiming(shape: tuple[int, ...]) -> bytes:
+    """An ``.npy`` header for float64 data of ``shape``, without the data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
 def _foreign_files(marker: Path) -> dict[str, tuple[bytes, str]]:
     meta = {"format": "relpsp-checkpoint/1", "sha256": {"w": "0" * 64}}
     evil = np.empty(1, dtype=object)
@@ -288,7 +295,16 @@ def _foreign_files(marker: Path) -> dict[str, tuple[bytes, str]]:
         ),
         "pickled-array": (
             _zip({"meta.json": json.dumps(meta).encode(), "arrays/w.npy": _npy(evil, allow_pickle=True)}),
-            r"truncated|corrupted",
+            r"has dtype object",
+        ),
+        # numpy allocates what a header claims before reading: 8 bytes claiming 10**15 float64 values
+        "huge-header": (
+            _zip({"meta.json": json.dumps(meta).encode(), "arrays/w.npy": _npy_claiming((10**15,)) + bytes(8)}),
+            r"claims shape \(1000000000000000,\) of float64 but holds 8 bytes",
+        ),
+        "float128": (
+            _zip({"meta.json": json.dumps(meta).encode(), "arrays/w.npy": _npy(np.zeros(2, dtype=np.longdouble))}),
+            r"at most 64 bits",
         ),
         "deflated": (_zip({"meta.json": json.dumps(meta).encode()}, zipfile.ZIP_DEFLATED), r"compressed entries"),
     }
@@ -303,6 +319,13 @@ def test_foreign_files_are_refused_without_running_code(tmp_path, kind):
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_save_refuses_arrays_a_checkpoint_cannot_hold(tmp_path):
+    for bad in (np.zeros(2, dtype=np.longdouble), np.zeros(2, dtype=np.complex64), np.array(["a"])):
+        with pytest.raises(ValueError, match="at most 64 bits can be saved"):
+            save_checkpoint(tmp_path / "c.ckpt", {"w": bad}, {})
+    assert not (tmp_path / "c.ckpt").exists()
 
 
 def test_package_never_unpickles_or_evaluates():

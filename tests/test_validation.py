@@ -231,11 +231,15 @@ def test_absurd_model_and_bad_weights_refused():
         ({"model.1.weight": np.ones((4, 3), np.float32)}, r"has shape \(4, 3\), the model needs \(3, 4\)"),
         ({"model.1.weight": np.full((3, 4), np.nan, np.float32)}, r"NaN or infinite weights"),
         ({"model.1.weight": np.ones((3, 4), bool)}, r"dtype bool"),
+        ({"model.1.weight": np.ones((3, 4), np.longdouble)}, r"64 bits at most"),
     ]:
         with pytest.raises(ValueError, match=match):
             load_model_arrays(model, arrays)
     load_model_arrays(model, good)
     assert torch.equal(model[1].weight, torch.ones(3, 4))
+    swapped = np.arange(12, dtype=">f4").reshape(3, 4)  # big-endian, as another machine may write it
+    load_model_arrays(model, {"model.1.weight": swapped})
+    assert torch.equal(model[1].weight, torch.arange(12.0).reshape(3, 4))
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import zlib
 from pathlib import Path
 
 __all__ = [
+    "MAX_GUNZIP_BYTES",
     "DatasetCorruptError",
     "DatasetNotFoundError",
     "atomic_write_bytes",
@@ -47,18 +47,39 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def gunzip_if_gzip(raw: bytes, name: str, fix: str) -> bytes:
-    """``raw`` decompressed if it starts with the gzip magic, else ``raw``; damaged gzip -> DatasetCorruptError."""
+#: Most bytes a gzipped dataset file may expand to (the largest IDX file, MNIST's training images, is
+#: 47 MB): a small file cannot expand without bound (a "gzip bomb") before its checksum is compared.
+MAX_GUNZIP_BYTES = 256 << 20
+
+
+def gunzip_if_gzip(raw: bytes, name: str, fix: str, max_bytes: int | None = None) -> bytes:
+    """``raw`` decompressed if it starts with the gzip magic, else ``raw``. Damaged gzip data, or data that
+    would expand past ``max_bytes`` (default ``MAX_GUNZIP_BYTES``), raises DatasetCorruptError
+    (decompression stops at the limit)."""
     if raw[:2] != b"\x1f\x8b":
         return raw
+    if max_bytes is None:
+        max_bytes = MAX_GUNZIP_BYTES
+    out = bytearray()
+    data = raw
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
+        while data:  # one gzip member after another, as gzip.decompress reads them
+            d = zlib.decompressobj(wbits=31)
+            out += d.decompress(data, max_bytes + 1 - len(out))
+            if len(out) > max_bytes or d.unconsumed_tail:
+                raise DatasetCorruptError(
+                    f"{name}: gzip data expands past {max_bytes} bytes: not a dataset file; delete it and {fix}"
+                )
+            if not d.eof:
+                raise EOFError("compressed data ended before the end-of-stream marker")
+            data = d.unused_data
+    except (EOFError, zlib.error) as e:
         raise DatasetCorruptError(f"{name}: damaged gzip data ({e}); {fix}") from None
+    return bytes(out)
 
 
 def read_maybe_gzip(path: Path, fix: str) -> bytes:
-    """The bytes of ``path``, decompressed if gzipped."""
+    """The bytes of ``path``, decompressed if gzipped (at most ``MAX_GUNZIP_BYTES``)."""
     return gunzip_if_gzip(path.read_bytes(), str(path), fix)
 
 

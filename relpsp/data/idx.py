@@ -47,15 +47,22 @@ def read_idx(path: str | os.PathLike[str], fix: str = "delete it and fetch it ag
 
 
 def load_idx_pair(
-    images: str | os.PathLike[str] | np.ndarray, labels: str | os.PathLike[str] | np.ndarray
+    images: str | os.PathLike[str] | np.ndarray,
+    labels: str | os.PathLike[str] | np.ndarray,
+    names: tuple[str, str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[N, H, W]`` uint8 and labels ``[N]`` -> (x ``[N, 1, H, W]`` float32 in [0, 1], y ``[N]`` int64)."""
+    """Images ``[N, H, W]`` uint8 and labels ``[N]`` -> (x ``[N, 1, H, W]`` float32 in [0, 1], y ``[N]`` int64).
+    ``names``: the files the arrays came from, for error messages (default: the paths, or "images"/"labels")."""
     img = images if isinstance(images, np.ndarray) else read_idx(images)
     lab = labels if isinstance(labels, np.ndarray) else read_idx(labels)
+    img_name, lab_name = names or tuple(
+        "IDX " + kind if isinstance(src, np.ndarray) else str(src)
+        for src, kind in ((images, "images"), (labels, "labels"))
+    )
     if img.ndim != 3 or img.dtype != np.uint8:
-        raise DatasetCorruptError(f"{images}: expected uint8 images [N, H, W], got {img.dtype} {img.shape}")
+        raise DatasetCorruptError(f"{img_name}: expected uint8 images [N, H, W], got {img.dtype} {img.shape}")
     if lab.ndim != 1 or lab.shape[0] != img.shape[0]:
-        raise DatasetCorruptError(f"{labels}: expected {img.shape[0]} labels, got shape {lab.shape}")
+        raise DatasetCorruptError(f"{lab_name}: expected {img.shape[0]} labels, got shape {lab.shape}")
     # astype copies, so torch gets a writable array.
     x = torch.from_numpy(img.astype(np.float32)).div_(255.0).unsqueeze_(1)
     y = torch.from_numpy(lab.astype(np.int64))

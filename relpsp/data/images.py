@@ -10,6 +10,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,10 +47,27 @@ def _decode(data: bytes, size: tuple[int, int], name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             if im.format == "JPEG":
                 im.draft("L", (width, height))  # let libjpeg downscale by 1/2..1/8 while decoding
-            gray = im.convert("L").resize((width, height), Image.Resampling.BILINEAR)
+            if im.mode == "I" or im.mode.startswith("I;16"):
+                gray = _sixteen_bit_to_l(im, name)
+            elif im.mode == "F":
+                raise DatasetCorruptError(f"{name}: floating-point images (mode F) are not supported")
+            else:
+                gray = im.convert("L")
+            gray = gray.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(gray, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetCorruptError(f"{name}: cannot decode image ({e})") from None
+
+
+def _sixteen_bit_to_l(im: Any, name: str) -> Any:
+    """A 16-bit grayscale image (PNG/PGM, Pillow mode ``I`` or ``I;16*``) as 8-bit ``L``, scaled by
+    255/65535 (Pillow's own ``convert("L")`` clips at 255 instead, turning 25% grey into white)."""
+    from PIL import Image
+
+    a = np.asarray(im, dtype=np.float64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise DatasetCorruptError(f"{name}: integer image values outside 0..65535 are not supported")
+    return Image.fromarray(np.rint(a * (255.0 / 65535.0)).astype(np.uint8))
 
 
 def load_image_folder(

@@ -88,7 +88,7 @@ def read_cifar_batch(path: str | os.PathLike[str], fix: str = "") -> tuple[np.nd
         raise DatasetCorruptError(f"{path}: 'data' must be a uint8 array [n, 3072]; {fix}")
     try:
         y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         y = None
     if y is None or y.shape != (data.shape[0],) or (y.size and (y.min() < 0 or y.max() > 9)):
         raise DatasetCorruptError(f"{path}: 'labels' must be {data.shape[0]} ints in 0..9; {fix}")

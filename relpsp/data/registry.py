@@ -287,12 +287,13 @@ def _check_split(name: str, split: str) -> None:
 
 def _image_size(opts: Mapping[str, Any]) -> tuple[int, int]:
     size = opts.get("image_size", (64, 64))
-    if isinstance(size, int):
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size must be (H, W) with positive ints, got {opts.get('image_size')}")
-    return size  # type: ignore[return-value]
+    ok = isinstance(size, (tuple, list)) and len(size) == 2
+    ok = ok and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in size)
+    if not ok:
+        raise ValueError(f"image_size must be a positive int or (H, W) with positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
 
 
 def dataset_info(name: str, **opts: Any) -> DatasetInfo:
@@ -349,11 +350,11 @@ def _idx_files(name: str) -> tuple[IdxFile, ...]:
 
 def _load_idx_set(name: str, split: str, folder: Path, verify: bool, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
     files = {f.kind: f for f in _idx_files(name) if f.split == split}
-    arrays = {}
+    arrays, paths = {}, {}
     for kind, f in files.items():
-        path = folder / f.name
-        arrays[kind] = parse_idx(_read_idx_checked(folder, f, verify, fix), str(path))
-    return load_idx_pair(arrays["images"], arrays["labels"])
+        paths[kind] = str(_find_idx(folder, f) or folder / f.name)
+        arrays[kind] = parse_idx(_read_idx_checked(folder, f, verify, fix), paths[kind])
+    return load_idx_pair(arrays["images"], arrays["labels"], (paths["images"], paths["labels"]))
 
 
 # --------------------------------------------------------------------------------------------- entry point
