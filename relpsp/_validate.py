@@ -12,6 +12,7 @@ __all__ = [
     "check_finite",
     "check_finite_positive",
     "check_float_tensor",
+    "check_int_pair",
     "check_non_negative",
     "check_positive_int",
     "check_spike_times",
@@ -81,3 +82,15 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_int_pair(name: str, v: object, minimum: int) -> tuple[int, int]:
+    """``v`` (an integer, NumPy's included, or a pair of them, each >= ``minimum``) as a pair of ints."""
+
+    def integer(x: object) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    p = (v, v) if integer(v) else (tuple(v) if isinstance(v, (tuple, list)) else ())
+    if len(p) != 2 or not all(integer(x) and x >= minimum for x in p):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return int(p[0]), int(p[1])

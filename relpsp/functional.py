@@ -21,6 +21,7 @@ from torch import Tensor
 from relpsp._validate import (
     check_finite_positive,
     check_float_tensor,
+    check_int_pair,
     check_non_negative,
     check_spike_times,
     check_t_max,
@@ -44,13 +45,6 @@ __all__ = [
 IntPair = int | tuple[int, int]
 
 
-def _pair(name: str, v: IntPair, minimum: int) -> tuple[int, int]:
-    p = (v, v) if isinstance(v, int) else tuple(v)
-    if len(p) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in p):
-        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {v!r}")
-    return p[0], p[1]
-
-
 def _check_layer(t_in: Tensor, weight: Tensor, theta: float, t_max: float, ndim: int) -> None:
     """Checks shared by the dense (``ndim=2``) and convolutional (``ndim=4``) layers: ranks, matching input
     size (dimension 1 of both), dtype and device, finite weights, valid times, theta and t_max."""
@@ -64,6 +58,8 @@ def _check_layer(t_in: Tensor, weight: Tensor, theta: float, t_max: float, ndim:
             msg = f"weight expects {weight.shape[1]} input channels (shape {tuple(weight.shape)}) but t_in has "
             layout = "[C_out, C_in, kh, kw]"
         raise ValueError(f"{msg}{t_in.shape[1]} (shape {tuple(t_in.shape)}); weight must be {layout}")
+    if ndim == 4 and min(weight.shape[2:]) < 1:
+        raise ValueError(f"weight has an empty {tuple(weight.shape[2:])} kernel; kernels need at least 1x1")
     _check_common(t_in, weight, theta, t_max)
 
 
@@ -139,7 +135,10 @@ def _check_conv(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> Non
 
 def _conv(t_in, weight, stride, padding, linear) -> Tensor:
     rows, (b, h_out, w_out) = _im2col(
-        t_in, (weight.shape[2], weight.shape[3]), _pair("stride", stride, 1), _pair("padding", padding, 0)
+        t_in,
+        (weight.shape[2], weight.shape[3]),
+        check_int_pair("stride", stride, 1),
+        check_int_pair("padding", padding, 0),
     )
     t_rows = linear(rows, weight.reshape(weight.shape[0], -1))
     return t_rows.reshape(b, h_out, w_out, weight.shape[0]).permute(0, 3, 1, 2)
@@ -164,7 +163,7 @@ def relpsp_conv2d(
     _check_conv(t_in, weight, theta, t_max)
     check_finite_positive("w_sum_min", w_sum_min)
     kernel = (weight.shape[2], weight.shape[3])
-    stride_hw, padding_hw = _pair("stride", stride, 1), _pair("padding", padding, 0)
+    stride_hw, padding_hw = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
     padded_hw = (t_in.shape[2] + 2 * padding_hw[0], t_in.shape[3] + 2 * padding_hw[1])
     if resolve_backend(backend, t_in) == "numba" and conv_kernel_applies(padded_hw, kernel):
         if padded_hw[0] < kernel[0] or padded_hw[1] < kernel[1]:
@@ -217,8 +216,8 @@ def min_time_pool2d(t: Tensor, kernel_size: IntPair, stride: IntPair | None = No
     """
     check_float_tensor("t", t, (4,))
     check_spike_times("t", t)
-    k = _pair("kernel_size", kernel_size, 1)
-    s = k if stride is None else _pair("stride", stride, 1)
+    k = check_int_pair("kernel_size", kernel_size, 1)
+    s = k if stride is None else check_int_pair("stride", stride, 1)
     if t.shape[2] < k[0] or t.shape[3] < k[1]:
         raise ValueError(f"kernel_size {k} is larger than the input {t.shape[2]}x{t.shape[3]}")
     out = -F.max_pool2d(-t, k, s)
@@ -319,7 +318,7 @@ def silent_neuron_penalty(
     check_finite_positive("t_end", t_end)
     if isinstance(t_in, Tensor) and t_in.dim() == 4:
         _check_conv(t_in, weight, theta, math.inf)
-        (sh, sw), (ph, pw) = _pair("stride", stride, 1), _pair("padding", padding, 0)
+        (sh, sw), (ph, pw) = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
         h, w = t_in.shape[2] + 2 * ph, t_in.shape[3] + 2 * pw
         if h < weight.shape[2] or w < weight.shape[3]:
             raise ValueError(f"kernel {tuple(weight.shape[2:])} is larger than the (padded) input {h}x{w}")

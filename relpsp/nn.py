@@ -132,7 +132,8 @@ class AlphaSpikingLinear(_DenseLayer):
 
 
 def _check_window_edges(t_start: float, t_end: float) -> tuple[float, float]:
-    if not (math.isfinite(t_start) and math.isfinite(t_end) and t_end > t_start):
+    t_start, t_end = check_finite("t_start", t_start), check_finite("t_end", t_end)
+    if not t_end > t_start:
         raise ValueError(f"the window must be finite with t_end > t_start, got [{t_start}, {t_end}]")
     return float(t_start), float(t_end)
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from relpsp._validate import check_finite
+from relpsp._validate import check_finite, check_int_pair
 
 __all__ = ["window_conv2d", "window_linear", "window_times"]
 
@@ -48,6 +48,8 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
         raise ValueError(f"t_in and weight must share a float dtype, got {t_in.dtype} and {weight.dtype}")
     check_finite("t_start", t_start)
     check_finite("t_end", t_end)
+    if not torch.isfinite(weight.detach()).all():
+        raise ValueError("weight holds NaN or infinite values")
     if not t_end > t_start:
         raise ValueError(f"the window must have t_end > t_start, got [{t_start}, {t_end}]")
     t = t_in.detach()
@@ -101,10 +103,17 @@ def window_conv2d(
     _check_window(t_in, weight, t_start, t_end, 4)
     if t_in.shape[1] != weight.shape[1]:
         raise ValueError(f"t_in has {t_in.shape[1]} channels, weight expects {weight.shape[1]}")
+    (sh, sw), (ph, pw) = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
+    kh, kw = weight.shape[2:]
+    if min(kh, kw) < 1 or t_in.shape[2] + 2 * ph < kh or t_in.shape[3] + 2 * pw < kw:
+        raise ValueError(
+            f"the {kh}x{kw} kernel must be at least 1x1 and fit the padded input "
+            f"{t_in.shape[2] + 2 * ph}x{t_in.shape[3] + 2 * pw}"
+        )
     mask, times = _split(t_in)
-    wt_sum = F.conv2d(times, weight, stride=stride, padding=padding)
-    if padding == 0 and bool(mask.all()):  # every input spiked and no padding: W_j is the kernel's sum
+    wt_sum = F.conv2d(times, weight, stride=(sh, sw), padding=(ph, pw))
+    if (ph, pw) == (0, 0) and bool(mask.all()):  # every input spiked and no padding: W_j is the kernel's sum
         w_sum = weight.sum((1, 2, 3)).view(1, -1, 1, 1).expand_as(wt_sum)
     else:
-        w_sum = F.conv2d(mask, weight, stride=stride, padding=padding)
+        w_sum = F.conv2d(mask, weight, stride=(sh, sw), padding=(ph, pw))
     return window_times(w_sum, wt_sum, t_start, t_end)

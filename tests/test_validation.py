@@ -90,6 +90,10 @@ BAD_CONV_POOL = {
     "conv-kernel-too-big": (lambda: relpsp_conv2d(T_CONV, torch.ones(2, 1, 6, 6)), r"larger than the \(padded\) input"),
     "conv-stride-zero": (lambda: relpsp_conv2d(T_CONV, W_CONV, stride=0), r"stride must be an int >= 1"),
     "conv-padding-negative": (lambda: relpsp_conv2d(T_CONV, W_CONV, padding=-1), r"padding must be an int >= 0"),
+    "conv-stride-float": (lambda: relpsp_conv2d(T_CONV, W_CONV, stride=1.5), r"stride must be an int >= 1"),
+    "conv-stride-none": (lambda: relpsp_conv2d(T_CONV, W_CONV, stride=None), r"stride must be an int >= 1"),
+    "conv-empty-kernel": (lambda: relpsp_conv2d(T_CONV, torch.ones(2, 1, 0, 0)), r"empty \(0, 0\) kernel"),
+    "pool-kernel-float": (lambda: min_time_pool2d(T_CONV, 2.0), r"kernel_size must be an int >= 1"),
     "pool-nan-time": (lambda: min_time_pool2d(_with(T_CONV, math.nan), 2), r"t holds 1 NaN"),
     "pool-negative-time": (lambda: min_time_pool2d(_with(T_CONV, -1.0), 2), r"t holds 1 negative"),
     "pool-kernel-zero": (lambda: min_time_pool2d(T_CONV, 0), r"kernel_size must be an int >= 1"),
@@ -105,6 +109,12 @@ def test_conv_pool_encode_refuse(case):
     call, match = BAD_CONV_POOL[case]
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_numpy_integers_are_valid_sizes():
+    """A NumPy integer is an integer: ``stride=np.int64(2)`` gives what ``stride=2`` gives."""
+    assert torch.equal(relpsp_conv2d(T_CONV, W_CONV, stride=np.int64(2)), relpsp_conv2d(T_CONV, W_CONV, stride=2))
+    assert torch.equal(min_time_pool2d(T_CONV, np.int32(2)), min_time_pool2d(T_CONV, 2))
 
 
 T_OUT = _t([[0.5, INF, 0.2], [INF, INF, INF]])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from relpsp.models import build_model, model_arrays
+from relpsp.nn import WindowLinear
 from relpsp.sim import network_from_arrays
 from relpsp.window import window_conv2d, window_linear
 from tests.helpers import load_script
@@ -146,9 +147,44 @@ def test_analytic_gradient_of_one_neuron():
         ),
         (lambda: window_conv2d(torch.zeros(1, 2, 3, 3), torch.ones(1, 1, 2, 2), t_start=1.0, t_end=2.0), "channels"),
         (lambda: window_linear([[0.5]], torch.ones(1, 1), t_start=1.0, t_end=2.0), "t_in must be a torch.Tensor"),
+        (
+            lambda: window_linear(torch.zeros(2, 3), torch.tensor([[math.nan, 1.0, 1.0]]), t_start=1.0, t_end=2.0),
+            "weight holds NaN",
+        ),
+        (
+            lambda: window_conv2d(torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 2, 2), stride=0, t_start=1, t_end=2),
+            "stride",
+        ),
+        (
+            lambda: window_conv2d(torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 2, 2), stride=1.5, t_start=1, t_end=2),
+            "stride",
+        ),
+        (
+            lambda: window_conv2d(torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 2, 2), padding=-1, t_start=1, t_end=2),
+            "padding",
+        ),
+        (lambda: window_conv2d(torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 4, 4), t_start=1, t_end=2), "fit the padded"),
+        (lambda: WindowLinear(3, 2, t_start="a", t_end=2.0), "t_start must be"),
+        (lambda: WindowLinear(3, 2, t_start=None, t_end=2.0), "t_start must be"),
         (lambda: window_conv2d(torch.zeros(1, 1, 3, 3), 1.0, t_start=1.0, t_end=2.0), "weight must be a torch.Tensor"),
     ],
-    ids=["late-input", "empty-window", "nan", "inputs", "dtype", "channels", "list-input", "float-weight"],
+    ids=[
+        "late-input",
+        "empty-window",
+        "nan",
+        "inputs",
+        "dtype",
+        "channels",
+        "list-input",
+        "float-weight",
+        "nan-weight",
+        "stride-0",
+        "stride-float",
+        "padding-negative",
+        "kernel-too-big",
+        "module-text-edge",
+        "module-none-edge",
+    ],
 )
 def test_bad_input_is_refused(call, match):
     with pytest.raises(ValueError, match=match):
