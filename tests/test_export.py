@@ -14,7 +14,7 @@ nir = pytest.importorskip("nir")
 
 from relpsp import cli  # noqa: E402
 from relpsp.checkpoint import save_checkpoint  # noqa: E402
-from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict  # noqa: E402
+from relpsp.config import Config, ModelConfig, config_to_dict  # noqa: E402
 from relpsp.export.nir import (  # noqa: E402
     DATA_KEYS,
     EXPORTERS,
@@ -28,7 +28,7 @@ from relpsp.export.nir import (  # noqa: E402
 from relpsp.models import build_model, layer_outputs, model_arrays  # noqa: E402
 from relpsp.sim import SimDense, SimNetwork, SimOptions, network_from_checkpoint, simulate  # noqa: E402
 from tests.helpers import assert_close  # noqa: E402
-from tests.test_sim import _images, _tiny_checkpoint  # noqa: E402
+from tests.test_sim import _images, _tiny_checkpoint, yinyang_bias_checkpoint  # noqa: E402
 
 NETWORKS = [
     pytest.param("20-12-5", (1, 4, 5), math.inf, id="mlp"),
@@ -174,12 +174,7 @@ def test_cli_export_then_simulate_nir(tmp_path, capsys):
 def test_nir_file_carries_the_data_settings_of_its_checkpoint(tmp_path, capsys):
     """A Yin-Yang network trained with a bias input (5 inputs): its NIR file, simulated on the dataset by
     name, gets the bias column as the checkpoint does, so both runs see the same inputs."""
-    arch = "5-8-3"
-    torch.manual_seed(0)
-    model = build_model(arch, (5,), init_mean=4.0, init_std=2.0)
-    cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=0.5))
-    ckpt = tmp_path / "yy.ckpt"
-    save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    ckpt, _ = yinyang_bias_checkpoint(tmp_path)
     out = tmp_path / "yy.nir"
     assert cli.main(["export", str(ckpt), str(out)]) == 0
     data = nir_data_config(read_nir_graph(out))

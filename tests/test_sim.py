@@ -464,15 +464,21 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_cli_simulate_uses_the_checkpoints_data_options(tmp_path, capsys):
-    """A Yin-Yang network trained with a bias input has 5 inputs: simulating it on its own dataset by name
-    must load the data as it was trained (with the bias column), and agree with the torch model."""
+def yinyang_bias_checkpoint(tmp_path: Path) -> tuple[Path, Config]:
+    """A 5-8-3 Yin-Yang network trained (as its config says) with a bias input of intensity 0.5."""
     arch = "5-8-3"
     torch.manual_seed(0)
     model = build_model(arch, (5,), init_mean=4.0, init_std=2.0)
     cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=0.5))
     ckpt = tmp_path / "yy.ckpt"
     save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    return ckpt, cfg
+
+
+def test_cli_simulate_uses_the_checkpoints_data_options(tmp_path, capsys):
+    """A Yin-Yang network trained with a bias input has 5 inputs: simulating it on its own dataset by name
+    must load the data as it was trained (with the bias column), and agree with the torch model."""
+    ckpt, cfg = yinyang_bias_checkpoint(tmp_path)
     out = tmp_path / "sim.json"
     argv = ["simulate", str(ckpt), "--limit", "50", "--compare", "--compare-dtype", "float64", "--out", str(out)]
     assert cli.main(argv) == 0, capsys.readouterr().err
