@@ -228,6 +228,20 @@ def test_empty_batch(backend):
     assert torch.equal(w.grad, torch.zeros_like(w))
 
 
+def test_crossing_exactly_at_an_input_is_decided_alike_by_every_implementation():
+    """The first input alone (w = 49) reaches theta = 1 at the real time 1/49; the second (w = -100)
+    arrives at fl(1/49), which lies just before it: 49 * fl(1/49) < 1, so V has not reached theta when
+    the second input makes the slope negative, and the neuron never fires. The rounded quotient
+    fl(1 / 49) equals fl(1/49), so a test ``(theta + B) / A <= t_next`` fired at t_next; every
+    implementation now tests ``theta + B <= A * t_next``, as the numba and Triton kernels always did."""
+    t = torch.tensor([[0.0, 1 / 49]], dtype=torch.float64)
+    w = torch.tensor([[49.0, -100.0]], dtype=torch.float64)
+    assert 49.0 * (1 / 49) < 1.0  # the premise, in float64
+    for backend in ("torch", "numba"):
+        assert relpsp_linear(t, w, backend=backend).item() == math.inf, backend
+    assert relpsp_linear_ref(t, w).item() == math.inf
+
+
 # --------------------------------------------------------------------------------------------------
 # Backward
 

@@ -75,7 +75,9 @@ def _search_block(t_sorted: Tensor, order: Tensor, weight_t: Tensor, theta: floa
         a = carry_a.unsqueeze(1) + wg.cumsum(1)
         b = carry_b.unsqueeze(1) + (wg * torch.where(live, ts, 0).unsqueeze(-1)).cumsum(1)
         cand = (theta + b) / a
-        ok = (a > 0) & (cand <= t_next_all[:, c0:c1].unsqueeze(-1))
+        # theta + B <= A t_next, not cand <= t_next: the rounded quotient can land on t_next when the exact
+        # crossing lies just after it (the numba and Triton kernels test the same product form).
+        ok = (a > 0) & (theta + b <= a * t_next_all[:, c0:c1].unsqueeze(-1))
         ok &= (group_end[:, c0:c1] & live).unsqueeze(-1)
         any_ok = ok.any(1)
         first = ok.to(torch.uint8).argmax(1, keepdim=True)  # first True along K
@@ -192,7 +194,7 @@ def relpsp_linear_ref(
         b = (wg * torch.where(live, t_sorted.unsqueeze(-1), 0)).cumsum(1)
         cand = (theta + b) / a
         t_next = torch.cat([t_sorted[:, 1:], torch.full_like(t_sorted[:, :1], math.inf)], 1)
-        ok = (a > 0) & (cand <= t_next.unsqueeze(-1)) & live & (t_next > t_sorted).unsqueeze(-1)
+        ok = (a > 0) & (theta + b <= a * t_next.unsqueeze(-1)) & live & (t_next > t_sorted).unsqueeze(-1)
         first = ok.to(torch.uint8).argmax(1, keepdim=True)
         t_star = torch.where(ok.any(1), cand.gather(1, first).squeeze(1), math.inf)
         t_star = torch.where(t_star <= t_max, t_star, math.inf)
