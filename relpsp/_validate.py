@@ -13,6 +13,7 @@ __all__ = [
     "check_finite_positive",
     "check_float_tensor",
     "check_int_pair",
+    "check_kernel_fits",
     "check_non_negative",
     "check_positive_int",
     "check_spike_times",
@@ -94,3 +95,11 @@ def check_int_pair(name: str, v: object, minimum: int) -> tuple[int, int]:
     if len(p) != 2 or not all(integer(x) and x >= minimum for x in p):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {v!r}")
     return int(p[0]), int(p[1])
+
+
+def check_kernel_fits(kernel: tuple[int, int], height: int, width: int) -> None:
+    """A convolution or pooling ``kernel`` (kh, kw) is at least 1x1 and fits its (padded) input."""
+    if min(kernel) < 1:
+        raise ValueError(f"weight has an empty {tuple(kernel)} kernel; kernels need at least 1x1")
+    if height < kernel[0] or width < kernel[1]:
+        raise ValueError(f"kernel {tuple(kernel)} is larger than the (padded) input {height}x{width}")

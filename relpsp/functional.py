@@ -22,6 +22,7 @@ from relpsp._validate import (
     check_finite_positive,
     check_float_tensor,
     check_int_pair,
+    check_kernel_fits,
     check_non_negative,
     check_spike_times,
     check_t_max,
@@ -58,8 +59,6 @@ def _check_layer(t_in: Tensor, weight: Tensor, theta: float, t_max: float, ndim:
             msg = f"weight expects {weight.shape[1]} input channels (shape {tuple(weight.shape)}) but t_in has "
             layout = "[C_out, C_in, kh, kw]"
         raise ValueError(f"{msg}{t_in.shape[1]} (shape {tuple(t_in.shape)}); weight must be {layout}")
-    if ndim == 4 and min(weight.shape[2:]) < 1:
-        raise ValueError(f"weight has an empty {tuple(weight.shape[2:])} kernel; kernels need at least 1x1")
     _check_common(t_in, weight, theta, t_max)
 
 
@@ -120,8 +119,7 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
     if padding != (0, 0):
         t_in = F.pad(t_in, (padding[1], padding[1], padding[0], padding[0]), value=math.inf)
     b, _c, h, w = t_in.shape
-    if h < kernel[0] or w < kernel[1]:
-        raise ValueError(f"kernel {kernel} is larger than the (padded) input {h}x{w}")
+    check_kernel_fits(kernel, h, w)
     h_out = (h - kernel[0]) // stride[0] + 1
     w_out = (w - kernel[1]) // stride[1] + 1
     cols = F.unfold(t_in, kernel, stride=stride)  # [B, C*kh*kw, L]
@@ -165,9 +163,8 @@ def relpsp_conv2d(
     kernel = (weight.shape[2], weight.shape[3])
     stride_hw, padding_hw = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
     padded_hw = (t_in.shape[2] + 2 * padding_hw[0], t_in.shape[3] + 2 * padding_hw[1])
+    check_kernel_fits(kernel, *padded_hw)
     if resolve_backend(backend, t_in) == "numba" and conv_kernel_applies(padded_hw, kernel):
-        if padded_hw[0] < kernel[0] or padded_hw[1] < kernel[1]:
-            raise ValueError(f"kernel {kernel} is larger than the (padded) input {padded_hw[0]}x{padded_hw[1]}")
         t_pad = t_in
         if padding_hw != (0, 0):
             t_pad = F.pad(t_in, (padding_hw[1], padding_hw[1], padding_hw[0], padding_hw[0]), value=math.inf)
@@ -320,8 +317,7 @@ def silent_neuron_penalty(
         _check_conv(t_in, weight, theta, math.inf)
         (sh, sw), (ph, pw) = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
         h, w = t_in.shape[2] + 2 * ph, t_in.shape[3] + 2 * pw
-        if h < weight.shape[2] or w < weight.shape[3]:
-            raise ValueError(f"kernel {tuple(weight.shape[2:])} is larger than the (padded) input {h}x{w}")
+        check_kernel_fits((weight.shape[2], weight.shape[3]), h, w)
         expected: tuple[int, ...] = (
             t_in.shape[0],
             weight.shape[0],

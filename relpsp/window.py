@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from relpsp._validate import check_finite, check_int_pair
+from relpsp._validate import check_finite, check_int_pair, check_kernel_fits
 
 __all__ = ["window_conv2d", "window_linear", "window_times"]
 
@@ -104,12 +104,7 @@ def window_conv2d(
     if t_in.shape[1] != weight.shape[1]:
         raise ValueError(f"t_in has {t_in.shape[1]} channels, weight expects {weight.shape[1]}")
     (sh, sw), (ph, pw) = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
-    kh, kw = weight.shape[2:]
-    if min(kh, kw) < 1 or t_in.shape[2] + 2 * ph < kh or t_in.shape[3] + 2 * pw < kw:
-        raise ValueError(
-            f"the {kh}x{kw} kernel must be at least 1x1 and fit the padded input "
-            f"{t_in.shape[2] + 2 * ph}x{t_in.shape[3] + 2 * pw}"
-        )
+    check_kernel_fits((weight.shape[2], weight.shape[3]), t_in.shape[2] + 2 * ph, t_in.shape[3] + 2 * pw)
     mask, times = _split(t_in)
     wt_sum = F.conv2d(times, weight, stride=(sh, sw), padding=(ph, pw))
     if (ph, pw) == (0, 0) and bool(mask.all()):  # every input spiked and no padding: W_j is the kernel's sum

@@ -163,7 +163,10 @@ def test_analytic_gradient_of_one_neuron():
             lambda: window_conv2d(torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 2, 2), padding=-1, t_start=1, t_end=2),
             "padding",
         ),
-        (lambda: window_conv2d(torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 4, 4), t_start=1, t_end=2), "fit the padded"),
+        (
+            lambda: window_conv2d(torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 4, 4), t_start=1, t_end=2),
+            r"larger than the \(padded\) input 3x3",
+        ),
         (lambda: WindowLinear(3, 2, t_start="a", t_end=2.0), "t_start must be"),
         (lambda: WindowLinear(3, 2, t_start=None, t_end=2.0), "t_start must be"),
         (lambda: window_conv2d(torch.zeros(1, 1, 3, 3), 1.0, t_start=1.0, t_end=2.0), "weight must be a torch.Tensor"),
