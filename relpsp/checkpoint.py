@@ -135,6 +135,11 @@ def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def _storable(dtype: np.dtype) -> bool:
+    """The arrays a checkpoint holds: boolean, integer or float, at most 64 bits (no objects)."""
+    return not dtype.hasobject and dtype.kind in "biuf" and dtype.itemsize <= 8
+
+
 def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Save named NumPy arrays (numeric dtypes only) and JSON-serialisable ``meta`` atomically."""
     buf = io.BytesIO()
@@ -142,7 +147,7 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, arr in arrays.items():
             a = np.asarray(arr)
-            if a.dtype.hasobject or a.dtype.kind not in "biuf" or a.dtype.itemsize > 8:
+            if not _storable(a.dtype):
                 raise ValueError(
                     f"array {name!r} has dtype {a.dtype}; only boolean, integer and float arrays of at most "
                     "64 bits can be saved"
@@ -167,7 +172,7 @@ def _read_npy(data: bytes, what: str) -> np.ndarray:
         shape, _, dtype = np.lib.format.read_array_header_2_0(bio)
     else:
         raise CheckpointError(f"{what} uses .npy format {version}, which relpsp does not write")
-    if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+    if not _storable(dtype):
         raise CheckpointError(f"{what} has dtype {dtype}: checkpoints hold numeric arrays of at most 64 bits")
     if len(data) - bio.tell() != math.prod(shape) * dtype.itemsize:
         raise CheckpointError(
