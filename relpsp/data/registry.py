@@ -331,7 +331,8 @@ def _find_idx(folder: Path, f: IdxFile) -> Path | None:
     return None
 
 
-def _read_idx_checked(folder: Path, f: IdxFile, verify: bool, fix: str) -> bytes:
+def _read_idx_checked(folder: Path, f: IdxFile, verify: bool, fix: str) -> tuple[Path, bytes]:
+    """``(the file found, its IDX bytes)``, checked against the table when ``verify``."""
     path = _find_idx(folder, f)
     if path is None:
         raise DatasetNotFoundError(f"missing {folder / f.name}; {fix}")
@@ -341,7 +342,7 @@ def _read_idx_checked(folder: Path, f: IdxFile, verify: bool, fix: str) -> bytes
     ok = not verify or sha256_bytes(raw) == f.file_sha256 or sha256_bytes(content) == f.content_sha256
     if not ok:
         raise DatasetCorruptError(f"{path}: sha256 mismatch (damaged or not the expected file); delete it and {fix}")
-    return content
+    return path, content
 
 
 def _idx_files(name: str) -> tuple[IdxFile, ...]:
@@ -352,8 +353,9 @@ def _load_idx_set(name: str, split: str, folder: Path, verify: bool, fix: str) -
     files = {f.kind: f for f in _idx_files(name) if f.split == split}
     arrays, paths = {}, {}
     for kind, f in files.items():
-        paths[kind] = str(_find_idx(folder, f) or folder / f.name)
-        arrays[kind] = parse_idx(_read_idx_checked(folder, f, verify, fix), paths[kind])
+        path, content = _read_idx_checked(folder, f, verify, fix)
+        paths[kind] = str(path)
+        arrays[kind] = parse_idx(content, paths[kind])
     return load_idx_pair(arrays["images"], arrays["labels"], (paths["images"], paths["labels"]))
 
 
@@ -491,7 +493,7 @@ def _load_split(
 
 
 def _parse_checked_idx(folder: Path, f: IdxFile, fix: str) -> np.ndarray:
-    return parse_idx(_read_idx_checked(folder, f, True, fix), f.name)
+    return parse_idx(_read_idx_checked(folder, f, True, fix)[1], f.name)
 
 
 def _load_cifar_split(folder: Path, split: str, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
