@@ -22,6 +22,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_toml",
+    "parse_override",
 ]
 
 
@@ -118,7 +119,7 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     if isinstance(default, float):
         if isinstance(value, str) and value.lower() in ("inf", "infinity"):
             return math.inf
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ValueError(f"{cls.__name__}.{name} must be a number, got {value!r}")
         return float(value)
     if value is None and default is None:  # an optional setting left unset (data_dir)
@@ -126,6 +127,42 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError(f"{cls.__name__}.{name} must be a string, got {value!r}")
     return value
+
+
+def parse_override(section: str, key: str, text: str) -> Any:
+    """The value of a command-line override ``SECTION.KEY=TEXT``, read by the field's type: a number field
+    takes any Python float or int literal (``.2``, ``1.``, ``+1e-3``, ``inf``), a string field takes the text
+    as it is (``2024`` stays a string), lists and booleans are JSON (``[1,28,28]``, ``true``). Text that does
+    not read as the field's type is passed on unchanged, so ``config_from_dict`` names the field in its
+    error; an unknown section or key is left for it to report too."""
+    cls = _SECTIONS.get(section)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
+    if key not in fields:
+        return _json_or_text(text)
+    default = fields[key].default
+    if isinstance(default, bool) or isinstance(default, tuple):
+        return _json_or_text(text)
+    if isinstance(default, int):
+        try:
+            return int(text.strip())
+        except ValueError:
+            return text
+    if isinstance(default, float):
+        try:
+            return float(text.strip())
+        except ValueError:
+            return text
+    value = _json_or_text(text)  # a string field: a JSON string literal loses its quotes, the rest stays text
+    return value if isinstance(value, str) or (value is None and default is None and text.strip() == "null") else text
+
+
+def _json_or_text(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def config_from_dict(d: dict[str, Any], base: Config | None = None) -> Config:

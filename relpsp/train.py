@@ -4,8 +4,9 @@
 
 - ``checkpoint.ckpt``: weights, optimizer state and progress (``relpsp.checkpoint`` format: no pickle,
   atomic), written every ``checkpoint_every`` steps and at the end of every epoch;
-- ``metrics.jsonl``: one JSON line per finished epoch (rewritten atomically from the history kept in
-  the checkpoint, so a crash never leaves a line without its checkpoint or the reverse);
+- ``metrics.jsonl``: one JSON line per finished epoch, rewritten atomically from the history kept in
+  the checkpoint just after that checkpoint is saved (a crash between the two leaves the file one line
+  behind the checkpoint, and the resume rewrites it from the checkpoint);
 - ``results.json``: final test accuracy, resolved config, versions, device, wall time, per-layer
   firing rates and the fraction of samples with no output spike.
 
@@ -262,6 +263,7 @@ def _validate(cfg: Config) -> None:
         raise ValueError("data.val_size and data.train_size must be >= 0")
     if not 0 <= cfg.data.max_shift <= 64:
         raise ValueError(f"data.max_shift must be in [0, 64], got {cfg.data.max_shift}")
+    _validate_data_settings(cfg)
     if cfg.model.kernel == "window" and (t.silent_penalty > 0 or t.target_penalty > 0):
         raise ValueError(
             "train.silent_penalty and train.target_penalty do not apply to kernel window: every windowed neuron fires"
@@ -274,6 +276,25 @@ def _validate(cfg: Config) -> None:
             )
         if t.device != "cpu":
             raise ValueError("the alpha-kernel baseline runs on the CPU only (train.device = 'cpu')")
+
+
+def _validate_data_settings(cfg: Config) -> None:
+    """Refuse data settings that would do nothing for this dataset, instead of ignoring them."""
+    from relpsp.data import canonical_name
+
+    d = cfg.data
+    try:
+        name = canonical_name(d.dataset)
+    except ValueError:  # a set given as tensors to fit(splits=...) under a name of its own
+        name = d.dataset
+    if d.flip and not d.augment:
+        raise ValueError("data.flip mirrors images as part of the augmentation: it needs data.augment = true")
+    if d.bias_input >= 0 and name != "yinyang":
+        raise ValueError(f"data.bias_input applies to the Yin-Yang feature set only, not {name!r}; leave it at -1")
+    if d.image_size and name != "caltech-face-motorbike":
+        raise ValueError(
+            f"data.image_size applies to image-folder sets (caltech-face-motorbike) only, not {name!r}; leave it empty"
+        )
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -308,6 +329,11 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
 
 
 def _check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
+    if cfg.data.augment and splits["train"][0].dim() != 4:
+        raise ValueError(
+            f"data.augment shifts images, but {cfg.data.dataset!r} has inputs of shape "
+            f"{tuple(splits['train'][0].shape[1:])}; set data.augment = false"
+        )
     for name, (x, y) in splits.items():
         if len(x) != len(y) or len(y) == 0:
             raise ValueError(f"{name} split has {len(x)} inputs and {len(y)} labels; need as many, and at least one")
@@ -390,24 +416,40 @@ def evaluate(
     batch_size: int = 1000,
     device: str = "cpu",
     tau: float = TrainConfig.tau,
+    silent_margin: float = TrainConfig.silent_margin,
 ) -> dict[str, Any]:
     """Accuracy (no output spike counts as wrong), no-spike fraction, loss (with the training loss's time
-    scale ``tau``, so it compares with the training loss), firing rate of every layer (fraction of neurons
-    that spike, averaged over samples) and mean output spike time of the winner."""
+    scale ``tau`` and ``silent_margin``, so it compares with the training loss), firing rate of every layer
+    (fraction of neurons that spike, averaged over samples) and mean output spike time of the winner.
+
+    In the loss, an output that never fires counts as firing at the latest output spike of the whole set
+    plus ``silent_margin`` (the training loss takes the latest of its batch), so the value does not depend
+    on ``batch_size``."""
     check_positive_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
-    return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau))
+    return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau, silent_margin))
 
 
-def _eval_sums(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str, tau: float) -> list[float]:
-    """``[n, correct, silent, loss_sum, decision_time_sum, *rate_sums]``: sums, so that ranks can add them."""
+def _eval_sums(
+    model: nn.Sequential,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    device: str,
+    tau: float,
+    silent_margin: float,
+    reduce_max: Callable[[list[float]], list[float]] | None = None,
+) -> list[float]:
+    """``[n, correct, silent, loss_sum, decision_time_sum, *rate_sums]``: sums, so that ranks can add them.
+    ``reduce_max`` (every rank calls it once) takes the latest output time over all ranks, so that silent
+    outputs get the same time in every rank's share of the loss."""
     model.eval()
     correct = 0
     silent = 0
-    loss_sum = 0.0
     rates = [0.0] * len(model)
     t_win = 0.0
+    t_outs: list[Tensor] = []  # kept (a few values per sample) for the loss after the loop
     with torch.no_grad():
         for s in range(0, len(y), batch_size):
             xb, yb = x[s : s + batch_size].to(device), y[s : s + batch_size].to(device)
@@ -416,10 +458,18 @@ def _eval_sums(model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, devi
             pred, fired = first_spike_decode(t_out)
             correct += int((pred == yb).sum())
             silent += int((~fired).sum())
-            loss_sum += float(spike_time_cross_entropy(t_out, yb, tau=tau, reduction="sum"))
+            t_outs.append(t_out.detach().to("cpu", torch.float64))
             rates = [a + float(torch.isfinite(o).float().mean()) * len(yb) for a, o in zip(rates, outs)]
             if bool(fired.any()):
                 t_win += float(t_out.min(1).values[fired].sum())
+        t_all = torch.cat(t_outs) if t_outs else torch.empty(0, 1, dtype=torch.float64)
+        finite = t_all[torch.isfinite(t_all)]
+        t_last = float(finite.max()) if finite.numel() else -math.inf
+        if reduce_max is not None:
+            t_last = reduce_max([t_last])[0]
+        t_late = (t_last if t_last > -math.inf else 0.0) + silent_margin
+        t_filled = torch.where(torch.isfinite(t_all), t_all, torch.tensor(t_late, dtype=torch.float64))
+        loss_sum = float(spike_time_cross_entropy(t_filled, y.cpu(), tau=tau, reduction="sum")) if len(y) else 0.0
     return [float(len(y)), float(correct), float(silent), loss_sum, t_win, *rates]
 
 
@@ -437,11 +487,16 @@ def _eval_summary(sums: list[float]) -> dict[str, Any]:
 
 
 def _evaluate(
-    model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str, ctx: DistInfo, tau: float
+    model: nn.Sequential, x: Tensor, y: Tensor, batch_size: int, device: str, ctx: DistInfo, train_cfg: TrainConfig
 ) -> dict[str, Any]:
     """``evaluate`` with the samples split over the ranks and the sums added up."""
     lo, hi = _shard(len(y), ctx)
-    return _eval_summary(_all_reduce(_eval_sums(model, x[lo:hi], y[lo:hi], batch_size, device, tau), ctx, device))
+
+    def reduce_max(values: list[float]) -> list[float]:
+        return _all_reduce(values, ctx, device, "max")
+
+    sums = _eval_sums(model, x[lo:hi], y[lo:hi], batch_size, device, train_cfg.tau, train_cfg.silent_margin, reduce_max)
+    return _eval_summary(_all_reduce(sums, ctx, device))
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -638,7 +693,10 @@ class _SpikeDropout:
     def reseed(self, seed: int, epoch: int, step: int, device: str, rows: tuple[int, int, int] | None = None) -> None:
         """Seed the masks of one step; ``rows = (lo, hi, n_global)``: this process holds rows lo:hi of
         a global batch of n_global (None: the whole batch)."""
-        self.generator = torch.Generator(device=device)
+        # always a CPU generator (the masks are moved to the device): CPU and CUDA generators give different
+        # numbers for one seed, and a run may be resumed on another device type
+        del device
+        self.generator = torch.Generator()
         self.rows = rows
         # the packed key of the first runs (its last slot held a rank, always 0 there); one-to-one while
         # epoch * 10_007 + step stays below the seed's radix 1_000_003
@@ -654,7 +712,7 @@ class _SpikeDropout:
         if hi - lo != len(t_in):
             raise RuntimeError(f"spike dropout expected rows {lo}:{hi} of the batch, got {len(t_in)}")
         shape = (n, *t_in.shape[1:])
-        u = torch.rand(shape, generator=self.generator, device=t_in.device, dtype=t_in.dtype)[lo:hi]
+        u = torch.rand(shape, generator=self.generator, dtype=t_in.dtype)[lo:hi].to(t_in.device)
         mod.theta = self.theta[id(mod)] * (1.0 - self.p)
         return (torch.where(u < self.p, torch.full_like(t_in, math.inf), t_in), *args[1:])
 
@@ -1022,6 +1080,7 @@ def _fit(
         "grad_log_sum": 0.0,
         "grad_steps": 0,
         "grad_max": 0.0,
+        "train_s": 0.0,  # seconds spent in this epoch's steps (not its evaluation), summed across resumes
     }
     running = dict(new_epoch)  # this epoch's counters, kept across a resume
 
@@ -1053,6 +1112,9 @@ def _fit(
             running.update(new_epoch)
         t_epoch = time.perf_counter()
         seen_before = running["seen"]
+        train_s_before = running["train_s"]
+        # a checkpoint written before "train_s" was kept has not timed the steps it holds
+        timed_all = not (epoch == start_epoch and resumed_running and "train_s" not in resumed_running)
         for step, idx in _batches(order, cfg.train.batch_size, first_step):
             n_global = len(idx)
             lo, hi = _shard(n_global, ctx)
@@ -1104,6 +1166,7 @@ def _fit(
             running["silent"] += round(step_silent)
             running["seen"] += n_global
             running["loss_sum"] += step_loss
+            running["train_s"] = train_s_before + time.perf_counter() - t_epoch
             if bar is not None:
                 bar.update(n_global)
                 rate = (running["seen"] - seen_before) / max(time.perf_counter() - t_epoch, 1e-9)
@@ -1125,7 +1188,10 @@ def _fit(
             "train_loss": running["loss_sum"] / max(seen, 1),
             "train_accuracy": running["correct"] / max(seen, 1),
             "train_no_output_spike_fraction": running["silent"] / max(seen, 1),
-            "samples_per_s": (seen - seen_before) / max(epoch_time, 1e-9),
+            # over the epoch's every step, also where a resume ran none of them (it began at the epoch's end)
+            "samples_per_s": (
+                seen / max(running["train_s"], 1e-9) if timed_all else (seen - seen_before) / max(epoch_time, 1e-9)
+            ),
             "lr_end": opt.param_groups[0]["lr"],
         }
         if cfg.train.grad_clip > 0:
@@ -1139,12 +1205,12 @@ def _fit(
         for split in ("val", "test"):
             if split not in splits:
                 continue
-            ev = _evaluate(eval_model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+            ev = _evaluate(eval_model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train)
             row[f"{split}_accuracy"] = ev["accuracy"]
             row[f"{split}_loss"] = ev["loss"]
             row[f"{split}_no_output_spike_fraction"] = ev["no_output_spike_fraction"]
             if averaged is not None:  # the weights being trained, for comparison with their average
-                raw = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+                raw = _evaluate(model, *splits[split], cfg.train.eval_batch_size, device, ctx, cfg.train)
                 row[f"raw_{split}_accuracy"] = raw["accuracy"]
         history.append(row)
         save(epoch + 1, 0)
@@ -1159,7 +1225,7 @@ def _fit(
     for hooks in (penalty, target_penalty, dropout):
         if hooks is not None:
             hooks.close()
-    final = _evaluate(eval_model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train.tau)
+    final = _evaluate(eval_model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train)
     results = {
         "test_accuracy": final["accuracy"],
         "test_no_output_spike_fraction": final["no_output_spike_fraction"],
@@ -1168,7 +1234,8 @@ def _fit(
         "mean_decision_time": final["mean_decision_time"],
         "val_accuracy": history[-1].get("val_accuracy") if history else None,
         "epochs": cfg.train.epochs,
-        "wall_time_s": wall_before + time.perf_counter() - t_start,
+        # a call that trained nothing (a finished run resumed) keeps the recorded time instead of adding its own
+        "wall_time_s": wall_before + (time.perf_counter() - t_start if start_epoch < cfg.train.epochs else 0.0),
         "train_samples_per_s_mean": float(np.mean([r["samples_per_s"] for r in history])) if history else None,
         "config": config_to_dict(cfg),
         "versions": versions,

@@ -139,3 +139,37 @@ def test_plot_of_a_malformed_metrics_file_is_one_line(run_dir, tmp_path, capsys,
     assert cli.main(["plot", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("relpsp: error:") and "metrics.jsonl, line 2" in err and needle in err
+
+
+def test_set_reads_each_value_by_its_fields_type():
+    """Number fields take any float literal (.2, 1., +1e-3, inf), string fields keep digits as text, lists
+    and booleans are JSON; NaN and text that is not the field's type are refused, naming the field."""
+    from relpsp.commands.train import resolve_config
+
+    def resolve(*sets: str):
+        argv = ["train", "--dataset", "yinyang"]
+        for item in sets:
+            argv += ["--set", item]
+        return resolve_config(cli.build_parser().parse_args(argv))
+
+    cfg = resolve(
+        "train.spike_dropout=.2",
+        "train.lr=1.",
+        "train.weight_decay=+1e-3",
+        "model.t_max=inf",
+        "data.data_dir=2024",
+        "train.epochs=7",
+        "data.augment=false",
+        "model.input_shape=[4]",
+    )
+    assert (cfg.train.spike_dropout, cfg.train.lr, cfg.train.weight_decay) == (0.2, 1.0, 1e-3)
+    assert cfg.model.t_max == float("inf") and cfg.data.data_dir == "2024" and cfg.train.epochs == 7
+    assert cfg.data.augment is False and cfg.model.input_shape == (4,)
+    for bad, needle in (
+        ("train.tau=nan", "TrainConfig.tau must be a number"),
+        ("data.bias_input=nan", "DataConfig.bias_input must be a number"),
+        ("train.epochs=2.5", "TrainConfig.epochs must be an integer"),
+        ("train.lr=fast", "TrainConfig.lr must be a number"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            resolve(bad)

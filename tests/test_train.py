@@ -564,3 +564,98 @@ def test_spike_dropout_resumes_exactly(tmp_path):
     ref, cut = _weights(tmp_path / "ref" / CHECKPOINT_NAME), _weights(tmp_path / "cut" / CHECKPOINT_NAME)
     for k in ref:
         np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
+
+
+def _two_output_model():
+    """4 inputs -> 2 outputs; output 1 has zero weights, so it never fires."""
+    from relpsp.models import model_from_config
+
+    model = model_from_config(ModelConfig(arch="4-2", input_shape=(4,)))
+    with torch.no_grad():
+        model[-1].weight.copy_(torch.tensor([[2.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    return model
+
+
+def test_evaluation_loss_uses_the_silent_margin_and_not_the_batch_size():
+    """Silent outputs count as firing at the latest output spike of the whole set plus silent_margin: the
+    same loss for any evaluation batch size, and the margin of the training config."""
+    from relpsp.functional import spike_time_cross_entropy
+    from relpsp.train import evaluate
+
+    model = _two_output_model()
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.2, 0.3, 0.0, 0.0], [0.0, 0.1, 0.9, 0.0]])
+    y = torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        t_out = model(x)
+    assert torch.isinf(t_out[:, 1]).all() and torch.isfinite(t_out[:, 0]).all()
+    latest = float(t_out[:, 0].max())
+    for margin in (1.0, 5.0):
+        filled = torch.where(torch.isfinite(t_out), t_out, torch.tensor(latest + margin))
+        expected = float(spike_time_cross_entropy(filled.double(), y, tau=0.5, reduction="mean"))
+        losses = [evaluate(model, x, y, batch_size=b, tau=0.5, silent_margin=margin)["loss"] for b in (1, 2, 3)]
+        np.testing.assert_allclose(losses, [expected] * 3, rtol=1e-6)
+    assert evaluate(model, x, y, tau=0.5, silent_margin=5.0)["loss"] != evaluate(model, x, y, tau=0.5)["loss"]
+
+
+def test_a_resume_that_starts_at_the_end_of_an_epoch_reports_that_epochs_speed(tmp_path):
+    """4 steps per epoch with a checkpoint every 2: stopped after the epoch's last step (its checkpoint is
+    on disk, its evaluation is not), the resume runs no step of that epoch and still reports the rate of
+    the steps the checkpoint holds."""
+    cfg = _cfg(epochs=2, checkpoint_every=2)
+    _fit_interrupted(cfg, tmp_path / "cut", (0, 3))
+    res = fit(cfg, tmp_path / "cut", resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    rates = [row["samples_per_s"] for row in res["history"]]
+    assert len(rates) == 2 and all(np.isfinite(r) and r > 0 for r in rates), rates
+
+
+def test_rerunning_a_finished_run_keeps_its_recorded_wall_time(tmp_path):
+    first = fit(_cfg(epochs=1), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    _, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    again = fit(_cfg(epochs=1), tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert again["wall_time_s"] == meta["progress"]["wall_time_s"] <= first["wall_time_s"]
+    assert again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_spike_dropout_masks_do_not_depend_on_the_device_named():
+    """The masks come from a CPU generator and are moved to the layer's device, so a run resumed on another
+    device type draws the same ones (a CUDA generator gives other numbers for the same seed)."""
+    from relpsp.models import model_from_config
+    from relpsp.train import _SpikeDropout
+
+    torch.manual_seed(0)
+    model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))).train()
+    x, _ = _tiny_splits()["train"]
+    drop = _SpikeDropout(model, 0.4)
+    outs = []
+    with torch.no_grad():
+        for device in ("cpu", "cuda:0"):  # only named: the generator no longer lives there
+            drop.reseed(5, 1, 2, device)
+            outs.append(model(x))
+    drop.close()
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"flip": True}, "data.flip"),
+        ({"bias_input": 0.5}, "data.bias_input applies to the Yin-Yang"),
+        ({"image_size": (8, 8)}, "data.image_size applies"),
+    ],
+    ids=["flip-without-augment", "bias-input-on-images", "image-size-on-mnist"],
+)
+def test_data_settings_that_would_do_nothing_are_refused(tmp_path, data, needle):
+    cfg = Config(model=_cfg().model, data=DataConfig(dataset="mnist", **data), train=_cfg().train)
+    with pytest.raises(ValueError, match=needle):
+        fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+
+
+def test_augmentation_of_inputs_that_are_not_images_is_refused(tmp_path):
+    flat = {k: (x.flatten(1), y) for k, (x, y) in _tiny_splits().items()}
+    cfg = Config(
+        model=ModelConfig(arch="16-12-3", input_shape=(16,)),
+        data=DataConfig(dataset="tiny", augment=True),
+        train=_cfg().train,
+    )
+    with pytest.raises(ValueError, match=r"data\.augment shifts images"):
+        fit(cfg, tmp_path, progress=False, splits=flat, log=lambda s: None)

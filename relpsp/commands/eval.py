@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     model, cfg, _ = load_trained(args.checkpoint)
     dataset = args.dataset or cfg.data.dataset
     x, y = load_dataset(dataset, args.split, args.data_dir or cfg.data.data_dir, **data_options(cfg, dataset))
-    res = evaluate(model, x, y, args.batch_size, tau=cfg.train.tau)
+    res = evaluate(model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin)
     if args.json:
         print(json.dumps(res, indent=1))
     else:

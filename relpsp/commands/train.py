@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
@@ -49,16 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def resolve_config(args: argparse.Namespace):
     """Defaults <- TOML file <- --set <- named flags; the input shape follows the dataset unless set."""
-    from relpsp.config import config_from_dict, load_toml
+    from relpsp.config import config_from_dict, load_toml, parse_override
     from relpsp.data import dataset_info
 
     raw: dict = load_toml(args.config) if args.config else {}
@@ -67,7 +59,7 @@ def resolve_config(args: argparse.Namespace):
         m = re.fullmatch(r"(model|data|train)\.(\w+)=(.*)", item)
         if not m:
             raise ValueError(f"--set expects SECTION.KEY=VALUE with SECTION model, data or train; got {item!r}")
-        overrides[m[1]][m[2]] = _parse_value(m[3])
+        overrides[m[1]][m[2]] = parse_override(m[1], m[2], m[3])
     flags = {
         ("data", "dataset"): args.dataset,
         ("data", "data_dir"): args.data_dir,
