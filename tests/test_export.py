@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -220,6 +221,68 @@ def test_malformed_nir_files_raise_value_error(tmp_path, capsys):
         assert cli.main(["simulate", str(path), "--dataset", "yinyang"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("relpsp: error:") and "not a valid NIR file" in err
+
+
+def _replace_meta(key: str, make):
+    """An edit for ``_broken_nir``: the metadata ``key`` (``"node/nodes/<node>/metadata/<name>"``) replaced
+    by ``make(group, name)``."""
+
+    def edit(f):
+        group_path, name = key.rsplit("/", 1)
+        del f[key]
+        make(f[group_path], name)
+
+    return edit
+
+
+def test_metadata_of_the_wrong_type_is_refused_not_misread(tmp_path, capsys):
+    """A cut-off or window that is not a number, a zero_fires flag that is the string "false" (which bool()
+    would read as true), a Conv2d groups field of two values: each one CLI error line naming the node."""
+    import h5py
+
+    cases = {
+        "tmax.nir": (
+            _replace_meta("node/nodes/dense1.if/metadata/relpsp.t_max", lambda g, n: g.create_group(n)),
+            "'dense1.if': metadata 'relpsp.t_max' must be a number",
+        ),
+        "tin.nir": (
+            _replace_meta("node/nodes/input/metadata/relpsp.t_in", lambda g, n: g.create_dataset(n, data="1.0")),
+            "'input': metadata 'relpsp.t_in' must be a number",
+        ),
+        "zf.nir": (
+            _replace_meta(
+                "node/nodes/input/metadata/relpsp.zero_fires",
+                lambda g, n: g.create_dataset(n, data="false", dtype=h5py.string_dtype()),
+            ),
+            "'input': metadata 'relpsp.zero_fires' must be true or false",
+        ),
+    }
+    for name, (edit, needle) in cases.items():
+        path = _broken_nir(tmp_path, name, edit)
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            network_from_nir(read_nir_graph(path))
+        capsys.readouterr()
+        assert cli.main(["simulate", str(path), "--dataset", "yinyang"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("relpsp: error:") and needle in err and "\n" not in err.strip()
+    import h5py as h5
+
+    ckpt, _ = _checkpoint(tmp_path, "3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0)
+    path = tmp_path / "groups.nir"
+    export_nir(ckpt, path)
+    with h5.File(path, "a") as f:
+        del f["node/nodes/conv1.conv/groups"]
+        f["node/nodes/conv1.conv/groups"] = np.array([1, 1])
+    with pytest.raises(ValueError, match=r"'conv1\.conv': groups must be one integer"):
+        network_from_nir(read_nir_graph(path))
+
+
+def test_exported_boolean_metadata_reads_back_as_written(tmp_path):
+    ckpt, _ = _checkpoint(tmp_path, "20-12-5", (1, 4, 5), math.inf)
+    path = tmp_path / "m.nir"
+    export_nir(ckpt, path)
+    assert network_from_nir(read_nir_graph(path)).zero_fires is True  # _checkpoint's setting
+    assert network_from_nir(read_nir_graph(path), zero_fires=False).zero_fires is False
 
 
 def test_oversized_nir_file_is_refused_before_it_is_read(tmp_path, monkeypatch):

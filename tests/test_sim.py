@@ -237,6 +237,22 @@ def test_time_grid_rounds_up_and_drops_late_spikes():
         TimeGrid(1.0, 0)
 
 
+@pytest.mark.parametrize("backend", SIM_BACKENDS)
+def test_a_crossing_on_the_last_tick_is_kept_though_float_rounding_puts_it_a_hair_past(backend):
+    """w = 1/49 from t = 0 crosses at exactly 49, computed as 49 + 1 ulp; on a grid whose window is 49 that
+    is within TICK_TOLERANCE of the last tick, so it fires there (as TimeGrid.ticks says), not never."""
+    t_star = 1 / (1 / 49)
+    assert t_star > 49.0  # the rounding this is about
+    net = SimNetwork((SimDense(np.array([[1 / 49]])),), (1,), t_in=1.0)
+    grid = TimeGrid(49.0, 8)
+    assert grid.ticks(np.array([t_star]))[0] == grid.n_ticks
+    res = simulate(net, np.array([[1.0]]), SimOptions(time_bits=8, time_window=49.0, backend=backend))
+    assert res.t_out[0, 0] == 49.0 and res.decision[0] == 0
+    late = SimNetwork((SimDense(np.array([[1 / 49.5]])),), (1,), t_in=1.0)  # 49.5: past the window, dropped
+    res = simulate(late, np.array([[1.0]]), SimOptions(time_bits=8, time_window=49.0, backend=backend))
+    assert np.isinf(res.t_out[0, 0]) and res.decision[0] == -1
+
+
 def test_time_window_rules_and_calibration():
     net = SimNetwork((SimDense(np.full((2, 3), 0.6)),), (3,), t_in=1.5)
     assert resolve_time_window(net, SimOptions()) is None
@@ -267,6 +283,19 @@ def test_calibrated_decision_window_keeps_every_decision_on_the_grid():
     assert latest < window < 2 * latest
     grid = simulate(net, x, SimOptions(time_bits=4, time_window=window))
     assert np.isfinite(grid.t_decision[decided]).all()
+
+
+def test_calibration_that_no_grid_satisfies_warns_and_keeps_the_smallest_best_window():
+    """The hidden neuron fires at 0.52, just inside its own cut-off 0.5201; on a 4-bit grid its spike rounds
+    up past the cut-off at every window tried, so the output never decides there. Calibration says so and
+    returns the smallest window it tested, not the window grown 64 times (about 7e8 times wider)."""
+    net = SimNetwork((SimDense(np.array([[1 / 0.52]]), t_max=0.5201), SimDense(np.array([[10.0]]))), (1,), t_in=1.0)
+    x = np.array([[1.0]])
+    assert simulate(net, x).decision[0] == 0
+    with pytest.warns(UserWarning, match="1 of the 1 calibration samples"):
+        window = calibrate_time_window(net, x, SimOptions(time_bits=4))
+    assert window == 1.0  # t_in: the first window tried
+    assert simulate(net, x, SimOptions(time_bits=4, time_window=window)).decision[0] == -1
 
 
 @pytest.mark.parametrize("options", [SimOptions(), SimOptions(time_bits=4, time_window=3.0)], ids=["exact", "grid"])
@@ -377,11 +406,55 @@ def test_weights_that_are_not_real_numbers_are_refused(tmp_path, dtype):
         SimDense(np.ones((2, 3), dtype=dtype))
 
 
+@pytest.mark.parametrize("backend", SIM_BACKENDS)
+def test_nan_and_minus_inf_spike_times_are_refused(backend):
+    """The two backends would read them differently (numpy: no spike for -inf, numba: a spike at -inf)."""
+    w = np.ones((1, 2))
+    assert fire_rows(np.array([[0.0, 0.5]]), w, 1.0, backend=backend)[0, 0] == pytest.approx(0.75)
+    for bad in (-np.inf, np.nan):
+        with pytest.raises(ValueError, match="NaN or -inf"):
+            fire_rows(np.array([[bad, 0.5]]), w, 1.0, backend=backend)
+    with pytest.raises(ValueError, match="weight must be finite"):
+        fire_rows(np.array([[0.0, 0.5]]), np.array([[1.0, np.nan]]), 1.0, backend=backend)
+    net = SimNetwork((SimDense(w),), (2,))
+    with pytest.raises(ValueError, match="NaN or -inf"):
+        run_layer(net, 0, np.array([[np.nan, 0.5]]), SimOptions(backend=backend))
+
+
 def test_an_empty_dataset_is_refused(tmp_path):
     data = tmp_path / "empty.npz"
     np.savez(data, x=np.zeros((0, 20)), y=np.zeros(0, dtype=np.int64))
     with pytest.raises(ValueError, match="holds no samples"):
         load_inputs(str(data))
+
+
+def test_npz_inputs_that_are_not_archives_of_x_and_y_are_refused(tmp_path, capsys):
+    """A bare .npy under an .npz name, a truncated archive and an object array: one ValueError naming the
+    file (one CLI line), not numpy's TypeError or zipfile's BadZipFile."""
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((3, 20)), y=np.zeros(3, dtype=np.int64))
+    bare = tmp_path / "bare.npz"
+    with open(bare, "wb") as f:
+        np.save(f, np.zeros((3, 20)))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:60])  # starts PK\x03\x04, ends mid-file
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, dtype=np.int64))
+    for path, needle in (
+        (bare, "holds a single array"),
+        (cut, "is not a readable .npz archive"),
+        (objects, "cannot be read"),
+    ):
+        with pytest.raises(ValueError, match=needle) as info:
+            load_inputs(str(path))
+        assert str(path) in str(info.value)
+    x, y = load_inputs(str(good))
+    assert x.shape == (3, 20) and y.tolist() == [0, 0, 0]
+    ckpt, _ = _tiny_checkpoint(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["simulate", str(ckpt), "--dataset", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("relpsp: error:") and "not a readable .npz archive" in err
 
 
 def test_sim_imports_no_training_code():
@@ -451,17 +524,24 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     assert summary["compare"]["max_abs_dt_all"] < 1e-9
     assert sum(summary["compare"]["fire_in_one_only"].values()) == 0
     assert summary["accuracy"] == summary["compare"]["torch_accuracy"]
-    # Quantised run with a calibrated window.
+    assert summary["compare"]["note"] is None and summary["options"]["backend"] == "numpy"
+    # Quantised run with a calibrated window, compared: the report says the torch model is not quantised.
     out_q = tmp_path / "simq.json"
-    rc = cli.main(
-        ["simulate", str(ckpt), "--dataset", str(data), "--time-bits", "6", "--weight-bits", "6", "--out", str(out_q)]
-    )
+    capsys.readouterr()
+    quantised = ["--time-bits", "6", "--weight-bits", "6", "--compare"]
+    rc = cli.main(["simulate", str(ckpt), "--dataset", str(data), *quantised, "--out", str(out_q)])
     assert rc == 0
+    assert "note: the torch model runs without --weight-bits" in capsys.readouterr().out
     q = json.loads(out_q.read_text())
     assert q["options"]["time_window_calibrated"] is True and q["options"]["time_bits"] == 6
+    assert "without --weight-bits" in q["compare"]["note"]
+    assert q["options"]["backend"] in ("numpy", "numba")  # the one that ran, not "auto"
     # Bad input: one-line error, exit code 2.
     assert cli.main(["simulate", str(tmp_path / "missing.ckpt"), "--dataset", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    for flags in (["--time-window", "2"], ["--window-rule", "spikes"]):  # grid settings without a grid
+        assert cli.main(["simulate", str(ckpt), "--dataset", str(data), *flags]) == 2
+        assert "need --time-bits" in capsys.readouterr().err
 
 
 def yinyang_bias_checkpoint(tmp_path: Path) -> tuple[Path, Config]:

@@ -107,14 +107,17 @@ def load_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, di
 
 
 def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
-    from relpsp.sim import SimOptions
+    from relpsp.sim import SimOptions, resolve_backend
 
+    if args.time_bits is None and overrides.get("time_bits") is None:
+        if args.time_window is not None or getattr(args, "window_rule", "decision") != "decision":
+            raise ValueError("--time-window and --window-rule set up the time grid: they need --time-bits")
     kw = dict(
         weight_bits=args.weight_bits,
         time_bits=args.time_bits,
         t_cutoff=args.t_cutoff,
         time_window=args.time_window,
-        backend=args.backend,
+        backend=resolve_backend(args.backend),  # the one that runs, so that reports name it
         batch_size=args.batch_size,
     )
     kw.update(overrides)
@@ -227,6 +230,15 @@ def run(args: argparse.Namespace) -> int:
     if args.compare and meta is None:
         raise ValueError("--compare needs a checkpoint (the torch model); the source is a NIR file")
     simulate(net, x[:2], options)  # warm-up: compile the optional kernels outside the timing
+    compare_note = None
+    if args.compare and (
+        options.weight_bits is not None or options.time_bits is not None or math.isfinite(options.t_cutoff)
+    ):
+        compare_note = (
+            "the torch model runs without --weight-bits, --time-bits and --t-cutoff: the differences below "
+            "include their effect, not only the two implementations'"
+        )
+        print(f"note: {compare_note}")
     if args.compare:
         model, torch = _torch_model(meta, args.source, args.compare_dtype)
         n_cols = len(net.names)
@@ -300,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
             "max_rel_dt_all": max(acc["max_rel_dt"]),
             "fire_in_one_only": dict(zip(res.layer_names, acc["only_one"])),
             "torch_dtype": args.compare_dtype,
+            "note": compare_note,
         }
         summary["compare"] = cmp
         print(

@@ -257,8 +257,41 @@ def _scalar(meta: dict[str, Any], key: str, default: Any) -> Any:
     return v
 
 
+def _meta_float(meta: dict[str, Any], key: str, default: float, node: str) -> float:
+    """A real-number metadata value (``inf`` allowed), else ``ValueError`` naming the node and key."""
+    v = _scalar(meta, key, default)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or np.isnan(v):
+        raise ValueError(f"NIR node {node!r}: metadata {key!r} must be a number, got {v!r}")
+    return float(v)
+
+
+def _meta_bool(meta: dict[str, Any], key: str, default: bool, node: str) -> bool:
+    """A boolean metadata value (HDF5 may give it back as a numpy bool or a 0/1 integer), else ``ValueError``:
+    a string such as ``"false"`` is not read as true."""
+    v = _scalar(meta, key, default)
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)) and v in (0, 1):
+        return bool(v)
+    raise ValueError(f"NIR node {node!r}: metadata {key!r} must be true or false, got {v!r}")
+
+
+def _int_value(v: Any, what: str, node: str) -> int:
+    """One integer (a scalar or a one-element array), else ``ValueError``."""
+    try:
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"NIR node {node!r}: {what} must be an integer, got {v!r}") from None
+    if a.size != 1 or not float(a[0]).is_integer():
+        raise ValueError(f"NIR node {node!r}: {what} must be one integer, got {v!r}")
+    return int(a[0])
+
+
 def _pair_value(v: Any, what: str, node: str) -> int:
-    a = np.atleast_1d(np.asarray(v)).astype(np.int64)
+    try:
+        a = np.atleast_1d(np.asarray(v)).astype(np.int64)
+    except (TypeError, ValueError):
+        raise ValueError(f"NIR node {node!r}: {what} must be integers, got {v!r}") from None
     if a.size == 0 or not (a == a[0]).all():
         raise ValueError(f"NIR node {node!r}: only square {what} is supported, got {v!r}")
     return int(a[0])
@@ -284,7 +317,7 @@ def _neuron_gain(graph: Any, names: list[str], j: int, n_out_shape: tuple[int, .
     if not (np.isfinite(gain).all() and (gain > 0).all()):
         raise ValueError(f"NIR nodes {names[j + 1]!r}/{names[j + 2]!r}: r must be finite and positive")
     meta = if_node.metadata or {}
-    t_max = float(_scalar(meta, "relpsp.t_max", math.inf))
+    t_max = _meta_float(meta, "relpsp.t_max", math.inf, names[j + 2])
     theta = float(v_thr.flat[0])
     if (gain == 1).all() and (v_thr == theta).all():
         return np.ones(n_out_shape), theta, t_max
@@ -293,18 +326,27 @@ def _neuron_gain(graph: Any, names: list[str], j: int, n_out_shape: tuple[int, .
 
 def network_from_nir(graph: Any, *, t_in: float | None = None, zero_fires: bool | None = None) -> SimNetwork:
     """The simulator's network from a ``nir.NIRGraph`` (or a path to a NIR file). ``t_in`` and
-    ``zero_fires`` override the Input node's ``relpsp.*`` metadata (defaults 1.0 and False)."""
+    ``zero_fires`` override the Input node's ``relpsp.*`` metadata (defaults 1.0 and False). A graph
+    this reader cannot take raises ``ValueError``, also where a field has a type nothing here expects."""
     nir = _nir()
     if isinstance(graph, (str, os.PathLike)):
         graph = read_nir_graph(graph)
     if not isinstance(graph, nir.NIRGraph):
         raise ValueError(f"expected a nir.NIRGraph or a path, got {type(graph).__name__}")
+    try:
+        return _network_from_graph(graph, t_in, zero_fires)
+    except (TypeError, KeyError, AttributeError, IndexError) as e:  # a field of a type no check above foresaw
+        raise ValueError(f"malformed NIR graph ({type(e).__name__}: {e})") from e
+
+
+def _network_from_graph(graph: Any, t_in: float | None, zero_fires: bool | None) -> SimNetwork:
+    nir = _nir()
     names = _chain(graph)
     inp = graph.nodes[names[0]]
     shape = tuple(int(d) for d in np.asarray(inp.input_type["input"]).reshape(-1))
     in_meta = inp.metadata or {}
-    t_in_v = float(t_in if t_in is not None else _scalar(in_meta, "relpsp.t_in", 1.0))
-    zf = bool(zero_fires if zero_fires is not None else _scalar(in_meta, "relpsp.zero_fires", False))
+    t_in_v = float(t_in) if t_in is not None else _meta_float(in_meta, "relpsp.t_in", 1.0, names[0])
+    zf = bool(zero_fires) if zero_fires is not None else _meta_bool(in_meta, "relpsp.zero_fires", False, names[0])
     layers: list[SimLayer] = []
     cur = shape
     j = 1
@@ -323,7 +365,7 @@ def network_from_nir(graph: Any, *, t_in: float | None = None, zero_fires: bool 
             w = np.asarray(node.weight, dtype=np.float64)
             if w.ndim != 4:
                 raise ValueError(f"NIR node {name!r}: Conv2d weight must be 4-D, got shape {w.shape}")
-            if _pair_value(node.dilation, "dilation", name) != 1 or int(node.groups) != 1:
+            if _pair_value(node.dilation, "dilation", name) != 1 or _int_value(node.groups, "groups", name) != 1:
                 raise ValueError(f"NIR node {name!r}: dilation and groups must be 1")
             if node.bias is not None and np.any(np.asarray(node.bias) != 0):
                 raise ValueError(f"NIR node {name!r}: Conv2d with a non-zero bias has no ReL-PSP equivalent")

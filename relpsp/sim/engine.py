@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,6 +57,7 @@ __all__ = [
     "conv_reach",
     "fire_rows",
     "latency_encode_np",
+    "resolve_backend",
     "resolve_time_window",
     "run_layer",
     "simulate",
@@ -146,7 +148,8 @@ def latency_encode_np(x: np.ndarray, t_in: float, zero_fires: bool) -> np.ndarra
     return t
 
 
-def _resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str) -> str:
+    """The backend ``backend`` names: ``"auto"`` is numba where it is installed, else numpy."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     has_numba = importlib.util.find_spec("numba") is not None
@@ -258,6 +261,13 @@ def _fire_sorted_numpy(
     return result
 
 
+def _check_times(name: str, t: np.ndarray) -> None:
+    """Spike times are real numbers or +inf (no spike); NaN and -inf have no meaning (and the two backends
+    would treat them differently)."""
+    if np.isnan(t).any() or np.isneginf(t).any():
+        raise ValueError(f"{name} must hold spike times or +inf (no spike); it holds NaN or -inf")
+
+
 def fire_rows(
     t_rows: np.ndarray, weight: np.ndarray, theta: float, t_cut: float = math.inf, backend: str = "auto"
 ) -> np.ndarray:
@@ -267,11 +277,14 @@ def fire_rows(
     weight = np.asarray(weight, dtype=np.float64)
     if t_rows.ndim != 2 or weight.ndim != 2 or weight.shape[1] != t_rows.shape[1]:
         raise ValueError(f"t_rows [R, K] and weight [N, K] do not match: {t_rows.shape} and {weight.shape}")
+    _check_times("t_rows", t_rows)
+    if not np.isfinite(weight).all():
+        raise ValueError("weight must be finite")
     out = np.full((t_rows.shape[0], weight.shape[0]), np.inf)
     if t_rows.size == 0 or weight.shape[0] == 0:
         return out
     weight_t = np.ascontiguousarray(weight.T)
-    if _resolve_backend(backend) == "numba":
+    if resolve_backend(backend) == "numba":
         from relpsp.sim._numba import fire_rows_unsorted
 
         fire_rows_unsorted(np.ascontiguousarray(t_rows), weight_t, float(theta), float(t_cut), out)
@@ -373,6 +386,7 @@ def run_layer(net: SimNetwork, index: int, t: Any, options: SimOptions | None = 
         raise ValueError("run_layer runs without a time grid; time_bits must be None")
     layer = net.layers[index]
     t = np.asarray(t, dtype=np.float64)
+    _check_times("t", t)
     in_shape = net.shapes[index]
     if t.ndim < 1 or tuple(t.shape[1:]) != tuple(in_shape):
         raise ValueError(f"layer {index} takes spike times [B, {', '.join(map(str, in_shape))}], got {t.shape}")
@@ -382,9 +396,7 @@ def run_layer(net: SimNetwork, index: int, t: Any, options: SimOptions | None = 
         return _pool(t, layer.kernel, layer.step)
     w = _effective_weights(net, options.weight_bits)[index]
     assert w is not None
-    _, t_rows, to_layer = _fire_layer(
-        layer, w, t, min(layer.t_max, options.t_cutoff), _resolve_backend(options.backend)
-    )
+    _, t_rows, to_layer = _fire_layer(layer, w, t, min(layer.t_max, options.t_cutoff), resolve_backend(options.backend))
     return to_layer(t_rows)
 
 
@@ -423,24 +435,28 @@ def _run_batch(
             w = weights[i - 1]
             assert w is not None
             t_cut = min(layer.t_max, options.t_cutoff)
+            fire_cut = t_cut
             if grid is not None:
                 t_cut = min(t_cut, grid.window)
+                # the last tick the cut-off allows; a crossing that float rounding puts a hair past it (within
+                # TICK_TOLERANCE of a tick) still lands on it, so it is kept through the exact search too
+                end_tick = float(min(grid.n_ticks, math.floor(t_cut / grid.dt + TICK_TOLERANCE)))
+                fire_cut = (end_tick + TICK_TOLERANCE) * grid.dt
             if isinstance(layer, SimDense):
                 syn[:, i] = spikes_in[:, i] * w.shape[0]
             else:
                 reach = conv_reach(t.shape[2:], layer.kernel, layer.stride, layer.padding)
                 syn[:, i] = _per_image(fired_in * reach).sum(1) * w.shape[0]
-            rows, t_rows, to_layer = _fire_layer(layer, w, t, t_cut, backend)
+            rows, t_rows, to_layer = _fire_layer(layer, w, t, fire_cut, backend)
             if grid is not None:
-                t_rows = grid.quantize(t_rows)
-                t_rows = np.where(t_rows <= t_cut * (1 + 1e-12), t_rows, np.inf)
+                fired_tick = grid.ticks(t_rows)
+                t_rows = np.where(fired_tick <= end_tick, fired_tick * grid.dt, np.inf)
             t_new = to_layer(t_rows)
             if grid is not None:
                 assert upd is not None
                 # Clocked updates: from the tick of the first input event to the firing tick (or to the
                 # last tick the cut-off allows, for a neuron that never fires).
                 first_tick = grid.ticks(rows.min(1)) if rows.shape[1] else np.full(rows.shape[0], np.inf)
-                end_tick = float(min(grid.n_ticks, math.floor(t_cut / grid.dt + TICK_TOLERANCE)))
                 fire_tick = np.minimum(grid.ticks(t_rows), end_tick)
                 has_input = np.isfinite(first_tick)
                 per_row = np.where(
@@ -479,7 +495,7 @@ def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, reco
     """
     options = options or SimOptions()
     x = _check_inputs(net, x)
-    backend = _resolve_backend(options.backend)
+    backend = resolve_backend(options.backend)
     grid = None
     if options.time_bits is not None:
         window = resolve_time_window(net, options)
@@ -565,8 +581,10 @@ def calibrate_time_window(
     grid over this T spends its steps where they matter. The grid rounds every layer's spikes up to a
     tick, which can push the latest decisions past T; so with ``options.time_bits`` set, T is then
     widened (by (L + 1) ticks of L spiking layers at a time, at most 64 times) until the grid run makes a
-    decision on every sample of ``x`` that the continuous run decides. Samples outside ``x`` may still
-    lose theirs.
+    decision on every sample of ``x`` that the continuous run decides. If no tested window does (a
+    decision that exists only because the potential touches theta exactly can be lost on every grid), a
+    warning says how many samples lose theirs and the smallest tested window that keeps the most is
+    returned. Samples outside ``x`` may still lose theirs.
     ``rule="spikes"``: the ``quantile`` of all finite spike times (every layer, input included);
     ``quantile=1`` gives the latest spike. Trained networks have stragglers (neurons whose summed weight
     barely exceeds 0 fire very late), which make this T far longer than the decisions need."""
@@ -583,12 +601,22 @@ def calibrate_time_window(
         if asked.time_bits is None or not decided.any():
             return window
         grow = 1.0 + (len(net.spiking_layers()) + 1) / 2**asked.time_bits
+        best_window, best_kept = window, -1
         for _ in range(64):
             grid = simulate(net, x, replace(asked, time_window=window))
-            if np.isfinite(grid.t_decision[decided]).all():
-                break
+            kept = int(np.isfinite(grid.t_decision[decided]).sum())
+            if kept == int(decided.sum()):
+                return window
+            if kept > best_kept:  # the smallest tested window that keeps the most decisions
+                best_window, best_kept = window, kept
             window *= grow
-        return window
+        warnings.warn(
+            f"{int(decided.sum()) - best_kept} of the {int(decided.sum())} calibration samples decided in "
+            f"continuous time lose their decision on every {asked.time_bits}-bit grid tried; using the window "
+            f"that keeps the most ({best_window:.6g})",
+            stacklevel=2,
+        )
+        return best_window
     assert res.layer_times is not None
     # The input and the spiking layers (pooling and flattening only repeat spikes).
     cols = [0, *(i + 1 for i in net.spiking_layers())]

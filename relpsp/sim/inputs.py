@@ -8,6 +8,8 @@ Intensities are float in [0, 1], ``[N, C, H, W]`` or ``[N, F]``; labels are inte
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,27 @@ from typing import Any
 import numpy as np
 
 __all__ = ["load_inputs"]
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays ``x`` and ``y`` of an ``.npz`` archive; anything else (a bare ``.npy`` file, a truncated or
+    corrupt archive, object arrays) is a ``ValueError`` naming the file."""
+    bad = (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError)
+    with open(path, "rb") as fh:  # our own handle: np.load leaves its file open when the archive is corrupt
+        try:
+            archive = np.load(fh, allow_pickle=False)
+        except bad as e:
+            raise ValueError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e})") from e
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} holds a single array, not an .npz archive of arrays 'x' and 'y' (np.savez)")
+        with archive as f:
+            missing = {"x", "y"} - set(f.files)
+            if missing:
+                raise ValueError(f"{path} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
+            try:
+                return f["x"], f["y"]
+            except bad as e:
+                raise ValueError(f"{path}: arrays 'x' and 'y' cannot be read ({type(e).__name__}: {e})") from e
 
 
 def _to_numpy(a: object, what: str) -> np.ndarray:
@@ -45,11 +68,7 @@ def load_inputs(
         path = Path(dataset)
         if not path.is_file():
             raise FileNotFoundError(f"dataset file {path} does not exist")
-        with np.load(path, allow_pickle=False) as f:
-            missing = {"x", "y"} - set(f.files)
-            if missing:
-                raise ValueError(f"{path} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
-            x, y = f["x"], f["y"]
+        x, y = _read_npz(path)
     else:
         try:
             from relpsp.data import load_dataset
