@@ -68,16 +68,18 @@ def load_inputs(
         path = Path(dataset)
         if not path.is_file():
             raise FileNotFoundError(f"dataset file {path} does not exist")
-        x, y = _read_npz(path)
+        x_raw: Any
+        y_raw: Any
+        x_raw, y_raw = _read_npz(path)
     else:
         try:
             from relpsp.data import load_dataset
         except ImportError as e:
             raise RuntimeError(f"relpsp.data.load_dataset is not available ({e}); pass an .npz file instead") from e
         loaded = load_dataset(dataset, split, data_dir, **dict(options or {}))
-        x, y = loaded[0], loaded[1]
-    x = _to_numpy(x, "x").astype(np.float64, copy=False)
-    y = _to_numpy(y, "y")
+        x_raw, y_raw = loaded[0], loaded[1]
+    x = _to_numpy(x_raw, "x").astype(np.float64, copy=False)
+    y = _to_numpy(y_raw, "y")
     if y.ndim != 1 or x.ndim < 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"expected x [N, ...] and y [N], got shapes {x.shape} and {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
