@@ -1149,6 +1149,12 @@ def _fit(
             loss.backward()
             # on the summed gradient: DDP has reduced it by now
             norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf))
+            if not math.isfinite(norm):  # stop before the step: the weights and the last checkpoint stay good
+                raise RuntimeError(
+                    f"epoch {epoch + 1}, step {step + 1}: the gradient is not finite (norm {norm}); the weights were "
+                    f"not updated, and {ckpt_path} holds the last checkpoint (resume from it with other settings, "
+                    "e.g. a smaller train.lr or train.grad_clip)"
+                )
             running["clipped"] += int(cfg.train.grad_clip > 0 and norm > cfg.train.grad_clip)
             if math.isfinite(norm) and norm > 0:
                 running["grad_log_sum"] += math.log(norm)

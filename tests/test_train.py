@@ -659,3 +659,28 @@ def test_augmentation_of_inputs_that_are_not_images_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=r"data\.augment shifts images"):
         fit(cfg, tmp_path, progress=False, splits=flat, log=lambda s: None)
+
+
+def test_a_non_finite_gradient_stops_training_before_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """A NaN loss in the second epoch: the run stops with an error naming the step, and the checkpoint of
+    the first epoch is still there with finite weights (a step with a NaN gradient would have made every
+    weight NaN, and the next save would have replaced the good checkpoint)."""
+    import relpsp.train as train_module
+
+    real = train_module.spike_time_cross_entropy
+    calls = {"n": 0}
+
+    def nan_in_epoch_2(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if kwargs.get("reduction") == "sum" and args[0].requires_grad:  # training steps only
+            calls["n"] += 1
+            if calls["n"] > 4:  # 4 steps per epoch: the first step of epoch 2
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train_module, "spike_time_cross_entropy", nan_in_epoch_2)
+    with pytest.raises(RuntimeError, match=r"epoch 2, step 1: the gradient is not finite"):
+        fit(_cfg(epochs=2), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert meta["progress"]["epoch"] == 1
+    assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("model."))
