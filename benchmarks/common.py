@@ -18,7 +18,7 @@ import torch
 
 from relpsp.train import device_name
 
-__all__ = ["environment", "mnist_like_batch", "peak_rss_mib", "time_it", "write_json"]
+__all__ = ["environment", "load_cpu_kernels", "mnist_like_batch", "peak_rss_mib", "time_it", "write_json"]
 
 
 def environment(device: str = "cpu") -> dict:
@@ -42,6 +42,14 @@ def environment(device: str = "cpu") -> dict:
         env["commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
         ).stdout.strip()
+        # whether the package or the benchmarks differ from that commit (numbers from uncommitted code)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "relpsp", "benchmarks"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        env["source_modified"] = "yes" if status else "no"
     except (OSError, subprocess.SubprocessError):
         env["commit"] = None
     return env
@@ -84,14 +92,24 @@ def time_it(
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeat": repeat}
 
 
+def load_cpu_kernels() -> None:
+    """Import the compiled CPU backend (numba) if it is installed, so that a memory baseline read after
+    this does not count the import in the first measured call (every case then pays it the same way)."""
+    try:
+        import relpsp.kernels.cpu_numba  # noqa: F401
+    except ImportError:
+        pass
+
+
 def peak_rss_mib() -> float:
     """High-water mark of this process's resident memory (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:
+    from relpsp.checkpoint import atomic_write_bytes
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(
-        json.dumps(obj, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
-    )
+    text = json.dumps(obj, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+    atomic_write_bytes(p, (text + "\n").encode())

@@ -15,6 +15,7 @@ two implementations of the neuron from the conditioning of the network).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     n = len(y)
     s2 = res["nir_vs_checkpoint_sim"]
+    print("environment:", json.dumps(res["environment"]))
     print(f"{cfg.model.arch} on {cfg.data.dataset} test, {n} images")
     for name, c, lay in (("float32", cmp32, layer32), ("float64", cmp64, layer64)):
         print(f"simulator (float64) vs torch model ({name}): decisions equal {c['decisions_equal']}/{n}")

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from benchmarks.common import environment, mnist_like_batch, peak_rss_mib, time_it, write_json
+from benchmarks.common import environment, load_cpu_kernels, mnist_like_batch, peak_rss_mib, time_it, write_json
 
 CASES = ("784-800", "800-10", "conv1 1-16C5 28x28", "conv2 16-32C5 12x12")
 # Skip the reference where its [R, N_out, N_in] intermediates would need more than this.
@@ -78,6 +78,7 @@ def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0) -> 
             else (lambda t, w: relpsp_conv2d(t, w, backend=impl))
         )
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    load_cpu_kernels()  # numba's import (tens of MiB) is a fixed cost, not this case's memory
     # Baseline before the first call: ru_maxrss is a high-water mark, so it must be read before any run.
     base = peak_rss_mib()
     if device.startswith("cuda"):

@@ -20,9 +20,8 @@ of the largest layer at the batch size (the biggest transient buffer) and Adam's
 from __future__ import annotations
 
 import argparse
-import json
-import math
 
+from benchmarks.common import environment, write_json
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, parse_arch
 
 ARCHS = {
@@ -87,18 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         r = count(arch, shape, args.batch, args.active)
         target = TARGETS.get(arch, VGG_TARGET if arch.startswith("64C3") else None)
         r["target_samples_per_s"] = target
-        r["tflops_needed_at_target"] = r["flop_per_sample"] * target / 1e12 if target else math.nan
+        r["tflops_needed_at_target"] = r["flop_per_sample"] * target / 1e12 if target else None  # JSON null
         rows.append(r)
+        goal = f"target {target} samples/s -> {r['tflops_needed_at_target']:.2f} TFLOP/s" if target else "no target"
         print(
             f"{arch}: {r['synapses_per_sample'] / 1e6:.2f} M synapses/sample, "
-            f"{r['flop_per_sample'] / 1e6:.1f} MFLOP/sample per training step, "
-            f"target {target} samples/s -> {r['tflops_needed_at_target']:.2f} TFLOP/s; "
+            f"{r['flop_per_sample'] / 1e6:.1f} MFLOP/sample per training step, {goal}; "
             f"largest im2col buffer {r['largest_patch_buffer_bytes'] / 2**20:.0f} MiB at batch {args.batch}; "
             f"Adam {r['adam_bytes_per_step'] / 2**20:.1f} MiB/step"
         )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"batch": args.batch, "active": args.active, "archs": rows}, f, indent=1)
+        write_json(args.out, {"batch": args.batch, "active": args.active, "archs": rows, "environment": environment()})
     return 0
 
 

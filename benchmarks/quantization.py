@@ -17,6 +17,7 @@ times. Prints a markdown table (rows: weight bits, columns: time bits) and write
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     base = grid["fp"]["fp"]
     cols = list(grid["fp"])
+    print("environment:", json.dumps(environment()))
     print(
         f"\n{meta['config']['model']['arch']} on {dataset} test ({len(y)} images), T_window = {window:.4g} "
         f"({args.window}; per cell in the JSON); "

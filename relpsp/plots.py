@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,26 +49,42 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def _save(fig: Any, path: Path) -> None:
+    """Write the PNG next to ``path`` and rename it into place: a crash never leaves a truncated figure."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=120, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def plot_curves(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch. The training curve is the objective the optimizer saw (the
+    cross-entropy plus any silent or target penalty); validation and test curves are the cross-entropy."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ep = [r["epoch"] for r in history]
-    ax1.plot(ep, [r["train_loss"] for r in history], label="train")
+    style = {"marker": "o", "markersize": 3}  # a one-epoch run still shows its point
+    ax1.plot(ep, [r["train_loss"] for r in history], label="train (objective)", **style)
     for split in ("val", "test"):
         if history and f"{split}_loss" in history[0]:
-            ax1.plot(ep, [r.get(f"{split}_loss", math.nan) for r in history], label=split)
+            ax1.plot(ep, [r.get(f"{split}_loss", math.nan) for r in history], label=split, **style)
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("cross-entropy of softmax(-t)")
+    ax1.set_ylabel("cross-entropy of softmax(-t / tau)")
     ax1.legend()
-    ax2.plot(ep, [100 * r["train_accuracy"] for r in history], label="train")
+    ax2.plot(ep, [100 * r["train_accuracy"] for r in history], label="train", **style)
     for split in ("val", "test"):
         if history and f"{split}_accuracy" in history[0]:
-            ax2.plot(ep, [100 * r.get(f"{split}_accuracy", math.nan) for r in history], label=split)
+            ax2.plot(ep, [100 * r.get(f"{split}_accuracy", math.nan) for r in history], label=split, **style)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -89,7 +108,7 @@ def plot_output_histogram(t_out: torch.Tensor, y: torch.Tensor, path: Path) -> P
     ax.set_ylabel("count")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -125,7 +144,7 @@ def plot_raster(layer_times: list[torch.Tensor], names: list[str], path: Path, t
     ax.set_title(title, fontsize=10)
     ax.legend(markerscale=4, fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -141,15 +160,15 @@ def plot_run(run_dir: str | os.PathLike, sample: int = 0, data_dir: str | None =
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics} not found: is {run} a folder written by `relpsp train`?")
     history = read_metrics(metrics)
-    paths = [plot_curves(history, run / "curves.png")]
     model, cfg, _ = load_trained(run / CHECKPOINT_NAME)
     x, y = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, **data_options(cfg))
+    if not 0 <= sample < len(y):  # before any figure is written: all three come from one call or none
+        raise ValueError(f"--sample must be in [0, {len(y) - 1}]")
+    paths = [plot_curves(history, run / "curves.png")]
     n = min(len(y), 2000)
     with torch.no_grad():
         t_out = torch.cat([model(x[s : s + 500]) for s in range(0, n, 500)])
         paths.append(plot_output_histogram(t_out, y[:n], run / "output_times.png"))
-        if not 0 <= sample < len(y):
-            raise ValueError(f"--sample must be in [0, {len(y) - 1}]")
         outs = layer_outputs(model, x[sample : sample + 1])
     keep = [(o[0], type(m).__name__) for o, m in zip(outs, model) if type(m).__name__ != "Flatten"]
     names = [f"{k}:{n}" for k, (_, n) in enumerate(keep)]

@@ -40,6 +40,49 @@ def test_eval_reports_the_same_accuracy(run_dir, capsys):
     assert out["n"] == 1000
 
 
+def test_eval_uses_the_runs_own_splits(run_dir, tmp_path, capsys):
+    """On the dataset it was trained on, `eval --split val` is the run's validation set (its last
+    val_accuracy) and `--split train` its training subset (data.train_size), not the whole file."""
+    res = json.loads((run_dir / "results.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(res["val_accuracy"])
+    small = tmp_path / "small"
+    assert _train(small, "--set", "data.train_size=100") == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(small / "checkpoint.ckpt"), "--split", "train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 100
+    assert cli.main(["eval", str(small / "checkpoint.ckpt"), "--split", "bogus"]) == 2
+    assert "this run has the splits test, train, val, not 'bogus'" in capsys.readouterr().err
+
+
+def test_plot_of_a_one_epoch_run_draws_its_point(tmp_path):
+    """A single epoch is a single point: drawn with a marker, so the figure differs from one with no data."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from relpsp.plots import plot_curves
+
+    row = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "test_loss": 0.6, "test_accuracy": 0.7}
+    empty = {k: (v if k == "epoch" else float("nan")) for k, v in row.items()}
+    a = matplotlib.image.imread(plot_curves([row], tmp_path / "one.png"))
+    b = matplotlib.image.imread(plot_curves([empty], tmp_path / "none.png"))
+    assert a.shape == b.shape and (a != b).any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["none.png", "one.png"]  # no temporary files left
+
+
+def test_plot_with_a_bad_sample_writes_no_figure(run_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    run.mkdir()
+    for name in ("metrics.jsonl", "checkpoint.ckpt"):
+        shutil.copy(run_dir / name, run / name)
+    assert cli.main(["plot", str(run), "--sample", "100000"]) == 2
+    assert "--sample must be in" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.ckpt", "metrics.jsonl"]
+
+
 def test_plot_writes_pngs(run_dir, capsys):
     assert cli.main(["plot", str(run_dir)]) == 0
     for name in ("curves.png", "output_times.png", "raster.png"):

