@@ -414,6 +414,26 @@ def test_image_size_must_be_ints(size):
         D.dataset_info("caltech", image_size=size)
 
 
+def test_fetch_links_a_caltech_folder_only_if_every_image_is_listed(tmp_path):
+    """An image the SHA256SUMS does not list would be refused at load, so the folder is not linked
+    ("ready") in the first place."""
+    src = tmp_path / "src"
+    make_image_folder(src, n=2)
+    folder = D.fetch_dataset("caltech", tmp_path / "data", source=src)
+    assert folder.is_symlink() and D.load_dataset("caltech", "test", data_dir=tmp_path / "data")[1].tolist() == [
+        0,
+        0,
+        1,
+        1,
+    ]
+    other = tmp_path / "other"
+    make_image_folder(other, n=2)
+    (other / "test" / "face" / "extra.jpg").write_bytes((other / "test" / "face" / "image_0000.jpg").read_bytes())
+    with pytest.raises(D.DatasetCorruptError, match=r"1 image\(s\) not listed in SHA256SUMS, e.g. test/face/extra.jpg"):
+        D.fetch_dataset("caltech", tmp_path / "data2", source=other)
+    assert not (tmp_path / "data2" / "caltech-face-motorbike").exists()
+
+
 def test_caltech_without_sha256sums_loads(tmp_path):
     make_image_folder(tmp_path / "caltech-face-motorbike", n=2, sums=False)
     assert D.load_dataset("caltech", "test", data_dir=tmp_path)[1].tolist() == [0, 0, 1, 1]

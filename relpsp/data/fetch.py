@@ -174,6 +174,19 @@ def _link_caltech(folder: Path, source: Path, log: Callable[[str], None]) -> Non
         bad = [rel for rel, want in sums.items() if not (source / rel).is_file() or sha256_file(source / rel) != want]
         if bad:
             raise DatasetCorruptError(f"{source}: {len(bad)} file(s) missing or failing SHA256SUMS, e.g. {bad[0]}")
+        from relpsp.data.images import IMAGE_SUFFIXES
+
+        unlisted = [
+            f"{split}/{cls}/{p.name}"
+            for split in ("train", "test")
+            for cls in CALTECH_CLASSES
+            for p in sorted((source / split / cls).iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES and f"{split}/{cls}/{p.name}" not in sums
+        ]
+        if unlisted:  # the loader refuses them, so the set would be "ready" but fail at load
+            raise DatasetCorruptError(
+                f"{source}: {len(unlisted)} image(s) not listed in SHA256SUMS, e.g. {unlisted[0]}; nothing was linked"
+            )
         log(f"{len(sums)} files in {source} match SHA256SUMS")
     else:
         log(f"{source} has no SHA256SUMS; linking it unverified")
