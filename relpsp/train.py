@@ -363,6 +363,17 @@ def data_options(cfg: Config, dataset: str | None = None) -> dict[str, Any]:
     return opts
 
 
+def _data_digest(x: Tensor, y: Tensor) -> str:
+    """SHA-256 of the training split as trained on (inputs and labels, in order), kept in checkpoints so
+    that a resume on other data is refused."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
@@ -990,6 +1001,7 @@ def _fit(
     resumed_running: dict[str, Any] | None = None
 
     versions = _versions()  # the code this call imported, read before it runs for hours
+    data_digest = _data_digest(x_tr, y_tr)
     found = _all_reduce([float(resume and ckpt_path.exists())], ctx, device, "max")[0]
     if found and not _all_reduce([float(ckpt_path.exists())], ctx, device, "min")[0]:
         raise ValueError(f"{ckpt_path} exists on some ranks only: --out must be on a filesystem all ranks share")
@@ -1016,6 +1028,12 @@ def _fit(
             )
         if not (0 <= start_epoch and 0 <= start_step <= steps_per_epoch and len(history) == start_epoch):
             raise CheckpointError(f"{ckpt_path}: progress epoch {start_epoch}, step {start_step} does not fit this run")
+        saved_digest = p.get("train_data_sha256")  # absent in checkpoints written before it was kept
+        if saved_digest is not None and saved_digest != data_digest:
+            raise ValueError(
+                f"{ckpt_path} was trained on other training data than this run loads (a changed --data-dir or "
+                "dataset files?): the resumed run would not be the one it continues; use another --out folder"
+            )
         if start_epoch + (start_step > 0) > cfg.train.epochs:
             done = f"{start_epoch} epochs" + (f" and {start_step} steps" if start_step else "")
             raise ValueError(
@@ -1092,6 +1110,7 @@ def _fit(
             "running": dict(running),
             "wall_time_s": wall_before + time.perf_counter() - t_start,
             "world_size": ctx.world_size,
+            "train_data_sha256": data_digest,
         }
 
     def save(epoch: int, step: int) -> None:

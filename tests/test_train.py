@@ -684,3 +684,16 @@ def test_a_non_finite_gradient_stops_training_before_the_step_and_keeps_the_last
     arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert meta["progress"]["epoch"] == 1
     assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("model."))
+
+
+def test_resume_on_other_training_data_is_refused(tmp_path):
+    """The checkpoint keeps a digest of the training split: a resume whose data differ (a changed
+    --data-dir holding other files, say) would not continue the same run, so it is refused."""
+    fit(_cfg(epochs=1), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    other = _tiny_splits()
+    x, y = other["train"]
+    other["train"] = (x.flip(0), y.flip(0))  # the same samples in another order: other data for the steps
+    with pytest.raises(ValueError, match="other training data"):
+        fit(_cfg(epochs=2), tmp_path, resume=True, progress=False, splits=other, log=lambda s: None)
+    res = fit(_cfg(epochs=2), tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert len(res["history"]) == 2
