@@ -397,7 +397,8 @@ def test_cli_bad_settings_one_line(tmp_path, capsys, monkeypatch):
     toml.write_text("[train]\nepochs = \n")
     cases = [
         (_train(tmp_path, "--epochs", "0"), r"train.epochs must be >= 1"),
-        (_train(tmp_path, "--lr", "nan"), r"train.lr must be in"),
+        (_train(tmp_path, "--lr", "nan"), r"TrainConfig.lr must be a number, got nan"),  # refused as it is read
+        (_train(tmp_path, "--lr", "20"), r"train.lr must be in \(0, 10\)"),
         (_train(tmp_path, "--set", "model.theta=-1"), r"theta must be a finite positive"),
         (_train(tmp_path, "--set", "train.epochs=many"), r"TrainConfig.epochs must be an integer"),
         (_train(tmp_path, "--set", "nonsense"), r"--set expects SECTION.KEY=VALUE"),
