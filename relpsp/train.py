@@ -370,7 +370,7 @@ def _data_digest(x: Tensor, y: Tensor) -> str:
     for t in (x, y):
         a = t.detach().cpu().contiguous().numpy()
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 
