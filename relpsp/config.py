@@ -153,7 +153,7 @@ def parse_override(section: str, key: str, text: str) -> Any:
         except ValueError:
             return text
     value = _json_or_text(text)  # a string field: a JSON string literal loses its quotes, the rest stays text
-    return value if isinstance(value, str) or (value is None and default is None and text.strip() == "null") else text
+    return value if isinstance(value, str) or (value is None and default is None) else text
 
 
 def _json_or_text(text: str) -> Any:

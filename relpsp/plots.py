@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +49,12 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def _save(fig: Any, path: Path) -> None:
-    """Write the PNG next to ``path`` and rename it into place: a crash never leaves a truncated figure."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=120, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Render the PNG in memory and write it atomically: a crash never leaves a truncated figure."""
+    from relpsp.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:

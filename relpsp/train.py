@@ -474,14 +474,22 @@ def _eval_sums(
             if bool(fired.any()):
                 t_win += float(t_out.min(1).values[fired].sum())
         t_all = torch.cat(t_outs) if t_outs else torch.empty(0, 1, dtype=torch.float64)
-        finite = t_all[torch.isfinite(t_all)]
-        t_last = float(finite.max()) if finite.numel() else -math.inf
-        if reduce_max is not None:
-            t_last = reduce_max([t_last])[0]
-        t_late = (t_last if t_last > -math.inf else 0.0) + silent_margin
-        t_filled = torch.where(torch.isfinite(t_all), t_all, torch.tensor(t_late, dtype=torch.float64))
+        t_filled = _fill_silent(t_all, silent_margin, reduce_max or (lambda v: v))
         loss_sum = float(spike_time_cross_entropy(t_filled, y.cpu(), tau=tau, reduction="sum")) if len(y) else 0.0
     return [float(len(y)), float(correct), float(silent), loss_sum, t_win, *rates]
+
+
+def _fill_silent(t_out: Tensor, silent_margin: float, reduce_max: Callable[[list[float]], list[float]]) -> Tensor:
+    """``t_out`` with silent outputs (+inf) at the latest output time of all of it, taken over every rank by
+    ``reduce_max``, plus ``silent_margin`` (0 + margin if nothing fired): what ``spike_time_cross_entropy``
+    does within one tensor, made exact for a batch or split shared by several ranks. The filled time
+    carries no gradient; fired outputs keep theirs."""
+    fired = torch.isfinite(t_out)
+    with torch.no_grad():
+        finite = t_out[fired]
+        t_last = reduce_max([float(finite.max()) if finite.numel() else -math.inf])[0]
+    t_late = (t_last if t_last > -math.inf else 0.0) + silent_margin
+    return torch.where(fired, t_out, torch.tensor(t_late, dtype=t_out.dtype, device=t_out.device))
 
 
 def _eval_summary(sums: list[float]) -> dict[str, Any]:
@@ -1150,14 +1158,8 @@ def _fit(
             if dropout is not None:
                 dropout.reseed(cfg.train.seed, epoch, step, device, rows=(lo, hi, n_global))
             t_out = train_model(xb)
-            # spike_time_cross_entropy gives silent outputs the latest output time of the batch plus a margin;
-            # fill them in here with that time taken over the global batch, so each rank's share is exact.
-            fired = torch.isfinite(t_out)
-            with torch.no_grad():
-                finite = t_out[fired]
-                t_last = reduce_max([float(finite.max()) if finite.numel() else -math.inf])[0]
-                t_late = (t_last if t_last > -math.inf else 0.0) + cfg.train.silent_margin
-            t_filled = torch.where(fired, t_out, torch.tensor(t_late, dtype=t_out.dtype, device=t_out.device))
+            # silent outputs at the latest output time of the global batch plus a margin, so each rank's share is exact
+            t_filled = _fill_silent(t_out, cfg.train.silent_margin, reduce_max)
             loss_sum = spike_time_cross_entropy(t_filled, yb, tau=cfg.train.tau, reduction="sum")
             if penalty is not None:
                 loss_sum = loss_sum + cfg.train.silent_penalty * penalty(reduce_max)
@@ -1175,7 +1177,7 @@ def _fit(
                     "e.g. a smaller train.lr or train.grad_clip)"
                 )
             running["clipped"] += int(cfg.train.grad_clip > 0 and norm > cfg.train.grad_clip)
-            if math.isfinite(norm) and norm > 0:
+            if norm > 0:  # finite: checked above
                 running["grad_log_sum"] += math.log(norm)
                 running["grad_steps"] += 1
                 running["grad_max"] = max(running["grad_max"], norm)

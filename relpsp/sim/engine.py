@@ -280,6 +280,12 @@ def fire_rows(
     _check_times("t_rows", t_rows)
     if not np.isfinite(weight).all():
         raise ValueError("weight must be finite")
+    return _fire_rows(t_rows, weight, theta, t_cut, backend)
+
+
+def _fire_rows(t_rows: np.ndarray, weight: np.ndarray, theta: float, t_cut: float, backend: str) -> np.ndarray:
+    """``fire_rows`` on float64 arrays already checked: the engine's own calls, whose spike times it made
+    itself and whose weights the network validated, skip the checks of the public function."""
     out = np.full((t_rows.shape[0], weight.shape[0]), np.inf)
     if t_rows.size == 0 or weight.shape[0] == 0:
         return out
@@ -366,10 +372,10 @@ def _fire_layer(
     """One spiking layer on input times ``t`` -> ``(rows, t_rows, to_layer)``: the rows of shared input
     events, their output times ``[R, N]`` and a function that lays rows out as the layer's output."""
     if isinstance(layer, SimDense):
-        return t, fire_rows(t, w, layer.theta, t_cut, backend), lambda r: r
+        return t, _fire_rows(t, w, layer.theta, t_cut, backend), lambda r: r
     b, c_out = t.shape[0], w.shape[0]
     rows, h_out, w_out = _conv_rows(t, layer.kernel, layer.stride, layer.padding)
-    t_rows = fire_rows(rows, w.reshape(c_out, -1), layer.theta, t_cut, backend)
+    t_rows = _fire_rows(rows, w.reshape(c_out, -1), layer.theta, t_cut, backend)
     return rows, t_rows, lambda r: r.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
 
 
