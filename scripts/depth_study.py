@@ -15,7 +15,10 @@ under ``docs/figures/``. The committed studies (docs/DEPTH.md; a few minutes eac
 
     python scripts/depth_study.py --out docs/results/depth
     python scripts/depth_study.py --out docs/results/depth_alpha_tuned --kernels alpha --alpha-init-mean 10 --kernel-tau 3
-    python scripts/depth_study.py --out docs/results/depth --plot-only --also docs/results/depth_alpha_tuned
+    python scripts/depth_study.py --out docs/results/depth_alpha_lr1e-4 --kernels alpha --alpha-init-mean 10 --kernel-tau 3 --lr 1e-4
+    python scripts/depth_study.py --out docs/results/depth --plot-only --also docs/results/depth_alpha_tuned docs/results/depth_alpha_lr1e-4
+
+The two tuning sweeps behind the alpha settings are listed in docs/DEPTH.md.
 """
 
 from __future__ import annotations

@@ -285,20 +285,79 @@ def test_exported_boolean_metadata_reads_back_as_written(tmp_path):
     assert network_from_nir(read_nir_graph(path), zero_fires=False).zero_fires is False
 
 
-def test_oversized_nir_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
-    """A compressed dataset that would expand past ``MAX_NIR_ELEMENTS`` is refused before ``nir.read``."""
-
+def _refuse_nir_read(monkeypatch, limit):
     import relpsp.export.nir as nir_module
+
+    monkeypatch.setattr(nir_module, "MAX_NIR_BYTES", limit)
+    monkeypatch.setattr(nir, "read", lambda *a, **k: pytest.fail("nir.read ran on a refused file"))
+
+
+def test_oversized_nir_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A compressed dataset that would expand past ``MAX_NIR_BYTES`` is refused before ``nir.read``."""
 
     def bomb(f):
         del f["node/nodes/dense1.linear/weight"]
         f.create_dataset("node/nodes/dense1.linear/weight", shape=(3000, 3000), dtype="f8", compression="gzip")
 
     path = _broken_nir(tmp_path, "big.nir", bomb)
-    assert path.stat().st_size < 200_000  # small on disk, 9e6 values when read
-    monkeypatch.setattr(nir_module, "MAX_NIR_ELEMENTS", 1_000_000)
-    monkeypatch.setattr(nir, "read", lambda *a, **k: pytest.fail("nir.read ran on an oversized file"))
-    with pytest.raises(ValueError, match="more than 1000000 values"):
+    assert path.stat().st_size < 200_000  # small on disk, 72 MB when read
+    _refuse_nir_read(monkeypatch, 50_000_000)
+    with pytest.raises(ValueError, match="more than 50000000 bytes"):
+        read_nir(path)
+
+
+@pytest.mark.parametrize("kind", ["array-item", "fixed-string", "hard-links"])
+def test_nir_files_that_expand_through_item_size_or_links_are_refused(tmp_path, monkeypatch, kind):
+    """One element of an array type or a long fixed string counts by its bytes, not as one value; a
+    dataset reached through several names (``nir.read`` reads each) counts once per name."""
+
+    def edit(f):
+        meta = f.require_group("node/nodes/input/metadata")
+        if kind == "array-item":
+            meta.create_dataset("x", shape=(1,), dtype=np.dtype(("f8", (1000, 1000))), compression="gzip")
+        elif kind == "fixed-string":
+            meta.create_dataset("x", shape=(1,), dtype="S8000000", compression="gzip")
+        else:
+            meta.create_dataset("x", shape=(1000, 1000), dtype="f8", compression="gzip")
+            for k in range(5):
+                meta[f"x{k}"] = meta["x"]
+
+    path = _broken_nir(tmp_path, f"{kind}.nir", edit)
+    assert path.stat().st_size < 200_000
+    # 8 MB read for each of the first two (allowed alone by 2 * 10**7); 6 names x 8 MB for the hard links
+    _refuse_nir_read(monkeypatch, 2 * 10**7 if kind == "hard-links" else 4_000_000)
+    with pytest.raises(ValueError, match="bytes"):
+        read_nir(path)
+
+
+def test_nir_files_pointing_into_other_files_are_refused(tmp_path, monkeypatch):
+    import h5py
+
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as g:
+        g["w"] = np.ones(4)
+    path = _broken_nir(tmp_path, "ext.nir", lambda f: f.__setitem__("node/extra", h5py.ExternalLink(str(other), "w")))
+    _refuse_nir_read(monkeypatch, 2**31)
+    with pytest.raises(ValueError, match="links to another file"):
+        read_nir(path)
+
+
+def test_a_corrupt_compressed_chunk_is_a_value_error(tmp_path):
+    """HDF5's own read failure (OSError) on a damaged chunk comes out as the reader's ``ValueError``."""
+    import h5py
+
+    def recompress(f):
+        w = f["node/nodes/dense1.linear/weight"][()]
+        del f["node/nodes/dense1.linear/weight"]
+        f.create_dataset("node/nodes/dense1.linear/weight", data=w, compression="gzip", chunks=w.shape)
+
+    path = _broken_nir(tmp_path, "corrupt.nir", recompress)
+    with h5py.File(path, "r") as f:
+        offset = f["node/nodes/dense1.linear/weight"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 20] = b"\xff" * 20
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is not a valid NIR file"):
         read_nir(path)
 
 
@@ -326,6 +385,36 @@ def test_reader_rejects_inconsistent_graphs():
     after_flat.edges.append(("cif", "zz"))
     with pytest.raises(ValueError, match="'zz' it does not hold"):
         network_from_nir(after_flat)
+
+
+def test_reader_refuses_fractional_pool_sizes_and_misfit_neuron_parameters():
+    """A pooling kernel of 2.5 is refused, not truncated to 2; an ``r`` that does not fit the layer's
+    outputs is a ``ValueError`` naming the nodes, not numpy's broadcast error."""
+    pool = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type={"input": np.array([1, 4, 4])}),
+            "p": nir.SumPool2d(kernel_size=np.array([2.5, 2.5]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+            "pif": nir.IF(r=np.ones(1), v_threshold=np.full(1, 0.5)),
+            "output": nir.Output(output_type={"output": np.array([1, 2, 2])}),
+        },
+        edges=[("input", "p"), ("p", "pif"), ("pif", "output")],
+        type_check=False,
+    )
+    with pytest.raises(ValueError, match="'p': kernel_size must be integers"):
+        network_from_nir(pool)
+    dense = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type={"input": np.array([4])}),
+            "w": nir.Linear(weight=np.ones((3, 4))),
+            "wi": nir.I(r=np.ones(2)),
+            "wif": nir.IF(r=np.ones(3), v_threshold=np.ones(3)),
+            "output": nir.Output(output_type={"output": np.array([3])}),
+        },
+        edges=[("input", "w"), ("w", "wi"), ("wi", "wif"), ("wif", "output")],
+        type_check=False,
+    )
+    with pytest.raises(ValueError, match="'wi'/'wif': r and v_threshold must fit"):
+        network_from_nir(dense)
 
 
 def test_simulate_options_apply_to_nir_networks(tmp_path):

@@ -132,6 +132,12 @@ def test_presets_are_valid_and_cited():
         dataclasses.replace(UNIT_PRESET, e_synop_pj=-1.0)
     with pytest.raises(ValueError, match="parallel_synapse_units"):
         UNIT_PRESET.with_overrides(parallel_synapse_units=0)
+    with pytest.raises(ValueError, match="e_mac_pj must be a finite number"):
+        dataclasses.replace(UNIT_PRESET, e_mac_pj="3.7")
+    with pytest.raises(ValueError, match="clock_hz"):
+        dataclasses.replace(UNIT_PRESET, clock_hz=None)
+    with pytest.raises(ValueError, match="integer weights need weight_bits >= 2"):
+        dataclasses.replace(UNIT_PRESET, integer_weights=True, weight_bits=1)
 
 
 def test_cost_needs_a_time_grid():

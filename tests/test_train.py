@@ -641,11 +641,12 @@ def test_spike_dropout_masks_do_not_depend_on_the_device_named():
         ({"flip": True}, "data.flip"),
         ({"bias_input": 0.5}, "data.bias_input applies to the Yin-Yang"),
         ({"image_size": (8, 8)}, "data.image_size applies"),
+        ({"dataset": "yinyang", "val_size": 100}, "has a validation split of its own"),
     ],
-    ids=["flip-without-augment", "bias-input-on-images", "image-size-on-mnist"],
+    ids=["flip-without-augment", "bias-input-on-images", "image-size-on-mnist", "val-size-on-yinyang"],
 )
 def test_data_settings_that_would_do_nothing_are_refused(tmp_path, data, needle):
-    cfg = Config(model=_cfg().model, data=DataConfig(dataset="mnist", **data), train=_cfg().train)
+    cfg = Config(model=_cfg().model, data=DataConfig(**{"dataset": "mnist", **data}), train=_cfg().train)
     with pytest.raises(ValueError, match=needle):
         fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
 

@@ -21,7 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from relpsp.hw.presets import DEFAULT_PRESET, PRESETS
 
     add_sim_arguments(parser, default_limit=None, default_time_bits=8)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="hardware preset")
+    parser.add_argument(
+        "--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help=f"hardware preset (default: {DEFAULT_PRESET})"
+    )
     parser.add_argument("--clock-hz", type=float, default=None, help="override the preset's clock")
     parser.add_argument("--parallel", type=int, default=None, help="override the number of parallel synapse units")
 

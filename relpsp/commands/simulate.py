@@ -7,8 +7,8 @@ images and reports the decision agreement and the largest spike-time difference 
 in both (and how many neurons fire in only one of them).
 
 The simulator itself (``relpsp.sim``) never imports the training code; only this command does, for
-``--compare``. Shared helpers here (``load_source``, ``sim_options``, ``json_safe``) are used by
-``relpsp cost`` as well.
+``--compare``. ``relpsp cost`` shares its arguments (``add_sim_arguments``) and uses ``prepare`` and
+``write_json`` from here.
 """
 
 from __future__ import annotations
@@ -44,12 +44,19 @@ def add_sim_arguments(
         "--data-dir", default=None, help="dataset folder (default: the checkpoint's, else relpsp.data's)"
     )
     parser.add_argument("--limit", type=int, default=default_limit, help="use the first N images")
-    parser.add_argument("--weight-bits", type=int, default=None, help="symmetric fixed-point weights per layer")
+    parser.add_argument(
+        "--weight-bits",
+        type=int,
+        default=None,
+        help="symmetric fixed-point weights per layer (default: float64; relpsp cost: the preset's width for "
+        "presets with integer weights)",
+    )
     parser.add_argument(
         "--time-bits",
         type=int,
         default=default_time_bits,
-        help="round every spike time up to a grid of 2^B steps over [0, T]",
+        help="round every spike time up to a grid of 2^B steps over [0, T]"
+        + (f" (default: {default_time_bits})" if default_time_bits is not None else " (default: continuous time)"),
     )
     parser.add_argument(
         "--time-window",

@@ -15,7 +15,7 @@ TRAIN_BACKENDS = ("auto", "torch", "numba", "triton")
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="TOML experiment file (see configs/); default: MNIST 784-800-10")
-    p.add_argument("--dataset", help="mnist | fashion-mnist | caltech-face-motorbike | yinyang | cifar10")
+    p.add_argument("--dataset", help="mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10")
     p.add_argument("--arch", help="architecture string, e.g. 784-800-10 or 16C5-P2-32C5-P2-800-128-10")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

@@ -37,9 +37,10 @@ a zero bias counts as ``Linear``; per-neuron ``r`` and ``v_threshold`` are folde
 (``w_ji * r_I,j * r_IF,j * theta / v_threshold,j``); an IF without ``relpsp.t_max`` has no cut-off; the
 single-spike rule is always applied. Anything else raises ``ValueError`` naming the node.
 
-Files are untrusted input: before ``nir.read`` loads anything, a file whose datasets hold more than
-``MAX_NIR_ELEMENTS`` values in all is refused (a small compressed file can expand to gigabytes), and a
-file that is HDF5 but not a readable NIR graph raises ``ValueError``, not the reader's internal error.
+Files are untrusted input: before ``nir.read`` loads anything, a file whose datasets would expand to more
+than ``MAX_NIR_BYTES`` when read (every name counted; a small compressed file can expand to gigabytes), or
+that points into other files, is refused, and a file that is HDF5 but not a readable NIR graph raises
+``ValueError``, not the reader's internal error.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from relpsp.sim.network import (
 __all__ = [
     "DATA_KEYS",
     "EXPORTERS",
-    "MAX_NIR_ELEMENTS",
+    "MAX_NIR_BYTES",
     "export_nir",
     "network_from_nir",
     "nir_data_config",
@@ -80,8 +81,10 @@ __all__ = [
 
 #: The ``[data]`` settings that decide what a trained network's input is; exported as ``relpsp.data``.
 DATA_KEYS = ("dataset", "invert", "dog", "dog_sigmas", "dog_threshold", "image_size", "bias_input")
-#: Most values (array elements, all datasets together) a NIR file may hold: 2**28, 2 GiB as float64.
-MAX_NIR_ELEMENTS = 2**28
+#: Most bytes the datasets of a NIR file may expand to when read (all names together): 2 GiB.
+MAX_NIR_BYTES = 2**31
+#: Deepest group nesting a NIR file may have (a relpsp export nests 4 deep).
+_MAX_NIR_DEPTH = 32
 
 _INSTALL_HINT = "NIR export needs the nir package: pip install 'relpsp[nir]' (or pip install nir)"
 _POOL_THRESHOLD = 0.5
@@ -288,10 +291,13 @@ def _int_value(v: Any, what: str, node: str) -> int:
 
 
 def _pair_value(v: Any, what: str, node: str) -> int:
+    """One integer for both image axes (a scalar or equal values), else ``ValueError``; 2.5 is not 2."""
     try:
-        a = np.atleast_1d(np.asarray(v)).astype(np.int64)
+        a = np.atleast_1d(np.asarray(v, dtype=np.float64)).reshape(-1)
     except (TypeError, ValueError):
         raise ValueError(f"NIR node {node!r}: {what} must be integers, got {v!r}") from None
+    if not all(np.isfinite(a)) or not all(float(x).is_integer() for x in a):
+        raise ValueError(f"NIR node {node!r}: {what} must be integers, got {v!r}")
     if a.size == 0 or not (a == a[0]).all():
         raise ValueError(f"NIR node {node!r}: only square {what} is supported, got {v!r}")
     return int(a[0])
@@ -308,10 +314,16 @@ def _neuron_gain(graph: Any, names: list[str], j: int, n_out_shape: tuple[int, .
     i_node, if_node = graph.nodes[names[j + 1]], graph.nodes[names[j + 2]]
     if not isinstance(if_node, nir.IF):
         raise ValueError(f"NIR node {names[j + 2]!r} must be an IF node after the integrator {names[j + 1]!r}")
-    gain = np.broadcast_to(
-        np.asarray(i_node.r, dtype=np.float64) * np.asarray(if_node.r, dtype=np.float64), n_out_shape
-    )
-    v_thr = np.broadcast_to(np.asarray(if_node.v_threshold, dtype=np.float64), n_out_shape)
+    try:
+        gain = np.broadcast_to(
+            np.asarray(i_node.r, dtype=np.float64) * np.asarray(if_node.r, dtype=np.float64), n_out_shape
+        )
+        v_thr = np.broadcast_to(np.asarray(if_node.v_threshold, dtype=np.float64), n_out_shape)
+    except ValueError as e:
+        raise ValueError(
+            f"NIR nodes {names[j + 1]!r}/{names[j + 2]!r}: r and v_threshold must fit the {n_out_shape} "
+            f"outputs of {names[j]!r} ({e})"
+        ) from None
     if not (np.isfinite(v_thr).all() and (v_thr > 0).all()):
         raise ValueError(f"NIR node {names[j + 2]!r}: v_threshold must be finite and positive")
     if not (np.isfinite(gain).all() and (gain > 0).all()):
@@ -422,6 +434,8 @@ def _network_from_graph(graph: Any, t_in: float | None, zero_fires: bool | None)
             )
             j += 2
         elif isinstance(node, nir.Flatten):
+            # start_dim is not checked: tools differ on whether it counts a batch axis (NIR's default is
+            # 1); every axis is flattened, and a following Linear of the wrong width is refused by name.
             layer = SimFlatten()
             j += 1
         else:
@@ -437,30 +451,51 @@ def _network_from_graph(graph: Any, t_in: float | None, zero_fires: bool | None)
 
 
 def _check_size(path: Path) -> None:
-    """Refuse a file whose datasets hold more than ``MAX_NIR_ELEMENTS`` values, before any is read."""
+    """Refuse, before any value is read, a file that could expand to more than ``MAX_NIR_BYTES``.
+
+    The tree is walked the way ``nir.read`` walks it, by name, so a dataset reached through several links
+    counts once per name. A dataset costs its shape times its item size (an array-typed or fixed-string
+    item of one element counts in full). Variable-length data cannot be compressed in HDF5, so it is
+    bounded by the file's own size. External links, external raw storage and virtual datasets (which
+    would make the reader open other files) are refused, and so is a tree deeper than ``_MAX_NIR_DEPTH``.
+    """
     import h5py
 
     total = 0
 
-    def visit(name: str, obj: Any) -> None:
+    def too_large(name: str) -> ValueError:
+        return ValueError(
+            f"{path}: the datasets would expand to more than {MAX_NIR_BYTES} bytes (reached at {name!r}); "
+            "refused as too large for a NIR network file"
+        )
+
+    def walk(group: Any, prefix: str, depth: int) -> None:
         nonlocal total
-        if isinstance(obj, h5py.Dataset):
-            total += int(obj.size or 0)
-            if total > MAX_NIR_ELEMENTS:
-                raise ValueError(
-                    f"{path}: the datasets hold more than {MAX_NIR_ELEMENTS} values (reached at {name!r}); "
-                    "refused as too large for a NIR network file"
-                )
+        if depth > _MAX_NIR_DEPTH:
+            raise ValueError(f"{path}: groups nested deeper than {_MAX_NIR_DEPTH} at {prefix!r}; refused")
+        for key in group:
+            name = f"{prefix}/{key}"
+            if isinstance(group.get(key, getlink=True), h5py.ExternalLink):
+                raise ValueError(f"{path}: {name!r} links to another file; refused")
+            item = group[key]
+            if isinstance(item, h5py.Group):
+                walk(item, name, depth + 1)
+            elif isinstance(item, h5py.Dataset):
+                if item.is_virtual or item.external:
+                    raise ValueError(f"{path}: {name!r} stores its data in other files; refused")
+                total += int(item.size or 0) * int(item.dtype.itemsize)
+                if total > MAX_NIR_BYTES:
+                    raise too_large(name)
 
     try:
         with h5py.File(path, "r") as f:
-            f.visititems(visit)
-    except OSError as e:
-        raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {e}") from e
+            walk(f, "", 0)
+    except (OSError, KeyError, RecursionError) as e:  # KeyError: a dangling soft link
+        raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {type(e).__name__}: {e}") from e
 
 
 def read_nir_graph(path: str | os.PathLike) -> Any:
-    """``nir.read(path)`` for an untrusted file: its size is checked first (``MAX_NIR_ELEMENTS``) and a
+    """``nir.read(path)`` for an untrusted file: its size is checked first (``MAX_NIR_BYTES``) and a
     file that is not a NIR graph raises ``ValueError``."""
     nir = _nir()
     p = Path(path)
@@ -469,7 +504,8 @@ def read_nir_graph(path: str | os.PathLike) -> Any:
     _check_size(p)
     try:
         return nir.read(str(p))
-    except (KeyError, TypeError, ValueError, AssertionError, AttributeError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, AssertionError, AttributeError, IndexError, OSError, RecursionError) as e:
+        # OSError: HDF5 could not read a value (e.g. a corrupt compressed chunk)
         raise ValueError(f"{p} is not a valid NIR file: {type(e).__name__}: {e}") from e
 
 

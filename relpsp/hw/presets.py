@@ -52,9 +52,13 @@ class HardwarePreset:
     def __post_init__(self) -> None:
         for name in ("e_synop_pj", "e_mem_read_pj_per_byte", "e_neuron_update_pj", "e_mac_pj", "p_static_mw"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"preset {self.name!r}: {name} must be a finite number >= 0, got {v!r}")
-        if not (math.isfinite(self.clock_hz) and self.clock_hz > 0):
+        if (
+            isinstance(self.clock_hz, bool)
+            or not isinstance(self.clock_hz, (int, float))
+            or not (math.isfinite(self.clock_hz) and self.clock_hz > 0)
+        ):
             raise ValueError(f"preset {self.name!r}: clock_hz must be a finite positive number, got {self.clock_hz!r}")
         if isinstance(self.parallel_synapse_units, bool) or not isinstance(self.parallel_synapse_units, int):
             raise ValueError(f"preset {self.name!r}: parallel_synapse_units must be an integer")
@@ -64,6 +68,11 @@ class HardwarePreset:
             )
         if isinstance(self.weight_bits, bool) or not isinstance(self.weight_bits, int) or self.weight_bits < 1:
             raise ValueError(f"preset {self.name!r}: weight_bits must be a positive integer, got {self.weight_bits!r}")
+        if self.integer_weights and self.weight_bits < 2:
+            raise ValueError(
+                f"preset {self.name!r}: integer weights need weight_bits >= 2 (a sign and one magnitude bit), "
+                f"got {self.weight_bits}"
+            )
 
     def with_overrides(
         self, clock_hz: float | None = None, parallel_synapse_units: int | None = None
