@@ -26,7 +26,9 @@ from relpsp.sim import (
     SimPool,
     TimeGrid,
     calibrate_time_window,
+    conv_reach,
     fire_rows,
+    latency_encode_np,
     load_inputs,
     network_from_arrays,
     network_from_checkpoint,
@@ -419,6 +421,37 @@ def test_nan_and_minus_inf_spike_times_are_refused(backend):
     net = SimNetwork((SimDense(w),), (2,))
     with pytest.raises(ValueError, match="NaN or -inf"):
         run_layer(net, 0, np.array([[np.nan, 0.5]]), SimOptions(backend=backend))
+
+
+@pytest.mark.parametrize("backend", SIM_BACKENDS)
+def test_public_simulator_helpers_refuse_values_the_backends_would_read_differently(backend):
+    """theta <= 0 or NaN and a NaN or non-positive cut-off: numpy and numba disagreed (inf against real
+    times) or every spike vanished; the other helpers turned NaN into "no spike" or all-NaN weights."""
+    t, w = np.array([[0.0, 1.0]]), np.array([[1.0, 1.0], [-1.0, 2.0]])
+    for theta in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="theta must be a finite positive number"):
+            fire_rows(t, w, theta, backend=backend)
+    for t_cut in (math.nan, -1.0, 0.0):
+        with pytest.raises(ValueError, match="t_cut must be positive"):
+            fire_rows(t, w, 1.0, t_cut, backend=backend)
+    # valid calls still run: V_1 = t reaches 1 at t = 1; V_2 = -t, then t - 2 from t = 1: 1 at t = 3
+    np.testing.assert_allclose(fire_rows(t, w, 1.0, 4.0, backend=backend), [[1.0, 3.0]])
+    np.testing.assert_array_equal(fire_rows(t, w, 1.0, 2.0, backend=backend)[0, 1], np.inf)
+    with pytest.raises(ValueError, match=r"intensities must lie in \[0, 1\]"):
+        latency_encode_np(np.array([0.5, np.nan]), 1.0, False)
+    with pytest.raises(ValueError, match=r"intensities must lie in \[0, 1\]"):
+        latency_encode_np(np.array([1.5]), 1.0, False)
+    with pytest.raises(ValueError, match="t_in must be"):
+        latency_encode_np(np.array([0.5]), -1.0, False)
+    np.testing.assert_array_equal(latency_encode_np(np.array([0.0, 0.25, 1.0]), 2.0, False), [np.inf, 1.5, 0.0])
+    with pytest.raises(ValueError, match="does not fit"):
+        conv_reach((4, 4), 7, 1, 0)
+    with pytest.raises(ValueError, match="must be finite"):
+        quantize_weight(np.array([np.nan, 1.0]), 4)
+    with pytest.raises(ValueError, match="must not be NaN"):
+        TimeGrid(1.0, 4).ticks(np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="no output neurons"):
+        SimNetwork((SimDense(np.zeros((0, 3))),), (3,))
 
 
 def test_an_empty_dataset_is_refused(tmp_path):

@@ -142,6 +142,10 @@ class SimResult:
 def latency_encode_np(x: np.ndarray, t_in: float, zero_fires: bool) -> np.ndarray:
     """Intensities in [0, 1] -> spike times ``t_in * (1 - x)``; ``x = 0`` never fires unless ``zero_fires``."""
     x = np.asarray(x, dtype=np.float64)
+    if not (math.isfinite(t_in) and t_in > 0):
+        raise ValueError(f"t_in must be a finite positive number, got {t_in!r}")
+    if x.size and not ((x >= 0) & (x <= 1)).all():  # NaN fails both comparisons
+        raise ValueError("intensities must lie in [0, 1] (and not be NaN)")
     t = t_in * (1.0 - x)
     if not zero_fires:
         t = np.where(x > 0, t, np.inf)
@@ -280,6 +284,10 @@ def fire_rows(
     _check_times("t_rows", t_rows)
     if not np.isfinite(weight).all():
         raise ValueError("weight must be finite")
+    if not (math.isfinite(theta) and theta > 0):
+        raise ValueError(f"theta must be a finite positive number, got {theta!r}")
+    if not t_cut > 0:  # NaN fails too
+        raise ValueError(f"t_cut must be positive (inf = no cut-off), got {t_cut!r}")
     return _fire_rows(t_rows, weight, theta, t_cut, backend)
 
 
@@ -316,6 +324,8 @@ def conv_reach(in_hw: tuple[int, int], kernel: int, stride: int, padding: int) -
     """``[H, W]``: how many output positions of the convolution see each input position."""
     counts = []
     for n in in_hw:
+        if n + 2 * padding < kernel:
+            raise ValueError(f"a {kernel}x{kernel} kernel does not fit a {tuple(in_hw)} input padded by {padding}")
         n_out = (n + 2 * padding - kernel) // stride + 1
         starts = np.arange(n_out) * stride - padding
         pos = np.arange(n)[:, None]

@@ -196,6 +196,8 @@ class SimNetwork:
             shapes.append(shape)
         if len(shape) != 1 or not isinstance(layers[-1], SimDense):
             raise ValueError(f"the last layer must be dense (the output neurons), got {type(layers[-1]).__name__}")
+        if shape[0] < 1:
+            raise ValueError("the last layer has no output neurons")
         counters: dict[str, int] = {}
         names = ["input"]
         for layer in layers:

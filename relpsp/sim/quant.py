@@ -43,6 +43,8 @@ def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, float]:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 2:
         raise ValueError(f"weight_bits must be an integer >= 2, got {bits!r}")
     w = np.asarray(weight, dtype=np.float64)
+    if not np.isfinite(w).all():
+        raise ValueError("weights to quantise must be finite")
     w_abs_max = float(np.abs(w).max()) if w.size else 0.0
     if w_abs_max == 0.0:
         return w.copy(), 1.0
@@ -78,8 +80,9 @@ class TimeGrid:
     def ticks(self, t: np.ndarray) -> np.ndarray:
         """Tick index ``ceil(t / dt)`` (float64; inf stays inf; beyond ``n_ticks`` becomes inf)."""
         t = np.asarray(t, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            n = np.ceil(t / self.dt - TICK_TOLERANCE)
+        if np.isnan(t).any():
+            raise ValueError("spike times to put on the grid must not be NaN")
+        n = np.ceil(t / self.dt - TICK_TOLERANCE)
         n = np.maximum(n, 0.0)
         return np.where(n <= self.n_ticks, n, np.inf)
 
