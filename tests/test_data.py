@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -317,6 +318,140 @@ def test_restricted_unpickler_allows_plain_arrays():
         assert out["b"] == 0.0
 
 
+def _forged_object_dtype_batch() -> bytes:
+    """A CIFAR batch whose labels array restates a V8 dtype as one object field with no flags (so NumPy
+    believed it held no objects) and whose 8 data bytes would become a pointer: only allowed globals."""
+    from numpy._core.multiarray import _reconstruct
+
+    class Forge:
+        def __reduce__(self):
+            return (np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0))
+
+    class Arr:
+        def __reduce__(self):
+            return (
+                _reconstruct,
+                (np.ndarray, (0,), b"b"),
+                (1, (1,), Forge(), False, (0x41414141).to_bytes(8, "little")),
+            )
+
+    return pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": Arr()}, protocol=2)
+
+
+def test_a_forged_dtype_state_is_refused_without_touching_numpy(tmp_path):
+    """Before, NumPy's own dtype.__setstate__ ran and the process crashed reading the fake pointer; the
+    check runs in a subprocess so that a regression fails this test instead of killing the test run."""
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "test_batch").write_bytes(_forged_object_dtype_batch())
+    code = (
+        "import sys; from relpsp.data import load_dataset\n"
+        "try:\n    load_dataset('cifar10', 'test', data_dir=sys.argv[1])\n"
+        "except ValueError as e:\n    print('refused:', e); sys.exit(0)\n"
+        "sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
+    assert "refusing dtype 'V8'" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"\x80\x02cnumpy\nndarray\n(J\xff\xff\xff\x7f\x85X\x03\x00\x00\x00<f8tR.",  # ndarray((2**31-1,), '<f8')
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\nJ\xff\xff\xff\x7f\x85C\x01btR.",
+    ],
+    ids=["ndarray-called", "reconstruct-without-data"],
+)
+def test_tiny_pickles_cannot_allocate_or_expose_uninitialised_memory(blob):
+    """Each of these 35-65-byte files used to return a GiB-sized array of leftover memory."""
+    with pytest.raises(D.UnsafePickleError, match=r"numpy\.ndarray|without data"):
+        D.safe_loads(blob)
+
+
+def test_array_data_must_match_its_shape():
+    from numpy._core.multiarray import _reconstruct
+
+    class Short:  # six int32 values stated, five given
+        def __init__(self, n_bytes):
+            self.n_bytes = n_bytes
+
+        def __reduce__(self):
+            state = (1, (6,), np.dtype("<i4"), False, np.arange(6, dtype="<i4").tobytes()[: self.n_bytes])
+            return (_reconstruct, (np.ndarray, (0,), b"b"), state)
+
+    assert D.safe_loads(pickle.dumps(Short(24), protocol=2)).tolist() == list(range(6))
+    with pytest.raises(D.UnsafePickleError, match="needs 24 bytes, the pickle holds 20"):
+        D.safe_loads(pickle.dumps(Short(20), protocol=2))
+
+
+def test_shared_references_are_walked_once():
+    """A chain in which every level refers twice to the one below (pickle memo) is 2**64 paths deep:
+    the walk must visit each object once (it used to take exponential time)."""
+    out = bytearray(b"\x80\x02]q\x00")  # PROTO 2, EMPTY_LIST, BINPUT 0
+    for k in range(64):
+        out += b"(h%ch%cl" % (k, k)  # MARK, BINGET k, BINGET k, LIST
+        out += b"q%c" % (k + 1)
+    out += b"."
+    obj = D.safe_loads(bytes(out))
+    depth = 0
+    while obj:
+        obj, depth = obj[0], depth + 1
+    assert depth == 64
+
+
+def test_big_endian_and_fortran_arrays_read_back_equal():
+    for arr in (np.arange(6, dtype=">f8").reshape(2, 3), np.asfortranarray(np.arange(6, dtype="<u2").reshape(2, 3))):
+        for protocol in (2, 5):
+            out = D.safe_loads(pickle.dumps(arr, protocol=protocol))
+            np.testing.assert_array_equal(out, arr)
+            assert out.dtype == arr.dtype.newbyteorder("=") and out.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda p: ((p[0][0].astype(np.float64) * np.nan, p[0][1]), p[1], p[2]), "finite floats"),
+        (lambda p: ((p[0][0], p[0][1] + 10**6), p[1], p[2]), "labels must be integers in 0..9"),
+        (lambda p: ((p[0][0], p[0][1].astype(np.float64) + 0.9), p[1], p[2]), "labels must be integers"),
+        (lambda p: ((p[0][0].astype(np.int64), p[0][1]), p[1], p[2]), "finite floats"),
+    ],
+    ids=["nan-pixels", "label-out-of-range", "float-labels", "integer-pixels"],
+)
+def test_mnist_pkl_content_is_checked(tmp_path, edit, match):
+    data, _ = mnist_pkl_bytes()
+    parts = pickle.loads(gzip.decompress(data))
+    path = tmp_path / "bad.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(edit(parts), protocol=2)))
+    with pytest.raises(D.DatasetCorruptError, match=match):
+        D.load_mnist_pkl(path, "train50k")
+
+
+def test_mnist_pkl_gzip_expansion_is_bounded(tmp_path, monkeypatch):
+    import relpsp.data._files as files
+
+    path = tmp_path / "bomb.pkl.gz"
+    path.write_bytes(gzip.compress(bytes(4 << 20)))
+    monkeypatch.setattr(files, "MAX_GUNZIP_BYTES", 1 << 20)
+    with pytest.raises(D.DatasetCorruptError, match=f"expands past {1 << 20} bytes"):
+        D.load_mnist_pkl(path, "test")
+
+
+def test_idx_header_sizes_do_not_wrap_around():
+    """(2**31, 2**31, 4) bytes wrapped to 0 in int64 and passed as an empty file."""
+    header = b"\x00\x00\x08\x03" + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))
+    with pytest.raises(D.DatasetCorruptError, match="needs 18446744073709551616 data bytes, found 0"):
+        D.parse_idx(header, "huge")
+
+
+def test_idx_labels_must_be_non_negative_integers():
+    images = np.zeros((2, 3, 3), np.uint8)
+    with pytest.raises(D.DatasetCorruptError, match="labels must be integers >= 0"):
+        D.load_idx_pair(images, np.array([0.5, 1.0], ">f4"))
+    with pytest.raises(D.DatasetCorruptError, match="labels must be integers >= 0"):
+        D.load_idx_pair(images, np.array([1, -2], "i1"))
+    assert D.load_idx_pair(images, np.array([1, 2], np.uint8))[1].tolist() == [1, 2]
+
+
 # ----------------------------------------------------------------------------------------------- images
 
 
@@ -546,7 +681,7 @@ def test_package_imports_only_allowed_modules():
                 top = name.split(".")[0]
                 assert top in allowed | sys.stdlib_module_names, f"{path.name} imports {name}"
                 if top == "relpsp":
-                    assert name.startswith("relpsp.data"), f"{path.name} imports {name}"
+                    assert name.startswith("relpsp.data") or name == "relpsp._fileio", f"{path.name} imports {name}"
 
 
 # ----------------------------------------------------------------------------------------------- fetch, CLI

@@ -24,7 +24,7 @@ import relpsp
 PACKAGE_DIR = Path(relpsp.__file__).resolve().parent
 
 LAYERS: list[set[str]] = [
-    {"_validate", "_types", "config", "arch", "checkpoint", "data"},
+    {"_validate", "_types", "_fileio", "config", "arch", "checkpoint", "data"},
     {"core", "kernels"},
     {"autograd"},
     {"functional", "alpha", "window"},

@@ -7,6 +7,8 @@ import os
 import zlib
 from pathlib import Path
 
+from relpsp._fileio import atomic_write_with
+
 __all__ = [
     "MAX_GUNZIP_BYTES",
     "DatasetCorruptError",
@@ -83,15 +85,6 @@ def read_maybe_gzip(path: Path, fix: str) -> bytes:
     return gunzip_if_gzip(path.read_bytes(), str(path), fix)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_write_with``)."""
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))

@@ -7,6 +7,7 @@ labels ``[N]``.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if len(data) < header:
         raise DatasetCorruptError(f"{name}: truncated IDX header")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no wrap-around for huge claimed sizes
     if len(data) - header != expected:
         raise DatasetCorruptError(
             f"{name}: IDX shape {shape} needs {expected} data bytes, found {len(data) - header} (truncated or padded)"
@@ -63,6 +64,8 @@ def load_idx_pair(
         raise DatasetCorruptError(f"{img_name}: expected uint8 images [N, H, W], got {img.dtype} {img.shape}")
     if lab.ndim != 1 or lab.shape[0] != img.shape[0]:
         raise DatasetCorruptError(f"{lab_name}: expected {img.shape[0]} labels, got shape {lab.shape}")
+    if lab.dtype.kind not in "iu" or (lab.size and lab.min() < 0):
+        raise DatasetCorruptError(f"{lab_name}: labels must be integers >= 0, got {lab.dtype}")
     # astype copies, so torch gets a writable array.
     x = torch.from_numpy(img.astype(np.float32)).div_(255.0).unsqueeze_(1)
     y = torch.from_numpy(lab.astype(np.int64))

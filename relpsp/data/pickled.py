@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from relpsp.data._files import DatasetCorruptError
+from relpsp.data._files import DatasetCorruptError, read_maybe_gzip
 from relpsp.data.safe_pickle import UnsafePickleError, safe_loads
 
 __all__ = ["load_cifar_batches", "load_mnist_pkl", "read_cifar_batch"]
@@ -44,10 +42,7 @@ def load_mnist_pkl(
     the IDX files (the pickle stores byte / 256).
     """
     path = Path(path)
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error) as e:
-        raise DatasetCorruptError(f"{path}: damaged gzip data ({e}); {fix}") from None
+    raw = read_maybe_gzip(path, fix)  # at most MAX_GUNZIP_BYTES (the real file expands to about 220 MB)
     obj = _unpickle(raw, path, "latin1", fix)
     try:
         parts = [(np.asarray(x), np.asarray(y)) for x, y in obj]
@@ -62,6 +57,10 @@ def load_mnist_pkl(
     for x, y in chosen:
         if x.ndim != 2 or x.shape[1] != 784 or y.shape != (x.shape[0],):
             raise DatasetCorruptError(f"{path}: expected x [n, 784] and y [n], got {x.shape} and {y.shape}; {fix}")
+        if x.dtype.kind != "f" or not np.isfinite(x).all():
+            raise DatasetCorruptError(f"{path}: pixels must be finite floats, got {x.dtype}; {fix}")
+        if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() > 9)):
+            raise DatasetCorruptError(f"{path}: labels must be integers in 0..9, got {y.dtype}; {fix}")
         # byte / 256 is exact in float32, so x * 256 recovers the byte; rint only guards other writers.
         byte = np.multiply(x, np.float32(256.0), dtype=np.float32)
         np.rint(byte, out=byte)
