@@ -339,6 +339,15 @@ def _check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None
             f"data.augment shifts images, but {cfg.data.dataset!r} has inputs of shape "
             f"{tuple(splits['train'][0].shape[1:])}; set data.augment = false"
         )
+    if cfg.data.augment:
+        h, w = splits["train"][0].shape[2:]
+        if cfg.data.max_shift >= min(h, w):
+            raise ValueError(
+                f"data.max_shift {cfg.data.max_shift} would shift {h}x{w} images out of the frame; it must be "
+                f"smaller than {min(h, w)}"
+            )
+        if cfg.data.max_shift == 0 and not cfg.data.flip:
+            raise ValueError("data.augment with data.max_shift = 0 and no data.flip changes nothing; set augment false")
     for name, (x, y) in splits.items():
         if len(x) != len(y) or len(y) == 0:
             raise ValueError(f"{name} split has {len(x)} inputs and {len(y)} labels; need as many, and at least one")
@@ -642,9 +651,11 @@ class _SilentPenalty:
                 raise ValueError("train.target_penalty needs a network that ends in a spiking dense layer")
             layers = layers[-1:]
         self.target_only = target_only
-        self.handles = [
-            m.register_forward_hook(lambda mod, inp, out: self.records.append((mod, inp[0], out))) for m in layers
-        ]
+        self.handles = [m.register_forward_hook(self._record) for m in layers]
+
+    def _record(self, mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        if mod.training and torch.is_grad_enabled():  # evaluation passes would only hold memory
+            self.records.append((mod, inp[0], out))
 
     def __call__(
         self, reduce_max: Callable[[list[float]], list[float]] | None = None, target: Tensor | None = None
@@ -991,12 +1002,6 @@ def _fit(
             f"{out} {why} ({', '.join(replaced)}); pass --resume to continue a run from its checkpoint, "
             "--overwrite to delete these files and start again, or choose another --out folder"
         )
-    if overwrite:
-        _barrier(ctx)  # every rank has looked before the main one deletes
-        if ctx.is_main:
-            for name in replaced:
-                (out / name).unlink()
-                log(f"overwrite: deleted {out / name}")
     if device == "cpu":
         threads = cfg.train.threads
         if not threads and ctx.local_world_size > 1:  # share the cores between this machine's processes
@@ -1004,6 +1009,12 @@ def _fit(
         set_threads(threads, torch_heavy=cfg.model.kernel == "window")
     splits = splits if splits is not None else load_splits(cfg)
     _check_splits(cfg, splits)
+    if overwrite:  # only once the data loaded and fit: a run that cannot start deletes nothing
+        _barrier(ctx)  # every rank has looked before the main one deletes
+        if ctx.is_main:
+            for name in replaced:
+                (out / name).unlink()
+                log(f"overwrite: deleted {out / name}")
     x_tr, y_tr = splits["train"]
     opt = make_optimizer(cfg, model.parameters())
     averaged = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
@@ -1126,10 +1137,14 @@ def _fit(
             "train_data_sha256": data_digest,
         }
 
+    last_saved = (start_epoch, start_step) if found else None
+
     def save(epoch: int, step: int) -> None:
+        nonlocal last_saved
         if ctx.is_main:
             _save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch, step), averaged)
         _barrier(ctx)  # nobody runs ahead of a checkpoint that is not on disk yet
+        last_saved = (epoch, step)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
@@ -1214,6 +1229,8 @@ def _fit(
         if bar is not None:
             bar.close()
         epoch_time = time.perf_counter() - t_epoch
+        if last_saved != (epoch, steps_per_epoch):  # the epoch's steps survive a failure in its evaluation
+            save(epoch, steps_per_epoch)
         seen = running["seen"]
         row: dict[str, Any] = {
             "epoch": epoch + 1,

@@ -144,6 +144,83 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     assert {n: (tmp_path / n).read_bytes() for n in before} == before  # neither continued nor deleted
 
 
+def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path):
+    """The data are loaded and checked before the old run is deleted: a run that fails on its data (here
+    an input shape that does not fit) leaves the previous run's files as they were."""
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    fit(_cfg(epochs=1), tmp_path, **quiet)
+    before = {n: (tmp_path / n).read_bytes() for n in (CHECKPOINT_NAME, "metrics.jsonl", "results.json")}
+    bad = Config(model=ModelConfig(arch="25-12-3", input_shape=(1, 5, 5)), train=_cfg(epochs=1).train)
+    with pytest.raises(ValueError, match="has inputs of shape"):
+        fit(bad, tmp_path, overwrite=True, **quiet)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
+def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeypatch):
+    """The epoch's end is checkpointed before its evaluation: a crash there (e.g. out of memory at a
+    too-large eval batch) resumes without repeating a training step, to the same weights and history."""
+    import relpsp.train as train_module
+
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    fit(_cfg(epochs=2), tmp_path / "ref", **quiet)
+    real = train_module._evaluate
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_evaluate", failing)
+    steps: list[tuple[int, int]] = []
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(_cfg(epochs=2), tmp_path / "cut", on_step=lambda e, s: steps.append((e, s)), **quiet)
+    assert steps == [(0, s) for s in range(4)]  # 64 training images, batches of 16
+    steps.clear()
+    res = fit(_cfg(epochs=2), tmp_path / "cut", resume=True, on_step=lambda e, s: steps.append((e, s)), **quiet)
+    assert steps == [(1, s) for s in range(4)]  # epoch 1's steps were not run again
+    ref, cut = _weights(tmp_path / "ref" / CHECKPOINT_NAME), _weights(tmp_path / "cut" / CHECKPOINT_NAME)
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
+    ref_hist = json.loads((tmp_path / "ref" / "results.json").read_text())["history"]
+    assert [r["test_accuracy"] for r in res["history"]] == [r["test_accuracy"] for r in ref_hist]
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"augment": True, "max_shift": 4}, "would shift 4x4 images out of the frame"),
+        ({"augment": True, "max_shift": 0}, "changes nothing"),
+    ],
+    ids=["shift-beyond-the-image", "augment-that-does-nothing"],
+)
+def test_augmentation_settings_that_cannot_work_are_refused(tmp_path, data, needle):
+    cfg = Config(model=_cfg().model, data=DataConfig(dataset="tiny", **data), train=_cfg().train)
+    with pytest.raises(ValueError, match=needle):
+        fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    ok = Config(model=_cfg().model, data=DataConfig(dataset="tiny", augment=True, max_shift=3), train=_cfg(1).train)
+    assert fit(ok, tmp_path / "ok", progress=False, splits=_tiny_splits(), log=lambda s: None)["history"]
+
+
+def test_the_silent_penalty_records_only_training_passes():
+    """Evaluation passes (eval mode, no grad) used to be recorded and held until the next step."""
+    from relpsp.models import model_from_config
+    from relpsp.train import _SilentPenalty
+
+    model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)))
+    pen = _SilentPenalty(model)
+    x, _ = _tiny_splits()["train"]
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert pen.records == []
+    model.train()
+    model(x)
+    assert len(pen.records) == 2  # both spiking layers
+    pen.close()
+
+
 def test_a_folder_another_process_trains_into_is_refused(tmp_path):
     """The lock of a run folder: held (as by another process), a second run is refused before it reads
     or writes anything; released, training proceeds, and an interrupted run releases it."""
