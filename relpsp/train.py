@@ -3,12 +3,15 @@
 ``fit(cfg, out_dir)`` trains ``cfg.model`` on ``cfg.data`` and writes into ``out_dir``:
 
 - ``checkpoint.ckpt``: weights, optimizer state and progress (``relpsp.checkpoint`` format: no pickle,
-  atomic), written every ``checkpoint_every`` steps and at the end of every epoch;
+  atomic), written every ``checkpoint_every`` steps, at the end of every epoch's steps (before its
+  evaluation, so a failure there loses no training) and after that evaluation;
 - ``metrics.jsonl``: one JSON line per finished epoch, rewritten atomically from the history kept in
   the checkpoint just after that checkpoint is saved (a crash between the two leaves the file one line
   behind the checkpoint, and the resume rewrites it from the checkpoint);
 - ``results.json``: final test accuracy, resolved config, versions, device, wall time, per-layer
-  firing rates and the fraction of samples with no output spike.
+  firing rates, the fractions of samples with no output spike and with a tied decision, and
+  ``sessions``: the code version, device and starting point of every call that trained the run (a resume
+  under other code is visible there; ``versions`` is the last call's).
 
 Weight averaging (``train.ema_decay = d > 0``): after every optimizer step the averaged weights become
 ``w_avg <- d * w_avg + (1 - d) * w``, starting from the initial weights. The averaged network is the one
@@ -445,7 +448,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy (no output spike counts as wrong), no-spike fraction, loss (with the training loss's time
     scale ``tau`` and ``silent_margin``, so it compares with the training loss), firing rate of every layer
-    (fraction of neurons that spike, averaged over samples) and mean output spike time of the winner.
+    (fraction of neurons that spike, averaged over samples), mean output spike time of the winner and
+    the fraction of samples whose earliest output time several outputs share (``tied_decision_fraction``:
+    they are decoded as the lowest class index among them, so a network that ties often can score above
+    what it decides; with the windowed neuron, whose times are clamped to the window, this can happen).
 
     In the loss, an output that never fires counts as firing at the latest output spike of the whole set
     plus ``silent_margin`` (the training loss takes the latest of its batch), so the value does not depend
@@ -466,12 +472,15 @@ def _eval_sums(
     silent_margin: float,
     reduce_max: Callable[[list[float]], list[float]] | None = None,
 ) -> list[float]:
-    """``[n, correct, silent, loss_sum, decision_time_sum, *rate_sums]``: sums, so that ranks can add them.
+    """``[n, correct, silent, loss_sum, decision_time_sum, tied, *rate_sums]``: sums, so that ranks can add
+    them; ``tied`` counts the samples whose earliest output time is shared by several outputs (decoded as
+    the lowest of them, ``first_spike_decode``).
     ``reduce_max`` (every rank calls it once) takes the latest output time over all ranks, so that silent
     outputs get the same time in every rank's share of the loss."""
     model.eval()
     correct = 0
     silent = 0
+    tied = 0
     rates = [0.0] * len(model)
     t_win = 0.0
     t_outs: list[Tensor] = []  # kept (a few values per sample) for the loss after the loop
@@ -486,11 +495,13 @@ def _eval_sums(
             t_outs.append(t_out.detach().to("cpu", torch.float64))
             rates = [a + float(torch.isfinite(o).float().mean()) * len(yb) for a, o in zip(rates, outs)]
             if bool(fired.any()):
-                t_win += float(t_out.min(1).values[fired].sum())
+                first = t_out.min(1, keepdim=True).values
+                t_win += float(first[fired].sum())
+                tied += int(((t_out == first).sum(1) > 1)[fired].sum())
         t_all = torch.cat(t_outs) if t_outs else torch.empty(0, 1, dtype=torch.float64)
         t_filled = _fill_silent(t_all, silent_margin, reduce_max or (lambda v: v))
         loss_sum = float(spike_time_cross_entropy(t_filled, y.cpu(), tau=tau, reduction="sum")) if len(y) else 0.0
-    return [float(len(y)), float(correct), float(silent), loss_sum, t_win, *rates]
+    return [float(len(y)), float(correct), float(silent), loss_sum, t_win, float(tied), *rates]
 
 
 def _fill_silent(t_out: Tensor, silent_margin: float, reduce_max: Callable[[list[float]], list[float]]) -> Tensor:
@@ -507,13 +518,14 @@ def _fill_silent(t_out: Tensor, silent_margin: float, reduce_max: Callable[[list
 
 
 def _eval_summary(sums: list[float]) -> dict[str, Any]:
-    n_total, correct, silent, loss_sum, t_win = sums[:5]
+    n_total, correct, silent, loss_sum, t_win, tied = sums[:6]
     n = max(n_total, 1)
     return {
         "accuracy": correct / n,
         "no_output_spike_fraction": silent / n,
         "loss": loss_sum / n,
-        "firing_rates": [r / n for r in sums[5:]] if n_total else [],
+        "firing_rates": [r / n for r in sums[6:]] if n_total else [],
+        "tied_decision_fraction": tied / n,
         "mean_decision_time": t_win / max(n - silent, 1),
         "n": round(n_total),
     }
@@ -1022,6 +1034,7 @@ def _fit(
     steps_per_epoch = math.ceil(len(y_tr) / cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     start_epoch, start_step, history, wall_before = 0, 0, [], 0.0
+    sessions: list[dict[str, Any]] = []  # one entry per call that trained: the code and machine it ran on
     resumed_running: dict[str, Any] | None = None
 
     versions = _versions()  # the code this call imported, read before it runs for hours
@@ -1037,6 +1050,7 @@ def _fit(
             start_epoch, start_step, history = int(p["epoch"]), int(p["step"]), list(p["history"])
             resumed_running = dict(p["running"]) if start_step and p.get("running") else None
             wall_before = float(p.get("wall_time_s", 0.0))
+            sessions = [dict(s) for s in p.get("sessions", [])]  # absent in checkpoints written before
             saved_world = int(p.get("world_size", 1))
             opt_meta = meta["optimizer"]
         except (KeyError, TypeError, ValueError) as e:
@@ -1093,6 +1107,16 @@ def _fit(
             _write_metrics(out, history)
     elif resume:
         log(f"no checkpoint in {out}: starting from scratch")
+    if start_epoch < cfg.train.epochs:
+        sessions.append(
+            {
+                "versions": versions,
+                "device": device_name(device),
+                "processes": ctx.world_size,
+                "from_epoch": start_epoch,
+                "from_step": start_step,
+            }
+        )
 
     train_model: nn.Module = model
     if ctx.world_size > 1:
@@ -1135,6 +1159,7 @@ def _fit(
             "wall_time_s": wall_before + time.perf_counter() - t_start,
             "world_size": ctx.world_size,
             "train_data_sha256": data_digest,
+            "sessions": sessions,
         }
 
     last_saved = (start_epoch, start_step) if found else None
@@ -1278,6 +1303,7 @@ def _fit(
     results = {
         "test_accuracy": final["accuracy"],
         "test_no_output_spike_fraction": final["no_output_spike_fraction"],
+        "test_tied_decision_fraction": final["tied_decision_fraction"],
         "test_loss": final["loss"],
         "firing_rates": final["firing_rates"],
         "mean_decision_time": final["mean_decision_time"],
@@ -1287,7 +1313,8 @@ def _fit(
         "wall_time_s": wall_before + (time.perf_counter() - t_start if start_epoch < cfg.train.epochs else 0.0),
         "train_samples_per_s_mean": float(np.mean([r["samples_per_s"] for r in history])) if history else None,
         "config": config_to_dict(cfg),
-        "versions": versions,
+        "versions": versions,  # of this call; "sessions" lists those of every call that trained
+        "sessions": sessions,
         "device": device_name(device),
         "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         "processes": ctx.world_size,

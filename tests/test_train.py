@@ -185,6 +185,11 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
         np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
     ref_hist = json.loads((tmp_path / "ref" / "results.json").read_text())["history"]
     assert [r["test_accuracy"] for r in res["history"]] == [r["test_accuracy"] for r in ref_hist]
+    # both calls trained, so both are named in the results; a call that trains nothing adds none
+    assert [(s["from_epoch"], s["from_step"]) for s in res["sessions"]] == [(0, 0), (0, 4)]
+    assert all(s["versions"] == res["versions"] for s in res["sessions"])
+    again = fit(_cfg(epochs=2), tmp_path / "cut", resume=True, **quiet)
+    assert again["sessions"] == res["sessions"]
 
 
 @pytest.mark.parametrize(
@@ -672,6 +677,22 @@ def test_evaluation_loss_uses_the_silent_margin_and_not_the_batch_size():
         losses = [evaluate(model, x, y, batch_size=b, tau=0.5, silent_margin=margin)["loss"] for b in (1, 2, 3)]
         np.testing.assert_allclose(losses, [expected] * 3, rtol=1e-6)
     assert evaluate(model, x, y, tau=0.5, silent_margin=5.0)["loss"] != evaluate(model, x, y, tau=0.5)["loss"]
+
+
+def test_evaluation_counts_decisions_that_several_outputs_tie():
+    """Two outputs with equal weights fire together: every sample that fires is a tie, decoded as class 0,
+    so the accuracy is the share of label 0; the tie fraction makes that visible."""
+    from relpsp.train import evaluate
+
+    model = _two_output_model()
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.2, 0.3, 0.0, 0.0], [0.0, 0.1, 0.9, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    assert evaluate(model, x, y)["tied_decision_fraction"] == 0.0  # output 1 never fires: no tie
+    with torch.no_grad():
+        model[-1].weight[1] = model[-1].weight[0]
+    ev = evaluate(model, x, y, batch_size=3)
+    assert ev["no_output_spike_fraction"] == 0.25  # the blank input fires nothing
+    assert ev["tied_decision_fraction"] == 0.75 and ev["accuracy"] == 0.25
 
 
 def test_a_resume_that_starts_at_the_end_of_an_epoch_reports_that_epochs_speed(tmp_path):
