@@ -156,6 +156,9 @@ def test_data_dir_from_env(tmp_path, monkeypatch):
     assert D.data_root(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("RELPSP_DATA")
     assert D.data_root() == Path("~/.cache/relpsp").expanduser()
+    for empty in ("", "  "):  # would have been the current folder
+        with pytest.raises(ValueError, match="the data directory is empty"):
+            D.load_dataset("mnist", "test", data_dir=empty)
 
 
 @pytest.mark.parametrize(

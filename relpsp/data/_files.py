@@ -34,6 +34,8 @@ def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: ``data_dir`` if given, else ``$RELPSP_DATA``, else ``~/.cache/relpsp``."""
     if data_dir is None:
         data_dir = os.environ.get("RELPSP_DATA") or "~/.cache/relpsp"
+    if not str(data_dir).strip():  # Path("") would silently be the current folder
+        raise ValueError("the data directory is empty; leave it unset for $RELPSP_DATA or ~/.cache/relpsp")
     return Path(data_dir).expanduser()
 
 
