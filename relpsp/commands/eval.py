@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from relpsp.data import canonical_name, load_dataset
     from relpsp.train import data_options, evaluate, load_splits, load_trained, set_threads
 
-    set_threads(0)
     model, cfg, _ = load_trained(args.checkpoint)
+    set_threads(0, torch_heavy=cfg.model.kernel == "window")  # as training sets them for this network
     dataset = args.dataset or cfg.data.dataset
     data_dir = args.data_dir or cfg.data.data_dir
     if canonical_name(dataset) == canonical_name(cfg.data.dataset):
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{dataset} {args.split}: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, "
             f"no output spike {100 * res['no_output_spike_fraction']:.2f}%, "
+            f"tied decisions {100 * res['tied_decision_fraction']:.2f}%, "
             f"mean decision time {res['mean_decision_time']:.4f}\nfiring rate per layer: {rates}"
         )
     return 0
