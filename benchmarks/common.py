@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,20 +39,27 @@ def environment(device: str = "cpu") -> dict:
         env["numba_threads"] = numba.get_num_threads()
     except ImportError:
         env["numba"] = None
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        try:
+            import triton
+
+            env["triton"] = triton.__version__
+        except ImportError:
+            env["triton"] = None
+    env["commit"], env["source_modified"] = None, "unknown"  # no git, or not a checkout
     try:
-        env["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        # whether the package or the benchmarks differ from that commit (numbers from uncommitted code)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        # whether the package or the benchmarks differ from that commit (numbers from uncommitted code),
+        # new files included
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "relpsp", "benchmarks"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        env["source_modified"] = "yes" if status else "no"
+            ["git", "status", "--porcelain", "--", "relpsp", "benchmarks"], capture_output=True, text=True, timeout=5
+        )
+        if head.returncode == 0 and status.returncode == 0 and head.stdout.strip():
+            env["commit"] = head.stdout.strip()
+            env["source_modified"] = "yes" if status.stdout.strip() else "no"
     except (OSError, subprocess.SubprocessError):
-        env["commit"] = None
+        pass
     return env
 
 
@@ -106,10 +114,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _json_safe(v: Any) -> Any:
+    """``v`` with NaN and infinities as null (strict JSON has neither); other non-JSON values as text."""
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, (np.integer, np.bool_)):
+        return v.item()
+    if v is None or isinstance(v, (str, int, bool)):
+        return v
+    return str(v)
+
+
 def write_json(path: str | os.PathLike, obj: dict) -> None:
+    """``obj`` as strict JSON (non-finite numbers become null), written atomically."""
     from relpsp.checkpoint import atomic_write_bytes
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+    text = json.dumps(_json_safe(obj), indent=1, allow_nan=False)
     atomic_write_bytes(p, (text + "\n").encode())

@@ -160,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
-                rows.append({"case": case, "impl": impl, "error": res.stderr.strip().splitlines()[-1:]})
+                rows.append(
+                    {
+                        "case": case,
+                        "impl": impl,
+                        "error": res.stderr.strip().splitlines()[-1:],
+                        "returncode": res.returncode,
+                    }
+                )
             else:
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             r = rows[-1]
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{case:22s} {impl:6s} {r.get('skipped') or r.get('error')}", flush=True)
     if args.out:
         write_json(args.out, {"benchmark": "layers", "environment": env, "results": rows})
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ def run_one(arch: str, batch: int, device: str, backend: str, steps: int, thread
         sync()
         times.append(time.perf_counter() - t0)
     times.sort()
-    med = times[len(times) // 2]
+    med = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib() - base
     return {
         "arch": arch,
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
-            rows.append({"arch": arch, "error": res.stderr.strip().splitlines()[-1:]})
+            rows.append({"arch": arch, "error": res.stderr.strip().splitlines()[-1:], "returncode": res.returncode})
             print(f"{arch:40s} error: {rows[-1]['error']}", flush=True)
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.out:
         write_json(args.out, {"benchmark": "train_step", "environment": env, "results": rows})
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

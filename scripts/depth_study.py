@@ -23,6 +23,11 @@ The two tuning sweeps behind the alpha settings are listed in docs/DEPTH.md.
 
 from __future__ import annotations
 
+import os
+
+# relpsp sets this when it is imported before torch; these scripts import torch first (docs/PERFORMANCE.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import math

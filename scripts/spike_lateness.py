@@ -14,6 +14,11 @@ earliest wrong one. Used for the Caltech collapse in docs/RESULTS.md:
 
 from __future__ import annotations
 
+import os
+
+# relpsp sets this when it is imported before torch; these scripts import torch first (docs/PERFORMANCE.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 from typing import Any
 

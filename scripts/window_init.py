@@ -11,6 +11,11 @@ few neurons are held (held neurons pass no gradient) and the signal does not van
 
 from __future__ import annotations
 
+import os
+
+# relpsp sets this when it is imported before torch; these scripts import torch first (docs/PERFORMANCE.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 
 import torch
