@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from relpsp._validate import check_finite_positive
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
+from relpsp.autograd import BACKENDS
 from relpsp.config import ModelConfig
 from relpsp.nn import (
     DEFAULT_INIT_MEAN,
@@ -88,6 +89,8 @@ def build_model(
     they sum to exactly ``init_mean * theta`` (see ``center_rows``)."""
     kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
     check_finite_positive("t_in", t_in)  # the coding window (LatencyEncode calls it t_max)
+    if backend not in BACKENDS:  # also for the alpha and window kernels, which do not use it
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     check_finite_positive("kernel_tau", kernel_tau)

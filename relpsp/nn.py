@@ -9,6 +9,7 @@ so that most neurons fire at the start (zero-mean weights with theta = 1 leave m
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,9 @@ class LatencyEncode(nn.Module):
     def __init__(self, t_max: float = 1.0, zero_fires: bool = False) -> None:
         super().__init__()
         self.t_max = check_finite_positive("t_max", t_max)
-        self.zero_fires = bool(zero_fires)
+        if not isinstance(zero_fires, bool):  # bool("false") would be True
+            raise ValueError(f"zero_fires must be True or False, got {zero_fires!r}")
+        self.zero_fires = zero_fires
 
     def forward(self, x: Tensor) -> Tensor:
         return latency_encode(x, t_max=self.t_max, zero_fires=self.zero_fires)
@@ -182,9 +185,13 @@ class _ConvLayer(nn.Module):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.kernel_size = check_positive_int("kernel_size", kernel_size)
         self.stride = check_positive_int("stride", stride)
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        try:  # ints and NumPy integers, as for stride and kernel_size; not floats or bools
+            pad = -1 if isinstance(padding, bool) else operator.index(padding)
+        except TypeError:
+            pad = -1
+        if pad < 0:
             raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
-        self.padding = padding
+        self.padding = pad
         self.theta = theta
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         _init_weight(self.weight, in_channels * kernel_size**2, theta, init_mean, init_std)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from relpsp._validate import check_finite, check_int_pair, check_kernel_fits
+from relpsp._validate import check_finite, check_int_pair, check_kernel_fits, check_spike_times
 
 __all__ = ["window_conv2d", "window_linear", "window_times"]
 
@@ -46,6 +46,8 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
         raise ValueError(f"expected {ndim}-D t_in and weight, got shapes {tuple(t_in.shape)} and {tuple(weight.shape)}")
     if not t_in.is_floating_point() or t_in.dtype != weight.dtype:
         raise ValueError(f"t_in and weight must share a float dtype, got {t_in.dtype} and {weight.dtype}")
+    if t_in.device != weight.device:
+        raise ValueError(f"t_in and weight must be on the same device, got {t_in.device} and {weight.device}")
     check_finite("t_start", t_start)
     check_finite("t_end", t_end)
     if not torch.isfinite(weight.detach()).all():
@@ -53,8 +55,7 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
     if not t_end > t_start:
         raise ValueError(f"the window must have t_end > t_start, got [{t_start}, {t_end}]")
     t = t_in.detach()
-    if torch.isnan(t).any() or (t == -math.inf).any():
-        raise ValueError("t_in holds NaN or -inf; spike times are finite or +inf (no spike)")
+    check_spike_times("t_in", t)  # >= 0 or +inf, as everywhere in the package
     latest = float(torch.where(torch.isfinite(t), t, -math.inf).max()) if t.numel() else -math.inf
     # Rounding slack: a float32 window edge may lie an ulp above the float64 one.
     if latest > t_start + 1e-6 * max(1.0, abs(t_start)):

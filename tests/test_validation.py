@@ -430,3 +430,24 @@ def test_cli_bad_files_one_line(tmp_path, capsys):
         (tmp_path / "data" / "mnist" / f.name).write_bytes(rng.integers(0, 256, 100, dtype=np.uint8).tobytes())
     line = _cli_error(capsys, mnist)
     assert "sha256" in line and "relpsp data fetch mnist" in line
+
+
+def test_public_api_gaps_found_in_review_are_closed():
+    """A negative spike time into the windowed neuron (silently clamped before), a misspelt backend for
+    the alpha and window kernels (ignored before), zero_fires given as text (bool("false") is True) and
+    a NumPy integer padding (refused before, though stride and kernel_size took it)."""
+    import numpy as np
+
+    from relpsp.models import build_model
+    from relpsp.nn import LatencyEncode, SpikingConv2d
+    from relpsp.window import window_linear
+
+    with pytest.raises(ValueError, match="t_in holds 1 negative value"):
+        window_linear(torch.tensor([[-5.0, 0.5]]), torch.ones(1, 2), t_start=1.0, t_end=2.0)
+    assert window_linear(torch.tensor([[0.0, 0.5]]), torch.ones(1, 2), t_start=1.0, t_end=2.0).shape == (1, 1)
+    for kernel in ("relpsp", "alpha", "window"):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            build_model("784-10", kernel=kernel, backend="bogus")
+    with pytest.raises(ValueError, match="zero_fires must be True or False"):
+        LatencyEncode(zero_fires="false")
+    assert SpikingConv2d(1, 2, 3, padding=np.int64(1)).padding == 1
