@@ -11,7 +11,6 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,9 +130,7 @@ def _json_safe(v: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:
     """``obj`` as strict JSON (non-finite numbers become null), written atomically."""
-    from relpsp.checkpoint import atomic_write_bytes
+    from relpsp.checkpoint import atomic_write_bytes  # creates the folder too
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_json_safe(obj), indent=1, allow_nan=False)
-    atomic_write_bytes(p, (text + "\n").encode())
+    atomic_write_bytes(path, (text + "\n").encode())

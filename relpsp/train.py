@@ -337,12 +337,12 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
 
 
 def _check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
-    if cfg.data.augment and splits["train"][0].dim() != 4:
-        raise ValueError(
-            f"data.augment shifts images, but {cfg.data.dataset!r} has inputs of shape "
-            f"{tuple(splits['train'][0].shape[1:])}; set data.augment = false"
-        )
     if cfg.data.augment:
+        if splits["train"][0].dim() != 4:
+            raise ValueError(
+                f"data.augment shifts images, but {cfg.data.dataset!r} has inputs of shape "
+                f"{tuple(splits['train'][0].shape[1:])}; set data.augment = false"
+            )
         h, w = splits["train"][0].shape[2:]
         if cfg.data.max_shift >= min(h, w):
             raise ValueError(

@@ -57,8 +57,6 @@ def _raw(v: Any, what: str) -> bytes:
         return bytes(v)
     if isinstance(v, str):
         return v.encode("latin1")
-    if isinstance(v, pickle.PickleBuffer):
-        return bytes(v.raw())
     raise UnsafePickleError(f"{what} must be bytes, got {type(v).__name__}")
 
 

@@ -463,12 +463,6 @@ def _check_size(path: Path) -> None:
 
     total = 0
 
-    def too_large(name: str) -> ValueError:
-        return ValueError(
-            f"{path}: the datasets would expand to more than {MAX_NIR_BYTES} bytes (reached at {name!r}); "
-            "refused as too large for a NIR network file"
-        )
-
     def walk(group: Any, prefix: str, depth: int) -> None:
         nonlocal total
         if depth > _MAX_NIR_DEPTH:
@@ -485,7 +479,10 @@ def _check_size(path: Path) -> None:
                     raise ValueError(f"{path}: {name!r} stores its data in other files; refused")
                 total += int(item.size or 0) * int(item.dtype.itemsize)
                 if total > MAX_NIR_BYTES:
-                    raise too_large(name)
+                    raise ValueError(
+                        f"{path}: the datasets would expand to more than {MAX_NIR_BYTES} bytes (reached at "
+                        f"{name!r}); refused as too large for a NIR network file"
+                    )
 
     try:
         with h5py.File(path, "r") as f:
