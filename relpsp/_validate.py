@@ -12,6 +12,7 @@ __all__ = [
     "check_finite",
     "check_finite_positive",
     "check_float_tensor",
+    "check_int_at_least",
     "check_int_pair",
     "check_kernel_fits",
     "check_non_negative",
@@ -80,8 +81,14 @@ def check_t_max(value: float) -> float:
 
 
 def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return check_int_at_least(name, value, 1)
+
+
+def check_int_at_least(name: str, value: object, minimum: int) -> int:
+    """``value`` (an integer, NumPy's included, not a bool) of at least ``minimum``, as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
 

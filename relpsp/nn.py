@@ -9,12 +9,18 @@ so that most neurons fire at the start (zero-mean weights with theta = 1 leave m
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 from torch import Tensor, nn
 
-from relpsp._validate import check_finite, check_finite_positive, check_non_negative, check_positive_int, check_t_max
+from relpsp._validate import (
+    check_finite,
+    check_finite_positive,
+    check_int_at_least,
+    check_non_negative,
+    check_positive_int,
+    check_t_max,
+)
 from relpsp.alpha import alpha_linear
 from relpsp.autograd import BACKENDS
 from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
@@ -185,13 +191,7 @@ class _ConvLayer(nn.Module):
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.kernel_size = check_positive_int("kernel_size", kernel_size)
         self.stride = check_positive_int("stride", stride)
-        try:  # ints and NumPy integers, as for stride and kernel_size; not floats or bools
-            pad = -1 if isinstance(padding, bool) else operator.index(padding)
-        except TypeError:
-            pad = -1
-        if pad < 0:
-            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
-        self.padding = pad
+        self.padding = check_int_at_least("padding", padding, 0)
         self.theta = theta
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         _init_weight(self.weight, in_channels * kernel_size**2, theta, init_mean, init_std)
