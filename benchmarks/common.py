@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 import resource
@@ -11,11 +9,11 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 
+from relpsp._fileio import json_text
 from relpsp.train import device_name
 
 __all__ = ["environment", "load_cpu_kernels", "mnist_like_batch", "peak_rss_mib", "time_it", "write_json"]
@@ -113,24 +111,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _json_safe(v: Any) -> Any:
-    """``v`` with NaN and infinities as null (strict JSON has neither); other non-JSON values as text."""
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, (np.integer, np.bool_)):
-        return v.item()
-    if v is None or isinstance(v, (str, int, bool)):
-        return v
-    return str(v)
-
-
 def write_json(path: str | os.PathLike, obj: dict) -> None:
     """``obj`` as strict JSON (non-finite numbers become null), written atomically."""
     from relpsp.checkpoint import atomic_write_bytes  # creates the folder too
 
-    text = json.dumps(_json_safe(obj), indent=1, allow_nan=False)
+    text = json_text(obj)
     atomic_write_bytes(path, (text + "\n").encode())

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_rel_dt": 0.0,
             "spikes_compared": 0,
             "spikes_rel_dt_over_1e-5": 0,
-            "earliest_spike_over_1e-5": float("inf"),  # simulator time of the earliest such spike
+            # simulator time of the earliest such spike (inf: none, written as null in the JSON)
+            "earliest_spike_over_1e-5": float("inf"),
             "spikes_over_1e-5_before_their_decision": 0,  # ... earlier than the image's own decision
             "neurons_firing_in_only_one": 0,
         }

@@ -1,13 +1,17 @@
-"""Atomic file writes (standard library only, so that every layer of the package may use them)."""
+"""Atomic file writes and strict JSON text (standard library only, so that every layer of the package may
+use them)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_with"]
+__all__ = ["atomic_write_with", "json_text", "json_value"]
 
 
 def _read_umask() -> int:
@@ -48,3 +52,31 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], object]) 
             os.close(dfd)
     except OSError:
         pass
+
+
+def json_value(v: Any) -> Any:
+    """``v`` as plain JSON values, recursively: NaN and infinities become ``None`` (strict JSON has neither,
+    and ``jq`` or a browser refuse them), NumPy and torch scalars and arrays become Python numbers and
+    lists (found by their ``item`` / ``tolist`` methods, so that this module needs neither), tuples become
+    lists, mapping keys become text, and anything else becomes its text."""
+    if isinstance(v, dict):
+        return {str(k): json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_value(x) for x in v]
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:  # an array
+        return json_value(v.tolist())
+    if hasattr(v, "item"):  # a NumPy or torch scalar
+        try:
+            return json_value(v.item())
+        except (TypeError, ValueError):
+            pass
+    return str(v)
+
+
+def json_text(obj: Any, *, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """``obj`` as strict JSON text (through :func:`json_value`; never ``NaN`` or ``Infinity``)."""
+    return json.dumps(json_value(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)

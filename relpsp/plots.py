@@ -29,8 +29,9 @@ _METRIC_KEYS = ("epoch", "train_loss", "train_accuracy")
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl``; a line that is not a JSON object with numbers for ``epoch``,
-    ``train_loss`` and ``train_accuracy`` raises ``ValueError`` naming the file and line."""
+    """The rows of a ``metrics.jsonl``, with ``null`` (how a run writes a non-finite number) read as NaN; a
+    line that is not a JSON object with numbers for ``epoch``, ``train_loss`` and ``train_accuracy`` raises
+    ``ValueError`` naming the file and line."""
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -41,6 +42,7 @@ def read_metrics(path: Path) -> list[dict]:
             raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
         if not isinstance(row, dict):
             raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
+        row = {k: math.nan if v is None and k != "epoch" else v for k, v in row.items()}
         bad = [k for k in _METRIC_KEYS if isinstance(row.get(k), bool) or not isinstance(row.get(k), (int, float))]
         if bad:
             raise ValueError(f"{path}, line {n}: missing or non-numeric {', '.join(bad)}")

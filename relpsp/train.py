@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import math
 import os
 import platform
@@ -60,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from relpsp import __version__
+from relpsp._fileio import json_text
 from relpsp._validate import check_positive_int
 from relpsp.checkpoint import (
     CheckpointError,
@@ -839,7 +839,7 @@ def device_name(device: str = "cpu") -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(path, (json_text(obj, sort_keys=True) + "\n").encode())
 
 
 def _stuck_warning(epoch: int, silent_fraction: float, silent_penalty: float) -> str:
@@ -864,8 +864,9 @@ RUN_FILES = (CHECKPOINT_NAME, "metrics.jsonl", "results.json")
 
 
 def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
-    """``out/metrics.jsonl``: one JSON line per finished epoch, written atomically."""
-    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+    """``out/metrics.jsonl``: one strict JSON line per finished epoch (a non-finite number as ``null``),
+    written atomically."""
+    atomic_write_bytes(out / "metrics.jsonl", "".join(json_text(r, indent=None) + "\n" for r in history).encode())
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from relpsp._fileio import json_text
 from relpsp.alpha import alpha_linear
 from relpsp.autograd import RelpspLinearFn, resolve_backend
 from relpsp.checkpoint import atomic_write_bytes
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[depth study] {kernel} depth {depth}: test accuracy {100 * res['test_accuracy']:.2f}%", flush=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "plot", "progress")}
     payload = {"settings": settings, "small_slope": SMALL_SLOPE, "runs": runs}
-    atomic_write_bytes(out / "depth_study.json", (json.dumps(payload, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "depth_study.json", (json_text(payload) + "\n").encode())
     return payload
 
 
@@ -231,7 +232,8 @@ def _plot_layers(plt: Any, series: list, colors: list[str], depth: int, width: i
                 r = next((r for r in runs if r["depth"] == depth), None)
                 if r is None:
                     continue
-                vals = [layer[key] for layer in r[phase]["layers"]]
+                # null in the file: a layer with no crossing to measure (NaN when the study ran)
+                vals = [math.nan if layer[key] is None else layer[key] for layer in r[phase]["layers"]]
                 if log:
                     vals = [v if v > 0 else math.nan for v in vals]
                 ax.plot(range(1, len(vals) + 1), vals, "o-", color=c, label=label)

@@ -98,3 +98,22 @@ def test_plot_labels_come_from_the_settings_and_mixed_studies_are_refused(tmp_pa
     other = {"settings": dict(settings, width=100), "runs": [dict(run, kernel="alpha")]}
     with pytest.raises(ValueError, match="differ in width"):
         depth_study.plot([{"settings": settings, "runs": [run]}, other], tmp_path)
+
+
+def test_plot_of_a_study_file_with_null_measurements(tmp_path):
+    """A layer with nothing to measure (no crossing, say) is NaN in the study and null in its strict JSON
+    file; the figures drawn from the file leave that point out instead of failing on None."""
+    pytest.importorskip("matplotlib")
+    empty = {"dead_fraction": 1.0, "mean_abs_weight_grad": None, "small_slope_fraction": None}
+    layer = {"dead_fraction": 0.1, "mean_abs_weight_grad": 1e-3, "small_slope_fraction": 0.0}
+    run = {
+        "kernel": "alpha",
+        "depth": 4,
+        "test_accuracy": 0.1,
+        "init": {"layers": [layer] * 5},
+        "trained": {"layers": [layer, empty, empty, empty, empty]},
+    }
+    settings = {"width": 50, "dataset": "mnist", "train_size": 5000, "epochs": 3}
+    paths = depth_study.plot([{"settings": settings, "runs": [run]}], tmp_path)
+    assert [p.name for p in paths] == ["depth_accuracy.png", "depth_layers_d4.png"]
+    assert all(p.stat().st_size > 0 for p in paths)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from relpsp._fileio import json_text
 
 __all__ = ["configure", "run"]
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         x, y = load_dataset(dataset, args.split, data_dir, **data_options(cfg, dataset))
     res = evaluate(model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin)
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(json_text(res))
     else:
         rates = " ".join(f"{r:.3f}" for r in res["firing_rates"])
         print(

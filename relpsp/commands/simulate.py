@@ -14,7 +14,6 @@ The simulator itself (``relpsp.sim``) never imports the training code; only this
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_sim_arguments", "configure", "json_safe", "load_source", "prepare", "run", "sim_options", "write_json"]
+__all__ = ["add_sim_arguments", "configure", "load_source", "prepare", "run", "sim_options", "write_json"]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -170,25 +169,11 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     return {"net": net, "meta": meta, "dataset": dataset, "x": x, "y": y, "options": options, "calibrated": calibrated}
 
 
-def json_safe(v: Any) -> Any:
-    """Replace inf/nan by strings and NumPy types by Python ones, recursively."""
-    if isinstance(v, dict):
-        return {str(k): json_safe(val) for k, val in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(val) for val in v]
-    if isinstance(v, np.ndarray):
-        return json_safe(v.tolist())
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
-
-
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    from relpsp._fileio import json_text
     from relpsp.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(path, (json.dumps(json_safe(payload), indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (json_text(payload, sort_keys=True) + "\n").encode())
     print(f"wrote {path}")
 
 
