@@ -146,6 +146,25 @@ def test_cost_needs_a_time_grid():
         estimate_cost(simulate(net, X), net, UNIT_PRESET)
 
 
+def test_cost_of_another_network_than_the_simulated_one_is_refused():
+    """The same layer names with other sizes used to pass and price the ANN of the wrong network."""
+    net = _two_layer_net()
+    res = simulate(net, X, SimOptions(time_bits=3, time_window=2.0))
+    wider = SimNetwork((SimDense(np.ones((5, 4))), SimDense(np.ones((2, 5)))), (4,))
+    assert wider.names == net.names
+    with pytest.raises(ValueError, match=r"not a simulation of this network.*sizes \[4, 2, 2\] against"):
+        estimate_cost(res, wider, UNIT_PRESET)
+
+
+def test_a_clock_too_slow_for_finite_numbers_is_refused():
+    """A positive clock so small that the latency overflows used to give inf energy and NaN power."""
+    net = _two_layer_net()
+    res = simulate(net, X, SimOptions(time_bits=3, time_window=2.0))
+    with pytest.raises(ValueError, match=r"clock \(\S+ Hz\).*not a finite number"):
+        estimate_cost(res, net, UNIT_PRESET.with_overrides(clock_hz=1e-320))
+    assert estimate_cost(res, net, UNIT_PRESET.with_overrides(clock_hz=1.0)).latency_us == pytest.approx(33e6)
+
+
 def test_cli_cost_end_to_end(tmp_path, capsys):
     ckpt, data = _tiny_checkpoint(tmp_path)
     out = tmp_path / "cost.json"

@@ -158,8 +158,12 @@ def estimate_cost(
     """
     if result.neuron_updates is None or result.grid is None:
         raise ValueError("the cost model needs a clocked simulation: run simulate with time_bits set")
-    if len(result.layer_names) != len(net.names):
-        raise ValueError(f"result has {len(result.layer_names)} layer columns, the network {len(net.names)}")
+    net_sizes = tuple(math.prod(s) for s in net.shapes)
+    if tuple(result.layer_names) != net.names or tuple(result.n_neurons) != net_sizes:
+        raise ValueError(
+            f"the result is not a simulation of this network: layers {list(result.layer_names)} of sizes "
+            f"{list(result.n_neurons)} against {list(net.names)} of sizes {list(net_sizes)}"
+        )
     n = result.n_images
     if n == 0:
         raise ValueError("the cost model needs at least one simulated image")
@@ -188,14 +192,20 @@ def estimate_cost(
     bytes_img = syn_img * bytes_per_weight
     n_ticks = result.grid.n_ticks
     cycles = n_ticks + np.ceil((syn_img + upd_img) / preset.parallel_synapse_units)
-    latency_s = cycles / preset.clock_hz
-    e_syn_pj = syn_img * preset.e_synop_pj
-    e_mem_pj = bytes_img * preset.e_mem_read_pj_per_byte
-    e_upd_pj = upd_img * preset.e_neuron_update_pj
-    e_static_pj = preset.p_static_mw * 1e-3 * latency_s * 1e12
-    e_total_pj = e_syn_pj + e_mem_pj + e_upd_pj + e_static_pj
+    with np.errstate(over="ignore", invalid="ignore"):  # an absurd preset is refused below, by name
+        latency_s = cycles / preset.clock_hz
+        e_syn_pj = syn_img * preset.e_synop_pj
+        e_mem_pj = bytes_img * preset.e_mem_read_pj_per_byte
+        e_upd_pj = upd_img * preset.e_neuron_update_pj
+        e_static_pj = preset.p_static_mw * 1e-3 * latency_s * 1e12
+        e_total_pj = e_syn_pj + e_mem_pj + e_upd_pj + e_static_pj
     total_macs = int(sum(macs))
     e_ann_pj = total_macs * (preset.e_mac_pj + bytes_per_weight * preset.e_mem_read_pj_per_byte)
+    if not (np.isfinite(latency_s).all() and np.isfinite(e_total_pj).all()):
+        raise ValueError(
+            f"the preset's clock ({preset.clock_hz:g} Hz) and energies (static power {preset.p_static_mw:g} "
+            "mW) give a latency or energy per image that is not a finite number"
+        )
     mean_latency_s = float(latency_s.mean())
     accuracy = no_decision = None
     if labels is not None:
