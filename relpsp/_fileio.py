@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_with", "json_text", "json_value"]
+__all__ = ["atomic_write_with", "check_output_file", "json_text", "json_value", "why_not_a_file"]
 
 
 def _read_umask() -> int:
@@ -52,6 +52,25 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], object]) 
             os.close(dfd)
     except OSError:
         pass
+
+
+def check_output_file(out: str | os.PathLike, *inputs: str | os.PathLike, what: str = "output file") -> Path:
+    """``out`` as a path, refused before any work if it is a folder or the same file as one of ``inputs``
+    (writing it would replace the file being read)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"the {what} {path} is a folder; give a file name")
+    for source in inputs:
+        src = Path(source)
+        same = src.exists() and path.exists() and os.path.samefile(src, path)
+        if same or path.resolve() == src.resolve():
+            raise ValueError(f"the {what} {path} would overwrite {src}, which it is made from")
+    return path
+
+
+def why_not_a_file(path: str | os.PathLike) -> str:
+    """Why an input ``path`` that is not a regular file cannot be read, for an error message."""
+    return "is a folder, not a file" if Path(path).is_dir() else "does not exist"
 
 
 def json_value(v: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from relpsp._fileio import atomic_write_with
+from relpsp._fileio import atomic_write_with, why_not_a_file
 
 __all__ = [
     "FORMAT",
@@ -146,7 +146,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     """Load ``(arrays, meta)``; raise :class:`CheckpointError` saying what is wrong and what to do."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {why_not_a_file(path)}")
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())

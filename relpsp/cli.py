@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         # `relpsp` with no command runs the main job: train the default network.
         args = parser.parse_args(["train", *(argv or [])])
+    empty = [name for name, value in vars(args).items() if value == ""]
+    if empty:  # `--out "$OUT"` with OUT unset would otherwise mean "the default" (train) or "none" (simulate)
+        parser.error(f"empty value for {', '.join(empty)}: give a name, or leave the option out")
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relpsp._fileio import why_not_a_file
+
 __all__ = [
     "Config",
     "DataConfig",
@@ -221,9 +223,11 @@ def _read_toml(p: Path) -> dict[str, Any]:
     else:  # pragma: no cover
         import tomli as tomllib
     if not p.is_file():
-        raise ValueError(f"config file {p} does not exist")
+        raise ValueError(f"config file {p} {why_not_a_file(p)}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {p} is not a UTF-8 text (TOML) file ({e.reason} at byte {e.start})") from e
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config file {p} is not valid TOML: {e}") from e
 
@@ -241,7 +245,7 @@ def _load_toml(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         names = " -> ".join(str(c) for c in (*chain, resolved))
         raise ValueError(f"config file {p}: extends forms a cycle: {names}")
     if not parent_path.is_file():
-        raise ValueError(f"config file {p}: extends {parent_name!r}, but {parent_path} does not exist")
+        raise ValueError(f"config file {p}: extends {parent_name!r}, but {parent_path} {why_not_a_file(parent_path)}")
     if len(chain) >= _MAX_EXTENDS:
         raise ValueError(f"config file {p}: more than {_MAX_EXTENDS} files in its extends chain")
     merged = {k: v for k, v in _load_toml(parent_path, chain).items() if k not in ("name", "description")}

@@ -33,7 +33,11 @@ def read_metrics(path: Path) -> list[dict]:
     line that is not a JSON object with numbers for ``epoch``, ``train_loss`` and ``train_accuracy`` raises
     ``ValueError`` naming the file and line."""
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a UTF-8 text (JSON lines) file ({e.reason} at byte {e.start})") from e
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

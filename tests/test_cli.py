@@ -216,3 +216,66 @@ def test_set_reads_each_value_by_its_fields_type():
     ):
         with pytest.raises(ValueError, match=needle):
             resolve(bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["train", ""], "config"),  # `relpsp train "$CFG"` with CFG unset used to train the default network
+        (["train", "--dataset", "yinyang", "--out", ""], "out"),  # used to fall back to runs/<default>
+        (["simulate", "x.ckpt", "--out", ""], "out"),  # used to write nothing and exit 0
+        (["export", "x.ckpt", ""], "out"),
+        (["eval", "x.ckpt", "--dataset", ""], "dataset"),
+    ],
+    ids=["train-config", "train-out", "simulate-out", "export-out", "eval-dataset"],
+)
+def test_an_empty_argument_is_refused_before_any_work(argv, name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert f"empty value for {name}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no file
+
+
+def test_simulate_and_cost_refuse_to_write_over_their_input_or_into_a_folder(tmp_path, capsys):
+    """``--out`` naming the checkpoint (or the .npz images) being read used to replace it with the JSON,
+    exit 0; a folder failed only after the whole simulation. Both are refused first, and nothing changes."""
+    from tests.test_sim import _tiny_checkpoint
+
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    before = {p: p.read_bytes() for p in (ckpt, data)}
+    for command in (["simulate"], ["cost", "--time-bits", "4"]):
+        for out in (ckpt, tmp_path / "." / data.name):
+            capsys.readouterr()
+            assert cli.main([*command[:1], str(ckpt), *command[1:], "--dataset", str(data), "--out", str(out)]) == 2
+            assert "would overwrite" in capsys.readouterr().err
+        assert cli.main([command[0], str(ckpt), *command[1:], "--dataset", str(data), "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr()
+        assert f"the output file {tmp_path} is a folder" in err.err and "simulated" not in err.out
+    assert {p: p.read_bytes() for p in (ckpt, data)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, data.name])
+
+
+def test_inputs_that_are_folders_or_not_text_get_errors_naming_them(tmp_path, capsys):
+    """A folder given as a checkpoint, config or simulate source says so (it used to say "does not
+    exist"); a binary file given as a config or metrics file names the file (it used to print only the
+    codec's message, which did not say which file of an ``extends`` chain was bad)."""
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    for argv in (["eval", str(folder)], ["simulate", str(folder)], ["train", str(folder)]):
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        assert f"{folder} is a folder, not a file" in capsys.readouterr().err
+    png = tmp_path / "fake.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "fake.png"\n')
+    capsys.readouterr()
+    assert cli.main(["train", str(child)]) == 2
+    assert f"config file {png} is not a UTF-8 text (TOML) file" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_bytes(png.read_bytes())
+    assert cli.main(["plot", str(run)]) == 2
+    assert "metrics.jsonl is not a UTF-8 text (JSON lines) file" in capsys.readouterr().err

@@ -169,7 +169,9 @@ def test_cli_export_then_simulate_nir(tmp_path, capsys):
     # OUT = CKPT would replace the checkpoint by the NIR file: refused, the checkpoint kept.
     before = ckpt.read_bytes()
     assert cli.main(["export", str(ckpt), str(tmp_path / "." / ckpt.name)]) == 2
-    assert "would overwrite the checkpoint" in capsys.readouterr().err and ckpt.read_bytes() == before
+    assert "would overwrite" in capsys.readouterr().err and ckpt.read_bytes() == before
+    assert cli.main(["export", str(ckpt), str(tmp_path)]) == 2  # a folder: refused before any work
+    assert f"the NIR file {tmp_path} is a folder" in capsys.readouterr().err
 
 
 def test_nir_file_carries_the_data_settings_of_its_checkpoint(tmp_path, capsys):

@@ -98,11 +98,12 @@ def is_nir_file(path: str | os.PathLike) -> bool:
 def load_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
     """``(SimNetwork, checkpoint meta or None for a NIR file, data settings)``: the data settings are the
     checkpoint's ``[data]`` section or the NIR file's ``relpsp.data`` (empty when it has none)."""
+    from relpsp._fileio import why_not_a_file
     from relpsp.sim import network_from_checkpoint
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist")
+        raise FileNotFoundError(f"{p} {why_not_a_file(p)}")
     if is_nir_file(p):
         from relpsp.export.nir import network_from_nir, nir_data_config, read_nir_graph
 
@@ -145,8 +146,12 @@ def checkpoint_data_options(data_cfg: dict[str, Any], dataset: str) -> dict[str,
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
     """Load the network and the images and resolve the options (calibrating the time window if a grid
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
+    from relpsp._fileio import check_output_file
     from relpsp.sim import calibrate_time_window, load_inputs, resolve_time_window
 
+    if args.out is not None:  # refused before the simulation, not after it
+        npz = [args.dataset] if args.dataset and Path(args.dataset).is_file() else []
+        check_output_file(args.out, args.source, *npz)
     net, meta, data_cfg = load_source(args.source)
     dataset = args.dataset or data_cfg.get("dataset")
     if not dataset:

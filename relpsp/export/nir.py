@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from relpsp._fileio import check_output_file
 from relpsp.checkpoint import atomic_write_with
 from relpsp.sim.network import (
     SimConv,
@@ -212,11 +213,10 @@ def export_nir(
     into the file (``relpsp.data``) unless ``data`` is given; writing over ``source`` itself is refused.
     Returns the network written."""
     nir = _nir()
+    check_output_file(path, *([] if isinstance(source, SimNetwork) else [source]), what="NIR file")
     if isinstance(source, SimNetwork):
         net = source
     else:
-        if Path(path).resolve() == Path(source).resolve():
-            raise ValueError(f"the NIR file {path} would overwrite the checkpoint it is exported from")
         net, meta = network_from_checkpoint(source)
         if data is None:
             data = (meta.get("config") or {}).get("data")
