@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import environment, write_json
+from relpsp._fileio import check_output_file
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.out:  # refused before the runs, and never over the checkpoint being measured
+        check_output_file(args.out, args.checkpoint)
 
     from relpsp.export.nir import export_nir, read_nir
     from relpsp.models import layer_outputs

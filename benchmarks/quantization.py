@@ -22,6 +22,7 @@ import sys
 import time
 
 from benchmarks.common import environment, write_json
+from relpsp._fileio import check_output_file
 
 
 def _plot(grid: dict[str, dict[str, float]], title: str, path: str) -> None:
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--plot", help="PNG file: accuracy against weight bits and time bits")
     args = ap.parse_args(argv)
+    for out in (args.out, args.plot):
+        if out:  # refused before the runs, and never over the checkpoint being measured
+            check_output_file(out, args.checkpoint)
 
     from relpsp.commands.simulate import checkpoint_data_options
     from relpsp.sim import SimOptions, calibrate_time_window, load_inputs, network_from_checkpoint, simulate

@@ -70,7 +70,10 @@ def check_output_file(out: str | os.PathLike, *inputs: str | os.PathLike, what: 
 
 def why_not_a_file(path: str | os.PathLike) -> str:
     """Why an input ``path`` that is not a regular file cannot be read, for an error message."""
-    return "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+    p = Path(path)
+    if p.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file (a pipe or a device?)" if p.exists() else "does not exist"
 
 
 def json_value(v: Any) -> Any:

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(f"relpsp.commands.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod.configure(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _parser=p)
     return parser
 
 
@@ -45,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         # `relpsp` with no command runs the main job: train the default network.
         args = parser.parse_args(["train", *(argv or [])])
-    empty = [name for name, value in vars(args).items() if value == ""]
-    if empty:  # `--out "$OUT"` with OUT unset would otherwise mean "the default" (train) or "none" (simulate)
-        parser.error(f"empty value for {', '.join(empty)}: give a name, or leave the option out")
+    _refuse_empty_arguments(args)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -56,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"relpsp: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _refuse_empty_arguments(args: argparse.Namespace) -> None:
+    """Exit 2 naming each argument given as empty text: ``--out "$OUT"`` with OUT unset would otherwise
+    mean "the default" (train's run folder) or "none" (simulate writes nothing)."""
+    sub: argparse.ArgumentParser = args._parser
+    empty = [a for a in sub._actions if a.dest != "help" and getattr(args, a.dest, None) == ""]
+    if empty:
+        names = ", ".join(a.option_strings[-1] if a.option_strings else str(a.metavar or a.dest) for a in empty)
+        sub.error(f"empty value for {names}: give a name, or leave the option out")
 
 
 def one_line(e: BaseException) -> str:

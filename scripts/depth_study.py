@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "depth": depth,
                     "arch": cfg.model.arch,
                     "test_accuracy": res["test_accuracy"],
-                    "no_output_spike_fraction": res.get("no_output_spike_fraction"),
+                    "no_output_spike_fraction": res.get("test_no_output_spike_fraction"),
                     # training time as fit records it (a re-run that only re-evaluates keeps it)
                     "wall_time_s": res["wall_time_s"],
                     "init": at_init,

@@ -24,3 +24,22 @@ def test_environment_outside_a_git_checkout_says_unknown(tmp_path, monkeypatch):
     env = environment("cpu")
     assert env["commit"] is None and env["source_modified"] == "unknown"
     assert env["torch"] and env["device"]
+
+
+def test_checkpoint_benchmarks_refuse_to_write_over_the_checkpoint(tmp_path):
+    """``--out`` (or ``--plot``) naming the checkpoint being measured is refused before any work; it used
+    to be replaced by the JSON at the end."""
+    import pytest
+
+    from benchmarks import deploy_check, quantization
+    from tests.test_sim import _tiny_checkpoint
+
+    ckpt, _ = _tiny_checkpoint(tmp_path)
+    before = ckpt.read_bytes()
+    for argv in ([str(ckpt), "--out", str(ckpt)], [str(ckpt), "--out", str(tmp_path)]):
+        for main in (quantization.main, deploy_check.main):
+            with pytest.raises(ValueError, match=r"would overwrite|is a folder"):
+                main(argv)
+    with pytest.raises(ValueError, match="would overwrite"):
+        quantization.main([str(ckpt), "--plot", str(ckpt)])
+    assert ckpt.read_bytes() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -222,10 +223,10 @@ def test_set_reads_each_value_by_its_fields_type():
     ("argv", "name"),
     [
         (["train", ""], "config"),  # `relpsp train "$CFG"` with CFG unset used to train the default network
-        (["train", "--dataset", "yinyang", "--out", ""], "out"),  # used to fall back to runs/<default>
-        (["simulate", "x.ckpt", "--out", ""], "out"),  # used to write nothing and exit 0
-        (["export", "x.ckpt", ""], "out"),
-        (["eval", "x.ckpt", "--dataset", ""], "dataset"),
+        (["train", "--dataset", "yinyang", "--out", ""], "--out"),  # used to fall back to runs/<default>
+        (["simulate", "x.ckpt", "--out", ""], "--out"),  # used to write nothing and exit 0
+        (["export", "x.ckpt", ""], "OUT"),
+        (["eval", "x.ckpt", "--dataset", "", "--data-dir", ""], "--dataset, --data-dir"),
     ],
     ids=["train-config", "train-out", "simulate-out", "export-out", "eval-dataset"],
 )
@@ -238,15 +239,18 @@ def test_an_empty_argument_is_refused_before_any_work(argv, name, tmp_path, monk
     assert list(tmp_path.iterdir()) == []  # no run folder, no file
 
 
-def test_simulate_and_cost_refuse_to_write_over_their_input_or_into_a_folder(tmp_path, capsys):
+def test_simulate_and_cost_refuse_to_write_over_their_input_or_into_a_folder(tmp_path, monkeypatch, capsys):
     """``--out`` naming the checkpoint (or the .npz images) being read used to replace it with the JSON,
     exit 0; a folder failed only after the whole simulation. Both are refused first, and nothing changes."""
     from tests.test_sim import _tiny_checkpoint
 
     ckpt, data = _tiny_checkpoint(tmp_path)
     before = {p: p.read_bytes() for p in (ckpt, data)}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.json").symlink_to(ckpt)
     for command in (["simulate"], ["cost", "--time-bits", "4"]):
-        for out in (ckpt, tmp_path / "." / data.name):
+        # the same files by other names: relative, with "..", and a symbolic link
+        for out in (ckpt.name, f"../{tmp_path.name}/{data.name}", "link.json"):
             capsys.readouterr()
             assert cli.main([*command[:1], str(ckpt), *command[1:], "--dataset", str(data), "--out", str(out)]) == 2
             assert "would overwrite" in capsys.readouterr().err
@@ -254,7 +258,7 @@ def test_simulate_and_cost_refuse_to_write_over_their_input_or_into_a_folder(tmp
         err = capsys.readouterr()
         assert f"the output file {tmp_path} is a folder" in err.err and "simulated" not in err.out
     assert {p: p.read_bytes() for p in (ckpt, data)} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, data.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, data.name, "link.json"])
 
 
 def test_inputs_that_are_folders_or_not_text_get_errors_naming_them(tmp_path, capsys):
@@ -263,10 +267,13 @@ def test_inputs_that_are_folders_or_not_text_get_errors_naming_them(tmp_path, ca
     codec's message, which did not say which file of an ``extends`` chain was bad)."""
     folder = tmp_path / "adir"
     folder.mkdir()
-    for argv in (["eval", str(folder)], ["simulate", str(folder)], ["train", str(folder)]):
-        capsys.readouterr()
-        assert cli.main(argv) == 2
-        assert f"{folder} is a folder, not a file" in capsys.readouterr().err
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # exists, but is no regular file: it used to be reported as missing
+    for path, why in ((folder, "is a folder, not a file"), (fifo, "is not a regular file")):
+        for argv in (["eval", str(path)], ["simulate", str(path)], ["train", str(path)]):
+            capsys.readouterr()
+            assert cli.main(argv) == 2
+            assert f"{path} {why}" in capsys.readouterr().err
     png = tmp_path / "fake.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     child = tmp_path / "child.toml"
