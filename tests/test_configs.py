@@ -10,7 +10,8 @@ import pytest
 from relpsp.config import config_from_dict, load_toml
 from relpsp.data import dataset_info
 from relpsp.models import model_from_config
-from relpsp.train import _validate, data_options
+from relpsp.train import data_options
+from relpsp.train.validation import validate_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
@@ -24,7 +25,7 @@ def test_config_is_consistent(path):
     d = load_toml(path)
     assert d.get("name") == path.stem
     cfg = config_from_dict(d)
-    _validate(cfg)
+    validate_config(cfg)
     info = dataset_info(cfg.data.dataset, **data_options(cfg))
     assert tuple(cfg.model.input_shape) == tuple(info.input_shape)
     model = model_from_config(cfg.model)

@@ -60,13 +60,13 @@ def test_metrics_with_a_non_finite_number_are_strict_json_and_read_back_as_nan(t
     """A metric that is NaN or infinite in a run (a loss over silent outputs, say) is written as null, so
     every line is standard JSON; ``relpsp plot``'s reader turns it back into NaN. A null epoch is refused."""
     from relpsp.plots import read_metrics
-    from relpsp.train import _write_metrics
+    from relpsp.train.run_folder import write_metrics
 
     rows = [
         {"epoch": 1, "train_loss": math.nan, "train_accuracy": 0.5, "test_loss": math.inf},
         {"epoch": 2, "train_loss": 0.25, "train_accuracy": 0.75, "test_loss": 0.5},
     ]
-    _write_metrics(tmp_path, rows)
+    write_metrics(tmp_path, rows)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [_strict_loads(line)["train_loss"] for line in lines] == [None, 0.25]
     back = read_metrics(tmp_path / "metrics.jsonl")
@@ -78,7 +78,7 @@ def test_metrics_with_a_non_finite_number_are_strict_json_and_read_back_as_nan(t
 
 
 def test_results_json_is_strict(tmp_path):
-    from relpsp.train import _write_json
+    from relpsp.train.run_folder import write_json
 
-    _write_json(tmp_path / "results.json", {"test_loss": math.inf, "rates": np.array([0.5, np.nan])})
+    write_json(tmp_path / "results.json", {"test_loss": math.inf, "rates": np.array([0.5, np.nan])})
     assert _strict_loads((tmp_path / "results.json").read_text()) == {"rates": [0.5, None], "test_loss": None}

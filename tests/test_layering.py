@@ -185,3 +185,31 @@ def test_relpsp_works_without_optional_packages():
         "print(resolve_backend('auto', torch.zeros(1)), tuple(m(torch.rand(2, 16)).shape))\n"
     )
     assert _run_python(code) == "torch (2, 3)"
+
+
+#: the modules of ``relpsp.train``, lowest first (its docstring gives the same order): each imports only
+#: the ones before it, so that the package reads from the bottom up and ``loop`` alone ties it together
+TRAIN_ORDER = [
+    "runtime",
+    "distributed",
+    "validation",
+    "inputs",
+    "evaluation",
+    "regularisers",
+    "checkpointing",
+    "run_folder",
+    "loop",
+]
+
+
+def test_train_package_modules_import_only_lower_ones():
+    found = sorted(m.split(".")[2] for m in MODULES if m.startswith("relpsp.train."))
+    assert found == sorted(TRAIN_ORDER), f"add new relpsp.train modules to TRAIN_ORDER: {found}"
+    rank = {name: i for i, name in enumerate(TRAIN_ORDER)}
+    assert "relpsp.train.distributed" in GRAPH["relpsp.train.evaluation"]  # guard against a vacuous pass
+    for name in TRAIN_ORDER:
+        own = [m.split(".")[2] for m in GRAPH[f"relpsp.train.{name}"] if m.startswith("relpsp.train.")]
+        upward = sorted(m for m in own if rank[m] >= rank[name])
+        assert not upward, f"relpsp.train.{name} imports modules at or above its place: {upward}"
+    package_imports = GRAPH["relpsp.train"]  # the package only re-exports
+    assert "relpsp.train.loop" in package_imports

@@ -159,11 +159,11 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path):
 def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeypatch):
     """The epoch's end is checkpointed before its evaluation: a crash there (e.g. out of memory at a
     too-large eval batch) resumes without repeating a training step, to the same weights and history."""
-    import relpsp.train as train_module
+    import relpsp.train.loop as train_module
 
     quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
     fit(_cfg(epochs=2), tmp_path / "ref", **quiet)
-    real = train_module._evaluate
+    real = train_module.evaluate_on_ranks
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -172,7 +172,7 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
             raise RuntimeError("out of memory (simulated)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_evaluate", failing)
+    monkeypatch.setattr(train_module, "evaluate_on_ranks", failing)
     steps: list[tuple[int, int]] = []
     with pytest.raises(RuntimeError, match="simulated"):
         fit(_cfg(epochs=2), tmp_path / "cut", on_step=lambda e, s: steps.append((e, s)), **quiet)
@@ -211,10 +211,10 @@ def test_augmentation_settings_that_cannot_work_are_refused(tmp_path, data, need
 def test_the_silent_penalty_records_only_training_passes():
     """Evaluation passes (eval mode, no grad) used to be recorded and held until the next step."""
     from relpsp.models import model_from_config
-    from relpsp.train import _SilentPenalty
+    from relpsp.train.regularisers import SilentPenalty
 
     model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)))
-    pen = _SilentPenalty(model)
+    pen = SilentPenalty(model)
     x, _ = _tiny_splits()["train"]
     model.eval()
     with torch.no_grad():
@@ -229,10 +229,10 @@ def test_the_silent_penalty_records_only_training_passes():
 def test_a_folder_another_process_trains_into_is_refused(tmp_path):
     """The lock of a run folder: held (as by another process), a second run is refused before it reads
     or writes anything; released, training proceeds, and an interrupted run releases it."""
-    from relpsp.train import LOCK_NAME, _run_folder_lock
+    from relpsp.train.run_folder import LOCK_NAME, run_folder_lock
 
     quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
-    with _run_folder_lock(tmp_path):
+    with run_folder_lock(tmp_path):
         with pytest.raises(ValueError, match="another process is training into"):
             fit(_cfg(epochs=1), tmp_path, **quiet)
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
@@ -313,7 +313,7 @@ def test_target_penalty_acts_only_on_silent_correct_outputs():
     """The target-only penalty is max(0, theta - V(t_end)) of each sample's correct output where that
     output is silent, summed over samples; other outputs, silent or not, get nothing."""
     from relpsp.models import model_from_config
-    from relpsp.train import _SilentPenalty
+    from relpsp.train.regularisers import SilentPenalty
 
     torch.manual_seed(0)
     model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)))
@@ -322,7 +322,7 @@ def test_target_penalty_acts_only_on_silent_correct_outputs():
         out_layer.weight[0] = -0.05  # output 0 never fires
         out_layer.weight[2] = -0.05  # nor output 2
     x, y = _tiny_splits()["train"]
-    pen = _SilentPenalty(model, target_only=True)
+    pen = SilentPenalty(model, target_only=True)
     t_out = model(x)
     assert not torch.isfinite(t_out[:, 0]).any() and not torch.isfinite(t_out[:, 2]).any()
     assert torch.isfinite(t_out[:, 1]).all()
@@ -340,7 +340,7 @@ def test_target_penalty_acts_only_on_silent_correct_outputs():
     g = out_layer.weight.grad
     assert g[0].abs().sum() > 0 and g[2].abs().sum() > 0  # the silent targets are pushed up
     assert float(g[1].abs().sum()) == 0.0  # output 1 fires for every sample: untouched
-    pen = _SilentPenalty(model, target_only=True)
+    pen = SilentPenalty(model, target_only=True)
     model(x)
     assert float(pen(None, torch.ones_like(y)).detach()) == 0.0  # every correct output fired: no term
     with pytest.raises(ValueError, match="labels"):
@@ -488,18 +488,18 @@ def test_bad_training_settings_raise(tmp_path):
 
 
 def test_augment_shifts_and_flips():
-    from relpsp.train import _augment
+    from relpsp.train.inputs import augment
 
     g = torch.Generator().manual_seed(0)
     x = torch.zeros(64, 1, 12, 12)
     x[:, :, 4:8, 3:8] = torch.rand(64, 1, 4, 5, generator=g)  # content clear of the borders
-    assert torch.equal(_augment(x, 1, 2, 3, max_shift=0), x)
-    flipped = _augment(x, 1, 2, 3, max_shift=0, flip=True)
+    assert torch.equal(augment(x, 1, 2, 3, max_shift=0), x)
+    flipped = augment(x, 1, 2, 3, max_shift=0, flip=True)
     same = (flipped == x).flatten(1).all(1)
     mirrored = (flipped == x.flip(3)).flatten(1).all(1)
     assert bool((same | mirrored).all()) and same.any() and mirrored.any()
-    a = _augment(x, 1, 2, 3, max_shift=3, flip=True)
-    assert torch.equal(a, _augment(x, 1, 2, 3, max_shift=3, flip=True))  # seeded: resumes see the same
+    a = augment(x, 1, 2, 3, max_shift=3, flip=True)
+    assert torch.equal(a, augment(x, 1, 2, 3, max_shift=3, flip=True))  # seeded: resumes see the same
     assert torch.allclose(a.sum((1, 2, 3)), x.sum((1, 2, 3)))  # shifts of at most 3 px lose nothing here
     assert not torch.equal(a, x)
 
@@ -509,18 +509,19 @@ def test_step_keys_keep_the_packed_formula_in_range_and_never_repeat_or_overflow
     used wherever those are one-to-one; past that (more steps per epoch than the packing allows, or a seed
     whose packed key would overflow torch's 64-bit seed) they are hashed into a range no packed key uses."""
     from relpsp.models import model_from_config
-    from relpsp.train import _augment, _SpikeDropout, _step_key
+    from relpsp.train.inputs import augment, step_key
+    from relpsp.train.regularisers import SpikeDropout
 
-    assert _step_key("augment", (3 * 1_000_003 + 2) * 100_003 + 7, True, 3, 2, 7) == 300_010_100_040
-    big = [_step_key("s", 2**70, True, 9), _step_key("s", 5, False, 1), _step_key("s", 5, False, 2)]
+    assert step_key("augment", (3 * 1_000_003 + 2) * 100_003 + 7, True, 3, 2, 7) == 300_010_100_040
+    big = [step_key("s", 2**70, True, 9), step_key("s", 5, False, 1), step_key("s", 5, False, 2)]
     assert all(2**63 <= k < 2**64 for k in big) and len(set(big)) == 3
-    assert _step_key("s", 5, False, 1) == _step_key("s", 6, False, 1)  # the hash ignores the packed number
+    assert step_key("s", 5, False, 1) == step_key("s", 6, False, 1)  # the hash ignores the packed number
 
     x = torch.rand(4, 1, 8, 8)  # the largest seed used to overflow the packed augmentation key
-    a = _augment(x, 2**32 - 1, 3, 5, max_shift=2)
-    assert torch.equal(a, _augment(x, 2**32 - 1, 3, 5, max_shift=2))
+    a = augment(x, 2**32 - 1, 3, 5, max_shift=2)
+    assert torch.equal(a, augment(x, 2**32 - 1, 3, 5, max_shift=2))
 
-    drop = _SpikeDropout(model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))), 0.5)
+    drop = SpikeDropout(model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))), 0.5)
     drop.reseed(3, 2, 7, "cpu")  # in range: the packed key the committed runs used
     assert drop.generator is not None
     assert drop.generator.initial_seed() == (3 * 1_000_003 + 2 * 10_007 + 7) * 1_009 + 0x5D10
@@ -540,7 +541,7 @@ def test_spike_dropout_deletes_inputs_and_scales_the_threshold_in_training_only(
     +inf and fires at threshold theta * (1 - p); in evaluation mode, and after close(), it is untouched."""
     from relpsp.functional import relpsp_linear
     from relpsp.models import model_from_config
-    from relpsp.train import _SpikeDropout
+    from relpsp.train.regularisers import SpikeDropout
 
     torch.manual_seed(0)
     model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)))
@@ -551,7 +552,7 @@ def test_spike_dropout_deletes_inputs_and_scales_the_threshold_in_training_only(
         plain = model(x)
     seen: list = []  # registered first, so it runs before the dropout's hook restores the threshold
     hook = hidden.register_forward_hook(lambda m, inp, out: seen.append((inp[0].clone(), m.theta, out.clone())))
-    drop = _SpikeDropout(model, 0.25)
+    drop = SpikeDropout(model, 0.25)
     model.train()
     drop.reseed(0, 0, 0, "cpu")
     with torch.no_grad():
@@ -587,14 +588,14 @@ def test_spike_dropout_masks_do_not_depend_on_how_the_batch_is_split():
     """A process holding rows lo:hi of the global batch (data-parallel training) drops exactly the spikes
     of those rows that a single process holding the whole batch drops."""
     from relpsp.models import model_from_config
-    from relpsp.train import _SpikeDropout
+    from relpsp.train.regularisers import SpikeDropout
 
     torch.manual_seed(0)
     model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))).train()
     x, _ = _tiny_splits()["train"]
     seen: list = []
     hooks = [m.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone())) for m in model[-2:]]
-    drop = _SpikeDropout(model, 0.4)
+    drop = SpikeDropout(model, 0.4)
     with torch.no_grad():
         drop.reseed(5, 1, 2, "cpu")
         model(x)
@@ -718,12 +719,12 @@ def test_spike_dropout_masks_do_not_depend_on_the_device_named():
     """The masks come from a CPU generator and are moved to the layer's device, so a run resumed on another
     device type draws the same ones (a CUDA generator gives other numbers for the same seed)."""
     from relpsp.models import model_from_config
-    from relpsp.train import _SpikeDropout
+    from relpsp.train.regularisers import SpikeDropout
 
     torch.manual_seed(0)
     model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))).train()
     x, _ = _tiny_splits()["train"]
-    drop = _SpikeDropout(model, 0.4)
+    drop = SpikeDropout(model, 0.4)
     outs = []
     with torch.no_grad():
         for device in ("cpu", "cuda:0"):  # only named: the generator no longer lives there
@@ -764,7 +765,7 @@ def test_a_non_finite_gradient_stops_training_before_the_step_and_keeps_the_last
     """A NaN loss in the second epoch: the run stops with an error naming the step, and the checkpoint of
     the first epoch is still there with finite weights (a step with a NaN gradient would have made every
     weight NaN, and the next save would have replaced the good checkpoint)."""
-    import relpsp.train as train_module
+    import relpsp.train.loop as train_module
 
     real = train_module.spike_time_cross_entropy
     calls = {"n": 0}
@@ -796,3 +797,34 @@ def test_resume_on_other_training_data_is_refused(tmp_path):
         fit(_cfg(epochs=2), tmp_path, resume=True, progress=False, splits=other, log=lambda s: None)
     res = fit(_cfg(epochs=2), tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
     assert len(res["history"]) == 2
+
+
+def test_code_versions_record_changes_anywhere_in_the_package(tmp_path):
+    """``source_modified`` covers the whole package folder (a change in any module, not only the training
+    package's own files), and the folder it looks at is relpsp's."""
+    import subprocess
+
+    import relpsp
+    from relpsp.train.runtime import PACKAGE_DIR, code_versions
+
+    assert PACKAGE_DIR == Path(relpsp.__file__).resolve().parent
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    pkg = tmp_path / "pkg"
+    (pkg / "train").mkdir(parents=True)
+    (pkg / "core.py").write_text("x = 1\n")
+    (pkg / "train" / "loop.py").write_text("y = 1\n")
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    clean = code_versions(pkg)
+    assert len(clean["commit"]) >= 7 and clean["source_modified"] == "no"
+    (pkg / "core.py").write_text("x = 2\n")  # outside the training package's folder
+    assert code_versions(pkg)["source_modified"] == "yes"
+    assert code_versions(tmp_path.parent / "elsewhere-not-a-repo").get("commit") is None

@@ -1,0 +1,141 @@
+"""Training checkpoints: weights (and, with weight averaging, the weights being trained), the optimizer's
+state as arrays, and the progress that a resume continues from; which settings a resume may change.
+The file format is ``relpsp.checkpoint``'s (no pickle, atomic writes)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from relpsp import __version__
+from relpsp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from relpsp.config import Config, config_from_dict, config_to_dict
+from relpsp.models import load_model_arrays, model_arrays, model_from_config
+from relpsp.train.regularisers import WeightAverage
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "RESUME_MAY_CHANGE",
+    "TRAINING_PREFIX",
+    "config_changes",
+    "load_optimizer_state",
+    "load_trained",
+    "resume_key",
+    "save_training_checkpoint",
+]
+
+CHECKPOINT_NAME = "checkpoint.ckpt"
+
+
+def _optimizer_arrays(opt: torch.optim.Optimizer) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    sd = opt.state_dict()
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, dict[str, float]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                arrays[f"optim.{pid}.{k}"] = v.detach().cpu().numpy()
+            else:
+                scalars.setdefault(str(pid), {})[k] = float(v)
+    return arrays, {"scalars": scalars, "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Restore the optimizer state; raise ``ValueError`` when it does not fit this model and optimizer."""
+    sd = opt.state_dict()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state: dict[int, dict[str, Any]] = {}
+    try:
+        for pid_s, sc in meta["scalars"].items():
+            state[int(pid_s)] = {k: torch.tensor(float(v), dtype=torch.float32) for k, v in sc.items()}
+        for name, a in arrays.items():
+            if name.startswith("optim."):
+                _, pid_s, k = name.split(".", 2)
+                pid = int(pid_s)
+                if not 0 <= pid < len(params) or tuple(a.shape) != tuple(params[pid].shape):
+                    raise ValueError(f"array {name!r} of shape {a.shape} fits no parameter")
+                if a.dtype.kind != "f" or not np.isfinite(a).all():
+                    raise ValueError(f"array {name!r} is not finite floating-point data")
+                state.setdefault(pid, {})[k] = torch.from_numpy(np.array(a))
+        if set(state) - set(range(len(params))):
+            raise ValueError("state for parameters this model does not have")
+        sd["state"] = state
+        sd["param_groups"] = meta["param_groups"]
+        opt.load_state_dict(sd)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"the optimizer state in the checkpoint does not fit this model ({e})") from e
+
+
+TRAINING_PREFIX = "training."  # with weight averaging: the weights being trained (``model.*`` is the average)
+
+
+def save_training_checkpoint(
+    path: Path, model, opt, cfg: Config, progress: dict[str, Any], averaged: WeightAverage | None = None
+) -> None:
+    if averaged is None:
+        arrays = model_arrays(model)
+    else:
+        arrays = model_arrays(averaged.model)
+        arrays.update(model_arrays(model, prefix=TRAINING_PREFIX + "model."))
+    o_arrays, o_meta = _optimizer_arrays(opt)
+    arrays.update(o_arrays)
+    meta = {
+        "config": config_to_dict(cfg),
+        "version": __version__,
+        "optimizer": o_meta,
+        "progress": progress,
+    }
+    save_checkpoint(path, arrays, meta)
+
+
+def load_trained(path: str | os.PathLike, backend: str = "auto") -> tuple[nn.Sequential, Config, dict[str, Any]]:
+    """Model (eval mode), resolved config and metadata from a checkpoint file."""
+    arrays, meta = load_checkpoint(path)
+    if "config" not in meta:
+        raise ValueError(f"{path} has no config: not a relpsp training checkpoint")
+    cfg = config_from_dict(meta["config"])
+    model = model_from_config(cfg.model, backend=backend)
+    load_model_arrays(model, arrays)
+    model.eval()
+    return model, cfg, meta
+
+
+#: training settings that a resumed run may change: they do not alter the trained network's arithmetic
+#: beyond float rounding (devices, kernels and thread counts round differently) or where the data lies
+RESUME_MAY_CHANGE = (
+    "train.epochs",
+    "train.device",
+    "train.backend",
+    "train.threads",
+    "train.eval_batch_size",
+    "train.checkpoint_every",
+    "data.data_dir",
+)
+
+
+def resume_key(cfg: Config) -> Config:
+    """``cfg`` with the settings of ``RESUME_MAY_CHANGE`` at their defaults: equal keys may resume each other."""
+    default = Config()
+    sections = {}
+    for name in ("train", "data"):
+        keys = [k.split(".")[1] for k in RESUME_MAY_CHANGE if k.startswith(name + ".")]
+        sections[name] = replace(getattr(cfg, name), **{k: getattr(getattr(default, name), k) for k in keys})
+    return replace(cfg, **sections)
+
+
+def config_changes(a: Config, b: Config) -> str:
+    """The fields that differ between two configs, as ``section.key a -> b`` (for error messages)."""
+    da, db = config_to_dict(a), config_to_dict(b)
+    diffs = [
+        f"{sec}.{k} {da[sec].get(k)!r} -> {db[sec].get(k)!r}"
+        for sec in da
+        for k in sorted(set(da[sec]) | set(db[sec]))
+        if da[sec].get(k) != db[sec].get(k)
+    ]
+    return ", ".join(diffs) or "no field differs"

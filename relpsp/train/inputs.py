@@ -1,0 +1,141 @@
+"""The data a run trains on: the train / (val) / test splits, the loader options a config implies, the
+digest that ties a checkpoint to its training data, and the seeded sample order and image shifts of
+every epoch and step (so a resumed run replays exactly)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from relpsp.config import Config
+
+__all__ = ["augment", "check_splits", "data_digest", "data_options", "epoch_order", "load_splits", "step_key"]
+
+
+def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
+    """Train / (val) / test tensors; the validation set is held out of the training set by a seeded draw."""
+    from relpsp.data import dataset_info, load_dataset
+
+    opts = data_options(cfg)
+    x_tr, y_tr = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, **opts)
+    x_te, y_te = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir, **opts)
+    splits = {"train": (x_tr, y_tr), "test": (x_te, y_te)}
+    if "val" in dataset_info(cfg.data.dataset, **opts).split_sizes:
+        splits["val"] = load_dataset(cfg.data.dataset, "val", cfg.data.data_dir, **opts)
+    elif cfg.data.val_size:
+        if cfg.data.val_size >= len(y_tr):
+            raise ValueError(f"data.val_size {cfg.data.val_size} must be smaller than the training set ({len(y_tr)})")
+        g = torch.Generator().manual_seed(cfg.train.seed + 7919)
+        perm = torch.randperm(len(y_tr), generator=g)
+        val, tr = perm[: cfg.data.val_size], perm[cfg.data.val_size :]
+        splits["val"] = (x_tr[val], y_tr[val])
+        splits["train"] = (x_tr[tr], y_tr[tr])
+    if cfg.data.train_size:
+        x_tr, y_tr = splits["train"]
+        if cfg.data.train_size > len(y_tr):
+            raise ValueError(f"data.train_size {cfg.data.train_size} is larger than the training set ({len(y_tr)})")
+        g = torch.Generator().manual_seed(cfg.train.seed + 104729)
+        keep = torch.randperm(len(y_tr), generator=g)[: cfg.data.train_size]
+        splits["train"] = (x_tr[keep], y_tr[keep])
+    return splits
+
+
+def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
+    if cfg.data.augment:
+        if splits["train"][0].dim() != 4:
+            raise ValueError(
+                f"data.augment shifts images, but {cfg.data.dataset!r} has inputs of shape "
+                f"{tuple(splits['train'][0].shape[1:])}; set data.augment = false"
+            )
+        h, w = splits["train"][0].shape[2:]
+        if cfg.data.max_shift >= min(h, w):
+            raise ValueError(
+                f"data.max_shift {cfg.data.max_shift} would shift {h}x{w} images out of the frame; it must be "
+                f"smaller than {min(h, w)}"
+            )
+        if cfg.data.max_shift == 0 and not cfg.data.flip:
+            raise ValueError("data.augment with data.max_shift = 0 and no data.flip changes nothing; set augment false")
+    for name, (x, y) in splits.items():
+        if len(x) != len(y) or len(y) == 0:
+            raise ValueError(f"{name} split has {len(x)} inputs and {len(y)} labels; need as many, and at least one")
+        if tuple(x.shape[1:]) != tuple(cfg.model.input_shape):
+            raise ValueError(
+                f"dataset {cfg.data.dataset!r} has inputs of shape {tuple(x.shape[1:])} but model.input_shape is "
+                f"{tuple(cfg.model.input_shape)}; set model.input_shape (e.g. --set model.input_shape=[1,28,28])"
+            )
+
+
+def data_options(cfg: Config, dataset: str | None = None) -> dict[str, Any]:
+    """Loader options implied by the data config (see ``relpsp.data.load_dataset``) for ``dataset``
+    (default: the config's own): the inversion of intensities for any set, Caltech's image size and
+    Yin-Yang's bias input where ``dataset`` is of that kind."""
+    from relpsp.data import canonical_name
+
+    name = canonical_name(dataset or cfg.data.dataset)
+    opts: dict[str, Any] = {}
+    if name == "yinyang" and cfg.data.bias_input >= 0:
+        opts["bias"] = cfg.data.bias_input
+    if name == "caltech-face-motorbike" and cfg.data.image_size:
+        opts["image_size"] = tuple(cfg.data.image_size)
+    if cfg.data.invert:
+        opts["invert"] = True  # refused by load_dataset for feature sets (Yin-Yang)
+    if cfg.data.dog:  # likewise
+        opts.update(dog=True, dog_sigmas=tuple(cfg.data.dog_sigmas), dog_threshold=cfg.data.dog_threshold)
+    return opts
+
+
+def data_digest(x: Tensor, y: Tensor) -> str:
+    """SHA-256 of the training split as trained on (inputs and labels, in order), kept in checkpoints so
+    that a resume on other data is refused."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def step_key(stream: str, legacy: int, in_range: bool, *parts: int) -> int:
+    """Generator key for one training step's random draws. Within the range where the original packed
+    formula ``legacy`` is one-to-one (``in_range``) and below 2**63, it is kept, so runs made with it
+    replay unchanged; elsewhere (very many steps per epoch, or a seed so large that the packed number
+    would not fit torch's 64-bit seed) the key is a SHA-256 hash of (stream, parts) with the top bit set,
+    which no packed key reaches."""
+    if in_range and 0 <= legacy < 2**63:
+        return legacy
+    digest = hashlib.sha256(":".join([stream, *map(str, parts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") | (1 << 63)
+
+
+def augment(x: Tensor, seed: int, epoch: int, step: int, max_shift: int = 2, flip: bool = False) -> Tensor:
+    """Shift every image by its own random offset of up to ``max_shift`` pixels in each direction (zero
+    fill) and, with ``flip``, mirror it left-right with probability 1/2; drawn from a generator seeded by
+    (seed, epoch, step), so resumed runs see the same transformations."""
+    if x.dim() != 4:
+        return x
+    legacy = (seed * 1_000_003 + epoch) * 100_003 + step
+    in_range = step < 100_003 and epoch < 1_000_003
+    g = torch.Generator().manual_seed(step_key("augment", legacy, in_range, seed, epoch, step))
+    shifts = torch.randint(-max_shift, max_shift + 1, (len(x), 2), generator=g)
+    if flip:
+        mirror = torch.rand(len(x), generator=g) < 0.5
+        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+    out = torch.zeros_like(x)
+    h, w = x.shape[2], x.shape[3]
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            sel = torch.nonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).squeeze(1)
+            if len(sel):
+                out[sel, :, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+                    sel, :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+                ]
+    return out

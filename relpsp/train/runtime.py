@@ -1,0 +1,84 @@
+"""What a run ran on: the thread split between torch and the compiled kernels, the code versions and
+the device's name (recorded in every ``results.json``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relpsp import __version__
+from relpsp.kernels import set_cpu_kernel_threads
+
+__all__ = ["PACKAGE_DIR", "code_versions", "device_name", "set_threads"]
+
+
+def set_threads(threads: int, torch_heavy: bool = False) -> None:
+    """Give the cores to the compiled kernels. torch and numba each bring their own OpenMP pool; when both
+    run several threads they fight for the cores (we measured training 5x slower), so torch, which only does
+    small elementwise work here, gets one thread and numba gets ``threads`` (0: all cores). With
+    ``torch_heavy`` (networks whose layers are torch matrix products, such as the windowed neuron) torch gets
+    them instead."""
+    n = threads or os.cpu_count() or 1
+    if set_cpu_kernel_threads(1 if torch_heavy else n) and not torch_heavy:
+        torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(n)
+
+
+#: the relpsp package's folder: the files whose git state ``code_versions`` records
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def code_versions(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+    """The versions of relpsp, torch, numpy, Python (and numba); where ``package_dir`` is in a git
+    checkout, its commit and whether the package's tracked files differ from it (``source_modified``)."""
+    v = {
+        "relpsp": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import numba
+
+        v["numba"] = numba.__version__
+    except ImportError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=package_dir
+        ).stdout.strip()
+        if commit:
+            v["commit"] = commit
+            # Whether the package's files differ from that commit (the run used code the commit lacks).
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=package_dir,
+            ).stdout.strip()
+            v["source_modified"] = "yes" if status else "no"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return v
+
+
+def device_name(device: str = "cpu") -> str:
+    """The CUDA device's name, or the CPU model (from /proc/cpuinfo where available) and core count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {name} ({os.cpu_count()} cores)"

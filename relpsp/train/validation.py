@@ -1,0 +1,96 @@
+"""The checks ``fit`` runs on a config before anything is built or loaded: each refused setting raises a
+``ValueError`` naming it, including data settings that would silently do nothing for the dataset."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from relpsp.config import Config
+
+__all__ = ["validate_config"]
+
+
+def validate_config(cfg: Config) -> None:
+    t = cfg.train
+    for name, v in (("epochs", t.epochs), ("batch_size", t.batch_size), ("eval_batch_size", t.eval_batch_size)):
+        if v < 1:
+            raise ValueError(f"train.{name} must be >= 1, got {v}")
+    if not (math.isfinite(t.lr) and 0 < t.lr < 10):
+        raise ValueError(f"train.lr must be in (0, 10), got {t.lr}")
+    if t.batch_size > 1_000_000 or t.epochs > 100_000:
+        raise ValueError("train.batch_size or train.epochs is absurdly large")
+    if t.checkpoint_every < 0 or t.threads < 0:
+        raise ValueError("train.checkpoint_every and train.threads must be >= 0")
+    if t.threads > 4096 or t.eval_batch_size > 1_000_000:
+        raise ValueError("train.threads or train.eval_batch_size is absurdly large")
+    if not 0 <= t.seed < 2**32:
+        raise ValueError(f"train.seed must be in [0, 2^32), got {t.seed}")
+    if not (math.isfinite(t.ema_decay) and 0 <= t.ema_decay < 1):
+        raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no weight averaging), got {t.ema_decay}")
+    for name in ("weight_decay", "grad_clip", "silent_margin", "silent_penalty", "target_penalty", "tau"):
+        v = getattr(t, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
+    if t.tau == 0:
+        raise ValueError("train.tau must be > 0")
+    if not (math.isfinite(t.spike_dropout) and 0 <= t.spike_dropout < 1):
+        raise ValueError(f"train.spike_dropout must be in [0, 1) (0 = off), got {t.spike_dropout}")
+    if t.spike_dropout > 0 and cfg.model.kernel != "relpsp":
+        raise ValueError("train.spike_dropout is defined for the ReL-PSP kernel only (model.kernel = 'relpsp')")
+    if t.spike_dropout > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
+        raise ValueError("train.spike_dropout cannot be combined with train.silent_penalty or train.target_penalty")
+    if t.optimizer not in ("adam", "adamw", "sgd"):
+        raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'sgd', got {t.optimizer!r}")
+    if t.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"train.lr_schedule must be 'cosine' or 'constant', got {t.lr_schedule!r}")
+    from relpsp.autograd import BACKENDS
+
+    if t.backend not in BACKENDS:
+        raise ValueError(f"train.backend must be one of {BACKENDS}, got {t.backend!r}")
+    if t.device != "cpu" and not t.device.startswith("cuda"):
+        raise ValueError(f"train.device must be 'cpu' or 'cuda[:N]', got {t.device!r}")
+    if t.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("train.device is cuda but torch sees no CUDA device")
+    if cfg.data.val_size < 0 or cfg.data.train_size < 0:
+        raise ValueError("data.val_size and data.train_size must be >= 0")
+    if not 0 <= cfg.data.max_shift <= 64:
+        raise ValueError(f"data.max_shift must be in [0, 64], got {cfg.data.max_shift}")
+    _validate_data_settings(cfg)
+    if cfg.model.kernel == "window" and (t.silent_penalty > 0 or t.target_penalty > 0):
+        raise ValueError(
+            "train.silent_penalty and train.target_penalty do not apply to kernel window: every windowed neuron fires"
+        )
+    if cfg.model.kernel == "alpha":
+        if t.silent_penalty > 0 or t.target_penalty > 0:
+            raise ValueError(
+                "train.silent_penalty and train.target_penalty are defined for the ReL-PSP kernel only;"
+                " set them to 0 with kernel alpha"
+            )
+        if t.device != "cpu":
+            raise ValueError("the alpha-kernel baseline runs on the CPU only (train.device = 'cpu')")
+
+
+def _validate_data_settings(cfg: Config) -> None:
+    """Refuse data settings that would do nothing for this dataset, instead of ignoring them."""
+    from relpsp.data import DATASETS, canonical_name
+
+    d = cfg.data
+    try:
+        name = canonical_name(d.dataset)
+    except ValueError:  # a set given as tensors to fit(splits=...) under a name of its own
+        name = d.dataset
+    if d.flip and not d.augment:
+        raise ValueError("data.flip mirrors images as part of the augmentation: it needs data.augment = true")
+    if d.bias_input >= 0 and name != "yinyang":
+        raise ValueError(f"data.bias_input applies to the Yin-Yang feature set only, not {name!r}; leave it at -1")
+    if d.val_size and name in DATASETS and "val" in DATASETS[name].split_sizes:
+        raise ValueError(
+            f"data.val_size holds images out of the training set, but {name!r} has a validation split of its own;"
+            " leave it at 0"
+        )
+    if d.image_size and name != "caltech-face-motorbike":
+        raise ValueError(
+            f"data.image_size applies to image-folder sets (caltech-face-motorbike) only, not {name!r}; leave it empty"
+        )
