@@ -112,14 +112,15 @@ def test_a_potential_that_dips_and_recovers_fires_at_the_later_crossing():
     assert t == pytest.approx(want, abs=1e-9)
 
 
+@pytest.mark.parametrize("tau", [1.0, 0.4, 3.0])  # tau != 1 guards each factor 1/tau of the chain rule
 @pytest.mark.parametrize("seed", range(3))
-def test_gradients_match_finite_differences(seed):
+def test_gradients_match_finite_differences(seed, tau):
     t_in, w = _case(seed + 10, b=4, n=8, m=6, silent=0.15, ties=False)
     t_in.requires_grad_(True)
     w.requires_grad_(True)
 
     def f(a, b):
-        return alpha_linear(a, b, theta=0.8).nan_to_num(posinf=0.0)
+        return alpha_linear(a, b, theta=0.8, tau=tau).nan_to_num(posinf=0.0)
 
     assert torch.isfinite(f(t_in, w)).sum() >= 5
     assert torch.autograd.gradcheck(f, (t_in, w), eps=1e-7, atol=1e-5, rtol=1e-4)

@@ -145,7 +145,7 @@ def _grad_w(grad_out, t_in, t_out, slope, tau, slope_min):  # pragma: no cover -
             for i in range(n_in):
                 s = to - t_in[r, i]
                 if s > 0.0:
-                    g_w[j, i] += scale * (s / tau) * math.exp(-s / tau)
+                    g_w[j, i] += scale * s * math.exp(-s / tau)  # scale * tau * K(s) / e
     return g_w
 
 
