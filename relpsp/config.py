@@ -119,11 +119,17 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             raise ValueError(f"{cls.__name__}.{name} must be an integer, got {value!r}")
         return value
     if isinstance(default, float):
-        if isinstance(value, str) and value.lower() in ("inf", "infinity"):
-            return math.inf
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        if isinstance(value, str) and value.lower().lstrip("+-") in ("inf", "infinity"):
+            return -math.inf if value.startswith("-") else math.inf
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{cls.__name__}.{name} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer literal beyond the float range
+            raise ValueError(f"{cls.__name__}.{name} is out of the range of a float, got {value!r}") from None
+        if math.isnan(number):
+            raise ValueError(f"{cls.__name__}.{name} must be a number, got {value!r}")
+        return number
     if value is None and default is None:  # an optional setting left unset (data_dir)
         return value
     if not isinstance(value, str):
@@ -174,7 +180,7 @@ def config_from_dict(d: dict[str, Any], base: Config | None = None) -> Config:
         raise ValueError(f"a config must be a table/dict of sections, got {type(d).__name__}")
     parts = {}
     for section, cls in _SECTIONS.items():
-        raw = d.get(section, {}) or {}
+        raw = d.get(section, {})
         if not isinstance(raw, dict):
             raise ValueError(f"[{section}] must be a table of keys, got {raw!r}")
         values = dict(raw)
@@ -191,11 +197,12 @@ def config_from_dict(d: dict[str, Any], base: Config | None = None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """JSON-friendly dict (inf written as the string "inf")."""
+    """JSON-friendly dict (infinities written as the strings "inf" and "-inf", which ``config_from_dict``
+    reads back)."""
 
     def clean(v: Any) -> Any:
         if isinstance(v, float) and math.isinf(v):
-            return "inf"
+            return "inf" if v > 0 else "-inf"
         if isinstance(v, tuple):
             return list(v)
         return v

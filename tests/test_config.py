@@ -1,10 +1,14 @@
-"""``load_toml``: experiment files that extend other files, and the errors for bad ``extends``."""
+"""``load_toml``: experiment files that extend other files, and the errors for bad ``extends``; reading and
+writing config dicts."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 
-from relpsp.config import config_from_dict, load_toml
+from relpsp.config import config_from_dict, config_to_dict, load_toml
 
 
 def _write(path, text):
@@ -80,3 +84,25 @@ def test_null_is_accepted_only_for_settings_that_may_be_unset():
     for section, key in (("train", "device"), ("data", "dataset"), ("model", "arch"), ("train", "optimizer")):
         with pytest.raises(ValueError, match=rf"{key} must be a string, got None"):
             config_from_dict({section: {key: None}})
+
+
+def test_infinities_round_trip_with_their_sign():
+    """``-inf`` used to be written as "inf" and came back positive."""
+    cfg = config_from_dict({"data": {"bias_input": -math.inf}, "model": {"t_max": math.inf}})
+    d = config_to_dict(cfg)
+    assert d["data"]["bias_input"] == "-inf" and d["model"]["t_max"] == "inf"
+    assert json.loads(json.dumps(d)) == d  # strict JSON
+    back = config_from_dict(d)
+    assert back == cfg and back.data.bias_input == -math.inf
+
+
+@pytest.mark.parametrize("value", [[], "", 0, False, [1, 2]])
+def test_a_section_that_is_not_a_table_is_refused(value):
+    """A falsy section (``train = []`` in TOML) used to count as an empty table, and ``model = 0`` crashed."""
+    with pytest.raises(ValueError, match=r"\[train\] must be a table of keys"):
+        config_from_dict({"train": value})
+
+
+def test_an_integer_beyond_the_float_range_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr is out of the range of a float"):
+        config_from_dict({"train": {"lr": 10**400}})

@@ -277,10 +277,15 @@ def test_cifar10_missing_and_damaged(tmp_path):
     (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8)}, protocol=2))
     with pytest.raises(D.DatasetCorruptError, match=r"'data' must be a uint8 array \[n, 3072\]"):
         D.load_dataset("cifar10", "test", data_dir=tmp_path)
-    huge_label = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [2**70]}  # no int64 holds it
-    (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps(huge_label, protocol=2))
-    with pytest.raises(D.DatasetCorruptError, match=r"'labels' must be 1 ints in 0\.\.9"):
-        D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    data3 = np.zeros((3, 3072), np.uint8)
+    for labels in ([2**70, 0, 0], [0.9, 5.5, 9.99], np.array([2.0, 3.0, 8.0]), [True, False, True]):
+        # too big for int64, floats (which a cast would truncate to 0, 5, 9), booleans
+        (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps({b"data": data3, b"labels": labels}, protocol=2))
+        with pytest.raises(D.DatasetCorruptError, match=r"'labels' must be 3 ints in 0\.\.9"):
+            D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    for labels in ([1, 2, 9], np.array([1, 2, 9], np.uint8)):
+        (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps({b"data": data3, b"labels": labels}, protocol=2))
+        assert D.load_dataset("cifar10", "test", data_dir=tmp_path)[1].tolist() == [1, 2, 9]
 
 
 def test_restricted_unpickler_refuses_os_system(tmp_path):
@@ -311,6 +316,28 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
 def test_restricted_unpickler_refuses(blob):
     with pytest.raises(D.UnsafePickleError):
         D.safe_loads(blob, encoding="bytes")
+
+
+def test_restricted_unpickler_refuses_a_state_for_its_globals():
+    """BUILD on a global (not on an object it made) would set attributes on the reader's own stand-ins."""
+    from relpsp.data import safe_pickle
+
+    before = {name: sorted(dir(obj)) for name, obj in vars(safe_pickle).items() if not name.startswith("__")}
+    for glob in (
+        "numpy\nndarray",
+        "numpy\ndtype",
+        "_codecs\nencode",
+        "numpy.core.multiarray\n_reconstruct",
+        "numpy._core.multiarray\nscalar",
+        "numpy.core.numeric\n_frombuffer",
+    ):
+        for state in (b"}S'x'\nK\x01s", b"N}S'__class__'\ncnumpy\ndtype\ns\x86"):  # a dict; (None, slots)
+            blob = b"\x80\x02c" + glob.encode() + b"\n" + state + b"b0]."
+            with pytest.raises(D.UnsafePickleError, match="refusing a state"):
+                D.safe_loads(blob)
+    after = {name: sorted(dir(obj)) for name, obj in vars(safe_pickle).items() if not name.startswith("__")}
+    assert after == before
+    assert type(safe_pickle._NDARRAY) is safe_pickle._NdarrayClass
 
 
 def test_restricted_unpickler_allows_plain_arrays():
@@ -636,6 +663,9 @@ def test_yinyang_determinism_and_options():
     assert xb.shape == (30, 5) and torch.all(xb[:, 4] == 1.0)
     assert D.dataset_info("yinyang", bias=1.0).input_shape == (5,)
     assert D.make_yinyang(0)[0].shape == (0, 4)
+    for bias in (-0.5, 3.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"bias must be in \[0, 1\]"):
+            D.load_dataset("yinyang", "val", num_samples=3, bias=bias)
     # the dot class is ~8 % of the disc: 2 r^2 / R^2
     rng = np.random.default_rng(0)
     p = rng.random((200_000, 2))

@@ -741,8 +741,19 @@ def test_spike_dropout_masks_do_not_depend_on_the_device_named():
         ({"bias_input": 0.5}, "data.bias_input applies to the Yin-Yang"),
         ({"image_size": (8, 8)}, "data.image_size applies"),
         ({"dataset": "yinyang", "val_size": 100}, "has a validation split of its own"),
+        ({"dataset": "yinyang", "bias_input": 3.0}, r"data\.bias_input is the intensity .* in \[0, 1\]"),
+        ({"dataset": "yinyang", "bias_input": float("inf")}, r"data\.bias_input is the intensity"),
+        ({"dataset": "yinyang", "bias_input": -float("inf")}, r"data\.bias_input is the intensity"),
     ],
-    ids=["flip-without-augment", "bias-input-on-images", "image-size-on-mnist", "val-size-on-yinyang"],
+    ids=[
+        "flip-without-augment",
+        "bias-input-on-images",
+        "image-size-on-mnist",
+        "val-size-on-yinyang",
+        "bias-input-above-1",
+        "bias-input-inf",
+        "bias-input-minus-inf",
+    ],
 )
 def test_data_settings_that_would_do_nothing_are_refused(tmp_path, data, needle):
     cfg = Config(model=_cfg().model, data=DataConfig(**{"dataset": "mnist", **data}), train=_cfg().train)

@@ -131,6 +131,11 @@ class _ScalarSpec:
 class _NdarrayClass:
     """Stand-in for the class ``numpy.ndarray``: only ``_reconstruct`` may name it; calling it is refused."""
 
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError("refusing a state for numpy.ndarray")
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise UnsafePickleError("refusing to call numpy.ndarray: arrays must come with their data")
 
@@ -157,17 +162,33 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+class _Global:
+    """What ``find_class`` hands out for a stand-in callable: it calls the stand-in and refuses a BUILD, which
+    on a bare function or class would set attributes on this module's own objects."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target(*args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError("refusing a state for a global")
+
+
 def _table() -> dict[tuple[str, str], Any]:
     # NumPy 1.x pickles say numpy.core.*, NumPy 2 says numpy._core.*; both map to the same stand-ins.
     table: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): _NDARRAY,
-        ("numpy", "dtype"): _DtypeSpec,
-        ("_codecs", "encode"): _latin1_encode,
+        ("numpy", "dtype"): _Global(_DtypeSpec),
+        ("_codecs", "encode"): _Global(_latin1_encode),
     }
     for core in ("numpy.core", "numpy._core"):
-        table[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
-        table[(f"{core}.multiarray", "scalar")] = _ScalarSpec
-        table[(f"{core}.numeric", "_frombuffer")] = _frombuffer
+        table[(f"{core}.multiarray", "_reconstruct")] = _Global(_reconstruct)
+        table[(f"{core}.multiarray", "scalar")] = _Global(_ScalarSpec)
+        table[(f"{core}.numeric", "_frombuffer")] = _Global(_frombuffer)
     return table
 
 

@@ -53,6 +53,8 @@ def make_yinyang(
         raise ValueError(f"size must be >= 0, got {size}")
     if not 0.0 < r_small < 0.5 * _R_BIG:
         raise ValueError(f"r_small must be in (0, 0.25), got {r_small}")
+    if bias is not None and not 0.0 <= bias <= 1.0:  # an intensity, like the other four features
+        raise ValueError(f"bias must be in [0, 1], got {bias}")
     rng = np.random.default_rng(seed)
     targets = np.arange(size) % 3
     need = np.bincount(targets, minlength=3)

@@ -83,6 +83,11 @@ def _validate_data_settings(cfg: Config) -> None:
         name = d.dataset
     if d.flip and not d.augment:
         raise ValueError("data.flip mirrors images as part of the augmentation: it needs data.augment = true")
+    if not (d.bias_input < 0 or 0 <= d.bias_input <= 1) or math.isinf(d.bias_input):
+        raise ValueError(
+            f"data.bias_input is the intensity of a constant extra input, in [0, 1], or a finite negative"
+            f" number for none; got {d.bias_input}"
+        )
     if d.bias_input >= 0 and name != "yinyang":
         raise ValueError(f"data.bias_input applies to the Yin-Yang feature set only, not {name!r}; leave it at -1")
     if d.val_size and name in DATASETS and "val" in DATASETS[name].split_sizes:
