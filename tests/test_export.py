@@ -332,6 +332,54 @@ def test_nir_files_that_expand_through_item_size_or_links_are_refused(tmp_path, 
         read_nir(path)
 
 
+def test_nir_files_with_too_many_names_or_aliased_variable_length_items_are_refused(tmp_path, monkeypatch):
+    """Hard-linked groups two to a level name their leaves 2**depth times (a walk that would take days);
+    a variable-length dataset's items are references that may all name one large heap object."""
+    import h5py
+
+    def dag(f):
+        groups = [f.create_group(f"x/g{i}") for i in range(25)]  # within the depth limit of 32
+        for i, a in enumerate(groups[:-1]):
+            b = groups[i + 1]
+            a["a"], a["b"] = b, b
+
+    path = _broken_nir(tmp_path, "dag.nir", dag)
+    _refuse_nir_read(monkeypatch, 2**31)
+    with pytest.raises(ValueError, match="more than 20000 names to walk"):
+        read_nir(path)
+
+    def variable_length(f):  # counted by the items' own sizes, not by their 16-byte references
+        ds = f["node/nodes/input/metadata"].create_dataset("pad", shape=(64,), dtype=h5py.vlen_dtype(np.uint8))
+        for i in range(64):
+            ds[i] = np.ones(100_000, np.uint8)
+
+    path = _broken_nir(tmp_path, "vlen.nir", variable_length)
+    monkeypatch.setattr("relpsp.export.nir.MAX_NIR_BYTES", 6_000_000)  # 64 items of 100 kB: 6.4 MB when read
+    with pytest.raises(ValueError, match="more than 6000000 bytes"):
+        read_nir(path)
+
+
+def test_a_stride_of_zero_is_a_value_error(tmp_path):
+    """NIR's own shape inference divides by the stride (OverflowError); the reader turns it into its error."""
+
+    def zero_stride(f):
+        del f["node/nodes/dense1.linear/weight"]
+        f["node/nodes/dense1.linear/weight"] = np.ones((12, 20))
+
+    path = _broken_nir(tmp_path, "ok.nir", zero_stride)
+    assert network_from_nir(read_nir_graph(path)).layers  # the edit alone is harmless
+    ckpt, _ = _checkpoint(tmp_path, "3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0)
+    conv = tmp_path / "stride0.nir"
+    export_nir(ckpt, conv)
+    import h5py
+
+    with h5py.File(conv, "a") as f:
+        del f["node/nodes/pool1.sumpool/stride"]
+        f["node/nodes/pool1.sumpool/stride"] = np.array([0, 0])
+    with pytest.raises(ValueError, match="is not a valid NIR file"):
+        read_nir(conv)
+
+
 def test_nir_files_pointing_into_other_files_are_refused(tmp_path, monkeypatch):
     import h5py
 
@@ -387,6 +435,38 @@ def test_reader_rejects_inconsistent_graphs():
     after_flat.edges.append(("cif", "zz"))
     with pytest.raises(ValueError, match="'zz' it does not hold"):
         network_from_nir(after_flat)
+
+
+def test_reader_refuses_what_a_single_chain_cannot_hold():
+    """An Output with successors would cut the network short; a node off the chain would be ignored;
+    complex weights would lose their imaginary part; array-valued metadata names its node and key."""
+    lif = dict(r=np.ones(3), v_threshold=np.ones(3))
+
+    def graph(extra_nodes=None, extra_edges=(), weight=None, meta=None):
+        nodes = {
+            "input": nir.Input(input_type={"input": np.array([4])}, metadata=meta or {}),
+            "w": nir.Linear(weight=np.ones((3, 4)) if weight is None else weight),
+            "wi": nir.I(r=np.ones(3)),
+            "wif": nir.IF(**lif),
+            "output": nir.Output(output_type={"output": np.array([3])}),
+            **(extra_nodes or {}),
+        }
+        edges = [("input", "w"), ("w", "wi"), ("wi", "wif"), ("wif", "output"), *extra_edges]
+        return nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+
+    assert len(network_from_nir(graph()).layers) == 1
+    more = {"w2": nir.Linear(weight=np.ones((3, 3))), "w2i": nir.I(r=np.ones(3)), "w2if": nir.IF(**lif)}
+    chain_on = [("output", "w2"), ("w2", "w2i"), ("w2i", "w2if")]
+    with pytest.raises(ValueError, match="Output node 'output' has successors"):
+        network_from_nir(graph(more, chain_on))
+    with pytest.raises(ValueError, match=r"nodes \['w2', 'w2i', 'w2if'\] are not on the chain"):
+        network_from_nir(graph(more, chain_on[1:]))
+    with pytest.raises(ValueError, match="'w': weight must be real numbers, got dtype complex128"):
+        network_from_nir(graph(weight=np.ones((3, 4)) * (1 + 1j)))
+    with pytest.raises(
+        ValueError, match=r"'input': metadata 'relpsp.t_in' must be one value, got an array of shape \(2,\)"
+    ):
+        network_from_nir(graph(meta={"relpsp.t_in": np.array([1.0, 2.0])}))
 
 
 def test_reader_refuses_fractional_pool_sizes_and_misfit_neuron_parameters():

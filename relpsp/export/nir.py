@@ -86,6 +86,8 @@ DATA_KEYS = ("dataset", "invert", "dog", "dog_sigmas", "dog_threshold", "image_s
 MAX_NIR_BYTES = 2**31
 #: Deepest group nesting a NIR file may have (a relpsp export nests 4 deep).
 _MAX_NIR_DEPTH = 32
+_MAX_NIR_LINKS = 20_000  # names walked (hard links can make a small file name one group 2**depth times)
+_MAX_NIR_VLEN_ITEMS = 100_000  # elements of variable-length datasets, each read alone to add up its size
 
 _INSTALL_HINT = "NIR export needs the nir package: pip install 'relpsp[nir]' (or pip install nir)"
 _POOL_THRESHOLD = 0.5
@@ -248,21 +250,35 @@ def _chain(graph: Any) -> list[str]:
         if nxt[0] in order:
             raise ValueError(f"the NIR graph has a cycle through {nxt[0]!r}")
         order.append(nxt[0])
+    if succ.get(order[-1]):
+        raise ValueError(
+            f"NIR Output node {order[-1]!r} has successors {succ[order[-1]]}; only a single chain Input -> ... -> "
+            "Output is supported"
+        )
+    off_chain = sorted(set(graph.nodes) - set(order))
+    if off_chain:
+        raise ValueError(f"NIR nodes {off_chain} are not on the chain Input -> ... -> Output; not supported")
     return order
 
 
-def _scalar(meta: dict[str, Any], key: str, default: Any) -> Any:
+def _scalar(meta: dict[str, Any], key: str, default: Any, node: str) -> Any:
+    """One metadata value (HDF5 gives scalars back as 0-d arrays and text as bytes), else ``ValueError``."""
     v = meta.get(key, default)
-    if isinstance(v, bytes):
-        v = v.decode()
     if isinstance(v, np.ndarray):
+        if v.size != 1:
+            raise ValueError(f"NIR node {node!r}: metadata {key!r} must be one value, got an array of shape {v.shape}")
         v = v.item()
+    if isinstance(v, bytes):
+        try:
+            v = v.decode()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"NIR node {node!r}: metadata {key!r} is not UTF-8 text: {e}") from None
     return v
 
 
 def _meta_float(meta: dict[str, Any], key: str, default: float, node: str) -> float:
     """A real-number metadata value (``inf`` allowed), else ``ValueError`` naming the node and key."""
-    v = _scalar(meta, key, default)
+    v = _scalar(meta, key, default, node)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or np.isnan(v):
         raise ValueError(f"NIR node {node!r}: metadata {key!r} must be a number, got {v!r}")
     return float(v)
@@ -271,12 +287,21 @@ def _meta_float(meta: dict[str, Any], key: str, default: float, node: str) -> fl
 def _meta_bool(meta: dict[str, Any], key: str, default: bool, node: str) -> bool:
     """A boolean metadata value (HDF5 may give it back as a numpy bool or a 0/1 integer), else ``ValueError``:
     a string such as ``"false"`` is not read as true."""
-    v = _scalar(meta, key, default)
+    v = _scalar(meta, key, default, node)
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, (int, np.integer)) and v in (0, 1):
         return bool(v)
     raise ValueError(f"NIR node {node!r}: metadata {key!r} must be true or false, got {v!r}")
+
+
+def _real(v: Any, what: str, node: str) -> np.ndarray:
+    """A float64 array of real numbers, else ``ValueError``: complex values would lose their imaginary part
+    and text would fail later without naming the node."""
+    a = np.asarray(v)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"NIR node {node!r}: {what} must be real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64)
 
 
 def _int_value(v: Any, what: str, node: str) -> int:
@@ -315,10 +340,8 @@ def _neuron_gain(graph: Any, names: list[str], j: int, n_out_shape: tuple[int, .
     if not isinstance(if_node, nir.IF):
         raise ValueError(f"NIR node {names[j + 2]!r} must be an IF node after the integrator {names[j + 1]!r}")
     try:
-        gain = np.broadcast_to(
-            np.asarray(i_node.r, dtype=np.float64) * np.asarray(if_node.r, dtype=np.float64), n_out_shape
-        )
-        v_thr = np.broadcast_to(np.asarray(if_node.v_threshold, dtype=np.float64), n_out_shape)
+        gain = np.broadcast_to(_real(i_node.r, "r", names[j + 1]) * _real(if_node.r, "r", names[j + 2]), n_out_shape)
+        v_thr = np.broadcast_to(_real(if_node.v_threshold, "v_threshold", names[j + 2]), n_out_shape)
     except ValueError as e:
         raise ValueError(
             f"NIR nodes {names[j + 1]!r}/{names[j + 2]!r}: r and v_threshold must fit the {n_out_shape} "
@@ -367,14 +390,14 @@ def _network_from_graph(graph: Any, t_in: float | None, zero_fires: bool | None)
         if isinstance(node, (nir.Linear, nir.Affine)):
             if isinstance(node, nir.Affine) and np.any(np.asarray(node.bias) != 0):
                 raise ValueError(f"NIR node {name!r}: Affine with a non-zero bias has no ReL-PSP equivalent")
-            w = np.asarray(node.weight, dtype=np.float64)
+            w = _real(node.weight, "weight", name)
             if w.ndim != 2:
                 raise ValueError(f"NIR node {name!r}: weight must be 2-D, got shape {w.shape}")
             factor, theta, t_max = _neuron_gain(graph, names, j, (w.shape[0],))
             layer: SimLayer = SimDense(w * factor[:, None] if not (factor == 1).all() else w, theta=theta, t_max=t_max)
             j += 3
         elif isinstance(node, nir.Conv2d):
-            w = np.asarray(node.weight, dtype=np.float64)
+            w = _real(node.weight, "weight", name)
             if w.ndim != 4:
                 raise ValueError(f"NIR node {name!r}: Conv2d weight must be 4-D, got shape {w.shape}")
             if _pair_value(node.dilation, "dilation", name) != 1 or _int_value(node.groups, "groups", name) != 1:
@@ -423,8 +446,8 @@ def _network_from_graph(graph: Any, t_in: float | None, zero_fires: bool | None)
                     f"NIR node {name!r}: SumPool2d must be followed by an IF node (min-time pooling); "
                     f"found {type(nxt).__name__}"
                 )
-            thr = np.asarray(nxt.v_threshold, dtype=np.float64)
-            if not ((thr > 0) & (thr < np.asarray(nxt.r, dtype=np.float64))).all():
+            thr = _real(nxt.v_threshold, "v_threshold", names[j + 1])
+            if not ((thr > 0) & (thr < _real(nxt.r, "r", names[j + 1]))).all():
                 raise ValueError(
                     f"NIR node {names[j + 1]!r}: an IF after SumPool2d acts as min-time pooling only with "
                     "0 < v_threshold < r (fires at the first input spike)"
@@ -446,7 +469,7 @@ def _network_from_graph(graph: Any, t_in: float | None, zero_fires: bool | None)
         layers.append(layer)
         cur = layer_output_shape(layer, cur, len(layers) - 1)
     g_meta = graph.metadata if isinstance(graph.metadata, dict) else {}
-    arch = str(_scalar(g_meta, "relpsp.arch", ""))
+    arch = str(_scalar(g_meta, "relpsp.arch", "", "the graph"))
     return SimNetwork(tuple(layers), shape, t_in=t_in_v, zero_fires=zf, arch=arch)
 
 
@@ -454,21 +477,38 @@ def _check_size(path: Path) -> None:
     """Refuse, before any value is read, a file that could expand to more than ``MAX_NIR_BYTES``.
 
     The tree is walked the way ``nir.read`` walks it, by name, so a dataset reached through several links
-    counts once per name. A dataset costs its shape times its item size (an array-typed or fixed-string
-    item of one element counts in full). Variable-length data cannot be compressed in HDF5, so it is
-    bounded by the file's own size. External links, external raw storage and virtual datasets (which
-    would make the reader open other files) are refused, and so is a tree deeper than ``_MAX_NIR_DEPTH``.
+    counts once per name, and more than ``_MAX_NIR_LINKS`` names are refused. A dataset of fixed-size
+    items costs its shape times its item size (an array-typed or fixed-string item of one element counts in
+    full). Variable-length items are stored as references, and many references may name one large heap
+    object, so such a dataset is read one item at a time (each item is bounded by the file's size) and
+    costs the sum of its items' sizes; more than ``_MAX_NIR_VLEN_ITEMS`` of them are refused. External
+    links, external raw storage and virtual datasets (which would make the reader open other files) are
+    refused, and so is a tree deeper than ``_MAX_NIR_DEPTH``.
     """
     import h5py
 
     total = 0
+    links = 0
+    vlen_items = 0
+
+    def add(nbytes: int, name: str) -> None:
+        nonlocal total
+        total += nbytes
+        if total > MAX_NIR_BYTES:
+            raise ValueError(
+                f"{path}: the datasets would expand to more than {MAX_NIR_BYTES} bytes (reached at "
+                f"{name!r}); refused as too large for a NIR network file"
+            )
 
     def walk(group: Any, prefix: str, depth: int) -> None:
-        nonlocal total
+        nonlocal links, vlen_items
         if depth > _MAX_NIR_DEPTH:
             raise ValueError(f"{path}: groups nested deeper than {_MAX_NIR_DEPTH} at {prefix!r}; refused")
         for key in group:
             name = f"{prefix}/{key}"
+            links += 1
+            if links > _MAX_NIR_LINKS:
+                raise ValueError(f"{path}: more than {_MAX_NIR_LINKS} names to walk (at {name!r}); refused")
             if isinstance(group.get(key, getlink=True), h5py.ExternalLink):
                 raise ValueError(f"{path}: {name!r} links to another file; refused")
             item = group[key]
@@ -477,18 +517,34 @@ def _check_size(path: Path) -> None:
             elif isinstance(item, h5py.Dataset):
                 if item.is_virtual or item.external:
                     raise ValueError(f"{path}: {name!r} stores its data in other files; refused")
-                total += int(item.size or 0) * int(item.dtype.itemsize)
-                if total > MAX_NIR_BYTES:
+                size = int(item.size or 0)
+                if not item.dtype.hasobject:
+                    add(size * int(item.dtype.itemsize), name)
+                    continue
+                vlen_items += size
+                if vlen_items > _MAX_NIR_VLEN_ITEMS:
                     raise ValueError(
-                        f"{path}: the datasets would expand to more than {MAX_NIR_BYTES} bytes (reached at "
-                        f"{name!r}); refused as too large for a NIR network file"
+                        f"{path}: more than {_MAX_NIR_VLEN_ITEMS} variable-length items (at {name!r}); refused"
                     )
+                for index in np.ndindex(item.shape or ()):
+                    add(_item_bytes(item[index]), name)
 
     try:
         with h5py.File(path, "r") as f:
             walk(f, "", 0)
     except (OSError, KeyError, RecursionError) as e:  # KeyError: a dangling soft link
         raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {type(e).__name__}: {e}") from e
+
+
+def _item_bytes(v: Any) -> int:
+    """The memory a value read from a variable-length dataset holds (bytes, str, arrays, compound records)."""
+    if isinstance(v, (bytes, str)):
+        return len(v)
+    if isinstance(v, np.ndarray) and not v.dtype.hasobject:
+        return int(v.nbytes)
+    if isinstance(v, (np.ndarray, np.void, tuple, list)):
+        return sum(_item_bytes(x) for x in (v.ravel() if isinstance(v, np.ndarray) else v))
+    return 8
 
 
 def read_nir_graph(path: str | os.PathLike) -> Any:
@@ -501,8 +557,8 @@ def read_nir_graph(path: str | os.PathLike) -> Any:
     _check_size(p)
     try:
         return nir.read(str(p))
-    except (KeyError, TypeError, ValueError, AssertionError, AttributeError, IndexError, OSError, RecursionError) as e:
-        # OSError: HDF5 could not read a value (e.g. a corrupt compressed chunk)
+    except Exception as e:  # an untrusted file: whatever nir.read trips on (KeyError, OSError from HDF5 for a
+        # corrupt chunk, OverflowError from a stride of 0 in its shape inference, ...) means the same to the caller
         raise ValueError(f"{p} is not a valid NIR file: {type(e).__name__}: {e}") from e
 
 
@@ -510,8 +566,8 @@ def nir_data_config(graph: Any) -> dict[str, Any] | None:
     """The ``[data]`` settings in the Input node's ``relpsp.data`` (a dict of ``DATA_KEYS``), or None when
     the graph has none (a file from another tool, or a network exported without a checkpoint)."""
     nir = _nir()
-    inputs = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
-    raw = _scalar(inputs[0].metadata or {}, "relpsp.data", None) if len(inputs) == 1 else None
+    inputs = [(k, n) for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
+    raw = _scalar(inputs[0][1].metadata or {}, "relpsp.data", None, inputs[0][0]) if len(inputs) == 1 else None
     if raw is None:
         return None
     try:
