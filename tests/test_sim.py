@@ -577,6 +577,39 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
         assert "need --time-bits" in capsys.readouterr().err
 
 
+def test_cli_simulate_takes_flat_images_and_checks_labels(tmp_path, capsys):
+    """Images as flat rows run (and compare) as the network's (C, H, W); labels outside the network's
+    classes are refused, and an image without a decision is wrong whatever its label."""
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    with np.load(data) as d:
+        x, y = d["x"], d["y"]
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=x.reshape(len(x), -1), y=y)
+    outs = []
+    for source in (data, flat):
+        out = tmp_path / f"{source.stem}.json"
+        rc = cli.main(["simulate", str(ckpt), "--dataset", str(source), "--compare", "--out", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["accuracy"] == outs[1]["accuracy"] and outs[1]["compare"]["decision_agreement"] == 1.0
+    for bad in (np.full_like(y, 4), np.full_like(y, -1)):  # 4 outputs: classes 0..3
+        np.savez(tmp_path / "bad.npz", x=x, y=bad)
+        capsys.readouterr()
+        assert cli.main(["simulate", str(ckpt), "--dataset", str(tmp_path / "bad.npz")]) == 2
+        assert "labels must be classes 0..3" in capsys.readouterr().err
+    _, net = _model_and_net("12-16-10", (12,))
+    res = simulate(net, np.zeros((3, 12)))  # nothing fires
+    assert (res.decision == -1).all() and res.accuracy(np.full(3, -1)) == 0.0
+
+
+def test_tied_decision_rate_counts_shared_earliest_outputs():
+    _, net = _model_and_net("12-16-10", (12,))
+    res = simulate(net, _images((12,)))
+    res.t_out = np.array([[1.0, 1.0, 2.0], [0.5, 1.0, 0.7], [np.inf, np.inf, np.inf], [2.0, 3.0, 2.0]])
+    res.decision = np.array([0, 0, -1, 0])
+    assert res.tied_decision_rate() == 0.5
+
+
 def yinyang_bias_checkpoint(tmp_path: Path) -> tuple[Path, Config]:
     """A 5-8-3 Yin-Yang network trained (as its config says) with a bias input of intensity 0.5."""
     arch = "5-8-3"

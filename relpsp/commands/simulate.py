@@ -158,6 +158,13 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
         raise ValueError("--dataset is needed: the source is a NIR file that names no dataset")
     data_dir = args.data_dir or data_cfg.get("data_dir")
     x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
+    if math.prod(x.shape[1:]) == math.prod(net.input_shape):  # e.g. flat [N, 784] for a CNN (else simulate says)
+        x = x.reshape(len(x), *net.input_shape)
+    if y.min() < 0 or y.max() >= net.n_classes:
+        raise ValueError(
+            f"labels must be classes 0..{net.n_classes - 1} of the network's {net.n_classes} outputs, "
+            f"got values from {y.min()} to {y.max()}"
+        )
     options = sim_options(args, **({"weight_bits": weight_bits} if weight_bits is not None else {}))
     calibrated = False
     if options.time_bits is not None and resolve_time_window(net, options) is None:
@@ -280,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
         },
         "accuracy": res.accuracy(y),
         "no_decision_rate": res.no_decision_rate(),
+        "tied_decision_rate": res.tied_decision_rate(),
         "mean_decision_time": float(res.t_decision[fired].mean()) if fired.any() else math.nan,
         "layers": {
             name: {
@@ -294,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     }
     print(
         f"{n} images from {summary['dataset']} ({args.split}): accuracy {summary['accuracy']:.4f}, "
-        f"no decision {summary['no_decision_rate']:.4f}, mean decision time {summary['mean_decision_time']:.4g}"
+        f"no decision {summary['no_decision_rate']:.4f}, tied decision {summary['tied_decision_rate']:.4f}, "
+        f"mean decision time {summary['mean_decision_time']:.4g}"
     )
     print("spikes per image: " + ", ".join(f"{k} {v['spikes_mean']:.1f}" for k, v in summary["layers"].items()))
     print(f"{seconds:.2f} s, {summary['images_per_s']:.1f} images/s ({options.backend} backend)")

@@ -107,6 +107,7 @@ class CostReport:
     e_ann_uj: float
     accuracy: float | None = None
     no_decision_rate: float | None = None
+    tied_decision_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -140,7 +141,10 @@ class CostReport:
             f"(SNN/ANN dynamic energy {self._ratio():.3g})",
         ]
         if self.accuracy is not None:
-            lines.append(f"accuracy {self.accuracy:.4f}, no decision {self.no_decision_rate:.4f}")
+            lines.append(
+                f"accuracy {self.accuracy:.4f}, no decision {self.no_decision_rate:.4f}, "
+                f"tied decision {self.tied_decision_rate:.4f} (ties go to the lowest class index)"
+            )
         return "\n".join(lines)
 
     def _ratio(self) -> float:
@@ -207,10 +211,11 @@ def estimate_cost(
             "mW) give a latency or energy per image that is not a finite number"
         )
     mean_latency_s = float(latency_s.mean())
-    accuracy = no_decision = None
+    accuracy = no_decision = tied = None
     if labels is not None:
         accuracy = result.accuracy(labels)
         no_decision = result.no_decision_rate()
+        tied = result.tied_decision_rate()
     return CostReport(
         preset=preset,
         n_images=n,
@@ -236,4 +241,5 @@ def estimate_cost(
         e_ann_uj=float(e_ann_pj * 1e-6),
         accuracy=accuracy,
         no_decision_rate=no_decision,
+        tied_decision_rate=tied,
     )

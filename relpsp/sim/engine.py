@@ -133,10 +133,19 @@ class SimResult:
         y = np.asarray(labels).reshape(-1)
         if y.shape[0] != self.n_images:
             raise ValueError(f"labels has {y.shape[0]} entries for {self.n_images} images")
-        return float((self.decision == y).mean()) if self.n_images else math.nan
+        return float(((self.decision >= 0) & (self.decision == y)).mean()) if self.n_images else math.nan
 
     def no_decision_rate(self) -> float:
         return float((self.decision < 0).mean()) if self.n_images else math.nan
+
+    def tied_decision_rate(self) -> float:
+        """Fraction of images whose earliest output time is shared by two or more outputs (the decision
+        then goes to the lowest class index); coarse time grids make these common."""
+        if not self.n_images:
+            return math.nan
+        first = self.t_out.min(axis=1, keepdims=True)
+        tied = (self.t_out == first).sum(axis=1) > 1
+        return float((tied & np.isfinite(first[:, 0])).mean())
 
 
 def latency_encode_np(x: np.ndarray, t_in: float, zero_fires: bool) -> np.ndarray:
