@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import replace
@@ -154,6 +155,26 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path):
     with pytest.raises(ValueError, match="has inputs of shape"):
         fit(bad, tmp_path, overwrite=True, **quiet)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    # a backend that cannot run on the device used to fail only at the first step, after the deletion
+    triton_on_cpu = dataclasses.replace(
+        _cfg(epochs=1), train=dataclasses.replace(_cfg(epochs=1).train, backend="triton")
+    )
+    with pytest.raises(ValueError, match=r"train\.backend 'triton' runs on CUDA"):
+        fit(triton_on_cpu, tmp_path, overwrite=True, **quiet)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
+@pytest.mark.parametrize("kernel", ["alpha", "window"])
+def test_a_backend_the_kernel_does_not_use_is_refused(tmp_path, kernel):
+    """The alpha and window kernels have one implementation each; a named backend used to be recorded
+    in results.json and ignored."""
+    cfg = _cfg(epochs=1)
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, kernel=kernel), train=dataclasses.replace(cfg.train, backend="numba")
+    )
+    with pytest.raises(ValueError, match=rf"model\.kernel '{kernel}' has one implementation"):
+        fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeypatch):
@@ -711,7 +732,7 @@ def test_rerunning_a_finished_run_keeps_its_recorded_wall_time(tmp_path):
     first = fit(_cfg(epochs=1), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
     _, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     again = fit(_cfg(epochs=1), tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
-    assert again["wall_time_s"] == meta["progress"]["wall_time_s"] <= first["wall_time_s"]
+    assert again["wall_time_s"] == meta["progress"]["wall_time_s"] == first["wall_time_s"]
     assert again["test_accuracy"] == first["test_accuracy"]
 
 

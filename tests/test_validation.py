@@ -354,6 +354,18 @@ def test_resume_refuses_checkpoints_without_usable_state(tmp_path):
             CheckpointError,
             r"does not fit this run",
         ),
+        "history-of-numbers": (  # a hand-edited meta.json: used to rewrite metrics.jsonl, then crash
+            arrays,
+            {**meta, "progress": {**meta["progress"], "history": list(range(len(meta["progress"]["history"])))}},
+            CheckpointError,
+            r"no usable training state .*history must hold one object per epoch",
+        ),
+        "running-of-text": (
+            arrays,
+            {**meta, "progress": {**meta["progress"], "step": 1, "running": {"seen": "x"}}},
+            CheckpointError,
+            r"no usable training state .*running must hold numbers",
+        ),
         "nan-weights": (
             {**arrays, "model.2.weight": np.full_like(arrays["model.2.weight"], np.nan)},
             meta,
@@ -371,8 +383,10 @@ def test_resume_refuses_checkpoints_without_usable_state(tmp_path):
         bad = tmp_path / name
         bad.mkdir()
         save_checkpoint(bad / CHECKPOINT_NAME, a, {k: v for k, v in m.items() if k not in ("format", "sha256")})
+        (bad / "metrics.jsonl").write_text("kept\n")
         with pytest.raises(error, match=match):
             fit(_cfg(), bad, resume=True, **quiet)
+        assert (bad / "metrics.jsonl").read_text() == "kept\n"
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -217,6 +217,14 @@ def _restore(
         sessions = [dict(s) for s in p.get("sessions", [])]  # absent in checkpoints written before
         saved_world = int(p.get("world_size", 1))
         opt_meta = meta["optimizer"]
+        if not all(isinstance(row, dict) for row in history):
+            raise TypeError("progress.history must hold one object per epoch")
+        if running is not None and not set(running) <= set(NEW_EPOCH):
+            raise KeyError(f"progress.running may only have the keys {sorted(NEW_EPOCH)}")
+        if running is not None and not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in running.values()
+        ):
+            raise TypeError("progress.running must hold numbers")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
             f"{ckpt_path} has no usable training state ({type(e).__name__}: {e}); "
@@ -422,24 +430,28 @@ def _fit(
 
     running = dict(NEW_EPOCH)  # this epoch's counters, kept across a resume
 
-    def progress_state(epoch: int, step: int) -> dict[str, Any]:
+    def progress_state(epoch: int, step: int, wall_time_s: float) -> dict[str, Any]:
         return {
             "epoch": epoch,
             "step": step,
             "history": history,
             "running": dict(running),
-            "wall_time_s": state.wall_before + time.perf_counter() - t_start,
+            "wall_time_s": wall_time_s,
             "world_size": ctx.world_size,
             "train_data_sha256": train_digest,
             "sessions": sessions,
         }
 
     last_saved = (state.epoch, state.step) if state.resumed else None
+    # the run's wall time as of its last checkpoint: results.json reports it, so that a call that trains
+    # nothing (a finished run resumed to re-evaluate it) reports the same time as the call that trained
+    saved_wall = state.wall_before
 
     def save(epoch: int, step: int) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, saved_wall
+        saved_wall = state.wall_before + time.perf_counter() - t_start
         if ctx.is_main:
-            save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch, step), averaged)
+            save_training_checkpoint(ckpt_path, model, opt, cfg, progress_state(epoch, step, saved_wall), averaged)
         barrier(ctx)  # nobody runs ahead of a checkpoint that is not on disk yet
         last_saved = (epoch, step)
 
@@ -560,8 +572,8 @@ def _fit(
         "mean_decision_time": final["mean_decision_time"],
         "val_accuracy": history[-1].get("val_accuracy") if history else None,
         "epochs": cfg.train.epochs,
-        # a call that trained nothing (a finished run resumed) keeps the recorded time instead of adding its own
-        "wall_time_s": state.wall_before + (time.perf_counter() - t_start if state.epoch < cfg.train.epochs else 0.0),
+        # training and per-epoch evaluation up to the last checkpoint, over every call (not the final test)
+        "wall_time_s": saved_wall,
         "train_samples_per_s_mean": float(np.mean([r["samples_per_s"] for r in history])) if history else None,
         "config": config_to_dict(cfg),
         "versions": versions,  # of this call; "sessions" lists those of every call that trained

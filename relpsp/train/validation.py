@@ -53,6 +53,7 @@ def validate_config(cfg: Config) -> None:
         raise ValueError(f"train.device must be 'cpu' or 'cuda[:N]', got {t.device!r}")
     if t.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("train.device is cuda but torch sees no CUDA device")
+    _validate_backend(cfg)
     if cfg.data.val_size < 0 or cfg.data.train_size < 0:
         raise ValueError("data.val_size and data.train_size must be >= 0")
     if not 0 <= cfg.data.max_shift <= 64:
@@ -70,6 +71,25 @@ def validate_config(cfg: Config) -> None:
             )
         if t.device != "cpu":
             raise ValueError("the alpha-kernel baseline runs on the CPU only (train.device = 'cpu')")
+
+
+def _validate_backend(cfg: Config) -> None:
+    """Refuse a backend that cannot run on the device or that the kernel does not use, before the run
+    folder is touched (``--overwrite`` would otherwise delete the old run and then fail on the first step)."""
+    from relpsp.kernels import triton_interpreted
+
+    t = cfg.train
+    if t.backend == "auto":
+        return
+    if cfg.model.kernel != "relpsp":
+        raise ValueError(
+            f"train.backend chooses among the ReL-PSP kernels; model.kernel {cfg.model.kernel!r} has one"
+            " implementation: leave train.backend at 'auto'"
+        )
+    if t.backend == "numba" and t.device != "cpu":
+        raise ValueError(f"train.backend 'numba' runs on the CPU, not on {t.device!r}")
+    if t.backend == "triton" and t.device == "cpu" and not triton_interpreted():
+        raise ValueError("train.backend 'triton' runs on CUDA (on the CPU only with TRITON_INTERPRET=1)")
 
 
 def _validate_data_settings(cfg: Config) -> None:
