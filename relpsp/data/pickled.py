@@ -85,11 +85,13 @@ def read_cifar_batch(path: str | os.PathLike[str], fix: str = "") -> tuple[np.nd
     data, labels = get("data"), get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetCorruptError(f"{path}: 'data' must be a uint8 array [n, 3072]; {fix}")
+    y: np.ndarray | None = None
     try:  # integers only: a float or bool label is a damaged file, not something to truncate
-        y = np.asarray(labels)
-        y = y.astype(np.int64) if y.dtype.kind in "iu" else None
+        raw_labels = np.asarray(labels)
+        if raw_labels.dtype.kind in "iu":
+            y = raw_labels.astype(np.int64)
     except (TypeError, ValueError, OverflowError):
-        y = None
+        pass
     if y is None or y.shape != (data.shape[0],) or (y.size and (y.min() < 0 or y.max() > 9)):
         raise DatasetCorruptError(f"{path}: 'labels' must be {data.shape[0]} ints in 0..9; {fix}")
     return data.reshape(-1, 3, 32, 32), y

@@ -542,8 +542,12 @@ def _item_bytes(v: Any) -> int:
         return len(v)
     if isinstance(v, np.ndarray) and not v.dtype.hasobject:
         return int(v.nbytes)
-    if isinstance(v, (np.ndarray, np.void, tuple, list)):
-        return sum(_item_bytes(x) for x in (v.ravel() if isinstance(v, np.ndarray) else v))
+    if isinstance(v, np.ndarray):
+        return sum(_item_bytes(x) for x in v.ravel())
+    if isinstance(v, np.void):  # a compound record: its fields as a tuple
+        return _item_bytes(v.item())
+    if isinstance(v, (tuple, list)):
+        return sum(_item_bytes(x) for x in v)
     return 8
 
 
