@@ -150,30 +150,41 @@ def plot_raster(layer_times: list[torch.Tensor], names: list[str], path: Path, t
     return path
 
 
-def plot_run(run_dir: str | os.PathLike, sample: int = 0, data_dir: str | None = None) -> list[Path]:
-    """Write ``curves.png``, ``output_times.png`` and ``raster.png`` into ``run_dir``; return their paths."""
+def plot_run(
+    run_dir: str | os.PathLike,
+    sample: int = 0,
+    data_dir: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Write ``curves.png``, ``output_times.png`` and ``raster.png`` into ``out_dir`` (default ``run_dir``);
+    return their paths. A run folder without a checkpoint (such as the committed ``docs/results/*``
+    folders) gives ``curves.png`` alone, which needs only ``metrics.jsonl``."""
     from relpsp.data import load_dataset
     from relpsp.models import layer_outputs
     from relpsp.train import CHECKPOINT_NAME, data_options, load_trained
 
     run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics} not found: is {run} a folder written by `relpsp train`?")
     history = read_metrics(metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (run / CHECKPOINT_NAME).exists():
+        return [plot_curves(history, out / "curves.png")]
     model, cfg, _ = load_trained(run / CHECKPOINT_NAME)
     x, y = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, **data_options(cfg))
     if not 0 <= sample < len(y):  # before any figure is written: all three come from one call or none
         raise ValueError(f"--sample must be in [0, {len(y) - 1}]")
-    paths = [plot_curves(history, run / "curves.png")]
+    paths = [plot_curves(history, out / "curves.png")]
     n = min(len(y), 2000)
     with torch.no_grad():
         t_out = torch.cat([model(x[s : s + 500]) for s in range(0, n, 500)])
-        paths.append(plot_output_histogram(t_out, y[:n], run / "output_times.png"))
+        paths.append(plot_output_histogram(t_out, y[:n], out / "output_times.png"))
         outs = layer_outputs(model, x[sample : sample + 1])
     keep = [(o[0], type(m).__name__) for o, m in zip(outs, model) if type(m).__name__ != "Flatten"]
     names = [f"{k}:{n}" for k, (_, n) in enumerate(keep)]
     pred = int(outs[-1][0].argmin()) if bool(torch.isfinite(outs[-1]).any()) else -1
     title = f"{cfg.data.dataset} test sample {sample}: label {int(y[sample])}, decision {pred}"
-    paths.append(plot_raster([t for t, _ in keep], names, run / "raster.png", title))
+    paths.append(plot_raster([t for t, _ in keep], names, out / "raster.png", title))
     return paths

@@ -91,6 +91,21 @@ def test_plot_writes_pngs(run_dir, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
 
 
+def test_plot_of_a_folder_without_checkpoint_draws_the_curves_elsewhere(run_dir, tmp_path, capsys):
+    """A committed results folder keeps metrics.jsonl and results.json only; --out leaves it untouched."""
+    import shutil
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(run_dir / "metrics.jsonl", kept / "metrics.jsonl")
+    figures = tmp_path / "figures"
+    assert cli.main(["plot", str(kept), "--out", str(figures)]) == 0
+    assert "only the training curves were drawn" in capsys.readouterr().out
+    assert sorted(p.name for p in figures.iterdir()) == ["curves.png"]
+    assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl"]
+    assert (figures / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_resume_of_a_finished_run_changes_nothing(run_dir):
     before = (run_dir / "checkpoint.ckpt").read_bytes()
     rc = _train(run_dir, "--resume")

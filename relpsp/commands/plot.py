@@ -11,11 +11,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="folder written by relpsp train (metrics.jsonl, checkpoint.ckpt)")
     p.add_argument("--sample", type=int, default=0, help="test sample for the raster")
     p.add_argument("--data-dir")
+    p.add_argument("--out", help="folder for the PNG files (default: RUN_DIR)")
 
 
 def run(args: argparse.Namespace) -> int:
     from relpsp.plots import plot_run
 
-    for path in plot_run(args.run_dir, sample=args.sample, data_dir=args.data_dir):
+    paths = plot_run(args.run_dir, sample=args.sample, data_dir=args.data_dir, out_dir=args.out)
+    for path in paths:
         print(path)
+    if len(paths) == 1:
+        print(f"note: {args.run_dir} holds no checkpoint, so only the training curves were drawn")
     return 0
