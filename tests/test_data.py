@@ -599,6 +599,17 @@ def test_fetch_links_a_caltech_folder_only_if_every_image_is_listed(tmp_path):
     assert not (tmp_path / "data2" / "caltech-face-motorbike").exists()
 
 
+def test_fetch_without_source_keeps_a_users_link_that_does_not_verify(tmp_path):
+    """A copy linked on purpose (here one without SHA256SUMS) used to be replaced by the default copy
+    without a word on the next plain fetch."""
+    src = tmp_path / "mine"
+    make_image_folder(src, n=2, sums=False)
+    folder = D.fetch_dataset("caltech", tmp_path / "data", source=src)
+    with pytest.raises(D.DatasetCorruptError, match=r"links to .*mine, which does not verify .*SHA256SUMS is missing"):
+        D.fetch_dataset("caltech", tmp_path / "data")
+    assert folder.is_symlink() and folder.resolve() == src.resolve()
+
+
 def test_caltech_without_sha256sums_loads(tmp_path):
     make_image_folder(tmp_path / "caltech-face-motorbike", n=2, sums=False)
     assert D.load_dataset("caltech", "test", data_dir=tmp_path)[1].tolist() == [0, 0, 1, 1]

@@ -221,9 +221,18 @@ def fetch_dataset(
     if name == "cifar10":
         raise ValueError(f"cifar10 cannot be fetched here: {fix_hint(name, data_dir)}")
     if name == "caltech-face-motorbike":
-        if source is None and all(c.status == "ok" for c in verify_dataset(name, data_dir)):
-            say(f"{folder} is present and verified")
-            return folder
+        if source is None:
+            problems = [c for c in verify_dataset(name, data_dir) if c.status != "ok"]
+            if not problems:
+                say(f"{folder} is present and verified")
+                return folder
+            if folder.is_symlink() and folder.resolve() != DEFAULT_CALTECH_SOURCE.resolve():
+                # the user's own choice of copy: not replaced without being asked
+                raise DatasetCorruptError(
+                    f"{folder} links to {os.readlink(folder)}, which does not verify ({problems[0].path} is "
+                    f"{problems[0].status}); pass --source with that folder to link it again, or with another "
+                    "copy to replace it"
+                )
         _link_caltech(folder, Path(source) if source is not None else DEFAULT_CALTECH_SOURCE, say)
         return folder
     if source is not None:
