@@ -567,6 +567,7 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     assert "note: the torch model runs without --weight-bits" in capsys.readouterr().out
     q = json.loads(out_q.read_text())
     assert q["options"]["time_window_calibrated"] is True and q["options"]["time_bits"] == 6
+    assert q["options"]["window_rule"] == "decision" and summary["options"]["window_rule"] is None
     assert "without --weight-bits" in q["compare"]["note"]
     assert q["options"]["backend"] in ("numpy", "numba")  # the one that ran, not "auto"
     # Bad input: one-line error, exit code 2.

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             "arch": net.arch,
             "time_window": res.grid.window if res.grid is not None else None,
             "time_window_calibrated": ctx["calibrated"],
+            "window_rule": getattr(args, "window_rule", "decision") if ctx["calibrated"] else None,
             "t_cutoff": options.t_cutoff,
             "report": report.to_dict(),
         }

@@ -282,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
             "time_bits": options.time_bits,
             "time_window": res.grid.window if res.grid is not None else None,
             "time_window_calibrated": ctx["calibrated"],
+            "window_rule": getattr(args, "window_rule", "decision") if ctx["calibrated"] else None,
             "t_cutoff": options.t_cutoff,
             "backend": options.backend,
         },
