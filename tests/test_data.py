@@ -203,6 +203,10 @@ def test_idx_label_count_mismatch(tmp_path):
     (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(4, dtype=np.uint8)))
     with pytest.raises(D.DatasetCorruptError, match=r"t10k-labels-idx1-ubyte: expected 5 labels"):
         D.load_dataset("mnist", "test", data_dir=tmp_path, verify=False)
+    # a label beyond the ten classes (200) passed unverified loads and failed later in the loss
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([1, 2, 200, 3, 4], np.uint8)))
+    with pytest.raises(D.DatasetCorruptError, match=r"t10k-labels-idx1-ubyte: labels must be classes 0\.\.9"):
+        D.load_dataset("mnist", "test", data_dir=tmp_path, verify=False)
 
 
 def test_verify_accepts_gz_copy_by_content_hash(tmp_path, monkeypatch):

@@ -51,9 +51,11 @@ def load_idx_pair(
     images: str | os.PathLike[str] | np.ndarray,
     labels: str | os.PathLike[str] | np.ndarray,
     names: tuple[str, str] | None = None,
+    n_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``[N, H, W]`` uint8 and labels ``[N]`` -> (x ``[N, 1, H, W]`` float32 in [0, 1], y ``[N]`` int64).
-    ``names``: the files the arrays came from, for error messages (default: the paths, or "images"/"labels")."""
+    ``names``: the files the arrays came from, for error messages (default: the paths, or "images"/"labels").
+    ``n_classes``: when given, every label must be below it."""
     img = images if isinstance(images, np.ndarray) else read_idx(images)
     lab = labels if isinstance(labels, np.ndarray) else read_idx(labels)
     img_name, lab_name = names or tuple(
@@ -66,6 +68,8 @@ def load_idx_pair(
         raise DatasetCorruptError(f"{lab_name}: expected {img.shape[0]} labels, got shape {lab.shape}")
     if lab.dtype.kind not in "iu" or (lab.size and lab.min() < 0):
         raise DatasetCorruptError(f"{lab_name}: labels must be integers >= 0, got {lab.dtype}")
+    if n_classes is not None and lab.size and lab.max() >= n_classes:
+        raise DatasetCorruptError(f"{lab_name}: labels must be classes 0..{n_classes - 1}, found {lab.max()}")
     # astype copies, so torch gets a writable array.
     x = torch.from_numpy(img.astype(np.float32)).div_(255.0).unsqueeze_(1)
     y = torch.from_numpy(lab.astype(np.int64))

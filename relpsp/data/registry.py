@@ -356,7 +356,7 @@ def _load_idx_set(name: str, split: str, folder: Path, verify: bool, fix: str) -
         path, content = _read_idx_checked(folder, f, verify, fix)
         paths[kind] = str(path)
         arrays[kind] = parse_idx(content, paths[kind])
-    return load_idx_pair(arrays["images"], arrays["labels"], (paths["images"], paths["labels"]))
+    return load_idx_pair(arrays["images"], arrays["labels"], (paths["images"], paths["labels"]), n_classes=10)
 
 
 # --------------------------------------------------------------------------------------------- entry point
