@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,10 @@ from relpsp._fileio import json_text
 from relpsp.train import device_name
 
 __all__ = ["environment", "load_cpu_kernels", "mnist_like_batch", "peak_rss_mib", "time_it", "write_json"]
+
+
+#: the checkout these benchmarks are in: its commit is recorded, whatever the current folder
+REPO = Path(__file__).resolve().parents[1]
 
 
 def environment(device: str = "cpu") -> dict:
@@ -45,12 +50,19 @@ def environment(device: str = "cpu") -> dict:
         except ImportError:
             env["triton"] = None
     env["commit"], env["source_modified"] = None, "unknown"  # no git, or not a checkout
+    repo = REPO
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=repo
+        )
         # whether the package or the benchmarks differ from that commit (numbers from uncommitted code),
         # new files included
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "relpsp", "benchmarks"], capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--", "relpsp", "benchmarks"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=repo,
         )
         if head.returncode == 0 and status.returncode == 0 and head.stdout.strip():
             env["commit"] = head.stdout.strip()
@@ -69,6 +81,8 @@ def mnist_like_batch(batch: int, seed: int = 0, data_dir: str | None = None) -> 
 
         x, _ = load_dataset("mnist", "test", data_dir)
         g = torch.Generator().manual_seed(seed)
+        if batch > len(x):  # more than the test set holds: a full batch all the same, images repeated
+            return x[torch.randint(len(x), (batch,), generator=g)], "MNIST test images (drawn with replacement)"
         return x[torch.randperm(len(x), generator=g)[:batch]], "MNIST test images"
     except (FileNotFoundError, ValueError, ImportError):
         g = torch.Generator().manual_seed(seed)
@@ -98,12 +112,22 @@ def time_it(
 
 
 def load_cpu_kernels() -> None:
-    """Import the compiled CPU backend (numba) if it is installed, so that a memory baseline read after
-    this does not count the import in the first measured call (every case then pays it the same way)."""
+    """Import the compiled CPU backend (numba) if it is installed and run each of its kernels once on a tiny
+    input in both float types, so that a memory baseline read after this counts neither the import nor the
+    loading of the compiled functions (about 50 MiB at their first call), only the measured case."""
     try:
         import relpsp.kernels.cpu_numba  # noqa: F401
     except ImportError:
-        pass
+        return
+    from relpsp.functional import relpsp_conv2d, relpsp_linear
+
+    for dtype in (torch.float32, torch.float64):
+        t_in = torch.zeros(1, 4, dtype=dtype, requires_grad=True)
+        w = torch.ones(3, 4, dtype=dtype, requires_grad=True)
+        relpsp_linear(t_in, w, backend="numba").sum().backward()
+        t_img = torch.zeros(1, 1, 5, 5, dtype=dtype, requires_grad=True)
+        k = torch.ones(2, 1, 3, 3, dtype=dtype, requires_grad=True)
+        relpsp_conv2d(t_img, k, backend="numba").sum().backward()
 
 
 def peak_rss_mib() -> float:

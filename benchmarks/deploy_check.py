@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         st["decisions_equal"] = int((decisions == sim.decision).sum())
         return st, per_layer, decisions
 
-    latest_decision = float(sim.t_decision[np.isfinite(sim.t_decision)].max())
+    decided = sim.t_decision[np.isfinite(sim.t_decision)]
+    latest_decision = float(decided.max()) if decided.size else float("inf")  # inf: no image decided
     cmp64, layer64, _ = compare(torch.float64)
     cmp32, layer32, torch_dec = compare(torch.float32)
 

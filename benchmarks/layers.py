@@ -21,6 +21,8 @@ import sys
 import torch
 
 from benchmarks.common import environment, load_cpu_kernels, mnist_like_batch, peak_rss_mib, time_it, write_json
+from relpsp._fileio import check_output_file
+from relpsp.autograd import BACKENDS
 
 CASES = ("784-800", "800-10", "conv1 1-16C5 28x28", "conv2 16-32C5 12x12")
 # Skip the reference where its [R, N_out, N_in] intermediates would need more than this.
@@ -45,7 +47,9 @@ def _inputs(case: str, batch: int, device: str):
             return l1(t0.flatten(1)), l2.weight.detach(), "linear", source
         if case.startswith("conv1"):
             return t0, c1.weight.detach(), "conv", source
-        return min_time_pool2d(c1(t0), 2), c2.weight.detach(), "conv", source
+        if case.startswith("conv2"):
+            return min_time_pool2d(c1(t0), 2), c2.weight.detach(), "conv", source
+        raise ValueError(f"unknown case {case!r}; known: {CASES}")
 
 
 def _rows_cost(case: str, t_in: torch.Tensor, weight: torch.Tensor) -> int:
@@ -132,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads < 0:
         ap.error("--threads must be >= 0")
+    if args.batch < 1:
+        ap.error("--batch must be >= 1")
+    unknown = [c for c in args.cases.split(",") if c not in CASES] + [
+        i for i in args.impls.split(",") if i not in (*BACKENDS, "ref")
+    ]
+    if unknown and not args.one:
+        ap.error(f"unknown case(s) or impl(s) {unknown}; cases: {', '.join(CASES)}; impls: {', '.join(BACKENDS)}, ref")
+    if args.out:  # refused before any measurement, not after all of them
+        try:
+            check_output_file(args.out)
+        except ValueError as e:
+            ap.error(str(e))
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.batch, args.device, args.threads)))
         return 0

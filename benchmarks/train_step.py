@@ -22,6 +22,7 @@ import time
 import torch
 
 from benchmarks.common import environment, load_cpu_kernels, mnist_like_batch, peak_rss_mib, write_json
+from relpsp._fileio import check_output_file
 
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 
@@ -102,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads < 0:
         ap.error("--threads must be >= 0")
+    if args.batch < 1 or args.steps < 1:
+        ap.error("--batch and --steps must be >= 1")
+    if args.out:  # refused before any measurement, not after all of them
+        try:
+            check_output_file(args.out)
+        except ValueError as e:
+            ap.error(str(e))
     if args.one:
         print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps, args.threads)))
         return 0

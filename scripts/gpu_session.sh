@@ -45,8 +45,8 @@ for step in $steps; do
       check "train_step benchmark"
       ;;
     cnn)
-      python3 -m relpsp.cli train configs/mnist_cnn.toml --device cuda --out "$OUT/mnist_cnn_gpu-seed0" 2>&1 \
-        | tr '\r' '\n' | grep -v "it/s\|sample/s\]" | tee -a "$log"
+      python3 -m relpsp.cli train configs/mnist_cnn.toml --device cuda --no-progress --out "$OUT/mnist_cnn_gpu-seed0" 2>&1 \
+        | tee -a "$log"
       codes=("${PIPESTATUS[@]}")
       if [ "${codes[0]}" != 0 ]; then echo "FAILED (cnn training): exit ${codes[0]}" | tee -a "$log"; status=1; fi
       ;;

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+# a missing or broken environment (a venv whose creation failed, an interpreter link gone) is rebuilt
+if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1 || [ ! -f .venv/bin/activate ]; then
+  "$PY" -m venv --clear .venv
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true

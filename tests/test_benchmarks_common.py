@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -20,10 +21,43 @@ def test_write_json_is_strict_json_with_non_finite_numbers_as_null(tmp_path):
 
 def test_environment_outside_a_git_checkout_says_unknown(tmp_path, monkeypatch):
     """Without git history (a copied tree) the commit is null and the source state unknown, not "clean"."""
-    monkeypatch.chdir(tmp_path)
+    import benchmarks.common
+
+    monkeypatch.setattr(benchmarks.common, "REPO", tmp_path)
     env = environment("cpu")
     assert env["commit"] is None and env["source_modified"] == "unknown"
     assert env["torch"] and env["device"]
+
+
+def test_environment_names_this_checkout_from_any_folder(tmp_path, monkeypatch):
+    """Run from inside another git repository, the commit recorded is still this checkout's."""
+    import shutil
+    import subprocess
+
+    import benchmarks.common
+
+    if shutil.which("git") is None:
+        import pytest
+
+        pytest.skip("git is not installed")
+    here = environment("cpu")["commit"]
+    other = tmp_path / "other"
+    other.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(other)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    monkeypatch.chdir(other)
+    assert environment("cpu")["commit"] == here
+    assert benchmarks.common.REPO == Path(benchmarks.common.__file__).resolve().parents[1]
+
+
+def test_mnist_like_batch_gives_the_batch_asked_for(tmp_path):
+    """A batch larger than the 10,000 test images used to come back short and be timed as full."""
+    from benchmarks.common import mnist_like_batch
+
+    x, source = mnist_like_batch(10_050)
+    assert x.shape == (10_050, 1, 28, 28)
+    assert "replacement" in source or "synthetic" in source
 
 
 def test_checkpoint_benchmarks_refuse_to_write_over_the_checkpoint(tmp_path):

@@ -145,7 +145,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     assert {n: (tmp_path / n).read_bytes() for n in before} == before  # neither continued nor deleted
 
 
-def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path):
+def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path, monkeypatch):
     """The data are loaded and checked before the old run is deleted: a run that fails on its data (here
     an input shape that does not fit) leaves the previous run's files as they were."""
     quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
@@ -156,6 +156,7 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path):
         fit(bad, tmp_path, overwrite=True, **quiet)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
     # a backend that cannot run on the device used to fail only at the first step, after the deletion
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # test_triton sets it for the whole session
     triton_on_cpu = dataclasses.replace(
         _cfg(epochs=1), train=dataclasses.replace(_cfg(epochs=1).train, backend="triton")
     )
