@@ -194,16 +194,30 @@ def test_nir_file_carries_the_data_settings_of_its_checkpoint(tmp_path, capsys):
         assert runs["nir"][key] == runs["ckpt"][key], key
 
 
-def _broken_nir(tmp_path, name, edit):
-    """The exported file of a small MLP with ``edit(h5py.File)`` applied."""
+def _broken_nir(tmp_path, name, edit, arch=("20-12-5", (1, 4, 5), math.inf)):
+    """The exported file of a small MLP (or of ``arch``: string, input shape, t_max) with
+    ``edit(h5py.File)`` applied."""
     import h5py
 
-    ckpt, _ = _checkpoint(tmp_path, "20-12-5", (1, 4, 5), math.inf)
+    ckpt, _ = _checkpoint(tmp_path, *arch)
     path = tmp_path / name
     export_nir(ckpt, path)
     with h5py.File(path, "a") as f:
         edit(f)
     return path
+
+
+CNN = ("3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0)
+
+
+def _replace(key: str, value):
+    """An edit for ``_broken_nir``: the dataset ``key`` replaced by ``value``."""
+
+    def edit(f):
+        del f[key]
+        f[key] = value
+
+    return edit
 
 
 def test_malformed_nir_files_raise_value_error(tmp_path, capsys):
@@ -267,14 +281,7 @@ def test_metadata_of_the_wrong_type_is_refused_not_misread(tmp_path, capsys):
         assert cli.main(["simulate", str(path), "--dataset", "yinyang"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("relpsp: error:") and needle in err and "\n" not in err.strip()
-    import h5py as h5
-
-    ckpt, _ = _checkpoint(tmp_path, "3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0)
-    path = tmp_path / "groups.nir"
-    export_nir(ckpt, path)
-    with h5.File(path, "a") as f:
-        del f["node/nodes/conv1.conv/groups"]
-        f["node/nodes/conv1.conv/groups"] = np.array([1, 1])
+    path = _broken_nir(tmp_path, "groups.nir", _replace("node/nodes/conv1.conv/groups", np.array([1, 1])), CNN)
     with pytest.raises(ValueError, match=r"'conv1\.conv': groups must be one integer"):
         network_from_nir(read_nir_graph(path))
 
@@ -361,23 +368,9 @@ def test_nir_files_with_too_many_names_or_aliased_variable_length_items_are_refu
 
 def test_a_stride_of_zero_is_a_value_error(tmp_path):
     """NIR's own shape inference divides by the stride (OverflowError); the reader turns it into its error."""
-
-    def zero_stride(f):
-        del f["node/nodes/dense1.linear/weight"]
-        f["node/nodes/dense1.linear/weight"] = np.ones((12, 20))
-
-    path = _broken_nir(tmp_path, "ok.nir", zero_stride)
-    assert network_from_nir(read_nir_graph(path)).layers  # the edit alone is harmless
-    ckpt, _ = _checkpoint(tmp_path, "3C3p1-P2-4C3s2-12-5", (2, 9, 9), 2.0)
-    conv = tmp_path / "stride0.nir"
-    export_nir(ckpt, conv)
-    import h5py
-
-    with h5py.File(conv, "a") as f:
-        del f["node/nodes/pool1.sumpool/stride"]
-        f["node/nodes/pool1.sumpool/stride"] = np.array([0, 0])
+    path = _broken_nir(tmp_path, "stride0.nir", _replace("node/nodes/pool1.sumpool/stride", np.array([0, 0])), CNN)
     with pytest.raises(ValueError, match="is not a valid NIR file"):
-        read_nir(conv)
+        read_nir(path)
 
 
 def test_nir_files_pointing_into_other_files_are_refused(tmp_path, monkeypatch):
