@@ -4,7 +4,7 @@
                                     [--device cpu|cuda] [--backend auto] [--steps 10] [--threads N]
                                     [--out FILE.json]
 
-Inputs are MNIST training images (28x28 archs; about 19% of pixels spike) or, for 3-channel archs,
+Inputs are MNIST test images with random labels (28x28 archs; about 19% of pixels spike) or, for 3-channel archs,
 synthetic 32x32x3 images with the same fraction of lit pixels. Each architecture is timed in a fresh
 process (so peak memory is its own); the model starts from the default initialisation and takes real
 optimizer steps, so the spike patterns evolve as in training.
