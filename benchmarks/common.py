@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -14,14 +15,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relpsp._fileio import json_text
+from relpsp._fileio import check_output_file, json_text
 from relpsp.train import device_name
 
-__all__ = ["environment", "load_cpu_kernels", "mnist_like_batch", "peak_rss_mib", "time_it", "write_json"]
+__all__ = [
+    "environment",
+    "load_cpu_kernels",
+    "mnist_like_batch",
+    "peak_rss_mib",
+    "refuse_bad_output_file",
+    "time_it",
+    "write_json",
+]
 
 
 #: the checkout these benchmarks are in: its commit is recorded, whatever the current folder
 REPO = Path(__file__).resolve().parents[1]
+
+
+def refuse_bad_output_file(ap: argparse.ArgumentParser, out: str | None) -> None:
+    """``--out`` checked before any measurement (a folder is refused by ``ap.error``), not after all of them."""
+    if out:
+        try:
+            check_output_file(out)
+        except ValueError as e:
+            ap.error(str(e))
 
 
 def environment(device: str = "cpu") -> dict:

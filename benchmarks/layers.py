@@ -20,8 +20,15 @@ import sys
 
 import torch
 
-from benchmarks.common import environment, load_cpu_kernels, mnist_like_batch, peak_rss_mib, time_it, write_json
-from relpsp._fileio import check_output_file
+from benchmarks.common import (
+    environment,
+    load_cpu_kernels,
+    mnist_like_batch,
+    peak_rss_mib,
+    refuse_bad_output_file,
+    time_it,
+    write_json,
+)
 from relpsp.autograd import BACKENDS
 
 CASES = ("784-800", "800-10", "conv1 1-16C5 28x28", "conv2 16-32C5 12x12")
@@ -150,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if unknown and not args.one:
         ap.error(f"unknown case(s) or impl(s) {unknown}; cases: {', '.join(CASES)}; impls: {', '.join(BACKENDS)}, ref")
-    if args.out:  # refused before any measurement, not after all of them
-        try:
-            check_output_file(args.out)
-        except ValueError as e:
-            ap.error(str(e))
+    refuse_bad_output_file(ap, args.out)
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.batch, args.device, args.threads)))
         return 0

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.common import environment, write_json
-from relpsp._fileio import check_output_file
+from benchmarks.common import environment, refuse_bad_output_file, write_json
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, parse_arch
 
 ARCHS = {
@@ -83,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.batch < 1 or not 0 < args.active <= 1:
         ap.error("--batch must be >= 1 and --active in (0, 1]")
-    if args.out:  # refused before any measurement, not after all of them
-        try:
-            check_output_file(args.out)
-        except ValueError as e:
-            ap.error(str(e))
+    refuse_bad_output_file(ap, args.out)
     rows = []
     for arch in args.archs.split(","):
         shape = ARCHS.get(arch, (1, 28, 28))

@@ -22,8 +22,14 @@ import time
 
 import torch
 
-from benchmarks.common import environment, load_cpu_kernels, mnist_like_batch, peak_rss_mib, write_json
-from relpsp._fileio import check_output_file
+from benchmarks.common import (
+    environment,
+    load_cpu_kernels,
+    mnist_like_batch,
+    peak_rss_mib,
+    refuse_bad_output_file,
+    write_json,
+)
 
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 
@@ -114,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--threads must be >= 0")
     if args.batch < 1 or args.steps < 1:
         ap.error("--batch and --steps must be >= 1")
-    if args.out:  # refused before any measurement, not after all of them
-        try:
-            check_output_file(args.out)
-        except ValueError as e:
-            ap.error(str(e))
+    refuse_bad_output_file(ap, args.out)
     if args.one:
         print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps, args.threads)))
         return 0
