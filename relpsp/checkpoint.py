@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from relpsp._fileio import atomic_write_with, why_not_a_file
+from relpsp._fileio import atomic_write_with, json_text, why_not_a_file
 
 __all__ = [
     "FORMAT",
@@ -116,7 +116,7 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
             with zf.open(_PREFIX + name + ".npy", "w") as f:
                 np.lib.format.write_array(f, a, allow_pickle=False)
         full = {**meta, "format": FORMAT, "sha256": digests}
-        zf.writestr(_META, json.dumps(full, indent=1, sort_keys=True, default=str))
+        zf.writestr(_META, json_text(full, sort_keys=True))  # strict JSON: a NaN metric is written as null
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -134,6 +134,10 @@ def _read_npy(data: bytes, what: str) -> np.ndarray:
         raise CheckpointError(f"{what} uses .npy format {version}, which relpsp does not write")
     if not _storable(dtype):
         raise CheckpointError(f"{what} has dtype {dtype}: checkpoints hold numeric arrays of at most 64 bits")
+    # a shape numpy cannot even size (a bool, a negative or a product beyond int64; (0, 2**64) holds 0 bytes)
+    ints = all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not ints or math.prod(d for d in shape if d) * dtype.itemsize >= 2**62:
+        raise CheckpointError(f"{what} claims shape {shape!r}: the file is damaged")
     if len(data) - bio.tell() != math.prod(shape) * dtype.itemsize:
         raise CheckpointError(
             f"{what} claims shape {shape} of {dtype} but holds {len(data) - bio.tell()} bytes: the file is damaged"
@@ -149,10 +153,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         raise CheckpointError(f"checkpoint {path} {why_not_a_file(path)}")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            # relpsp writes stored (uncompressed) entries only; refusing others also refuses zip bombs.
-            if any(info.compress_type != zipfile.ZIP_STORED for info in zf.infolist()):
-                raise CheckpointError(f"{path} holds compressed entries: not a relpsp checkpoint")
+            infos = zf.infolist()
+            names = {info.filename for info in infos}
+            # relpsp writes stored (uncompressed), unencrypted entries only: refusing others refuses
+            # compression bombs, and entries of more bytes in all than the file has refuses stored entries
+            # that overlap (each one spanning the next), which would expand a small file quadratically.
+            if any(info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x61 for info in infos):
+                raise CheckpointError(f"{path} holds compressed or encrypted entries: not a relpsp checkpoint")
+            if len(names) != len(infos) or sum(info.file_size for info in infos) > path.stat().st_size:
+                raise CheckpointError(f"{path} holds repeated or overlapping entries: the file is damaged")
             if _META not in names:
                 raise CheckpointError(f"{path} is not a relpsp checkpoint (no {_META} inside)")
             meta = json.loads(zf.read(_META))
@@ -176,7 +185,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                 arrays[name] = a
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, RecursionError) as e:
+    except Exception as e:  # an untrusted file: whatever the zip and .npy readers trip on (BadZipFile,
+        # OSError, NotImplementedError for an unknown zip feature, OverflowError, ...) means the same here
         raise CheckpointError(
             f"{path} is truncated, corrupted or not a relpsp checkpoint ({type(e).__name__}: {e}); "
             "use an earlier checkpoint or retrain"

@@ -18,7 +18,8 @@ neuron fires exactly once. g is linear in t, so
 
 Gradients are those of this closed form (autograd): inside the window dt_j/dt_i = w_ji / (1 + W_j) and
 dt_j/dw_ji = (t_i - t_j) / (1 + W_j), ReL-PSP's STDBP with every input causal and the threshold folded in;
-a neuron held at s_l or e_l passes none. A layer is one matrix product (or convolution) of the input
+a neuron held at s_l or e_l passes none (at exact equality, as for a row of zero weights whose closed form
+is e_l itself, the clamp passes the closed form's gradient). A layer is one matrix product (or convolution) of the input
 times and one of the spike mask, in plain torch on any device: much faster than the exact causal model.
 
 The event-driven simulator, the cost model and the NIR export handle the paper's neuron only and refuse

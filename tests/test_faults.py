@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -247,12 +248,22 @@ def test_flipped_bytes_are_refused_or_harmless(tmp_path):
     assert len(in_payload) > 50 and set(in_payload) == {"refused"}
 
 
-def _zip(entries: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+def _zip(
+    entries: dict[str, bytes], compression: int = zipfile.ZIP_STORED, flag_bits: int = 0, repeat: str = ""
+) -> bytes:
+    """A zip archive of ``entries``; ``flag_bits`` set on every entry, ``repeat`` written a second time."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns of a repeated name
+        for name, data in [*entries.items(), *([(repeat, entries[repeat])] if repeat else [])]:
+            zf.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
+    out = bytearray(buf.getvalue())
+    if flag_bits:  # zipfile sets its own flags when writing: patched into every central-directory record
+        at = out.find(b"PK\x01\x02")
+        while at >= 0:
+            out[at + 8] |= flag_bits
+            at = out.find(b"PK\x01\x02", at + 4)
+    return bytes(out)
 
 
 class _Evil:
@@ -306,7 +317,24 @@ def _foreign_files(marker: Path) -> dict[str, tuple[bytes, str]]:
             _zip({"meta.json": json.dumps(meta).encode(), "arrays/w.npy": _npy(np.zeros(2, dtype=np.longdouble))}),
             r"at most 64 bits",
         ),
-        "deflated": (_zip({"meta.json": json.dumps(meta).encode()}, zipfile.ZIP_DEFLATED), r"compressed entries"),
+        "deflated": (
+            _zip({"meta.json": json.dumps(meta).encode()}, zipfile.ZIP_DEFLATED),
+            r"compressed or encrypted entries",
+        ),
+        # found in review (4 December 2026): each used to escape as a traceback or fill memory
+        "encrypted-flag": (_zip({"meta.json": json.dumps(meta).encode()}, flag_bits=0x1), r"encrypted entries"),
+        "zero-by-huge": (
+            _zip({"meta.json": json.dumps(meta).encode(), "arrays/w.npy": _npy_claiming((0, 2**64))}),
+            r"claims shape \(0, 18446744073709551616\)",
+        ),
+        "boolean-shape": (
+            _zip({"meta.json": json.dumps(meta).encode(), "arrays/w.npy": _npy_claiming((True,)) + bytes(8)}),
+            r"claims shape \(True,\)",
+        ),
+        "repeated-entry": (
+            _zip({"meta.json": json.dumps(meta).encode()}, repeat="meta.json"),
+            r"repeated or overlapping entries",
+        ),
     }
 
 
@@ -319,6 +347,17 @@ def test_foreign_files_are_refused_without_running_code(tmp_path, kind):
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_checkpoint_meta_is_strict_json(tmp_path):
+    """A non-finite metric in the saved history is written as null, as in metrics.jsonl, never as NaN."""
+    path = tmp_path / "c.ckpt"
+    save_checkpoint(path, {"w": np.zeros(2)}, {"history": [{"loss": float("nan"), "val": float("inf")}]})
+    with zipfile.ZipFile(path) as zf:
+        text = zf.read("meta.json").decode()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["history"] == [{"loss": None, "val": None}]
+    assert load_checkpoint(path)[1]["history"] == [{"loss": None, "val": None}]
 
 
 def test_save_refuses_arrays_a_checkpoint_cannot_hold(tmp_path):

@@ -366,6 +366,36 @@ def test_resume_refuses_checkpoints_without_usable_state(tmp_path):
             CheckpointError,
             r"no usable training state .*running must hold numbers",
         ),
+        "optimizer-betas": (  # accepted at load and failed at the first step (TypeError)
+            arrays,
+            {
+                **meta,
+                "optimizer": {
+                    **meta["optimizer"],
+                    "param_groups": [{**meta["optimizer"]["param_groups"][0], "betas": 5}],
+                },
+            },
+            CheckpointError,
+            r"optimizer state .* does not fit .*betas",
+        ),
+        "optimizer-step-nan": (  # made every weight NaN after one step
+            arrays,
+            {
+                **meta,
+                "optimizer": {
+                    **meta["optimizer"],
+                    "scalars": {k: {**v, "step": float("nan")} for k, v in meta["optimizer"]["scalars"].items()},
+                },
+            },
+            CheckpointError,
+            r"optimizer state .* does not fit .*finite numbers",
+        ),
+        "optimizer-state-missing": (
+            {k: v for k, v in arrays.items() if k != "optim.0.exp_avg"},
+            meta,
+            CheckpointError,
+            r"optimizer state .* does not fit .*state of parameter 0",
+        ),
         "nan-weights": (
             {**arrays, "model.2.weight": np.full_like(arrays["model.2.weight"], np.nan)},
             meta,

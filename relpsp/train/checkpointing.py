@@ -4,6 +4,7 @@ The file format is ``relpsp.checkpoint``'s (no pickle, atomic writes)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +47,45 @@ def _optimizer_arrays(opt: torch.optim.Optimizer) -> tuple[dict[str, np.ndarray]
     return arrays, {"scalars": scalars, "param_groups": sd["param_groups"]}
 
 
+# the per-parameter state each optimizer of ``make_optimizer`` keeps once it has stepped
+_STATE_KEYS = {
+    "Adam": {"step", "exp_avg", "exp_avg_sq"},
+    "AdamW": {"step", "exp_avg", "exp_avg_sq"},
+    "SGD": {"momentum_buffer"},
+}
+
+
+def _checked_param_groups(saved: Any, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The checkpoint's ``param_groups`` checked against this optimizer's groups: the same groups, no key it
+    does not have, values of the same kinds (finite numbers where it has numbers), so that a crafted
+    ``betas = 5`` or ``lr = NaN`` fails here and not in a later step. A key the checkpoint lacks (one
+    written by an older torch) takes this optimizer's value."""
+    if not isinstance(saved, list) or len(saved) != len(current):
+        raise ValueError(f"param_groups must be a list of {len(current)} group(s)")
+    groups = []
+    for got, want in zip(saved, current):
+        if not isinstance(got, dict) or not set(got) <= set(want) or not {"params", "lr"} <= set(got):
+            raise ValueError(f"a param group must have keys among {sorted(want)}, with params and lr")
+        got = {**want, **got}
+        groups.append(got)
+        for key, ref in want.items():
+            value = got[key]
+            if key == "params":
+                if value != ref:
+                    raise ValueError("param_groups name other parameters than this model has")
+            elif isinstance(ref, bool) or ref is None or isinstance(ref, str):
+                if type(value) is not type(ref):
+                    raise ValueError(f"param group {key!r} must be like {ref!r}, got {value!r}")
+            elif isinstance(ref, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"param group {key!r} must be a finite number, got {value!r}")
+            elif isinstance(ref, (list, tuple)):
+                ok = isinstance(value, (list, tuple)) and len(value) == len(ref)
+                if not ok or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                    raise ValueError(f"param group {key!r} must be {len(ref)} finite numbers, got {value!r}")
+    return groups
+
+
 def load_optimizer_state(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Restore the optimizer state; raise ``ValueError`` when it does not fit this model and optimizer."""
     sd = opt.state_dict()
@@ -53,6 +93,8 @@ def load_optimizer_state(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarra
     state: dict[int, dict[str, Any]] = {}
     try:
         for pid_s, sc in meta["scalars"].items():
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in sc.values()):
+                raise ValueError(f"the scalar state {sc!r} must be finite numbers >= 0")
             state[int(pid_s)] = {k: torch.tensor(float(v), dtype=torch.float32) for k, v in sc.items()}
         for name, a in arrays.items():
             if name.startswith("optim."):
@@ -65,8 +107,12 @@ def load_optimizer_state(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarra
                 state.setdefault(pid, {})[k] = torch.from_numpy(np.array(a))
         if set(state) - set(range(len(params))):
             raise ValueError("state for parameters this model does not have")
+        keys = _STATE_KEYS.get(type(opt).__name__)
+        for pid, st in state.items():
+            if keys is not None and set(st) != keys:
+                raise ValueError(f"the state of parameter {pid} has {sorted(st)}, not {sorted(keys)}")
+        sd["param_groups"] = _checked_param_groups(meta["param_groups"], sd["param_groups"])
         sd["state"] = state
-        sd["param_groups"] = meta["param_groups"]
         opt.load_state_dict(sd)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"the optimizer state in the checkpoint does not fit this model ({e})") from e
