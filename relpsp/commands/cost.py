@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
             "split": args.split,
             "arch": net.arch,
             "time_window": res.grid.window if res.grid is not None else None,
-            "time_window_calibrated": ctx["calibrated"],
-            "window_rule": getattr(args, "window_rule", "decision") if ctx["calibrated"] else None,
+            "time_window_calibrated": ctx["window_rule"] is not None,
+            "window_rule": ctx["window_rule"],
             "t_cutoff": options.t_cutoff,
             "report": report.to_dict(),
         }

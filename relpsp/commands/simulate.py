@@ -166,19 +166,26 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
             f"got values from {y.min()} to {y.max()}"
         )
     options = sim_options(args, **({"weight_bits": weight_bits} if weight_bits is not None else {}))
-    calibrated = False
+    window_rule = None  # the rule that chose T, when it was calibrated
     if options.time_bits is not None and resolve_time_window(net, options) is None:
-        rule = getattr(args, "window_rule", "decision")
-        t_window = calibrate_time_window(net, x[:1000], options, rule=rule)
+        window_rule = getattr(args, "window_rule", "decision")
+        t_window = calibrate_time_window(net, x[:1000], options, rule=window_rule)
         options = sim_options(args, time_window=t_window, weight_bits=options.weight_bits)
-        calibrated = True
         what = (
             f"latest decision time, widened until the {options.time_bits}-bit grid keeps every decision"
-            if rule == "decision"
+            if window_rule == "decision"
             else "99.9th percentile of the spike times"
         )
         print(f"time window T = {t_window:.6g} ({what} of the first {min(len(x), 1000)} images)")
-    return {"net": net, "meta": meta, "dataset": dataset, "x": x, "y": y, "options": options, "calibrated": calibrated}
+    return {
+        "net": net,
+        "meta": meta,
+        "dataset": dataset,
+        "x": x,
+        "y": y,
+        "options": options,
+        "window_rule": window_rule,
+    }
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -281,8 +288,8 @@ def run(args: argparse.Namespace) -> int:
             "weight_bits": options.weight_bits,
             "time_bits": options.time_bits,
             "time_window": res.grid.window if res.grid is not None else None,
-            "time_window_calibrated": ctx["calibrated"],
-            "window_rule": getattr(args, "window_rule", "decision") if ctx["calibrated"] else None,
+            "time_window_calibrated": ctx["window_rule"] is not None,
+            "window_rule": ctx["window_rule"],
             "t_cutoff": options.t_cutoff,
             "backend": options.backend,
         },
