@@ -160,7 +160,10 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path, monke
     triton_on_cpu = dataclasses.replace(
         _cfg(epochs=1), train=dataclasses.replace(_cfg(epochs=1).train, backend="triton")
     )
-    with pytest.raises(ValueError, match=r"train\.backend 'triton' runs on CUDA"):
+    with pytest.raises(
+        ValueError,
+        match=r"train\.backend 'triton' cannot run on 'cpu': backend 'triton' runs float32/float64 CUDA tensors",
+    ):
         fit(triton_on_cpu, tmp_path, overwrite=True, **quiet)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
 

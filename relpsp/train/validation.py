@@ -75,8 +75,10 @@ def validate_config(cfg: Config) -> None:
 
 def _validate_backend(cfg: Config) -> None:
     """Refuse a backend that cannot run on the device or that the kernel does not use, before the run
-    folder is touched (``--overwrite`` would otherwise delete the old run and then fail on the first step)."""
-    from relpsp.kernels import triton_interpreted
+    folder is touched (``--overwrite`` would otherwise delete the old run and then fail on the first step).
+    Whether it runs is ``resolve_backend``'s answer for an empty tensor on the device, the same check the
+    layers make at their first call."""
+    from relpsp.autograd import resolve_backend
 
     t = cfg.train
     if t.backend == "auto":
@@ -86,10 +88,10 @@ def _validate_backend(cfg: Config) -> None:
             f"train.backend chooses among the ReL-PSP kernels; model.kernel {cfg.model.kernel!r} has one"
             " implementation: leave train.backend at 'auto'"
         )
-    if t.backend == "numba" and t.device != "cpu":
-        raise ValueError(f"train.backend 'numba' runs on the CPU, not on {t.device!r}")
-    if t.backend == "triton" and t.device == "cpu" and not triton_interpreted():
-        raise ValueError("train.backend 'triton' runs on CUDA (on the CPU only with TRITON_INTERPRET=1)")
+    try:
+        resolve_backend(t.backend, torch.empty(0, device=t.device))
+    except (ValueError, RuntimeError) as e:  # RuntimeError: the backend's package is not installed
+        raise ValueError(f"train.backend {t.backend!r} cannot run on {t.device!r}: {e}") from None
 
 
 def _validate_data_settings(cfg: Config) -> None:
