@@ -520,3 +520,14 @@ def test_inf_t_max_and_zero_times_are_valid():
     t = torch.zeros(1, 2, dtype=torch.float64)
     out = relpsp_linear(t, torch.ones(1, 2, dtype=torch.float64), t_max=INF)
     assert_close("t_out", out, [[0.5]], torch.float64)
+
+
+def test_causal_rounding_count_script_reports_its_counts(capsys):
+    """scripts/causal_rounding_count.py (the rate quoted in docs/ROBUSTNESS.md) runs and counts spikes."""
+    import re
+
+    from tests.helpers import load_script
+
+    assert load_script("causal_rounding_count").main(["--images", "4"]) == 0
+    m = re.search(r"(\d+) output spikes, (\d+) at exactly one of their input times", capsys.readouterr().out)
+    assert m is not None and int(m[1]) > 0 and 0 <= int(m[2]) <= int(m[1])
