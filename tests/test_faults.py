@@ -349,6 +349,20 @@ def test_foreign_files_are_refused_without_running_code(tmp_path, kind):
     assert not marker.exists()
 
 
+def test_entries_claiming_more_bytes_than_the_file_are_refused(tmp_path):
+    """Stored entries that overlap (each spanning the next) read more bytes than the file holds; the sum of
+    the entries' sizes against the file's size refuses them before anything is read. Here one entry's
+    size in the central directory is raised past the file's size."""
+    path = tmp_path / "c.ckpt"
+    save_checkpoint(path, {"w": np.zeros(3)}, {})
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    data[at + 24 : at + 28] = (len(data) + 1).to_bytes(4, "little")  # uncompressed size of the first entry
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="repeated or overlapping entries"):
+        load_checkpoint(path)
+
+
 def test_checkpoint_meta_is_strict_json(tmp_path):
     """A non-finite metric in the saved history is written as null, as in metrics.jsonl, never as NaN."""
     path = tmp_path / "c.ckpt"
