@@ -1,10 +1,12 @@
 """Count how often a float32 output spike time rounds onto one of its own input times.
 
-The backward pass rebuilds a neuron's causal set as the inputs with ``t_i < t_out``; when ``t_out`` rounds
-onto an input's time, that input drops out of the gradient although it counts in ``W_j`` (the known
-limitation in docs/ROBUSTNESS.md). This measures how common that is for a 784-800 layer at its default
-initialisation on MNIST-like sparse inputs (synthetic: a fraction of pixels lit, intensities in steps of
-1/255).
+The exact spike lies strictly after its last causal input; when the rounded closed form lands on that
+input's time, the forward returns the next float above it instead (docs/ROBUSTNESS.md), so that the
+backward's causal set ``t_i < t_out`` keeps the input. This measures how common that is for a 784-800
+layer at its default initialisation on MNIST-like sparse inputs (synthetic: a fraction of pixels lit,
+intensities in steps of 1/255): the spikes exactly one float above an input time (the moved ones, and any
+that lie there by chance) and the spikes at exactly an input time (a crossing at the next input's
+arrival, which is not causal).
 
     python scripts/causal_rounding_count.py [--images 256] [--dark 0.8] [--seed 0]
 """
@@ -36,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     t_out = relpsp_linear(t_in, weight)
     fired = torch.isfinite(t_out)
     on_input = (t_in.unsqueeze(1) == t_out.unsqueeze(2)).any(2) & fired
+    above = torch.nextafter(t_in, torch.full_like(t_in, math.inf))
+    just_above = (above.unsqueeze(1) == t_out.unsqueeze(2)).any(2) & fired
     print(
         f"{args.images} images, 784-800 float32: {int(fired.sum())} output spikes, "
+        f"{int(just_above.sum())} one float above one of their input times, "
         f"{int(on_input.sum())} at exactly one of their input times"
     )
     return 0

@@ -399,3 +399,17 @@ def test_pool_rejects_bad_input(kind):
     make, kernel, stride, match = BAD_POOL[kind]
     with pytest.raises(ValueError, match=match):
         min_time_pool2d(make(), kernel, stride)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_conv_spike_that_rounds_onto_its_last_causal_input_moves_just_above_it(backend):
+    """tests/test_dense.py's rounding case through the convolution path (numba sorts each image once and
+    walks every window itself): the spike moves to the next float above the input at 1, and that input
+    keeps its gradient."""
+    t = torch.tensor([[[[0.0, 1.0]]]], requires_grad=True)
+    w = torch.tensor([[[[0.99999994, 1.0]]]], requires_grad=True)
+    out = relpsp_conv2d(t, w, backend=backend)
+    assert out.shape == (1, 1, 1, 1)
+    assert out.item() == torch.nextafter(torch.tensor(1.0), torch.tensor(math.inf)).item()
+    out.sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), [[[[0.5, 0.5]]]], rtol=1e-6)

@@ -128,6 +128,29 @@ def test_silent_rows_and_weight_only_gradients(fwd_variant):
     assert_close("grad_weight", w.grad.cpu(), wr.grad, torch.float64, kind="grad")
 
 
+@pytest.mark.parametrize(
+    ("dtype", "w_first"), [(torch.float32, 0.99999994), (torch.float64, 1 - 2.0**-53)], ids=["f32", "f64"]
+)
+def test_spike_that_rounds_onto_its_last_causal_input_moves_just_above_it(dtype, w_first, fwd_variant):
+    """As tests/test_dense.py: neuron 0's exact spike lies less than half a rounding step after the input at
+    1, so it rounds onto it; the kernel returns the next representable time above it, and the backward
+    keeps that input. Neurons 1 and 2 fire at ordinary times (1.5 and 1/0.3), untouched."""
+    t = torch.tensor([[0.0, 1.0, 2.0]], dtype=dtype, device=DEVICE, requires_grad=True)
+    w = torch.tensor([[w_first, 1.0, 0.0], [0.5, 0.5, 0.0], [0.3, 0.0, 0.0]], dtype=dtype, device=DEVICE)
+    w.requires_grad_(True)
+    out = relpsp_linear(t, w, backend="triton")
+    above = torch.nextafter(torch.ones((), dtype=dtype), torch.tensor(math.inf, dtype=dtype))
+    assert out[0, 0].item() == above.item()
+    assert out[0, 1].item() == 1.5 and out[0, 2].item() == pytest.approx(1 / 0.3, rel=1e-6)
+    out[0, 0].backward()
+    w_sum = w_first + 1.0
+    torch.testing.assert_close(
+        t.grad.cpu(), torch.tensor([[w_first / w_sum, 1.0 / w_sum, 0.0]], dtype=dtype), rtol=1e-6, atol=0
+    )
+    cut = relpsp_linear(t.detach(), w.detach(), t_max=1.0, backend="triton")  # moved above t_max: dropped
+    assert cut[0, 0].item() == math.inf
+
+
 def test_unknown_forward_variant_is_refused(monkeypatch):
     monkeypatch.setattr(gpu_triton, "FWD_VARIANT", "fast")
     with pytest.raises(ValueError, match="RELPSP_TRITON_FWD"):

@@ -15,6 +15,11 @@ with A_k > 0 and t* = (theta + B_k) / A_k <= t_(k+1) gives the spike (inputs wit
 together, so only the last prefix of a tie group is a candidate). A spike later than ``t_max`` is
 dropped.
 
+Rounding: the search found V(t_k) < theta, so the exact spike lies strictly after t_k, the last causal
+input. When the rounded t* lands on or before t_k (possible when it lies within one rounding step of
+t_k), every implementation returns the next representable time above t_k instead, at most one rounding
+step away. The backward's causal set t_i < t_j is then exactly the forward's.
+
 STDBP (implicit function theorem, dV/dt = W_j at t_j):
 
     dt_j/dt_i = w_ji / W_j,   dt_j/dw_ji = (t_i - t_j) / W_j   for i in C_j, else 0.
@@ -36,6 +41,7 @@ from torch import Tensor
 
 __all__ = [
     "W_SUM_MIN",
+    "after_last_causal",
     "backward_factors",
     "relpsp_linear_bwd_torch",
     "relpsp_linear_fwd_torch",
@@ -50,15 +56,26 @@ W_SUM_MIN = 1e-3
 _BLOCK_ELEMS = 1 << 23
 
 
-def _search_block(t_sorted: Tensor, order: Tensor, weight_t: Tensor, theta: float, chunk: int) -> tuple[Tensor, Tensor]:
+def after_last_causal(t_out: Tensor, t_last: Tensor) -> Tensor:
+    """``t_out`` where it lies after ``t_last`` (the time of the last causal input, ``-inf`` for silent
+    neurons), else the next representable time above ``t_last``: the exact spike lies strictly after its
+    last causal input, and the rounded closed form can land on it (see the module docstring)."""
+    return torch.where(t_out <= t_last, torch.nextafter(t_last, torch.full_like(t_last, math.inf)), t_out)
+
+
+def _search_block(
+    t_sorted: Tensor, order: Tensor, weight_t: Tensor, theta: float, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """First valid prefix for a block of rows. ``t_sorted``/``order`` ``[R, n]`` (ascending, inf last),
-    ``weight_t [N_in, N_out]``. Returns ``(t_out, w_sum)`` ``[R, N_out]`` before the t_max cut."""
+    ``weight_t [N_in, N_out]``. Returns ``(t_out, w_sum, t_last)`` ``[R, N_out]`` before the t_max cut;
+    ``t_last`` is the time of the last causal input (``-inf`` for silent neurons)."""
     rows, n = t_sorted.shape
     n_out = weight_t.shape[1]
     acc = torch.float64 if t_sorted.dtype == torch.float64 else torch.float32
     inf = torch.tensor(math.inf, dtype=acc, device=t_sorted.device)
     t_out = torch.full((rows, n_out), math.inf, dtype=acc, device=t_sorted.device)
     w_sum = torch.zeros((rows, n_out), dtype=acc, device=t_sorted.device)
+    t_last = torch.full((rows, n_out), -math.inf, dtype=acc, device=t_sorted.device)
     fired = torch.zeros((rows, n_out), dtype=torch.bool, device=t_sorted.device)
     carry_a = torch.zeros((rows, n_out), dtype=acc, device=t_sorted.device)
     carry_b = torch.zeros((rows, n_out), dtype=acc, device=t_sorted.device)
@@ -84,12 +101,13 @@ def _search_block(t_sorted: Tensor, order: Tensor, weight_t: Tensor, theta: floa
         new = any_ok & ~fired
         t_out = torch.where(new, cand.gather(1, first).squeeze(1), t_out)
         w_sum = torch.where(new, a.gather(1, first).squeeze(1), w_sum)
+        t_last = torch.where(new, ts.gather(1, first.squeeze(1)), t_last)
         fired |= any_ok
         carry_a = a[:, -1]
         carry_b = b[:, -1]
         if bool(fired.all()):
             break
-    return t_out, w_sum
+    return t_out, w_sum, t_last
 
 
 def relpsp_linear_fwd_torch(
@@ -116,9 +134,10 @@ def relpsp_linear_fwd_torch(
     row_block = max(1, _BLOCK_ELEMS // (chunk * max(n_out, 1)))
     for r0 in range(0, rows, row_block):
         r1 = min(rows, r0 + row_block)
-        tb, wb = _search_block(t_sorted[r0:r1], order[r0:r1], weight_t, theta, chunk)
+        tb, wb, lb = _search_block(t_sorted[r0:r1], order[r0:r1], weight_t, theta, chunk)
+        tb = after_last_causal(tb.to(t_in.dtype), lb.to(t_in.dtype))  # the inputs' dtype holds t_last exactly
         keep = tb <= t_max
-        t_out[r0:r1] = torch.where(keep, tb, math.inf).to(t_in.dtype)
+        t_out[r0:r1] = torch.where(keep, tb, math.inf)
         w_sum[r0:r1] = torch.where(keep, wb, 0).to(t_in.dtype)
     return t_out, w_sum
 
@@ -178,11 +197,12 @@ def relpsp_linear_ref(
     The causal set is found under ``no_grad`` with a dense ``[R, N_out, N_in]`` prefix search; the
     closed form is then written so that autograd yields STDBP with the same W_j guard:
 
-        t_j = t_j* + (theta + sum_C w_ji t_i - t_j* W_j) / max(W_j*, w_sum_min)
+        t_j = t_j* + (n_j - n_j*) / max(W_j*, w_sum_min),   n_j = theta + sum_C w_ji t_i - t_j* W_j
 
-    where * marks detached values. The added term is zero in value (t_j* solves the closed form), and its
-    derivatives are (t_i - t_j)/W_j and w_ji/W_j on causal synapses: the closed form's own derivatives
-    wherever W_j >= w_sum_min. Memory is O(R N_in N_out): use it for checks, not training.
+    where * marks detached values. The added term is exactly zero in value (the value is the searched
+    t_j*, rounding rule of the module docstring included), and its derivatives are (t_i - t_j)/W_j and
+    w_ji/W_j on causal synapses: the closed form's own derivatives wherever W_j >= w_sum_min. Memory is
+    O(R N_in N_out): use it for checks, not training.
     """
     with torch.no_grad():
         _rows, _n_in = t_in.shape
@@ -197,6 +217,8 @@ def relpsp_linear_ref(
         ok = (a > 0) & (theta + b <= a * t_next.unsqueeze(-1)) & live & (t_next > t_sorted).unsqueeze(-1)
         first = ok.to(torch.uint8).argmax(1, keepdim=True)
         t_star = torch.where(ok.any(1), cand.gather(1, first).squeeze(1), math.inf)
+        t_last = torch.where(ok.any(1), t_sorted.gather(1, first.squeeze(1)), -math.inf)
+        t_star = after_last_causal(t_star, t_last)
         t_star = torch.where(t_star <= t_max, t_star, math.inf)
         fired = torch.isfinite(t_star)
         causal = (t_in.unsqueeze(1) < t_star.unsqueeze(2)) & fired.unsqueeze(2)  # [R, N_out, N_in]
@@ -206,5 +228,5 @@ def relpsp_linear_ref(
     t_in_f = torch.where(causal, t_in.unsqueeze(1), 0)
     w_c = weight.unsqueeze(0) * causal
     num = theta + (w_c * t_in_f).sum(2) - t_det * w_c.sum(2)
-    t_out = t_det + torch.where(fired, num / denom, 0)
+    t_out = t_det + torch.where(fired, (num - num.detach()) / denom, 0)
     return torch.where(fired, t_out, math.inf)

@@ -54,13 +54,25 @@ def _count_crossings(a, b, theta, t_next):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _fire(a, b, out, ws, theta, t_next):  # pragma: no cover
-    """Record the spike t = (theta + B)/A of every neuron that crosses before ``t_next``; mark it fired."""
+def _next_above(x, nmant, minexp):  # pragma: no cover
+    """The next number above ``x >= 0`` in the binary float format with ``nmant`` stored mantissa bits and
+    smallest normal exponent ``minexp`` (``x`` must be a number of that format). The sum is exact in float64."""
+    e = minexp if x == 0.0 else max(math.frexp(x)[1] - 1, minexp)
+    return x + math.ldexp(1.0, e - nmant)
+
+
+@njit(cache=True, nogil=True)
+def _fire(a, b, out, ws, theta, t_last, t_next, nmant, minexp):  # pragma: no cover
+    """Record the spike t = (theta + B)/A of every neuron that crosses before ``t_next``; mark it fired.
+    ``t_last`` is the time of the inputs just added: a spike that rounds onto it or before it (in the
+    dtype of ``out``) moves to the next representable time above it (see ``relpsp.core.dense``)."""
     fired = 0
     for j in range(a.shape[0]):
         aj = a[j]
         if aj > 0.0 and theta + b[j] <= aj * t_next:
             out[j] = (theta + b[j]) / aj
+            if out[j] <= t_last:
+                out[j] = _next_above(t_last, nmant, minexp)
             ws[j] = aj
             a[j] = -math.inf
             fired += 1
@@ -152,6 +164,7 @@ def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, a, b):  # pragma:
     b[:] = 0.0
     out[:] = math.inf
     ws[:] = 0.0
+    fmt = np.finfo(out.dtype)
     remaining = a.shape[0]
     k = 0
     while k < n and remaining > 0:
@@ -163,7 +176,7 @@ def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, a, b):  # pragma:
             k += 1
         t_next = key[order[k]] if k < n else math.inf
         if _count_crossings(a, b, theta, t_next) > 0.0:
-            remaining -= _fire(a, b, out, ws, theta, t_next)
+            remaining -= _fire(a, b, out, ws, theta, tk, t_next, fmt.nmant, fmt.minexp)
     for j in range(a.shape[0]):
         if out[j] > t_max:
             out[j] = math.inf

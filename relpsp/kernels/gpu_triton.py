@@ -3,7 +3,8 @@
 Forward: the rows are sorted by ``torch.sort``; one program per (row, block of ``BLOCK_J`` neurons)
 walks the sorted inputs, adding the weight row of each input (from the transposed weight, so that the
 ``BLOCK_J`` loads are contiguous) to running sums A_j, B_j in float64. At the end of every group of equal
-input times, each live neuron with A_j > 0 and theta + B_j <= A_j * t_next fires at (theta + B_j) / A_j.
+input times, each live neuron with A_j > 0 and theta + B_j <= A_j * t_next fires at (theta + B_j) / A_j,
+rounded to the output dtype and moved above the group's time if it rounds onto it.
 The walk stops when every neuron of the block has fired or the inputs up to ``t_max`` are used up; spikes
 later than ``t_max`` are dropped. This is the same search, in the same order, as the CPU kernels.
 
@@ -66,12 +67,21 @@ def _row_chunks(rows: int, width: int) -> list[tuple[int, int]]:
 
 
 @triton.jit
-def _store_spikes(out_ptr, wsum_ptr, dst, mask, t_fire, w_sum, t_max):
-    """Drop spikes later than ``t_max`` (W_j = 0 for them) and store one block of neurons."""
-    late = t_fire > t_max
-    t_fire = tl.where(late, float("inf"), t_fire)
+def _store_spikes(out_ptr, wsum_ptr, dst, mask, t_fire, w_sum, t_last, t_max, F64: tl.constexpr):
+    """Round the spikes to the output dtype, move one that rounds onto or before its last causal input
+    (``t_last``, negative for silent neurons) to the next representable time above it (see
+    ``relpsp.core.dense``), drop spikes later than ``t_max`` (W_j = 0 for them) and store one block."""
+    t_out = t_fire.to(out_ptr.dtype.element_ty)
+    last = tl.where(t_last > 0.0, t_last, 0.0).to(out_ptr.dtype.element_ty)  # -0.0 -> +0.0 for the bits
+    if F64:  # the next float above a number >= 0 has the next bit pattern
+        above = (last.to(tl.int64, bitcast=True) + 1).to(tl.float64, bitcast=True)
+    else:
+        above = (last.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True)
+    t_out = tl.where(t_out <= last, above, t_out)
+    late = t_out > t_max
+    t_out = tl.where(late, float("inf"), t_out)
     w_sum = tl.where(late, 0.0, w_sum)
-    tl.store(out_ptr + dst, t_fire.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + dst, t_out, mask=mask)
     tl.store(wsum_ptr + dst, w_sum.to(wsum_ptr.dtype.element_ty), mask=mask)
 
 
@@ -87,6 +97,7 @@ def _fwd_kernel(
     N,
     M,
     BLOCK_J: tl.constexpr,
+    F64: tl.constexpr,
 ):
     r = tl.program_id(0)
     j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -99,6 +110,7 @@ def _fwd_kernel(
     b = tl.zeros([BLOCK_J], dtype=tl.float64)
     t_fire = tl.full([BLOCK_J], float("inf"), dtype=tl.float64)
     w_sum = tl.zeros([BLOCK_J], dtype=tl.float64)
+    t_last = tl.full([BLOCK_J], -1.0, dtype=tl.float64)
     live = jm
     n_live = tl.sum(live.to(tl.int32), axis=0)
     k = 0
@@ -113,10 +125,11 @@ def _fwd_kernel(
             cross = live & (a > 0.0) & (theta + b <= a * t_next)
             t_fire = tl.where(cross, (theta + b) / a, t_fire)
             w_sum = tl.where(cross, a, w_sum)
+            t_last = tl.where(cross, tk, t_last)
             live = live & (~cross)
             n_live = tl.sum(live.to(tl.int32), axis=0)
         k += 1
-    _store_spikes(out_ptr, wsum_ptr, r * M + j, jm, t_fire, w_sum, t_max)
+    _store_spikes(out_ptr, wsum_ptr, r * M + j, jm, t_fire, w_sum, t_last, t_max, F64)
 
 
 @triton.jit
@@ -132,6 +145,7 @@ def _fwd_kernel_chunked(
     M,
     BLOCK_K: tl.constexpr,
     BLOCK_J: tl.constexpr,
+    F64: tl.constexpr,
 ):
     """Same search as ``_fwd_kernel``, ``BLOCK_K`` inputs at a time: the weight rows of a chunk are loaded
     as one ``[BLOCK_K, BLOCK_J]`` tile, prefix sums come from ``tl.cumsum``, and each neuron takes the
@@ -148,6 +162,7 @@ def _fwd_kernel_chunked(
     b = tl.zeros([BLOCK_J], dtype=tl.float64)
     t_fire = tl.full([BLOCK_J], float("inf"), dtype=tl.float64)
     w_sum = tl.zeros([BLOCK_J], dtype=tl.float64)
+    t_last = tl.full([BLOCK_J], -1.0, dtype=tl.float64)
     live = jm
     n_live = tl.sum(live.to(tl.int32), axis=0)
     k0 = 0
@@ -169,12 +184,13 @@ def _fwd_kernel_chunked(
         b_pick = tl.sum(tl.where(pick, cb, 0.0), axis=0)
         t_fire = tl.where(fires, (theta + b_pick) / tl.where(fires, a_pick, 1.0), t_fire)
         w_sum = tl.where(fires, a_pick, w_sum)
+        t_last = tl.where(fires, tl.sum(tl.where(pick, tk[:, None], 0.0), axis=0), t_last)
         live = live & (~fires)
         n_live = tl.sum(live.to(tl.int32), axis=0)
         a = a + tl.sum(w, axis=0)
         b = b + tl.sum(w * tl.where(km, tk, 0.0)[:, None], axis=0)
         k0 += BLOCK_K
-    _store_spikes(out_ptr, wsum_ptr, r * M + j, jm, t_fire, w_sum, t_max)
+    _store_spikes(out_ptr, wsum_ptr, r * M + j, jm, t_fire, w_sum, t_last, t_max, F64)
 
 
 @triton.jit
@@ -260,10 +276,11 @@ def _linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tup
     params = torch.tensor([float(theta), float(t_max)], dtype=torch.float64, device=t_in.device)
     grid = (rows, triton.cdiv(n_out, BLOCK_J_FWD))
     args = (ts, order.to(torch.int32), n_use, weight.t().contiguous(), params, t_out, w_sum, n_in, n_out)
+    f64 = t_in.dtype == torch.float64
     if FWD_VARIANT == "loop":
-        _fwd_kernel[grid](*args, BLOCK_J=BLOCK_J_FWD)
+        _fwd_kernel[grid](*args, BLOCK_J=BLOCK_J_FWD, F64=f64)
     elif FWD_VARIANT == "chunked":
-        _fwd_kernel_chunked[grid](*args, BLOCK_K=BLOCK_K_FWD, BLOCK_J=BLOCK_J_FWD)
+        _fwd_kernel_chunked[grid](*args, BLOCK_K=BLOCK_K_FWD, BLOCK_J=BLOCK_J_FWD, F64=f64)
     else:
         raise ValueError(f"RELPSP_TRITON_FWD must be 'chunked' or 'loop', got {FWD_VARIANT!r}")
     return t_out, w_sum
