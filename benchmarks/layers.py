@@ -1,6 +1,6 @@
 """Forward and forward+backward time of the paper's layers at batch 256, per implementation.
 
-    python -m benchmarks.layers [--batch 256] [--impls numba,torch,ref] [--threads N] [--out FILE.json]
+    python -m benchmarks.layers [--batch 256] [--impls numba,torch,ref] [--threads N] [--repeat N] [--out FILE.json]
 
 Layers: 784-800 and 800-10 (the MNIST MLP), and the two convolutions of 16C5-P2-32C5-P2-800-128-10
 (1->16 C5 on 28x28, 16->32 C5 on 12x12). Inputs are realistic: MNIST test images (about 19% of pixels
@@ -8,7 +8,9 @@ spike) latency-coded, and for deeper layers the spike times the preceding defaul
 produce. Implementations: ``numba`` (compiled CPU kernels), ``torch`` (chunked plain-torch path, also the
 CUDA fallback) and ``ref`` (the autograd reference twin, O(R N_in N_out) memory). Each measurement runs
 in a fresh process so that its peak resident memory (above the process's baseline with the inputs built)
-can be reported.
+can be reported. Times are the median over ``--repeat`` calls (7; 3 for ``ref``); the minimum is recorded
+too (``fwd_min_ms``, ``fwd_bwd_min_ms``): on a shared machine it is the steadier figure for comparing
+two versions of a kernel.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def _rows_cost(case: str, t_in: torch.Tensor, weight: torch.Tensor) -> int:
     return t_in.shape[0] * t_in.shape[1] * weight.shape[0]
 
 
-def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0) -> dict:
+def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0, repeat: int = 0) -> dict:
+    """One case and implementation; ``repeat`` timed calls each (0: 7, or 3 for ``ref``)."""
     from relpsp.functional import relpsp_conv2d, relpsp_conv2d_ref, relpsp_linear, relpsp_linear_ref
     from relpsp.train import set_threads
 
@@ -118,7 +121,7 @@ def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0) -> 
         w_req.grad = None
         torch.autograd.backward(torch.where(torch.isfinite(o), o, 0), g)
 
-    repeat = 3 if impl == "ref" else 7
+    repeat = repeat or (3 if impl == "ref" else 7)
     tf = time_it(fwd, warmup=1, repeat=repeat, sync=sync)
     tfb = time_it(fwd_bwd, warmup=1, repeat=repeat, sync=sync)
     peak = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else peak_rss_mib() - base
@@ -133,6 +136,9 @@ def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0) -> 
         "fwd_bwd_samples_per_s": batch / tfb["median_s"],
         "fwd_ms": 1000 * tf["median_s"],
         "fwd_bwd_ms": 1000 * tfb["median_s"],
+        "fwd_min_ms": 1000 * tf["min_s"],
+        "fwd_bwd_min_ms": 1000 * tfb["min_s"],
+        "repeat": repeat,
         "peak_mem_mib": peak,
         "peak_mem_kind": "CUDA max allocated" if device.startswith("cuda") else "RSS above baseline",
     }
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (torch and numba; 0: all cores)")
+    ap.add_argument("--repeat", type=int, default=0, help="timed calls per measurement (0: 7, or 3 for ref)")
     ap.add_argument("--out", help="JSON file for the results")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--threads must be >= 0")
     if args.batch < 1:
         ap.error("--batch must be >= 1")
+    if args.repeat < 0:
+        ap.error("--repeat must be >= 0")
     unknown = [c for c in args.cases.split(",") if c not in CASES] + [
         i for i in args.impls.split(",") if i not in (*BACKENDS, "ref")
     ]
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown case(s) or impl(s) {unknown}; cases: {', '.join(CASES)}; impls: {', '.join(BACKENDS)}, ref")
     refuse_bad_output_file(ap, args.out)
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.batch, args.device, args.threads)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.batch, args.device, args.threads, args.repeat)))
         return 0
     from relpsp.train import set_threads
 
@@ -183,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
                 "--threads",
                 str(args.threads),
+                "--repeat",
+                str(args.repeat),
             ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
@@ -199,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[-1]
             if "fwd_samples_per_s" in r:
                 print(
-                    f"{case:22s} {impl:6s} fwd {r['fwd_samples_per_s']:9.0f}/s ({r['fwd_ms']:8.1f} ms)  "
-                    f"fwd+bwd {r['fwd_bwd_samples_per_s']:9.0f}/s ({r['fwd_bwd_ms']:8.1f} ms)  peak {r['peak_mem_mib']:8.1f} MiB",
+                    f"{case:22s} {impl:6s} fwd {r['fwd_samples_per_s']:9.0f}/s ({r['fwd_ms']:8.1f} ms, min "
+                    f"{r['fwd_min_ms']:.1f})  fwd+bwd {r['fwd_bwd_samples_per_s']:9.0f}/s ({r['fwd_bwd_ms']:8.1f} ms, "
+                    f"min {r['fwd_bwd_min_ms']:.1f})  peak {r['peak_mem_mib']:8.1f} MiB",
                     flush=True,
                 )
             else:

@@ -1,4 +1,4 @@
-"""The benchmarks' shared helpers: strict JSON output and honest provenance."""
+"""The benchmarks' shared helpers (strict JSON output and honest provenance) and the layer benchmark's timing record."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmarks.common import environment, write_json
 
@@ -77,3 +78,14 @@ def test_checkpoint_benchmarks_refuse_to_write_over_the_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="would overwrite"):
         quantization.main([str(ckpt), "--plot", str(ckpt)])
     assert ckpt.read_bytes() == before
+
+
+def test_layers_benchmark_records_median_and_minimum_over_the_requested_calls():
+    """benchmarks.layers on a tiny batch: the row carries the median and the minimum of ``repeat`` calls."""
+    pytest.importorskip("numba")
+    from benchmarks.layers import run_one
+
+    r = run_one("800-10", "numba", batch=4, device="cpu", threads=1, repeat=3)
+    assert r["repeat"] == 3
+    assert 0 < r["fwd_min_ms"] <= r["fwd_ms"] and 0 < r["fwd_bwd_min_ms"] <= r["fwd_bwd_ms"]
+    assert r["fwd_samples_per_s"] == pytest.approx(4 / (r["fwd_ms"] / 1000))
