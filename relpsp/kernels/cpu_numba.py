@@ -75,7 +75,7 @@ def _any_on_or_before(out, last):  # pragma: no cover
 def _fire(a, b, last, out, ws, theta, t_last, t_next):  # pragma: no cover
     """Record the spike t = (theta + B)/A of every neuron that crosses before ``t_next``, and ``t_last``
     (the time of the inputs just added) in ``last``; mark it fired. (No other work here: a branch inside
-    the condition keeps LLVM from vectorising the loop, which cost 60% of the forward's time.)"""
+    the condition keeps LLVM from vectorising the loop; see docs/PERFORMANCE.md.)"""
     fired = 0
     for j in range(a.shape[0]):
         aj = a[j]
