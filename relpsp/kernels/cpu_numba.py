@@ -157,22 +157,21 @@ def _gather_sorted(t_row, bits_row, n_bytes, scratch):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def _fwd_rows(
-    t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r1, a, b, last, scratch
-):  # pragma: no cover
+def _fwd_rows(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r1, work, scratch):  # pragma: no cover
     key, idx, order = scratch[0], scratch[1], scratch[3]
     for r in range(r0, r1):
         n = _gather_sorted(t_in[r], t_bits[r], n_bytes, scratch)
-        _walk(key, idx, order, n, weight_t, theta, t_max, t_out[r], w_sum[r], a, b, last)
+        _walk(key, idx, order, n, weight_t, theta, t_max, t_out[r], w_sum[r], work)
 
 
 @njit(cache=True, nogil=True)
-def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, a, b, last):  # pragma: no cover
+def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, work):  # pragma: no cover
     """One row's neurons on its ``n`` input events, taken in the order ``order[:n]`` (ascending
     ``key``): event m has time ``key[order[m]]`` and weight row ``weight_t[idx[order[m]]]``. Writes the
-    spike times ``out`` and summed causal weights ``ws``; ``a``, ``b``, ``last`` are work arrays. A spike
+    spike times ``out`` and summed causal weights ``ws``; ``work`` comes from ``_neuron_work``. A spike
     that rounds (in the dtype of ``out``) onto or before its last causal input's time moves to the next
     representable time above it (see ``relpsp.core.dense``)."""
+    a, b, last = work
     a[:] = 0.0
     b[:] = 0.0
     out[:] = math.inf
@@ -201,6 +200,13 @@ def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, a, b, last):  # p
 
 
 @njit(cache=True, nogil=True)
+def _neuron_work(n_out):  # pragma: no cover
+    """Per-neuron work arrays of ``_walk``: A_j, B_j and the time of the last causal input. The last starts
+    at -inf and then only ever holds finite input times, never +inf (silent neurons rely on it)."""
+    return np.empty(n_out, np.float64), np.empty(n_out, np.float64), np.full(n_out, -math.inf)
+
+
+@njit(cache=True, nogil=True)
 def _sort_scratch(n):  # pragma: no cover
     """Work arrays for gathering and sorting up to ``n`` spike times: keys, indices, bit patterns, order,
     the radix sort's two buffers and its 256 counters."""
@@ -221,11 +227,21 @@ def _fwd(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, n_chunks):
     n_out = weight_t.shape[1]
     step = (rows + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
-        a = np.empty(n_out, np.float64)
-        b = np.empty(n_out, np.float64)
-        last = np.full(n_out, -math.inf)  # then only ever finite input times: never +inf
         r0, r1 = c * step, min(rows, (c + 1) * step)
-        _fwd_rows(t_in, t_bits, n_bytes, weight_t, theta, t_max, t_out, w_sum, r0, r1, a, b, last, _sort_scratch(n_in))
+        _fwd_rows(
+            t_in,
+            t_bits,
+            n_bytes,
+            weight_t,
+            theta,
+            t_max,
+            t_out,
+            w_sum,
+            r0,
+            r1,
+            _neuron_work(n_out),
+            _sort_scratch(n_in),
+        )
 
 
 # Lowest set bit of a uint64 -> its index, by de Bruijn multiplication (numba has no count-trailing-zeros).
@@ -237,24 +253,7 @@ for _i in range(64):
 
 @njit(cache=True, nogil=True)
 def _conv_fwd_images(
-    t_flat,
-    t_bits,
-    n_bytes,
-    shape,
-    kernel,
-    stride,
-    weight_t,
-    theta,
-    t_max,
-    t_out,
-    w_sum,
-    b0,
-    b1,
-    a,
-    b,
-    last,
-    scratch,
-    window,
+    t_flat, t_bits, n_bytes, shape, kernel, stride, weight_t, theta, t_max, t_out, w_sum, b0, b1, work, scratch, window
 ):  # pragma: no cover
     """Images ``b0..b1`` of a convolution, sorting each image's spikes once instead of every window.
 
@@ -308,7 +307,7 @@ def _conv_fwd_images(
                         row_key[cnt] = s_key[r]
                         cnt += 1
                 row = (bi * h_out + oy) * w_out + ox
-                _walk(row_key, row_idx, ident, cnt, weight_t, theta, t_max, t_out[row], w_sum[row], a, b, last)
+                _walk(row_key, row_idx, ident, cnt, weight_t, theta, t_max, t_out[row], w_sum[row], work)
 
 
 @njit(parallel=True, cache=True)
@@ -320,9 +319,6 @@ def _conv_fwd(
     n_k = weight_t.shape[0]
     step = (n_img + n_chunks - 1) // n_chunks
     for ch in prange(n_chunks):
-        a = np.empty(n_out, np.float64)
-        b = np.empty(n_out, np.float64)
-        last = np.full(n_out, -math.inf)  # then only ever finite input times: never +inf
         window = (
             np.empty(n_flat, np.int64),  # rank of every input position (-1: no spike)
             np.empty(n_flat, np.float64),  # sorted times
@@ -347,9 +343,7 @@ def _conv_fwd(
             w_sum,
             b0,
             b1,
-            a,
-            b,
-            last,
+            _neuron_work(n_out),
             _sort_scratch(n_flat),
             window,
         )
