@@ -572,3 +572,22 @@ def test_causal_rounding_count_script_reports_its_counts(capsys):
         capsys.readouterr().out,
     )
     assert m is not None and int(m[1]) > 0 and int(m[2]) + int(m[3]) <= int(m[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_numba_next_above_is_numpys_nextafter(dtype):
+    """The numba kernel's ``_next_above`` (the rounding rule's next float, computed in float64 from the
+    format's mantissa bits and smallest exponent) equals ``np.nextafter(x, inf)`` in the format: zero,
+    subnormals, the smallest normal, powers of two, ordinary times and the largest finite numbers."""
+    pytest.importorskip("numba")
+    from relpsp.kernels.cpu_numba import _next_above
+
+    fmt = np.finfo(dtype)
+    rng = np.random.default_rng(0)
+    xs = [0.0, -0.0, fmt.smallest_subnormal, 3 * fmt.smallest_subnormal, fmt.tiny, fmt.tiny * 1.5, 0.5, 1.0]
+    xs += [2.0, 1.0 - fmt.epsneg, 1.0 + fmt.eps, np.nextafter(fmt.max, 0, dtype=dtype)]
+    xs += list(rng.uniform(0, 10, 50)) + list(10.0 ** rng.uniform(-30, 30, 50))
+    for x in np.asarray(xs, dtype=dtype):
+        got = _next_above(float(x), int(fmt.nmant), int(fmt.minexp))
+        want = np.nextafter(x, dtype(np.inf))
+        assert dtype(got) == want and float(dtype(got)) == got, (x, got, want)
