@@ -138,6 +138,20 @@ def test_silent_neurons_and_non_causal_inputs_get_exactly_zero():
     assert (t_in.grad[0, 1:] == 0).all() and t_in.grad[0, 0] != 0
 
 
+def test_crossing_that_rounds_onto_the_last_input_moves_just_above_it():
+    """Input 1 alone peaks at V(1) = 1 - 2^-53 < theta (K peaks at s = tau = 1); input 2 arrives at 1 with
+    slope e, so V crosses about 4e-17 after 1, less than half a rounding step: the crossing rounds onto 1.
+    The kernel returns the next float above 1, and input 2 keeps its gradient dt/dt_2 = w_2 K'(0) / V' = 1
+    (V' = w_1 K'(1) + w_2 K'(0) = 0 + e)."""
+    t_in = torch.tensor([[0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[1.0 - 2.0**-53, 1.0]], dtype=torch.float64, requires_grad=True)
+    t = alpha_linear(t_in, w, tau=1.0)
+    assert t.item() == np.nextafter(1.0, math.inf)
+    t.sum().backward()
+    assert t_in.grad is not None
+    np.testing.assert_allclose(t_in.grad.numpy(), [[0.0, 1.0]], atol=1e-6)
+
+
 def test_slope_guard_bounds_the_gradient_near_the_peak():
     # Weight just above threshold: the crossing sits at the PSP peak, where V' -> 0.
     t_in = torch.tensor([[0.0]], dtype=torch.float64)

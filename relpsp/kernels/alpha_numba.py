@@ -13,6 +13,10 @@ to a positive threshold). A crossing on the rising side solves ``(v / tau) exp(-
 ``W0`` the principal branch of the Lambert W function. Moving ``r`` to the next event multiplies A by
 ``exp(-d / tau)`` and maps ``B -> exp(-d / tau) * (B - d * A)``.
 
+A crossing that rounds onto the last input's time ``ts[k]`` (it lies less than half a rounding step
+after it) is returned as the next float above ``ts[k]``, as in ReL-PSP (``relpsp.core.dense``), so
+that the backward's causal set ``t_i < t*`` keeps that input.
+
 Gradients use the implicit function theorem at the crossing: with the slope ``V' = dV/dt (t*)``,
 ``dt*/dw_i = -K(t* - t_i) / V'`` and ``dt*/dt_i = w_i K'(t* - t_i) / V'`` over the causal inputs
 ``t_i < t*``; ``V'`` is clamped below at ``slope_min`` (the same guard as ReL-PSP's ``W_j``).
@@ -106,6 +110,8 @@ def alpha_linear_fwd(t_in, weight, theta, tau, t_max):  # pragma: no cover - com
                 u = b / a - tau * lambertw0(max(x, -_INV_E))
                 u = min(max(u, 0.0), min(u_peak, span))
                 t_out[r, j] = ts[k] + u
+                if t_out[r, j] <= ts[k]:  # V(ts[k]) < theta, so the crossing lies after ts[k]; keep it causal
+                    t_out[r, j] = np.nextafter(ts[k], np.inf)
                 slope[r, j] = (_E / tau) * math.exp(-u / tau) * (a - (u * a - b) / tau)
                 break
     return t_out, slope
