@@ -1,5 +1,6 @@
-"""Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids, and
-``load_script`` for the programs under ``scripts/`` (not a package)."""
+"""Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids,
+``load_script`` for the programs under ``scripts/`` (not a package), and the layers built to put
+crossings within a rounding step of an input time (``crossings_*``, ``assert_weight_sum_is_causal_mask``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ __all__ = [
     "DTYPES",
     "TOLERANCES",
     "assert_close",
+    "assert_weight_sum_is_causal_mask",
+    "crossings_just_after_an_input",
+    "crossings_just_before_the_next_input",
     "load_script",
     "to_numpy",
 ]
@@ -87,3 +91,47 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def crossings_just_after_an_input(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """float32 ``(t_in [R, 3], weight [R, 3], s [R])``: on its own row, neuron r's first input alone brings
+    V(s_r) to theta (1 - d), d of 1-3 float32 steps, and its second arrives at s_r, so its crossing lies
+    within a rounding step after s_r; a third input comes later. (Neuron r on other rows is just another
+    neuron.)"""
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(0.25, 4.0, rows).astype(np.float32)
+    w1 = (1.0 - rng.integers(1, 4, rows) * 2.0**-24) / s.astype(np.float64)
+    t = torch.tensor(np.stack([np.zeros(rows, np.float32), s, s + 1], 1))
+    w = torch.tensor(np.stack([w1, rng.uniform(0.5, 4.0, rows), rng.uniform(-1, 1, rows)], 1).astype(np.float32))
+    return t, w, s
+
+
+def crossings_just_before_the_next_input(
+    rows: int, seed: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """``(t_in [R, 3], weight [R, 3], t_next [R])`` in ``dtype``: on its own row, neuron r's first two inputs
+    give the candidate q = (theta + B) / A (theta = 1, computed in ``dtype``) and its third input arrives one
+    step of ``dtype`` below q, so the firing test and the rounded quotient can disagree about it."""
+    npt = np.float32 if dtype == torch.float32 else np.float64
+    rng = np.random.default_rng(seed)
+    t0 = rng.uniform(0, 1, rows).astype(npt)
+    t1 = (t0 + rng.uniform(0, 1, rows)).astype(npt)
+    w0 = rng.uniform(0.1, 2, rows).astype(npt)
+    w1 = rng.uniform(0.1, 2, rows).astype(npt)
+    q = ((npt(1) + (w0 * t0 + w1 * t1).astype(npt)) / (w0 + w1).astype(npt)).astype(npt)
+    t_next = np.nextafter(q, npt(0))
+    t = torch.tensor(np.stack([t0, t1, t_next], 1))
+    w = torch.tensor(np.stack([w0, w1, rng.uniform(0.1, 2, rows).astype(npt)], 1))
+    return t, w, t_next
+
+
+def assert_weight_sum_is_causal_mask(t_in, weight, t_out, w_sum) -> None:
+    """The forward's W_j (``w_sum [R, M]``) is the summed weight of the inputs the backward counts as causal,
+    t_i < t_out (``t_in [R, N]``, ``weight [M, N]``), for every firing neuron of every row."""
+    t_in, weight, t_out, w_sum = (torch.as_tensor(to_numpy(x)) for x in (t_in, weight, t_out, w_sum))
+    causal = t_in.unsqueeze(1) < t_out.unsqueeze(2)  # [R, M, N]
+    expected = (weight.unsqueeze(0) * causal).sum(2)
+    fired = torch.isfinite(t_out)
+    bad = fired & ~torch.isclose(w_sum, expected, rtol=1e-6, atol=1e-9)
+    assert fired.any()
+    assert not bad.any(), f"{int(bad.sum())} of {int(fired.sum())} firing neurons: W_j is not the weight of t_i < t_out"

@@ -19,7 +19,14 @@ from relpsp.autograd import resolve_backend
 from relpsp.core.dense import W_SUM_MIN
 from relpsp.functional import relpsp_linear, relpsp_linear_ref
 from tests import oracle
-from tests.helpers import BACKENDS, DTYPES, assert_close
+from tests.helpers import (
+    BACKENDS,
+    DTYPES,
+    assert_close,
+    assert_weight_sum_is_causal_mask,
+    crossings_just_after_an_input,
+    crossings_just_before_the_next_input,
+)
 
 INF = math.inf
 F64 = torch.float64
@@ -591,3 +598,47 @@ def test_numba_next_above_is_numpys_nextafter(dtype):
         got = _next_above(float(x), int(fmt.nmant), int(fmt.minexp))
         want = np.nextafter(x, dtype(np.inf))
         assert dtype(got) == want and float(dtype(got)) == got, (x, got, want)
+
+
+def _dense_fwd(impl):
+    return dense_module.relpsp_linear_fwd_torch if impl == "torch" else _numba_fwd
+
+
+@pytest.mark.parametrize("impl", ["torch", "numba"])
+def test_forward_weight_sum_is_the_backward_causal_set_near_its_last_input(impl):
+    """W_j returned by the forward equals the summed weight of the inputs the backward counts as causal
+    (t_i < t_out), on a float32 layer built so that neuron r on row r crosses within a rounding step after
+    its second input's time s_r (``crossings_just_after_an_input``). Such crossings round onto s_r; the
+    forward moves them above it (on the code before, 551 and 750 of the 999,915 firing neurons failed under
+    torch and numba)."""
+    t, w, s = crossings_just_after_an_input(1000, seed=3)
+    t_out, w_sum = _dense_fwd(impl)(t, w)
+    assert_weight_sum_is_causal_mask(t, w, t_out, w_sum)
+    diag = t_out.diagonal().double()
+    assert torch.isfinite(diag).all()
+    above_s = diag == torch.from_numpy(np.nextafter(s, np.float32(np.inf))).double()
+    assert int(above_s.sum()) > 500, "the construction must put many crossings within a step of s"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("impl", ["torch", "numba"])
+def test_forward_weight_sum_is_the_backward_causal_set_near_the_next_input(impl, dtype):
+    """The other end (``crossings_just_before_the_next_input``): the firing test theta + B <= A t_next can
+    pass while the rounded quotient lies after t_next; the forward then returns t_next, whose input stays
+    out of W and of the backward's mask. float32 hits it under torch (float32 sums; numba's float64 sums
+    decide otherwise), float64 under both (on the code before, 47-56 of the 10^6 neurons failed in each of
+    those three cases)."""
+    t, w, t_next = crossings_just_before_the_next_input(1000, seed=4, dtype=dtype)
+    t_out, w_sum = _dense_fwd(impl)(t, w)
+    assert_weight_sum_is_causal_mask(t, w, t_out, w_sum)
+    diag = t_out.diagonal().double()
+    assert torch.isfinite(diag).all()
+    if dtype == torch.float64 or impl == "torch":
+        assert int((diag == torch.from_numpy(t_next).double()).sum()) > 25, "the construction must hit the case"
+
+
+def _numba_fwd(t_in, weight):
+    from relpsp.kernels.cpu_numba import linear_fwd
+
+    o, ws = linear_fwd(t_in.numpy(), weight.numpy(), 1.0, math.inf)
+    return torch.from_numpy(o), torch.from_numpy(ws)

@@ -12,6 +12,7 @@ import importlib.util
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,7 +26,13 @@ if not CUDA:  # before the first import of triton, which reads it
 from relpsp.autograd import resolve_backend  # noqa: E402
 from relpsp.functional import relpsp_conv2d, relpsp_conv2d_ref, relpsp_linear, relpsp_linear_ref  # noqa: E402
 from relpsp.kernels import gpu_triton, load_gpu_kernels  # noqa: E402
-from tests.helpers import DTYPES, assert_close  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    DTYPES,
+    assert_close,
+    assert_weight_sum_is_causal_mask,
+    crossings_just_after_an_input,
+    crossings_just_before_the_next_input,
+)
 
 DEVICE = "cuda" if CUDA else "cpu"
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter evaluates both where-branches
@@ -149,6 +156,22 @@ def test_spike_that_rounds_onto_its_last_causal_input_moves_just_above_it(dtype,
     )
     cut = relpsp_linear(t.detach(), w.detach(), t_max=1.0, backend="triton")  # moved above t_max: dropped
     assert cut[0, 0].item() == math.inf
+
+
+def test_forward_weight_sum_is_the_backward_causal_set_near_input_times(fwd_variant):
+    """As tests/test_dense.py: on layers built to cross within a rounding step after an input (float32)
+    or just before the next input (float64, where the kernels' float64 sums meet the case), W_j is the
+    weight of the inputs with t_i < t_out, and the constructions do hit the rule's two ends."""
+    k = load_gpu_kernels()
+    t, w, s = crossings_just_after_an_input(150, seed=3)
+    t_out, w_sum = k.linear_fwd(t.to(DEVICE), w.to(DEVICE), 1.0, math.inf)
+    assert_weight_sum_is_causal_mask(t, w, t_out, w_sum)
+    above = torch.from_numpy(np.nextafter(s, np.float32(np.inf))).double()
+    assert int((t_out.diagonal().cpu().double() == above).sum()) > 100
+    t, w, t_next = crossings_just_before_the_next_input(150, seed=4, dtype=torch.float64)
+    t_out, w_sum = k.linear_fwd(t.to(DEVICE), w.to(DEVICE), 1.0, math.inf)
+    assert_weight_sum_is_causal_mask(t, w, t_out, w_sum)
+    assert int((t_out.diagonal().cpu() == torch.from_numpy(t_next)).sum()) > 5
 
 
 def test_unknown_forward_variant_is_refused(monkeypatch):

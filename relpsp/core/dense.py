@@ -15,10 +15,11 @@ with A_k > 0 and t* = (theta + B_k) / A_k <= t_(k+1) gives the spike (inputs wit
 together, so only the last prefix of a tie group is a candidate). A spike later than ``t_max`` is
 dropped.
 
-Rounding: the search found V(t_k) < theta, so the exact spike lies strictly after t_k, the last causal
-input. When the rounded t* lands on or before t_k (possible when it lies within one rounding step of
-t_k), every implementation returns the next representable time above t_k instead, at most one rounding
-step away. The backward's causal set t_i < t_j is then exactly the forward's.
+Rounding: the search found V(t_k) < theta and the crossing no later than t_(k+1), so the spike lies in
+(t_k, t_(k+1)], t_k being the last causal input. The rounded t* can fall outside when it lies within a
+rounding step of either end; every implementation then returns the nearest time inside: t_(k+1), or the
+next representable time above t_k (at most one rounding step from the exact time either way). The
+backward's causal set t_i < t_j is then exactly the forward's.
 
 STDBP (implicit function theorem, dV/dt = W_j at t_j):
 
@@ -91,7 +92,7 @@ def _search_block(
         wg = wg * live.unsqueeze(-1)
         a = carry_a.unsqueeze(1) + wg.cumsum(1)
         b = carry_b.unsqueeze(1) + (wg * torch.where(live, ts, 0).unsqueeze(-1)).cumsum(1)
-        cand = (theta + b) / a
+        cand = torch.minimum((theta + b) / a, t_next_all[:, c0:c1].unsqueeze(-1))  # see "Rounding" above
         # theta + B <= A t_next, not cand <= t_next: the rounded quotient can land on t_next when the exact
         # crossing lies just after it (the numba and Triton kernels test the same product form).
         ok = (a > 0) & (theta + b <= a * t_next_all[:, c0:c1].unsqueeze(-1))
@@ -212,8 +213,8 @@ def relpsp_linear_ref(
         wg = wg * live
         a = wg.cumsum(1)
         b = (wg * torch.where(live, t_sorted.unsqueeze(-1), 0)).cumsum(1)
-        cand = (theta + b) / a
         t_next = torch.cat([t_sorted[:, 1:], torch.full_like(t_sorted[:, :1], math.inf)], 1)
+        cand = torch.minimum((theta + b) / a, t_next.unsqueeze(-1))
         ok = (a > 0) & (theta + b <= a * t_next.unsqueeze(-1)) & live & (t_next > t_sorted).unsqueeze(-1)
         first = ok.to(torch.uint8).argmax(1, keepdim=True)
         t_star = torch.where(ok.any(1), cand.gather(1, first).squeeze(1), math.inf)

@@ -14,8 +14,9 @@ to a positive threshold). A crossing on the rising side solves ``(v / tau) exp(-
 ``exp(-d / tau)`` and maps ``B -> exp(-d / tau) * (B - d * A)``.
 
 A crossing that rounds onto the last input's time ``ts[k]`` (it lies less than half a rounding step
-after it) is returned as the next float above ``ts[k]``, as in ReL-PSP (``relpsp.core.dense``), so
-that the backward's causal set ``t_i < t*`` keeps that input.
+after it) is returned as the next float above ``ts[k]``, and one that rounds past the next boundary
+``ts[k + 1]`` as that boundary, as in ReL-PSP (``relpsp.core.dense``), so that the backward's causal set
+``t_i < t*`` is the forward's.
 
 Gradients use the implicit function theorem at the crossing: with the slope ``V' = dV/dt (t*)``,
 ``dt*/dw_i = -K(t* - t_i) / V'`` and ``dt*/dt_i = w_i K'(t* - t_i) / V'`` over the causal inputs
@@ -109,7 +110,7 @@ def alpha_linear_fwd(t_in, weight, theta, tau, t_max):  # pragma: no cover - com
                 x = -math.exp(log_c) if log_c < 0.0 else -_INV_E
                 u = b / a - tau * lambertw0(max(x, -_INV_E))
                 u = min(max(u, 0.0), min(u_peak, span))
-                t_out[r, j] = ts[k] + u
+                t_out[r, j] = min(ts[k] + u, ts[k + 1])  # inside (ts[k], ts[k + 1]] despite rounding
                 if t_out[r, j] <= ts[k]:  # V(ts[k]) < theta, so the crossing lies after ts[k]; keep it causal
                     t_out[r, j] = np.nextafter(ts[k], np.inf)
                 slope[r, j] = (_E / tau) * math.exp(-u / tau) * (a - (u * a - b) / tau)

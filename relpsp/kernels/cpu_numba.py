@@ -80,7 +80,7 @@ def _fire(a, b, last, out, ws, theta, t_last, t_next):  # pragma: no cover
     for j in range(a.shape[0]):
         aj = a[j]
         if aj > 0.0 and theta + b[j] <= aj * t_next:
-            out[j] = (theta + b[j]) / aj
+            out[j] = min((theta + b[j]) / aj, t_next)  # no later than the next input (relpsp.core.dense)
             last[j] = t_last
             ws[j] = aj
             a[j] = -math.inf

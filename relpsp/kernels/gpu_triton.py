@@ -4,7 +4,7 @@ Forward: the rows are sorted by ``torch.sort``; one program per (row, block of `
 walks the sorted inputs, adding the weight row of each input (from the transposed weight, so that the
 ``BLOCK_J`` loads are contiguous) to running sums A_j, B_j in float64. At the end of every group of equal
 input times, each live neuron with A_j > 0 and theta + B_j <= A_j * t_next fires at (theta + B_j) / A_j,
-rounded to the output dtype and moved above the group's time if it rounds onto it.
+no later than t_next, rounded to the output dtype and moved above the group's time if it rounds onto it.
 The walk stops when every neuron of the block has fired or the inputs up to ``t_max`` are used up; spikes
 later than ``t_max`` are dropped. This is the same search, in the same order, as the CPU kernels.
 
@@ -123,7 +123,7 @@ def _fwd_kernel(
         t_next = tl.load(ts_ptr + row + k + 1, mask=k + 1 < N, other=float("inf")).to(tl.float64)
         if t_next > tk:  # the end of a group of equal input times: the only place a neuron may fire
             cross = live & (a > 0.0) & (theta + b <= a * t_next)
-            t_fire = tl.where(cross, (theta + b) / a, t_fire)
+            t_fire = tl.where(cross, tl.minimum((theta + b) / a, t_next), t_fire)
             w_sum = tl.where(cross, a, w_sum)
             t_last = tl.where(cross, tk, t_last)
             live = live & (~cross)
@@ -182,7 +182,8 @@ def _fwd_kernel_chunked(
         pick = kr[:, None] == first[None, :]
         a_pick = tl.sum(tl.where(pick, ca, 0.0), axis=0)
         b_pick = tl.sum(tl.where(pick, cb, 0.0), axis=0)
-        t_fire = tl.where(fires, (theta + b_pick) / tl.where(fires, a_pick, 1.0), t_fire)
+        t_next_pick = tl.sum(tl.where(pick, t_next[:, None], 0.0), axis=0)
+        t_fire = tl.where(fires, tl.minimum((theta + b_pick) / tl.where(fires, a_pick, 1.0), t_next_pick), t_fire)
         w_sum = tl.where(fires, a_pick, w_sum)
         t_last = tl.where(fires, tl.sum(tl.where(pick, tk[:, None], 0.0), axis=0), t_last)
         live = live & (~fires)
