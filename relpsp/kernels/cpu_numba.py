@@ -169,8 +169,9 @@ def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, work):  # pragma:
     """One row's neurons on its ``n`` input events, taken in the order ``order[:n]`` (ascending
     ``key``): event m has time ``key[order[m]]`` and weight row ``weight_t[idx[order[m]]]``. Writes the
     spike times ``out`` and summed causal weights ``ws``; ``work`` comes from ``_neuron_work``. A spike
-    that rounds (in the dtype of ``out``) onto or before its last causal input's time moves to the next
-    representable time above it (see ``relpsp.core.dense``)."""
+    lies in (last causal input, next input]: ``_fire`` caps it at the next input's time, and one that
+    rounds (in the dtype of ``out``) onto or before its last causal input's time moves to the next
+    representable time above it here (see ``relpsp.core.dense``)."""
     a, b, last = work
     a[:] = 0.0
     b[:] = 0.0
