@@ -152,6 +152,33 @@ def test_crossing_that_rounds_onto_the_last_input_moves_just_above_it():
     np.testing.assert_allclose(t_in.grad.numpy(), [[0.0, 1.0]], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "t0, t1, w0",
+    [
+        (0.0013106546686698084, 0.6630388661990297, 1.0774838726198583),
+        (0.009548560664909583, 0.3329363590343892, 1.5719090877943245),
+        (0.009823685909553168, 0.24343167139717206, 1.989172711926007),
+    ],
+)
+def test_crossing_that_rounds_past_the_next_input_is_capped_at_it(t0, t1, w0):
+    """Input 0 alone reaches theta at the end of its span ``[t0, t1]`` (``w0 K(t1 - t0)`` rounds to >= 1,
+    found by a search over random pairs), but ``t0 + (t1 - t0)`` rounds one step past ``t1``. The kernel
+    returns ``t1`` itself: input 1, at ``t_out``, is then outside the causal set ``t_i < t_out`` of the
+    backward as of the forward, so the slope is input 0's alone and input 1 gets no gradient."""
+    assert t0 + (t1 - t0) > t1  # the rounding this case is built on
+    t_in = torch.tensor([[t0, t1]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[w0, 1.5]], dtype=torch.float64, requires_grad=True)
+    t, slope = alpha_linear(t_in, w, tau=1.0, return_slope=True)
+    assert t.item() == t1
+    s = t1 - t0
+    slope_0 = w0 * math.exp(1.0 - s) * (1.0 - s)  # w0 K'(s), tau = 1
+    assert slope.item() == pytest.approx(slope_0, rel=1e-9)
+    t.sum().backward()
+    assert t_in.grad is not None and w.grad is not None
+    assert t_in.grad[0, 1].item() == 0.0 and w.grad[0, 1].item() == 0.0
+    assert w.grad[0, 0].item() == pytest.approx(-(s * math.exp(1.0 - s)) / slope_0, rel=1e-9)
+
+
 def test_slope_guard_bounds_the_gradient_near_the_peak():
     # Weight just above threshold: the crossing sits at the PSP peak, where V' -> 0.
     t_in = torch.tensor([[0.0]], dtype=torch.float64)
