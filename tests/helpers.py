@@ -1,4 +1,5 @@
-"""Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids,
+"""Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids (among them
+``ROUNDS_ONTO_INPUT``, the spike that rounds onto its last causal input),
 ``load_script`` for the programs under ``scripts/`` (not a package), and the layers built to put
 crossings within a rounding step of an input time (``crossings_*``, ``assert_weight_sum_is_causal_mask``)."""
 
@@ -15,6 +16,7 @@ import torch
 __all__ = [
     "BACKENDS",
     "DTYPES",
+    "ROUNDS_ONTO_INPUT",
     "TOLERANCES",
     "assert_close",
     "assert_weight_sum_is_causal_mask",
@@ -37,6 +39,13 @@ TOLERANCES: dict[tuple[str, torch.dtype], tuple[float, float]] = {
 
 BACKENDS = [pytest.param("torch", id="torch"), pytest.param("numba", id="numba")]
 DTYPES = [pytest.param(torch.float64, id="f64"), pytest.param(torch.float32, id="f32")]
+# (dtype, w_first) with inputs at 0 and 1 (weights w_first and 1, theta 1): the exact spike lies less than
+# half a rounding step after the input at 1, so the closed form 2 / (w_first + 1) rounds onto 1; both
+# inputs are causal (V(1) = w_first < theta), and dt/dt_i = w_i / W ~ [0.5, 0.5].
+ROUNDS_ONTO_INPUT = [
+    pytest.param(torch.float32, 0.99999994, id="f32"),  # 1 - 2^-24: exactly 1 + 3e-8, rounds to 1.0
+    pytest.param(torch.float64, 1 - 2.0**-53, id="f64"),  # exactly 1 + 2^-54 + ..., rounds to 1.0
+]
 
 
 def to_numpy(x) -> np.ndarray:

@@ -22,6 +22,7 @@ from tests import oracle
 from tests.helpers import (
     BACKENDS,
     DTYPES,
+    ROUNDS_ONTO_INPUT,
     assert_close,
     assert_weight_sum_is_causal_mask,
     crossings_just_after_an_input,
@@ -251,14 +252,6 @@ def test_crossing_exactly_at_an_input_is_decided_alike_by_every_implementation()
 
 # --------------------------------------------------------------------------------------------------
 # Backward
-
-
-# The exact spike lies less than half a rounding step after the second input's time 1, so the closed
-# form rounds onto 1; both inputs are causal (V(1) = w_1 < theta), and dt/dt_i = w_i / W ~ [0.5, 0.5].
-ROUNDS_ONTO_INPUT = [
-    pytest.param(torch.float32, 0.99999994, id="f32"),  # 1 - 2^-24: exactly 1 + 3e-8, rounds to 1.0
-    pytest.param(torch.float64, 1 - 2.0**-53, id="f64"),  # exactly 1 + 2^-54 + ..., rounds to 1.0
-]
 
 
 @pytest.mark.parametrize(("dtype", "w_first"), ROUNDS_ONTO_INPUT)

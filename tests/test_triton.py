@@ -28,6 +28,7 @@ from relpsp.functional import relpsp_conv2d, relpsp_conv2d_ref, relpsp_linear, r
 from relpsp.kernels import gpu_triton, load_gpu_kernels  # noqa: E402
 from tests.helpers import (  # noqa: E402
     DTYPES,
+    ROUNDS_ONTO_INPUT,
     assert_close,
     assert_weight_sum_is_causal_mask,
     crossings_just_after_an_input,
@@ -135,9 +136,7 @@ def test_silent_rows_and_weight_only_gradients(fwd_variant):
     assert_close("grad_weight", w.grad.cpu(), wr.grad, torch.float64, kind="grad")
 
 
-@pytest.mark.parametrize(
-    ("dtype", "w_first"), [(torch.float32, 0.99999994), (torch.float64, 1 - 2.0**-53)], ids=["f32", "f64"]
-)
+@pytest.mark.parametrize(("dtype", "w_first"), ROUNDS_ONTO_INPUT)
 def test_spike_that_rounds_onto_its_last_causal_input_moves_just_above_it(dtype, w_first, fwd_variant):
     """As tests/test_dense.py: neuron 0's exact spike lies less than half a rounding step after the input at
     1, so it rounds onto it; the kernel returns the next representable time above it, and the backward
