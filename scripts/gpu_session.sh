@@ -2,7 +2,11 @@
 # Everything a GPU session has to measure, in one command (the device machine is lent briefly), each step
 # under its own time cap so that one slow step cannot use up the others' time:
 #   tests  the gpu-marked tests (torch and triton backends on CUDA against the float64 reference)
+#   triton tests/test_triton.py compiled on the GPU (on a CPU it runs in Triton's interpreter)
 #   bench  benchmarks.layers (triton and torch) and benchmarks.train_step (MLP and CNN) on CUDA
+#   ab     benchmarks.layers, triton only: the default forward, its neuron block fixed at 128 (the block
+#          before fwd_blocks), and the one-input loop variant, each in its own run
+#   profile benchmarks.profile_ops: the per-operator CUDA time of the layers and of a CNN training step
 #   train  $TRAIN_CONFIG on CUDA for seeds 0-2 at once, stopped after $TRAIN_S seconds; the run folders
 #          (metrics.jsonl per epoch, results.json if finished, checkpoint.ckpt to --resume from) are
 #          packed into $OUT/runs_gpu.tgz. The backend is triton if the triton tests passed, else torch.
@@ -10,9 +14,12 @@
 #
 # Data: MNIST as gzipped IDX files in data/mnist/ (gitignored; carry it to the device), e.g.
 #   mkdir -p data/mnist && for f in ~/.cache/relpsp/mnist/*-ubyte; do gzip -c "$f" > "data/mnist/$(basename "$f").gz"; done
-# Usage: [DEVICE=cuda TESTS_S=150 BENCH_S=100 TRAIN_S=180 TRAIN_CONFIG=...] bash scripts/gpu_session.sh [tests] [bench] [train]
-# (default: all three). Every step runs even if an earlier one fails; the script exits 1 if any command
-# failed or a step was unknown, and the log names each failure.
+# Usage: [DEVICE=cuda TESTS_S=150 BENCH_S=100 TRAIN_S=180 TOTAL_S=0 TRAIN_CONFIG=...] bash scripts/gpu_session.sh
+#        [tests] [triton] [bench] [ab] [profile] [train]   (default: tests bench train)
+# BENCH_LAYER_IMPLS (default triton,torch) names the layers benchmark implementations of the bench step.
+# TOTAL_S > 0 is a deadline for the whole script: each step's cap is cut to the time left (train gets all
+# of it, less 20 s to pack the runs). Every step runs even if an earlier one fails; the script exits 1 if
+# any command failed or a step was unknown, and the log names each failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -22,7 +29,17 @@ TRAIN_S=${TRAIN_S:-180}
 TRAIN_CONFIG=${TRAIN_CONFIG:-configs/mnist_cnn_flat800_wd2.toml}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the script on a machine without a GPU
 PY=${PY:-python3}
+TOTAL_S=${TOTAL_S:-0}
 mkdir -p "$OUT"
+left() {  # seconds a step may use: its cap, cut to the deadline when TOTAL_S is set (at least 1)
+  local c=$1
+  if [ "$TOTAL_S" -gt 0 ]; then
+    local rest=$((TOTAL_S - SECONDS - ${2:-0}))
+    [ "$rest" -lt "$c" ] && c=$rest
+  fi
+  [ "$c" -lt 1 ] && c=1
+  echo "$c"
+}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 RELPSP_DATA=${RELPSP_DATA:-$PWD/data}
 steps=${*:-tests bench train}
 log="$OUT/session.log"
@@ -50,26 +67,50 @@ for step in $steps; do
     tests)
       stamp "gpu tests (cap ${TESTS_S}s)"
       # -W default: a deprecation warning of the machine's own torch/triton is shown, not turned into a failure
-      timeout "$TESTS_S" "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -W default -rA 2>&1 \
+      timeout "$(left "$TESTS_S")" "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -W default -rA 2>&1 \
         | tee -a "$log"
       if ! check "gpu tests"; then
         # keep training possible: the triton backend only if its own tests passed
-        timeout 120 "$PY" -m pytest -q -m gpu tests/test_gpu.py -k triton -p no:cacheprovider -W default 2>&1 \
+        timeout "$(left 120)" "$PY" -m pytest -q -m gpu tests/test_gpu.py -k triton -p no:cacheprovider -W default 2>&1 \
           | tail -3 | tee -a "$log"
         [ "${PIPESTATUS[0]}" = 0 ] || train_backend=torch
       fi
       ;;
     bench)
       stamp "layers benchmark (cap ${BENCH_S}s)"
-      timeout "$BENCH_S" "$PY" -m benchmarks.layers --device "$DEVICE" --impls triton,torch --repeat 5 \
+      timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.layers --device "$DEVICE" --impls "${BENCH_LAYER_IMPLS:-triton,torch}" --repeat 5 \
         --out "$OUT/bench_layers_cuda.json" 2>&1 | tee -a "$log"
       check "layers benchmark"
       stamp "train_step benchmark (cap ${BENCH_S}s)"
-      timeout "$BENCH_S" "$PY" -m benchmarks.train_step --device "$DEVICE" --backend "$train_backend" --steps 20 \
+      timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.train_step --device "$DEVICE" --backend "$train_backend" --steps 20 \
         --archs 784-800-10,16C5-P2-32C5-P2-800-128-10 --out "$OUT/bench_train_step_cuda.json" 2>&1 | tee -a "$log"
       check "train_step benchmark"
       ;;
+    triton)
+      stamp "triton tests (cap ${TESTS_S}s)"
+      timeout "$(left "$TESTS_S")" "$PY" -m pytest -q tests/test_triton.py -p no:cacheprovider -W default 2>&1 \
+        | tail -15 | tee -a "$log"
+      check "triton tests"
+      ;;
+    ab)
+      for v in "chunked auto" "chunked 128" "loop auto"; do
+        set -- $v
+        stamp "layers benchmark, triton $1 forward, neuron block $2 (cap ${BENCH_S}s)"
+        if [ "$2" = auto ]; then unset RELPSP_TRITON_FWD_BLOCK_J; else export RELPSP_TRITON_FWD_BLOCK_J=$2; fi
+        RELPSP_TRITON_FWD=$1 timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.layers --device "$DEVICE" --impls triton \
+          --repeat 5 --out "$OUT/bench_layers_${1}_$2.json" 2>&1 | tee -a "$log"
+        check "layers benchmark $1 $2"
+      done
+      unset RELPSP_TRITON_FWD_BLOCK_J
+      ;;
+    profile)
+      stamp "profile (cap ${BENCH_S}s)"
+      timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.profile_ops --device "$DEVICE" --backend "$train_backend" \
+        --out "$OUT/profile_ops.json" 2>&1 | grep -v "^USDT\|^STAGE" | tee -a "$log"
+      check "profile"
+      ;;
     train)
+      TRAIN_S=$(left "$TRAIN_S" 20)
       stamp "training $TRAIN_CONFIG, seeds 0-2 at once, backend $train_backend (cap ${TRAIN_S}s)"
       name=$(basename "$TRAIN_CONFIG" .toml)
       mkdir -p runs/gpu

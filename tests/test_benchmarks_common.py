@@ -89,3 +89,21 @@ def test_layers_benchmark_records_median_and_minimum_over_the_requested_calls():
     assert r["repeat"] == 3
     assert 0 < r["fwd_min_ms"] <= r["fwd_ms"] and 0 < r["fwd_bwd_min_ms"] <= r["fwd_bwd_ms"]
     assert r["fwd_samples_per_s"] == pytest.approx(4 / (r["fwd_ms"] / 1000))
+
+
+def test_profile_ops_ranks_the_operators_of_a_layer_by_self_time():
+    """benchmarks.profile_ops on a tiny conv1 batch: rows sorted by self time, shares of the total in
+    (0, 1] summing to at most 1, the torch path's own work (its autograd function, its prefix sums) among
+    them; an unknown case is refused."""
+    pytest.importorskip("numba")
+    from benchmarks.profile_ops import main, profile_case
+
+    r = profile_case("conv1", batch=2, device="cpu", backend="torch", calls=2, top=40)
+    times = [row["self_us_per_call"] for row in r["top"]]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert all(0 < row["share"] <= 1 for row in r["top"]) and sum(row["share"] for row in r["top"]) <= 1 + 1e-9
+    assert r["time_kind"] == "self CPU time" and r["wall_ms_per_call"] > 0
+    names = {row["name"] for row in r["top"]}
+    assert {"RelpspLinearFn", "aten::cumsum"} <= names, names
+    with pytest.raises(SystemExit):
+        main(["--cases", "conv9"])

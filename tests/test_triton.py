@@ -173,6 +173,32 @@ def test_forward_weight_sum_is_the_backward_causal_set_near_input_times(fwd_vari
     assert int((t_out.diagonal().cpu() == torch.from_numpy(t_next)).sum()) > 5
 
 
+def test_forward_blocks_follow_the_layer_width(monkeypatch):
+    """The forward's neuron block is the smallest power of two from 16 to 128 covering the layer, with one
+    warp per 512 tile elements; RELPSP_TRITON_FWD_BLOCK_J fixes it and refuses other values."""
+    monkeypatch.delenv("RELPSP_TRITON_FWD_BLOCK_J", raising=False)
+    got = {n: gpu_triton.fwd_blocks(n) for n in (1, 10, 16, 20, 32, 33, 64, 100, 128, 800)}
+    assert got == {
+        1: (16, 1), 10: (16, 1), 16: (16, 1), 20: (32, 1), 32: (32, 1), 33: (64, 2),
+        64: (64, 2), 100: (128, 4), 128: (128, 4), 800: (128, 4),
+    }  # fmt: skip
+    monkeypatch.setenv("RELPSP_TRITON_FWD_BLOCK_J", "128")
+    assert gpu_triton.fwd_blocks(16) == (128, 4)
+    for bad in ("8", "256", "sixteen"):
+        monkeypatch.setenv("RELPSP_TRITON_FWD_BLOCK_J", bad)
+        with pytest.raises(ValueError, match="RELPSP_TRITON_FWD_BLOCK_J"):
+            gpu_triton.fwd_blocks(16)
+
+
+@pytest.mark.parametrize("block_j", ["16", "128"])
+def test_linear_matches_reference_with_a_fixed_neuron_block(block_j, fwd_variant, monkeypatch):
+    """20 neurons as two blocks of 16 (the second partly masked) or one of 128 (mostly masked)."""
+    monkeypatch.setenv("RELPSP_TRITON_FWD_BLOCK_J", block_j)
+    t = _times((7, 40), 8)
+    w = torch.randn(20, 40, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 0.2 + 0.04
+    _check(relpsp_linear_ref, lambda a, b: relpsp_linear(a, b, backend="triton"), t, w, torch.float64)
+
+
 def test_unknown_forward_variant_is_refused(monkeypatch):
     monkeypatch.setattr(gpu_triton, "FWD_VARIANT", "fast")
     with pytest.raises(ValueError, match="RELPSP_TRITON_FWD"):

@@ -13,7 +13,8 @@ W_j = sum_{i in C_j} w_ji > 0 the firing time has the closed form
 Search: sort the inputs; walk prefixes k accumulating A_k = sum w and B_k = sum w t; the first prefix
 with A_k > 0 and t* = (theta + B_k) / A_k <= t_(k+1) gives the spike (inputs with equal times enter
 together, so only the last prefix of a tie group is a candidate). A spike later than ``t_max`` is
-dropped.
+dropped. Every implementation (this one, the reference twin, the numba and Triton kernels) sums A and B
+in float64 whatever the input dtype and rounds the spike to it at the end, so that they decide alike.
 
 Rounding: the search found V(t_k) < theta and the crossing no later than t_(k+1), so the spike lies in
 (t_k, t_(k+1)], t_k being the last causal input. The rounded t* can fall outside when it lies within a
@@ -53,8 +54,8 @@ __all__ = [
 #: of order 1, a neuron with W_j below this fires at t > 1000, far outside any useful window.
 W_SUM_MIN = 1e-3
 
-# Elements per intermediate block of the torch path (R_block * K * N_out), about 32 MB in float32.
-_BLOCK_ELEMS = 1 << 23
+# Elements per intermediate block of the torch path (R_block * K * N_out), about 32 MB in float64.
+_BLOCK_ELEMS = 1 << 22
 
 
 def after_last_causal(t_out: Tensor, t_last: Tensor) -> Tensor:
@@ -72,7 +73,10 @@ def _search_block(
     ``t_last`` is the time of the last causal input (``-inf`` for silent neurons)."""
     rows, n = t_sorted.shape
     n_out = weight_t.shape[1]
-    acc = torch.float64 if t_sorted.dtype == torch.float64 else torch.float32
+    # A and B in float64 whatever the input dtype, as in the numba and Triton kernels: in float32 the
+    # prefix sums' rounding depends on the summation order (a GPU's parallel scan differs from a CPU's
+    # loop), and a late spike (small W) magnifies it; every implementation then makes the same decisions.
+    acc = torch.float64
     inf = torch.tensor(math.inf, dtype=acc, device=t_sorted.device)
     t_out = torch.full((rows, n_out), math.inf, dtype=acc, device=t_sorted.device)
     w_sum = torch.zeros((rows, n_out), dtype=acc, device=t_sorted.device)
@@ -208,16 +212,17 @@ def relpsp_linear_ref(
     with torch.no_grad():
         _rows, _n_in = t_in.shape
         t_sorted, order = t_in.sort(dim=1)
-        wg = weight.t()[order]  # [R, N_in, N_out]
+        ts64 = t_sorted.double()  # the search in float64 whatever the dtype, as in every backend
+        wg = weight.t().double()[order]  # [R, N_in, N_out]
         live = torch.isfinite(t_sorted).unsqueeze(-1)
         wg = wg * live
         a = wg.cumsum(1)
-        b = (wg * torch.where(live, t_sorted.unsqueeze(-1), 0)).cumsum(1)
-        t_next = torch.cat([t_sorted[:, 1:], torch.full_like(t_sorted[:, :1], math.inf)], 1)
+        b = (wg * torch.where(live, ts64.unsqueeze(-1), 0)).cumsum(1)
+        t_next = torch.cat([ts64[:, 1:], torch.full_like(ts64[:, :1], math.inf)], 1)
         cand = torch.minimum((theta + b) / a, t_next.unsqueeze(-1))
-        ok = (a > 0) & (theta + b <= a * t_next.unsqueeze(-1)) & live & (t_next > t_sorted).unsqueeze(-1)
+        ok = (a > 0) & (theta + b <= a * t_next.unsqueeze(-1)) & live & (t_next > ts64).unsqueeze(-1)
         first = ok.to(torch.uint8).argmax(1, keepdim=True)
-        t_star = torch.where(ok.any(1), cand.gather(1, first).squeeze(1), math.inf)
+        t_star = torch.where(ok.any(1), cand.gather(1, first).squeeze(1), math.inf).to(t_in.dtype)
         t_last = torch.where(ok.any(1), t_sorted.gather(1, first.squeeze(1)), -math.inf)
         t_star = after_last_causal(t_star, t_last)
         t_star = torch.where(t_star <= t_max, t_star, math.inf)

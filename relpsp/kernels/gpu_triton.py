@@ -1,6 +1,7 @@
 """Triton kernels for the exact ReL-PSP dense op (GPU), same contract as ``relpsp.core.dense``.
 
-Forward: the rows are sorted by ``torch.sort``; one program per (row, block of ``BLOCK_J`` neurons)
+Forward: the rows are sorted by ``torch.sort``; one program per (row, block of ``BLOCK_J`` neurons,
+16 to 128 by the layer's width)
 walks the sorted inputs, adding the weight row of each input (from the transposed weight, so that the
 ``BLOCK_J`` loads are contiguous) to running sums A_j, B_j in float64. At the end of every group of equal
 input times, each live neuron with A_j > 0 and theta + B_j <= A_j * t_next fires at (theta + B_j) / A_j,
@@ -38,7 +39,7 @@ from relpsp.core.dense import backward_factors
 
 __all__ = ["linear_bwd", "linear_fwd"]
 
-BLOCK_J_FWD = 128
+BLOCK_J_FWD = 128  # the most neurons per forward program (fewer for smaller layers: ``fwd_blocks``)
 BLOCK_K_FWD = 16
 #: Forward variant: "chunked" (``BLOCK_K_FWD`` inputs per step, the default) or "loop" (one input per step);
 #: the environment variable RELPSP_TRITON_FWD overrides it (for benchmarks).
@@ -59,6 +60,22 @@ def _row_splits(rows: int, n_out: int, n_in: int) -> tuple[int, int]:
     splits = max(1, min(triton.cdiv(rows, MIN_SPLIT_ROWS), triton.cdiv(TARGET_PROGRAMS, tiles)))
     per = max(1, triton.cdiv(rows, splits))
     return per, max(1, triton.cdiv(rows, per))
+
+
+def fwd_blocks(n_out: int) -> tuple[int, int]:
+    """``(BLOCK_J, num_warps)`` of the forward programs for a layer of ``n_out`` neurons: the smallest power
+    of two from 16 to ``BLOCK_J_FWD`` that covers the layer (a 16-channel convolution's programs were 7/8
+    idle at 128), and one warp per 512 elements of the chunked variant's ``[BLOCK_K, BLOCK_J]`` tile (1 to
+    4). The environment variable RELPSP_TRITON_FWD_BLOCK_J (a power of two, 16 to 128) fixes BLOCK_J, for
+    benchmarks."""
+    fixed = os.environ.get("RELPSP_TRITON_FWD_BLOCK_J")
+    if fixed:
+        if fixed not in ("16", "32", "64", "128"):
+            raise ValueError(f"RELPSP_TRITON_FWD_BLOCK_J must be 16, 32, 64 or 128, got {fixed!r}")
+        block_j = int(fixed)
+    else:
+        block_j = min(BLOCK_J_FWD, max(16, triton.next_power_of_2(max(n_out, 1))))
+    return block_j, max(1, min(4, block_j * BLOCK_K_FWD // 512))
 
 
 def _row_chunks(rows: int, width: int) -> list[tuple[int, int]]:
@@ -275,13 +292,14 @@ def _linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tup
     ts, order = torch.sort(t_in.contiguous(), dim=1)
     n_use = (ts <= t_max).sum(dim=1, dtype=torch.int32)  # +inf never counts, t_max = inf or not
     params = torch.tensor([float(theta), float(t_max)], dtype=torch.float64, device=t_in.device)
-    grid = (rows, triton.cdiv(n_out, BLOCK_J_FWD))
+    block_j, warps = fwd_blocks(n_out)
+    grid = (rows, triton.cdiv(n_out, block_j))
     args = (ts, order.to(torch.int32), n_use, weight.t().contiguous(), params, t_out, w_sum, n_in, n_out)
     f64 = t_in.dtype == torch.float64
     if FWD_VARIANT == "loop":
-        _fwd_kernel[grid](*args, BLOCK_J=BLOCK_J_FWD, F64=f64)
+        _fwd_kernel[grid](*args, BLOCK_J=block_j, F64=f64, num_warps=warps)
     elif FWD_VARIANT == "chunked":
-        _fwd_kernel_chunked[grid](*args, BLOCK_K=BLOCK_K_FWD, BLOCK_J=BLOCK_J_FWD, F64=f64)
+        _fwd_kernel_chunked[grid](*args, BLOCK_K=BLOCK_K_FWD, BLOCK_J=block_j, F64=f64, num_warps=warps)
     else:
         raise ValueError(f"RELPSP_TRITON_FWD must be 'chunked' or 'loop', got {FWD_VARIANT!r}")
     return t_out, w_sum

@@ -1,0 +1,145 @@
+"""Where the time goes: torch.profiler's per-operator table for the paper's layers and a training step.
+
+    python -m benchmarks.profile_ops [--device cuda] [--backend auto] [--cases conv1,conv2,784-800,cnn-step]
+                                     [--batch 256] [--calls 5] [--top 12] [--out FILE.json]
+
+Cases: ``784-800``, ``conv1``, ``conv2`` (the forward of ``benchmarks.layers``'s layers, same inputs) and
+``cnn-step`` (a training step of 16C5-P2-32C5-P2-800-128-10: forward, backward, Adam, as in
+``benchmarks.train_step``). Each case is warmed up twice (kernel compilation), then ``--calls`` calls are
+profiled. Printed per case: the wall time per call, and the operators (Triton kernels by name) with the
+most self time on the device (CUDA time on a GPU, CPU time otherwise), with their share of that total and
+their number of calls. The profiler adds a little overhead per operator: the wall times here are for
+locating the time, ``benchmarks.layers`` and ``benchmarks.train_step`` give the speeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from benchmarks.common import environment, mnist_like_batch, refuse_bad_output_file, write_json
+
+CASES = ("784-800", "conv1", "conv2", "cnn-step")
+_LAYER_CASES = {"784-800": "784-800", "conv1": "conv1 1-16C5 28x28", "conv2": "conv2 16-32C5 12x12"}
+
+
+def _case_fn(case: str, batch: int, device: str, backend: str):
+    """A no-argument callable doing one call of ``case``."""
+    from relpsp.functional import relpsp_conv2d, relpsp_linear
+
+    if case in _LAYER_CASES:
+        from benchmarks.layers import _inputs
+
+        t_in, weight, kind, _source = _inputs(_LAYER_CASES[case], batch, device)
+        op = relpsp_linear if kind == "linear" else relpsp_conv2d
+
+        def fwd():
+            with torch.no_grad():
+                op(t_in, weight, backend=backend)
+
+        return fwd
+    if case == "cnn-step":
+        from relpsp.functional import spike_time_cross_entropy
+        from relpsp.models import build_model
+
+        torch.manual_seed(0)
+        x, _ = mnist_like_batch(batch, seed=1)
+        y = torch.randint(0, 10, (batch,))
+        model = build_model("16C5-P2-32C5-P2-800-128-10", (1, 28, 28), backend=backend).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+        x, y = x.to(device), y.to(device)
+
+        def step():
+            loss = spike_time_cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+    raise ValueError(f"unknown case {case!r}; known: {', '.join(CASES)}")
+
+
+def profile_case(case: str, batch: int, device: str, backend: str, calls: int, top: int) -> dict:
+    """Profile ``calls`` calls of ``case`` after two warm-up calls; the ``top`` operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = _case_fn(case, batch, device, backend)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(2):
+        fn()
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        wall = (time.perf_counter() - t0) / calls
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in events)
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    rows = [
+        {
+            "name": e.key,
+            "self_us_per_call": getattr(e, attr) / calls,
+            "share": getattr(e, attr) / total if total else 0.0,
+            "count_per_call": e.count / calls,
+        }
+        for e in events[:top]
+    ]
+    return {
+        "case": case,
+        "batch": batch,
+        "device": device,
+        "backend": backend,
+        "calls": calls,
+        "wall_ms_per_call": 1000 * wall,
+        "time_kind": "self CUDA time" if cuda else "self CPU time",
+        "self_ms_per_call_all_ops": total / calls / 1000,
+        "top": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--out", help="JSON file for the results")
+    args = ap.parse_args(argv)
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; cases: {', '.join(CASES)}")
+    if args.batch < 1 or args.calls < 1 or args.top < 1:
+        ap.error("--batch, --calls and --top must be >= 1")
+    refuse_bad_output_file(ap, args.out)
+    env = environment(args.device)
+    print("environment:", json.dumps(env))
+    results = []
+    for case in args.cases.split(","):
+        r = profile_case(case, args.batch, args.device, args.backend, args.calls, args.top)
+        results.append(r)
+        print(
+            f"\n{case} ({args.backend}, batch {args.batch}): {r['wall_ms_per_call']:.2f} ms per call, "
+            f"{r['time_kind']} of all operators {r['self_ms_per_call_all_ops']:.2f} ms"
+        )
+        for row in r["top"]:
+            print(
+                f"  {row['self_us_per_call']:10.1f} us {100 * row['share']:5.1f}%  x{row['count_per_call']:<6.1f} "
+                f"{row['name'][:90]}"
+            )
+    if args.out:
+        write_json(args.out, {"benchmark": "profile_ops", "environment": env, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
