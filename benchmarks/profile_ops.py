@@ -6,8 +6,9 @@
 Cases: ``784-800``, ``conv1``, ``conv2`` (the forward of ``benchmarks.layers``'s layers, same inputs) and
 ``cnn-step`` (a training step of 16C5-P2-32C5-P2-800-128-10: forward, backward, Adam, as in
 ``benchmarks.train_step``). Each case is warmed up twice (kernel compilation), then ``--calls`` calls are
-profiled. Printed per case: the wall time per call, and the operators (Triton kernels by name) with the
-most self time on the device (CUDA time on a GPU, CPU time otherwise), with their share of that total and
+profiled. Printed per case: the wall time per call, the device's busy time (on a GPU the time of its
+kernels and copies, Triton kernels by name; on a CPU the operators' self time) and its fraction of the
+wall time, and the kernels (operators on a CPU) with the most time, with their share of that total and
 their number of calls. The profiler adds a little overhead per operator: the wall times here are for
 locating the time, ``benchmarks.layers`` and ``benchmarks.train_step`` give the speeds.
 """
@@ -64,6 +65,7 @@ def _case_fn(case: str, batch: int, device: str, backend: str):
 
 def profile_case(case: str, batch: int, device: str, backend: str, calls: int, top: int) -> dict:
     """Profile ``calls`` calls of ``case`` after two warm-up calls; the ``top`` operators by self time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     fn = _case_fn(case, batch, device, backend)
@@ -79,8 +81,12 @@ def profile_case(case: str, batch: int, device: str, backend: str, calls: int, t
             fn()
         sync()
         wall = (time.perf_counter() - t0) / calls
+    # On a GPU only the device's own events (kernels, copies) count: an operator's self device time is the
+    # time of the kernels it launched, so summing operators and kernels would count each kernel twice.
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    events = [
+        e for e in prof.key_averages() if getattr(e, attr, 0) > 0 and (not cuda or e.device_type == DeviceType.CUDA)
+    ]
     total = sum(getattr(e, attr) for e in events)
     events.sort(key=lambda e: getattr(e, attr), reverse=True)
     rows = [
@@ -99,8 +105,9 @@ def profile_case(case: str, batch: int, device: str, backend: str, calls: int, t
         "backend": backend,
         "calls": calls,
         "wall_ms_per_call": 1000 * wall,
-        "time_kind": "self CUDA time" if cuda else "self CPU time",
+        "time_kind": "GPU time of kernels and copies" if cuda else "self CPU time of operators",
         "self_ms_per_call_all_ops": total / calls / 1000,
+        "busy_fraction": total / calls / 1e6 / wall if wall > 0 else None,
         "top": rows,
     }
 
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(
             f"\n{case} ({args.backend}, batch {args.batch}): {r['wall_ms_per_call']:.2f} ms per call, "
-            f"{r['time_kind']} of all operators {r['self_ms_per_call_all_ops']:.2f} ms"
+            f"{r['time_kind']} {r['self_ms_per_call_all_ops']:.2f} ms ({100 * r['busy_fraction']:.0f}% of the wall time)"
         )
         for row in r["top"]:
             print(

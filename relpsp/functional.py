@@ -118,13 +118,17 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
     """``[B, C, H, W]`` -> rows ``[B * L, C * kh * kw]`` of receptive fields; padding never spikes."""
     if padding != (0, 0):
         t_in = F.pad(t_in, (padding[1], padding[1], padding[0], padding[0]), value=math.inf)
-    b, _c, h, w = t_in.shape
+    b, c, h, w = t_in.shape
     check_kernel_fits(kernel, h, w)
     h_out = (h - kernel[0]) // stride[0] + 1
     w_out = (w - kernel[1]) // stride[1] + 1
-    cols = F.unfold(t_in, kernel, stride=stride)  # [B, C*kh*kw, L]
+    # A strided view [B, C, H_out, W_out, kh, kw] copied once into rows (columns in F.unfold's order,
+    # c * kh * kw + i * kw + j): one copy kernel, where F.unfold ran one im2col kernel per image on CUDA
+    # (1.3 ms of conv1's 2.7 ms forward at batch 256 on an H200) and was about 4x slower on the CPU too.
+    view = t_in.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1])
     # Explicit sizes: an empty batch (B = 0) is valid and reshape cannot infer a -1 from 0 elements.
-    return cols.transpose(1, 2).reshape(b * h_out * w_out, cols.shape[1]), (b, h_out, w_out)
+    rows = view.permute(0, 2, 3, 1, 4, 5).reshape(b * h_out * w_out, c * kernel[0] * kernel[1])
+    return rows, (b, h_out, w_out)
 
 
 def _check_conv(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:

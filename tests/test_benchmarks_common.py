@@ -102,7 +102,8 @@ def test_profile_ops_ranks_the_operators_of_a_layer_by_self_time():
     times = [row["self_us_per_call"] for row in r["top"]]
     assert times == sorted(times, reverse=True) and times[0] > 0
     assert all(0 < row["share"] <= 1 for row in r["top"]) and sum(row["share"] for row in r["top"]) <= 1 + 1e-9
-    assert r["time_kind"] == "self CPU time" and r["wall_ms_per_call"] > 0
+    assert r["time_kind"] == "self CPU time of operators" and r["wall_ms_per_call"] > 0
+    assert 0 < r["busy_fraction"] <= 1.5  # self times of one thread; the profiler adds a little
     names = {row["name"] for row in r["top"]}
     assert {"RelpspLinearFn", "aten::cumsum"} <= names, names
     with pytest.raises(SystemExit):

@@ -413,3 +413,36 @@ def test_conv_spike_that_rounds_onto_its_last_causal_input_moves_just_above_it(b
     assert out.item() == torch.nextafter(torch.tensor(1.0), torch.tensor(math.inf)).item()
     out.sum().backward()
     np.testing.assert_allclose(t.grad.numpy(), [[[[0.5, 0.5]]]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "padding"),
+    [
+        ((2, 3, 9, 9), (3, 3), (1, 1), (0, 0)),
+        ((2, 3, 9, 7), (3, 2), (2, 1), (1, 2)),
+        ((0, 2, 6, 6), (5, 5), (1, 1), (0, 0)),
+    ],
+    ids=["square", "rectangular-strided-padded", "empty-batch"],
+)
+def test_im2col_rows_are_f_unfolds_rows_with_the_same_gradient(shape, kernel, stride, padding):
+    """The strided-view im2col gives F.unfold's rows (column order c*kh*kw + i*kw + j, rows b*L + y*W_out
+    + x, padding as +inf) and passes back the same gradient, summed over overlapping windows."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(shape, generator=g, dtype=torch.float64)
+    t = torch.where(torch.rand(shape, generator=g, dtype=torch.float64) < 0.3, INF, t)
+    rows, (b, h_out, w_out) = functional_module._im2col(t, kernel, stride, padding)
+    t_pad = torch.nn.functional.pad(t, (padding[1], padding[1], padding[0], padding[0]), value=INF)
+    cols = torch.nn.functional.unfold(t_pad, kernel, stride=stride)
+    expected = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    assert (b, h_out * w_out) == (shape[0], cols.shape[2])
+    assert torch.equal(rows, expected)
+    if shape[0]:
+        finite = torch.where(torch.isfinite(t), t, 0.0)
+        a, c = finite.clone().requires_grad_(), finite.clone().requires_grad_()
+        weights = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+        (functional_module._im2col(a, kernel, stride, padding)[0] * weights).sum().backward()
+        c_pad = torch.nn.functional.pad(c, (padding[1], padding[1], padding[0], padding[0]))
+        c_rows = torch.nn.functional.unfold(c_pad, kernel, stride=stride).transpose(1, 2).reshape(-1, expected.shape[1])
+        (c_rows * weights).sum().backward()
+        assert_close("grad", a.grad, c.grad, torch.float64, kind="grad")
+        assert a.grad.abs().sum() > 0

@@ -67,7 +67,7 @@ def _check(fn_ref, fn_tri, t, w, dtype, seed=5):
 
 @pytest.fixture(params=["chunked", "loop"])
 def fwd_variant(request, monkeypatch):
-    """Both forward kernels: the chunked one (default) and the one-input loop."""
+    """Both forward kernels, whatever the row length: the chunked one and the one-input loop."""
     monkeypatch.setattr(gpu_triton, "FWD_VARIANT", request.param)
     return request.param
 
@@ -197,6 +197,14 @@ def test_linear_matches_reference_with_a_fixed_neuron_block(block_j, fwd_variant
     t = _times((7, 40), 8)
     w = torch.randn(20, 40, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 0.2 + 0.04
     _check(relpsp_linear_ref, lambda a, b: relpsp_linear(a, b, backend="triton"), t, w, torch.float64)
+
+
+def test_auto_forward_variant_is_chunked_for_short_rows_only(monkeypatch):
+    monkeypatch.setattr(gpu_triton, "FWD_VARIANT", "auto")
+    assert [gpu_triton.fwd_variant(n) for n in (1, 25, 32, 33, 400, 784)] == ["chunked"] * 3 + ["loop"] * 3
+    for fixed in ("chunked", "loop"):
+        monkeypatch.setattr(gpu_triton, "FWD_VARIANT", fixed)
+        assert {gpu_triton.fwd_variant(n) for n in (1, 784)} == {fixed}
 
 
 def test_unknown_forward_variant_is_refused(monkeypatch):

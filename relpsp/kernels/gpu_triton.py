@@ -41,9 +41,13 @@ __all__ = ["linear_bwd", "linear_fwd"]
 
 BLOCK_J_FWD = 128  # the most neurons per forward program (fewer for smaller layers: ``fwd_blocks``)
 BLOCK_K_FWD = 16
-#: Forward variant: "chunked" (``BLOCK_K_FWD`` inputs per step, the default) or "loop" (one input per step);
-#: the environment variable RELPSP_TRITON_FWD overrides it (for benchmarks).
-FWD_VARIANT = os.environ.get("RELPSP_TRITON_FWD", "chunked")
+#: Forward variant: "auto" (the default: "chunked" for rows of at most ``CHUNKED_MAX_INPUTS`` inputs, else
+#: "loop"), "chunked" (``BLOCK_K_FWD`` inputs per step) or "loop" (one input per step); the environment
+#: variable RELPSP_TRITON_FWD overrides it (for benchmarks). Measured on an H200 at batch 256
+#: (docs/PERFORMANCE.md): loop 0.9 ms against chunked 3.6 ms for the 784-800 layer's forward, 3.4 against
+#: 4.2 ms for the 16->32 C5 convolution (400 inputs), but 3.2 against 2.7 ms for the 1->16 C5 one (25).
+FWD_VARIANT = os.environ.get("RELPSP_TRITON_FWD", "auto")
+CHUNKED_MAX_INPUTS = 32
 BLOCK_R_GIN = 32
 BLOCK_I = 64
 BLOCK_J_GW = 64
@@ -60,6 +64,16 @@ def _row_splits(rows: int, n_out: int, n_in: int) -> tuple[int, int]:
     splits = max(1, min(triton.cdiv(rows, MIN_SPLIT_ROWS), triton.cdiv(TARGET_PROGRAMS, tiles)))
     per = max(1, triton.cdiv(rows, splits))
     return per, max(1, triton.cdiv(rows, per))
+
+
+def fwd_variant(n_in: int) -> str:
+    """The forward kernel for rows of ``n_in`` inputs: ``FWD_VARIANT``, with "auto" resolved by
+    ``CHUNKED_MAX_INPUTS``."""
+    if FWD_VARIANT not in ("auto", "chunked", "loop"):
+        raise ValueError(f"RELPSP_TRITON_FWD must be 'auto', 'chunked' or 'loop', got {FWD_VARIANT!r}")
+    if FWD_VARIANT == "auto":
+        return "chunked" if n_in <= CHUNKED_MAX_INPUTS else "loop"
+    return FWD_VARIANT
 
 
 def fwd_blocks(n_out: int) -> tuple[int, int]:
@@ -166,7 +180,8 @@ def _fwd_kernel_chunked(
 ):
     """Same search as ``_fwd_kernel``, ``BLOCK_K`` inputs at a time: the weight rows of a chunk are loaded
     as one ``[BLOCK_K, BLOCK_J]`` tile, prefix sums come from ``tl.cumsum``, and each neuron takes the
-    first valid prefix of the chunk. Fewer dependent loads than the one-input loop."""
+    first valid prefix of the chunk. Fewer dependent loads than the one-input loop but more arithmetic
+    per input: the faster of the two only for short rows (``FWD_VARIANT``)."""
     r = tl.program_id(0)
     j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
     jm = j < M
@@ -296,12 +311,11 @@ def _linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tup
     grid = (rows, triton.cdiv(n_out, block_j))
     args = (ts, order.to(torch.int32), n_use, weight.t().contiguous(), params, t_out, w_sum, n_in, n_out)
     f64 = t_in.dtype == torch.float64
-    if FWD_VARIANT == "loop":
+    variant = fwd_variant(n_in)
+    if variant == "loop":
         _fwd_kernel[grid](*args, BLOCK_J=block_j, F64=f64, num_warps=warps)
-    elif FWD_VARIANT == "chunked":
-        _fwd_kernel_chunked[grid](*args, BLOCK_K=BLOCK_K_FWD, BLOCK_J=block_j, F64=f64, num_warps=warps)
     else:
-        raise ValueError(f"RELPSP_TRITON_FWD must be 'chunked' or 'loop', got {FWD_VARIANT!r}")
+        _fwd_kernel_chunked[grid](*args, BLOCK_K=BLOCK_K_FWD, BLOCK_J=block_j, F64=f64, num_warps=warps)
     return t_out, w_sum
 
 
