@@ -4,8 +4,8 @@
 #   tests  the gpu-marked tests (torch and triton backends on CUDA against the float64 reference)
 #   triton tests/test_triton.py compiled on the GPU (on a CPU it runs in Triton's interpreter)
 #   bench  benchmarks.layers (triton and torch) and benchmarks.train_step (MLP and CNN) on CUDA
-#   ab     benchmarks.layers, triton only: the default forward, its neuron block fixed at 128 (the block
-#          before fwd_blocks), and the one-input loop variant, each in its own run
+#   ab     benchmarks.layers, triton only: the default forward (variant auto, blocks by layer width), then
+#          the chunked and the loop variants forced, each in its own run
 #   profile benchmarks.profile_ops: the per-operator CUDA time of the layers and of a CNN training step
 #   train  $TRAIN_CONFIG on CUDA for seeds 0-2 at once, stopped after $TRAIN_S seconds; the run folders
 #          (metrics.jsonl per epoch, results.json if finished, checkpoint.ckpt to --resume from) are
@@ -93,7 +93,7 @@ for step in $steps; do
       check "triton tests"
       ;;
     ab)
-      for v in "chunked auto" "chunked 128" "loop auto"; do
+      for v in "auto auto" "chunked auto" "loop auto"; do
         set -- $v
         stamp "layers benchmark, triton $1 forward, neuron block $2 (cap ${BENCH_S}s)"
         if [ "$2" = auto ]; then unset RELPSP_TRITON_FWD_BLOCK_J; else export RELPSP_TRITON_FWD_BLOCK_J=$2; fi
