@@ -19,6 +19,7 @@ from relpsp._fileio import check_output_file, json_text
 from relpsp.train import device_name
 
 __all__ = [
+    "device_parser",
     "environment",
     "load_cpu_kernels",
     "mnist_like_batch",
@@ -31,6 +32,16 @@ __all__ = [
 
 #: the checkout these benchmarks are in: its commit is recorded, whatever the current folder
 REPO = Path(__file__).resolve().parents[1]
+
+
+def device_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every model-level benchmark takes: ``--batch``, ``--device``, ``--backend``, ``--out``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--out", help="JSON file for the results")
+    return ap
 
 
 def refuse_bad_output_file(ap: argparse.ArgumentParser, out: str | None) -> None:

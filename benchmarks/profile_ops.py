@@ -15,13 +15,12 @@ locating the time, ``benchmarks.layers`` and ``benchmarks.train_step`` give the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import torch
 
-from benchmarks.common import environment, mnist_like_batch, refuse_bad_output_file, write_json
+from benchmarks.common import device_parser, environment, mnist_like_batch, refuse_bad_output_file, write_json
 
 CASES = ("784-800", "conv1", "conv2", "cnn-step")
 _LAYER_CASES = {"784-800": "784-800", "conv1": "conv1 1-16C5 28x28", "conv2": "conv2 16-32C5 12x12"}
@@ -113,14 +112,10 @@ def profile_case(case: str, batch: int, device: str, backend: str, calls: int, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = device_parser(__doc__)
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="auto")
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
-    ap.add_argument("--out", help="JSON file for the results")
     args = ap.parse_args(argv)
     unknown = [c for c in args.cases.split(",") if c not in CASES]
     if unknown:

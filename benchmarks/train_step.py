@@ -23,6 +23,7 @@ import time
 import torch
 
 from benchmarks.common import (
+    device_parser,
     environment,
     load_cpu_kernels,
     mnist_like_batch,
@@ -106,14 +107,10 @@ def run_one(arch: str, batch: int, device: str, backend: str, steps: int, thread
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = device_parser(__doc__)
     ap.add_argument("--archs", default=",".join(DEFAULT_ARCHS))
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="auto")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (torch and numba; 0: all cores)")
-    ap.add_argument("--out")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads < 0:
