@@ -37,7 +37,10 @@ def main(root: str = "docs/results") -> int:
         acc_s = f"{mean:.3f} ± {std:.2f}" if len(acc) > 1 else f"{mean:.2f}"
         # every distinct value, in seed order: a group may mix machines (seeds added later) or epochs
         epochs = ", ".join(dict.fromkeys(str(r["epochs"]) for r in runs))
-        devices = "; ".join(dict.fromkeys(r["device"] for r in runs))
+        # a resumed run lists the device of each session (e.g. begun on a GPU, finished on a CPU)
+        devices = "; ".join(
+            dict.fromkeys(d for r in runs for d in [*(x["device"] for x in r.get("sessions", [])), r["device"]])
+        )
         print(f"| {dataset} | {arch} | {name} | {seeds} | {acc_s} | {epochs} | {devices} | {wall} |")
     return 0
 
