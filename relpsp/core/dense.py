@@ -69,7 +69,7 @@ def _search_block(
     t_sorted: Tensor, order: Tensor, weight_t: Tensor, theta: float, chunk: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """First valid prefix for a block of rows. ``t_sorted``/``order`` ``[R, n]`` (ascending, inf last),
-    ``weight_t [N_in, N_out]``. Returns ``(t_out, w_sum, t_last)`` ``[R, N_out]`` before the t_max cut;
+    ``weight_t [N_in, N_out]`` in float64. Returns ``(t_out, w_sum, t_last)`` ``[R, N_out]`` before the t_max cut;
     ``t_last`` is the time of the last causal input (``-inf`` for silent neurons)."""
     rows, n = t_sorted.shape
     n_out = weight_t.shape[1]
@@ -92,7 +92,7 @@ def _search_block(
         c1 = min(c0 + chunk, n)
         ts = t_sorted_acc[:, c0:c1]
         live = torch.isfinite(ts)  # [R, K]
-        wg = weight_t[order[:, c0:c1]].to(acc)  # [R, K, N_out]
+        wg = weight_t[order[:, c0:c1]]  # [R, K, N_out], already float64
         wg = wg * live.unsqueeze(-1)
         a = carry_a.unsqueeze(1) + wg.cumsum(1)
         b = carry_b.unsqueeze(1) + (wg * torch.where(live, ts, 0).unsqueeze(-1)).cumsum(1)
@@ -134,7 +134,7 @@ def relpsp_linear_fwd_torch(
         return t_out, w_sum
     t_sorted = t_sorted[:, :n_active]
     order = order[:, :n_active]
-    weight_t = weight.t().contiguous()
+    weight_t = weight.t().to(torch.float64).contiguous()  # converted once, not per gathered block
     chunk = max(1, min(n_active, 64))
     row_block = max(1, _BLOCK_ELEMS // (chunk * max(n_out, 1)))
     for r0 in range(0, rows, row_block):
