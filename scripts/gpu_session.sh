@@ -93,15 +93,12 @@ for step in $steps; do
       check "triton tests"
       ;;
     ab)
-      for v in "auto auto" "chunked auto" "loop auto"; do
-        set -- $v
-        stamp "layers benchmark, triton $1 forward, neuron block $2 (cap ${BENCH_S}s)"
-        if [ "$2" = auto ]; then unset RELPSP_TRITON_FWD_BLOCK_J; else export RELPSP_TRITON_FWD_BLOCK_J=$2; fi
-        RELPSP_TRITON_FWD=$1 timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.layers --device "$DEVICE" --impls triton \
-          --repeat 5 --out "$OUT/bench_layers_${1}_$2.json" 2>&1 | tee -a "$log"
-        check "layers benchmark $1 $2"
+      for v in auto chunked loop; do
+        stamp "layers benchmark, triton $v forward (cap ${BENCH_S}s)"
+        RELPSP_TRITON_FWD=$v timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.layers --device "$DEVICE" --impls triton \
+          --repeat 5 --out "$OUT/bench_layers_$v.json" 2>&1 | tee -a "$log"
+        check "layers benchmark $v"
       done
-      unset RELPSP_TRITON_FWD_BLOCK_J
       ;;
     profile)
       stamp "profile (cap ${BENCH_S}s)"
