@@ -17,7 +17,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -98,6 +97,7 @@ class RelpspLinearFn(torch.autograd.Function):
         t_out, w_sum = output
         ctx.save_for_backward(t_in, weight, t_out, w_sum)
         ctx.mark_non_differentiable(w_sum)
+        ctx.set_materialize_grads(False)  # w_sum gets no gradient: no zero tensor for it each step
         ctx.w_sum_min = w_sum_min
         ctx.backend = backend
 
@@ -106,15 +106,15 @@ class RelpspLinearFn(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor, _grad_w_sum: Tensor | None) -> tuple[Tensor | None, ...]:
         t_in, weight, t_out, w_sum = ctx.saved_tensors
         need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_in or need_w):
+        if grad_out is None or not (need_in or need_w):  # None: t_out was not used (grads not materialised)
             return None, None, None, None, None, None
         grad_out = grad_out.contiguous()
         if ctx.backend == "numba":
             k = load_cpu_kernels()
             g_in_np, g_w_np = k.linear_bwd(
-                grad_out.numpy(), t_in.numpy(), weight.numpy(), t_out.numpy(), w_sum.numpy(), ctx.w_sum_min
+                grad_out.numpy(), t_in.numpy(), weight.numpy(), t_out.numpy(), w_sum.numpy(), ctx.w_sum_min, need_in
             )
-            g_in: Tensor | None = torch.from_numpy(g_in_np)
+            g_in: Tensor | None = None if g_in_np is None else torch.from_numpy(g_in_np)
             g_w: Tensor | None = torch.from_numpy(g_w_np)
         elif ctx.backend == "triton":
             g_in, g_w = load_gpu_kernels().linear_bwd(
@@ -149,9 +149,10 @@ class RelpspConv2dFn(torch.autograd.Function):
     """Numba-only ``(t_pad [B, C, Hp, Wp], weight [C_out, C, kh, kw]) -> (t_rows, w_sum)``, both
     ``[B * H_out * W_out, C_out]`` in im2col row order; ``t_pad`` is the input already padded with +inf.
 
-    The forward sorts each image's spikes once (``cpu_numba.conv_fwd``); the backward unfolds ``t_pad``
-    into rows, applies the dense backward to them and folds the row gradients back onto the image, so
-    the gradients are those of the im2col path exactly.
+    The forward sorts each image's spikes once (``cpu_numba.conv_fwd``); the backward
+    (``cpu_numba.conv_bwd``) applies the dense backward to every window read from ``t_pad`` and adds the
+    window gradients onto the image, so the gradients are those of the im2col path (F.unfold, the dense
+    backward, F.fold) up to the order of the float sums, without building the rows.
     """
 
     @staticmethod
@@ -168,6 +169,7 @@ class RelpspConv2dFn(torch.autograd.Function):
         t_out, w_sum = output
         ctx.save_for_backward(t_pad, weight, t_out, w_sum)
         ctx.mark_non_differentiable(w_sum)
+        ctx.set_materialize_grads(False)
         ctx.stride = stride
         ctx.w_sum_min = w_sum_min
 
@@ -176,23 +178,18 @@ class RelpspConv2dFn(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor, _grad_w_sum: Tensor | None) -> tuple[Tensor | None, ...]:
         t_pad, weight, t_out, w_sum = ctx.saved_tensors
         need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_in or need_w):
+        if grad_out is None or not (need_in or need_w):  # None: t_out was not used (grads not materialised)
             return None, None, None, None, None, None
-        b, _c, hp, wp = t_pad.shape
-        kernel = (weight.shape[2], weight.shape[3])
-        cols = F.unfold(t_pad, kernel, stride=ctx.stride)  # [B, C*kh*kw, L]
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous()
-        g_rows, g_w = load_cpu_kernels().linear_bwd(
-            grad_out.contiguous().numpy(),
-            rows.numpy(),
-            weight.reshape(weight.shape[0], -1).numpy(),
+        g_in_np, g_w_np = load_cpu_kernels().conv_bwd(
+            grad_out.numpy(),
+            t_pad.numpy(),
+            weight.numpy(),
             t_out.numpy(),
             w_sum.numpy(),
+            ctx.stride,
             ctx.w_sum_min,
+            need_in,
         )
-        g_in = None
-        if need_in:
-            g_cols = torch.from_numpy(g_rows).reshape(b, cols.shape[2], cols.shape[1]).transpose(1, 2)
-            g_in = F.fold(g_cols, (hp, wp), kernel, stride=ctx.stride)
-        g_weight = torch.from_numpy(g_w).reshape(weight.shape) if need_w else None
+        g_in = torch.from_numpy(g_in_np) if need_in and g_in_np is not None else None
+        g_weight = torch.from_numpy(g_w_np) if need_w else None
         return g_in, g_weight, None, None, None, None

@@ -212,6 +212,50 @@ def test_conv_kernel_equals_dense_kernel_on_rows(shape, kernel, stride, dtype):
     np.testing.assert_array_equal(got[1], expected[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape,kernel,stride",
+    [((3, 4, 13, 11), (5, 5), (1, 1)), ((3, 3, 12, 12), (3, 2), (2, 3)), ((0, 2, 6, 6), (3, 3), (1, 1))],
+    ids=["c4_k5", "c3_k3x2_s2x3", "empty_batch"],
+)
+def test_conv_backward_kernel_equals_dense_backward_on_rows_then_fold(shape, kernel, stride, dtype):
+    """``cpu_numba.conv_bwd`` (windows read from the padded image, their input gradients added onto it)
+    gives what the dense ``linear_bwd`` on the im2col rows followed by F.fold gives, up to the order of
+    the float sums; without the input gradient it returns None and the same weight gradient."""
+    pytest.importorskip("numba")
+    from relpsp.kernels import cpu_numba
+
+    rng = np.random.default_rng(11)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    t = rng.integers(0, 64, shape) / 32.0  # ties included
+    t[rng.random(shape) < 0.3] = INF
+    t = t.astype(np_dtype)
+    weight = rng.normal(0.2, 0.4, (5, shape[1], *kernel)).astype(np_dtype)
+    t_out, w_sum = cpu_numba.conv_fwd(t, weight, stride, 1.0, INF)
+    grad = rng.normal(size=t_out.shape).astype(np_dtype)
+    cols = torch.nn.functional.unfold(torch.from_numpy(t), kernel, stride=stride)
+    rows = cols.transpose(1, 2).reshape(-1, cols.shape[1]).contiguous().numpy()
+    g_rows, g_w_rows = cpu_numba.linear_bwd(grad, rows, weight.reshape(5, -1), t_out, w_sum, 1e-3)
+    g_cols = torch.from_numpy(g_rows).reshape(shape[0], cols.shape[2], cols.shape[1]).transpose(1, 2)
+    g_fold = torch.nn.functional.fold(g_cols, shape[2:], kernel, stride=stride).numpy()
+
+    g_in, g_w = cpu_numba.conv_bwd(grad, t, weight, t_out, w_sum, stride, 1e-3)
+    assert g_in is not None and g_in.dtype == np_dtype and g_w.dtype == np_dtype
+    assert g_in.shape == shape and g_w.shape == weight.shape
+    rtol = 1e-12 if np_dtype == np.float64 else 1e-5
+    scale_in = max(1.0, float(np.abs(g_fold).max(initial=0.0)))
+    scale_w = max(1.0, float(np.abs(g_w_rows).max(initial=0.0)))
+    np.testing.assert_allclose(g_in, g_fold, rtol=0, atol=rtol * scale_in)
+    np.testing.assert_allclose(g_w, g_w_rows.reshape(weight.shape), rtol=0, atol=rtol * scale_w)
+    assert (g_in[np.isinf(t)] == 0).all()  # silent inputs get nothing
+    if shape[0]:
+        assert np.abs(g_in).max() > 0 and np.abs(g_w).max() > 0  # the case exercises real gradients
+
+    g_none, g_w_only = cpu_numba.conv_bwd(grad, t, weight, t_out, w_sum, stride, 1e-3, need_in=False)
+    assert g_none is None
+    np.testing.assert_array_equal(g_w_only, g_w)
+
+
 def test_conv_kernel_applies_where_the_bitmap_is_no_longer_than_a_window():
     assert conv_kernel_applies((12, 12), (5, 5))  # the paper's second convolution
     assert conv_kernel_applies((28, 28), (5, 5))

@@ -315,6 +315,21 @@ def test_backward_matches_ref(backend, dtype, t_max):
     assert g_in.abs().sum() > 0 and g_w.abs().sum() > 0  # the comparison is not between two zero tensors
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_gradient_alone_equals_the_one_computed_with_the_input_gradient(backend, dtype):
+    """When the input needs no gradient (a network's first layer) the backward skips the input-gradient
+    sums (the numba kernel is compiled without them); the weight gradient stays the same, bit for bit."""
+    t_np, w_np = dense_case(22, dtype)
+    grad_out = torch.randn(t_np.shape[0], w_np.shape[0], generator=torch.Generator().manual_seed(23), dtype=dtype)
+    _, g_in, g_w = _grads(lambda t, w: relpsp_linear(t, w, backend=backend), _t(t_np, dtype), _t(w_np, dtype), grad_out)
+    weight = _t(w_np, dtype, grad=True)
+    t_in = _t(t_np, dtype)  # requires no gradient
+    relpsp_linear(t_in, weight, backend=backend).backward(grad_out)
+    assert t_in.grad is None and g_in.abs().sum() > 0
+    assert g_w.abs().sum() > 0 and torch.equal(weight.grad, g_w)
+
+
 @pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
 def test_grads_match_oracle(impl):
     dtype = torch.float64

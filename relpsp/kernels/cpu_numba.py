@@ -9,7 +9,11 @@ than ``t_max``. Work per row is O(n_active * N_out) with no intermediate larger 
 Backward, per row: u_j = dL/dt_j / max(W_j, w_sum_min) for firing j; then for each finite input i,
 dL/dt_i = sum_{j: t_i < t_j} u_j w_ji and dL/dw_ji += u_j (t_i - t_j). Rows are split over threads,
 each with its own weight-gradient buffer (in the input dtype), summed in float64 at the end
-(deterministic for a fixed thread count).
+(deterministic for a fixed thread count). The input-gradient sums are skipped when the input needs none.
+
+Convolutions (``conv_fwd``, ``conv_bwd``) read every window from the padded image instead of im2col
+rows: the forward sorts each image's spikes once, the backward adds each window's input gradient onto
+the image (in float64) and splits images over threads.
 
 Sorting uses an LSD radix sort on the IEEE bit patterns of the (non-negative) times; weights are read in
 their own dtype and every sum runs in float64.
@@ -27,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.typing import DTypeLike
 
-__all__ = ["conv_fwd", "linear_bwd", "linear_fwd"]
+__all__ = ["conv_bwd", "conv_fwd", "linear_bwd", "linear_fwd"]
 
 
 # Reassociation lets LLVM vectorise the reductions; no nnan/ninf: +inf is data here.
@@ -352,6 +356,8 @@ def _conv_fwd(
 
 @njit(cache=True, nogil=True, fastmath=_FLAGS)
 def _bwd_rows(grad_out, t_in, weight_t, t_out, w_sum, w_sum_min, g_in, acc, r0, r1, u, tj):  # pragma: no cover
+    """Rows ``r0..r1`` of the dense backward; ``g_in`` is None when the input needs no gradient (numba
+    compiles that case without the input-gradient sums, half of the inner loop)."""
     n_in = t_in.shape[1]
     n_out = weight_t.shape[1]
     for r in range(r0, r1):
@@ -366,21 +372,26 @@ def _bwd_rows(grad_out, t_in, weight_t, t_out, w_sum, w_sum_min, g_in, acc, r0, 
                 # u = 0 and t = 0 make every term vanish (input times are >= 0, so never causal).
                 u[j] = 0.0
                 tj[j] = 0.0
-        gi = g_in[r]
         if not any_u:
-            gi[:] = 0.0
+            if g_in is not None:
+                g_in[r, :] = 0.0
             continue
         for i in range(n_in):
             ti = t_in[r, i]
-            s = 0.0
-            if ti < math.inf:
-                w = weight_t[i]
+            if g_in is not None:
+                s = 0.0
+                if ti < math.inf:
+                    w = weight_t[i]
+                    ai = acc[i]
+                    for j in range(n_out):
+                        uj = u[j] if ti < tj[j] else 0.0
+                        s += uj * w[j]
+                        ai[j] += uj * (ti - tj[j])
+                g_in[r, i] = s
+            elif ti < math.inf:
                 ai = acc[i]
                 for j in range(n_out):
-                    uj = u[j] if ti < tj[j] else 0.0
-                    s += uj * w[j]
-                    ai[j] += uj * (ti - tj[j])
-            gi[i] = s
+                    ai[j] += (u[j] if ti < tj[j] else 0.0) * (ti - tj[j])
 
 
 @njit(parallel=True, cache=True)
@@ -394,6 +405,77 @@ def _bwd(grad_out, t_in, weight_t, t_out, w_sum, w_sum_min, g_in, g_wt, n_chunks
         r0, r1 = c * step, min(rows, (c + 1) * step)
         g_wt[c][:] = 0.0
         _bwd_rows(grad_out, t_in, weight_t, t_out, w_sum, w_sum_min, g_in, g_wt[c], r0, r1, u, tj)
+
+
+@njit(cache=True, nogil=True, fastmath=_FLAGS)
+def _conv_bwd_images(
+    grad_out, t_flat, shape, kernel, stride, weight_t, t_out, w_sum, w_sum_min, g_flat, acc, b0, b1, u, tj
+):  # pragma: no cover
+    """Images ``b0..b1`` of a convolution's backward, read from the padded image (no im2col rows).
+
+    Each window gets the dense backward of ``_bwd_rows``; its input gradient is added straight onto the
+    image's gradient ``g_flat [B, C*Hp*Wp]`` (float64; what F.fold did after the rows' backward), its
+    weight gradient into ``acc [C*kh*kw, C_out]``. ``g_flat`` may be None when the input needs none."""
+    c_in, hp, wp = shape
+    kh, kw = kernel
+    sh, sw = stride
+    h_out = (hp - kh) // sh + 1
+    w_out = (wp - kw) // sw + 1
+    n_out = weight_t.shape[1]
+    for bi in range(b0, b1):
+        t_img = t_flat[bi]
+        for oy in range(h_out):
+            y0 = oy * sh
+            for ox in range(w_out):
+                x0 = ox * sw
+                r = (bi * h_out + oy) * w_out + ox
+                any_u = False
+                for j in range(n_out):
+                    t = t_out[r, j]
+                    if t < math.inf:
+                        u[j] = grad_out[r, j] / max(w_sum[r, j], w_sum_min)
+                        tj[j] = t
+                        any_u = any_u or u[j] != 0.0
+                    else:
+                        u[j] = 0.0
+                        tj[j] = 0.0
+                if not any_u:
+                    continue
+                for c in range(c_in):
+                    for dy in range(kh):
+                        base = (c * hp + y0 + dy) * wp + x0
+                        k0 = (c * kh + dy) * kw
+                        for dx in range(kw):
+                            ti = t_img[base + dx]
+                            if ti < math.inf:
+                                w = weight_t[k0 + dx]
+                                ak = acc[k0 + dx]
+                                s = 0.0
+                                for j in range(n_out):
+                                    uj = u[j] if ti < tj[j] else 0.0
+                                    s += uj * w[j]
+                                    ak[j] += uj * (ti - tj[j])
+                                if g_flat is not None:
+                                    g_flat[bi, base + dx] += s
+
+
+@njit(parallel=True, cache=True)
+def _conv_bwd(
+    grad_out, t_flat, shape, kernel, stride, weight_t, t_out, w_sum, w_sum_min, g_flat, g_wt, n_chunks
+):  # pragma: no cover
+    n_img = t_flat.shape[0]
+    n_out = weight_t.shape[1]
+    step = (n_img + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        u = np.empty(n_out, np.float64)
+        tj = np.empty(n_out, np.float64)
+        b0, b1 = c * step, min(n_img, (c + 1) * step)
+        g_wt[c][:] = 0.0
+        if g_flat is not None:
+            g_flat[b0:b1] = 0.0
+        _conv_bwd_images(
+            grad_out, t_flat, shape, kernel, stride, weight_t, t_out, w_sum, w_sum_min, g_flat, g_wt[c], b0, b1, u, tj
+        )
 
 
 @njit(parallel=True, cache=True)
@@ -501,11 +583,13 @@ def linear_bwd(
     t_out: np.ndarray,
     w_sum: np.ndarray,
     w_sum_min: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Returns ``(grad_t_in [R, N_in], grad_weight [N_out, N_in])`` in the input dtype."""
+    need_in: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Returns ``(grad_t_in [R, N_in] or None when not ``need_in``, grad_weight [N_out, N_in])`` in the
+    input dtype."""
     rows, n_in = t_in.shape
     n_out = weight.shape[0]
-    g_in = np.empty((rows, n_in), t_in.dtype)
+    g_in = np.empty((rows, n_in), t_in.dtype) if need_in else None
     # One weight-gradient buffer per thread: more chunks would cost more zeroing and summing than they save.
     n_chunks = max(1, min(rows, numba.get_num_threads()))
     # Per-thread partial sums in the input dtype: half the memory traffic for float32 (each thread sums at
@@ -525,3 +609,49 @@ def linear_bwd(
     )
     _sum_transpose(g_wt, g_w)
     return g_in, g_w
+
+
+def conv_bwd(
+    grad_out: np.ndarray,
+    t_pad: np.ndarray,
+    weight: np.ndarray,
+    t_out: np.ndarray,
+    w_sum: np.ndarray,
+    stride: tuple[int, int],
+    w_sum_min: float,
+    need_in: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Backward of ``conv_fwd``: ``grad_out``, ``t_out``, ``w_sum`` ``[B * H_out * W_out, C_out]`` (im2col
+    row order), ``t_pad [B, C, Hp, Wp]``, ``weight [C_out, C, kh, kw]`` -> ``(grad_t_pad [B, C, Hp, Wp] or
+    None, grad_weight [C_out, C, kh, kw])`` in the input dtype. The same sums as ``linear_bwd`` on the
+    im2col rows followed by a fold, read from the image directly; each image's overlapping window
+    gradients are summed in float64 before the cast."""
+    b, c, hp, wp = t_pad.shape
+    c_out, c_w, kh, kw = weight.shape
+    if c_w != c:
+        raise ValueError(f"weight has {c_w} input channels, input has {c}")
+    n_k = c * kh * kw
+    n_chunks = max(1, min(b, numba.get_num_threads()))
+    g_wt = _workspace("conv_g_wt", (n_chunks, n_k, c_out), t_pad.dtype)
+    g_flat = _workspace("conv_g_in", (b, c * hp * wp), np.float64) if need_in else None
+    g_w = np.empty((c_out, n_k), t_pad.dtype)
+    if b:
+        _conv_bwd(
+            np.ascontiguousarray(grad_out),
+            np.ascontiguousarray(t_pad).reshape(b, -1),
+            (c, hp, wp),
+            (kh, kw),
+            (int(stride[0]), int(stride[1])),
+            _transposed(weight.reshape(c_out, -1)),
+            np.ascontiguousarray(t_out),
+            np.ascontiguousarray(w_sum),
+            float(w_sum_min),
+            g_flat,
+            g_wt,
+            n_chunks,
+        )
+        _sum_transpose(g_wt, g_w)
+    else:
+        g_w[:] = 0.0
+    g_in = g_flat.reshape(b, c, hp, wp).astype(t_pad.dtype) if g_flat is not None else None
+    return g_in, g_w.reshape(weight.shape)
