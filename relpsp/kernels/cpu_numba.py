@@ -57,6 +57,19 @@ def _count_crossings(a, b, theta, t_next):  # pragma: no cover
     return c
 
 
+@njit(cache=True, nogil=True, fastmath=_FLAGS)
+def _add_input_count(a, b, w, tk, theta, t_next):  # pragma: no cover
+    """``_add_input`` then ``_count_crossings`` in one pass over the neurons (the last input of a group)."""
+    c = 0.0
+    for j in range(a.shape[0]):
+        aj = a[j] + w[j]
+        bj = b[j] + w[j] * tk
+        a[j] = aj
+        b[j] = bj
+        c += 1.0 if (aj > 0.0 and theta + bj <= aj * t_next) else 0.0
+    return c
+
+
 @njit(cache=True, nogil=True)
 def _next_above(x, nmant, minexp):  # pragma: no cover
     """The next number above ``x >= 0`` in the binary float format with ``nmant`` stored mantissa bits and
@@ -187,11 +200,12 @@ def _walk(key, idx, order, n, weight_t, theta, t_max, out, ws, work):  # pragma:
         tk = key[order[k]]
         if tk > t_max:
             break
-        while k < n and key[order[k]] == tk:
-            _add_input(a, b, weight_t[idx[order[k]]], tk)
+        k += 1
+        while k < n and key[order[k]] == tk:  # every input of the group but the last
+            _add_input(a, b, weight_t[idx[order[k - 1]]], tk)
             k += 1
         t_next = key[order[k]] if k < n else math.inf
-        if _count_crossings(a, b, theta, t_next) > 0.0:
+        if _add_input_count(a, b, weight_t[idx[order[k - 1]]], tk, theta, t_next) > 0.0:
             remaining -= _fire(a, b, last, out, ws, theta, tk, t_next)
     if _any_on_or_before(out, last):  # rare: a separate pass keeps the common path vectorised
         fmt = np.finfo(out.dtype)
