@@ -73,9 +73,17 @@ def _check_common(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> N
             "must share dtype and device"
         )
     # A sum is one cheap pass; it is non-finite whenever an element is (or at absurd magnitudes, also bad).
-    if weight.numel() and not bool(torch.isfinite(weight.sum())):
-        raise ValueError("weight holds NaN or infinite values (or values too large to sum)")
-    check_spike_times("t_in", t_in)
+    # min() propagates NaN, so `min >= 0` fails on NaN and negative times. Both tests are read back in one
+    # bool(): on a GPU each read waits for the device, and this runs for every layer of every step.
+    tests = []
+    if weight.numel():
+        tests.append(torch.isfinite(weight.sum()))
+    if t_in.numel():
+        tests.append(t_in.min() >= 0)
+    if tests and not bool(torch.stack(tests).all()):
+        if weight.numel() and not bool(torch.isfinite(weight.sum())):
+            raise ValueError("weight holds NaN or infinite values (or values too large to sum)")
+        check_spike_times("t_in", t_in)
     check_finite_positive("theta", theta)
     check_t_max(t_max)
 

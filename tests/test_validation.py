@@ -83,6 +83,26 @@ def test_linear_refuses(case):
         call()
 
 
+def test_valid_layer_inputs_are_read_back_once_and_bad_ones_still_named(monkeypatch):
+    """The finite-weight and spike-time tests of a layer are read back from the device in one ``bool``
+    (each read waits for a GPU); a bad weight is still named before a bad time, as before."""
+    reads = []
+    original = torch.Tensor.__bool__
+
+    def counting_bool(self):
+        reads.append(tuple(self.shape))
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", counting_bool)
+    relpsp_linear(T_IN, W, backend="torch")
+    n_linear = len(reads)
+    reads.clear()
+    relpsp_linear(T_IN, W, backend="numba")
+    assert n_linear >= 1 and len(reads) == 1  # numba: no other read; the one read is the joint test
+    with pytest.raises(ValueError, match=r"weight holds NaN"):
+        relpsp_linear(_with(T_IN, math.nan), _with(W, math.nan), backend="numba")
+
+
 BAD_CONV_POOL = {
     "conv-nan-time": (lambda: relpsp_conv2d(_with(T_CONV, math.nan), W_CONV), r"t_in holds 1 NaN"),
     "conv-rank-2": (lambda: relpsp_conv2d(T_IN, W_CONV), r"t_in must have 4 dimensions"),
