@@ -1,11 +1,11 @@
 """Where the time goes: torch.profiler's per-operator table for the paper's layers and a training step.
 
     python -m benchmarks.profile_ops [--device cuda] [--backend auto] [--cases conv1,conv2,784-800,cnn-step]
-                                     [--batch 256] [--calls 5] [--top 12] [--out FILE.json]
+                                     [--batch 256] [--calls 5] [--top 12] [--step-arch ARCH] [--out FILE.json]
 
 Cases: ``784-800``, ``conv1``, ``conv2`` (the forward of ``benchmarks.layers``'s layers, same inputs) and
-``cnn-step`` (a training step of 16C5-P2-32C5-P2-800-128-10: forward, backward, Adam, as in
-``benchmarks.train_step``). Each case is warmed up twice (kernel compilation), then ``--calls`` calls are
+``cnn-step`` (a training step of ``--step-arch``, by default 16C5-P2-32C5-P2-800-128-10: forward, backward,
+Adam, built by ``benchmarks.train_step.make_step``). Each case is warmed up twice (kernel compilation), then ``--calls`` calls are
 profiled. Printed per case: the wall time per call, the device's busy time (on a GPU the time of its
 kernels and copies, Triton kernels by name; on a CPU the operators' self time) and its fraction of the
 wall time, and the kernels (operators on a CPU) with the most time, with their share of that total and
@@ -20,13 +20,14 @@ import time
 
 import torch
 
-from benchmarks.common import device_parser, environment, mnist_like_batch, refuse_bad_output_file, write_json
+from benchmarks.common import device_parser, environment, refuse_bad_output_file, write_json
 
 CASES = ("784-800", "conv1", "conv2", "cnn-step")
+STEP_ARCH = "16C5-P2-32C5-P2-800-128-10"
 _LAYER_CASES = {"784-800": "784-800", "conv1": "conv1 1-16C5 28x28", "conv2": "conv2 16-32C5 12x12"}
 
 
-def _case_fn(case: str, batch: int, device: str, backend: str):
+def _case_fn(case: str, batch: int, device: str, backend: str, step_arch: str = STEP_ARCH):
     """A no-argument callable doing one call of ``case``."""
     from relpsp.functional import relpsp_conv2d, relpsp_linear
 
@@ -42,32 +43,21 @@ def _case_fn(case: str, batch: int, device: str, backend: str):
 
         return fwd
     if case == "cnn-step":
-        from relpsp.functional import spike_time_cross_entropy
-        from relpsp.models import build_model
+        from benchmarks.train_step import make_step
 
-        torch.manual_seed(0)
-        x, _ = mnist_like_batch(batch, seed=1)
-        y = torch.randint(0, 10, (batch,))
-        model = build_model("16C5-P2-32C5-P2-800-128-10", (1, 28, 28), backend=backend).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-        x, y = x.to(device), y.to(device)
-
-        def step():
-            loss = spike_time_cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return step
+        step_k, *_ = make_step(step_arch, batch, device, backend)
+        return lambda: step_k(0)
     raise ValueError(f"unknown case {case!r}; known: {', '.join(CASES)}")
 
 
-def profile_case(case: str, batch: int, device: str, backend: str, calls: int, top: int) -> dict:
+def profile_case(
+    case: str, batch: int, device: str, backend: str, calls: int, top: int, step_arch: str = STEP_ARCH
+) -> dict:
     """Profile ``calls`` calls of ``case`` after two warm-up calls; the ``top`` operators by self time."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    fn = _case_fn(case, batch, device, backend)
+    fn = _case_fn(case, batch, device, backend, step_arch)
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(2):
@@ -99,6 +89,7 @@ def profile_case(case: str, batch: int, device: str, backend: str, calls: int, t
     ]
     return {
         "case": case,
+        "arch": step_arch if case == "cnn-step" else None,
         "batch": batch,
         "device": device,
         "backend": backend,
@@ -116,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--step-arch", default=STEP_ARCH, help="the network of the cnn-step case")
     args = ap.parse_args(argv)
     unknown = [c for c in args.cases.split(",") if c not in CASES]
     if unknown:
@@ -127,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print("environment:", json.dumps(env))
     results = []
     for case in args.cases.split(","):
-        r = profile_case(case, args.batch, args.device, args.backend, args.calls, args.top)
+        r = profile_case(case, args.batch, args.device, args.backend, args.calls, args.top, args.step_arch)
         results.append(r)
         print(
             f"\n{case} ({args.backend}, batch {args.batch}): {r['wall_ms_per_call']:.2f} ms per call, "

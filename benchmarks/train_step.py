@@ -35,13 +35,14 @@ from benchmarks.common import (
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 
 
-def run_one(arch: str, batch: int, device: str, backend: str, steps: int, threads: int = 0) -> dict:
+def make_step(arch: str, batch: int, device: str, backend: str):
+    """A training step of ``arch`` on a fixed set of 4 batches: ``(step, model, x_all, y_all, source)``,
+    where ``step(k)`` runs forward, loss, backward and an Adam step on batch ``k % 4``. Inputs are MNIST
+    test images (28x28 archs) or synthetic 32x32x3 images with the same fraction of lit pixels; labels
+    are random. Also used by ``benchmarks.profile_ops``."""
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.models import build_model
-    from relpsp.train import set_threads
 
-    if device == "cpu":
-        set_threads(threads)
     three_channel = arch.startswith("64C3")
     shape = (3, 32, 32) if three_channel else (1, 28, 28)
     torch.manual_seed(0)
@@ -55,7 +56,6 @@ def run_one(arch: str, batch: int, device: str, backend: str, steps: int, thread
     model = build_model(arch, shape, backend=backend).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     x_all, y_all = x_all.to(device), y_all.to(device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step(k: int) -> None:
         s = (k % 4) * batch
@@ -64,6 +64,18 @@ def run_one(arch: str, batch: int, device: str, backend: str, steps: int, thread
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    return step, model, x_all, y_all, source
+
+
+def run_one(arch: str, batch: int, device: str, backend: str, steps: int, threads: int = 0) -> dict:
+    from relpsp.functional import spike_time_cross_entropy
+    from relpsp.train import set_threads
+
+    if device == "cpu":
+        set_threads(threads)
+    step, model, x_all, y_all, source = make_step(arch, batch, device, backend)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     load_cpu_kernels()  # numba's import and compiled code (tens of MiB) are a fixed cost, not this case's memory
     # So is the code torch first touches in a step: one step of a throwaway copy on one sample before the

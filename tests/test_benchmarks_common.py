@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.common import environment, write_json
 
@@ -108,3 +109,24 @@ def test_profile_ops_ranks_the_operators_of_a_layer_by_self_time():
     assert {"RelpspLinearFn", "aten::cumsum"} <= names, names
     with pytest.raises(SystemExit):
         main(["--cases", "conv9"])
+
+
+def test_profile_ops_steps_the_network_it_is_given():
+    """The cnn-step case trains the network of ``--step-arch`` (built by train_step's ``make_step``): a
+    dense one has no convolution among its operators, the paper's CNN has, and the step changes the
+    weights."""
+    pytest.importorskip("numba")
+    from benchmarks.profile_ops import profile_case
+    from benchmarks.train_step import make_step
+
+    dense = profile_case("cnn-step", batch=2, device="cpu", backend="numba", calls=1, top=60, step_arch="784-20-10")
+    conv = profile_case("cnn-step", batch=2, device="cpu", backend="numba", calls=1, top=60)
+    assert dense["arch"] == "784-20-10" and conv["arch"] == "16C5-P2-32C5-P2-800-128-10"
+    assert "RelpspLinearFn" in {row["name"] for row in dense["top"]}
+    assert not any("Conv2d" in row["name"] for row in dense["top"])
+    assert any("RelpspConv2dFn" in row["name"] for row in conv["top"])
+    step, model, x_all, y_all, _ = make_step("784-20-10", 2, "cpu", "numba")
+    before = [p.detach().clone() for p in model.parameters()]
+    step(0)
+    assert len(x_all) == len(y_all) == 8
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
