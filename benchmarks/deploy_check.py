@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = simulate(net, x, SimOptions(), record_layers=True)
     sim_s = time.perf_counter() - t0
     assert sim.layer_times is not None
+    layer_times = sim.layer_times  # narrowed to a list for the nested function below
 
     def new_stats() -> dict:
         return {
@@ -98,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                 outs = [o.double().numpy() for o in layer_outputs(m, torch.from_numpy(x[s : s + 500]).to(dtype))]
                 t_dec = sim.t_decision[s : s + 500]
                 for k, o in enumerate(outs):
-                    a = sim.layer_times[k][s : s + 500]
+                    a = layer_times[k][s : s + 500]
                     accumulate(st, a, o.reshape(a.shape), t_dec)
                     if k:
-                        inp = outs[k - 1].reshape(sim.layer_times[k - 1][s : s + 500].shape)
+                        inp = outs[k - 1].reshape(layer_times[k - 1][s : s + 500].shape)
                         a1 = run_layer(net, k - 1, inp)
                         accumulate(per_layer, a1, o.reshape(a1.shape), t_dec)
                 t = outs[-1]

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| weight \\ time | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
-    for wb, row in grid.items():
-        print(f"| {wb} | " + " | ".join(f"{100 * row[c]:.2f}" for c in cols) + " |")
+    for wkey, row in grid.items():
+        print(f"| {wkey} | " + " | ".join(f"{100 * row[c]:.2f}" for c in cols) + " |")
     if "8" in grid:
         print(
             f"\n8-bit weights, 8-bit time: {100 * grid['8']['8']:.2f}% vs {100 * base:.2f}% full precision "
