@@ -2,10 +2,11 @@
 
     python -m benchmarks.train_step [--archs 784-800-10,16C5-P2-32C5-P2-800-128-10] [--batch 256]
                                     [--device cpu|cuda] [--backend auto] [--steps 10] [--threads N]
-                                    [--out FILE.json]
+                                    [--input-shape C,H,W] [--out FILE.json]
 
-Inputs are MNIST test images with random labels (28x28 archs; about 19% of pixels spike) or, for 3-channel archs,
-synthetic 32x32x3 images with the same fraction of lit pixels. Each architecture is timed in a fresh
+Inputs are MNIST test images with random labels (28x28 archs; about 19% of pixels spike) or, for 3-channel archs
+(by default 32x32x3) and any other ``--input-shape`` (e.g. 1,64,64 for Caltech's network), synthetic
+images with the same fraction of lit pixels. Each architecture is timed in a fresh
 process (so peak memory is its own); the model starts from the default initialisation and takes real
 optimizer steps, so the spike patterns evolve as in training.
 """
@@ -35,24 +36,26 @@ from benchmarks.common import (
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 
 
-def make_step(arch: str, batch: int, device: str, backend: str):
+def make_step(arch: str, batch: int, device: str, backend: str, shape: tuple[int, int, int] | None = None):
     """A training step of ``arch`` on a fixed set of 4 batches: ``(step, model, x_all, y_all, source)``,
     where ``step(k)`` runs forward, loss, backward and an Adam step on batch ``k % 4``. Inputs are MNIST
-    test images (28x28 archs) or synthetic 32x32x3 images with the same fraction of lit pixels; labels
-    are random. Also used by ``benchmarks.profile_ops``."""
+    test images (input ``shape`` (1, 28, 28)) or synthetic images with the same fraction of lit pixels
+    (any other shape; by default (3, 32, 32) for archs starting 64C3, else (1, 28, 28)); labels are
+    random. Also used by ``benchmarks.profile_ops``."""
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.models import build_model
 
-    three_channel = arch.startswith("64C3")
-    shape = (3, 32, 32) if three_channel else (1, 28, 28)
+    if shape is None:
+        shape = (3, 32, 32) if arch.startswith("64C3") else (1, 28, 28)
     torch.manual_seed(0)
-    if three_channel:
+    if shape != (1, 28, 28):
         g = torch.Generator().manual_seed(0)
         lit = torch.rand(batch * 4, *shape, generator=g) < 0.19
-        x_all, source = torch.where(lit, torch.rand(batch * 4, *shape, generator=g), 0.0), "synthetic 32x32x3"
+        x_all = torch.where(lit, torch.rand(batch * 4, *shape, generator=g), 0.0)
+        source = "synthetic " + "x".join(str(n) for n in shape[1:]) + f"x{shape[0]}"
     else:
         x_all, source = mnist_like_batch(batch * 4, seed=1)
-    y_all = torch.randint(0, 10, (len(x_all),))
+    y_all = torch.randint(0, int(arch.rsplit("-", 1)[-1]), (len(x_all),))  # the last layer is the class count
     model = build_model(arch, shape, backend=backend).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     x_all, y_all = x_all.to(device), y_all.to(device)
@@ -68,13 +71,21 @@ def make_step(arch: str, batch: int, device: str, backend: str):
     return step, model, x_all, y_all, source
 
 
-def run_one(arch: str, batch: int, device: str, backend: str, steps: int, threads: int = 0) -> dict:
+def run_one(
+    arch: str,
+    batch: int,
+    device: str,
+    backend: str,
+    steps: int,
+    threads: int = 0,
+    shape: tuple[int, int, int] | None = None,
+) -> dict:
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.train import set_threads
 
     if device == "cpu":
         set_threads(threads)
-    step, model, x_all, y_all, source = make_step(arch, batch, device, backend)
+    step, model, x_all, y_all, source = make_step(arch, batch, device, backend, shape)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     load_cpu_kernels()  # numba's import and compiled code (tens of MiB) are a fixed cost, not this case's memory
@@ -123,15 +134,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", default=",".join(DEFAULT_ARCHS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (torch and numba; 0: all cores)")
+    ap.add_argument("--input-shape", help="C,H,W of every arch's input (default: by arch, see above)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    shape = None
+    if args.input_shape:
+        try:
+            c, h, w = (int(n) for n in args.input_shape.split(","))
+        except ValueError:
+            ap.error(f"--input-shape must be C,H,W (three integers), got {args.input_shape!r}")
+        if min(c, h, w) < 1:
+            ap.error("--input-shape sizes must be >= 1")
+        shape = (c, h, w)
     if args.threads < 0:
         ap.error("--threads must be >= 0")
     if args.batch < 1 or args.steps < 1:
         ap.error("--batch and --steps must be >= 1")
     refuse_bad_output_file(ap, args.out)
     if args.one:
-        print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps, args.threads)))
+        print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps, args.threads, shape)))
         return 0
     if args.device == "cpu":
         from relpsp.train import set_threads
@@ -157,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             str(args.steps),
             "--threads",
             str(args.threads),
-        ]
+        ] + (["--input-shape", args.input_shape] if shape else [])
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
             rows.append({"arch": arch, "error": res.stderr.strip().splitlines()[-1:], "returncode": res.returncode})

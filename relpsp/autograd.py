@@ -34,6 +34,7 @@ __all__ = [
     "RelpspConv2dFn",
     "RelpspLinearFn",
     "conv_kernel_applies",
+    "im2col_rows",
     "relpsp_linear_rows",
     "resolve_backend",
 ]
@@ -139,6 +140,18 @@ def relpsp_linear_rows(
     return t_out
 
 
+def im2col_rows(t_pad: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """``[B, C, Hp, Wp]`` (already padded) -> rows ``[B * H_out * W_out, C * kh * kw]`` of receptive fields,
+    columns in F.unfold's order (``c * kh * kw + i * kw + j``): a strided view copied once. F.unfold ran
+    one im2col kernel per image on CUDA (1.3 ms of conv1's 2.7 ms forward at batch 256 on an H200) and was
+    about 4x slower on the CPU too."""
+    b, c = t_pad.shape[0], t_pad.shape[1]
+    view = t_pad.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1])
+    h_out, w_out = view.shape[2], view.shape[3]
+    # Explicit sizes: an empty batch (B = 0) is valid and reshape cannot infer a -1 from 0 elements.
+    return view.permute(0, 2, 3, 1, 4, 5).reshape(b * h_out * w_out, c * kernel[0] * kernel[1])
+
+
 def conv_kernel_applies(padded_hw: tuple[int, int], kernel: tuple[int, int]) -> bool:
     """Whether the numba convolution kernel (one sort per image, windows read from a rank bitmap of
     C*Hp*Wp/64 words) beats sorting every im2col row: when the bitmap is no longer than a window."""
@@ -149,7 +162,9 @@ class RelpspConv2dFn(torch.autograd.Function):
     """Numba-only ``(t_pad [B, C, Hp, Wp], weight [C_out, C, kh, kw]) -> (t_rows, w_sum)``, both
     ``[B * H_out * W_out, C_out]`` in im2col row order; ``t_pad`` is the input already padded with +inf.
 
-    The forward sorts each image's spikes once (``cpu_numba.conv_fwd``); the backward
+    The forward sorts each image's spikes once (``cpu_numba.conv_fwd``), or with ``image_sort=False``
+    (large images under small kernels, see ``conv_kernel_applies``) runs the dense kernel on im2col rows
+    that it does not keep; the backward
     (``cpu_numba.conv_bwd``) applies the dense backward to every window read from ``t_pad`` and adds the
     window gradients onto the image, so the gradients are those of the im2col path (F.unfold, the dense
     backward, F.fold) up to the order of the float sums, without building the rows.
@@ -157,15 +172,27 @@ class RelpspConv2dFn(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        t_pad: Tensor, weight: Tensor, stride: tuple[int, int], theta: float, t_max: float, w_sum_min: float
+        t_pad: Tensor,
+        weight: Tensor,
+        stride: tuple[int, int],
+        theta: float,
+        t_max: float,
+        w_sum_min: float,
+        image_sort: bool = True,
     ) -> tuple[Tensor, Tensor]:
         k = load_cpu_kernels()
-        t_out, w_sum = k.conv_fwd(t_pad.detach().numpy(), weight.detach().numpy(), stride, theta, t_max)
+        if image_sort:
+            t_out, w_sum = k.conv_fwd(t_pad.detach().numpy(), weight.detach().numpy(), stride, theta, t_max)
+        else:  # the dense kernel on im2col rows (built here, not kept for the backward)
+            rows = im2col_rows(t_pad.detach(), (weight.shape[2], weight.shape[3]), stride)
+            t_out, w_sum = k.linear_fwd(
+                rows.numpy(), weight.detach().reshape(weight.shape[0], -1).numpy(), theta, t_max
+            )
         return torch.from_numpy(t_out), torch.from_numpy(w_sum)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-        t_pad, weight, stride, _theta, _t_max, w_sum_min = inputs
+        t_pad, weight, stride, _theta, _t_max, w_sum_min, _image_sort = inputs
         t_out, w_sum = output
         ctx.save_for_backward(t_pad, weight, t_out, w_sum)
         ctx.mark_non_differentiable(w_sum)
@@ -179,7 +206,7 @@ class RelpspConv2dFn(torch.autograd.Function):
         t_pad, weight, t_out, w_sum = ctx.saved_tensors
         need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if grad_out is None or not (need_in or need_w):  # None: t_out was not used (grads not materialised)
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         g_in_np, g_w_np = load_cpu_kernels().conv_bwd(
             grad_out.numpy(),
             t_pad.numpy(),
@@ -192,4 +219,4 @@ class RelpspConv2dFn(torch.autograd.Function):
         )
         g_in = torch.from_numpy(g_in_np) if need_in and g_in_np is not None else None
         g_weight = torch.from_numpy(g_w_np) if need_w else None
-        return g_in, g_weight, None, None, None, None
+        return g_in, g_weight, None, None, None, None, None

@@ -27,7 +27,7 @@ from relpsp._validate import (
     check_spike_times,
     check_t_max,
 )
-from relpsp.autograd import RelpspConv2dFn, conv_kernel_applies, relpsp_linear_rows, resolve_backend
+from relpsp.autograd import RelpspConv2dFn, conv_kernel_applies, im2col_rows, relpsp_linear_rows, resolve_backend
 from relpsp.core import dense as _dense
 from relpsp.core.dense import W_SUM_MIN
 
@@ -126,16 +126,11 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
     """``[B, C, H, W]`` -> rows ``[B * L, C * kh * kw]`` of receptive fields; padding never spikes."""
     if padding != (0, 0):
         t_in = F.pad(t_in, (padding[1], padding[1], padding[0], padding[0]), value=math.inf)
-    b, c, h, w = t_in.shape
+    b, _c, h, w = t_in.shape
     check_kernel_fits(kernel, h, w)
     h_out = (h - kernel[0]) // stride[0] + 1
     w_out = (w - kernel[1]) // stride[1] + 1
-    # A strided view [B, C, H_out, W_out, kh, kw] copied once into rows (columns in F.unfold's order,
-    # c * kh * kw + i * kw + j): one copy kernel, where F.unfold ran one im2col kernel per image on CUDA
-    # (1.3 ms of conv1's 2.7 ms forward at batch 256 on an H200) and was about 4x slower on the CPU too.
-    view = t_in.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1])
-    # Explicit sizes: an empty batch (B = 0) is valid and reshape cannot infer a -1 from 0 elements.
-    rows = view.permute(0, 2, 3, 1, 4, 5).reshape(b * h_out * w_out, c * kernel[0] * kernel[1])
+    rows = im2col_rows(t_in, kernel, stride)
     return rows, (b, h_out, w_out)
 
 
@@ -176,12 +171,13 @@ def relpsp_conv2d(
     stride_hw, padding_hw = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
     padded_hw = (t_in.shape[2] + 2 * padding_hw[0], t_in.shape[3] + 2 * padding_hw[1])
     check_kernel_fits(kernel, *padded_hw)
-    if resolve_backend(backend, t_in) == "numba" and conv_kernel_applies(padded_hw, kernel):
+    if resolve_backend(backend, t_in) == "numba":
         t_pad = t_in
         if padding_hw != (0, 0):
             t_pad = F.pad(t_in, (padding_hw[1], padding_hw[1], padding_hw[0], padding_hw[0]), value=math.inf)
+        image_sort = conv_kernel_applies(padded_hw, kernel)
         t_rows, _ = RelpspConv2dFn.apply(
-            t_pad.contiguous(), weight, stride_hw, float(theta), float(t_max), float(w_sum_min)
+            t_pad.contiguous(), weight, stride_hw, float(theta), float(t_max), float(w_sum_min), image_sort
         )
         h_out = (padded_hw[0] - kernel[0]) // stride_hw[0] + 1
         w_out = (padded_hw[1] - kernel[1]) // stride_hw[1] + 1

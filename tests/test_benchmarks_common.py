@@ -130,3 +130,21 @@ def test_profile_ops_steps_the_network_it_is_given():
     step(0)
     assert len(x_all) == len(y_all) == 8
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_train_step_times_a_network_on_the_input_shape_it_is_given(tmp_path, monkeypatch):
+    """benchmarks.train_step with ``--input-shape``: the timed child builds the network for that shape on
+    synthetic images, and the JSON row says so; a malformed shape is refused before anything runs."""
+    pytest.importorskip("numba")
+    from benchmarks.train_step import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the child runs `python -m benchmarks.train_step`
+    out = tmp_path / "step.json"
+    args = ["--archs", "4C5-P2-2", "--input-shape", "1,16,16", "--batch", "2", "--steps", "1", "--threads", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["arch"] == "4C5-P2-2" and row["input_source"] == "synthetic 16x16x1"
+    assert row["samples_per_s"] > 0 and row["steps_timed"] == 1
+    for bad in ("1,16", "1,16,x", "0,16,16"):
+        with pytest.raises(SystemExit):
+            main(["--archs", "4C5-P2-2", "--input-shape", bad])

@@ -21,7 +21,8 @@ from tests.helpers import DTYPES, assert_close
 INF = math.inf
 
 # "numba" runs the convolution kernel (one sort per image) wherever it applies, which is every case
-# here; "numba-rows" forces the numba dense kernel on im2col rows, the path of larger images.
+# here; "numba-rows" forces the forward of larger images: the numba dense kernel on im2col rows (both
+# use the same image backward, cpu_numba.conv_bwd).
 CONV_BACKENDS = [
     pytest.param("torch", id="torch"),
     pytest.param("numba", id="numba"),
