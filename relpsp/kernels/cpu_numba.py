@@ -369,42 +369,52 @@ def _conv_fwd(
 
 
 @njit(cache=True, nogil=True, fastmath=_FLAGS)
+def _row_factors(grad_out, t_out, w_sum, w_sum_min, r, u, tj):  # pragma: no cover
+    """Row ``r``'s u_j = dL/dt_j / max(W_j, w_sum_min) and t_j for firing neurons; u = 0 and t = 0 for
+    silent ones, which makes every term vanish (input times are >= 0, so never causal). Returns whether
+    any u_j is non-zero."""
+    any_u = False
+    for j in range(u.shape[0]):
+        t = t_out[r, j]
+        if t < math.inf:
+            u[j] = grad_out[r, j] / max(w_sum[r, j], w_sum_min)
+            tj[j] = t
+            any_u = any_u or u[j] != 0.0
+        else:
+            u[j] = 0.0
+            tj[j] = 0.0
+    return any_u
+
+
+@njit(cache=True, nogil=True, fastmath=_FLAGS)
+def _input_terms(ti, w, acc_i, u, tj):  # pragma: no cover
+    """One finite input at ``ti`` with weight row ``w``: adds u_j (ti - t_j) to ``acc_i[j]`` for the
+    neurons it is causal for (ti < t_j) and returns dL/dt_i = sum of u_j w_j over them."""
+    s = 0.0
+    for j in range(u.shape[0]):
+        uj = u[j] if ti < tj[j] else 0.0
+        s += uj * w[j]
+        acc_i[j] += uj * (ti - tj[j])
+    return s
+
+
+@njit(cache=True, nogil=True, fastmath=_FLAGS)
 def _bwd_rows(grad_out, t_in, weight_t, t_out, w_sum, w_sum_min, g_in, acc, r0, r1, u, tj):  # pragma: no cover
     """Rows ``r0..r1`` of the dense backward; ``g_in`` is None when the input needs no gradient (numba
     compiles that case without the input-gradient sums, half of the inner loop)."""
     n_in = t_in.shape[1]
-    n_out = weight_t.shape[1]
     for r in range(r0, r1):
-        any_u = False
-        for j in range(n_out):
-            t = t_out[r, j]
-            if t < math.inf:
-                u[j] = grad_out[r, j] / max(w_sum[r, j], w_sum_min)
-                tj[j] = t
-                any_u = any_u or u[j] != 0.0
-            else:
-                # u = 0 and t = 0 make every term vanish (input times are >= 0, so never causal).
-                u[j] = 0.0
-                tj[j] = 0.0
-        if not any_u:
+        if not _row_factors(grad_out, t_out, w_sum, w_sum_min, r, u, tj):
             if g_in is not None:
                 g_in[r, :] = 0.0
             continue
         for i in range(n_in):
             ti = t_in[r, i]
             if g_in is not None:
-                s = 0.0
-                if ti < math.inf:
-                    w = weight_t[i]
-                    ai = acc[i]
-                    for j in range(n_out):
-                        uj = u[j] if ti < tj[j] else 0.0
-                        s += uj * w[j]
-                        ai[j] += uj * (ti - tj[j])
-                g_in[r, i] = s
+                g_in[r, i] = _input_terms(ti, weight_t[i], acc[i], u, tj) if ti < math.inf else 0.0
             elif ti < math.inf:
                 ai = acc[i]
-                for j in range(n_out):
+                for j in range(u.shape[0]):
                     ai[j] += (u[j] if ti < tj[j] else 0.0) * (ti - tj[j])
 
 
@@ -435,7 +445,6 @@ def _conv_bwd_images(
     sh, sw = stride
     h_out = (hp - kh) // sh + 1
     w_out = (wp - kw) // sw + 1
-    n_out = weight_t.shape[1]
     for bi in range(b0, b1):
         t_img = t_flat[bi]
         for oy in range(h_out):
@@ -443,17 +452,7 @@ def _conv_bwd_images(
             for ox in range(w_out):
                 x0 = ox * sw
                 r = (bi * h_out + oy) * w_out + ox
-                any_u = False
-                for j in range(n_out):
-                    t = t_out[r, j]
-                    if t < math.inf:
-                        u[j] = grad_out[r, j] / max(w_sum[r, j], w_sum_min)
-                        tj[j] = t
-                        any_u = any_u or u[j] != 0.0
-                    else:
-                        u[j] = 0.0
-                        tj[j] = 0.0
-                if not any_u:
+                if not _row_factors(grad_out, t_out, w_sum, w_sum_min, r, u, tj):
                     continue
                 for c in range(c_in):
                     for dy in range(kh):
@@ -462,13 +461,7 @@ def _conv_bwd_images(
                         for dx in range(kw):
                             ti = t_img[base + dx]
                             if ti < math.inf:
-                                w = weight_t[k0 + dx]
-                                ak = acc[k0 + dx]
-                                s = 0.0
-                                for j in range(n_out):
-                                    uj = u[j] if ti < tj[j] else 0.0
-                                    s += uj * w[j]
-                                    ak[j] += uj * (ti - tj[j])
+                                s = _input_terms(ti, weight_t[k0 + dx], acc[k0 + dx], u, tj)
                                 if g_flat is not None:
                                     g_flat[bi, base + dx] += s
 
