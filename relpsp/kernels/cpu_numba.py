@@ -461,7 +461,14 @@ def _conv_bwd_images(
                         for dx in range(kw):
                             ti = t_img[base + dx]
                             if ti < math.inf:
-                                s = _input_terms(ti, weight_t[k0 + dx], acc[k0 + dx], u, tj)
+                                # _input_terms written out: as a call here it made this backward about 1.3x slower
+                                w = weight_t[k0 + dx]
+                                ak = acc[k0 + dx]
+                                s = 0.0
+                                for j in range(u.shape[0]):
+                                    uj = u[j] if ti < tj[j] else 0.0
+                                    s += uj * w[j]
+                                    ak[j] += uj * (ti - tj[j])
                                 if g_flat is not None:
                                     g_flat[bi, base + dx] += s
 
