@@ -217,6 +217,6 @@ class RelpspConv2dFn(torch.autograd.Function):
             ctx.w_sum_min,
             need_in,
         )
-        g_in = torch.from_numpy(g_in_np) if need_in and g_in_np is not None else None
+        g_in = None if g_in_np is None else torch.from_numpy(g_in_np)  # None exactly when not need_in
         g_weight = torch.from_numpy(g_w_np) if need_w else None
         return g_in, g_weight, None, None, None, None, None
