@@ -165,6 +165,16 @@ def test_a_clock_too_slow_for_finite_numbers_is_refused():
     assert estimate_cost(res, net, UNIT_PRESET.with_overrides(clock_hz=1.0)).latency_us == pytest.approx(33e6)
 
 
+def test_negative_counts_are_refused():
+    """A hand-made result with a negative count (as an int64 overflow would give) is not priced."""
+    net = _two_layer_net()
+    res = simulate(net, X, SimOptions(time_bits=3, time_window=2.0))
+    assert res.neuron_updates is not None
+    res.neuron_updates = res.neuron_updates - 100
+    with pytest.raises(ValueError, match="negative event counts"):
+        estimate_cost(res, net, UNIT_PRESET)
+
+
 def test_cli_cost_end_to_end(tmp_path, capsys):
     ckpt, data = _tiny_checkpoint(tmp_path)
     out = tmp_path / "cost.json"

@@ -25,6 +25,7 @@ from relpsp.sim import (
     SimOptions,
     SimPool,
     TimeGrid,
+    as_network_images,
     calibrate_time_window,
     conv_reach,
     fire_rows,
@@ -229,6 +230,42 @@ def test_quantize_weight_levels():
     np.testing.assert_allclose(quantize_weight(w, 50)[0], w, atol=1e-14)
     with pytest.raises(ValueError, match="weight_bits"):
         quantize_weight(w, 1)
+
+
+def test_weight_bits_above_64_are_refused():
+    """2^(bits-1) used to overflow a float with an OverflowError past about 1,024 bits."""
+    w = np.array([[-1.0, 0.5]])
+    np.testing.assert_allclose(quantize_weight(w, 64)[0], w)
+    for bits in (65, 1100):
+        with pytest.raises(ValueError, match=r"weight_bits must be an integer in \[2, 64\]"):
+            quantize_weight(w, bits)
+
+
+def test_clocked_neuron_updates_that_would_overflow_int64_are_refused():
+    """40,000 silent neurons counted for 2^48 ticks each pass 2^63: refused, not wrapped to a negative."""
+    net = SimNetwork((SimDense(np.zeros((40000, 1))), SimDense(np.ones((1, 40000)))), (1,))
+    with pytest.raises(ValueError, match="64-bit count on a 48-bit grid; use fewer time_bits"):
+        simulate(net, [[1.0]], SimOptions(time_bits=48, time_window=1.0, backend="numpy"))
+    res = simulate(net, [[1.0]], SimOptions(time_bits=40, time_window=1.0, backend="numpy"))
+    assert res.neuron_updates is not None and res.neuron_updates[0, 1] == 40000 * 2**40
+
+
+def test_images_are_reshaped_only_where_the_layout_is_unambiguous():
+    x = np.random.default_rng(0).random((2, 18))
+    chw = x.reshape(2, 2, 3, 3)
+    np.testing.assert_array_equal(as_network_images(x, (2, 3, 3)), chw)  # flat rows
+    np.testing.assert_array_equal(as_network_images(chw, (18,)), x)  # images into a flat network
+    gray = x[:, :9].reshape(2, 3, 3)
+    np.testing.assert_array_equal(as_network_images(gray, (1, 3, 3)), gray[:, None])  # no channel axis
+    for bad in (chw.transpose(0, 2, 3, 1), x.reshape(2, 2, 9), x.reshape(2, 6, 3)):  # right size, other layout
+        with pytest.raises(ValueError, match=r"the network needs \(2, 3, 3\) \(channels first\)"):
+            as_network_images(bad, (2, 3, 3))
+    with pytest.raises(ValueError, match="flat rows of 18 values"):
+        as_network_images(x[:, :17], (2, 3, 3))
+    # simulate refuses a channel-last batch that it used to read scrambled
+    net = SimNetwork((SimConv(np.ones((2, 2, 2, 2))), SimFlatten(), SimDense(np.ones((3, 8)))), (2, 3, 3))
+    with pytest.raises(ValueError, match="channels first"):
+        simulate(net, chw.transpose(0, 2, 3, 1))
 
 
 def test_time_grid_rounds_up_and_drops_late_spikes():
@@ -601,6 +638,21 @@ def test_cli_simulate_takes_flat_images_and_checks_labels(tmp_path, capsys):
     _, net = _model_and_net("12-16-10", (12,))
     res = simulate(net, np.zeros((3, 12)))  # nothing fires
     assert (res.decision == -1).all() and res.accuracy(np.full(3, -1)) == 0.0
+
+
+def test_cli_simulate_warns_that_npz_images_skip_the_trained_preprocessing(tmp_path, capsys):
+    """A network trained on inverted intensities gets an .npz file's images as they are: said on stderr."""
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    assert cli.main(["simulate", str(ckpt), "--dataset", str(data)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    arch, shape = "2C3p1-P2-6-4", (1, 6, 6)
+    model = build_model(arch, shape, init_mean=4.0, init_std=2.0)
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=shape), data=DataConfig(dataset="mnist", invert=True))
+    inverted = tmp_path / "inverted.ckpt"
+    save_checkpoint(inverted, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    assert cli.main(["simulate", str(inverted), "--dataset", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the network was trained with data.invert; the .npz images are used as they are" in err
 
 
 def test_tied_decision_rate_counts_shared_earliest_outputs():

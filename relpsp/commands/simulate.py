@@ -143,11 +143,25 @@ def checkpoint_data_options(data_cfg: dict[str, Any], dataset: str) -> dict[str,
     return data_options(config_from_dict({"data": data_cfg}), dataset)
 
 
+def warn_unapplied_preprocessing(data_cfg: dict[str, Any]) -> None:
+    """An ``.npz`` file's images go in as they are: say so (on stderr) when the network was trained on
+    transformed inputs, which the file must then already hold."""
+    steps = [name for name in ("invert", "dog") if data_cfg.get(name)]
+    if float(data_cfg.get("bias_input", -1.0)) >= 0:
+        steps.append("bias_input")
+    if steps:
+        print(
+            f"warning: the network was trained with data.{', data.'.join(steps)}; the .npz images are used as "
+            "they are, so they must already be transformed that way",
+            file=sys.stderr,
+        )
+
+
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
     """Load the network and the images and resolve the options (calibrating the time window if a grid
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
     from relpsp._fileio import check_output_file
-    from relpsp.sim import calibrate_time_window, load_inputs, resolve_time_window
+    from relpsp.sim import as_network_images, calibrate_time_window, load_inputs, resolve_time_window
 
     if args.out is not None:  # refused before the simulation, not after it
         npz = [args.dataset] if args.dataset and Path(args.dataset).is_file() else []
@@ -158,8 +172,9 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
         raise ValueError("--dataset is needed: the source is a NIR file that names no dataset")
     data_dir = args.data_dir or data_cfg.get("data_dir")
     x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
-    if math.prod(x.shape[1:]) == math.prod(net.input_shape):  # e.g. flat [N, 784] for a CNN (else simulate says)
-        x = x.reshape(len(x), *net.input_shape)
+    if str(dataset).endswith(".npz"):
+        warn_unapplied_preprocessing(data_cfg)
+    x = as_network_images(x, net.input_shape)  # e.g. flat [N, 784] for a CNN; a scrambling layout is refused
     if y.min() < 0 or y.max() >= net.n_classes:
         raise ValueError(
             f"labels must be classes 0..{net.n_classes - 1} of the network's {net.n_classes} outputs, "

@@ -171,6 +171,8 @@ def estimate_cost(
     n = result.n_images
     if n == 0:
         raise ValueError("the cost model needs at least one simulated image")
+    if (result.syn_events < 0).any() or (result.neuron_updates < 0).any():
+        raise ValueError("the result holds negative event counts; it is not a simulation's")
     weight_bits = result.options.weight_bits or preset.weight_bits
     bytes_per_weight = weight_bits / 8.0
     macs = ann_macs(net)

@@ -52,6 +52,7 @@ __all__ = [
     "BACKENDS",
     "SimOptions",
     "SimResult",
+    "as_network_images",
     "calibrate_time_window",
     "concat_results",
     "conv_reach",
@@ -360,15 +361,30 @@ def resolve_time_window(net: SimNetwork, options: SimOptions) -> float | None:
     return None
 
 
+def as_network_images(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``x [B, ...]`` as ``[B, *shape]``. Reshaped (row-major) only where the layout is unambiguous: flat
+    rows ``[B, prod(shape)]``, images into a flat network (``shape`` of one dimension), and ``[B, H, W]``
+    for a single-channel ``(1, H, W)`` network. Any other mismatch is refused: a channel-last
+    ``[B, H, W, C]`` array has the right size but would be read scrambled."""
+    got = tuple(x.shape[1:])
+    if got == tuple(shape):
+        return x
+    size_ok = math.prod(got) == math.prod(shape)
+    flat = x.ndim == 2 or len(shape) == 1
+    no_channel = len(shape) == 3 and shape[0] == 1 and got == tuple(shape[1:])
+    if not (size_ok and (flat or no_channel)):
+        raise ValueError(
+            f"x has images of shape {got}, the network needs {tuple(shape)} (channels first), "
+            f"or flat rows of {math.prod(shape)} values"
+        )
+    return x.reshape((x.shape[0], *shape))
+
+
 def _check_inputs(net: SimNetwork, x: Any) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 0:
         raise ValueError("x must be a batch of images [B, ...], got a scalar")
-    shape = net.input_shape
-    if tuple(x.shape[1:]) != shape:
-        if math.prod(x.shape[1:]) != math.prod(shape):
-            raise ValueError(f"x has images of shape {tuple(x.shape[1:])}, the network needs {shape}")
-        x = x.reshape((x.shape[0], *shape))
+    x = as_network_images(x, net.input_shape)
     if x.size and not bool(((x >= 0) & (x <= 1)).all()):
         raise ValueError("x must hold intensities in [0, 1] (no NaN); normalise the data first")
     return x
@@ -484,11 +500,19 @@ def _run_batch(
                 first_tick = grid.ticks(rows.min(1)) if rows.shape[1] else np.full(rows.shape[0], np.inf)
                 fire_tick = np.minimum(grid.ticks(t_rows), end_tick)
                 has_input = np.isfinite(first_tick)
-                per_row = np.where(
+                span = np.where(
                     has_input[:, None], np.maximum(fire_tick - np.where(has_input, first_tick, 0)[:, None], 0), 0
-                ).sum(1)
-                # the rows are image-major: each image's rows are consecutive
-                upd[:, i] = per_row.reshape(b, per_row.size // max(b, 1)).sum(1).astype(np.int64)
+                )
+                # The rows are image-major: each image's rows are consecutive. Every span is a whole number
+                # of ticks below 2^49, exact in float64 and int64; the sums are taken in int64 (exact) once
+                # a float sum shows they stay well inside its range (else the count would wrap).
+                per_image = span.reshape(b, span.size // max(b, 1))
+                if per_image.size and float(per_image.sum(1).max()) >= 2.0**62:
+                    raise ValueError(
+                        f"layer {i + 1}'s clocked neuron updates could exceed a 64-bit count on a "
+                        f"{grid.bits}-bit grid; use fewer time_bits"
+                    )
+                upd[:, i] = per_image.astype(np.int64).sum(1)
             t = t_new
         spikes_out[:, i] = _per_image(np.isfinite(t)).sum(1)
         if t.size:

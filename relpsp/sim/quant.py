@@ -39,9 +39,9 @@ TICK_TOLERANCE = 1e-9
 
 def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, float]:
     """Symmetric per-layer fixed point with ``bits`` bits (sign included). Returns ``(w_q, scale)``;
-    ``w_q = round(w / scale) * scale`` in float64. ``bits`` must be >= 2."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 2:
-        raise ValueError(f"weight_bits must be an integer >= 2, got {bits!r}")
+    ``w_q = round(w / scale) * scale`` in float64. ``bits`` must be in [2, 64]."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 64:
+        raise ValueError(f"weight_bits must be an integer in [2, 64], got {bits!r}")
     w = np.asarray(weight, dtype=np.float64)
     if not np.isfinite(w).all():
         raise ValueError("weights to quantise must be finite")
