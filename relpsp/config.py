@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             raise ValueError(f"{cls.__name__}.{name} must be an integer, got {value!r}")
         return value
     if isinstance(default, float):
-        if isinstance(value, str) and value.lower().lstrip("+-") in ("inf", "infinity"):
+        if isinstance(value, str) and re.fullmatch(r"[+-]?(inf|infinity)", value, re.IGNORECASE):
             return -math.inf if value.startswith("-") else math.inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{cls.__name__}.{name} must be a number, got {value!r}")

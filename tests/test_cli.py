@@ -242,8 +242,9 @@ def test_set_reads_each_value_by_its_fields_type():
         (["simulate", "x.ckpt", "--out", ""], "--out"),  # used to write nothing and exit 0
         (["export", "x.ckpt", ""], "OUT"),
         (["eval", "x.ckpt", "--dataset", "", "--data-dir", ""], "--dataset, --data-dir"),
+        (["data", "fetch", "caltech-face-motorbike", "--source", ""], "--source"),  # used to mean "."
     ],
-    ids=["train-config", "train-out", "simulate-out", "export-out", "eval-dataset"],
+    ids=["train-config", "train-out", "simulate-out", "export-out", "eval-dataset", "data-fetch-source"],
 )
 def test_an_empty_argument_is_refused_before_any_work(argv, name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

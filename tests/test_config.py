@@ -96,6 +96,15 @@ def test_infinities_round_trip_with_their_sign():
     assert back == cfg and back.data.bias_input == -math.inf
 
 
+@pytest.mark.parametrize("text", ["+-inf", "--inf", "-+Infinity", "infinite", "in f"])
+def test_malformed_infinity_text_is_refused(text):
+    """Any run of signs before "inf" used to read as an infinity; only what float() reads is taken."""
+    with pytest.raises(ValueError, match=r"ModelConfig\.t_max must be a number"):
+        config_from_dict({"model": {"t_max": text}})
+    for good, value in (("inf", math.inf), ("+Infinity", math.inf), ("-INF", -math.inf)):
+        assert config_from_dict({"data": {"bias_input": good}}).data.bias_input == value
+
+
 @pytest.mark.parametrize("value", [[], "", 0, False, [1, 2]])
 def test_a_section_that_is_not_a_table_is_refused(value):
     """A falsy section (``train = []`` in TOML) used to count as an empty table, and ``model = 0`` crashed."""

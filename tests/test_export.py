@@ -315,6 +315,26 @@ def test_oversized_nir_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
         read_nir(path)
 
 
+def test_a_node_type_without_a_relpsp_layer_is_refused_before_nir_builds_it(tmp_path, monkeypatch):
+    """nir.CubaLIF broadcasts w_in (N, 1) against v_threshold (N,) into N x N when it is built: a file of a
+    few kB used to pass the size check and allocate N^2 x 8 bytes before the type was refused."""
+
+    def cuba(f):
+        node = f["node/nodes/dense1.if"]
+        del node["type"]
+        node.create_dataset("type", data="CubaLIF")
+
+    path = _broken_nir(tmp_path, "cuba.nir", cuba)
+    _refuse_nir_read(monkeypatch, 2**31)
+    with pytest.raises(ValueError, match=r"NIR node 'dense1.if' of type 'CubaLIF' has no ReL-PSP equivalent"):
+        read_nir(path)
+
+
+def test_reading_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a folder, not a file"):
+        read_nir(tmp_path)
+
+
 @pytest.mark.parametrize("kind", ["array-item", "fixed-string", "hard-links"])
 def test_nir_files_that_expand_through_item_size_or_links_are_refused(tmp_path, monkeypatch, kind):
     """One element of an array type or a long fixed string counts by its bytes, not as one value; a

@@ -16,6 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ("list", "all dataset names and whether their files are present"),
     ):
         p = sub.add_parser(action, help=help_text, description=help_text)
+        p.set_defaults(_parser=p)  # the CLI's empty-value check then looks at this action's options
         if action != "list":
             p.add_argument("name", metavar="NAME", help="mnist, fashion-mnist, mnist-pkl, caltech-face-motorbike, ...")
         p.add_argument("--data-dir", default=None, help="data folder (default: $RELPSP_DATA or ~/.cache/relpsp)")

@@ -40,7 +40,9 @@ def add_sim_arguments(
     )
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument(
-        "--data-dir", default=None, help="dataset folder (default: the checkpoint's, else relpsp.data's)"
+        "--data-dir",
+        default=None,
+        help="dataset folder (default: the checkpoint's data.data_dir, else $RELPSP_DATA or ~/.cache/relpsp)",
     )
     parser.add_argument("--limit", type=int, default=default_limit, help="use the first N images")
     parser.add_argument(

@@ -38,8 +38,9 @@ a zero bias counts as ``Linear``; per-neuron ``r`` and ``v_threshold`` are folde
 single-spike rule is always applied. Anything else raises ``ValueError`` naming the node.
 
 Files are untrusted input: before ``nir.read`` loads anything, a file whose datasets would expand to more
-than ``MAX_NIR_BYTES`` when read (every name counted; a small compressed file can expand to gigabytes), or
-that points into other files, is refused, and a file that is HDF5 but not a readable NIR graph raises
+than ``MAX_NIR_BYTES`` when read (every name counted; a small compressed file can expand to gigabytes),
+that points into other files, or that holds a node type without a ReL-PSP layer (some NIR constructors
+broadcast their parameters into N x N arrays) is refused, and a file that is HDF5 but not a readable NIR graph raises
 ``ValueError``, not the reader's internal error.
 """
 
@@ -55,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from relpsp._fileio import check_output_file
+from relpsp._fileio import check_output_file, why_not_a_file
 from relpsp.checkpoint import atomic_write_with
 from relpsp.sim.network import (
     SimConv,
@@ -536,6 +537,38 @@ def _check_size(path: Path) -> None:
         raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {type(e).__name__}: {e}") from e
 
 
+#: NIR node types the reader maps to ReL-PSP layers; a file with any other is refused before ``nir.read``
+#: builds its nodes (some constructors broadcast their parameters: a few-KB ``CubaLIF`` can allocate N x N).
+_READABLE_NODE_TYPES = frozenset({"Input", "Output", "Linear", "Affine", "Conv2d", "I", "IF", "SumPool2d", "Flatten"})
+
+
+def _check_node_types(path: Path) -> None:
+    """Refuse a file whose graph holds a node type outside ``_READABLE_NODE_TYPES`` (read from each node's
+    ``type`` dataset, after ``_check_size``), naming the node. A layout other than ``nir.write``'s is left
+    to ``nir.read`` to refuse."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            nodes = f.get("node/nodes")
+            if not isinstance(nodes, h5py.Group):
+                return
+            for key in nodes:
+                item = nodes[key]
+                kind = item.get("type") if isinstance(item, h5py.Group) else None
+                if not isinstance(kind, h5py.Dataset) or kind.shape != ():
+                    continue
+                value = kind[()]
+                name = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                if name not in _READABLE_NODE_TYPES:
+                    raise ValueError(
+                        f"{path}: NIR node {key!r} of type {name[:40]!r} has no ReL-PSP equivalent (readable: "
+                        f"{', '.join(sorted(_READABLE_NODE_TYPES))}); refused before reading its parameters"
+                    )
+    except (OSError, KeyError, RecursionError) as e:
+        raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {type(e).__name__}: {e}") from e
+
+
 def _item_bytes(v: Any) -> int:
     """The memory a value read from a variable-length dataset holds (bytes, str, arrays, compound records)."""
     if isinstance(v, (bytes, str)):
@@ -557,8 +590,9 @@ def read_nir_graph(path: str | os.PathLike) -> Any:
     nir = _nir()
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist")
+        raise FileNotFoundError(f"{p} {why_not_a_file(p)}")
     _check_size(p)
+    _check_node_types(p)
     try:
         return nir.read(str(p))
     except Exception as e:  # an untrusted file: whatever nir.read trips on (KeyError, OSError from HDF5 for a
