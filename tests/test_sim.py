@@ -610,9 +610,15 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     # Bad input: one-line error, exit code 2.
     assert cli.main(["simulate", str(tmp_path / "missing.ckpt"), "--dataset", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    for flags in (["--time-window", "2"], ["--window-rule", "spikes"]):  # grid settings without a grid
+    # grid settings without a grid (an explicit --window-rule decision, the default rule, included)
+    for flags in (["--time-window", "2"], ["--window-rule", "spikes"], ["--window-rule", "decision"]):
         assert cli.main(["simulate", str(ckpt), "--dataset", str(data), *flags]) == 2
         assert "need --time-bits" in capsys.readouterr().err
+    # a rule where T is already fixed would be ignored: refused, naming T
+    for fixing in (["--time-window", "2"], ["--t-cutoff", "3"]):
+        argv = ["simulate", str(ckpt), "--dataset", str(data), "--time-bits", "6", "--window-rule", "spikes"]
+        assert cli.main([*argv, *fixing]) == 2
+        assert "--window-rule measures T only when nothing fixes it; here T = " in capsys.readouterr().err
 
 
 def test_cli_simulate_takes_flat_images_and_checks_labels(tmp_path, capsys):

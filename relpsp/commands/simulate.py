@@ -69,9 +69,9 @@ def add_sim_arguments(
     parser.add_argument(
         "--window-rule",
         choices=("decision", "spikes"),
-        default="decision",
-        help="how T is measured when not given: the latest decision time of the first 1000 images "
-        "(default) or the 99.9th percentile of all their spike times",
+        default=None,
+        help="how T is measured when nothing fixes it: the latest decision time of the first 1000 images "
+        "(default) or the 99.9th percentile of all their spike times; refused where T is fixed",
     )
     parser.add_argument("--t-cutoff", type=float, default=math.inf, help="drop every spike later than T (all layers)")
     parser.add_argument("--backend", choices=["auto", "numpy", "numba"], default="auto", help="simulator backend")
@@ -119,7 +119,7 @@ def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
     from relpsp.sim import SimOptions, resolve_backend
 
     if args.time_bits is None and overrides.get("time_bits") is None:
-        if args.time_window is not None or getattr(args, "window_rule", "decision") != "decision":
+        if args.time_window is not None or getattr(args, "window_rule", None) is not None:
             raise ValueError("--time-window and --window-rule set up the time grid: they need --time-bits")
     kw = dict(
         weight_bits=args.weight_bits,
@@ -184,8 +184,14 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
         )
     options = sim_options(args, **({"weight_bits": weight_bits} if weight_bits is not None else {}))
     window_rule = None  # the rule that chose T, when it was calibrated
-    if options.time_bits is not None and resolve_time_window(net, options) is None:
-        window_rule = getattr(args, "window_rule", "decision")
+    fixed_window = resolve_time_window(net, options) if options.time_bits is not None else None
+    if fixed_window is not None and getattr(args, "window_rule", None) is not None:
+        raise ValueError(
+            f"--window-rule measures T only when nothing fixes it; here T = {fixed_window:g} "
+            "(--time-window, else --t-cutoff, else the layers' t_max)"
+        )
+    if options.time_bits is not None and fixed_window is None:
+        window_rule = getattr(args, "window_rule", None) or "decision"
         t_window = calibrate_time_window(net, x[:1000], options, rule=window_rule)
         options = sim_options(args, time_window=t_window, weight_bits=options.weight_bits)
         what = (
