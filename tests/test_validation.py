@@ -345,10 +345,13 @@ def test_fit_refuses_bad_data(tmp_path):
         ({"train": (x[:0], y[:0]), "test": (x, y)}, r"train split has 0 inputs and 0 labels"),
         ({"train": (x, y[:-1]), "test": (x, y)}, r"train split has 24 inputs and 23 labels"),
         ({"train": (x[:, :, :1], y), "test": (x, y)}, r"inputs of shape \(1, 1, 2\) but model.input_shape"),
+        # no test split: every epoch used to train, then a KeyError, with no results.json
+        ({"train": (x, y), "val": (x, y)}, r"splits must hold 'train' and 'test'.*missing \['test'\]"),
     ]
     for splits, match in cases:
         with pytest.raises(ValueError, match=match):
             fit(_cfg(), tmp_path, progress=False, splits=splits, log=lambda s: None)
+        assert not (tmp_path / CHECKPOINT_NAME).exists()  # refused before any training
     model = build_model("4-5-3", (1, 2, 2))
     with pytest.raises(ValueError, match=r"batch_size must be a positive integer"):
         evaluate(model, x, y, batch_size=0)

@@ -30,7 +30,8 @@ def evaluate(
     silent_margin: float = TrainConfig.silent_margin,
 ) -> dict[str, Any]:
     """Accuracy (no output spike counts as wrong), no-spike fraction, loss (with the training loss's time
-    scale ``tau`` and ``silent_margin``, so it compares with the training loss), firing rate of every layer
+    scale ``tau`` and ``silent_margin``, so it compares with the training loss when no penalty term is on:
+    ``train_loss`` also holds ``train.silent_penalty``'s and ``train.target_penalty``'s terms), firing rate of every layer
     (fraction of neurons that spike, averaged over samples), mean output spike time of the winner and
     the fraction of samples whose earliest output time several outputs share (``tied_decision_fraction``:
     they are decoded as the lowest class index among them, so a network that ties often can score above

@@ -45,6 +45,9 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
 
 
 def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
+    missing = [name for name in ("train", "test") if name not in splits]
+    if missing:
+        raise ValueError(f"splits must hold 'train' and 'test' (and may hold 'val'); missing {missing}")
     if cfg.data.augment:
         if splits["train"][0].dim() != 4:
             raise ValueError(
