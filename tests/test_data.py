@@ -182,6 +182,17 @@ def test_idx_damaged_files_raise(tmp_path, damage, match):
         D.load_dataset("mnist", "test", data_dir=tmp_path, verify=False)
 
 
+def test_gzip_with_trailing_zero_padding_reads_as_gzip_reads_it():
+    """gzip.decompress skips zero bytes after the last member (tape-style padding); they used to be read as
+    a damaged next member."""
+    from relpsp.data._files import gunzip_if_gzip
+
+    padded = gzip.compress(b"hello") + gzip.compress(b" world") + b"\0" * 8
+    assert gunzip_if_gzip(padded, "f", "fix") == gzip.decompress(padded) == b"hello world"
+    with pytest.raises(D.DatasetCorruptError, match="damaged gzip data"):
+        gunzip_if_gzip(gzip.compress(b"hello") + b"\0\1", "f", "fix")
+
+
 def test_gzip_that_expands_past_the_limit_is_refused_before_its_checksum(tmp_path, monkeypatch):
     """A small gzip file cannot expand without bound: decompression stops at ``MAX_GUNZIP_BYTES``."""
     import relpsp.data._files as files
@@ -604,14 +615,36 @@ def test_fetch_links_a_caltech_folder_only_if_every_image_is_listed(tmp_path):
 
 
 def test_fetch_without_source_keeps_a_users_link_that_does_not_verify(tmp_path):
-    """A copy linked on purpose (here one without SHA256SUMS) used to be replaced by the default copy
-    without a word on the next plain fetch."""
+    """A copy linked on purpose used to be replaced by the default copy without a word on the next plain
+    fetch. One without SHA256SUMS (linked unverified) is kept and said to be unverified (a second fetch
+    used to refuse what the first had called ready); one whose files fail their checksums is refused."""
     src = tmp_path / "mine"
     make_image_folder(src, n=2, sums=False)
     folder = D.fetch_dataset("caltech", tmp_path / "data", source=src)
-    with pytest.raises(D.DatasetCorruptError, match=r"links to .*mine, which does not verify .*SHA256SUMS is missing"):
-        D.fetch_dataset("caltech", tmp_path / "data")
+    said: list[str] = []
+    assert D.fetch_dataset("caltech", tmp_path / "data", log=said.append) == folder
+    assert said == [f"{folder} is present, linked unverified ({src} has no SHA256SUMS)"]
     assert folder.is_symlink() and folder.resolve() == src.resolve()
+    damaged = tmp_path / "damaged"
+    make_image_folder(damaged, n=2)
+    D.fetch_dataset("caltech", tmp_path / "data2", source=damaged)
+    (damaged / "test" / "face" / "image_0000.jpg").write_bytes(b"not the listed image")
+    with pytest.raises(D.DatasetCorruptError, match=r"links to .*damaged, which does not verify"):
+        D.fetch_dataset("caltech", tmp_path / "data2")
+    assert (tmp_path / "data2" / "caltech-face-motorbike").resolve() == damaged.resolve()
+
+
+def test_a_listed_file_that_is_not_an_image_is_not_missing(tmp_path):
+    """SHA256SUMS listing train/face/notes.txt: fetch linked the folder, then load refused it as a
+    missing image, since only images are read."""
+    src = tmp_path / "src"
+    make_image_folder(src, n=2)
+    notes = src / "train" / "face" / "notes.txt"
+    notes.write_text("where the images came from\n")
+    with (src / "SHA256SUMS").open("a") as f:
+        f.write(f"{sha256_bytes(notes.read_bytes())}  ./train/face/notes.txt\n")
+    D.fetch_dataset("caltech", tmp_path / "data", source=src)
+    assert D.load_dataset("caltech", "train", data_dir=tmp_path / "data")[1].tolist() == [0, 0, 1, 1]
 
 
 def test_caltech_without_sha256sums_loads(tmp_path):
@@ -681,6 +714,18 @@ def test_yinyang_determinism_and_options():
     for bias in (-0.5, 3.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match=r"bias must be in \[0, 1\]"):
             D.load_dataset("yinyang", "val", num_samples=3, bias=bias)
+    # a float count or seed used to be truncated, a negative size reported, and bias=True read as 1
+    for opts, what in (
+        ({"num_samples": 2.9}, r"num_samples must be an integer >= 1, got 2.9"),
+        ({"num_samples": -3}, r"num_samples must be an integer >= 1, got -3"),
+        ({"seed": 1.9}, r"seed must be an integer >= 0, got 1.9"),
+        ({"bias": True}, r"bias must be a number in \[0, 1\] \(or None\), got True"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            D.load_dataset("yinyang", "val", **opts)
+        with pytest.raises(ValueError, match=what):
+            D.dataset_info("yinyang", **opts)
+    assert D.load_dataset("yinyang", "val", num_samples=np.int64(4), seed=np.int64(2))[0].shape == (4, 4)
     # the dot class is ~8 % of the disc: 2 r^2 / R^2
     rng = np.random.default_rng(0)
     p = rng.random((200_000, 2))

@@ -67,7 +67,7 @@ def gunzip_if_gzip(raw: bytes, name: str, fix: str, max_bytes: int | None = None
     out = bytearray()
     data = raw
     try:
-        while data:  # one gzip member after another, as gzip.decompress reads them
+        while data.strip(b"\0"):  # one gzip member after another; trailing zero padding ends it, as in gzip
             d = zlib.decompressobj(wbits=31)
             out += d.decompress(data, max_bytes + 1 - len(out))
             if len(out) > max_bytes or d.unconsumed_tail:

@@ -226,6 +226,12 @@ def fetch_dataset(
             if not problems:
                 say(f"{folder} is present and verified")
                 return folder
+            if folder.is_symlink() and all(
+                Path(c.path).name == "SHA256SUMS" and c.status == "missing" for c in problems
+            ):
+                # linked before, unverified, from a copy without a checksum list: fetching again keeps it
+                say(f"{folder} is present, linked unverified ({os.readlink(folder)} has no SHA256SUMS)")
+                return folder
             if folder.is_symlink() and folder.resolve() != DEFAULT_CALTECH_SOURCE.resolve():
                 # the user's own choice of copy: not replaced without being asked
                 raise DatasetCorruptError(

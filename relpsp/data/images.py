@@ -110,7 +110,12 @@ def load_image_folder(
             labels.append(label)
     if checksums is not None:
         prefixes = tuple(f"{checksum_prefix}{cls}/" for cls in classes)
-        missing = sorted(k for k in checksums if k.startswith(prefixes) and k not in seen)
+        # only images are read: a listed file of another kind (notes.txt) is not missing
+        missing = sorted(
+            k
+            for k in checksums
+            if k.startswith(prefixes) and k not in seen and Path(k).suffix.lower() in IMAGE_SUFFIXES
+        )
         if missing:
             raise DatasetNotFoundError(
                 f"{len(missing)} listed image(s) missing under {root}, e.g. {missing[0]}{'; ' + fix if fix else ''}"

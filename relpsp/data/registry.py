@@ -296,6 +296,24 @@ def _image_size(opts: Mapping[str, Any]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _yinyang_options(opts: Mapping[str, Any]) -> tuple[int | None, int, float | None]:
+    """Yin-Yang's ``num_samples`` (an int >= 1, or None), ``seed`` (an int >= 0) and ``bias`` (a number, or
+    None), checked: a float count or seed used to be truncated silently, and ``bias=True`` read as 1."""
+
+    def integer(key: str, minimum: int) -> int | None:
+        v = opts.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise ValueError(f"yinyang option {key} must be an integer >= {minimum}, got {v!r}")
+        return int(v)
+
+    bias = opts.get("bias")
+    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, (int, float, np.integer, np.floating))):
+        raise ValueError(f"yinyang option bias must be a number in [0, 1] (or None), got {bias!r}")
+    return integer("num_samples", 1), integer("seed", 0) or 0, None if bias is None else float(bias)
+
+
 def dataset_info(name: str, **opts: Any) -> DatasetInfo:
     """Input shape per sample, number of classes, class names and split sizes of ``name``.
 
@@ -311,10 +329,11 @@ def dataset_info(name: str, **opts: Any) -> DatasetInfo:
         c, *hw = info.input_shape
         return dataclasses.replace(info, input_shape=(2 * c, *hw))
     if name == "yinyang":
-        shape = (5,) if opts.get("bias") is not None else (4,)
+        n, _, bias = _yinyang_options(opts)
+        shape = (5,) if bias is not None else (4,)
         sizes = dict(info.split_sizes)
-        if opts.get("num_samples") is not None:
-            sizes = dict.fromkeys(sizes, int(opts["num_samples"]))
+        if n is not None:
+            sizes = dict.fromkeys(sizes, n)
         return dataclasses.replace(info, input_shape=shape, split_sizes=types.MappingProxyType(sizes))
     return info
 
@@ -479,13 +498,10 @@ def _load_split(
     if name == "caltech-face-motorbike":
         return _load_caltech(split, folder, opts, verify, fix)
     if name == "yinyang":
-        n = opts.get("num_samples")
-        n = DATASETS[name].split_sizes[split] if n is None else int(n)
-        seed = int(opts.get("seed", 0))
+        n, seed, bias = _yinyang_options(opts)
+        n = DATASETS[name].split_sizes[split] if n is None else n
         # A SeedSequence of (seed, split) keeps the three splits independent for any user seed.
-        return make_yinyang(
-            n, [seed, _YINYANG_SPLIT_SEED[split]], r_small=float(opts.get("r_small", 0.1)), bias=opts.get("bias")
-        )
+        return make_yinyang(n, [seed, _YINYANG_SPLIT_SEED[split]], r_small=float(opts.get("r_small", 0.1)), bias=bias)
     return load_cifar_batches(_cifar_paths(folder, split, fix), fix)
 
 

@@ -9,8 +9,9 @@ distances to them, the published definition labels a point
 - 0          otherwise.
 
 (The published code lists class names ``["yin", "yang", "dot"]`` but returns 1 for its ``is_yin`` region;
-we keep its numbers, which is what reported accuracies refer to.) Classes are balanced the way the original
-is: sample i has class i mod 3, drawn by rejection from uniform points. Features are (x, y, 1 - x, 1 - y),
+we keep its numbers, which is what reported accuracies refer to.) Classes are exactly balanced: sample i has class
+i mod 3, drawn by rejection from uniform points (a deliberate difference: the original draws each sample's
+class at random, so its classes are balanced only on average). Features are (x, y, 1 - x, 1 - y),
 all in [0, 1], optionally followed by a constant bias feature.
 """
 
