@@ -37,27 +37,33 @@ def _f64(x: Tensor) -> Any:
 
 
 class AlphaLinearFn(torch.autograd.Function):
-    """``(t_in [R, N], weight [M, N], theta, tau, t_max, slope_min) -> t_out [R, M]``; unvalidated."""
+    """``(t_in [R, N], weight [M, N], theta, tau, t_max, slope_min) -> (t_out [R, M], slope, t_exact)``;
+    unvalidated. ``t_exact`` is the float64 spike time, which the backward uses: cast to float32, a spike
+    less than half a float32 step after its last causal input rounds onto that input's time, and the
+    backward's test ``t_out - t_i > 0`` would then drop the input that triggered it."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         t_in: Tensor, weight: Tensor, theta: float, tau: float, t_max: float, slope_min: float
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         t_out, slope = load_alpha_kernels().alpha_linear_fwd(_f64(t_in), _f64(weight), theta, tau, t_max)
-        return torch.from_numpy(t_out).to(t_in.dtype), torch.from_numpy(slope)
+        t_exact = torch.from_numpy(t_out)
+        return t_exact.to(t_in.dtype, copy=True), torch.from_numpy(slope), t_exact  # copy: never the same tensor
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
         t_in, weight, _theta, tau, _t_max, slope_min = inputs
-        t_out, slope = output
-        ctx.save_for_backward(t_in, weight, t_out, slope)
-        ctx.mark_non_differentiable(slope)
+        _t_out, slope, t_exact = output
+        ctx.save_for_backward(t_in, weight, t_exact, slope)
+        ctx.mark_non_differentiable(slope, t_exact)
         ctx.tau = tau
         ctx.slope_min = slope_min
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor, _grad_slope: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_out: Tensor, _grad_slope: Tensor | None, _grad_exact: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         t_in, weight, t_out, slope = ctx.saved_tensors
         need_in, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g_in, g_w = load_alpha_kernels().alpha_linear_bwd(
@@ -97,7 +103,7 @@ def alpha_linear(
     check_finite_positive("slope_min", slope_min)
     if t_in.device.type != "cpu":
         raise ValueError(f"alpha_linear runs on the CPU only, got tensors on {t_in.device}")
-    t_out, slope = AlphaLinearFn.apply(t_in, weight, float(theta), float(tau), float(t_max), float(slope_min))
+    t_out, slope, _ = AlphaLinearFn.apply(t_in, weight, float(theta), float(tau), float(t_max), float(slope_min))
     return (t_out, slope) if return_slope else t_out
 
 

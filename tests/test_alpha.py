@@ -248,3 +248,23 @@ def test_train_size_draws_a_seeded_subset():
     too_big = Config(data=DataConfig(dataset="yinyang", train_size=10**7), model=cfg.model)
     with pytest.raises(ValueError, match="train_size"):
         load_splits(too_big)
+
+
+def test_float32_spike_just_after_its_trigger_keeps_the_triggers_gradient():
+    """With w1 the largest float32 weight for which input 1 alone stays below theta at t = 0.5, input 2
+    (t = 0.5, w = 5) makes the neuron fire a hair after 0.5: in float32 the spike rounds onto 0.5, and
+    the backward used to read that rounded time and drop input 2 (its gradient 0; the shift invariance
+    sum_i dt/dt_i = 1 failed, 0.07). The backward now uses the float64 time."""
+    v_at = 0.5 * math.exp(0.5)  # the alpha kernel of input 1 (t = 0) at t = 0.5, tau = 1
+    w1 = np.float32(1.0 / v_at)
+    while float(w1) * v_at >= 1.0:  # largest float32 strictly below threshold at 0.5
+        w1 = np.nextafter(w1, np.float32(0))
+    for dtype in (torch.float32, torch.float64):
+        t_in = torch.tensor([[0.0, 0.5]], dtype=dtype, requires_grad=True)
+        w = torch.tensor([[float(w1), 5.0]], dtype=dtype, requires_grad=True)
+        t_out = alpha_linear(t_in, w)
+        assert 0.5 <= float(t_out.detach()) < 0.5 + 1e-6
+        t_out.sum().backward()
+        assert t_in.grad is not None and w.grad is not None
+        assert float(t_in.grad.sum()) == pytest.approx(1.0, rel=1e-4), dtype
+        assert float(t_in.grad[0, 1]) > 0.9 and float(w.grad[0, 1]) < 0
