@@ -51,7 +51,7 @@ class AlphaLinearFn(torch.autograd.Function):
         return t_exact.to(t_in.dtype, copy=True), torch.from_numpy(slope), t_exact  # copy: never the same tensor
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
         t_in, weight, _theta, tau, _t_max, slope_min = inputs
         _t_out, slope, t_exact = output
         ctx.save_for_backward(t_in, weight, t_exact, slope)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["plot_curves", "plot_output_histogram", "plot_raster", "plot_run", "read_metrics"]
+__all__ = ["plot_curves", "plot_output_histogram", "plot_raster", "plot_run", "raster_x_limit", "read_metrics"]
 
 
 def _pyplot():
@@ -114,6 +114,23 @@ def plot_output_histogram(t_out: torch.Tensor, y: torch.Tensor, path: Path) -> P
     return path
 
 
+def raster_x_limit(layer_times: list[torch.Tensor]) -> tuple[float | None, int]:
+    """The raster's right edge and how many spikes lie beyond it (None: matplotlib's own, for 10 spikes or
+    fewer). A few neurons whose summed weight barely exceeds 0 fire very late, so the axis keeps to the
+    bulk (1.2 x the 98th percentile), but it always shows the output layer's spikes (the decisions), which
+    the bulk of input and hidden spikes can leave beyond the cut: a windowed network's outputs fire in
+    the last window."""
+    finite = torch.cat([t.reshape(-1)[torch.isfinite(t.reshape(-1))] for t in layer_times])
+    if finite.numel() <= 10:
+        return None, 0
+    x_hi = float(torch.quantile(finite.double(), 0.98)) * 1.2 + 1e-9
+    out = layer_times[-1].reshape(-1)
+    out = out[torch.isfinite(out)]
+    if out.numel():
+        x_hi = max(x_hi, float(out.max()) * 1.05 + 1e-9)
+    return x_hi, int((finite > x_hi).sum())
+
+
 def plot_raster(layer_times: list[torch.Tensor], names: list[str], path: Path, title: str = "") -> Path:
     """Spike raster of one sample: one row per neuron, stacked layer by layer, one colour per layer."""
     plt = _pyplot()
@@ -130,11 +147,8 @@ def plot_raster(layer_times: list[torch.Tensor], names: list[str], path: Path, t
             label=f"{name} ({len(idx)}/{flat.numel()})",
         )
         offset += flat.numel()
-    finite = torch.cat([t.reshape(-1)[torch.isfinite(t.reshape(-1))] for t in layer_times])
-    if finite.numel() > 10:
-        # A few neurons whose summed weight barely exceeds 0 fire very late; keep the axis on the bulk.
-        x_hi = float(torch.quantile(finite.double(), 0.98)) * 1.2 + 1e-9
-        late = int((finite > x_hi).sum())
+    x_hi, late = raster_x_limit(layer_times)
+    if x_hi is not None:
         ax.set_xlim(-0.02 * x_hi, x_hi)
         if late:
             title = (
@@ -143,7 +157,7 @@ def plot_raster(layer_times: list[torch.Tensor], names: list[str], path: Path, t
     ax.set_xlabel("spike time")
     ax.set_ylabel("neuron (layers stacked)")
     ax.set_title(title, fontsize=10)
-    ax.legend(markerscale=4, fontsize=7, loc="upper right")
+    ax.legend(markerscale=4, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the points
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -302,3 +302,25 @@ def test_inputs_that_are_folders_or_not_text_get_errors_naming_them(tmp_path, ca
     (run / "metrics.jsonl").write_bytes(png.read_bytes())
     assert cli.main(["plot", str(run)]) == 2
     assert "metrics.jsonl is not a UTF-8 text (JSON lines) file" in capsys.readouterr().err
+
+
+def test_the_raster_axis_keeps_the_bulk_but_always_shows_the_outputs():
+    """A windowed network's outputs fire in its last window, after more than 98% of all spikes: the axis
+    (1.2 x the 98th percentile) used to cut every output spike off; a single very late hidden spike is
+    still left beyond it."""
+    from relpsp.models import build_model, layer_outputs
+    from relpsp.plots import raster_x_limit
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model("784-800-10", (784,), kernel="window", window=1.0)
+    with torch.no_grad():
+        times = [t[0] for t in layer_outputs(model, torch.rand(1, 784))]
+    out = times[-1][torch.isfinite(times[-1])]
+    assert out.numel() and float(out.min()) >= 2.0  # the third window
+    x_hi, late = raster_x_limit(times)
+    assert x_hi is not None and x_hi >= float(out.max()) and late == 0
+    bulk = [torch.linspace(0, 1, 200), torch.tensor([1.0, 50.0]), torch.tensor([0.9, float("inf")])]
+    x_hi, late = raster_x_limit(bulk)
+    assert x_hi is not None and 1.0 < x_hi < 2.0 and late == 1  # the hidden spike at 50
+    assert raster_x_limit([torch.tensor([0.5, float("inf")])]) == (None, 0)
