@@ -475,7 +475,8 @@ def _network_from_graph(graph: Any, t_in: float | None, zero_fires: bool | None)
 
 
 def _check_size(path: Path) -> None:
-    """Refuse, before any value is read, a file that could expand to more than ``MAX_NIR_BYTES``.
+    """Refuse, before any value is read, a file that could expand to more than ``MAX_NIR_BYTES``; then, in
+    the same open file, one with a node type the reader has no layer for (``_check_node_types``).
 
     The tree is walked the way ``nir.read`` walks it, by name, so a dataset reached through several links
     counts once per name, and more than ``_MAX_NIR_LINKS`` names are refused. A dataset of fixed-size
@@ -533,6 +534,7 @@ def _check_size(path: Path) -> None:
     try:
         with h5py.File(path, "r") as f:
             walk(f, "", 0)
+            _check_node_types(f, path)
     except (OSError, KeyError, RecursionError) as e:  # KeyError: a dangling soft link
         raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {type(e).__name__}: {e}") from e
 
@@ -542,31 +544,27 @@ def _check_size(path: Path) -> None:
 _READABLE_NODE_TYPES = frozenset({"Input", "Output", "Linear", "Affine", "Conv2d", "I", "IF", "SumPool2d", "Flatten"})
 
 
-def _check_node_types(path: Path) -> None:
-    """Refuse a file whose graph holds a node type outside ``_READABLE_NODE_TYPES`` (read from each node's
-    ``type`` dataset, after ``_check_size``), naming the node. A layout other than ``nir.write``'s is left
-    to ``nir.read`` to refuse."""
+def _check_node_types(f: Any, path: Path) -> None:
+    """Refuse a file (open as ``f``, its size already checked) whose graph holds a node type outside
+    ``_READABLE_NODE_TYPES``, read from each node's ``type`` dataset, naming the node. A layout other than
+    ``nir.write``'s is left to ``nir.read`` to refuse."""
     import h5py
 
-    try:
-        with h5py.File(path, "r") as f:
-            nodes = f.get("node/nodes")
-            if not isinstance(nodes, h5py.Group):
-                return
-            for key in nodes:
-                item = nodes[key]
-                kind = item.get("type") if isinstance(item, h5py.Group) else None
-                if not isinstance(kind, h5py.Dataset) or kind.shape != ():
-                    continue
-                value = kind[()]
-                name = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-                if name not in _READABLE_NODE_TYPES:
-                    raise ValueError(
-                        f"{path}: NIR node {key!r} of type {name[:40]!r} has no ReL-PSP equivalent (readable: "
-                        f"{', '.join(sorted(_READABLE_NODE_TYPES))}); refused before reading its parameters"
-                    )
-    except (OSError, KeyError, RecursionError) as e:
-        raise ValueError(f"{path} is not a readable HDF5 (NIR) file: {type(e).__name__}: {e}") from e
+    nodes = f.get("node/nodes")
+    if not isinstance(nodes, h5py.Group):
+        return
+    for key in nodes:
+        item = nodes[key]
+        kind = item.get("type") if isinstance(item, h5py.Group) else None
+        if not isinstance(kind, h5py.Dataset) or kind.shape != ():
+            continue
+        value = kind[()]
+        name = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        if name not in _READABLE_NODE_TYPES:
+            raise ValueError(
+                f"{path}: NIR node {key!r} of type {name[:40]!r} has no ReL-PSP equivalent (readable: "
+                f"{', '.join(sorted(_READABLE_NODE_TYPES))}); refused before reading its parameters"
+            )
 
 
 def _item_bytes(v: Any) -> int:
@@ -591,8 +589,7 @@ def read_nir_graph(path: str | os.PathLike) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p} {why_not_a_file(p)}")
-    _check_size(p)
-    _check_node_types(p)
+    _check_size(p)  # and the node types
     try:
         return nir.read(str(p))
     except Exception as e:  # an untrusted file: whatever nir.read trips on (KeyError, OSError from HDF5 for a
