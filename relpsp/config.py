@@ -83,6 +83,7 @@ class TrainConfig:
     silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
     target_penalty: float = 0.0  # the same term on the correct output only, for samples where it is silent
     spike_dropout: float = 0.0  # training only: drop each input spike of a dense layer with this probability
+    spike_dropout_conv: float = 0.0  # the same for each input spike of a convolution layer (pixels included)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
     eval_batch_size: int = 1000
     threads: int = 0  # torch/numba threads; 0 = all cores (shared between the processes of one machine)

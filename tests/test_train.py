@@ -674,6 +674,70 @@ def test_spike_dropout_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
 
 
+def test_conv_spike_dropout_drops_convolution_inputs_at_its_own_rate(tmp_path):
+    """``train.spike_dropout_conv`` hooks the convolution layers (the first one's input is the encoded
+    image) at their own rate and threshold scale, beside the dense layers' rate; with it at 0 only the
+    dense layers are hooked, so the runs before it draw the same masks; it is validated like the dense
+    rate, and a network without a convolution layer refuses it."""
+    from relpsp.models import model_from_config
+    from relpsp.nn import SpikingConv2d, SpikingLinear
+    from relpsp.train.regularisers import SpikeDropout
+
+    torch.manual_seed(0)
+    model = model_from_config(ModelConfig(arch="4C3-P2-6-3", input_shape=(1, 4, 4))).train()
+    conv = next(m for m in model if isinstance(m, SpikingConv2d))
+    dense = [m for m in model if isinstance(m, SpikingLinear)]
+    x, _ = _tiny_splits()["train"]
+    seen: dict = {}
+
+    def record(m, inp, out) -> None:  # registered first, so it runs before the dropout restores theta
+        seen[id(m)] = (inp[0].clone(), m.theta)
+
+    hooks = [m.register_forward_hook(record) for m in (conv, *dense)]
+    with torch.no_grad():
+        t_enc = model[: list(model).index(conv)](x)  # the encoded image, the convolution's input
+    drop = SpikeDropout(model, 0.3, 0.1)
+    assert drop.layers == [conv, *dense]
+    drop.reseed(0, 0, 0, "cpu")
+    with torch.no_grad():
+        model(x)
+    t_in, theta = seen[id(conv)]
+    dropped = torch.isinf(t_in) & torch.isfinite(t_enc)
+    assert torch.equal(t_in[~dropped], t_enc[~dropped])
+    frac = float(dropped.sum()) / float(torch.isfinite(t_enc).sum())
+    assert 0.05 < frac < 0.15 and theta == pytest.approx(0.9)
+    assert [seen[id(m)][1] for m in dense] == [pytest.approx(0.7)] * 2
+    assert conv.theta == 1.0 and all(m.theta == 1.0 for m in dense)  # restored after the pass
+    drop.close()
+    assert SpikeDropout(model, 0.3).layers == dense  # rate 0: the convolutions are not hooked
+    assert SpikeDropout(model, 0.0, 0.2).layers == [conv]
+    for h in hooks:
+        h.remove()
+    with pytest.raises(ValueError, match="convolution layer"):
+        SpikeDropout(model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4))), 0.0, 0.2)
+    splits = _tiny_splits()
+    conv_cfg = dataclasses.replace(_cfg(epochs=1), model=ModelConfig(arch="4C3-P2-6-3", input_shape=(1, 4, 4)))
+    runs = [
+        fit(
+            dataclasses.replace(conv_cfg, train=dataclasses.replace(conv_cfg.train, spike_dropout_conv=p)),
+            tmp_dir,
+            progress=False,
+            splits=splits,
+            log=lambda s: None,
+        )
+        for p, tmp_dir in ((0.2, tmp_path / "a"), (0.2, tmp_path / "b"), (0.0, tmp_path / "off"))
+    ]
+    losses = [[r["train_loss"] for r in res["history"]] for res in runs]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+    for bad, match in (
+        (_cfg(spike_dropout_conv=1.0), "spike_dropout_conv must be in"),
+        (_cfg(spike_dropout_conv=0.2, silent_penalty=0.01), "cannot be combined"),
+        (_cfg(spike_dropout_conv=0.2), "convolution layer"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            fit(bad, tmp_path / "bad", splits=splits, progress=False, log=lambda s: None)
+
+
 def _two_output_model():
     """4 inputs -> 2 outputs; output 1 has zero weights, so it never fires."""
     from relpsp.models import model_from_config

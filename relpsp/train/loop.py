@@ -423,7 +423,8 @@ def _fit(
     t_start = time.perf_counter()
     penalty = SilentPenalty(model) if cfg.train.silent_penalty > 0 else None
     target_penalty = SilentPenalty(model, target_only=True) if cfg.train.target_penalty > 0 else None
-    dropout = SpikeDropout(model, cfg.train.spike_dropout) if cfg.train.spike_dropout > 0 else None
+    p_dense, p_conv = cfg.train.spike_dropout, cfg.train.spike_dropout_conv
+    dropout = SpikeDropout(model, p_dense, p_conv) if p_dense > 0 or p_conv > 0 else None
 
     def reduce_max(values: list[float]) -> list[float]:
         return all_reduce(values, ctx, device, "max")

@@ -105,7 +105,9 @@ class SilentPenalty:
 
 
 class SpikeDropout:
-    """Training-time dropout for spike times, attached to every ReL-PSP dense layer through hooks (the
+    """Training-time dropout for spike times, attached to every ReL-PSP dense layer (rate ``p``) and, with
+    ``p_conv > 0``, every convolution layer (rate ``p_conv``; the first one's input is the encoded image,
+    so its pixels' spikes are dropped) through hooks (the
     network itself, its checkpoint, export and inference are unchanged). In a forward pass in training
     mode each input spike of the layer is deleted (its time set to +inf) with probability ``p``, and the
     layer's threshold is scaled by ``1 - p`` for that pass: firing at ``sum_causal w_i (t - t_i) = theta``
@@ -116,13 +118,25 @@ class SpikeDropout:
     draw the same masks; each layer draws the mask of the whole global batch and keeps this process's
     rows, so a data-parallel run drops the spikes that a single process would."""
 
-    def __init__(self, model: nn.Sequential, p: float) -> None:
-        from relpsp.nn import SpikingLinear
+    def __init__(self, model: nn.Sequential, p: float, p_conv: float = 0.0) -> None:
+        from relpsp.nn import SpikingConv2d, SpikingLinear
 
         self.p = p
-        self.layers = [m for m in model if isinstance(m, SpikingLinear)]
-        if not self.layers:
+        self.p_conv = p_conv
+        dense: list[SpikingLinear | SpikingConv2d] = [m for m in model if isinstance(m, SpikingLinear)] if p > 0 else []
+        conv: list[SpikingLinear | SpikingConv2d] = (
+            [m for m in model if isinstance(m, SpikingConv2d)] if p_conv > 0 else []
+        )
+        if p > 0 and not dense:
             raise ValueError("train.spike_dropout needs a network with a spiking dense layer")
+        if p_conv > 0 and not conv:
+            raise ValueError("train.spike_dropout_conv needs a network with a spiking convolution layer")
+        if not dense and not conv:
+            raise ValueError("spike dropout needs a rate > 0")
+        # in forward order, so one generator draws the masks layer by layer as the pass reaches them
+        order = {id(m): i for i, m in enumerate(model)}
+        self.layers = sorted(dense + conv, key=lambda m: order[id(m)])
+        self.rate = {id(m): (p_conv if isinstance(m, SpikingConv2d) else p) for m in self.layers}
         self.theta = {id(m): m.theta for m in self.layers}
         self.generator: torch.Generator | None = None
         self.rows: tuple[int, int, int] | None = None
@@ -152,10 +166,11 @@ class SpikeDropout:
         lo, hi, n = self.rows if self.rows is not None else (0, len(t_in), len(t_in))
         if hi - lo != len(t_in):
             raise RuntimeError(f"spike dropout expected rows {lo}:{hi} of the batch, got {len(t_in)}")
+        p = self.rate[id(mod)]
         shape = (n, *t_in.shape[1:])
         u = torch.rand(shape, generator=self.generator, dtype=t_in.dtype)[lo:hi].to(t_in.device)
-        mod.theta = self.theta[id(mod)] * (1.0 - self.p)
-        return (torch.where(u < self.p, torch.full_like(t_in, math.inf), t_in), *args[1:])
+        mod.theta = self.theta[id(mod)] * (1.0 - p)
+        return (torch.where(u < p, torch.full_like(t_in, math.inf), t_in), *args[1:])
 
     def _restore(self, mod: Any, _args: Any, _out: Any) -> None:
         mod.theta = self.theta[id(mod)]

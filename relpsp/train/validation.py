@@ -35,12 +35,14 @@ def validate_config(cfg: Config) -> None:
             raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
     if t.tau == 0:
         raise ValueError("train.tau must be > 0")
-    if not (math.isfinite(t.spike_dropout) and 0 <= t.spike_dropout < 1):
-        raise ValueError(f"train.spike_dropout must be in [0, 1) (0 = off), got {t.spike_dropout}")
-    if t.spike_dropout > 0 and cfg.model.kernel != "relpsp":
-        raise ValueError("train.spike_dropout is defined for the ReL-PSP kernel only (model.kernel = 'relpsp')")
-    if t.spike_dropout > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
-        raise ValueError("train.spike_dropout cannot be combined with train.silent_penalty or train.target_penalty")
+    for name in ("spike_dropout", "spike_dropout_conv"):
+        v = getattr(t, name)
+        if not (math.isfinite(v) and 0 <= v < 1):
+            raise ValueError(f"train.{name} must be in [0, 1) (0 = off), got {v}")
+        if v > 0 and cfg.model.kernel != "relpsp":
+            raise ValueError(f"train.{name} is defined for the ReL-PSP kernel only (model.kernel = 'relpsp')")
+        if v > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
+            raise ValueError(f"train.{name} cannot be combined with train.silent_penalty or train.target_penalty")
     if t.optimizer not in ("adam", "adamw", "sgd"):
         raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'sgd', got {t.optimizer!r}")
     if t.lr_schedule not in ("cosine", "constant"):
