@@ -166,6 +166,11 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path, monke
     ):
         fit(triton_on_cpu, tmp_path, overwrite=True, **quiet)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    # spike dropout for a layer type the network lacks used to be refused only after the deletion
+    conv_drop = _cfg(epochs=1, spike_dropout_conv=0.2)  # the 16-12-3 network has no convolution
+    with pytest.raises(ValueError, match="spike_dropout_conv needs a network with a spiking convolution layer"):
+        fit(conv_drop, tmp_path, overwrite=True, **quiet)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
 
 
 @pytest.mark.parametrize("kernel", ["alpha", "window"])
