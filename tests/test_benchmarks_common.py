@@ -148,3 +148,20 @@ def test_train_step_times_a_network_on_the_input_shape_it_is_given(tmp_path, mon
     for bad in ("1,16", "1,16,x", "0,16,16"):
         with pytest.raises(SystemExit):
             main(["--archs", "4C5-P2-2", "--input-shape", bad])
+
+
+def test_simulate_benchmark_times_each_backend_on_the_same_fresh_network(tmp_path):
+    """benchmarks.simulate on 4 images of a small MLP: one row per backend, the same network (same spike
+    count and decisions) under both, and the JSON holds the environment beside the rows."""
+    import json
+
+    from benchmarks.simulate import main
+
+    out = tmp_path / "sim.json"
+    res = main(["--archs", "784-30-10", "--images", "4", "--backends", "numba,numpy", "--out", str(out)])
+    rows = res["rows"]
+    assert [r["backend"] for r in rows] == ["numba", "numpy"]
+    assert rows[0]["spikes_per_image"] == rows[1]["spikes_per_image"] > 30  # input spikes + 30 hidden + outputs
+    assert all(r["same_decisions_across_backends"] and r["images_per_s"] > 0 for r in rows)
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows and "device" in saved["environment"]
