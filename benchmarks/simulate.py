@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import environment, mnist_like_batch, refuse_bad_output_file, write_json
-from relpsp.config import ModelConfig
-from relpsp.models import model_from_config
+from relpsp.config import Config, ModelConfig, config_to_dict
+from relpsp.models import model_arrays, model_from_config
 from relpsp.sim import SimOptions, network_from_arrays, simulate
 
 ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
@@ -32,10 +32,8 @@ def fresh_network(arch: str, seed: int):
     """A simulator network with the training code's default initialisation for ``arch`` (MNIST input)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(arch=arch, input_shape=(1, 28, 28))
-    model = model_from_config(cfg)
-    arrays = {f"model.{k}": v.detach().double().numpy() for k, v in model.state_dict().items()}
-    spec = {"arch": arch, "input_shape": [1, 28, 28], "theta": cfg.theta, "t_max": cfg.t_max, "t_in": cfg.t_in}
-    return network_from_arrays(arrays, spec | {"zero_fires": cfg.zero_fires})
+    # the checkpoint's layout: the weights as the trainer saves them, the [model] section as a dict
+    return network_from_arrays(model_arrays(model_from_config(cfg)), config_to_dict(Config(model=cfg))["model"])
 
 
 def run_case(arch: str, images: np.ndarray, backend: str, seed: int) -> dict:

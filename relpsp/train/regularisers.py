@@ -123,20 +123,19 @@ class SpikeDropout:
 
         self.p = p
         self.p_conv = p_conv
-        dense: list[SpikingLinear | SpikingConv2d] = [m for m in model if isinstance(m, SpikingLinear)] if p > 0 else []
-        conv: list[SpikingLinear | SpikingConv2d] = (
-            [m for m in model if isinstance(m, SpikingConv2d)] if p_conv > 0 else []
-        )
-        if p > 0 and not dense:
+        if p > 0 and not any(isinstance(m, SpikingLinear) for m in model):
             raise ValueError("train.spike_dropout needs a network with a spiking dense layer")
-        if p_conv > 0 and not conv:
+        if p_conv > 0 and not any(isinstance(m, SpikingConv2d) for m in model):
             raise ValueError("train.spike_dropout_conv needs a network with a spiking convolution layer")
-        if not dense and not conv:
-            raise ValueError("spike dropout needs a rate > 0")
+
+        def rate(m: SpikingLinear | SpikingConv2d) -> float:
+            return p if isinstance(m, SpikingLinear) else p_conv
+
         # in forward order, so one generator draws the masks layer by layer as the pass reaches them
-        order = {id(m): i for i, m in enumerate(model)}
-        self.layers = sorted(dense + conv, key=lambda m: order[id(m)])
-        self.rate = {id(m): (p_conv if isinstance(m, SpikingConv2d) else p) for m in self.layers}
+        self.layers = [m for m in model if isinstance(m, (SpikingLinear, SpikingConv2d)) and rate(m) > 0]
+        if not self.layers:
+            raise ValueError("spike dropout needs a rate > 0")
+        self.rate = {id(m): rate(m) for m in self.layers}
         self.theta = {id(m): m.theta for m in self.layers}
         self.generator: torch.Generator | None = None
         self.rows: tuple[int, int, int] | None = None
