@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from relpsp import cli
@@ -39,6 +40,24 @@ def test_eval_reports_the_same_accuracy(run_dir, capsys):
     res = json.loads((run_dir / "results.json").read_text())
     assert out["accuracy"] == pytest.approx(res["test_accuracy"])
     assert out["n"] == 1000
+
+
+def test_eval_per_class_gives_the_confusion_matrix_and_the_wrong_samples(run_dir, capsys):
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--json", "--per-class"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    pc = out["per_class"]
+    conf = np.array(pc["confusion"])
+    assert conf.shape == (3, 4) and conf.sum() == out["n"] == 1000
+    correct = int(np.trace(conf[:, :3]))
+    assert correct / out["n"] == pytest.approx(out["accuracy"])
+    assert conf[:, 3].sum() / out["n"] == pytest.approx(out["no_output_spike_fraction"])
+    assert len(pc["wrong"]) == out["n"] - correct and pc["wrong"] == sorted(set(pc["wrong"]))
+    for i, acc in enumerate(pc["accuracy"]):
+        assert acc == pytest.approx(conf[i, i] / conf[i].sum())
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--per-class"]) == 0
+    text = capsys.readouterr().out
+    assert "confusion (rows: label" in text and f"wrong samples ({len(pc['wrong'])})" in text
 
 
 def test_eval_uses_the_runs_own_splits(run_dir, tmp_path, capsys):

@@ -790,6 +790,34 @@ def test_evaluation_counts_decisions_that_several_outputs_tie():
     assert ev["tied_decision_fraction"] == 0.75 and ev["accuracy"] == 0.25
 
 
+def test_confusion_counts_place_every_decision_and_match_the_evaluation():
+    """Rows are labels, columns decisions, the last column the samples with no output spike; the diagonal
+    gives evaluate's accuracy and the last column its no-spike fraction, for any batch size."""
+    from relpsp.train import confusion_counts, evaluate, predict
+
+    model = _two_output_model()
+    with torch.no_grad():
+        model[-1].weight[1] = torch.tensor([0.0, 3.0, 0.0, 0.0])  # output 1 wins when feature 1 is strong
+    x = torch.tensor(
+        [[1.0, 0.0, 0.0, 0.0], [0.2, 0.9, 0.0, 0.0], [0.0, 0.1, 0.9, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.8, 0.0, 0.0]]
+    )
+    y = torch.tensor([1, 1, 1, 0, 0])
+    pred, k = predict(model, x, batch_size=2)
+    assert k == 2 and pred.tolist() == [0, 1, 1, -1, 1]
+    assert predict(model, x, batch_size=5)[0].tolist() == pred.tolist()
+    conf = confusion_counts(pred, y, k)
+    assert conf.tolist() == [[0, 1, 1], [1, 2, 0]]
+    ev = evaluate(model, x, y)
+    assert conf.diagonal().sum().item() / len(y) == ev["accuracy"] == 0.4
+    assert conf[:, k].sum().item() / len(y) == ev["no_output_spike_fraction"] == 0.2
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        confusion_counts(pred, torch.tensor([1, 1, 2, 0, 0]), 2)
+    with pytest.raises(ValueError, match="decisions must lie"):
+        confusion_counts(torch.tensor([0, 1, 5, 0, 0]), y, 2)
+    with pytest.raises(ValueError, match="one length"):
+        confusion_counts(pred[:3], y, 2)
+
+
 def test_a_resume_that_starts_at_the_end_of_an_epoch_reports_that_epochs_speed(tmp_path):
     """4 steps per epoch with a checkpoint every 2: stopped after the epoch's last step (its checkpoint is
     on disk, its evaluation is not), the resume runs no step of that epoch and still reports the rate of

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from relpsp._fileio import json_text
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["configure", "run"]
 
@@ -21,13 +25,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also the confusion matrix (rows: label, columns: decision, then no output spike), each "
+        "class's accuracy and the indices of the wrongly decided samples (JSON: key per_class)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from relpsp.data import canonical_name, load_dataset
-    from relpsp.train import data_options, evaluate, load_splits, load_trained, set_threads
+    from relpsp.train import data_options, evaluate, load_splits, load_trained, predict, set_threads
 
     model, cfg, _ = load_trained(args.checkpoint)
     set_threads(0, torch_heavy=cfg.model.kernel == "window")  # as training sets them for this network
@@ -45,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         x, y = load_dataset(dataset, args.split, data_dir, **data_options(cfg, dataset))
     res = evaluate(model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin)
+    if args.per_class:
+        res["per_class"] = _per_class(*predict(model, x, args.batch_size), y)
     if args.json:
         print(json_text(res))
     else:
@@ -55,4 +67,35 @@ def run(args: argparse.Namespace) -> int:
             f"tied decisions {100 * res['tied_decision_fraction']:.2f}%, "
             f"mean decision time {res['mean_decision_time']:.4f}\nfiring rate per layer: {rates}"
         )
+        if args.per_class:
+            print(_per_class_text(res["per_class"]))
     return 0
+
+
+def _per_class(pred: Tensor, k: int, y: Tensor) -> dict[str, Any]:
+    """Confusion counts, per-class accuracy (None for a class without samples) and wrong indices."""
+    from relpsp.train import confusion_counts
+
+    conf = confusion_counts(pred, y, k)
+    totals = conf.sum(1).tolist()
+    return {
+        "confusion": conf.tolist(),
+        "accuracy": [conf[i, i].item() / n if n else None for i, n in enumerate(totals)],
+        "wrong": (pred != y.to(pred.device)).nonzero().flatten().tolist(),
+    }
+
+
+def _per_class_text(pc: dict[str, Any]) -> str:
+    conf = pc["confusion"]
+    k = len(conf)
+    width = max(6, len(str(max(max(row) for row in conf))) + 2)
+    head = "label" + "".join(f"{j:>{width}}" for j in range(k)) + f"{'none':>{width}}  accuracy"
+    lines = ["confusion (rows: label; columns: decided class, then none = no output spike):", head]
+    for i, row in enumerate(conf):
+        acc = pc["accuracy"][i]
+        cells = "".join(f"{c:>{width}}" for c in row)
+        lines.append(f"{i:<5}{cells}  " + (f"{100 * acc:7.2f}%" if acc is not None else "       -"))
+    shown = pc["wrong"][:50]
+    more = f" ... ({len(pc['wrong'])} in all)" if len(pc["wrong"]) > len(shown) else ""
+    lines.append(f"wrong samples ({len(pc['wrong'])}): " + (" ".join(map(str, shown)) + more if shown else "none"))
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ from relpsp.functional import first_spike_decode, spike_time_cross_entropy
 from relpsp.models import layer_outputs
 from relpsp.train.distributed import DistInfo, all_reduce, shard
 
-__all__ = ["evaluate", "evaluate_on_ranks", "fill_silent"]
+__all__ = ["confusion_counts", "evaluate", "evaluate_on_ranks", "fill_silent", "predict"]
 
 
 @torch.no_grad()
@@ -44,6 +44,41 @@ def evaluate(
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
     return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau, silent_margin))
+
+
+@torch.no_grad()
+def predict(model: nn.Sequential, x: Tensor, batch_size: int = 1000, device: str = "cpu") -> tuple[Tensor, int]:
+    """The decision for every sample, ``first_spike_decode`` of the output spike times: ``(pred [N] long on
+    the CPU, K)``, with -1 where no output fired and ``K`` the number of output neurons."""
+    check_positive_int("batch_size", batch_size)
+    model.eval()
+    preds: list[Tensor] = []
+    k = 0
+    for s in range(0, len(x), batch_size):
+        t_out = model(x[s : s + batch_size].to(device))
+        k = int(t_out.shape[1])
+        preds.append(first_spike_decode(t_out)[0].cpu())
+    if not preds:
+        raise ValueError("x has no samples")
+    return torch.cat(preds), k
+
+
+def confusion_counts(pred: Tensor, y: Tensor, n_classes: int) -> Tensor:
+    """``[K, K + 1]`` int64 counts: row ``i`` holds the samples labelled ``i``, column ``j < K`` those decided
+    as ``j`` and column ``K`` those with no output spike (``pred == -1``). The diagonal's sum over ``N`` is
+    ``evaluate``'s accuracy."""
+    if pred.shape != y.shape or pred.dim() != 1:
+        raise ValueError(f"pred {tuple(pred.shape)} and y {tuple(y.shape)} must be 1-d and of one length")
+    check_positive_int("n_classes", n_classes)
+    y = y.to("cpu", torch.int64)
+    pred = pred.to("cpu", torch.int64)
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}); got {int(y.min())}..{int(y.max())}")
+    if len(pred) and (int(pred.min()) < -1 or int(pred.max()) >= n_classes):
+        raise ValueError(f"decisions must lie in [-1, {n_classes}); got {int(pred.min())}..{int(pred.max())}")
+    column = torch.where(pred < 0, n_classes, pred)
+    flat = torch.bincount(y * (n_classes + 1) + column, minlength=n_classes * (n_classes + 1))
+    return flat.reshape(n_classes, n_classes + 1)
 
 
 def _eval_sums(
