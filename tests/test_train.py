@@ -793,7 +793,7 @@ def test_evaluation_counts_decisions_that_several_outputs_tie():
 def test_confusion_counts_place_every_decision_and_match_the_evaluation():
     """Rows are labels, columns decisions, the last column the samples with no output spike; the diagonal
     gives evaluate's accuracy and the last column its no-spike fraction, for any batch size."""
-    from relpsp.train import confusion_counts, evaluate, predict
+    from relpsp.train import confusion_counts, evaluate
 
     model = _two_output_model()
     with torch.no_grad():
@@ -802,12 +802,16 @@ def test_confusion_counts_place_every_decision_and_match_the_evaluation():
         [[1.0, 0.0, 0.0, 0.0], [0.2, 0.9, 0.0, 0.0], [0.0, 0.1, 0.9, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.8, 0.0, 0.0]]
     )
     y = torch.tensor([1, 1, 1, 0, 0])
-    pred, k = predict(model, x, batch_size=2)
+    decisions: list[torch.Tensor] = []
+    ev = evaluate(model, x, y, batch_size=2, decisions=decisions)
+    assert [len(d) for d in decisions] == [2, 2, 1]
+    pred, k = torch.cat(decisions), model[-1].out_features
     assert k == 2 and pred.tolist() == [0, 1, 1, -1, 1]
-    assert predict(model, x, batch_size=5)[0].tolist() == pred.tolist()
+    whole: list[torch.Tensor] = []
+    assert evaluate(model, x, y, batch_size=5, decisions=whole)["accuracy"] == ev["accuracy"]
+    assert torch.cat(whole).tolist() == pred.tolist()
     conf = confusion_counts(pred, y, k)
     assert conf.tolist() == [[0, 1, 1], [1, 2, 0]]
-    ev = evaluate(model, x, y)
     assert conf.diagonal().sum().item() / len(y) == ev["accuracy"] == 0.4
     assert conf[:, k].sum().item() / len(y) == ev["no_output_spike_fraction"] == 0.2
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):

@@ -36,8 +36,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from relpsp.arch import DenseSpec, parse_arch
     from relpsp.data import canonical_name, load_dataset
-    from relpsp.train import data_options, evaluate, load_splits, load_trained, predict, set_threads
+    from relpsp.train import data_options, evaluate, load_splits, load_trained, set_threads
 
     model, cfg, _ = load_trained(args.checkpoint)
     set_threads(0, torch_heavy=cfg.model.kernel == "window")  # as training sets them for this network
@@ -54,9 +55,14 @@ def run(args: argparse.Namespace) -> int:
         x, y = splits[args.split]
     else:
         x, y = load_dataset(dataset, args.split, data_dir, **data_options(cfg, dataset))
-    res = evaluate(model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin)
-    if args.per_class:
-        res["per_class"] = _per_class(*predict(model, x, args.batch_size), y)
+    decisions: list[Tensor] | None = [] if args.per_class else None
+    res = evaluate(
+        model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin, decisions=decisions
+    )
+    if decisions is not None:  # the arch ends with a dense output layer, one neuron per class
+        output = parse_arch(cfg.model.arch, cfg.model.input_shape)[-1]
+        assert isinstance(output, DenseSpec)  # parse_arch refuses any other last layer
+        res["per_class"] = _per_class(decisions, output.n_out, y)
     if args.json:
         print(json_text(res))
     else:
@@ -72,10 +78,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _per_class(pred: Tensor, k: int, y: Tensor) -> dict[str, Any]:
+def _per_class(decisions: list[Tensor], k: int, y: Tensor) -> dict[str, Any]:
     """Confusion counts, per-class accuracy (None for a class without samples) and wrong indices."""
+    import torch
+
     from relpsp.train import confusion_counts
 
+    pred = torch.cat(decisions) if decisions else torch.empty(0, dtype=torch.long)
     conf = confusion_counts(pred, y, k)
     totals = conf.sum(1).tolist()
     return {

@@ -16,7 +16,7 @@ from relpsp.functional import first_spike_decode, spike_time_cross_entropy
 from relpsp.models import layer_outputs
 from relpsp.train.distributed import DistInfo, all_reduce, shard
 
-__all__ = ["confusion_counts", "evaluate", "evaluate_on_ranks", "fill_silent", "predict"]
+__all__ = ["confusion_counts", "evaluate", "evaluate_on_ranks", "fill_silent"]
 
 
 @torch.no_grad()
@@ -28,6 +28,7 @@ def evaluate(
     device: str = "cpu",
     tau: float = TrainConfig.tau,
     silent_margin: float = TrainConfig.silent_margin,
+    decisions: list[Tensor] | None = None,
 ) -> dict[str, Any]:
     """Accuracy (no output spike counts as wrong), no-spike fraction, loss (with the training loss's time
     scale ``tau`` and ``silent_margin``, so it compares with the training loss when no penalty term is on:
@@ -39,28 +40,14 @@ def evaluate(
 
     In the loss, an output that never fires counts as firing at the latest output spike of the whole set
     plus ``silent_margin`` (the training loss takes the latest of its batch), so the value does not depend
-    on ``batch_size``."""
+    on ``batch_size``.
+
+    ``decisions``: a list that receives each batch's decisions (``first_spike_decode``'s ``pred`` on the
+    CPU, -1 for no output spike), for ``confusion_counts`` without a second pass over the data."""
     check_positive_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
-    return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau, silent_margin))
-
-
-@torch.no_grad()
-def predict(model: nn.Sequential, x: Tensor, batch_size: int = 1000, device: str = "cpu") -> tuple[Tensor, int]:
-    """The decision for every sample, ``first_spike_decode`` of the output spike times: ``(pred [N] long on
-    the CPU, K)``, with -1 where no output fired and ``K`` the number of output neurons."""
-    check_positive_int("batch_size", batch_size)
-    model.eval()
-    preds: list[Tensor] = []
-    k = 0
-    for s in range(0, len(x), batch_size):
-        t_out = model(x[s : s + batch_size].to(device))
-        k = int(t_out.shape[1])
-        preds.append(first_spike_decode(t_out)[0].cpu())
-    if not preds:
-        raise ValueError("x has no samples")
-    return torch.cat(preds), k
+    return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau, silent_margin, decisions=decisions))
 
 
 def confusion_counts(pred: Tensor, y: Tensor, n_classes: int) -> Tensor:
@@ -90,6 +77,7 @@ def _eval_sums(
     tau: float,
     silent_margin: float,
     reduce_max: Callable[[list[float]], list[float]] | None = None,
+    decisions: list[Tensor] | None = None,
 ) -> list[float]:
     """``[n, correct, silent, loss_sum, decision_time_sum, tied, *rate_sums]``: sums, so that ranks can add
     them; ``tied`` counts the samples whose earliest output time is shared by several outputs (decoded as
@@ -109,6 +97,8 @@ def _eval_sums(
             outs = layer_outputs(model, xb)
             t_out = outs[-1]
             pred, fired = first_spike_decode(t_out)
+            if decisions is not None:
+                decisions.append(pred.cpu())
             correct += int((pred == yb).sum())
             silent += int((~fired).sum())
             t_outs.append(t_out.detach().to("cpu", torch.float64))
