@@ -15,19 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from relpsp.data.images import IMAGE_SUFFIXES
-
-CLASSES = ("face", "motorbike")
+from relpsp.data.images import image_files
+from relpsp.data.registry import CALTECH_CLASSES
 
 
 def border_mean(path: Path, border: int) -> float:
     a = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
     edge = np.concatenate([a[:border].ravel(), a[-border:].ravel(), a[:, :border].ravel(), a[:, -border:].ravel()])
     return float(edge.mean())
-
-
-def files(root: Path, split: str, cls: str) -> list[Path]:
-    return sorted(p for p in (root / split / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,12 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     root = Path(args.root)
     for split in ("train", "test"):
-        means = np.array([border_mean(p, args.border) for p in files(root, split, "motorbike")])
+        means = np.array([border_mean(p, args.border) for p in image_files(root / split / "motorbike")])
         below = int((means < args.threshold).sum())
         print(
             f"{split}: {below} of {len(means)} motorbikes with border mean < {args.threshold:g}; median {np.median(means):.1f}"
         )
-    test = [p for cls in CLASSES for p in files(root, "test", cls)]
+    test = [p for cls in CALTECH_CLASSES for p in image_files(root / "test" / cls)]  # the loader's order
     for i in args.indices:
         if not 0 <= i < len(test):
             ap.error(f"test index {i} is outside 0..{len(test) - 1}")

@@ -17,7 +17,7 @@ import torch
 
 from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, sha256_bytes
 
-__all__ = ["IMAGE_SUFFIXES", "load_image_folder", "read_sha256sums"]
+__all__ = ["IMAGE_SUFFIXES", "image_files", "load_image_folder", "read_sha256sums"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
 
@@ -70,6 +70,11 @@ def _sixteen_bit_to_l(im: Any, name: str) -> Any:
     return Image.fromarray(np.rint(a * (255.0 / 65535.0)).astype(np.uint8))
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of one class folder in the order ``load_image_folder`` reads them (sorted by name)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     classes: Sequence[str],
@@ -95,8 +100,7 @@ def load_image_folder(
         folder = root / cls
         if not folder.is_dir():
             raise DatasetNotFoundError(f"missing image folder {folder}{'; ' + fix if fix else ''}")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for p in files:
+        for p in image_files(folder):
             data = p.read_bytes()
             if checksums is not None:
                 rel = f"{checksum_prefix}{cls}/{p.name}"
