@@ -79,6 +79,7 @@ class TrainConfig:
     device: str = "cpu"
     backend: str = "auto"
     tau: float = 0.1  # time scale of the loss: softmax(-t_out / tau); 1 = the plain form
+    label_smoothing: float = 0.0  # training loss only: the target puts this mass evenly on all K classes
     silent_margin: float = 1.0
     silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
     target_penalty: float = 0.0  # the same term on the correct output only, for samples where it is silent

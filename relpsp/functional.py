@@ -264,7 +264,13 @@ def first_spike_decode(t_out: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def spike_time_cross_entropy(
-    t_out: Tensor, target: Tensor, *, tau: float = 1.0, silent_margin: float = 1.0, reduction: str = "mean"
+    t_out: Tensor,
+    target: Tensor,
+    *,
+    tau: float = 1.0,
+    silent_margin: float = 1.0,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Cross-entropy of softmax(-t_out / tau) against class labels. ``t_out [B, K]``, ``target [B]`` (long).
 
@@ -276,6 +282,10 @@ def spike_time_cross_entropy(
     is the latest finite output time in the batch (detached; 0 if nothing fired). This keeps the loss
     finite, gives silent outputs a small but non-zero probability, and sends no gradient to them (a
     silent neuron has no spike time to move); the gradient still flows to every output that fired.
+
+    ``label_smoothing`` = e replaces the one-hot target with (1 - e) one-hot + e / K on every class, so
+    the loss stops rewarding a target spike ever earlier than the rest once its lead is about
+    tau * ln(1 + (1 - e) * K / e) (a training choice; the network and its decision are unchanged).
     """
     check_float_tensor("t_out", t_out, (2,))
     if t_out.shape[1] == 0:
@@ -289,6 +299,8 @@ def spike_time_cross_entropy(
         raise ValueError(f"target holds labels outside [0, {t_out.shape[1] - 1}]")
     check_non_negative("silent_margin", silent_margin)
     check_finite_positive("tau", tau)
+    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if reduction == "mean" and t_out.shape[0] == 0:
@@ -298,7 +310,7 @@ def spike_time_cross_entropy(
         finite = t_out[fired]
         t_late = (finite.max() if finite.numel() else t_out.new_zeros(())) + silent_margin
     t = torch.where(fired, t_out, t_late)
-    return F.cross_entropy(-t / tau, target.long(), reduction=reduction)
+    return F.cross_entropy(-t / tau, target.long(), reduction=reduction, label_smoothing=float(label_smoothing))
 
 
 def silent_neuron_penalty(

@@ -171,6 +171,45 @@ def test_loss_rewards_earlier_target_spike():
     assert earlier < loss
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_label_smoothed_loss_matches_hand_computation(dtype, eps):
+    # target q = (1 - e) one-hot + e / K: loss = sum_c q_c (t_c + log z), dL/dt_c = q_c - p_c for a fired output
+    rows = [[1.0, 2.0, INF], [0.5, 3.0, 1.0], [INF, 0.25, INF]]
+    targets = [0, 1, 2]
+    t_late = 3.0 + 1.0
+    want_loss, want_grad = 0.0, []
+    for row, k in zip(rows, targets):
+        t = [v if math.isfinite(v) else t_late for v in row]
+        z = sum(math.exp(-v) for v in t)
+        q = [(1 - eps) * (c == k) + eps / 3 for c in range(3)]
+        want_loss += sum(q[c] * (t[c] + math.log(z)) for c in range(3))
+        want_grad.append([(q[c] - math.exp(-t[c]) / z) if math.isfinite(row[c]) else 0.0 for c in range(3)])
+    t_out = torch.tensor(rows, dtype=dtype, requires_grad=True)
+    loss = spike_time_cross_entropy(t_out, torch.tensor(targets), reduction="sum", label_smoothing=eps)
+    assert_close("loss", loss, want_loss, dtype)
+    loss.backward()
+    assert_close("grad_t_out", t_out.grad, want_grad, dtype, kind="grad")
+    plain = spike_time_cross_entropy(t_out.detach(), torch.tensor(targets), reduction="sum")
+    assert not torch.isclose(loss.detach(), plain)  # the option changes the loss
+
+
+def test_label_smoothing_stops_the_push_at_its_lead():
+    # With the others tied, the loss is lowest when the target leads by tau * ln(1 + (1 - e) K / e):
+    # there its gradient is zero, an earlier target spike is pushed back (dL/dt_target < 0 before, > 0 after).
+    eps, k, tau = 0.1, 4, 0.05
+    lead = tau * math.log(1 + (1 - eps) * k / eps)
+    target = torch.tensor([0])
+    for offset, sign in ((0.0, 0), (0.02, 1), (-0.02, -1)):
+        t = torch.tensor([[1.0 - lead - offset, 1.0, 1.0, 1.0]], dtype=torch.float64, requires_grad=True)
+        spike_time_cross_entropy(t, target, tau=tau, label_smoothing=eps).backward()
+        g = float(t.grad[0, 0])
+        if sign == 0:
+            assert abs(g) < 1e-12
+        else:
+            assert g * sign < 0  # too big a lead: the target is pushed later (gradient < 0 means 'move later')
+
+
 def _loss_bad(kind):
     t = torch.tensor([[1.0, 2.0], [0.5, INF]])
     target = torch.tensor([0, 1])
@@ -189,6 +228,10 @@ def _loss_bad(kind):
         kw["silent_margin"] = INF
     elif kind == "reduction":
         kw["reduction"] = "max"
+    elif kind == "smoothing_one":
+        kw["label_smoothing"] = 1.0
+    elif kind == "smoothing_nan":
+        kw["label_smoothing"] = math.nan
     elif kind == "t_out_rank1":
         t = t[0]
     elif kind == "t_out_nan":
@@ -204,6 +247,8 @@ BAD_LOSS = {
     "margin_negative": r"silent_margin",
     "margin_inf": r"silent_margin",
     "reduction": r"reduction",
+    "smoothing_one": r"label_smoothing",
+    "smoothing_nan": r"label_smoothing",
     "t_out_rank1": r"t_out must have 2 dimensions",
     "t_out_nan": r"t_out.*NaN",
 }

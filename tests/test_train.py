@@ -500,6 +500,30 @@ def test_weight_average_resume_without_trained_weights_names_the_missing_array(t
         fit(cfg, tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
 
 
+def test_label_smoothing_changes_the_training_loss(tmp_path):
+    # One epoch from the same start: the smoothed target raises the training loss; the option is saved.
+    runs = {}
+    for eps in (0.0, 0.3):
+        res = fit(
+            _cfg(epochs=1, label_smoothing=eps),
+            tmp_path / str(eps),
+            splits=_tiny_splits(),
+            progress=False,
+            log=lambda s: None,
+        )
+        runs[eps] = res["history"][-1]
+    assert runs[0.3]["train_loss"] > runs[0.0]["train_loss"]  # the smoothed target cannot be met exactly
+    saved = json.loads((tmp_path / "0.3" / "results.json").read_text())
+    assert saved["config"]["train"]["label_smoothing"] == 0.3
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, float("nan")])
+def test_bad_label_smoothing_is_refused(tmp_path, eps):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fit(_cfg(label_smoothing=eps), tmp_path, splits=_tiny_splits(), progress=False, log=lambda s: None)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 @pytest.mark.parametrize("decay", [-0.1, 1.0, float("nan")])
 def test_bad_ema_decay_is_refused(tmp_path, decay):
     with pytest.raises(ValueError, match="ema_decay"):

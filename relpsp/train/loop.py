@@ -290,7 +290,9 @@ def _step_loss(
     outputs at the latest output time of the global batch plus a margin (so each rank's share is exact),
     and the penalties that give silent neurons a gradient."""
     t_filled = fill_silent(t_out, cfg.train.silent_margin, reduce_max)
-    loss_sum = spike_time_cross_entropy(t_filled, yb, tau=cfg.train.tau, reduction="sum")
+    loss_sum = spike_time_cross_entropy(
+        t_filled, yb, tau=cfg.train.tau, reduction="sum", label_smoothing=cfg.train.label_smoothing
+    )
     if penalty is not None:
         loss_sum = loss_sum + cfg.train.silent_penalty * penalty(reduce_max)
     if target_penalty is not None:
