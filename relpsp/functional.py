@@ -299,8 +299,9 @@ def spike_time_cross_entropy(
         raise ValueError(f"target holds labels outside [0, {t_out.shape[1] - 1}]")
     check_non_negative("silent_margin", silent_margin)
     check_finite_positive("tau", tau)
-    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    smoothing = check_non_negative("label_smoothing", label_smoothing)
+    if smoothing >= 1:
+        raise ValueError(f"label_smoothing must be < 1, got {label_smoothing!r}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if reduction == "mean" and t_out.shape[0] == 0:
@@ -310,7 +311,7 @@ def spike_time_cross_entropy(
         finite = t_out[fired]
         t_late = (finite.max() if finite.numel() else t_out.new_zeros(())) + silent_margin
     t = torch.where(fired, t_out, t_late)
-    return F.cross_entropy(-t / tau, target.long(), reduction=reduction, label_smoothing=float(label_smoothing))
+    return F.cross_entropy(-t / tau, target.long(), reduction=reduction, label_smoothing=smoothing)
 
 
 def silent_neuron_penalty(

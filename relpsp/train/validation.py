@@ -35,12 +35,12 @@ def validate_config(cfg: Config) -> None:
             raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
     if t.tau == 0:
         raise ValueError("train.tau must be > 0")
-    if not (math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1):
-        raise ValueError(f"train.label_smoothing must be in [0, 1) (0 = off), got {t.label_smoothing}")
-    for name in ("spike_dropout", "spike_dropout_conv"):
+    for name in ("label_smoothing", "spike_dropout", "spike_dropout_conv"):
         v = getattr(t, name)
         if not (math.isfinite(v) and 0 <= v < 1):
             raise ValueError(f"train.{name} must be in [0, 1) (0 = off), got {v}")
+    for name in ("spike_dropout", "spike_dropout_conv"):
+        v = getattr(t, name)
         if v > 0 and cfg.model.kernel != "relpsp":
             raise ValueError(f"train.{name} is defined for the ReL-PSP kernel only (model.kernel = 'relpsp')")
         if v > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
