@@ -22,6 +22,7 @@ COMMANDS = {
     "simulate": "run a checkpoint or NIR file event by event (optionally quantised)",
     "cost": "estimate synaptic events, energy and latency on neuromorphic hardware",
     "export": "export a checkpoint to NIR",
+    "summary": "test accuracy over seeds of run folders (mean, standard deviation, decisions right, a target)",
 }
 
 

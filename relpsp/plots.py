@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["plot_curves", "plot_output_histogram", "plot_raster", "plot_run", "raster_x_limit", "read_metrics"]
+__all__ = ["plot_curves", "plot_output_histogram", "plot_raster", "plot_run", "raster_x_limit"]
 
 
 def _pyplot():
@@ -23,35 +22,6 @@ def _pyplot():
     except ImportError as e:
         raise RuntimeError("plots need matplotlib: pip install 'relpsp[cli]'") from e
     return plt
-
-
-_METRIC_KEYS = ("epoch", "train_loss", "train_accuracy")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl``, with ``null`` (how a run writes a non-finite number) read as NaN; a
-    line that is not a JSON object with numbers for ``epoch``, ``train_loss`` and ``train_accuracy`` raises
-    ``ValueError`` naming the file and line."""
-    rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a UTF-8 text (JSON lines) file ({e.reason} at byte {e.start})") from e
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
-        row = {k: math.nan if v is None and k != "epoch" else v for k, v in row.items()}
-        bad = [k for k in _METRIC_KEYS if isinstance(row.get(k), bool) or not isinstance(row.get(k), (int, float))]
-        if bad:
-            raise ValueError(f"{path}, line {n}: missing or non-numeric {', '.join(bad)}")
-        rows.append(row)
-    return rows
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -176,6 +146,7 @@ def plot_run(
     from relpsp.data import load_dataset
     from relpsp.models import layer_outputs
     from relpsp.train import CHECKPOINT_NAME, data_options, load_trained
+    from relpsp.train.run_folder import read_metrics
 
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run

@@ -59,8 +59,7 @@ def test_json_text_layout_options():
 def test_metrics_with_a_non_finite_number_are_strict_json_and_read_back_as_nan(tmp_path):
     """A metric that is NaN or infinite in a run (a loss over silent outputs, say) is written as null, so
     every line is standard JSON; ``relpsp plot``'s reader turns it back into NaN. A null epoch is refused."""
-    from relpsp.plots import read_metrics
-    from relpsp.train.run_folder import write_metrics
+    from relpsp.train.run_folder import read_metrics, write_metrics
 
     rows = [
         {"epoch": 1, "train_loss": math.nan, "train_accuracy": 0.5, "test_loss": math.inf},

@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"functional", "alpha", "window"},
     {"nn"},
     {"models", "sim"},
-    {"train", "hw", "export", "plots"},
+    {"train", "hw", "export", "plots", "summary"},
     {"commands"},
     {"cli"},
 ]

@@ -8,7 +8,7 @@
 - ``metrics.jsonl``: one JSON line per finished epoch, rewritten atomically from the history kept in
   the checkpoint just after that checkpoint is saved (a crash between the two leaves the file one line
   behind the checkpoint, and the resume rewrites it from the checkpoint);
-- ``results.json``: final test accuracy, resolved config, versions, device, wall time, per-layer
+- ``results.json``: final test accuracy and the number of test samples, resolved config, versions, device, wall time, per-layer
   firing rates, the fractions of samples with no output spike and with a tied decision, and
   ``sessions``: the code version, device and starting point of every call that trained the run (a resume
   under other code is visible there; ``versions`` is the last call's).

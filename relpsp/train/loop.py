@@ -568,6 +568,7 @@ def _fit(
     final = evaluate_on_ranks(eval_model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train)
     results = {
         "test_accuracy": final["accuracy"],
+        "test_samples": final["n"],  # so that accuracies over seeds add up to whole test decisions
         "test_no_output_spike_fraction": final["no_output_spike_fraction"],
         "test_tied_decision_fraction": final["tied_decision_fraction"],
         "test_loss": final["loss"],
