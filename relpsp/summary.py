@@ -54,10 +54,6 @@ class Run:
         return self.config.train.seed
 
     @property
-    def epochs(self) -> int:
-        return self.config.train.epochs
-
-    @property
     def test_right(self) -> int | None:
         """Test decisions right, if the accuracy and the test size give a whole number of them."""
         if self.test_accuracy is None or self.test_samples is None:
@@ -101,6 +97,12 @@ def _registry_test_size(cfg: Config) -> int | None:
         return None
 
 
+def _results_config(results: dict[str, Any], path: Path) -> Config:
+    if not isinstance(results.get("config"), dict):
+        raise ValueError(f"{path}: no 'config' object")
+    return config_from_dict(results["config"])
+
+
 def _number(obj: dict[str, Any], key: str, path: Path) -> float:
     v = obj.get(key)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -120,9 +122,7 @@ def read_run(path: str | os.PathLike) -> Run:
     if results is not None:
         reported = int(_number(results, "epochs", results_path))
         if not rows or int(rows[-1]["epoch"]) <= reported:
-            if not isinstance(results.get("config"), dict):
-                raise ValueError(f"{results_path}: no 'config' object")
-            cfg = config_from_dict(results["config"])
+            cfg = _results_config(results, results_path)
             size = results.get("test_samples")
             return Run(
                 path=run,
@@ -141,7 +141,7 @@ def read_run(path: str | os.PathLike) -> Run:
             raise ValueError(f"{ckpt_path} holds no training config")
         cfg = config_from_dict(meta["config"])
     elif results is not None:
-        cfg = config_from_dict(results["config"])
+        cfg = _results_config(results, results_path)
     else:
         raise ValueError(f"{run} holds neither results.json nor {CHECKPOINT_NAME}: is it a `relpsp train` run folder?")
     last = rows[-1].get("test_accuracy") if rows else None

@@ -12,8 +12,6 @@ from pathlib import Path
 
 __all__ = ["configure", "run", "run_folders"]
 
-_RUN_MARKERS = ("results.json", "metrics.jsonl", "checkpoint.ckpt")
-
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -25,17 +23,19 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run_folders(paths: list[str]) -> list[Path]:
     """The run folders named, a folder of run folders standing for those inside it (sorted)."""
+    from relpsp.train.run_folder import RUN_FILES
+
     found: list[Path] = []
     for name in paths:
         p = Path(name)
         if not p.is_dir():
             raise FileNotFoundError(f"{p} is not a folder")
-        if any((p / m).is_file() for m in _RUN_MARKERS):
+        if any((p / m).is_file() for m in RUN_FILES):
             found.append(p)
             continue
-        inner = sorted(c for c in p.iterdir() if c.is_dir() and any((c / m).is_file() for m in _RUN_MARKERS))
+        inner = sorted(c for c in p.iterdir() if c.is_dir() and any((c / m).is_file() for m in RUN_FILES))
         if not inner:
-            raise ValueError(f"{p} is neither a run folder nor a folder of run folders (no {', '.join(_RUN_MARKERS)})")
+            raise ValueError(f"{p} is neither a run folder nor a folder of run folders (no {', '.join(RUN_FILES)})")
         found.extend(inner)
     return list(dict.fromkeys(found))
 
