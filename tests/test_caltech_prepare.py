@@ -139,6 +139,8 @@ def test_cli_prepare_then_verify_and_train_reads_it(tmp_path, capsys):
     assert main(["data", "verify", "caltech", "--data-dir", str(data)]) == 0
     assert "all 2 file(s) ok" in capsys.readouterr().out  # train and test, each image checked
     assert D.load_dataset("caltech", "train", data_dir=data, image_size=8)[0].shape == (6, 1, 8, 8)
+    assert main(["data", "info", "caltech", "--data-dir", str(data)]) == 0
+    assert "seed 5, 3 train / 2 test per class" in capsys.readouterr().out
 
     assert main([*args, "--train-per-class", "3", "--test-per-class", "2"]) == 2  # the folder training reads
     err = capsys.readouterr().err

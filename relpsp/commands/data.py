@@ -4,6 +4,7 @@ local copy), check and describe them."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 __all__ = ["configure", "run"]
 
@@ -102,13 +103,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"splits:      {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())}")
     print(f"source:      {info.source}")
     print(f"folder:      {dataset_dir(name, args.data_dir)}")
+    split = _split_note(dataset_dir(name, args.data_dir))
+    if split:
+        print(f"split:       {split}")
     print(f"status:      {_status(name, args.data_dir)}")
     return 0
 
 
-def _prepare(name: str, args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _split_note(folder: Path) -> str | None:
+    """One line on how ``relpsp data prepare`` made ``folder`` (from its SPLIT.json), or None."""
+    import json
 
+    try:
+        meta = json.loads((folder / "SPLIT.json").read_text())
+        return (
+            f"built by `relpsp data prepare` from {meta['source']}, seed {int(meta['seed'])}, "
+            f"{int(meta['train_per_class'])} train / {int(meta['test_per_class'])} test per class"
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"SPLIT.json unreadable ({type(e).__name__})"
+
+
+def _prepare(name: str, args: argparse.Namespace) -> int:
     from relpsp.data import dataset_dir
     from relpsp.data.caltech import prepare_caltech
 
