@@ -10,7 +10,8 @@ For a group of n finished runs with test accuracies a_i: the mean, the sample st
 (n - 1 in the denominator; 0 for one run) and the test decisions right in all, sum_i a_i N_i over test
 sets of N_i samples. Given a target p in percent, the mean reaches it when that sum is at least
 ceil(p / 100 * sum_i N_i), computed in exact fractions (so 98.497 is not rounded up to 98.5). A stopped
-run (or one training now) is listed with its last epoch but never enters the mean.
+run (or one training now) is listed with its last epoch but never enters the mean. Runs trained with a
+validation split (``data.val_size``, a probe) also report its accuracy, the number a probe chooses by.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Run:
     wall_time_s: float | None
     #: a process is training into the folder now (it holds the run lock)
     training: bool = False
+    #: the validation accuracy (a fraction) of a run trained with a validation split (``data.val_size``),
+    #: final if finished, else the last epoch's; None without a split
+    val_accuracy: float | None = None
 
     @property
     def seed(self) -> int:
@@ -132,6 +136,7 @@ def read_run(path: str | os.PathLike) -> Run:
                 test_accuracy=_number(results, "test_accuracy", results_path),
                 test_samples=size if isinstance(size, int) and size > 0 else _registry_test_size(cfg),
                 wall_time_s=_number(results, "wall_time_s", results_path) if "wall_time_s" in results else None,
+                val_accuracy=_fraction_or_none(results.get("val_accuracy")),
             )
     if ckpt_path.is_file():
         from relpsp.checkpoint import load_checkpoint
@@ -144,8 +149,7 @@ def read_run(path: str | os.PathLike) -> Run:
         cfg = _results_config(results, results_path)
     else:
         raise ValueError(f"{run} holds neither results.json nor {CHECKPOINT_NAME}: is it a `relpsp train` run folder?")
-    last = rows[-1].get("test_accuracy") if rows else None
-    accuracy = float(last) if isinstance(last, (int, float)) and math.isfinite(last) else None
+    accuracy = _fraction_or_none(rows[-1].get("test_accuracy")) if rows else None
     return Run(
         path=run,
         config=cfg,
@@ -155,7 +159,12 @@ def read_run(path: str | os.PathLike) -> Run:
         test_samples=_registry_test_size(cfg),
         wall_time_s=None,
         training=is_training(run),
+        val_accuracy=_fraction_or_none(rows[-1].get("val_accuracy")) if rows else None,
     )
+
+
+def _fraction_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def _experiment(cfg: Config) -> Config:
@@ -211,7 +220,13 @@ def summarize(group: Group, target_percent: str | float | None = None) -> dict[s
         "arch": first.model.arch,
         "epochs": first.train.epochs,
         "finished": [
-            {"seed": r.seed, "path": str(r.path), "test_accuracy_percent": a} for r, a in zip(done, acc, strict=True)
+            {
+                "seed": r.seed,
+                "path": str(r.path),
+                "test_accuracy_percent": a,
+                "val_accuracy_percent": None if r.val_accuracy is None else 100 * r.val_accuracy,
+            }
+            for r, a in zip(done, acc, strict=True)
         ],
         "stopped": [
             {
@@ -220,6 +235,7 @@ def summarize(group: Group, target_percent: str | float | None = None) -> dict[s
                 "epochs_done": r.epochs_done,
                 "training": r.training,
                 "last_test_accuracy_percent": None if r.test_accuracy is None else 100 * r.test_accuracy,
+                "last_val_accuracy_percent": None if r.val_accuracy is None else 100 * r.val_accuracy,
             }
             for r in group.stopped
         ],
@@ -227,6 +243,12 @@ def summarize(group: Group, target_percent: str | float | None = None) -> dict[s
         "std_percent": (statistics.stdev(acc) if len(acc) > 1 else 0.0) if acc else None,
         "wall_time_min": [r.wall_time_s / 60 for r in done if r.wall_time_s is not None],
     }
+    val = [100 * r.val_accuracy for r in done if r.val_accuracy is not None]
+    out["val_size"] = first.data.val_size if val else None
+    out["val_mean_percent"] = statistics.mean(val) if val and len(val) == len(done) else None
+    out["val_std_percent"] = (
+        (statistics.stdev(val) if len(val) > 1 else 0.0) if out["val_mean_percent"] is not None else None
+    )
     rights = [r.test_right for r in done]
     counted = bool(done) and all(v is not None for v in rights)
     right = sum(v for v in rights if v is not None) if counted else None
@@ -258,6 +280,14 @@ def format_summary(s: dict[str, Any]) -> str:
             )
         if s["test_right"] is not None:
             lines.append(f"  test decisions right: {s['test_right']:,} of {s['test_total']:,}")
+        if s["val_mean_percent"] is not None:
+            per_val = ", ".join(f"{d['val_accuracy_percent']:.2f}" for d in done)
+            value = (
+                f"{s['val_mean_percent']:.3f} ± {s['val_std_percent']:.2f} % ({per_val})"
+                if len(done) > 1
+                else f"{per_val} %"
+            )
+            lines.append(f"  validation ({s['val_size']:,} held-out training samples): {value}")
         walls = s["wall_time_min"]
         if walls:
             span = f"{min(walls):.1f}" if max(walls) - min(walls) < 0.05 else f"{min(walls):.1f}–{max(walls):.1f}"
@@ -274,6 +304,8 @@ def format_summary(s: dict[str, Any]) -> str:
     for d in s["stopped"]:
         last = d["last_test_accuracy_percent"]
         at = f", test {last:.2f} % after it" if last is not None else ""
+        if d["last_val_accuracy_percent"] is not None:
+            at += f" (validation {d['last_val_accuracy_percent']:.2f} %)"
         state = "training now" if d["training"] else "stopped"
         lines.append(
             f"  seed {d['seed']} {state}: epoch {d['epochs_done']} of {s['epochs']} done{at} (not in the mean): {d['path']}"

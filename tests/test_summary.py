@@ -13,7 +13,7 @@ import pytest
 from relpsp.checkpoint import save_checkpoint
 from relpsp.cli import main
 from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig, config_to_dict
-from relpsp.summary import group_runs, read_run, summarize, target_reached
+from relpsp.summary import format_summary, group_runs, read_run, summarize, target_reached
 from relpsp.train import fit
 from relpsp.train.run_folder import run_folder_lock
 from tests.test_train import _cfg, _tiny_splits
@@ -28,7 +28,12 @@ def _mnist_cfg(seed: int = 0, **train) -> Config:
 
 
 def _finished(
-    folder: Path, cfg: Config, accuracy: float, test_samples: int | None = None, wall_s: float = 60.0
+    folder: Path,
+    cfg: Config,
+    accuracy: float,
+    test_samples: int | None = None,
+    wall_s: float = 60.0,
+    val_accuracy: float | None = None,
 ) -> Path:
     """A finished run folder as `relpsp train` writes it (only the fields the summary reads)."""
     folder.mkdir(parents=True)
@@ -40,6 +45,8 @@ def _finished(
     }
     if test_samples is not None:
         results["test_samples"] = test_samples
+    if val_accuracy is not None:
+        results["val_accuracy"] = val_accuracy
     (folder / "results.json").write_text(json.dumps(results))
     rows = [
         {"epoch": e + 1, "train_loss": 0.1, "train_accuracy": 0.9, "test_accuracy": accuracy}
@@ -67,6 +74,40 @@ def test_mean_sample_deviation_and_exact_counts_against_a_target(tmp_path):
     assert (s["test_right"], s["test_total"]) == (29815, 30000)
     assert s["target"] == {"percent": 99.4, "reached": False, "needed": 29820}
     assert _summary(paths, "99.38")[0]["target"]["reached"] is True  # 29,814 needed
+
+
+def test_validation_probes_show_their_validation_accuracy(tmp_path, capsys):
+    """Runs trained with a validation split (a probe) report its accuracy beside the test accuracy: over
+    seeds as mean ± sample deviation, and for a stopped run its last epoch's; runs without one show none."""
+
+    def probe_cfg(seed: int) -> Config:
+        return replace(_mnist_cfg(seed), data=DataConfig(dataset="mnist", val_size=5000))
+
+    paths = [
+        _finished(tmp_path / f"p-seed{s}", probe_cfg(s), t, val_accuracy=v)
+        for s, t, v in ((0, 0.9925, 0.9916), (1, 0.9929, 0.9934))
+    ]
+    (s,) = _summary(paths)
+    assert [d["val_accuracy_percent"] for d in s["finished"]] == pytest.approx([99.16, 99.34])
+    assert s["val_size"] == 5000 and s["val_mean_percent"] == pytest.approx(99.25)
+    assert s["val_std_percent"] == pytest.approx(0.127279, abs=1e-6)  # 0.18 / sqrt(2)
+    text = format_summary(s)
+    assert "validation (5,000 held-out training samples): 99.250 ± 0.13 % (99.16, 99.34)" in text
+    (one,) = _summary(paths[:1])
+    assert "validation (5,000 held-out training samples): 99.16 %\n" in format_summary(one) + "\n"
+    (plain,) = _summary([_finished(tmp_path / "m-seed0", _mnist_cfg(0), 0.98)])
+    assert plain["val_mean_percent"] is None and "held-out" not in format_summary(plain)
+
+    stopped = tmp_path / "p-seed2"
+    stopped.mkdir()
+    save_checkpoint(
+        stopped / "checkpoint.ckpt", {"w": np.zeros(2, np.float32)}, {"config": config_to_dict(probe_cfg(2))}
+    )
+    row = {"epoch": 3, "train_loss": 0.1, "train_accuracy": 0.9, "val_accuracy": 0.97, "test_accuracy": 0.96}
+    (stopped / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    (s,) = _summary([*paths, stopped])
+    assert s["stopped"][0]["last_val_accuracy_percent"] == pytest.approx(97.0)
+    assert "test 96.00 % after it (validation 97.00 %)" in format_summary(s)
 
 
 def test_a_mean_just_under_a_target_is_not_rounded_up_to_it():
@@ -106,7 +147,14 @@ def test_stopped_and_running_runs_are_listed_but_not_averaged(tmp_path):
     (s,) = _summary([*done, stopped], "98")
     assert s["mean_percent"] == pytest.approx(98.5) and s["test_total"] == 20000
     assert s["stopped"] == [
-        {"seed": 2, "path": str(stopped), "epochs_done": 2, "training": False, "last_test_accuracy_percent": 50.0}
+        {
+            "seed": 2,
+            "path": str(stopped),
+            "epochs_done": 2,
+            "training": False,
+            "last_test_accuracy_percent": 50.0,
+            "last_val_accuracy_percent": None,
+        }
     ]
     with run_folder_lock(stopped):  # a process training into the folder holds its lock
         (s,) = _summary([*done, stopped])
