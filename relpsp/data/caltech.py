@@ -54,9 +54,11 @@ def find_caltech101_categories(source: str | os.PathLike[str]) -> Path:
     )
 
 
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+def _whole_number(name: str, value: int, minimum: int) -> int:
+    """``value`` as an int, refused unless it is a whole number (not a bool) of at least ``minimum`` (0 or 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} whole number, got {value!r}")
     return int(value)
 
 
@@ -72,17 +74,16 @@ def prepare_caltech(
     """Write the Face/Motorbike split of the Caltech-101 copy at ``source`` into ``dest`` (see the module
     docstring) and return ``dest``. ``dest`` must not exist yet. Errors name the folder or file at fault and
     leave nothing behind."""
-    train_n = _check_count("train_per_class", train_per_class)
-    test_n = _check_count("test_per_class", test_per_class)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative whole number, got {seed!r}")
+    train_n = _whole_number("train_per_class", train_per_class, 1)
+    test_n = _whole_number("test_per_class", test_per_class, 1)
+    seed = _whole_number("seed", seed, 0)
     say = log or (lambda _msg: None)
     categories = find_caltech101_categories(source).resolve()
     dest = Path(dest).expanduser()
     if dest.exists() or dest.is_symlink():
         raise FileExistsError(f"{dest} already exists; remove it or choose another folder (nothing was written)")
 
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     plan: list[tuple[str, str, Path]] = []  # (split, class, source file)
     for cls in CALTECH_CLASSES:
         files = image_files(categories / CALTECH101_CATEGORIES[cls])
@@ -113,7 +114,7 @@ def prepare_caltech(
         (tmp / "SHA256SUMS").write_text("\n".join(sums) + "\n")
         meta = {
             "source": str(categories),
-            "seed": int(seed),
+            "seed": seed,
             "train_per_class": train_n,
             "test_per_class": test_n,
             "rule": "per class: files sorted by name, shuffled by numpy.random.default_rng(seed) "
