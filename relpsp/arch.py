@@ -35,22 +35,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class EncodeSpec:
+    """The latency coding of the input, of ``shape`` ``(N,)`` or ``(C, H, W)``."""
+
     shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class FlattenSpec:
+    """Maps of ``n`` values in all, flattened for the dense layers after them."""
+
     n: int
 
 
 @dataclass(frozen=True)
 class DenseSpec:
+    """A fully connected spiking layer ``n_in -> n_out``."""
+
     n_in: int
     n_out: int
 
 
 @dataclass(frozen=True)
 class ConvSpec:
+    """A spiking convolution ``c_in -> c_out`` with a square ``kernel``, ``stride`` and ``padding``; ``in_hw -> out_hw``."""
+
     c_in: int
     c_out: int
     kernel: int
@@ -62,6 +70,8 @@ class ConvSpec:
 
 @dataclass(frozen=True)
 class PoolSpec:
+    """Earliest-spike pooling over ``kernel`` x ``kernel`` blocks (stride ``kernel``); ``in_hw -> out_hw``."""
+
     channels: int
     kernel: int
     in_hw: tuple[int, int]

@@ -50,6 +50,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The dataset and how its samples are prepared (a TOML file's ``[data]`` section)."""
+
     dataset: str = "mnist"
     data_dir: str | None = None  # None: $RELPSP_DATA or ~/.cache/relpsp
     val_size: int = 0  # samples held out of the training set for validation (sets with a val split use it)
@@ -67,6 +69,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimisation, loss, regularisers and where the run executes (a TOML file's ``[train]`` section)."""
+
     epochs: int = 30
     batch_size: int = 256
     lr: float = 3e-4
@@ -92,6 +96,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """One experiment: ``model``, ``data`` and ``train``, as in a TOML file (``relpsp.train.fit`` runs it)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -179,6 +179,7 @@ def layer_outputs(model: nn.Sequential, x: Tensor) -> list[Tensor]:
 
 
 def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
+    """``build_model`` with the settings of a config's ``[model]`` section."""
     return build_model(
         cfg.arch,
         cfg.input_shape,

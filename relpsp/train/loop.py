@@ -45,6 +45,7 @@ __all__ = ["NEW_EPOCH", "fit", "make_optimizer"]
 
 
 def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    """``train.optimizer`` (adam, adamw or sgd with momentum 0.9) at ``train.lr`` and ``train.weight_decay``."""
     t = cfg.train
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
