@@ -1,11 +1,11 @@
 """Train a ReL-PSP network with a training loop of your own, through the library's functional API.
 
-    python examples/own_training_loop.py            # Yin-Yang 4-30-3, 30 epochs, about 30 s on 2 cores
+    python examples/own_training_loop.py            # Yin-Yang 4-30-3, 30 epochs
     python examples/own_training_loop.py --epochs 2 --train-size 600
 
-The data is Yin-Yang (generated, nothing to download). With seed 0 it reaches about 83% after 30 epochs;
-``relpsp train configs/yinyang.toml`` (300 epochs and a penalty on silent neurons) reaches about 98%. The
-steps:
+The data is Yin-Yang (generated, nothing to download). With seed 0 it printed 83.40% after 30 epochs, in
+84 s on the 2-core AMD EPYC with two training runs beside it; ``relpsp train configs/yinyang.toml`` (300
+epochs and a penalty on silent neurons) reaches about 98%. The steps:
 
 1. ``build_model`` turns an architecture string into a plain ``nn.Sequential`` whose first module codes
    intensities x in [0, 1] as spike times t = t_in (1 - x) and whose output is the output layer's spike

@@ -1,6 +1,6 @@
 """From a config in Python to a network on (simulated) neuromorphic hardware, in one script.
 
-    python examples/train_and_deploy.py                  # Yin-Yang 4-30-3, 60 epochs, about a minute on 2 cores
+    python examples/train_and_deploy.py                  # Yin-Yang 4-30-3, 60 epochs
     python examples/train_and_deploy.py --epochs 2 --out runs/example
 
 1. ``fit`` trains a ``Config`` built in Python (what ``relpsp train`` does with a TOML file) and writes a
@@ -12,6 +12,9 @@
 4. The same network with 8-bit weights on an 8-bit time grid, and what it would cost on a clocked
    event-driven chip (``relpsp.hw``: synaptic events, energy, latency).
 5. NIR export, read back and simulated again: the file holds the same network.
+
+With seed 0 this printed 94.40% for the trained network and for its float64 simulation, 93.60% with 8-bit
+weights and time, in 164 s on the 2-core AMD EPYC with two training runs beside it.
 
 Needs the extras ``nir`` (for step 5) and, for speed, ``cpu`` (numba); ``pip install -e '.[all]'``.
 """
