@@ -24,7 +24,9 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
+    "find_config",
     "load_toml",
+    "packaged_configs",
     "parse_override",
 ]
 
@@ -220,6 +222,39 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 _MAX_EXTENDS = 16
+
+#: the experiment files shipped with the package (in the repository, a link to ``configs/``)
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> dict[str, str]:
+    """Name -> the first sentence of the opening comment of every experiment file shipped with relpsp,
+    sorted by name."""
+    out = {}
+    for p in sorted(PACKAGED_CONFIG_DIR.glob("*.toml")):
+        lines = p.read_text(encoding="utf-8").splitlines()
+        comment = []
+        for line in lines:
+            if not line.startswith("#"):
+                break
+            comment.append(line[1:].strip())
+        out[p.stem] = re.split(r"(?<=\.)\s", " ".join(comment), maxsplit=1)[0]
+    return out
+
+
+def find_config(name: str | Path) -> Path:
+    """The experiment file ``name``: a path to a file, or else the name of one shipped with relpsp
+    (``"yinyang"`` or ``"yinyang.toml"``, see ``packaged_configs``). A file at the path wins."""
+    path = Path(name)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = PACKAGED_CONFIG_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if shipped.is_file():
+        return shipped
+    raise ValueError(
+        f"config {str(name)!r} is neither a file nor the name of an experiment shipped with relpsp "
+        "(relpsp train --list-configs lists them)"
+    )
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

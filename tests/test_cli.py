@@ -343,3 +343,37 @@ def test_the_raster_axis_keeps_the_bulk_but_always_shows_the_outputs():
     x_hi, late = raster_x_limit(bulk)
     assert x_hi is not None and 1.0 < x_hi < 2.0 and late == 1  # the hidden spike at 50
     assert raster_x_limit([torch.tensor([0.5, float("inf")])]) == (None, 0)
+
+
+def test_shipped_experiments_are_listed_and_found_by_name(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from relpsp.config import PACKAGED_CONFIG_DIR, find_config
+
+    repo_configs = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert sorted(p.name for p in PACKAGED_CONFIG_DIR.glob("*.toml")) == repo_configs  # the package ships them all
+    assert cli.main(["train", "--list-configs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == [name.removesuffix(".toml") for name in repo_configs]
+    assert any(line.startswith("yinyang ") and "Yin-Yang" in line for line in listed)
+    assert find_config("yinyang") == find_config("yinyang.toml") == PACKAGED_CONFIG_DIR / "yinyang.toml"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "yinyang.toml").write_text('[data]\ndataset = "yinyang"\n')
+    assert find_config("yinyang.toml") == Path("yinyang.toml")  # a file at the path wins over a shipped one
+    assert find_config("yinyang") == PACKAGED_CONFIG_DIR / "yinyang.toml"
+
+
+def test_a_shipped_experiment_trains_by_name_into_its_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["train", "yinyang", "--epochs", "1", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "runs" / "yinyang-seed0" / "results.json").read_text())
+    assert res["config"]["model"]["arch"] == "4-30-3" and res["config"]["train"]["tau"] == 0.25
+
+
+@pytest.mark.parametrize("name", ["nosuch", "nosuch.toml"])
+def test_an_unknown_experiment_name_says_where_names_come_from(name, capsys):
+    assert cli.main(["train", name]) == 2
+    err = capsys.readouterr().err
+    assert f"config '{name}' is neither a file nor the name of an experiment shipped with relpsp" in err
+    assert "--list-configs" in err

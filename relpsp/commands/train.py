@@ -14,7 +14,12 @@ TRAIN_BACKENDS = ("auto", "torch", "numba", "triton")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="TOML experiment file (see configs/); default: MNIST 784-800-10")
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="TOML experiment file, or the name of one shipped with relpsp (--list-configs); default: MNIST 784-800-10",
+    )
+    p.add_argument("--list-configs", action="store_true", help="list the experiments shipped with relpsp and exit")
     p.add_argument("--dataset", help="mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10")
     p.add_argument("--arch", help="architecture string, e.g. 784-800-10 or 16C5-P2-32C5-P2-800-128-10")
     p.add_argument("--epochs", type=int)
@@ -50,10 +55,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """Defaults <- TOML file <- --set <- named flags; the input shape follows the dataset unless set."""
-    from relpsp.config import config_from_dict, load_toml, parse_override
+    from relpsp.config import config_from_dict, find_config, load_toml, parse_override
     from relpsp.data import dataset_info
 
-    raw: dict = load_toml(args.config) if args.config else {}
+    raw: dict = load_toml(find_config(args.config)) if args.config else {}
     overrides: dict = {"model": {}, "data": {}, "train": {}}
     for item in args.set:
         m = re.fullmatch(r"(model|data|train)\.(\w+)=(.*)", item)
@@ -91,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
     nccl on CUDA) and trains data-parallel; rank 0 alone prints and writes the run folder."""
     from relpsp.train import dist_info, fit, init_distributed
 
+    if args.list_configs:
+        from relpsp.config import packaged_configs
+
+        for name, summary in packaged_configs().items():
+            print(f"{name:42s} {summary}")
+        return 0
     cfg = resolve_config(args)
     if args.out:
         out = Path(args.out)
