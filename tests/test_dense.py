@@ -650,3 +650,40 @@ def _numba_fwd(t_in, weight):
 
     o, ws = linear_fwd(t_in.numpy(), weight.numpy(), 1.0, math.inf)
     return torch.from_numpy(o), torch.from_numpy(ws)
+
+
+def test_small_numba_calls_run_single_threaded_and_restore_the_thread_count():
+    """Below SERIAL_WORK a kernel call runs on one thread (cheaper than a parallel region's start, and no
+    waiting for busy cores); the results are those of a one-thread run, bit for bit, and numba's thread
+    count comes back afterwards, also when the call fails."""
+    numba = pytest.importorskip("numba")
+    import relpsp.kernels.cpu_numba as cpu_numba
+    from relpsp.kernels import load_cpu_kernels
+
+    k = load_cpu_kernels()
+    threads = numba.get_num_threads()
+    seen = []
+    with cpu_numba._threads_for(cpu_numba.SERIAL_WORK - 1):
+        seen.append(numba.get_num_threads())
+    with cpu_numba._threads_for(cpu_numba.SERIAL_WORK):
+        seen.append(numba.get_num_threads())
+    assert seen == [1, threads] and numba.get_num_threads() == threads
+    with pytest.raises(RuntimeError), cpu_numba._threads_for(1):
+        raise RuntimeError("inside")
+    assert numba.get_num_threads() == threads
+
+    g = torch.Generator().manual_seed(5)
+    t_in = torch.rand(32, 4, generator=g).numpy()  # Yin-Yang's first layer at batch 32: 3,840 < SERIAL_WORK
+    weight = (0.5 + torch.rand(30, 4, generator=g)).numpy()
+    assert 32 * 4 * 30 < cpu_numba.SERIAL_WORK
+    t_out, w_sum = k.linear_fwd(t_in, weight, 1.0, math.inf)
+    grad = np.where(np.isfinite(t_out), 1.0, 0.0).astype(np.float32)
+    g_in, g_w = k.linear_bwd(grad, t_in, weight, t_out, w_sum, W_SUM_MIN)
+    numba.set_num_threads(1)
+    try:
+        t_out1, w_sum1 = k.linear_fwd(t_in, weight, 1.0, math.inf)
+        g_in1, g_w1 = k.linear_bwd(grad, t_in, weight, t_out1, w_sum1, W_SUM_MIN)
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in ((t_out, t_out1), (w_sum, w_sum1), (g_in, g_in1), (g_w, g_w1)):
+        np.testing.assert_array_equal(a, b)

@@ -15,6 +15,10 @@ Convolutions (``conv_fwd``, ``conv_bwd``) read every window from the padded imag
 rows: the forward sorts each image's spikes once, the backward adds each window's input gradient onto
 the image (in float64) and splits images over threads.
 
+Calls with less work than ``SERIAL_WORK`` (rows x inputs x neurons) run on the calling thread alone
+(``numba.set_num_threads(1)`` for the call): starting a parallel region costs more than such work, and
+when other processes load the cores every start waits for each worker's turn on a core.
+
 Sorting uses an LSD radix sort on the IEEE bit patterns of the (non-negative) times; weights are read in
 their own dtype and every sum runs in float64.
 
@@ -23,8 +27,10 @@ Import this module only through ``relpsp.kernels.load_cpu_kernels`` (numba is an
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -497,6 +503,27 @@ def _sum_transpose(parts, out):  # pragma: no cover
             out[j, i] = acc
 
 
+#: rows x inputs x neurons below which a call runs single-threaded (see the module docstring;
+#: docs/PERFORMANCE.md has the measurement): a Yin-Yang 4-30-3 step at batch 32 is far below it, a step
+#: of the MNIST MLP at batch 256 far above
+SERIAL_WORK = 1 << 17
+
+
+@contextlib.contextmanager
+def _threads_for(work: int) -> Iterator[None]:
+    """Run the block single-threaded when ``work`` is below ``SERIAL_WORK``; numba's thread count (a
+    per-thread setting) is restored afterwards, also after an error."""
+    threads = numba.get_num_threads()
+    if work >= SERIAL_WORK or threads == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def _chunks(rows: int) -> int:
     threads = numba.get_num_threads()
     # A few chunks per thread balance rows of uneven cost; never more chunks than rows.
@@ -543,7 +570,9 @@ def linear_fwd(t_in: np.ndarray, weight: np.ndarray, theta: float, t_max: float)
     if rows:
         t_c = np.ascontiguousarray(t_in)
         t_bits = t_c.view(np.uint32 if t_c.itemsize == 4 else np.uint64)
-        _fwd(t_c, t_bits, t_c.itemsize, _transposed(weight), float(theta), float(t_max), t_out, w_sum, _chunks(rows))
+        with _threads_for(rows * t_in.shape[1] * n_out):
+            wt = _transposed(weight)
+            _fwd(t_c, t_bits, t_c.itemsize, wt, float(theta), float(t_max), t_out, w_sum, _chunks(rows))
     return t_out, w_sum
 
 
@@ -565,21 +594,22 @@ def conv_fwd(
     if rows:
         t_c = np.ascontiguousarray(t_pad).reshape(b, -1)
         t_bits = t_c.view(np.uint32 if t_c.itemsize == 4 else np.uint64)
-        n_chunks = max(1, min(b, 4 * numba.get_num_threads()))
-        _conv_fwd(
-            t_c,
-            t_bits,
-            t_c.itemsize,
-            (c, hp, wp),
-            (kh, kw),
-            (int(stride[0]), int(stride[1])),
-            _transposed(weight.reshape(c_out, -1)),
-            float(theta),
-            float(t_max),
-            t_out,
-            w_sum,
-            n_chunks,
-        )
+        with _threads_for(rows * c * kh * kw * c_out):
+            n_chunks = max(1, min(b, 4 * numba.get_num_threads()))
+            _conv_fwd(
+                t_c,
+                t_bits,
+                t_c.itemsize,
+                (c, hp, wp),
+                (kh, kw),
+                (int(stride[0]), int(stride[1])),
+                _transposed(weight.reshape(c_out, -1)),
+                float(theta),
+                float(t_max),
+                t_out,
+                w_sum,
+                n_chunks,
+            )
     return t_out, w_sum
 
 
@@ -597,24 +627,25 @@ def linear_bwd(
     rows, n_in = t_in.shape
     n_out = weight.shape[0]
     g_in = np.empty((rows, n_in), t_in.dtype) if need_in else None
-    # One weight-gradient buffer per thread: more chunks would cost more zeroing and summing than they save.
-    n_chunks = max(1, min(rows, numba.get_num_threads()))
-    # Per-thread partial sums in the input dtype: half the memory traffic for float32 (each thread sums at
-    # most R/threads rows; the final sum over threads runs in float64).
-    g_wt = _workspace("g_wt", (n_chunks, n_in, n_out), t_in.dtype)
     g_w = np.empty((n_out, n_in), t_in.dtype)
-    _bwd(
-        np.ascontiguousarray(grad_out),
-        np.ascontiguousarray(t_in),
-        _transposed(weight),
-        np.ascontiguousarray(t_out),
-        np.ascontiguousarray(w_sum),
-        float(w_sum_min),
-        g_in,
-        g_wt,
-        n_chunks,
-    )
-    _sum_transpose(g_wt, g_w)
+    with _threads_for(rows * n_in * n_out):
+        # One weight-gradient buffer per thread: more chunks would cost more zeroing and summing than they save.
+        n_chunks = max(1, min(rows, numba.get_num_threads()))
+        # Per-thread partial sums in the input dtype: half the memory traffic for float32 (each thread sums at
+        # most R/threads rows; the final sum over threads runs in float64).
+        g_wt = _workspace("g_wt", (n_chunks, n_in, n_out), t_in.dtype)
+        _bwd(
+            np.ascontiguousarray(grad_out),
+            np.ascontiguousarray(t_in),
+            _transposed(weight),
+            np.ascontiguousarray(t_out),
+            np.ascontiguousarray(w_sum),
+            float(w_sum_min),
+            g_in,
+            g_wt,
+            n_chunks,
+        )
+        _sum_transpose(g_wt, g_w)
     return g_in, g_w
 
 
@@ -638,26 +669,27 @@ def conv_bwd(
     if c_w != c:
         raise ValueError(f"weight has {c_w} input channels, input has {c}")
     n_k = c * kh * kw
-    n_chunks = max(1, min(b, numba.get_num_threads()))
-    g_wt = _workspace("conv_g_wt", (n_chunks, n_k, c_out), t_pad.dtype)
     g_flat = _workspace("conv_g_in", (b, c * hp * wp), np.float64) if need_in else None
     g_w = np.empty((c_out, n_k), t_pad.dtype)
     if b:
-        _conv_bwd(
-            np.ascontiguousarray(grad_out),
-            np.ascontiguousarray(t_pad).reshape(b, -1),
-            (c, hp, wp),
-            (kh, kw),
-            (int(stride[0]), int(stride[1])),
-            _transposed(weight.reshape(c_out, -1)),
-            np.ascontiguousarray(t_out),
-            np.ascontiguousarray(w_sum),
-            float(w_sum_min),
-            g_flat,
-            g_wt,
-            n_chunks,
-        )
-        _sum_transpose(g_wt, g_w)
+        with _threads_for(t_out.shape[0] * n_k * c_out):
+            n_chunks = max(1, min(b, numba.get_num_threads()))
+            g_wt = _workspace("conv_g_wt", (n_chunks, n_k, c_out), t_pad.dtype)
+            _conv_bwd(
+                np.ascontiguousarray(grad_out),
+                np.ascontiguousarray(t_pad).reshape(b, -1),
+                (c, hp, wp),
+                (kh, kw),
+                (int(stride[0]), int(stride[1])),
+                _transposed(weight.reshape(c_out, -1)),
+                np.ascontiguousarray(t_out),
+                np.ascontiguousarray(w_sum),
+                float(w_sum_min),
+                g_flat,
+                g_wt,
+                n_chunks,
+            )
+            _sum_transpose(g_wt, g_w)
     else:
         g_w[:] = 0.0
     g_in = g_flat.reshape(b, c, hp, wp).astype(t_pad.dtype) if g_flat is not None else None
