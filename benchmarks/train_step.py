@@ -2,11 +2,12 @@
 
     python -m benchmarks.train_step [--archs 784-800-10,16C5-P2-32C5-P2-800-128-10] [--batch 256]
                                     [--device cpu|cuda] [--backend auto] [--steps 10] [--threads N]
-                                    [--input-shape C,H,W] [--out FILE.json]
+                                    [--input-shape C,H,W|F] [--out FILE.json]
 
 Inputs are MNIST test images with random labels (28x28 archs; about 19% of pixels spike) or, for 3-channel archs
 (by default 32x32x3) and any other ``--input-shape`` (e.g. 1,64,64 for Caltech's network), synthetic
-images with the same fraction of lit pixels. Each architecture is timed in a fresh
+images with the same fraction of lit pixels; a one-number shape F (e.g. 4 for Yin-Yang's 4-30-3) gives
+uniform random features. Each architecture is timed in a fresh
 process (so peak memory is its own); the model starts from the default initialisation and takes real
 optimizer steps, so the spike patterns evolve as in training.
 """
@@ -36,7 +37,7 @@ from benchmarks.common import (
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 
 
-def make_step(arch: str, batch: int, device: str, backend: str, shape: tuple[int, int, int] | None = None):
+def make_step(arch: str, batch: int, device: str, backend: str, shape: tuple[int, ...] | None = None):
     """A training step of ``arch`` on a fixed set of 4 batches: ``(step, model, x_all, y_all, source)``,
     where ``step(k)`` runs forward, loss, backward and an Adam step on batch ``k % 4``. Inputs are MNIST
     test images (input ``shape`` (1, 28, 28)) or synthetic images with the same fraction of lit pixels
@@ -48,7 +49,10 @@ def make_step(arch: str, batch: int, device: str, backend: str, shape: tuple[int
     if shape is None:
         shape = (3, 32, 32) if arch.startswith("64C3") else (1, 28, 28)
     torch.manual_seed(0)
-    if shape != (1, 28, 28):
+    if len(shape) == 1:  # a feature vector (Yin-Yang's 4 features): uniform intensities, every input fires
+        x_all = torch.rand(batch * 4, *shape, generator=torch.Generator().manual_seed(0))
+        source = f"synthetic {shape[0]} features"
+    elif shape != (1, 28, 28):
         g = torch.Generator().manual_seed(0)
         lit = torch.rand(batch * 4, *shape, generator=g) < 0.19
         x_all = torch.where(lit, torch.rand(batch * 4, *shape, generator=g), 0.0)
@@ -78,7 +82,7 @@ def run_one(
     backend: str,
     steps: int,
     threads: int = 0,
-    shape: tuple[int, int, int] | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> dict:
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.train import set_threads
@@ -134,18 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", default=",".join(DEFAULT_ARCHS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (torch and numba; 0: all cores)")
-    ap.add_argument("--input-shape", help="C,H,W of every arch's input (default: by arch, see above)")
+    ap.add_argument(
+        "--input-shape", help="C,H,W (images) or F (features) of every arch's input (default: by arch, see above)"
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shape = None
     if args.input_shape:
         try:
-            c, h, w = (int(n) for n in args.input_shape.split(","))
+            shape = tuple(int(n) for n in args.input_shape.split(","))
         except ValueError:
-            ap.error(f"--input-shape must be C,H,W (three integers), got {args.input_shape!r}")
-        if min(c, h, w) < 1:
+            ap.error(f"--input-shape must be C,H,W or F (integers), got {args.input_shape!r}")
+        if len(shape) not in (1, 3):
+            ap.error(f"--input-shape must be C,H,W or F (three integers or one), got {args.input_shape!r}")
+        if min(shape) < 1:
             ap.error("--input-shape sizes must be >= 1")
-        shape = (c, h, w)
     if args.threads < 0:
         ap.error("--threads must be >= 0")
     if args.batch < 1 or args.steps < 1:

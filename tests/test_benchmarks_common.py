@@ -145,9 +145,13 @@ def test_train_step_times_a_network_on_the_input_shape_it_is_given(tmp_path, mon
     (row,) = json.loads(out.read_text())["results"]
     assert row["arch"] == "4C5-P2-2" and row["input_source"] == "synthetic 16x16x1"
     assert row["samples_per_s"] > 0 and row["steps_timed"] == 1
-    for bad in ("1,16", "1,16,x", "0,16,16"):
+    for bad in ("1,16", "1,16,x", "0,16,16", "0"):
         with pytest.raises(SystemExit):
             main(["--archs", "4C5-P2-2", "--input-shape", bad])
+    args = ["--archs", "4-6-3", "--input-shape", "4", "--batch", "8", "--steps", "1", "--threads", "1"]
+    assert main([*args, "--out", str(out)]) == 0  # a feature vector, as Yin-Yang's
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["arch"] == "4-6-3" and row["input_source"] == "synthetic 4 features" and row["samples_per_s"] > 0
 
 
 def test_simulate_benchmark_times_each_backend_on_the_same_fresh_network(tmp_path):
