@@ -106,7 +106,9 @@ def describe(module_name: str, name: str, obj: Any) -> str:
         head = f"- **`{name}`** (module `{obj.__name__}`)"
         return f"{head}: {first_paragraph(obj)}"
     else:
-        return f"- **`{name}`** (constant, `{type(obj).__name__}`)"
+        value = repr(obj)
+        shown = f" = {value}" if len(value) <= 60 and "\n" not in value and " at 0x" not in value else ""
+        return f"- **`{name}{shown}`** (constant, `{type(obj).__name__}`)"
     text = first_paragraph(obj)
     if not text or (inspect.isclass(obj) and text.startswith(f"{name}(")):  # none, or a dataclass's generated one
         raise SystemExit(f"{module_name}.{name} has no docstring: public names need one")
