@@ -85,6 +85,20 @@ def test_same_seed_gives_identical_runs(tmp_path):
         np.testing.assert_array_equal(wa[k], wb[k])
 
 
+def test_small_networks_train_the_same_on_one_thread_or_two(tmp_path):
+    """Every kernel call of this network is below the numba kernels' SERIAL_WORK, so it runs on one thread
+    whatever ``train.threads`` says, and the weight-gradient sums keep one order: the runs are identical."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: nothing to compare")
+    one = fit(_cfg(threads=1), tmp_path / "one", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    two = fit(_cfg(threads=2), tmp_path / "two", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert [r["train_loss"] for r in one["history"]] == [r["train_loss"] for r in two["history"]]
+    w1, w2 = _weights(tmp_path / "one" / CHECKPOINT_NAME), _weights(tmp_path / "two" / CHECKPOINT_NAME)
+    for k in w1:
+        np.testing.assert_array_equal(w1[k], w2[k], err_msg=k)
+
+
 class _Interrupt(Exception):
     pass
 
