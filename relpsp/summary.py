@@ -287,7 +287,12 @@ def format_summary(s: dict[str, Any]) -> str:
                 if len(done) > 1
                 else f"{per_val} %"
             )
-            lines.append(f"  validation ({s['val_size']:,} held-out training samples): {value}")
+            where = (
+                f"{s['val_size']:,} held-out training samples"
+                if s["val_size"]
+                else "the dataset's own validation split"  # Yin-Yang: a generated split, not held out
+            )
+            lines.append(f"  validation ({where}): {value}")
         walls = s["wall_time_min"]
         if walls:
             span = f"{min(walls):.1f}" if max(walls) - min(walls) < 0.05 else f"{min(walls):.1f}–{max(walls):.1f}"

@@ -97,6 +97,9 @@ def test_validation_probes_show_their_validation_accuracy(tmp_path, capsys):
     assert "validation (5,000 held-out training samples): 99.16 %\n" in format_summary(one) + "\n"
     (plain,) = _summary([_finished(tmp_path / "m-seed0", _mnist_cfg(0), 0.98)])
     assert plain["val_mean_percent"] is None and "held-out" not in format_summary(plain)
+    own = replace(_mnist_cfg(0), data=DataConfig(dataset="mnist", val_size=0))  # a set with its own split
+    (own_split,) = _summary([_finished(tmp_path / "y-seed0", own, 0.98, val_accuracy=0.976)])
+    assert "validation (the dataset's own validation split): 97.60 %" in format_summary(own_split)
 
     stopped = tmp_path / "p-seed2"
     stopped.mkdir()
