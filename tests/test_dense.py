@@ -653,9 +653,8 @@ def _numba_fwd(t_in, weight):
 
 
 def test_small_numba_calls_run_single_threaded_and_restore_the_thread_count():
-    """Below SERIAL_WORK a kernel call runs on one thread (cheaper than a parallel region's start, and no
-    waiting for busy cores); the results are those of a one-thread run, bit for bit, and numba's thread
-    count comes back afterwards, also when the call fails."""
+    """Below SERIAL_WORK a kernel call runs on one thread, so its results are those of a one-thread run, bit
+    for bit, whatever numba's thread count; that count comes back afterwards, also when the call fails."""
     numba = pytest.importorskip("numba")
     import relpsp.kernels.cpu_numba as cpu_numba
     from relpsp.kernels import load_cpu_kernels

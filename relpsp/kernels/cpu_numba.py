@@ -16,8 +16,8 @@ rows: the forward sorts each image's spikes once, the backward adds each window'
 the image (in float64) and splits images over threads.
 
 Calls with less work than ``SERIAL_WORK`` (rows x inputs x neurons) run on the calling thread alone
-(``numba.set_num_threads(1)`` for the call): starting a parallel region costs more than such work, and
-when other processes load the cores every start waits for each worker's turn on a core.
+(``numba.set_num_threads(1)`` for the call), so a small network's weight-gradient sums keep one order and
+its runs do not depend on the thread count. Its speed does not change measurably (docs/PERFORMANCE.md).
 
 Sorting uses an LSD radix sort on the IEEE bit patterns of the (non-negative) times; weights are read in
 their own dtype and every sum runs in float64.
