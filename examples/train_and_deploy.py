@@ -13,8 +13,8 @@
    event-driven chip (``relpsp.hw``: synaptic events, energy, latency).
 5. NIR export, read back and simulated again: the file holds the same network.
 
-With seed 0 this printed 94.40% for the trained network and for its float64 simulation, 93.60% with 8-bit
-weights and time, in 164 s on the 2-core AMD EPYC with two training runs beside it.
+With seed 0 this printed 93.90% for the trained network and for its float64 simulation, 93.30% with 8-bit
+weights and time, in 26 s on the idle 2-core AMD EPYC (code of cfa691f; the same with any thread count).
 
 Needs the extras ``nir`` (for step 5) and, for speed, ``cpu`` (numba); ``pip install -e '.[all]'``.
 """
