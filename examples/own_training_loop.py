@@ -22,6 +22,7 @@ its spike times against the plain-torch reference twin, the checks the test suit
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 
@@ -41,8 +42,7 @@ def check_one_layer(seed: int) -> float:
     (grad,) = torch.autograd.grad(t_out.sum(), weight)
     eps, fd = 1e-6, torch.zeros_like(weight)
     with torch.no_grad():
-        for idx in torch.cartesian_prod(torch.arange(weight.shape[0]), torch.arange(weight.shape[1])):
-            i, j = int(idx[0]), int(idx[1])
+        for i, j in itertools.product(range(weight.shape[0]), range(weight.shape[1])):
             w_plus, w_minus = weight.clone(), weight.clone()
             w_plus[i, j] += eps
             w_minus[i, j] -= eps

@@ -54,41 +54,29 @@ def first_paragraph(obj: Any) -> str:
     return " ".join(doc.split("\n\n", 1)[0].split())
 
 
-def _annotation(a: Any) -> str:
-    return a if isinstance(a, str) else inspect.formatannotation(a)
+class _Source:
+    """An annotation written as in the source: its repr is the text itself (a string's repr is quoted)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _unquoted(annotation: Any) -> Any:
+    return _Source(annotation) if isinstance(annotation, str) else annotation
 
 
 def signature(obj: Any) -> str:
-    """``(a: int, *, b: str = 'x') -> T``, with the annotations written as in the source (no quotes)."""
+    """``(a: int, *, b: str = 'x') -> T``: inspect's own rendering, with string annotations (those of
+    ``from __future__ import annotations``) shown without quotes."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):  # builtins and some classes have none
         return ""
-    params = []
-    for p in sig.parameters.values():
-        text = p.name
-        if p.kind is p.VAR_POSITIONAL:
-            text = "*" + text
-        elif p.kind is p.VAR_KEYWORD:
-            text = "**" + text
-        if p.annotation is not p.empty:
-            text += f": {_annotation(p.annotation)}"
-        if p.default is not p.empty:
-            text += f" = {p.default!r}" if p.annotation is not p.empty else f"={p.default!r}"
-        params.append((p.kind, text))
-    out: list[str] = []
-    for i, (kind, text) in enumerate(params):
-        before = params[i - 1][0] if i else None
-        if kind is inspect.Parameter.KEYWORD_ONLY and before not in (
-            inspect.Parameter.KEYWORD_ONLY,
-            inspect.Parameter.VAR_POSITIONAL,
-        ):
-            out.append("*")
-        out.append(text)
-        if kind is inspect.Parameter.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1][0] is not kind):
-            out.append("/")
-    ret = "" if sig.return_annotation is sig.empty else f" -> {_annotation(sig.return_annotation)}"
-    return f"({', '.join(out)}){ret}"
+    params = [p.replace(annotation=_unquoted(p.annotation)) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=_unquoted(sig.return_annotation)))
 
 
 def describe(module_name: str, name: str, obj: Any) -> str:
