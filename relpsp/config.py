@@ -48,6 +48,7 @@ class ModelConfig:
     #                         | "window" (per-layer time windows, dynamic threshold: relpsp.window; a departure)
     kernel_tau: float = 1.0  # alpha kernel: time to the PSP peak
     window: float = 1.0  # window kernel: length of every spiking layer's time window
+    weight_norm: bool = False  # window kernel: standardised weights, each neuron's summing to init_mean (a departure)
 
 
 @dataclass(frozen=True)

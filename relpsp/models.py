@@ -79,6 +79,7 @@ def build_model(
     kernel_tau: float = 1.0,
     window: float = 1.0,
     init_centered: bool = False,
+    weight_norm: bool = False,
 ) -> nn.Sequential:
     """Build the network for ``arch``. ``input_shape`` is ``(N,)`` or ``(C, H, W)``; for an MLP it may be
     omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
@@ -86,7 +87,9 @@ def build_model(
     baseline of ``relpsp.alpha``, time to peak ``kernel_tau``; dense layers only) or ``"window"`` (the
     windowed neuron of ``relpsp.window``: spiking layer l fires in ``[t_in + (l-1) window, t_in + l window]``;
     ``theta`` and ``t_max`` do not apply). ``init_centered``: shift each neuron's initial weights so that
-    they sum to exactly ``init_mean * theta`` (see ``center_rows``)."""
+    they sum to exactly ``init_mean * theta`` (see ``center_rows``). ``weight_norm`` (window kernel only):
+    standardised weights, every neuron's summing to ``init_mean`` throughout training
+    (``relpsp.window.standardized_weight``)."""
     kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
     check_finite_positive("t_in", t_in)  # the coding window (LatencyEncode calls it t_max)
     if backend not in BACKENDS:  # also for the alpha and window kernels, which do not use it
@@ -95,6 +98,8 @@ def build_model(
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     check_finite_positive("kernel_tau", kernel_tau)
     check_finite_positive("window", window)
+    if weight_norm and kernel != "window":
+        raise ValueError(f"weight_norm applies to kernel 'window' only, got kernel {kernel!r}")
     if kernel == "window" and math.isfinite(t_max):
         raise ValueError("kernel 'window' has its own time windows; t_max (a cut-off) does not apply, leave it inf")
     modules: list[nn.Module] = []
@@ -114,7 +119,7 @@ def build_model(
         elif isinstance(spec, (DenseSpec, ConvSpec)) and kernel == "window":
             n_spiking += 1
             start, end = t_in + (n_spiking - 1) * window, t_in + n_spiking * window
-            init = dict(init_mean=init_mean, init_std=init_std)
+            init: dict[str, Any] = dict(init_mean=init_mean, init_std=init_std, weight_norm=weight_norm)
             if isinstance(spec, DenseSpec):
                 modules.append(WindowLinear(spec.n_in, spec.n_out, t_start=start, t_end=end, **init))
             else:
@@ -194,6 +199,7 @@ def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
         kernel_tau=cfg.kernel_tau,
         window=cfg.window,
         init_centered=cfg.init_centered,
+        weight_norm=cfg.weight_norm,
     )
 
 

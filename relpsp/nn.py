@@ -24,7 +24,7 @@ from relpsp._validate import (
 from relpsp.alpha import alpha_linear
 from relpsp.autograd import BACKENDS
 from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
-from relpsp.window import window_conv2d, window_linear
+from relpsp.window import standardized_weight, window_conv2d, window_linear
 
 __all__ = [
     "DEFAULT_INIT_MEAN",
@@ -147,9 +147,34 @@ def _check_window_edges(t_start: float, t_end: float) -> tuple[float, float]:
     return float(t_start), float(t_end)
 
 
-class WindowLinear(_DenseLayer):
+class _WindowWeights:
+    """The windowed layers' weights: the raw ``weight`` itself, or with ``weight_norm`` its standardised form
+    (``relpsp.window.standardized_weight``: every row sums to ``init_mean``, a learned per-neuron ``gain``
+    starting at ``init_std``, the initial draw's spread)."""
+
+    weight: nn.Parameter
+    gain: nn.Parameter | None
+    row_sum: float
+
+    def _setup_weight_norm(self, weight_norm: bool, init_mean: float, init_std: float) -> None:
+        if not isinstance(weight_norm, bool):
+            raise ValueError(f"weight_norm must be True or False, got {weight_norm!r}")
+        self.row_sum = float(init_mean)
+        if weight_norm and not init_std > 0:
+            raise ValueError(f"weight_norm needs init_std > 0 (the initial gain and direction), got {init_std!r}")
+        self.gain = nn.Parameter(torch.full((self.weight.shape[0],), float(init_std))) if weight_norm else None
+
+    def effective_weight(self) -> Tensor:
+        """The weights the neurons use: ``weight``, or its standardised form with ``weight_norm``."""
+        if self.gain is None:
+            return self.weight
+        return standardized_weight(self.weight, self.gain, self.row_sum)
+
+
+class WindowLinear(_WindowWeights, _DenseLayer):
     """Dense layer of windowed neurons with a dynamic threshold (``relpsp.window``; a departure from the
-    paper): fires in ``[t_start, t_end]``, every input having fired by ``t_start``."""
+    paper): fires in ``[t_start, t_end]``, every input having fired by ``t_start``. ``weight_norm``:
+    standardised weights (see ``effective_weight``; a further departure)."""
 
     def __init__(
         self,
@@ -160,15 +185,18 @@ class WindowLinear(_DenseLayer):
         t_end: float,
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
+        weight_norm: bool = False,
     ) -> None:
         super().__init__(in_features, out_features, 1.0, math.inf, init_mean, init_std)
         self.t_start, self.t_end = _check_window_edges(t_start, t_end)
+        self._setup_weight_norm(weight_norm, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
-        return window_linear(t_in, self.weight, t_start=self.t_start, t_end=self.t_end)
+        return window_linear(t_in, self.effective_weight(), t_start=self.t_start, t_end=self.t_end)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, window=[{self.t_start}, {self.t_end}]"
+        norm = ", weight_norm=True" if self.gain is not None else ""
+        return f"{self.in_features}, {self.out_features}, window=[{self.t_start}, {self.t_end}]{norm}"
 
 
 class _ConvLayer(nn.Module):
@@ -240,9 +268,10 @@ class SpikingConv2d(_ConvLayer):
         return f"{self._sizes()}, theta={self.theta}, t_max={self.t_max}"
 
 
-class WindowConv2d(_ConvLayer):
+class WindowConv2d(_WindowWeights, _ConvLayer):
     """Convolution of windowed neurons with a dynamic threshold (``relpsp.window``; a departure from the
-    paper): ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]`` spike times in ``[t_start, t_end]``."""
+    paper): ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]`` spike times in ``[t_start, t_end]``.
+    ``weight_norm``: standardised weights (see ``effective_weight``; a further departure)."""
 
     def __init__(
         self,
@@ -256,17 +285,19 @@ class WindowConv2d(_ConvLayer):
         padding: int = 0,
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
+        weight_norm: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, 1.0, init_mean, init_std)
         self.t_start, self.t_end = _check_window_edges(t_start, t_end)
+        self._setup_weight_norm(weight_norm, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
-        return window_conv2d(
-            t_in, self.weight, stride=self.stride, padding=self.padding, t_start=self.t_start, t_end=self.t_end
-        )
+        w = self.effective_weight()
+        return window_conv2d(t_in, w, stride=self.stride, padding=self.padding, t_start=self.t_start, t_end=self.t_end)
 
     def extra_repr(self) -> str:
-        return f"{self._sizes()}, window=[{self.t_start}, {self.t_end}]"
+        norm = ", weight_norm=True" if self.gain is not None else ""
+        return f"{self._sizes()}, window=[{self.t_start}, {self.t_end}]{norm}"
 
 
 class MinTimePool2d(nn.Module):

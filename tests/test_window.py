@@ -16,7 +16,7 @@ import torch
 from relpsp.models import build_model, model_arrays
 from relpsp.nn import WindowLinear
 from relpsp.sim import network_from_arrays
-from relpsp.window import window_conv2d, window_linear
+from relpsp.window import standardized_weight, window_conv2d, window_linear
 from tests.helpers import load_script
 
 INF = math.inf
@@ -306,3 +306,117 @@ def test_window_init_layer_stats_counts_held_neurons_and_the_signal():
     assert at_s == pytest.approx(float((t <= 1.0 + 1e-6).float().mean()))
     assert signal == pytest.approx(float(t.std(0).mean()))
     assert signal > 0  # neuron 1 fires at different times for the two images
+
+
+# --- model.weight_norm: standardised weights (relpsp.window.standardized_weight) ---
+
+
+def test_standardized_weight_fixes_the_row_sum_and_the_norm_of_the_rest():
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64) * 3 + 1
+    gain = torch.tensor([0.5, 1.0, 2.0, -1.5, 0.0], dtype=torch.float64)
+    w = standardized_weight(raw, gain, 0.7)
+    rows = w.flatten(1)
+    assert w.shape == raw.shape
+    assert torch.allclose(rows.sum(1), torch.full((5,), 0.7, dtype=torch.float64), atol=1e-12)
+    dev = rows - rows.mean(1, keepdim=True)
+    assert torch.allclose(dev.norm(dim=1), gain.abs(), atol=1e-12)
+    # the direction is the raw row's own, scaled; a constant shift or a scale of a raw row changes nothing
+    raw_dev = raw.flatten(1) - raw.flatten(1).mean(1, keepdim=True)
+    assert torch.allclose(dev[:4] / gain[:4, None], raw_dev[:4] / raw_dev[:4].norm(dim=1, keepdim=True))
+    assert torch.allclose(standardized_weight(2.5 * raw + 4.0, gain, 0.7), w, atol=1e-12)
+    # a row of equal raw weights has no direction: every weight is row_sum / n
+    flat = standardized_weight(torch.ones(2, 4, dtype=torch.float64), torch.ones(2, dtype=torch.float64), 1.0)
+    assert torch.equal(flat, torch.full((2, 4), 0.25, dtype=torch.float64))
+
+
+def test_standardized_weight_gradients_match_finite_differences():
+    g = torch.Generator().manual_seed(1)
+    raw = torch.randn(3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    gain = torch.tensor([0.5, 1.5, -0.8], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r, k: standardized_weight(r, k, 0.5), (raw, gain))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: standardized_weight(torch.ones(3), torch.ones(3), 1.0), "expected raw"),
+        (lambda: standardized_weight(torch.ones(3, 2), torch.ones(2), 1.0), "expected raw"),
+        (lambda: standardized_weight(torch.ones(3, 2), torch.ones(3), math.nan), "row_sum"),
+        (lambda: WindowLinear(3, 2, t_start=1.0, t_end=2.0, init_std=0.0, weight_norm=True), "init_std > 0"),
+        (lambda: WindowLinear(3, 2, t_start=1.0, t_end=2.0, weight_norm="yes"), "True or False"),
+        (lambda: build_model("4-3-2", (4,), weight_norm=True), "kernel 'window' only"),
+    ],
+)
+def test_weight_norm_bad_input_is_refused(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_weight_norm_layers_use_the_standardised_weights_and_keep_the_row_sum_while_training():
+    """A windowed CNN with weight_norm: each layer's forward is the plain windowed layer on
+    effective_weight(), whose rows sum to init_mean at the start and still after optimiser steps that
+    move every raw weight (without weight_norm the same steps move the sums)."""
+    torch.manual_seed(0)
+    kw = dict(kernel="window", window=2.0, init_mean=0.5, init_std=1.5)
+    model = build_model("3C3-P2-8-4", (1, 6, 6), weight_norm=True, **kw)
+    torch.manual_seed(0)
+    plain = build_model("3C3-P2-8-4", (1, 6, 6), **kw)
+    layers = [m for m in model if hasattr(m, "gain")]
+    assert len(layers) == 3 and all(torch.equal(m.gain.detach(), torch.full_like(m.gain, 1.5)) for m in layers)
+    assert "weight_norm=True" in repr(model)
+    x = torch.rand(16, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(3))
+
+    def row_sums(net):
+        return [m.effective_weight().detach().flatten(1).sum(1) for m in net if hasattr(m, "t_start")]
+
+    for net in (model, plain):
+        opt = torch.optim.Adam(net.parameters(), lr=0.05)
+        for _ in range(5):
+            loss = torch.nn.functional.cross_entropy(-net(x) / 0.3, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for s in row_sums(model):
+        assert torch.allclose(s, torch.full_like(s, 0.5), atol=1e-5)
+    assert any(not torch.allclose(s, torch.full_like(s, 0.5), atol=1e-2) for s in row_sums(plain))
+    # forward = the functional windowed layers on the effective weights
+    conv, dense = model[1], model[4]
+    h = model[0](x)
+    ref = window_conv2d(h, conv.effective_weight(), t_start=conv.t_start, t_end=conv.t_end)
+    assert torch.equal(conv(h), ref)
+    h = model[3](model[2](ref))
+    assert torch.equal(dense(h), window_linear(h, dense.effective_weight(), t_start=dense.t_start, t_end=dense.t_end))
+
+
+def test_weight_norm_from_the_config_trains_and_round_trips(tmp_path):
+    from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
+    from relpsp.train import CHECKPOINT_NAME, fit, load_trained
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (192,), generator=g)
+    x = 0.3 * torch.rand(192, 1, 6, 6, generator=g)
+    x[torch.arange(192), 0, 2 * y, :] = 0.95  # the class is the bright row
+    splits = {"train": (x[:128], y[:128]), "test": (x[128:], y[128:])}
+    model_cfg = ModelConfig(
+        arch="4C3p1-P2-3",
+        input_shape=(1, 6, 6),
+        kernel="window",
+        window=2.0,
+        init_mean=0.5,
+        init_std=1.5,
+        weight_norm=True,
+    )
+    cfg = Config(
+        model=model_cfg,
+        data=DataConfig(dataset="tiny"),
+        train=TrainConfig(epochs=12, batch_size=16, lr=3e-3, tau=0.3, seed=1, threads=1),
+    )
+    res = fit(cfg, tmp_path, progress=False, splits=splits, log=lambda s: None)
+    assert res["test_accuracy"] >= 0.8  # chance is 1/3
+    model, back, _ = load_trained(tmp_path / CHECKPOINT_NAME)
+    assert back.model.weight_norm is True
+    assert model[4].gain is not None and not torch.allclose(model[4].gain, torch.full_like(model[4].gain, 1.5))
+    with torch.no_grad():
+        assert float((model(x[128:]).argmin(1) == y[128:]).float().mean()) == pytest.approx(res["test_accuracy"])
