@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_step [--archs 784-800-10,16C5-P2-32C5-P2-800-128-10] [--batch 256]
                                     [--device cpu|cuda] [--backend auto] [--steps 10] [--threads N]
-                                    [--input-shape C,H,W|F] [--out FILE.json]
+                                    [--input-shape C,H,W|F] [--kernel relpsp|window] [--out FILE.json]
 
 Inputs are MNIST test images with random labels (28x28 archs; about 19% of pixels spike) or, for 3-channel archs
 (by default 32x32x3) and any other ``--input-shape`` (e.g. 1,64,64 for Caltech's network), synthetic
@@ -35,14 +35,19 @@ from benchmarks.common import (
 )
 
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
+#: ``--kernel window``: the windowed neuron with standardised weights, as in configs/mnist_cnn_window.toml
+WINDOW_MODEL = dict(kernel="window", window=2.0, init_mean=0.5, init_std=1.5, weight_norm=True)
 
 
-def make_step(arch: str, batch: int, device: str, backend: str, shape: tuple[int, ...] | None = None):
+def make_step(
+    arch: str, batch: int, device: str, backend: str, shape: tuple[int, ...] | None = None, kernel: str = "relpsp"
+):
     """A training step of ``arch`` on a fixed set of 4 batches: ``(step, model, x_all, y_all, source)``,
     where ``step(k)`` runs forward, loss, backward and an Adam step on batch ``k % 4``. Inputs are MNIST
     test images (input ``shape`` (1, 28, 28)) or synthetic images with the same fraction of lit pixels
     (any other shape; by default (3, 32, 32) for archs starting 64C3, else (1, 28, 28)); labels are
-    random. Also used by ``benchmarks.profile_ops``."""
+    random. ``kernel="window"``: the windowed neuron of ``WINDOW_MODEL`` instead of ReL-PSP. Also used by
+    ``benchmarks.profile_ops``."""
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.models import build_model
 
@@ -60,7 +65,8 @@ def make_step(arch: str, batch: int, device: str, backend: str, shape: tuple[int
     else:
         x_all, source = mnist_like_batch(batch * 4, seed=1)
     y_all = torch.randint(0, int(arch.rsplit("-", 1)[-1]), (len(x_all),))  # the last layer is the class count
-    model = build_model(arch, shape, backend=backend).to(device)
+    extra = WINDOW_MODEL if kernel == "window" else {}
+    model = build_model(arch, shape, backend=backend, **extra).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     x_all, y_all = x_all.to(device), y_all.to(device)
 
@@ -83,13 +89,14 @@ def run_one(
     steps: int,
     threads: int = 0,
     shape: tuple[int, ...] | None = None,
+    kernel: str = "relpsp",
 ) -> dict:
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.train import set_threads
 
     if device == "cpu":
         set_threads(threads)
-    step, model, x_all, y_all, source = make_step(arch, batch, device, backend, shape)
+    step, model, x_all, y_all, source = make_step(arch, batch, device, backend, shape, kernel)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     load_cpu_kernels()  # numba's import and compiled code (tens of MiB) are a fixed cost, not this case's memory
@@ -118,6 +125,7 @@ def run_one(
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib() - base
     return {
         "arch": arch,
+        "kernel": kernel,
         "batch": batch,
         "device": device,
         "backend": backend,
@@ -141,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--input-shape", help="C,H,W (images) or F (features) of every arch's input (default: by arch, see above)"
     )
+    ap.add_argument(
+        "--kernel",
+        choices=("relpsp", "window"),
+        default="relpsp",
+        help="relpsp: the paper's neuron; window: the windowed neuron with standardised weights "
+        "(configs/mnist_cnn_window.toml's settings)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shape = None
@@ -159,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--batch and --steps must be >= 1")
     refuse_bad_output_file(ap, args.out)
     if args.one:
-        print(json.dumps(run_one(args.one, args.batch, args.device, args.backend, args.steps, args.threads, shape)))
+        row = run_one(args.one, args.batch, args.device, args.backend, args.steps, args.threads, shape, args.kernel)
+        print(json.dumps(row))
         return 0
     if args.device == "cpu":
         from relpsp.train import set_threads
@@ -185,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.steps),
             "--threads",
             str(args.threads),
+            "--kernel",
+            args.kernel,
         ] + (["--input-shape", args.input_shape] if shape else [])
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:

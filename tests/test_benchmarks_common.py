@@ -154,6 +154,26 @@ def test_train_step_times_a_network_on_the_input_shape_it_is_given(tmp_path, mon
     assert row["arch"] == "4-6-3" and row["input_source"] == "synthetic 4 features" and row["samples_per_s"] > 0
 
 
+def test_train_step_window_kernel_builds_the_windowed_network(tmp_path, monkeypatch):
+    """``--kernel window``: make_step builds windowed layers with standardised weights (configs/
+    mnist_cnn_window.toml's settings) and steps them; the timed child's JSON row names the kernel."""
+    from benchmarks.train_step import main, make_step
+    from relpsp.nn import WindowConv2d, WindowLinear
+
+    step, model, _, _, _ = make_step("4C5-P2-3", 2, "cpu", "auto", (1, 12, 12), kernel="window")
+    layers = [m for m in model if isinstance(m, (WindowConv2d, WindowLinear))]
+    assert len(layers) == 2 and all(m.gain is not None for m in layers)
+    before = [p.detach().clone() for p in model.parameters()]
+    step(0)
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the child runs `python -m benchmarks.train_step`
+    out = tmp_path / "step.json"
+    args = ["--archs", "4C5-P2-3", "--input-shape", "1,12,12", "--batch", "2", "--steps", "1", "--threads", "1"]
+    assert main([*args, "--kernel", "window", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["kernel"] == "window" and row["samples_per_s"] > 0
+
+
 def test_simulate_benchmark_times_each_backend_on_the_same_fresh_network(tmp_path):
     """benchmarks.simulate on 4 images of a small MLP: one row per backend, the same network (same spike
     count and decisions) under both, and the JSON holds the environment beside the rows."""
