@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ from benchmarks.common import (
 
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 #: ``--kernel window``: the windowed neuron with standardised weights, as in configs/mnist_cnn_window.toml
-WINDOW_MODEL = dict(kernel="window", window=2.0, init_mean=0.5, init_std=1.5, weight_norm=True)
+WINDOW_MODEL: dict[str, Any] = dict(kernel="window", window=2.0, init_mean=0.5, init_std=1.5, weight_norm=True)
 
 
 def make_step(
@@ -65,7 +66,7 @@ def make_step(
     else:
         x_all, source = mnist_like_batch(batch * 4, seed=1)
     y_all = torch.randint(0, int(arch.rsplit("-", 1)[-1]), (len(x_all),))  # the last layer is the class count
-    extra = WINDOW_MODEL if kernel == "window" else {}
+    extra: dict[str, Any] = WINDOW_MODEL if kernel == "window" else {}
     model = build_model(arch, shape, backend=backend, **extra).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     x_all, y_all = x_all.to(device), y_all.to(device)
