@@ -217,6 +217,15 @@ def test_simulator_and_export_refuse_windowed_networks():
         network_from_arrays(model_arrays(model), {"arch": "4-3-2", "input_shape": [4], "kernel": "window"})
 
 
+def bright_row_task() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A separable toy task on 6x6 images, 128 training and 64 test samples: the class is the bright row."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (192,), generator=g)
+    x = 0.3 * torch.rand(192, 1, 6, 6, generator=g)
+    x[torch.arange(192), 0, 2 * y, :] = 0.95
+    return {"train": (x[:128], y[:128]), "test": (x[128:], y[128:])}
+
+
 def test_training_a_windowed_cnn_learns_and_round_trips(tmp_path):
     """fit() with kernel window: a separable toy task is learnt, the checkpoint reloads the windowed
     layers with their windows, and the silent-neuron penalty (no silent neurons here) is refused."""
@@ -224,11 +233,7 @@ def test_training_a_windowed_cnn_learns_and_round_trips(tmp_path):
     from relpsp.nn import WindowConv2d, WindowLinear
     from relpsp.train import CHECKPOINT_NAME, fit, load_trained
 
-    g = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 3, (192,), generator=g)
-    x = 0.3 * torch.rand(192, 1, 6, 6, generator=g)
-    x[torch.arange(192), 0, 2 * y, :] = 0.95  # the class is the bright row
-    splits = {"train": (x[:128], y[:128]), "test": (x[128:], y[128:])}
+    splits = bright_row_task()
     model_cfg = ModelConfig(
         arch="4C3p1-P2-3", input_shape=(1, 6, 6), kernel="window", window=2.0, init_mean=1.0, init_std=0.5
     )
@@ -394,11 +399,7 @@ def test_weight_norm_from_the_config_trains_and_round_trips(tmp_path):
     from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
     from relpsp.train import CHECKPOINT_NAME, fit, load_trained
 
-    g = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 3, (192,), generator=g)
-    x = 0.3 * torch.rand(192, 1, 6, 6, generator=g)
-    x[torch.arange(192), 0, 2 * y, :] = 0.95  # the class is the bright row
-    splits = {"train": (x[:128], y[:128]), "test": (x[128:], y[128:])}
+    splits = bright_row_task()
     model_cfg = ModelConfig(
         arch="4C3p1-P2-3",
         input_shape=(1, 6, 6),
@@ -418,5 +419,6 @@ def test_weight_norm_from_the_config_trains_and_round_trips(tmp_path):
     model, back, _ = load_trained(tmp_path / CHECKPOINT_NAME)
     assert back.model.weight_norm is True
     assert model[4].gain is not None and not torch.allclose(model[4].gain, torch.full_like(model[4].gain, 1.5))
+    x_test, y_test = splits["test"]
     with torch.no_grad():
-        assert float((model(x[128:]).argmin(1) == y[128:]).float().mean()) == pytest.approx(res["test_accuracy"])
+        assert float((model(x_test).argmin(1) == y_test).float().mean()) == pytest.approx(res["test_accuracy"])
