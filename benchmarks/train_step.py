@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any
 
 import torch
 
@@ -36,8 +36,8 @@ from benchmarks.common import (
 )
 
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
-#: ``--kernel window``: the windowed neuron with standardised weights, as in configs/mnist_cnn_window.toml
-WINDOW_MODEL: dict[str, Any] = dict(kernel="window", window=2.0, init_mean=0.5, init_std=1.5, weight_norm=True)
+#: ``--kernel window``: the neuron settings (``[model]`` section) of this shipped experiment file
+WINDOW_CONFIG = "mnist_cnn_window"
 
 
 def make_step(
@@ -47,10 +47,12 @@ def make_step(
     where ``step(k)`` runs forward, loss, backward and an Adam step on batch ``k % 4``. Inputs are MNIST
     test images (input ``shape`` (1, 28, 28)) or synthetic images with the same fraction of lit pixels
     (any other shape; by default (3, 32, 32) for archs starting 64C3, else (1, 28, 28)); labels are
-    random. ``kernel="window"``: the windowed neuron of ``WINDOW_MODEL`` instead of ReL-PSP. Also used by
+    random. ``kernel="window"``: the windowed neuron with the model settings of ``WINDOW_CONFIG`` (its
+    architecture and input shape replaced by these) instead of ReL-PSP. Also used by
     ``benchmarks.profile_ops``."""
+    from relpsp.config import config_from_dict, find_config, load_toml
     from relpsp.functional import spike_time_cross_entropy
-    from relpsp.models import build_model
+    from relpsp.models import build_model, model_from_config
 
     if shape is None:
         shape = (3, 32, 32) if arch.startswith("64C3") else (1, 28, 28)
@@ -66,8 +68,12 @@ def make_step(
     else:
         x_all, source = mnist_like_batch(batch * 4, seed=1)
     y_all = torch.randint(0, int(arch.rsplit("-", 1)[-1]), (len(x_all),))  # the last layer is the class count
-    extra: dict[str, Any] = WINDOW_MODEL if kernel == "window" else {}
-    model = build_model(arch, shape, backend=backend, **extra).to(device)
+    if kernel == "window":
+        window_model = config_from_dict(load_toml(find_config(WINDOW_CONFIG))).model
+        model = model_from_config(dataclasses.replace(window_model, arch=arch, input_shape=shape), backend)
+    else:
+        model = build_model(arch, shape, backend=backend)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     x_all, y_all = x_all.to(device), y_all.to(device)
 
