@@ -28,8 +28,9 @@ in the earliness ``a = (e_l - t) / T`` of a spike within its window the layer co
 sets both the neuron's resting point and its gain. Left free, training moves W_j until most neurons of a
 deep network are held at an edge of their window (and pass no gradient); standardisation fixes it.
 
-The event-driven simulator, the cost model and the NIR export handle the paper's neuron only and refuse
-these networks.
+The event-driven simulator (``relpsp.sim``, an independent float64 implementation, also on a clocked time
+grid) and the cost model run these networks; the NIR export refuses them (NIR's neuron models have no
+falling threshold or forced spike at a window's end).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Shared test helpers: the one tolerance table, ``assert_close``, parameter lists with readable ids (among them
 ``ROUNDS_ONTO_INPUT``, the spike that rounds onto its last causal input),
 ``load_script`` for the programs under ``scripts/`` (not a package), and the layers built to put
-crossings within a rounding step of an input time (``crossings_*``, ``assert_weight_sum_is_causal_mask``)."""
+crossings within a rounding step of an input time (``crossings_*``, ``assert_weight_sum_is_causal_mask``), and
+``window_grid_reference``, the windowed neuron found on a fine grid of its window."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ __all__ = [
     "DTYPES",
     "ROUNDS_ONTO_INPUT",
     "TOLERANCES",
+    "WINDOW_GRID",
     "assert_close",
     "assert_weight_sum_is_causal_mask",
     "crossings_just_after_an_input",
     "crossings_just_before_the_next_input",
     "load_script",
     "to_numpy",
+    "window_grid_reference",
 ]
 
 #: (kind, dtype) -> (rtol, atol). The check is |actual - expected| <= rtol * |expected| + atol * scale,
@@ -144,3 +147,24 @@ def assert_weight_sum_is_causal_mask(t_in, weight, t_out, w_sum) -> None:
     bad = fired & ~torch.isclose(w_sum, expected, rtol=1e-6, atol=1e-9)
     assert fired.any()
     assert not bad.any(), f"{int(bad.sum())} of {int(fired.sum())} firing neurons: W_j is not the weight of t_i < t_out"
+
+
+#: Grid points of ``window_grid_reference`` over the window: exact to (t_end - t_start) / 20000.
+WINDOW_GRID = 20001
+
+
+def window_grid_reference(t_in: np.ndarray, weight: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+    """The windowed neuron (``relpsp.window``) without its closed form: ``t_in [B, N]``, ``weight [M, N]``
+    -> the first of ``WINDOW_GRID`` times in [t_start, t_end] with V(t) = sum_i w_i max(0, t - t_i) >=
+    theta(t) = t_end - t (t_end if none)."""
+    ts = np.linspace(t_start, t_end, WINDOW_GRID)
+    out = np.empty((t_in.shape[0], weight.shape[0]))
+    for r in range(t_in.shape[0]):
+        psp = np.where(
+            np.isfinite(t_in[r])[None, :], np.maximum(0.0, ts[:, None] - np.nan_to_num(t_in[r], posinf=0)), 0.0
+        )
+        v = psp @ weight.T  # [WINDOW_GRID, M]
+        above = v >= (t_end - ts)[:, None]
+        first = np.where(above.any(0), above.argmax(0), WINDOW_GRID - 1)
+        out[r] = ts[first]
+    return out

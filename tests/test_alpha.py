@@ -234,7 +234,7 @@ def test_simulator_refuses_alpha_networks():
     from relpsp.sim import network_from_arrays
 
     arrays = {"model.1.weight": np.zeros((3, 4), np.float32)}
-    with pytest.raises(ValueError, match="ReL-PSP networks only"):
+    with pytest.raises(ValueError, match="ReL-PSP and windowed networks only"):
         network_from_arrays(arrays, {"arch": "4-3", "kernel": "alpha"})
 
 

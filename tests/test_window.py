@@ -13,29 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from relpsp.models import build_model, model_arrays
+from relpsp.models import build_model
 from relpsp.nn import WindowLinear
-from relpsp.sim import network_from_arrays
 from relpsp.window import standardized_weight, window_conv2d, window_linear
+from tests.helpers import WINDOW_GRID as GRID
 from tests.helpers import load_script
+from tests.helpers import window_grid_reference as grid_reference
 
 INF = math.inf
-GRID = 20001  # grid points over the window: the reference is exact to (t_end - t_start) / 20000
-
-
-def grid_reference(t_in: np.ndarray, weight: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
-    """``t_in [B, N]``, ``weight [M, N]`` -> first grid time in [t_start, t_end] with V >= theta."""
-    ts = np.linspace(t_start, t_end, GRID)
-    out = np.empty((t_in.shape[0], weight.shape[0]))
-    for r in range(t_in.shape[0]):
-        psp = np.where(
-            np.isfinite(t_in[r])[None, :], np.maximum(0.0, ts[:, None] - np.nan_to_num(t_in[r], posinf=0)), 0.0
-        )
-        v = psp @ weight.T  # [GRID, M]
-        above = v >= (t_end - ts)[:, None]
-        first = np.where(above.any(0), above.argmax(0), GRID - 1)
-        out[r] = ts[first]
-    return out
 
 
 def window_case(seed: int, b: int = 5, n_in: int = 9, n_out: int = 12, t_start: float = 1.0):
@@ -209,12 +194,6 @@ def test_model_layers_fire_in_consecutive_windows():
     assert windows == [(1.0, 1.5), (1.5, 2.0), (2.0, 2.5)]
     with pytest.raises(ValueError, match="t_max"):
         build_model("4-2", (4,), kernel="window", t_max=3.0)
-
-
-def test_simulator_and_export_refuse_windowed_networks():
-    model = build_model("4-3-2", (4,), kernel="window")
-    with pytest.raises(ValueError, match="'window' PSP kernel"):
-        network_from_arrays(model_arrays(model), {"arch": "4-3-2", "input_shape": [4], "kernel": "window"})
 
 
 def bright_row_task() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -181,6 +181,12 @@ _NODE_SUFFIX = {
 def to_nir(net: SimNetwork, metadata: dict[str, Any] | None = None, *, data: dict[str, Any] | None = None) -> Any:
     """The ``nir.NIRGraph`` of ``net`` (see the module docstring for the mapping). ``data``: the
     checkpoint's ``[data]`` section; its ``DATA_KEYS`` go into the Input node as ``relpsp.data``."""
+    if net.window is not None:
+        raise ValueError(
+            "a windowed network (model.kernel = 'window') has no NIR form: its threshold falls within each layer's"
+            " window and every neuron is forced to fire at the window's end, which NIR's neuron models do not express;"
+            " the export handles ReL-PSP networks (relpsp simulate and relpsp cost run windowed ones)"
+        )
     nir = _nir()
     from relpsp import __version__
 

@@ -25,6 +25,10 @@ Latency per image: the clock steps through every tick of the window (at least on
 
     cycles = n_ticks + ceil((syn_events + neuron_updates) / parallel_synapse_units),  latency = cycles / clock
 
+Windowed networks (``relpsp.window``; ``relpsp.sim`` simulates them) are costed with the same counts. Their
+neurons all fire, once each, so every layer sends one spike per neuron; the falling threshold is one
+counter per layer and the forced spikes at a window's end are not charged.
+
 Average power = mean energy / mean latency (images processed back to back). Activation (spike) traffic,
 routing between cores and off-chip memory are not modelled.
 

@@ -1,4 +1,5 @@
-"""Event-driven float64 inference of ReL-PSP networks, written independently of the training code.
+"""Event-driven float64 inference of ReL-PSP networks (and of the windowed neuron of ``relpsp.window``),
+written independently of the training code.
 
 It imports only NumPy, the standard library and ``relpsp.arch``/``relpsp.checkpoint``/``relpsp.config``/
 ``relpsp.data`` (numba optionally, lazily), so that it is a second implementation against which the
@@ -25,6 +26,7 @@ from relpsp.sim.engine import (
     resolve_time_window,
     run_layer,
     simulate,
+    window_fire_rows,
 )
 from relpsp.sim.inputs import load_inputs
 from relpsp.sim.network import (
@@ -37,6 +39,7 @@ from relpsp.sim.network import (
     layer_output_shape,
     network_from_arrays,
     network_from_checkpoint,
+    standardized_rows,
 )
 from relpsp.sim.quant import TimeGrid, quantize_weight
 
@@ -66,4 +69,6 @@ __all__ = [
     "resolve_time_window",
     "run_layer",
     "simulate",
+    "standardized_rows",
+    "window_fire_rows",
 ]

@@ -27,6 +27,15 @@ exhausted, or whose next event lies beyond the cut-off. The optional numba path 
 lazy import) runs the same loop per row with an early exit; both give the same spike times up to
 float64 rounding.
 
+Windowed networks (``net.window``; ``relpsp.sim.network``): all inputs of spiking layer l have arrived
+by its window's start s, so in the window the potential V(t) = V(s) + W (t - s) is linear (W the summed
+weights of the inputs that spiked, V(s) accumulated from the input events), and so is V(t) - (e - t).
+The neuron fires at s if V(s) >= e - s, else at the crossing s + (e - s - V(s)) / (1 + W) if it comes
+by e, else at e. On a time grid both edges are rounded up to ticks; the neuron is checked at the ticks
+n_s .. n_e of its window against the exact threshold e - n dt, fires at the first tick that meets it
+and otherwise at n_e (``window_fire_rows``). Their frame is fixed, ``[0, t_in + L T]``; a cut-off or
+another time window does not apply.
+
 Counts for the cost model (per image, per layer; ``relpsp.hw``): spikes arriving at the layer, spikes it
 emits, synaptic events (each arriving spike times its fan-out: ``N_out`` for a dense layer,
 ``C_out`` times the number of output positions whose receptive field holds the spike for a convolution)
@@ -40,6 +49,7 @@ import importlib.util
 import math
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -62,6 +72,7 @@ __all__ = [
     "resolve_time_window",
     "run_layer",
     "simulate",
+    "window_fire_rows",
 ]
 
 BACKENDS = ("auto", "numpy", "numba")
@@ -320,6 +331,38 @@ def _fire_rows(t_rows: np.ndarray, weight: np.ndarray, theta: float, t_cut: floa
     return out
 
 
+def window_fire_rows(t_rows: np.ndarray, weight: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+    """Windowed neurons on rows of shared inputs (see the module docstring): ``t_rows [R, K]`` (inf = no
+    spike; every spike at or before ``t_start``), ``weight [N, K]`` -> spike times ``[R, N]`` in
+    ``[t_start, t_end]``, every neuron firing once."""
+    t_rows = np.asarray(t_rows, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if t_rows.ndim != 2 or weight.ndim != 2 or weight.shape[1] != t_rows.shape[1]:
+        raise ValueError(f"t_rows [R, K] and weight [N, K] do not match: {t_rows.shape} and {weight.shape}")
+    _check_times("t_rows", t_rows)
+    if not np.isfinite(weight).all():
+        raise ValueError("weight must be finite")
+    if not (math.isfinite(t_start) and math.isfinite(t_end) and t_end > t_start):
+        raise ValueError(f"the window must be finite with t_end > t_start, got [{t_start}, {t_end}]")
+    latest = float(np.where(np.isfinite(t_rows), t_rows, -np.inf).max()) if t_rows.size else -math.inf
+    if latest > t_start + 1e-9 * max(1.0, abs(t_start)):
+        raise ValueError(f"an input spike at t = {latest:.6g} comes after the window's start {t_start:.6g}")
+    return _window_fire(t_rows, weight, t_start, t_end)
+
+
+def _window_fire(t_rows: np.ndarray, weight: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+    """``window_fire_rows`` on arrays already checked (the engine's own calls)."""
+    spiked = np.isfinite(t_rows)
+    w_t = weight.T
+    slope = spiked.astype(np.float64) @ w_t  # W: the summed weights of the inputs that spiked
+    v_start = np.where(spiked, t_start - t_rows, 0.0) @ w_t  # V(s): each input has integrated for s - t_i
+    short = (t_end - t_start) - v_start  # how far V(s) is below the threshold e - s
+    rise = 1.0 + slope  # d/dt of V(t) - (e - t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = t_start + short / rise
+    return np.where(short <= 0, t_start, np.where(rise > 0, np.minimum(cross, t_end), t_end))
+
+
 def _conv_rows(t: np.ndarray, kernel: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
     """``[B, C, H, W]`` -> receptive fields ``[B * H_out * W_out, C * k * k]`` (padding never spikes)."""
     if padding:
@@ -348,9 +391,22 @@ def _pool(t: np.ndarray, kernel: int, stride: int) -> np.ndarray:
     return win.min(axis=(4, 5))
 
 
+def _check_window_options(net: SimNetwork, options: SimOptions) -> None:
+    """A windowed network's frame is fixed by its windows: refuse options that would move it."""
+    if net.window is not None and (options.time_window is not None or math.isfinite(options.t_cutoff)):
+        raise ValueError(
+            f"a windowed network fires every neuron by the end of its last window (t = {net.frame_end:g}), which"
+            " is also its time window: t_cutoff and time_window do not apply"
+        )
+
+
 def resolve_time_window(net: SimNetwork, options: SimOptions) -> float | None:
-    """T of the time grid: ``time_window``; else a finite ``t_cutoff``; else ``max(t_in, t_max)`` when
-    every spiking layer has a finite ``t_max``; else None (the caller must calibrate or give one)."""
+    """T of the time grid: for a windowed network the end of its last window; else ``time_window``; else
+    a finite ``t_cutoff``; else ``max(t_in, t_max)`` when every spiking layer has a finite ``t_max``; else
+    None (the caller must calibrate or give one)."""
+    _check_window_options(net, options)
+    if net.frame_end is not None:
+        return net.frame_end
     if options.time_window is not None:
         return float(options.time_window)
     if math.isfinite(options.t_cutoff):
@@ -402,16 +458,30 @@ def _effective_weights(net: SimNetwork, weight_bits: int | None) -> list[np.ndar
 
 
 def _fire_layer(
-    layer: SimDense | SimConv, w: np.ndarray, t: np.ndarray, t_cut: float, backend: str
+    layer: SimDense | SimConv, w: np.ndarray, t: np.ndarray, fire: Any
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """One spiking layer on input times ``t`` -> ``(rows, t_rows, to_layer)``: the rows of shared input
-    events, their output times ``[R, N]`` and a function that lays rows out as the layer's output."""
+    events, their output times ``[R, N]`` (``fire(rows, weight [N, K])``) and a function that lays rows
+    out as the layer's output."""
     if isinstance(layer, SimDense):
-        return t, _fire_rows(t, w, layer.theta, t_cut, backend), lambda r: r
+        return t, fire(t, w), lambda r: r
     b, c_out = t.shape[0], w.shape[0]
     rows, h_out, w_out = _conv_rows(t, layer.kernel, layer.stride, layer.padding)
-    t_rows = _fire_rows(rows, w.reshape(c_out, -1), layer.theta, t_cut, backend)
+    t_rows = fire(rows, w.reshape(c_out, -1))
     return rows, t_rows, lambda r: r.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
+
+
+def _window_ticks(net: SimNetwork, index: int, grid: TimeGrid) -> tuple[float, float]:
+    """``(n_s, n_e)``: the ticks of layer ``index``'s window edges (rounded up); refused if the grid gives
+    the window less than one tick."""
+    s, e = net.layer_window(index)
+    n_s, n_e = (float(grid.ticks(np.array(x))) for x in (s, e))
+    if not n_e > n_s:
+        raise ValueError(
+            f"a {grid.bits}-bit grid over [0, {grid.window:g}] gives the windows of length {net.window:g} less than"
+            " one tick each; use more time_bits"
+        )
+    return n_s, n_e
 
 
 def run_layer(net: SimNetwork, index: int, t: Any, options: SimOptions | None = None) -> np.ndarray:
@@ -437,7 +507,18 @@ def run_layer(net: SimNetwork, index: int, t: Any, options: SimOptions | None = 
         return _pool(t, layer.kernel, layer.step)
     w = _effective_weights(net, options.weight_bits)[index]
     assert w is not None
-    _, t_rows, to_layer = _fire_layer(layer, w, t, min(layer.t_max, options.t_cutoff), resolve_backend(options.backend))
+    if net.window is not None:
+        _check_window_options(net, options)
+        s, e = net.layer_window(index)
+        fire = partial(window_fire_rows, t_start=s, t_end=e)  # the public one: checks the inputs come by s
+    else:
+        fire = partial(
+            _fire_rows,
+            theta=layer.theta,
+            t_cut=min(layer.t_max, options.t_cutoff),
+            backend=resolve_backend(options.backend),
+        )
+    _, t_rows, to_layer = _fire_layer(layer, w, t, fire)
     return to_layer(t_rows)
 
 
@@ -475,23 +556,38 @@ def _run_batch(
         else:
             w = weights[i - 1]
             assert w is not None
-            t_cut = min(layer.t_max, options.t_cutoff)
-            fire_cut = t_cut
-            if grid is not None:
-                t_cut = min(t_cut, grid.window)
-                # the last tick the cut-off allows; a crossing that float rounding puts a hair past it (within
-                # TICK_TOLERANCE of a tick) still lands on it, so it is kept through the exact search too
-                end_tick = float(min(grid.n_ticks, math.floor(t_cut / grid.dt + TICK_TOLERANCE)))
-                fire_cut = (end_tick + TICK_TOLERANCE) * grid.dt
             if isinstance(layer, SimDense):
                 syn[:, i] = spikes_in[:, i] * w.shape[0]
             else:
                 reach = conv_reach(t.shape[2:], layer.kernel, layer.stride, layer.padding)
                 syn[:, i] = _per_image(fired_in * reach).sum(1) * w.shape[0]
-            rows, t_rows, to_layer = _fire_layer(layer, w, t, fire_cut, backend)
-            if grid is not None:
-                fired_tick = grid.ticks(t_rows)
-                t_rows = np.where(fired_tick <= end_tick, fired_tick * grid.dt, np.inf)
+            if net.window is not None:
+                s, e = net.layer_window(i - 1)
+                if grid is None:
+                    rows, t_rows, to_layer = _fire_layer(layer, w, t, partial(_window_fire, t_start=s, t_end=e))
+                else:
+                    # checked at the ticks of the window against the exact threshold e - n dt (the
+                    # inputs are on ticks at or before n_s)
+                    start_tick, end_tick = _window_ticks(net, i - 1, grid)
+                    s_on = start_tick * grid.dt
+                    rows, t_rows, to_layer = _fire_layer(layer, w, t, partial(_window_fire, t_start=s_on, t_end=e))
+                    t_rows = np.clip(grid.ticks(t_rows), start_tick, end_tick) * grid.dt
+            else:
+                t_cut = min(layer.t_max, options.t_cutoff)
+                fire_cut = t_cut
+                if grid is not None:
+                    t_cut = min(t_cut, grid.window)
+                    # the last tick the cut-off allows; a crossing that float rounding puts a hair past it
+                    # (within TICK_TOLERANCE of a tick) still lands on it, so it is kept through the exact
+                    # search too
+                    end_tick = float(min(grid.n_ticks, math.floor(t_cut / grid.dt + TICK_TOLERANCE)))
+                    fire_cut = (end_tick + TICK_TOLERANCE) * grid.dt
+                rows, t_rows, to_layer = _fire_layer(
+                    layer, w, t, partial(_fire_rows, theta=layer.theta, t_cut=fire_cut, backend=backend)
+                )
+                if grid is not None:
+                    fired_tick = grid.ticks(t_rows)
+                    t_rows = np.where(fired_tick <= end_tick, fired_tick * grid.dt, np.inf)
             t_new = to_layer(t_rows)
             if grid is not None:
                 assert upd is not None
@@ -544,6 +640,7 @@ def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, reco
     """
     options = options or SimOptions()
     x = _check_inputs(net, x)
+    _check_window_options(net, options)
     backend = resolve_backend(options.backend)
     grid = None
     if options.time_bits is not None:
@@ -636,7 +733,11 @@ def calibrate_time_window(
     returned. Samples outside ``x`` may still lose theirs.
     ``rule="spikes"``: the ``quantile`` of all finite spike times (every layer, input included);
     ``quantile=1`` gives the latest spike. Trained networks have stragglers (neurons whose summed weight
-    barely exceeds 0 fire very late), which make this T far longer than the decisions need."""
+    barely exceeds 0 fire very late), which make this T far longer than the decisions need.
+    A windowed network has nothing to measure: its T is the end of its last window (``net.frame_end``)."""
+    if net.frame_end is not None:
+        _check_window_options(net, options or SimOptions())
+        return net.frame_end
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
     if rule not in ("decision", "spikes"):

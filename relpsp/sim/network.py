@@ -10,6 +10,13 @@ one spike per neuron (``+inf`` = no spike), and a spike later than the layer's `
 The input is latency coded: an intensity ``x`` in [0, 1] spikes at ``t_in * (1 - x)``; ``x = 0`` spikes
 at ``t_in`` when ``zero_fires`` and never otherwise.
 
+Windowed networks (``SimNetwork.window = T``; the departure of ``relpsp.window``, after Wei et al.,
+ICCV 2023): spiking layer l (1-based) fires only in its window ``[s_l, e_l] = [t_in + (l - 1) T,
+t_in + l T]``, against a threshold that falls as ``e_l - t``, and every neuron fires exactly once (at
+``e_l`` if its potential never meets the threshold). Its layers keep ``theta = 1`` and ``t_max = inf``,
+which do not apply. A checkpoint trained with standardised weights (``model.weight_norm``) is read as
+the weights its neurons use (``standardized_rows``).
+
 Shapes: a layer maps one image's spike times ``(C, H, W)`` or ``(N,)`` to the next; weights are
 ``[N_out, N_in]`` (dense) and ``[C_out, C_in, k, k]`` (conv), as in the checkpoint.
 """
@@ -25,7 +32,7 @@ import numpy as np
 
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
 from relpsp.checkpoint import load_checkpoint
-from relpsp.config import config_from_dict
+from relpsp.config import ModelConfig, config_from_dict
 
 __all__ = [
     "SimConv",
@@ -37,7 +44,11 @@ __all__ = [
     "layer_output_shape",
     "network_from_arrays",
     "network_from_checkpoint",
+    "standardized_rows",
 ]
+
+#: Lower bound on a raw row's spread in ``standardized_rows``, as in training (float32 weights).
+_NORM_FLOOR = float(np.finfo(np.float32).tiny) ** 0.5
 
 
 def _check_theta_t_max(theta: float, t_max: float) -> None:
@@ -166,11 +177,13 @@ def layer_output_shape(layer: SimLayer, shape: tuple[int, ...], index: int = 0) 
 
 @dataclass(frozen=True, eq=False)
 class SimNetwork:
-    """A feed-forward ReL-PSP network as the simulator sees it.
+    """A feed-forward network of ReL-PSP (or windowed) neurons as the simulator sees it.
 
     ``input_shape``: ``(N,)`` or ``(C, H, W)`` of the intensities; ``t_in``: coding window;
-    ``zero_fires``: whether intensity 0 spikes (at ``t_in``). ``shapes[i]`` is the spike-time shape after
-    layer ``i - 1`` (``shapes[0]`` the encoded input). ``names`` label ``["input", *layers]``.
+    ``zero_fires``: whether intensity 0 spikes (at ``t_in``). ``window``: None for ReL-PSP neurons, or the
+    length T of every spiking layer's window for the windowed neuron (see the module docstring; its
+    layers must keep ``theta = 1`` and ``t_max = inf``). ``shapes[i]`` is the spike-time shape after layer
+    ``i - 1`` (``shapes[0]`` the encoded input). ``names`` label ``["input", *layers]``.
     """
 
     layers: tuple[SimLayer, ...]
@@ -178,6 +191,7 @@ class SimNetwork:
     t_in: float = 1.0
     zero_fires: bool = False
     arch: str = ""
+    window: float | None = None
     shapes: tuple[tuple[int, ...], ...] = field(init=False)
     names: tuple[str, ...] = field(init=False)
 
@@ -190,6 +204,16 @@ class SimNetwork:
             raise ValueError(f"input_shape must be (N,) or (C, H, W) with positive sizes, got {self.input_shape}")
         if not (math.isfinite(self.t_in) and self.t_in > 0):
             raise ValueError(f"t_in must be a finite positive number, got {self.t_in!r}")
+        if self.window is not None:
+            if isinstance(self.window, bool) or not (math.isfinite(self.window) and self.window > 0):
+                raise ValueError(f"window must be a finite positive number (or None), got {self.window!r}")
+            for i, layer in enumerate(layers):
+                if isinstance(layer, (SimDense, SimConv)) and (layer.theta != 1.0 or layer.t_max != math.inf):
+                    raise ValueError(
+                        f"layer {i}: a windowed network's neurons have no theta or t_max of their own (the window"
+                        f" sets both); keep theta = 1 and t_max = inf, got {layer.theta} and {layer.t_max}"
+                    )
+            object.__setattr__(self, "window", float(self.window))
         shapes = [shape]
         for i, layer in enumerate(layers):
             shape = layer_output_shape(layer, shape, i)
@@ -219,6 +243,40 @@ class SimNetwork:
         """Indices (into ``layers``) of the layers with neurons (dense and conv)."""
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, (SimDense, SimConv))]
 
+    def layer_window(self, index: int) -> tuple[float, float]:
+        """``(s, e)``: the window of spiking layer ``index`` (into ``layers``) of a windowed network."""
+        if self.window is None:
+            raise ValueError("layer_window: this network has ReL-PSP neurons, not windowed ones")
+        spiking = self.spiking_layers()
+        if index not in spiking:
+            raise ValueError(f"layer {index} has no neurons (spiking layers: {spiking})")
+        l_1 = spiking.index(index)  # l - 1
+        return self.t_in + l_1 * self.window, self.t_in + (l_1 + 1) * self.window
+
+    @property
+    def frame_end(self) -> float | None:
+        """The end of the last layer's window (the time by which every neuron has fired), or None for
+        ReL-PSP neurons."""
+        if self.window is None:
+            return None
+        return self.t_in + len(self.spiking_layers()) * self.window
+
+
+def standardized_rows(raw: Any, gain: Any, row_sum: float) -> np.ndarray:
+    """Weight standardisation in float64 (``model.weight_norm``; the training code's is
+    ``relpsp.window.standardized_weight``): each row (neuron) of ``raw [N_out, ...]`` becomes
+    ``row_sum / n + gain_j * v_j / |v_j|``, with ``v_j`` the row minus its mean and ``n`` its length."""
+    raw = np.asarray(raw, dtype=np.float64)
+    gain = np.asarray(gain, dtype=np.float64)
+    if raw.ndim < 2 or gain.shape != raw.shape[:1]:
+        raise ValueError(f"expected raw [N_out, ...] and gain [N_out], got shapes {raw.shape} and {gain.shape}")
+    if not (np.isfinite(raw).all() and np.isfinite(gain).all() and math.isfinite(row_sum)):
+        raise ValueError("standardised weights need finite raw weights, gains and row sum")
+    rows = raw.reshape(raw.shape[0], -1)
+    centred = rows - rows.mean(1, keepdims=True)
+    norm = np.maximum(np.sqrt((centred * centred).sum(1, keepdims=True)), _NORM_FLOOR)
+    return (row_sum / rows.shape[1] + gain[:, None] * (centred / norm)).reshape(raw.shape)
+
 
 def _model_value(model: dict[str, Any], key: str, default: Any) -> Any:
     v = model.get(key, default)
@@ -227,17 +285,33 @@ def _model_value(model: dict[str, Any], key: str, default: Any) -> Any:
     return v
 
 
+def _window_settings(model: dict[str, Any]) -> tuple[float, bool, float]:
+    """``(window, weight_norm, init_mean)`` of a windowed network's ``[model]`` section."""
+    try:
+        window = float(_model_value(model, "window", ModelConfig.window))
+        row_sum = float(_model_value(model, "init_mean", ModelConfig.init_mean))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model config's window or init_mean is not a number: {e}") from e
+    weight_norm = model.get("weight_norm", False)
+    if not isinstance(weight_norm, (bool, np.bool_)):
+        raise ValueError(f"the model config's weight_norm must be true or false, got {weight_norm!r}")
+    return window, bool(weight_norm), row_sum
+
+
 def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) -> SimNetwork:
-    """Build from checkpoint arrays (``"model.{k}.weight"``) and the ``[model]`` config section (a dict
-    with ``arch``, ``input_shape``, ``theta``, ``t_max``, ``t_in``, ``zero_fires``)."""
+    """Build from checkpoint arrays (``"model.{k}.weight"``, and ``"model.{k}.gain"`` with standardised
+    weights) and the ``[model]`` config section (a dict with ``arch``, ``input_shape``, ``theta``,
+    ``t_max``, ``t_in``, ``zero_fires``; for the windowed neuron ``kernel = "window"``, ``window``,
+    ``weight_norm`` and ``init_mean``)."""
     if "arch" not in model:
         raise ValueError("the model config has no 'arch'")
     kernel = model.get("kernel", "relpsp")
-    if kernel != "relpsp":
+    if kernel not in ("relpsp", "window"):
         raise ValueError(
-            f"this network uses the {kernel!r} PSP kernel; the simulator, cost model and NIR export handle "
-            "ReL-PSP networks only"
+            f"this network uses the {kernel!r} PSP kernel; the simulator and the cost model handle ReL-PSP and "
+            "windowed networks only"
         )
+    window, weight_norm, row_sum = _window_settings(model) if kernel == "window" else (None, False, 0.0)
     arch = str(model["arch"])
     shape = model.get("input_shape")
     try:
@@ -247,6 +321,8 @@ def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) ->
         t_in = float(_model_value(model, "t_in", 1.0))
     except (TypeError, ValueError) as e:
         raise ValueError(f"the model config's input_shape, theta, t_max or t_in is not a number: {e}") from e
+    if window is not None:  # the windows set both; training's windowed layers ignore the config's values too
+        theta, t_max = 1.0, math.inf
     zero_fires = model.get("zero_fires", False)
     if not isinstance(zero_fires, (bool, np.bool_)):
         raise ValueError(f"the model config's zero_fires must be true or false, got {zero_fires!r}")
@@ -266,6 +342,14 @@ def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) ->
             if name not in arrays:
                 raise ValueError(f"checkpoint has no array {name!r} for architecture {arch!r}")
             w = np.asarray(arrays[name])
+            if weight_norm:
+                gain_name = f"model.{k}.gain"
+                if gain_name not in arrays:
+                    raise ValueError(f"checkpoint has no array {gain_name!r}, which standardised weights need")
+                gain = np.asarray(arrays[gain_name])
+                if gain.shape != w.shape[:1]:
+                    raise ValueError(f"{gain_name} has shape {gain.shape}, {name} needs {w.shape[:1]}")
+                w = standardized_rows(w, gain, row_sum)
             if isinstance(spec, DenseSpec):
                 if w.shape != (spec.n_out, spec.n_in):
                     raise ValueError(f"{name} has shape {w.shape}, {arch!r} needs {(spec.n_out, spec.n_in)}")
@@ -276,7 +360,7 @@ def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) ->
                     raise ValueError(f"{name} has shape {w.shape}, {arch!r} needs {want}")
                 layers.append(SimConv(w, stride=spec.stride, padding=spec.padding, theta=theta, t_max=t_max))
     # A flat MLP input may be given as (1, 28, 28) in the config; the simulator flattens it itself.
-    return SimNetwork(tuple(layers), enc_shape, t_in=t_in, zero_fires=bool(zero_fires), arch=arch)
+    return SimNetwork(tuple(layers), enc_shape, t_in=t_in, zero_fires=bool(zero_fires), arch=arch, window=window)
 
 
 def network_from_checkpoint(path: str | os.PathLike) -> tuple[SimNetwork, dict[str, Any]]:
