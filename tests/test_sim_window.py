@@ -293,6 +293,7 @@ def test_cli_simulate_and_cost_run_a_windowed_checkpoint(tmp_path, capsys):
     assert summary["compare"]["decision_agreement"] == 1.0
     assert summary["compare"]["max_abs_dt_all"] < 1e-9
     assert sum(summary["compare"]["fire_in_one_only"].values()) == 0
+    assert summary["options"]["backend"] == "numpy"  # what runs windowed layers, whatever --backend says
     cost = tmp_path / "cost.json"
     rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--time-bits", "8", "--out", str(cost)])
     assert rc == 0, capsys.readouterr().err

@@ -314,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
             "time_window_calibrated": ctx["window_rule"] is not None,
             "window_rule": ctx["window_rule"],
             "t_cutoff": options.t_cutoff,
-            "backend": options.backend,
+            # windowed layers are matrix products in NumPy whatever the option says
+            "backend": "numpy" if net.window is not None else options.backend,
         },
         "accuracy": res.accuracy(y),
         "no_decision_rate": res.no_decision_rate(),
@@ -337,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         f"mean decision time {summary['mean_decision_time']:.4g}"
     )
     print("spikes per image: " + ", ".join(f"{k} {v['spikes_mean']:.1f}" for k, v in summary["layers"].items()))
-    print(f"{seconds:.2f} s, {summary['images_per_s']:.1f} images/s ({options.backend} backend)")
+    print(f"{seconds:.2f} s, {summary['images_per_s']:.1f} images/s ({summary['options']['backend']} backend)")
     if args.compare:
         torch_dec = np.concatenate(acc["torch_decision"])
         cmp = {
