@@ -293,11 +293,9 @@ def _check_times(name: str, t: np.ndarray) -> None:
         raise ValueError(f"{name} must hold spike times or +inf (no spike); it holds NaN or -inf")
 
 
-def fire_rows(
-    t_rows: np.ndarray, weight: np.ndarray, theta: float, t_cut: float = math.inf, backend: str = "auto"
-) -> np.ndarray:
-    """ReL-PSP neurons on rows of shared inputs: ``t_rows [R, K]`` (inf = no spike), ``weight [N, K]``
-    -> first spike times ``[R, N]`` (float64), spikes later than ``t_cut`` dropped."""
+def _checked_rows(t_rows: Any, weight: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(t_rows [R, K], weight [N, K])`` as float64, checked: matching shapes, spike times or +inf,
+    finite weights."""
     t_rows = np.asarray(t_rows, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
     if t_rows.ndim != 2 or weight.ndim != 2 or weight.shape[1] != t_rows.shape[1]:
@@ -305,6 +303,15 @@ def fire_rows(
     _check_times("t_rows", t_rows)
     if not np.isfinite(weight).all():
         raise ValueError("weight must be finite")
+    return t_rows, weight
+
+
+def fire_rows(
+    t_rows: np.ndarray, weight: np.ndarray, theta: float, t_cut: float = math.inf, backend: str = "auto"
+) -> np.ndarray:
+    """ReL-PSP neurons on rows of shared inputs: ``t_rows [R, K]`` (inf = no spike), ``weight [N, K]``
+    -> first spike times ``[R, N]`` (float64), spikes later than ``t_cut`` dropped."""
+    t_rows, weight = _checked_rows(t_rows, weight)
     if not (math.isfinite(theta) and theta > 0):
         raise ValueError(f"theta must be a finite positive number, got {theta!r}")
     if not t_cut > 0:  # NaN fails too
@@ -335,13 +342,7 @@ def window_fire_rows(t_rows: np.ndarray, weight: np.ndarray, t_start: float, t_e
     """Windowed neurons on rows of shared inputs (see the module docstring): ``t_rows [R, K]`` (inf = no
     spike; every spike at or before ``t_start``), ``weight [N, K]`` -> spike times ``[R, N]`` in
     ``[t_start, t_end]``, every neuron firing once."""
-    t_rows = np.asarray(t_rows, dtype=np.float64)
-    weight = np.asarray(weight, dtype=np.float64)
-    if t_rows.ndim != 2 or weight.ndim != 2 or weight.shape[1] != t_rows.shape[1]:
-        raise ValueError(f"t_rows [R, K] and weight [N, K] do not match: {t_rows.shape} and {weight.shape}")
-    _check_times("t_rows", t_rows)
-    if not np.isfinite(weight).all():
-        raise ValueError("weight must be finite")
+    t_rows, weight = _checked_rows(t_rows, weight)
     if not (math.isfinite(t_start) and math.isfinite(t_end) and t_end > t_start):
         raise ValueError(f"the window must be finite with t_end > t_start, got [{t_start}, {t_end}]")
     latest = float(np.where(np.isfinite(t_rows), t_rows, -np.inf).max()) if t_rows.size else -math.inf
