@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import resource
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from relpsp._fileio import check_output_file, json_text
+from relpsp.config import ModelConfig
 from relpsp.train import device_name
 
 __all__ = [
@@ -26,8 +28,12 @@ __all__ = [
     "peak_rss_mib",
     "refuse_bad_output_file",
     "time_it",
+    "window_model_config",
     "write_json",
 ]
+
+#: ``--kernel window``: the neuron settings (``[model]`` section) of this shipped experiment file
+WINDOW_CONFIG = "mnist_cnn_window"
 
 
 #: the checkout these benchmarks are in: its commit is recorded, whatever the current folder
@@ -161,3 +167,12 @@ def write_json(path: str | os.PathLike, obj: dict) -> None:
 
     text = json_text(obj)
     atomic_write_bytes(path, (text + "\n").encode())
+
+
+def window_model_config(arch: str, shape: tuple[int, ...]) -> ModelConfig:
+    """The ``[model]`` settings of the windowed neuron in ``WINDOW_CONFIG`` (window, initialisation,
+    standardised weights) with ``arch`` and ``input_shape`` replaced."""
+    from relpsp.config import config_from_dict, find_config, load_toml
+
+    model = config_from_dict(load_toml(find_config(WINDOW_CONFIG))).model
+    return dataclasses.replace(model, arch=arch, input_shape=tuple(shape))

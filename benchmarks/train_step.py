@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import statistics
 import subprocess
@@ -32,12 +31,11 @@ from benchmarks.common import (
     mnist_like_batch,
     peak_rss_mib,
     refuse_bad_output_file,
+    window_model_config,
     write_json,
 )
 
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
-#: ``--kernel window``: the neuron settings (``[model]`` section) of this shipped experiment file
-WINDOW_CONFIG = "mnist_cnn_window"
 
 
 def make_step(
@@ -47,10 +45,9 @@ def make_step(
     where ``step(k)`` runs forward, loss, backward and an Adam step on batch ``k % 4``. Inputs are MNIST
     test images (input ``shape`` (1, 28, 28)) or synthetic images with the same fraction of lit pixels
     (any other shape; by default (3, 32, 32) for archs starting 64C3, else (1, 28, 28)); labels are
-    random. ``kernel="window"``: the windowed neuron with the model settings of ``WINDOW_CONFIG`` (its
-    architecture and input shape replaced by these) instead of ReL-PSP. Also used by
-    ``benchmarks.profile_ops``."""
-    from relpsp.config import config_from_dict, find_config, load_toml
+    random. ``kernel="window"``: the windowed neuron with the model settings of
+    ``benchmarks.common.WINDOW_CONFIG`` (its architecture and input shape replaced by these) instead of
+    ReL-PSP. Also used by ``benchmarks.profile_ops``."""
     from relpsp.functional import spike_time_cross_entropy
     from relpsp.models import build_model, model_from_config
 
@@ -69,8 +66,7 @@ def make_step(
         x_all, source = mnist_like_batch(batch * 4, seed=1)
     y_all = torch.randint(0, int(arch.rsplit("-", 1)[-1]), (len(x_all),))  # the last layer is the class count
     if kernel == "window":
-        window_model = config_from_dict(load_toml(find_config(WINDOW_CONFIG))).model
-        model = model_from_config(dataclasses.replace(window_model, arch=arch, input_shape=shape), backend)
+        model = model_from_config(window_model_config(arch, shape), backend)
     else:
         model = build_model(arch, shape, backend=backend)
     model = model.to(device)

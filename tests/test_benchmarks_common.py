@@ -189,3 +189,7 @@ def test_simulate_benchmark_times_each_backend_on_the_same_fresh_network(tmp_pat
     assert all(r["same_decisions_across_backends"] and r["images_per_s"] > 0 for r in rows)
     saved = json.loads(out.read_text())
     assert saved["rows"] == rows and "device" in saved["environment"]
+    # --kernel window: one row (NumPy runs windowed layers), every neuron firing once
+    rows = main(["--archs", "784-30-10", "--images", "4", "--kernel", "window", "--backends", "numba"])["rows"]
+    assert [(r["kernel"], r["backend"]) for r in rows] == [("window", "numpy")]
+    assert rows[0]["spikes_per_image"] > 40  # the input's spikes, then all 30 hidden and 10 output neurons
