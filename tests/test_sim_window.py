@@ -240,6 +240,8 @@ def test_windowed_network_settings_that_do_not_apply_are_refused():
     with pytest.raises(ValueError, match="do not apply"):
         calibrate_time_window(net, x, SimOptions(t_cutoff=1.5))
     assert calibrate_time_window(net, x) == 2.0
+    with pytest.raises(ValueError, match="rule must be"):
+        calibrate_time_window(net, x, rule="latest")
     deep = SimNetwork(tuple(SimDense(np.ones((3, 3)) / 4) for _ in range(4)), (3,), t_in=1.0, window=0.1)
     with pytest.raises(ValueError, match="less than one tick"):
         simulate(deep, x, SimOptions(time_bits=2))  # dt = 1.4 / 4 > the window

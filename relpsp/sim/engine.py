@@ -738,13 +738,13 @@ def calibrate_time_window(
     ``quantile=1`` gives the latest spike. Trained networks have stragglers (neurons whose summed weight
     barely exceeds 0 fire very late), which make this T far longer than the decisions need.
     A windowed network has nothing to measure: its T is the end of its last window (``net.frame_end``)."""
-    if net.frame_end is not None:
-        _check_window_options(net, options or SimOptions())
-        return net.frame_end
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
     if rule not in ("decision", "spikes"):
         raise ValueError(f"rule must be 'decision' or 'spikes', got {rule!r}")
+    if net.frame_end is not None:
+        _check_window_options(net, options or SimOptions())
+        return net.frame_end
     asked = options or SimOptions()
     options = replace(asked, time_bits=None, time_window=None)
     res = simulate(net, x, options, record_layers=rule == "spikes")
