@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(env)
     print(f"{args.images} images: {source}")
     rows = []
+    backends = ["numpy"] if args.kernel == "window" else args.backends.split(",")
     for arch in args.archs.split(","):
         decisions = {}
-        backends = ["numpy"] if args.kernel == "window" else args.backends.split(",")
         for backend in backends:
             row = run_case(arch, images, backend, args.seed, args.kernel)
             decisions[backend] = row.pop("decisions")

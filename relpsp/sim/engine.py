@@ -474,14 +474,13 @@ def _fire_layer(
     return rows, t_rows, lambda r: r.reshape(b, h_out, w_out, c_out).transpose(0, 3, 1, 2)
 
 
-def _window_ticks(net: SimNetwork, index: int, grid: TimeGrid) -> tuple[float, float]:
-    """``(n_s, n_e)``: the ticks of layer ``index``'s window edges (rounded up); refused if the grid gives
+def _window_ticks(s: float, e: float, grid: TimeGrid) -> tuple[float, float]:
+    """``(n_s, n_e)``: the ticks of the window edges ``s`` and ``e`` (rounded up); refused if the grid gives
     the window less than one tick."""
-    s, e = net.layer_window(index)
     n_s, n_e = (float(grid.ticks(np.array(x))) for x in (s, e))
     if not n_e > n_s:
         raise ValueError(
-            f"a {grid.bits}-bit grid over [0, {grid.window:g}] gives the windows of length {net.window:g} less than"
+            f"a {grid.bits}-bit grid over [0, {grid.window:g}] gives the windows of length {e - s:g} less than"
             " one tick each; use more time_bits"
         )
     return n_s, n_e
@@ -566,14 +565,13 @@ def _run_batch(
                 syn[:, i] = _per_image(fired_in * reach).sum(1) * w.shape[0]
             if net.window is not None:
                 s, e = net.layer_window(i - 1)
-                if grid is None:
-                    rows, t_rows, to_layer = _fire_layer(layer, w, t, partial(_window_fire, t_start=s, t_end=e))
-                else:
-                    # checked at the ticks of the window against the exact threshold e - n dt (the
-                    # inputs are on ticks at or before n_s)
-                    start_tick, end_tick = _window_ticks(net, i - 1, grid)
-                    s_on = start_tick * grid.dt
-                    rows, t_rows, to_layer = _fire_layer(layer, w, t, partial(_window_fire, t_start=s_on, t_end=e))
+                if grid is not None:
+                    # checked from the window's first tick on, against the exact threshold e - n dt (the
+                    # inputs are on ticks at or before it)
+                    start_tick, end_tick = _window_ticks(s, e, grid)
+                    s = start_tick * grid.dt
+                rows, t_rows, to_layer = _fire_layer(layer, w, t, partial(_window_fire, t_start=s, t_end=e))
+                if grid is not None:
                     t_rows = np.clip(grid.ticks(t_rows), start_tick, end_tick) * grid.dt
             else:
                 t_cut = min(layer.t_max, options.t_cutoff)
