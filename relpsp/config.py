@@ -59,9 +59,11 @@ class DataConfig:
     data_dir: str | None = None  # None: $RELPSP_DATA or ~/.cache/relpsp
     val_size: int = 0  # samples held out of the training set for validation (sets with a val split use it)
     train_size: int = 0  # train on a seeded random subset of this many samples; 0 = the whole training set
-    augment: bool = False  # random shifts of up to max_shift pixels (images only)
+    augment: bool = False  # random shifts of up to max_shift pixels, rotations, scalings (images only)
     max_shift: int = 2  # with augment: largest shift in pixels, in each direction
     flip: bool = False  # with augment: also mirror each image left-right with probability 1/2
+    max_rotation: float = 0.0  # with augment: rotate by a uniform angle in [-max_rotation, max_rotation] degrees
+    max_scale: float = 0.0  # with augment: scale about the centre by a uniform factor in [1 - s, 1 + s]
     invert: bool = False  # image sets: x -> 1 - x before the latency code (dark pixels fire first)
     dog: bool = False  # image sets: difference-of-Gaussians ON/OFF contrast maps (C channels -> 2C), after invert
     dog_sigmas: tuple[float, ...] = (1.0, 2.0)  # with dog: centre and surround sigma in pixels (7x7 window)

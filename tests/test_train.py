@@ -241,8 +241,21 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
     [
         ({"augment": True, "max_shift": 4}, "would shift 4x4 images out of the frame"),
         ({"augment": True, "max_shift": 0}, "changes nothing"),
+        ({"augment": True, "max_rotation": 200.0}, r"data\.max_rotation is an angle in degrees in \[0, 180\]"),
+        ({"augment": True, "max_rotation": -1.0}, r"data\.max_rotation"),
+        ({"augment": True, "max_scale": 1.0}, r"data\.max_scale is a fraction in \[0, 1\)"),
+        ({"max_rotation": 10.0}, r"need data\.augment = true"),
+        ({"max_scale": 0.1}, r"need data\.augment = true"),
     ],
-    ids=["shift-beyond-the-image", "augment-that-does-nothing"],
+    ids=[
+        "shift-beyond-the-image",
+        "augment-that-does-nothing",
+        "rotation-above-180",
+        "negative-rotation",
+        "scale-of-1",
+        "rotation-without-augment",
+        "scale-without-augment",
+    ],
 )
 def test_augmentation_settings_that_cannot_work_are_refused(tmp_path, data, needle):
     cfg = Config(model=_cfg().model, data=DataConfig(dataset="tiny", **data), train=_cfg().train)
@@ -570,6 +583,70 @@ def test_augment_shifts_and_flips():
     assert torch.equal(a, augment(x, 1, 2, 3, max_shift=3, flip=True))  # seeded: resumes see the same
     assert torch.allclose(a.sum((1, 2, 3)), x.sum((1, 2, 3)))  # shifts of at most 3 px lose nothing here
     assert not torch.equal(a, x)
+
+
+def test_affine_warp_rotates_counter_clockwise_and_scales_about_the_centre():
+    """Checked against exact pixel permutations (quarter turns of square and non-square images, whose
+    pixel centres map onto pixel centres) and against the mass a scaling keeps."""
+    from relpsp.train.inputs import affine_warp
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 2, 8, 8, generator=g, dtype=torch.float64)
+    one = torch.ones(3, dtype=torch.float64)
+    torch.testing.assert_close(affine_warp(x, 0 * one, one), x)
+    # counter-clockwise on screen: the top-right corner goes to the top-left
+    torch.testing.assert_close(affine_warp(x, 90 * one, one), torch.rot90(x, 1, (2, 3)))
+    torch.testing.assert_close(affine_warp(x, -90 * one, one), torch.rot90(x, -1, (2, 3)))
+    torch.testing.assert_close(affine_warp(x, 180 * one, one), x.flip(2).flip(3))
+    # a 6x10 image turned a quarter: its centre 4x4 block (inside both frames) turns without shear
+    r = torch.rand(1, 1, 6, 10, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(
+        affine_warp(r, 90 * one[:1], one[:1])[..., 1:5, 3:7], torch.rot90(r[..., 1:5, 3:7], 1, (2, 3))
+    )
+    # per image: the angles and factors belong to their own images
+    mixed = affine_warp(x, torch.tensor([0.0, 90.0, 0.0], dtype=torch.float64), one)
+    torch.testing.assert_close(mixed[0], x[0])
+    torch.testing.assert_close(mixed[1], torch.rot90(x[1], 1, (1, 2)))
+    # a blob clear of the borders: scaling by s multiplies its mass by about s^2
+    blob = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
+    blob[..., 12:20, 12:20] = 1.0
+    for s in (0.8, 1.25):
+        mass = affine_warp(blob, one[:1] * 0, one[:1] * s).sum().item()
+        assert abs(mass - 64 * s * s) < 0.05 * 64 * s * s
+    with pytest.raises(ValueError, match="positive"):
+        affine_warp(x, one, 0 * one)
+    with pytest.raises(ValueError, match="one angle and one scale per image"):
+        affine_warp(x, one[:2], one)
+
+
+def test_augment_rotations_and_scalings_are_seeded_bounded_and_leave_runs_without_them_unchanged():
+    from relpsp.train.inputs import augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, :, 6:10, 5:11] = torch.rand(64, 1, 4, 6, generator=g)
+    plain = augment(x, 1, 2, 3, max_shift=1, flip=True)
+    turned = augment(x, 1, 2, 3, max_shift=1, flip=True, max_rotation=15.0, max_scale=0.1)
+    assert torch.equal(turned, augment(x, 1, 2, 3, max_shift=1, flip=True, max_rotation=15.0, max_scale=0.1))
+    assert not torch.equal(turned, augment(x, 1, 2, 4, max_shift=1, flip=True, max_rotation=15.0, max_scale=0.1))
+    # the shifts and mirrors are drawn first and kept: each warped image's centre of mass stays within what
+    # a 15-degree turn and a 10% scaling about the frame's centre move this content (under 1.5 px)
+    assert (turned - plain).abs().amax() > 0.05
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+
+    def centre(t):
+        m = t.sum((1, 2, 3))
+        return torch.stack([(t[:, 0] * ys).sum((1, 2)) / m, (t[:, 0] * xs).sum((1, 2)) / m], 1)
+
+    assert float((centre(turned) - centre(plain)).abs().max()) < 1.5
+    # a smooth round blob at the centre is unchanged by any rotation (to interpolation error) ...
+    blob = torch.exp(-((ys - 7.5) ** 2 + (xs - 7.5) ** 2) / 8).expand(8, 1, 16, 16).clone()
+    assert float((augment(blob, 5, 0, 0, max_shift=0, max_rotation=90.0) - blob).abs().amax()) < 0.05
+    # ... but not by scaling, and a square is changed by a turn: it shows at the corners
+    assert float((augment(blob, 5, 0, 0, max_shift=0, max_scale=0.3) - blob).abs().amax()) > 0.1
+    sq = torch.zeros(8, 1, 16, 16)
+    sq[..., 4:12, 4:12] = 1.0  # a square is not: a turn of up to 45 degrees shows at its corners
+    assert float((augment(sq, 5, 0, 0, max_shift=0, max_rotation=45.0) - sq).abs().amax()) > 0.5
 
 
 def test_step_keys_keep_the_packed_formula_in_range_and_never_repeat_or_overflow_outside():

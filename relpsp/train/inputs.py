@@ -13,7 +13,16 @@ from torch import Tensor
 
 from relpsp.config import Config
 
-__all__ = ["augment", "check_splits", "data_digest", "data_options", "epoch_order", "load_splits", "step_key"]
+__all__ = [
+    "affine_warp",
+    "augment",
+    "check_splits",
+    "data_digest",
+    "data_options",
+    "epoch_order",
+    "load_splits",
+    "step_key",
+]
 
 
 def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
@@ -60,8 +69,12 @@ def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
                 f"data.max_shift {cfg.data.max_shift} would shift {h}x{w} images out of the frame; it must be "
                 f"smaller than {min(h, w)}"
             )
-        if cfg.data.max_shift == 0 and not cfg.data.flip:
-            raise ValueError("data.augment with data.max_shift = 0 and no data.flip changes nothing; set augment false")
+        d = cfg.data
+        if d.max_shift == 0 and not d.flip and d.max_rotation == 0 and d.max_scale == 0:
+            raise ValueError(
+                "data.augment with data.max_shift = 0, no data.flip, no data.max_rotation and no data.max_scale"
+                " changes nothing; set augment false"
+            )
     for name, (x, y) in splits.items():
         if len(x) != len(y) or len(y) == 0:
             raise ValueError(f"{name} split has {len(x)} inputs and {len(y)} labels; need as many, and at least one")
@@ -119,10 +132,22 @@ def step_key(stream: str, legacy: int, in_range: bool, *parts: int) -> int:
     return int.from_bytes(digest[:8], "little") | (1 << 63)
 
 
-def augment(x: Tensor, seed: int, epoch: int, step: int, max_shift: int = 2, flip: bool = False) -> Tensor:
+def augment(
+    x: Tensor,
+    seed: int,
+    epoch: int,
+    step: int,
+    max_shift: int = 2,
+    flip: bool = False,
+    max_rotation: float = 0.0,
+    max_scale: float = 0.0,
+) -> Tensor:
     """Shift every image by its own random offset of up to ``max_shift`` pixels in each direction (zero
-    fill) and, with ``flip``, mirror it left-right with probability 1/2; drawn from a generator seeded by
-    (seed, epoch, step), so resumed runs see the same transformations."""
+    fill); with ``flip``, first mirror it left-right with probability 1/2; with ``max_rotation`` (degrees)
+    or ``max_scale``, then rotate it by a uniform angle in [-max_rotation, max_rotation] and scale it by a
+    uniform factor in [1 - max_scale, 1 + max_scale] about its centre (``affine_warp``), before the shift.
+    Drawn from a generator seeded by (seed, epoch, step), so resumed runs see the same transformations;
+    the angles and factors are drawn after the shifts and mirrors, so runs without them replay unchanged."""
     if x.dim() != 4:
         return x
     legacy = (seed * 1_000_003 + epoch) * 100_003 + step
@@ -132,6 +157,10 @@ def augment(x: Tensor, seed: int, epoch: int, step: int, max_shift: int = 2, fli
     if flip:
         mirror = torch.rand(len(x), generator=g) < 0.5
         x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+    if max_rotation > 0 or max_scale > 0:
+        angles = (2 * torch.rand(len(x), generator=g, dtype=torch.float64) - 1) * max_rotation
+        scales = 1 + (2 * torch.rand(len(x), generator=g, dtype=torch.float64) - 1) * max_scale
+        x = affine_warp(x, angles, scales)
     out = torch.zeros_like(x)
     h, w = x.shape[2], x.shape[3]
     for dy in range(-max_shift, max_shift + 1):
@@ -142,3 +171,27 @@ def augment(x: Tensor, seed: int, epoch: int, step: int, max_shift: int = 2, fli
                     sel, :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
                 ]
     return out
+
+
+def affine_warp(x: Tensor, angles: Tensor, scales: Tensor) -> Tensor:
+    """Rotate each image of ``x`` (N, C, H, W) by ``angles[n]`` degrees (counter-clockwise as displayed,
+    row 0 at the top) and scale it by ``scales[n]`` about its centre, by bilinear interpolation with zero
+    fill. The output pixel at offset p from the centre takes the input at R(-angle) p / scale, in pixel
+    units, so non-square images are rotated without shear."""
+    if len(angles) != len(x) or len(scales) != len(x):
+        raise ValueError(f"need one angle and one scale per image: {len(x)} images, {len(angles)}, {len(scales)}")
+    if not bool((scales > 0).all()):
+        raise ValueError("scales must be positive")
+    h, w = x.shape[2], x.shape[3]
+    a = torch.deg2rad(angles.to(torch.float64))
+    cos, sin, s = torch.cos(a), torch.sin(a), scales.to(torch.float64)
+    # affine_grid maps output (u, v) in [-1, 1] (u along the width) to input coordinates in [-1, 1]. In
+    # pixels, with y down, a counter-clockwise turn on screen sends output (px, py) to the input point
+    # (cos px - sin py, sin px + cos py) / s; normalising by the half-sizes gives the matrix below.
+    theta = torch.zeros(len(x), 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = cos / s
+    theta[:, 0, 1] = -sin * (h / w) / s
+    theta[:, 1, 0] = sin * (w / h) / s
+    theta[:, 1, 1] = cos / s
+    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -477,7 +477,9 @@ def _fit(
             n_global = len(idx)
             lo, hi = shard(n_global, ctx)
             if cfg.data.augment:  # on the global batch: the random shifts belong to positions in it
-                xb = augment(x_tr[idx], cfg.train.seed, epoch, step, cfg.data.max_shift, cfg.data.flip)[lo:hi]
+                a = cfg.data
+                xb = augment(x_tr[idx], cfg.train.seed, epoch, step, a.max_shift, a.flip, a.max_rotation, a.max_scale)
+                xb = xb[lo:hi]
             else:
                 xb = x_tr[idx[lo:hi]]
             xb, yb = xb.to(device), y_tr[idx[lo:hi]].to(device)

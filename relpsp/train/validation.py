@@ -117,6 +117,14 @@ def _validate_data_settings(cfg: Config) -> None:
         name = d.dataset
     if d.flip and not d.augment:
         raise ValueError("data.flip mirrors images as part of the augmentation: it needs data.augment = true")
+    if not 0 <= d.max_rotation <= 180:
+        raise ValueError(f"data.max_rotation is an angle in degrees in [0, 180], got {d.max_rotation}")
+    if not 0 <= d.max_scale < 1:
+        raise ValueError(f"data.max_scale is a fraction in [0, 1) (factors 1 - s to 1 + s), got {d.max_scale}")
+    if (d.max_rotation > 0 or d.max_scale > 0) and not d.augment:
+        raise ValueError(
+            "data.max_rotation and data.max_scale are part of the augmentation: they need data.augment = true"
+        )
     if not (d.bias_input < 0 or 0 <= d.bias_input <= 1) or math.isinf(d.bias_input):
         raise ValueError(
             f"data.bias_input is the intensity of a constant extra input, in [0, 1], or a finite negative"
