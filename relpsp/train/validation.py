@@ -70,6 +70,10 @@ def validate_config(cfg: Config) -> None:
         raise ValueError("data.val_size and data.train_size must be >= 0")
     if not 0 <= cfg.data.max_shift <= 64:
         raise ValueError(f"data.max_shift must be in [0, 64], got {cfg.data.max_shift}")
+    if not 0 <= cfg.data.max_rotation <= 180:
+        raise ValueError(f"data.max_rotation is an angle in degrees in [0, 180], got {cfg.data.max_rotation}")
+    if not 0 <= cfg.data.max_scale < 1:
+        raise ValueError(f"data.max_scale is a fraction in [0, 1) (factors 1 - s to 1 + s), got {cfg.data.max_scale}")
     _validate_data_settings(cfg)
     if cfg.model.kernel == "window" and (t.silent_penalty > 0 or t.target_penalty > 0):
         raise ValueError(
@@ -117,10 +121,6 @@ def _validate_data_settings(cfg: Config) -> None:
         name = d.dataset
     if d.flip and not d.augment:
         raise ValueError("data.flip mirrors images as part of the augmentation: it needs data.augment = true")
-    if not 0 <= d.max_rotation <= 180:
-        raise ValueError(f"data.max_rotation is an angle in degrees in [0, 180], got {d.max_rotation}")
-    if not 0 <= d.max_scale < 1:
-        raise ValueError(f"data.max_scale is a fraction in [0, 1) (factors 1 - s to 1 + s), got {d.max_scale}")
     if (d.max_rotation > 0 or d.max_scale > 0) and not d.augment:
         raise ValueError(
             "data.max_rotation and data.max_scale are part of the augmentation: they need data.augment = true"
