@@ -155,6 +155,7 @@ class _WindowWeights:
     weight: nn.Parameter
     gain: nn.Parameter | None
     row_sum: float
+    theta: float
 
     def _setup_weight_norm(self, weight_norm: bool, init_mean: float, init_std: float) -> None:
         if not isinstance(weight_norm, bool):
@@ -169,6 +170,13 @@ class _WindowWeights:
         if self.gain is None:
             return self.weight
         return standardized_weight(self.weight, self.gain, self.row_sum)
+
+    def _pass_weight(self) -> Tensor:
+        """The weights of this forward pass. ``theta`` scales the falling threshold to theta * (e_l - t),
+        which is firing at threshold e_l - t with weights w / theta. It is 1 in the model; only
+        training-time spike dropout (``relpsp.train.regularisers.SpikeDropout``) lowers it, for one pass."""
+        w = self.effective_weight()
+        return w if self.theta == 1.0 else w / self.theta
 
 
 class WindowLinear(_WindowWeights, _DenseLayer):
@@ -192,7 +200,7 @@ class WindowLinear(_WindowWeights, _DenseLayer):
         self._setup_weight_norm(weight_norm, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
-        return window_linear(t_in, self.effective_weight(), t_start=self.t_start, t_end=self.t_end)
+        return window_linear(t_in, self._pass_weight(), t_start=self.t_start, t_end=self.t_end)
 
     def extra_repr(self) -> str:
         norm = ", weight_norm=True" if self.gain is not None else ""
@@ -292,7 +300,7 @@ class WindowConv2d(_WindowWeights, _ConvLayer):
         self._setup_weight_norm(weight_norm, init_mean, init_std)
 
     def forward(self, t_in: Tensor) -> Tensor:
-        w = self.effective_weight()
+        w = self._pass_weight()
         return window_conv2d(t_in, w, stride=self.stride, padding=self.padding, t_start=self.t_start, t_end=self.t_end)
 
     def extra_repr(self) -> str:

@@ -153,10 +153,12 @@ def assert_weight_sum_is_causal_mask(t_in, weight, t_out, w_sum) -> None:
 WINDOW_GRID = 20001
 
 
-def window_grid_reference(t_in: np.ndarray, weight: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+def window_grid_reference(
+    t_in: np.ndarray, weight: np.ndarray, t_start: float, t_end: float, theta: float = 1.0
+) -> np.ndarray:
     """The windowed neuron (``relpsp.window``) without its closed form: ``t_in [B, N]``, ``weight [M, N]``
     -> the first of ``WINDOW_GRID`` times in [t_start, t_end] with V(t) = sum_i w_i max(0, t - t_i) >=
-    theta(t) = t_end - t (t_end if none)."""
+    theta(t) = theta * (t_end - t) (t_end if none; theta < 1 only under training-time spike dropout)."""
     ts = np.linspace(t_start, t_end, WINDOW_GRID)
     out = np.empty((t_in.shape[0], weight.shape[0]))
     for r in range(t_in.shape[0]):
@@ -164,7 +166,7 @@ def window_grid_reference(t_in: np.ndarray, weight: np.ndarray, t_start: float, 
             np.isfinite(t_in[r])[None, :], np.maximum(0.0, ts[:, None] - np.nan_to_num(t_in[r], posinf=0)), 0.0
         )
         v = psp @ weight.T  # [WINDOW_GRID, M]
-        above = v >= (t_end - ts)[:, None]
+        above = v >= theta * (t_end - ts)[:, None]
         first = np.where(above.any(0), above.argmax(0), WINDOW_GRID - 1)
         out[r] = ts[first]
     return out

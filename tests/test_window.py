@@ -401,3 +401,95 @@ def test_weight_norm_from_the_config_trains_and_round_trips(tmp_path):
     x_test, y_test = splits["test"]
     with torch.no_grad():
         assert float((model(x_test).argmin(1) == y_test).float().mean()) == pytest.approx(res["test_accuracy"])
+
+
+def test_spike_dropout_deletes_windowed_inputs_and_scales_the_falling_threshold():
+    """``train.spike_dropout`` on a windowed network: in a training pass each hooked layer sees a seeded
+    subset of its input spikes deleted (+inf: the input never spiked) and fires where the grid reference
+    with threshold (1 - p) (e_l - t) fires; the threshold is 1 again after the pass, evaluation sees the
+    plain network, and the convolutions are hooked at their own rate."""
+    from relpsp.nn import WindowConv2d, WindowLinear
+    from relpsp.train.regularisers import SpikeDropout
+
+    torch.manual_seed(0)
+    model = build_model(
+        "3C3-P2-8-4", (1, 6, 6), kernel="window", window=2.0, init_mean=0.5, init_std=1.5, weight_norm=True
+    )
+    model = model.double()
+    conv = next(m for m in model if isinstance(m, WindowConv2d))
+    hidden, out = (m for m in model if isinstance(m, WindowLinear))
+    x = torch.rand(32, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        plain = model(x)
+        clean_in = model[: list(model).index(hidden)](x)  # the hidden layer's input without dropout
+    seen: list = []  # registered first, so it runs before the dropout's hook restores the threshold
+    hook = hidden.register_forward_hook(lambda m, inp, o: seen.append((inp[0].clone(), m.theta, o.clone())))
+    drop = SpikeDropout(model, 0.25)
+    assert drop.layers == [hidden, out]
+    model.train()
+    drop.reseed(0, 0, 0, "cpu")
+    with torch.no_grad():
+        model(x)
+    t_in, theta, o = seen[0]
+    dropped = torch.isinf(t_in)
+    assert torch.equal(t_in[~dropped], clean_in[~dropped])  # kept spikes keep their times
+    assert 0.15 < float(dropped.double().mean()) < 0.35 and theta == pytest.approx(0.75)
+    w = hidden.effective_weight().detach().numpy()
+    expected = grid_reference(t_in.numpy(), w, hidden.t_start, hidden.t_end, theta=0.75)
+    np.testing.assert_allclose(o.numpy(), expected, rtol=0, atol=(hidden.t_end - hidden.t_start) / (GRID - 1) + 1e-9)
+    unscaled = grid_reference(t_in.numpy(), w, hidden.t_start, hidden.t_end)
+    assert np.abs(o.numpy() - unscaled).max() > 0.05  # the threshold's scale matters
+    assert hidden.theta == 1.0 and out.theta == 1.0  # restored after the pass
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)  # no dropout in evaluation
+    drop.close()
+    hook.remove()
+    conv_seen: list = []  # again registered before the dropout's hooks
+    h2 = conv.register_forward_hook(lambda m, inp, o: conv_seen.append((inp[0].clone(), m.theta)))
+    both = SpikeDropout(model, 0.3, 0.1)
+    assert both.layers == [conv, hidden, out]
+    model.train()
+    both.reseed(0, 0, 0, "cpu")
+    with torch.no_grad():
+        model(x)
+    conv_in, conv_theta = conv_seen[0]
+    assert conv_theta == pytest.approx(0.9) and 0.03 < float(torch.isinf(conv_in).double().mean()) < 0.2
+    both.close()
+    h2.remove()
+
+
+def test_windowed_training_with_spike_dropout_is_seeded_and_alpha_is_refused(tmp_path):
+    """fit() with kernel window and spike dropout: the same run twice gives the same losses, dropout
+    changes them, and the alpha kernel still refuses it."""
+    from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
+    from relpsp.train import fit
+
+    splits = bright_row_task()
+    model_cfg = ModelConfig(
+        arch="4C3p1-P2-6-3",
+        input_shape=(1, 6, 6),
+        kernel="window",
+        window=2.0,
+        init_mean=0.5,
+        init_std=1.5,
+        weight_norm=True,
+    )
+
+    def run(name: str, p: float, p_conv: float = 0.0) -> list[float]:
+        train = TrainConfig(
+            epochs=2, batch_size=16, lr=3e-3, tau=0.3, seed=1, threads=1, spike_dropout=p, spike_dropout_conv=p_conv
+        )
+        cfg = Config(model=model_cfg, data=DataConfig(dataset="tiny"), train=train)
+        res = fit(cfg, tmp_path / name, progress=False, splits=splits, log=lambda s: None)
+        return [r["train_loss"] for r in res["history"]]
+
+    a, b, off = run("a", 0.2, 0.1), run("b", 0.2, 0.1), run("off", 0.0)
+    assert a == b and a != off
+    alpha = Config(
+        model=ModelConfig(arch="16-12-3", input_shape=(1, 4, 4), kernel="alpha"),
+        data=DataConfig(dataset="tiny"),
+        train=TrainConfig(spike_dropout=0.2, threads=1),
+    )
+    with pytest.raises(ValueError, match="ReL-PSP and windowed kernels only"):
+        fit(alpha, tmp_path / "alpha", splits=splits, progress=False, log=lambda s: None)

@@ -113,26 +113,29 @@ class SpikeDropout:
     layer's threshold is scaled by ``1 - p`` for that pass: firing at ``sum_causal w_i (t - t_i) = theta``
     with weights ``w / (1 - p)`` is firing at threshold ``theta * (1 - p)`` with ``w``, so at any time the
     expected potential over the masks equals that of the full input at evaluation (the analogue of
-    inverted dropout; the firing time itself is not preserved exactly, as it is not linear). The masks
+    inverted dropout; the firing time itself is not preserved exactly, as it is not linear). The windowed
+    layers (``relpsp.window``, a departure) are hooked the same way: a deleted input never spiked (it
+    leaves both sums of the closed form), and their falling threshold ``e_l - t`` is scaled by ``1 - p``. The masks
     come from a generator reseeded before every step from (seed, epoch, step), so a run and its resume
     draw the same masks; each layer draws the mask of the whole global batch and keeps this process's
     rows, so a data-parallel run drops the spikes that a single process would."""
 
     def __init__(self, model: nn.Sequential, p: float, p_conv: float = 0.0) -> None:
-        from relpsp.nn import SpikingConv2d, SpikingLinear
+        from relpsp.nn import SpikingConv2d, SpikingLinear, WindowConv2d, WindowLinear
 
+        dense, conv = (SpikingLinear, WindowLinear), (SpikingConv2d, WindowConv2d)
         self.p = p
         self.p_conv = p_conv
-        if p > 0 and not any(isinstance(m, SpikingLinear) for m in model):
+        if p > 0 and not any(isinstance(m, dense) for m in model):
             raise ValueError("train.spike_dropout needs a network with a spiking dense layer")
-        if p_conv > 0 and not any(isinstance(m, SpikingConv2d) for m in model):
+        if p_conv > 0 and not any(isinstance(m, conv) for m in model):
             raise ValueError("train.spike_dropout_conv needs a network with a spiking convolution layer")
 
-        def rate(m: SpikingLinear | SpikingConv2d) -> float:
-            return p if isinstance(m, SpikingLinear) else p_conv
+        def rate(m: nn.Module) -> float:
+            return p if isinstance(m, dense) else p_conv
 
         # in forward order, so one generator draws the masks layer by layer as the pass reaches them
-        self.layers = [m for m in model if isinstance(m, (SpikingLinear, SpikingConv2d)) and rate(m) > 0]
+        self.layers = [m for m in model if isinstance(m, (*dense, *conv)) and rate(m) > 0]
         if not self.layers:
             raise ValueError("spike dropout needs a rate > 0")
         self.rate = {id(m): rate(m) for m in self.layers}

@@ -41,8 +41,10 @@ def validate_config(cfg: Config) -> None:
             raise ValueError(f"train.{name} must be in [0, 1) (0 = off), got {v}")
     for name in ("spike_dropout", "spike_dropout_conv"):
         v = getattr(t, name)
-        if v > 0 and cfg.model.kernel != "relpsp":
-            raise ValueError(f"train.{name} is defined for the ReL-PSP kernel only (model.kernel = 'relpsp')")
+        if v > 0 and cfg.model.kernel not in ("relpsp", "window"):
+            raise ValueError(
+                f"train.{name} is defined for the ReL-PSP and windowed kernels only (model.kernel 'relpsp' or 'window')"
+            )
         if v > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
             raise ValueError(f"train.{name} cannot be combined with train.silent_penalty or train.target_penalty")
     if t.spike_dropout > 0 or t.spike_dropout_conv > 0:  # here, before --overwrite deletes anything
