@@ -374,20 +374,21 @@ def test_weight_norm_layers_use_the_standardised_weights_and_keep_the_row_sum_wh
     assert torch.equal(dense(h), window_linear(h, dense.effective_weight(), t_start=dense.t_start, t_end=dense.t_end))
 
 
+def weight_norm_model_config(arch: str):
+    """A windowed network with standardised weights on the 6x6 bright-row task."""
+    from relpsp.config import ModelConfig
+
+    return ModelConfig(
+        arch=arch, input_shape=(1, 6, 6), kernel="window", window=2.0, init_mean=0.5, init_std=1.5, weight_norm=True
+    )
+
+
 def test_weight_norm_from_the_config_trains_and_round_trips(tmp_path):
-    from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig
+    from relpsp.config import Config, DataConfig, TrainConfig
     from relpsp.train import CHECKPOINT_NAME, fit, load_trained
 
     splits = bright_row_task()
-    model_cfg = ModelConfig(
-        arch="4C3p1-P2-3",
-        input_shape=(1, 6, 6),
-        kernel="window",
-        window=2.0,
-        init_mean=0.5,
-        init_std=1.5,
-        weight_norm=True,
-    )
+    model_cfg = weight_norm_model_config("4C3p1-P2-3")
     cfg = Config(
         model=model_cfg,
         data=DataConfig(dataset="tiny"),
@@ -466,15 +467,7 @@ def test_windowed_training_with_spike_dropout_is_seeded_and_alpha_is_refused(tmp
     from relpsp.train import fit
 
     splits = bright_row_task()
-    model_cfg = ModelConfig(
-        arch="4C3p1-P2-6-3",
-        input_shape=(1, 6, 6),
-        kernel="window",
-        window=2.0,
-        init_mean=0.5,
-        init_std=1.5,
-        weight_norm=True,
-    )
+    model_cfg = weight_norm_model_config("4C3p1-P2-6-3")
 
     def run(name: str, p: float, p_conv: float = 0.0) -> list[float]:
         train = TrainConfig(
