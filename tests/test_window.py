@@ -409,14 +409,12 @@ def test_spike_dropout_deletes_windowed_inputs_and_scales_the_falling_threshold(
     subset of its input spikes deleted (+inf: the input never spiked) and fires where the grid reference
     with threshold (1 - p) (e_l - t) fires; the threshold is 1 again after the pass, evaluation sees the
     plain network, and the convolutions are hooked at their own rate."""
+    from relpsp.models import model_from_config
     from relpsp.nn import WindowConv2d, WindowLinear
     from relpsp.train.regularisers import SpikeDropout
 
     torch.manual_seed(0)
-    model = build_model(
-        "3C3-P2-8-4", (1, 6, 6), kernel="window", window=2.0, init_mean=0.5, init_std=1.5, weight_norm=True
-    )
-    model = model.double()
+    model = model_from_config(weight_norm_model_config("3C3-P2-8-4")).double()
     conv = next(m for m in model if isinstance(m, WindowConv2d))
     hidden, out = (m for m in model if isinstance(m, WindowLinear))
     x = torch.rand(32, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
