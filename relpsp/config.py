@@ -91,7 +91,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # training loss only: the target puts this mass evenly on all K classes
     silent_margin: float = 1.0
     silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
-    target_penalty: float = 0.0  # the same term on the correct output only, for samples where it is silent
+    target_penalty: float = 0.0  # the same term on the correct output only where silent (window: held at its end)
     spike_dropout: float = 0.0  # training only: drop each input spike of a dense layer with this probability
     spike_dropout_conv: float = 0.0  # the same for each input spike of a convolution layer (pixels included)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from relpsp._validate import check_finite, check_int_pair, check_kernel_fits, check_spike_times
 
-__all__ = ["standardized_weight", "window_conv2d", "window_linear", "window_times"]
+__all__ = ["standardized_weight", "window_conv2d", "window_held_penalty", "window_linear", "window_times"]
 
 
 def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, ndim: int) -> None:
@@ -140,3 +140,27 @@ def window_conv2d(
     else:
         w_sum = F.conv2d(mask, weight, stride=(sh, sw), padding=(ph, pw))
     return window_times(w_sum, wt_sum, t_start, t_end)
+
+
+def window_held_penalty(t_in: Tensor, weight: Tensor, t_out: Tensor, *, t_start: float, t_end: float) -> Tensor:
+    """Mean over samples of sum_j max(0, -V_j(e_l)) over the dense layer's neurons held at the window's end.
+
+    A neuron whose g(t) = V_j(t) - (e_l - t) stays negative is forced to fire at e_l and passes no gradient,
+    so a spike-time loss can never pull it back into its window (an output neuron in that state for every
+    image is a class the network never decides). At the window's end the threshold is 0, so the neuron
+    crossed by e_l exactly when V_j(e_l) = sum_i w_ji (e_l - t_i) >= 0 (over the inputs that spiked): this
+    term raises V_j(e_l) of the held neurons until they fire inside the window. Neurons with
+    ``t_out < t_end`` (inside the window or held at its start) contribute nothing. ``t_in [B, N_in]``,
+    ``weight [N_out, N_in]``, ``t_start``, ``t_end`` as for ``window_linear``; ``t_out [B, N_out]`` its output."""
+    _check_window(t_in, weight, t_start, t_end, 2)
+    if t_in.shape[1] != weight.shape[1]:
+        raise ValueError(f"t_in has {t_in.shape[1]} inputs, weight expects {weight.shape[1]}")
+    if not isinstance(t_out, Tensor) or tuple(t_out.shape) != (t_in.shape[0], weight.shape[0]):
+        got = tuple(t_out.shape) if isinstance(t_out, Tensor) else type(t_out).__name__
+        raise ValueError(f"t_out must be a [B, N_out] = {(t_in.shape[0], weight.shape[0])} tensor, got {got}")
+    held = t_out.detach() >= t_end
+    if not bool(held.any()):
+        return t_out.new_zeros(())
+    mask, times = _split(t_in)
+    v_end = t_end * (mask @ weight.T) - times @ weight.T
+    return torch.where(held, (-v_end).clamp_min(0), torch.zeros_like(v_end)).sum(1).mean()

@@ -484,3 +484,112 @@ def test_windowed_training_with_spike_dropout_is_seeded_and_alpha_is_refused(tmp
     )
     with pytest.raises(ValueError, match="ReL-PSP and windowed kernels only"):
         fit(alpha, tmp_path / "alpha", splits=splits, progress=False, log=lambda s: None)
+
+
+# --- train.target_penalty for the windowed neuron: window_held_penalty ---
+
+
+def test_held_penalty_is_the_negative_potential_at_the_window_end_of_held_neurons():
+    """max(0, -V_j(t_end)) summed over the neurons held at t_end (no crossing on the grid reference),
+    averaged over samples; neurons inside the window or held at its start add nothing; gradient by
+    autograd against its closed form -(t_end - t_i) on the held rows."""
+    from relpsp.window import window_held_penalty
+
+    t_in, weight = window_case(3)
+    t_start, t_end = 1.0, 2.0
+    held_ref = grid_reference(t_in, weight, t_start, t_end) == t_end
+    finite = np.isfinite(t_in)
+    lead = np.where(finite, t_end - np.nan_to_num(t_in, posinf=0.0), 0.0)  # [B, N_in]: t_end - t_i, 0 if silent
+    v_end = lead @ weight.T
+    assert (v_end[held_ref] <= 0).all()  # held at the end => V(t_end) <= 0
+    expected = np.where(held_ref, np.maximum(0.0, -v_end), 0.0).sum(1).mean()
+
+    w = torch.from_numpy(weight).requires_grad_(True)
+    t = torch.from_numpy(t_in)
+    t_out = window_linear(t, w, t_start=t_start, t_end=t_end)
+    np.testing.assert_array_equal(t_out.detach().numpy() == t_end, held_ref)
+    assert held_ref.sum() >= 3 and (t_out.detach().numpy() == t_start).sum() >= 3
+    pen = window_held_penalty(t, w, t_out, t_start=t_start, t_end=t_end)
+    assert float(pen.detach()) == pytest.approx(expected, rel=1e-12) and expected > 0
+    pen.backward()
+    active = held_ref & (v_end < 0)
+    expected_grad = -(active.T.astype(float) @ lead) / t_in.shape[0]
+    np.testing.assert_allclose(w.grad.numpy(), expected_grad, rtol=1e-12, atol=1e-15)
+    inside = torch.full_like(t_out, 1.5)  # nothing held: exactly zero
+    assert float(window_held_penalty(t, w.detach(), inside, t_start=t_start, t_end=t_end)) == 0.0
+    # V(t_end) < 0 does not mean held: 1 + W <= 0 with g(t_start) >= 0 fires at t_start, and adds nothing
+    early = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    # beside a neuron held at the end with V(2) = -0.9 (W = -0.6, closed form 1.7 / 0.4 > 2)
+    w_early = torch.tensor([[1.2, -2.7], [-0.3, -0.3]], dtype=torch.float64)  # W = -1.5, g(1) = 0.2, V(2) = -0.3
+    t_early = window_linear(early, w_early, t_start=t_start, t_end=t_end)
+    assert t_early.tolist() == [[t_start, t_end]]
+    assert float(window_held_penalty(early, w_early, t_early, t_start=t_start, t_end=t_end)) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="t_out"):
+        window_held_penalty(t, w.detach(), t_out[:, :3], t_start=t_start, t_end=t_end)
+    with pytest.raises(ValueError, match="later than the window's start"):
+        window_held_penalty(t + 5.0, w.detach(), t_out, t_start=t_start, t_end=t_end)
+
+
+def test_target_penalty_pulls_a_windowed_output_held_at_its_end_back_into_the_window():
+    """An output neuron held at its window's end for every image gets no gradient from the spike-time
+    loss (a class never decided, as in protocol (59)'s deeper MNIST networks). train.target_penalty acts
+    on it for the samples of its class only, and a few steps on that term alone make it fire inside."""
+    from relpsp.config import ModelConfig
+    from relpsp.functional import spike_time_cross_entropy
+    from relpsp.models import model_from_config
+    from relpsp.train.regularisers import SilentPenalty
+
+    torch.manual_seed(0)
+    model = model_from_config(
+        ModelConfig(arch="36-8-3", input_shape=(1, 6, 6), kernel="window", window=2.0, init_mean=1.0, init_std=0.5)
+    )
+    out = model[-1]
+    with torch.no_grad():
+        out.weight[0] = 2.0  # fires at its window's start for every image
+        out.weight[1] = 2.0
+        out.weight[2] = -0.3  # held at its window's end for every image
+    x, y = bright_row_task()["train"]
+    t_out = model(x)
+    assert (t_out[:, 2] == out.t_end).all() and (t_out[:, :2] == out.t_start).all()
+    loss = spike_time_cross_entropy(t_out, y, tau=0.3)
+    loss.backward()
+    assert float(out.weight.grad[2].abs().sum()) == 0.0  # the loss cannot reach it
+    model.zero_grad()
+
+    pen = SilentPenalty(model, target_only=True)
+    t_out = model(x)
+    total = pen(None, y)
+    with torch.no_grad():
+        hidden = model[:-1](x)
+        v_end = (out.t_end - hidden) @ out.weight[2]  # every hidden neuron fires
+        expected = (-v_end).clamp_min(0)[y == 2].sum()
+    assert float(total.detach()) == pytest.approx(float(expected), rel=1e-5) and float(expected) > 0
+    total.backward()
+    assert float(out.weight.grad[:2].abs().sum()) == 0.0  # the outputs that fire are untouched
+    assert float(out.weight.grad[2].abs().sum()) > 0
+
+    opt = torch.optim.SGD([out.weight], lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        model(x)
+        step = pen(None, y)
+        if float(step.detach()) == 0.0:
+            break
+        (step / len(y)).backward()
+        opt.step()
+    pen.close()
+    with torch.no_grad():
+        t_out = model(x)
+    assert (t_out[y == 2, 2] < out.t_end).all()  # back inside its window for its own class
+
+
+def test_windowed_training_takes_the_target_penalty(tmp_path):
+    from relpsp.config import Config, DataConfig, TrainConfig
+    from relpsp.train import fit
+
+    splits = bright_row_task()
+    train = TrainConfig(epochs=2, batch_size=16, lr=3e-3, tau=0.3, seed=1, threads=1, target_penalty=0.01)
+    cfg = Config(model=weight_norm_model_config("4C3p1-P2-6-3"), data=DataConfig(dataset="tiny"), train=train)
+    res = fit(cfg, tmp_path / "run", progress=False, splits=splits, log=lambda s: None)
+    assert res["config"]["train"]["target_penalty"] == 0.01 and len(res["history"]) == 2
+    assert all(math.isfinite(r["train_loss"]) for r in res["history"])

@@ -45,15 +45,21 @@ class SilentPenalty:
 
     With ``target_only`` only the output layer is read, and of its neurons only the correct output of
     each sample (the others are passed as having fired): the term then acts only where a sample's correct
-    output is silent, the case in which the spike-time loss sends the output layer no gradient."""
+    output is silent, the case in which the spike-time loss sends the output layer no gradient. A network
+    of windowed neurons (``relpsp.window``, where every neuron fires) takes the target-only form alone: its
+    term is ``window_held_penalty``, on each sample's correct output where it is held at its window's end,
+    the windowed neuron's state with no gradient."""
 
     def __init__(self, model: nn.Sequential, *, target_only: bool = False) -> None:
-        from relpsp.nn import SpikingConv2d, SpikingLinear
+        from relpsp.nn import SpikingConv2d, SpikingLinear, WindowLinear
 
         self.records: list[tuple[Any, Tensor, Tensor]] = []
-        layers = [m for m in model if isinstance(m, (SpikingLinear, SpikingConv2d))]
+        layers: list[nn.Module] = [m for m in model if isinstance(m, (SpikingLinear, SpikingConv2d))]
         if target_only:
-            if not layers or layers[-1] is not list(model)[-1] or not isinstance(layers[-1], SpikingLinear):
+            last = list(model)[-1]
+            if isinstance(last, WindowLinear):
+                layers = [last]
+            elif not layers or layers[-1] is not last or not isinstance(last, SpikingLinear):
                 raise ValueError("train.target_penalty needs a network that ends in a spiking dense layer")
             layers = layers[-1:]
         self.target_only = target_only
@@ -70,6 +76,8 @@ class SilentPenalty:
         size). ``reduce_max`` makes the latest spike times global over the ranks of a distributed run, so
         every rank uses the horizon a single process would. ``target``: the labels (``target_only``)."""
         from relpsp.functional import silent_neuron_penalty
+        from relpsp.nn import WindowLinear
+        from relpsp.window import window_held_penalty
 
         if self.target_only and target is None:
             raise ValueError("the target penalty needs the batch's labels")
@@ -83,6 +91,14 @@ class SilentPenalty:
             latest = reduce_max(latest)
         total = torch.zeros(())
         for k, (mod, t_in, t_out) in enumerate(self.records):
+            if self.target_only and target is not None:  # every other output counts as fired (time 0)
+                is_target = torch.nn.functional.one_hot(target, t_out.shape[1]).bool()
+                t_out = torch.where(is_target, t_out.detach(), t_out.new_zeros(()))
+            if isinstance(mod, WindowLinear):  # only as the output layer, target_only
+                w = mod.effective_weight()
+                held = window_held_penalty(t_in, w, t_out, t_start=mod.t_start, t_end=mod.t_end)
+                total = total + held * t_out.shape[0]
+                continue
             last_out, last_in = latest[2 * k], latest[2 * k + 1]
             if last_out > -math.inf:
                 t_end = min(last_out, mod.t_max)
@@ -90,9 +106,6 @@ class SilentPenalty:
                 t_end = min(last_in + 1.0, mod.t_max)
             else:
                 continue
-            if self.target_only and target is not None:  # every other output counts as fired (time 0)
-                is_target = torch.nn.functional.one_hot(target, t_out.shape[1]).bool()
-                t_out = torch.where(is_target, t_out.detach(), t_out.new_zeros(()))
             kw = {"stride": mod.stride, "padding": mod.padding} if t_in.dim() == 4 else {}
             mean = silent_neuron_penalty(t_in, mod.weight, t_out, t_end=t_end, theta=mod.theta, **kw)
             total = total + mean * t_out.shape[0]

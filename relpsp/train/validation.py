@@ -77,9 +77,10 @@ def validate_config(cfg: Config) -> None:
     if not 0 <= cfg.data.max_scale < 1:
         raise ValueError(f"data.max_scale is a fraction in [0, 1) (factors 1 - s to 1 + s), got {cfg.data.max_scale}")
     _validate_data_settings(cfg)
-    if cfg.model.kernel == "window" and (t.silent_penalty > 0 or t.target_penalty > 0):
+    if cfg.model.kernel == "window" and t.silent_penalty > 0:
         raise ValueError(
-            "train.silent_penalty and train.target_penalty do not apply to kernel window: every windowed neuron fires"
+            "train.silent_penalty does not apply to kernel window: every windowed neuron fires (train.target_penalty"
+            " does: it acts on a correct output held at its window's end)"
         )
     if cfg.model.kernel == "alpha":
         if t.silent_penalty > 0 or t.target_penalty > 0:
