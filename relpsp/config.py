@@ -64,6 +64,8 @@ class DataConfig:
     flip: bool = False  # with augment: also mirror each image left-right with probability 1/2
     max_rotation: float = 0.0  # with augment: rotate by a uniform angle in [-max_rotation, max_rotation] degrees
     max_scale: float = 0.0  # with augment: scale about the centre by a uniform factor in [1 - s, 1 + s]
+    elastic_alpha: float = 0.0  # with augment: elastic distortion, displacement scale in pixels (0: none)
+    elastic_sigma: float = 4.0  # with elastic_alpha: smoothness of the displacement field, Gaussian sigma in pixels
     invert: bool = False  # image sets: x -> 1 - x before the latency code (dark pixels fire first)
     dog: bool = False  # image sets: difference-of-Gaussians ON/OFF contrast maps (C channels -> 2C), after invert
     dog_sigmas: tuple[float, ...] = (1.0, 2.0)  # with dog: centre and surround sigma in pixels (7x7 window)

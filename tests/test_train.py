@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -246,6 +247,9 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
         ({"augment": True, "max_scale": 1.0}, r"data\.max_scale is a fraction in \[0, 1\)"),
         ({"max_rotation": 10.0}, r"need data\.augment = true"),
         ({"max_scale": 0.1}, r"need data\.augment = true"),
+        ({"elastic_alpha": 34.0}, r"need data\.augment = true"),
+        ({"augment": True, "elastic_alpha": -1.0}, r"data\.elastic_alpha must be in \[0, 1000\]"),
+        ({"augment": True, "elastic_alpha": 34.0, "elastic_sigma": 0.0}, r"data\.elastic_sigma in \(0, 100\]"),
     ],
     ids=[
         "shift-beyond-the-image",
@@ -255,6 +259,9 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
         "scale-of-1",
         "rotation-without-augment",
         "scale-without-augment",
+        "elastic-without-augment",
+        "negative-elastic-alpha",
+        "elastic-sigma-of-0",
     ],
 )
 def test_augmentation_settings_that_cannot_work_are_refused(tmp_path, data, needle):
@@ -583,6 +590,72 @@ def test_augment_shifts_and_flips():
     assert torch.equal(a, augment(x, 1, 2, 3, max_shift=3, flip=True))  # seeded: resumes see the same
     assert torch.allclose(a.sum((1, 2, 3)), x.sum((1, 2, 3)))  # shifts of at most 3 px lose nothing here
     assert not torch.equal(a, x)
+
+
+def test_elastic_warp_moves_content_by_the_field():
+    """Zero field: the images themselves; a constant field of whole pixels: an exact shift (zero fill);
+    one field per image."""
+    from relpsp.train.inputs import elastic_warp
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 7, 9, generator=g, dtype=torch.float64)
+    field = torch.zeros(2, 2, 7, 9, dtype=torch.float64)
+    torch.testing.assert_close(elastic_warp(x, field), x)
+    field[0, 0] = 2.0  # image 0: output column j takes input column j + 2
+    field[1, 1] = -1.0  # image 1: output row i takes input row i - 1
+    out = elastic_warp(x, field)
+    torch.testing.assert_close(out[0, :, :, :7], x[0, :, :, 2:])
+    assert float(out[0, :, :, 7:].abs().max()) < 1e-12  # zero fill (up to rounding of the weights)
+    torch.testing.assert_close(out[1, :, 1:], x[1, :, :6])
+    assert float(out[1, :, 0].abs().max()) < 1e-12
+    half = torch.zeros(1, 2, 7, 9, dtype=torch.float64)
+    half[0, 0] = 0.5  # half a pixel: the mean of the two neighbours (bilinear)
+    torch.testing.assert_close(elastic_warp(x[:1], half)[..., :8], (x[:1, ..., :8] + x[:1, ..., 1:]) / 2)
+    with pytest.raises(ValueError, match="field of shape"):
+        elastic_warp(x, field[:1])
+
+
+def test_elastic_field_is_smooth_seeded_and_of_the_documented_size():
+    from relpsp.train.inputs import elastic_field
+
+    def draw(seed, alpha=34.0, sigma=4.0, h=64, w=64):
+        return elastic_field(16, h, w, alpha, sigma, torch.Generator().manual_seed(seed))
+
+    f = draw(0)
+    assert f.shape == (16, 2, 64, 64) and torch.equal(f, draw(0)) and not torch.equal(f, draw(1))
+    inner = f[..., 16:48, 16:48]  # clear of the zero fill beyond the borders
+    expected_std = 34.0 / (math.sqrt(12 * math.pi) * 4.0)  # about 1.38 px
+    assert abs(float(inner.std()) - expected_std) < 0.15 * expected_std
+    # smooth: neighbouring displacements nearly equal (white noise would give a correlation near 0)
+    a, b = inner[..., :-1].flatten(), inner[..., 1:].flatten()
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.9
+    torch.testing.assert_close(draw(0, alpha=17.0), f / 2)  # linear in alpha
+    for bad in ((0.0, 4.0), (34.0, 0.0), (math.nan, 4.0)):
+        with pytest.raises(ValueError, match="alpha > 0 and sigma > 0"):
+            draw(0, *bad)
+
+
+def test_augment_elastic_is_seeded_keeps_mass_and_leaves_runs_without_it_unchanged():
+    from relpsp.train.inputs import augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(32, 1, 28, 28)
+    x[:, :, 9:19, 10:18] = torch.rand(32, 1, 10, 8, generator=g)
+    plain = augment(x, 1, 2, 3, max_shift=1, max_rotation=10.0)
+    assert torch.equal(plain, augment(x, 1, 2, 3, max_shift=1, max_rotation=10.0, elastic_alpha=0.0))
+    bent = augment(x, 1, 2, 3, max_shift=1, max_rotation=10.0, elastic_alpha=34.0, elastic_sigma=4.0)
+    assert torch.equal(bent, augment(x, 1, 2, 3, max_shift=1, max_rotation=10.0, elastic_alpha=34.0))
+    assert float((bent - plain).abs().amax()) > 0.1
+    # a smooth displacement of about 1.4 px per pixel moves each image's centre of mass by a few pixels at most
+    # (measured: up to 2.7 px here), and the content stays in the frame
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+
+    def centre(t):
+        m = t.sum((1, 2, 3))
+        return torch.stack([(t[:, 0] * ys).sum((1, 2)) / m, (t[:, 0] * xs).sum((1, 2)) / m], 1)
+
+    assert float((centre(bent) - centre(plain)).norm(dim=1).max()) < 4.0
+    assert float((bent.sum((1, 2, 3)) / plain.sum((1, 2, 3))).mean()) == pytest.approx(1.0, abs=0.15)
 
 
 def test_affine_warp_rotates_counter_clockwise_and_scales_about_the_centre():
@@ -1080,3 +1153,16 @@ def test_code_versions_record_changes_anywhere_in_the_package(tmp_path):
     (pkg / "core.py").write_text("x = 2\n")  # outside the training package's folder
     assert code_versions(pkg)["source_modified"] == "yes"
     assert code_versions(tmp_path.parent / "elsewhere-not-a-repo").get("commit") is None
+
+
+def test_fit_applies_the_elastic_distortion_from_the_config(tmp_path):
+    """data.elastic_alpha reaches the training loop: seeded (the same losses twice), and not a no-op."""
+
+    def losses(name: str, **data) -> list[float]:
+        cfg = Config(model=_cfg().model, data=DataConfig(dataset="tiny", **data), train=_cfg(2).train)
+        res = fit(cfg, tmp_path / name, progress=False, splits=_tiny_splits(), log=lambda s: None)
+        return [r["train_loss"] for r in res["history"]]
+
+    bent = dict(augment=True, max_shift=0, elastic_alpha=3.0, elastic_sigma=1.0)
+    a, b, plain = losses("a", **bent), losses("b", **bent), losses("plain")
+    assert a == b and a != plain

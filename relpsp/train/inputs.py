@@ -5,10 +5,12 @@ every epoch and step (so a resumed run replays exactly)."""
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from relpsp.config import Config
@@ -70,10 +72,10 @@ def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
                 f"smaller than {min(h, w)}"
             )
         d = cfg.data
-        if d.max_shift == 0 and not d.flip and d.max_rotation == 0 and d.max_scale == 0:
+        if d.max_shift == 0 and not d.flip and d.max_rotation == 0 and d.max_scale == 0 and d.elastic_alpha == 0:
             raise ValueError(
-                "data.augment with data.max_shift = 0, no data.flip, no data.max_rotation and no data.max_scale"
-                " changes nothing; set augment false"
+                "data.augment with data.max_shift = 0, no data.flip, no data.max_rotation, no data.max_scale and"
+                " no data.elastic_alpha changes nothing; set augment false"
             )
     for name, (x, y) in splits.items():
         if len(x) != len(y) or len(y) == 0:
@@ -141,13 +143,17 @@ def augment(
     flip: bool = False,
     max_rotation: float = 0.0,
     max_scale: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
 ) -> Tensor:
     """Shift every image by its own random offset of up to ``max_shift`` pixels in each direction (zero
     fill); with ``flip``, first mirror it left-right with probability 1/2; with ``max_rotation`` (degrees)
     or ``max_scale``, then rotate it by a uniform angle in [-max_rotation, max_rotation] and scale it by a
-    uniform factor in [1 - max_scale, 1 + max_scale] about its centre (``affine_warp``), before the shift.
-    Drawn from a generator seeded by (seed, epoch, step), so resumed runs see the same transformations;
-    the angles and factors are drawn after the shifts and mirrors, so runs without them replay unchanged."""
+    uniform factor in [1 - max_scale, 1 + max_scale] about its centre (``affine_warp``); with
+    ``elastic_alpha``, then distort it elastically (``elastic_field``, ``elastic_warp``); all before the
+    shift. Drawn from a generator seeded by (seed, epoch, step), so resumed runs see the same
+    transformations; each kind is drawn after the ones before it, so runs without the later kinds replay
+    unchanged."""
     if x.dim() != 4:
         return x
     legacy = (seed * 1_000_003 + epoch) * 100_003 + step
@@ -161,6 +167,8 @@ def augment(
         angles = (2 * torch.rand(len(x), generator=g, dtype=torch.float64) - 1) * max_rotation
         scales = 1 + (2 * torch.rand(len(x), generator=g, dtype=torch.float64) - 1) * max_scale
         x = affine_warp(x, angles, scales)
+    if elastic_alpha > 0:
+        x = elastic_warp(x, elastic_field(len(x), x.shape[2], x.shape[3], elastic_alpha, elastic_sigma, g))
     out = torch.zeros_like(x)
     h, w = x.shape[2], x.shape[3]
     for dy in range(-max_shift, max_shift + 1):
@@ -195,3 +203,37 @@ def affine_warp(x: Tensor, angles: Tensor, scales: Tensor) -> Tensor:
     theta[:, 1, 1] = cos / s
     grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def elastic_field(n: int, h: int, w: int, alpha: float, sigma: float, generator: torch.Generator) -> Tensor:
+    """Random smooth displacement fields ``[n, 2, h, w]`` in pixels (channel 0 along the width, 1 along the
+    height), after Simard et al. (ICDAR 2003): uniform noise in [-1, 1] per pixel and direction, smoothed
+    by a normalised Gaussian of ``sigma`` pixels (zero beyond the image) and multiplied by ``alpha``. Each
+    component then has a standard deviation of about ``alpha / (sqrt(12 pi) sigma)`` pixels away from the
+    borders (alpha 34, sigma 4: about 1.4 px)."""
+    if not (math.isfinite(alpha) and alpha > 0 and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"elastic distortion needs alpha > 0 and sigma > 0, got {alpha!r} and {sigma!r}")
+    noise = 2 * torch.rand(n * 2, 1, h, w, generator=generator, dtype=torch.float64) - 1
+    r = math.ceil(3 * sigma)
+    k = torch.exp(-((torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2) / 2)
+    k = k / k.sum()
+    smooth = F.conv2d(F.conv2d(noise, k.view(1, 1, 1, -1), padding=(0, r)), k.view(1, 1, -1, 1), padding=(r, 0))
+    return alpha * smooth.view(n, 2, h, w)
+
+
+def elastic_warp(x: Tensor, field: Tensor) -> Tensor:
+    """Images ``x [N, C, H, W]`` resampled at their own pixel positions plus ``field [N, 2, H, W]`` (pixels;
+    channel 0 along the width, 1 along the height): output pixel p takes the input at p + field[p], by
+    bilinear interpolation with zero fill. A zero field returns ``x``; a constant field (d, 0) moves the
+    content d pixels towards smaller column indices."""
+    n, _, h, w = x.shape
+    if tuple(field.shape) != (n, 2, h, w):
+        raise ValueError(
+            f"need a field of shape {(n, 2, h, w)} for images of shape {tuple(x.shape)}, got {tuple(field.shape)}"
+        )
+    ys = (2 * torch.arange(h, dtype=torch.float64) + 1) / h - 1  # pixel centres, align_corners=False
+    xs = (2 * torch.arange(w, dtype=torch.float64) + 1) / w - 1
+    gx = xs.view(1, 1, w) + field[:, 0].to(torch.float64) * (2 / w)
+    gy = ys.view(1, h, 1) + field[:, 1].to(torch.float64) * (2 / h)
+    grid = torch.stack((gx, gy), dim=-1).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

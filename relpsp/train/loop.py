@@ -478,7 +478,18 @@ def _fit(
             lo, hi = shard(n_global, ctx)
             if cfg.data.augment:  # on the global batch: the random shifts belong to positions in it
                 a = cfg.data
-                xb = augment(x_tr[idx], cfg.train.seed, epoch, step, a.max_shift, a.flip, a.max_rotation, a.max_scale)
+                xb = augment(
+                    x_tr[idx],
+                    cfg.train.seed,
+                    epoch,
+                    step,
+                    a.max_shift,
+                    a.flip,
+                    a.max_rotation,
+                    a.max_scale,
+                    a.elastic_alpha,
+                    a.elastic_sigma,
+                )
                 xb = xb[lo:hi]
             else:
                 xb = x_tr[idx[lo:hi]]

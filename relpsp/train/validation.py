@@ -76,6 +76,11 @@ def validate_config(cfg: Config) -> None:
         raise ValueError(f"data.max_rotation is an angle in degrees in [0, 180], got {cfg.data.max_rotation}")
     if not 0 <= cfg.data.max_scale < 1:
         raise ValueError(f"data.max_scale is a fraction in [0, 1) (factors 1 - s to 1 + s), got {cfg.data.max_scale}")
+    if not 0 <= cfg.data.elastic_alpha <= 1000 or not 0 < cfg.data.elastic_sigma <= 100:
+        raise ValueError(
+            "data.elastic_alpha must be in [0, 1000] and data.elastic_sigma in (0, 100] (pixels), got "
+            f"{cfg.data.elastic_alpha} and {cfg.data.elastic_sigma}"
+        )
     _validate_data_settings(cfg)
     if cfg.model.kernel == "window" and t.silent_penalty > 0:
         raise ValueError(
@@ -124,9 +129,10 @@ def _validate_data_settings(cfg: Config) -> None:
         name = d.dataset
     if d.flip and not d.augment:
         raise ValueError("data.flip mirrors images as part of the augmentation: it needs data.augment = true")
-    if (d.max_rotation > 0 or d.max_scale > 0) and not d.augment:
+    if (d.max_rotation > 0 or d.max_scale > 0 or d.elastic_alpha > 0) and not d.augment:
         raise ValueError(
-            "data.max_rotation and data.max_scale are part of the augmentation: they need data.augment = true"
+            "data.max_rotation, data.max_scale and data.elastic_alpha are part of the augmentation: they need"
+            " data.augment = true"
         )
     if not (d.bias_input < 0 or 0 <= d.bias_input <= 1) or math.isinf(d.bias_input):
         raise ValueError(
