@@ -111,16 +111,23 @@ def _split(t_in: Tensor) -> tuple[Tensor, Tensor]:
     return spiked.to(t_in.dtype), torch.where(spiked, t_in, torch.zeros_like(t_in))
 
 
-def window_linear(t_in: Tensor, weight: Tensor, *, t_start: float, t_end: float) -> Tensor:
-    """Dense layer of windowed neurons: ``t_in [B, N_in]`` (+inf = no spike, every spike <= t_start),
-    ``weight [N_out, N_in]`` -> spike times ``[B, N_out]`` in ``[t_start, t_end]``."""
+def _dense_sums(t_in: Tensor, weight: Tensor, t_start: float, t_end: float) -> tuple[Tensor, Tensor]:
+    """A dense layer's checked inputs reduced to ``(W_j, sum_i w_ji t_i)`` per sample, over the inputs
+    that spiked: ``[B, N_out]`` each."""
     _check_window(t_in, weight, t_start, t_end, 2)
     if t_in.shape[1] != weight.shape[1]:
         raise ValueError(f"t_in has {t_in.shape[1]} inputs, weight expects {weight.shape[1]}")
     mask, times = _split(t_in)
     # Hidden layers: every input spiked, and W_j is the row sum (half the work).
     w_sum = weight.sum(1).expand(t_in.shape[0], -1) if bool(mask.all()) else mask @ weight.T
-    return window_times(w_sum, times @ weight.T, t_start, t_end)
+    return w_sum, times @ weight.T
+
+
+def window_linear(t_in: Tensor, weight: Tensor, *, t_start: float, t_end: float) -> Tensor:
+    """Dense layer of windowed neurons: ``t_in [B, N_in]`` (+inf = no spike, every spike <= t_start),
+    ``weight [N_out, N_in]`` -> spike times ``[B, N_out]`` in ``[t_start, t_end]``."""
+    w_sum, wt_sum = _dense_sums(t_in, weight, t_start, t_end)
+    return window_times(w_sum, wt_sum, t_start, t_end)
 
 
 def window_conv2d(
@@ -152,15 +159,12 @@ def window_held_penalty(t_in: Tensor, weight: Tensor, t_out: Tensor, *, t_start:
     term raises V_j(e_l) of the held neurons until they fire inside the window. Neurons with
     ``t_out < t_end`` (inside the window or held at its start) contribute nothing. ``t_in [B, N_in]``,
     ``weight [N_out, N_in]``, ``t_start``, ``t_end`` as for ``window_linear``; ``t_out [B, N_out]`` its output."""
-    _check_window(t_in, weight, t_start, t_end, 2)
-    if t_in.shape[1] != weight.shape[1]:
-        raise ValueError(f"t_in has {t_in.shape[1]} inputs, weight expects {weight.shape[1]}")
-    if not isinstance(t_out, Tensor) or tuple(t_out.shape) != (t_in.shape[0], weight.shape[0]):
+    w_sum, wt_sum = _dense_sums(t_in, weight, t_start, t_end)
+    if not isinstance(t_out, Tensor) or tuple(t_out.shape) != tuple(w_sum.shape):
         got = tuple(t_out.shape) if isinstance(t_out, Tensor) else type(t_out).__name__
-        raise ValueError(f"t_out must be a [B, N_out] = {(t_in.shape[0], weight.shape[0])} tensor, got {got}")
+        raise ValueError(f"t_out must be a [B, N_out] = {tuple(w_sum.shape)} tensor, got {got}")
     held = t_out.detach() >= t_end
     if not bool(held.any()):
         return t_out.new_zeros(())
-    mask, times = _split(t_in)
-    v_end = t_end * (mask @ weight.T) - times @ weight.T
+    v_end = t_end * w_sum - wt_sum
     return torch.where(held, (-v_end).clamp_min(0), torch.zeros_like(v_end)).sum(1).mean()

@@ -410,6 +410,8 @@ def test_target_penalty_acts_only_on_silent_correct_outputs():
     with pytest.raises(ValueError, match="labels"):
         pen(None)
     pen.close()
+    with pytest.raises(ValueError, match="ends in a spiking dense layer"):
+        SilentPenalty(torch.nn.Sequential(*model[:-1], torch.nn.Flatten()), target_only=True)
 
 
 def test_target_penalty_trains_and_is_validated(tmp_path):

@@ -483,12 +483,12 @@ def _fit(
                     cfg.train.seed,
                     epoch,
                     step,
-                    a.max_shift,
-                    a.flip,
-                    a.max_rotation,
-                    a.max_scale,
-                    a.elastic_alpha,
-                    a.elastic_sigma,
+                    max_shift=a.max_shift,
+                    flip=a.flip,
+                    max_rotation=a.max_rotation,
+                    max_scale=a.max_scale,
+                    elastic_alpha=a.elastic_alpha,
+                    elastic_sigma=a.elastic_sigma,
                 )
                 xb = xb[lo:hi]
             else:

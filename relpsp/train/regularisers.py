@@ -57,11 +57,9 @@ class SilentPenalty:
         layers: list[nn.Module] = [m for m in model if isinstance(m, (SpikingLinear, SpikingConv2d))]
         if target_only:
             last = list(model)[-1]
-            if isinstance(last, WindowLinear):
-                layers = [last]
-            elif not layers or layers[-1] is not last or not isinstance(last, SpikingLinear):
+            if not isinstance(last, (SpikingLinear, WindowLinear)):
                 raise ValueError("train.target_penalty needs a network that ends in a spiking dense layer")
-            layers = layers[-1:]
+            layers = [last]
         self.target_only = target_only
         self.handles = [m.register_forward_hook(self._record) for m in layers]
 
