@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import codecs
 import dataclasses
 import gzip
 import io
@@ -870,3 +871,40 @@ def test_real_fetch(tmp_path):
         assert torch.equal(x, xp) and torch.equal(y, yp)
         _, yf = D.load_dataset("fashion-mnist", split, data_dir=tmp_path)
         assert yf.bincount().tolist() == [6000 if split == "train" else 1000] * 10
+
+
+def _shared_blob_pickle(n_refs: int, via_codecs: bool) -> bytes:
+    """A pickle whose one stored 64 KiB string is named by ``n_refs`` arrays (or ``_codecs.encode`` calls)."""
+    from numpy._core.multiarray import _reconstruct
+
+    blob = bytes(1 << 16)
+    text = blob.decode("latin1")  # one object, so pickle stores it once
+
+    class Arr:
+        def __reduce__(self):
+            return (_reconstruct, (np.ndarray, (0,), b"b"), (1, (len(blob),), np.dtype("u1"), False, blob))
+
+    class Enc:
+        def __reduce__(self):
+            return (codecs.encode, (text, "latin1"))
+
+    return pickle.dumps([Enc() if via_codecs else Arr() for _ in range(n_refs)], protocol=2)
+
+
+@pytest.mark.parametrize("via_codecs", [False, True], ids=["arrays", "codecs-encode"])
+def test_a_pickle_naming_one_string_many_times_cannot_amplify_memory(via_codecs):
+    """Pickle stores an object once and lets later opcodes name it again; the stand-ins copy what they are
+    given, so without a budget a file of n bytes could make them keep n x (number of references) bytes."""
+    from relpsp.data import safe_pickle
+
+    few = _shared_blob_pickle(2, via_codecs)
+    assert len(safe_pickle.safe_loads(few)) == 2  # a real dataset states each array's data once
+    many = _shared_blob_pickle(200, via_codecs)
+    assert len(many) < 2 * len(few)  # 200 references cost the file little ...
+    with pytest.raises(D.UnsafePickleError, match=r"need more than [0-9,]+ bytes"):  # ... and are refused
+        D.safe_loads(many)
+    # the budget is the unpickler's own: a second one starts afresh
+    out = safe_pickle.RestrictedUnpickler(io.BytesIO(few), max_bytes=safe_pickle.default_budget(len(few))).load()
+    assert len(out) == 2
+    with pytest.raises(ValueError, match="max_bytes must be an int"):
+        safe_pickle.RestrictedUnpickler(io.BytesIO(few), max_bytes=-1)
