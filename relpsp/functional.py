@@ -136,6 +136,8 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
 
 def _check_conv(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
     _check_layer(t_in, weight, theta, t_max, 4)
+    if min(weight.shape) == 0:
+        raise ValueError(f"weight [C_out, C_in, kh, kw] must have no empty dimension, got {tuple(weight.shape)}")
 
 
 def _conv(t_in, weight, stride, padding, linear) -> Tensor:
@@ -239,6 +241,8 @@ def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     check_finite_positive("t_max", t_max)
+    if not isinstance(zero_fires, bool):  # "no" would be truthy
+        raise ValueError(f"zero_fires must be True or False, got {zero_fires!r}")
     if x.numel() and not bool((x.min() >= 0) & (x.max() <= 1)):
         raise ValueError("x must hold intensities in [0, 1] (no NaN); normalise the data first")
     x = x.detach()

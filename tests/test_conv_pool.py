@@ -395,6 +395,10 @@ def _conv_bad(kind):
         kw["t_max"] = -2.0
     elif kind == "dtype_mismatch":
         w = w.float()
+    elif kind == "no_output_channels":
+        w = torch.rand(0, 2, 3, 3, dtype=torch.float64)
+    elif kind == "no_input_channels":
+        t, w = torch.rand(1, 0, 5, 5, dtype=torch.float64), torch.rand(3, 0, 3, 3, dtype=torch.float64)
     return t, w, kw
 
 
@@ -410,6 +414,8 @@ BAD_CONV = {
     "theta_zero": r"theta",
     "t_max_negative": r"t_max",
     "dtype_mismatch": r"dtype",
+    "no_output_channels": r"no empty dimension, got \(0, 2, 3, 3\)",
+    "no_input_channels": r"no empty dimension, got \(3, 0, 3, 3\)",
 }
 
 

@@ -250,6 +250,75 @@ def test_crossing_exactly_at_an_input_is_decided_alike_by_every_implementation()
     assert relpsp_linear_ref(t, w).item() == math.inf
 
 
+def _borderline_rows(rows: int, n_early: int, seed: int, ties: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 rows whose neuron (the row's own, the diagonal of the output) reaches theta within a
+    rounding step of its inhibitory last input: ``n_early`` small inputs (more than one chunk of the
+    torch path), then an input at b whose weight is solved so that V(c) = theta, then w = -100 at c.
+    Whether it fires depends on the order and rounding of the sums A and B, not on the model."""
+    rng = np.random.default_rng(seed)
+    if ties:  # times on a grid of 100 values: many inputs share a time
+        early_t = np.sort(rng.integers(0, 100, (rows, n_early)) / 1000, 1)
+    else:
+        early_t = np.sort(np.stack([rng.permutation(100)[:n_early] for _ in range(rows)]) / 1000, 1)
+    early_w = rng.integers(-50, 50, (rows, n_early)) / 997
+    b = 0.2 + rng.integers(0, 30, rows) / 100
+    c = b + rng.integers(1, 30, rows) / 100
+    w_b = (1 - (early_w * (c[:, None] - early_t)).sum(1)) / (c - b)
+    t = np.concatenate([early_t, b[:, None], c[:, None]], 1)
+    w = np.concatenate([early_w, w_b[:, None], np.full((rows, 1), -100.0)], 1)
+    return torch.tensor(t), torch.tensor(w)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct-times", "ties"])
+def test_borderline_crossings_are_decided_alike_by_every_cpu_implementation(ties):
+    """The implementations sum A and B in one order (ascending time, ties in input order, no fused
+    multiply-add, the torch path's chunks carried in sequence), so even a crossing within a rounding
+    step of the next input fires in all or none. Before, the numba kernel fused w t + B (183 and 172 of
+    these 1,000 neurons decided otherwise than the reference), the torch path added its carry to each
+    chunk's own prefix sums (351, 343), and torch's sort did not keep ties in input order (5, with ties)."""
+    t, w = _borderline_rows(1000, 66, seed=17, ties=ties)
+    out = {}
+    for impl in ("ref", "torch", "numba"):
+        parts = []
+        for r0 in range(0, len(t), 250):
+            tb, wb = t[r0 : r0 + 250], w[r0 : r0 + 250]
+            o = relpsp_linear_ref(tb, wb) if impl == "ref" else relpsp_linear(tb, wb, backend=impl)
+            parts.append(o.diagonal())
+        out[impl] = torch.cat(parts)
+    fired = torch.isfinite(out["ref"])
+    assert 0.2 < fired.float().mean() < 0.9  # the rows sit on the boundary: both outcomes occur
+    for impl in ("torch", "numba"):
+        assert torch.equal(out[impl], out["ref"]), (impl, int((out[impl] != out["ref"]).sum()))
+
+
+@pytest.mark.parametrize("impl", ["ref", "torch", "numba"])
+def test_t_max_cut_compares_the_returned_spike_with_t_max_itself(impl):
+    """A spike is kept when the returned time (in the input dtype) is at most t_max, compared in float64:
+    float32(0.1) > 0.1, so a float32 spike at 1/10 is cut by t_max = 0.1 and kept by t_max =
+    float32(0.1); 1.0 is cut by t_max = 0.99999999, which float32 would round up to 1.0. Before, the
+    torch path and the reference rounded t_max to the input dtype and the numba kernel did not."""
+
+    def run(t_max, w):
+        t, wt = torch.zeros(1, 1), torch.tensor([[w]])
+        if impl == "ref":
+            return relpsp_linear_ref(t, wt, t_max=t_max).item()
+        return relpsp_linear(t, wt, t_max=t_max, backend=impl).item()
+
+    f32_tenth = float(np.float32(0.1))
+    assert f32_tenth > 0.1  # the premise
+    assert run(0.1, 10.0) == INF
+    assert run(f32_tenth, 10.0) == f32_tenth
+    assert run(0.99999999, 1.0) == INF
+    assert run(1.0, 1.0) == 1.0
+
+
+def test_reference_twin_with_no_inputs_is_silent():
+    for fn in (relpsp_linear_ref, relpsp_linear):
+        out = fn(torch.zeros(2, 0), torch.zeros(3, 0))
+        assert out.shape == (2, 3)
+        assert bool(torch.isinf(out).all())
+
+
 # --------------------------------------------------------------------------------------------------
 # Backward
 

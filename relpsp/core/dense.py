@@ -12,9 +12,13 @@ W_j = sum_{i in C_j} w_ji > 0 the firing time has the closed form
 
 Search: sort the inputs; walk prefixes k accumulating A_k = sum w and B_k = sum w t; the first prefix
 with A_k > 0 and t* = (theta + B_k) / A_k <= t_(k+1) gives the spike (inputs with equal times enter
-together, so only the last prefix of a tie group is a candidate). A spike later than ``t_max`` is
-dropped. Every implementation (this one, the reference twin, the numba and Triton kernels) sums A and B
-in float64 whatever the input dtype and rounds the spike to it at the end, so that they decide alike.
+together, so only the last prefix of a tie group is a candidate). A spike whose returned time (in the
+input dtype) is later than ``t_max`` (compared in float64, not rounded to the dtype) is dropped. Every
+implementation (this one, the reference twin, the numba and Triton kernels) sums A and B in float64
+whatever the input dtype and rounds the spike to it at the end. The CPU implementations also sum in one
+order (ascending time, equal times in input order, one rounding per product and per addition), so that
+even a crossing within a rounding step of an input is decided alike (tests/test_dense.py); the compiled
+Triton kernel's tiled scan may sum in another order and round differently there.
 
 Rounding: the search found V(t_k) < theta and the crossing no later than t_(k+1), so the spike lies in
 (t_k, t_(k+1)], t_k being the last causal input. The rounded t* can fall outside when it lies within a
@@ -94,8 +98,11 @@ def _search_block(
         live = torch.isfinite(ts)  # [R, K]
         wg = weight_t[order[:, c0:c1]]  # [R, K, N_out], already float64
         wg = wg * live.unsqueeze(-1)
-        a = carry_a.unsqueeze(1) + wg.cumsum(1)
-        b = carry_b.unsqueeze(1) + (wg * torch.where(live, ts, 0).unsqueeze(-1)).cumsum(1)
+        # The carry enters the scan as its first term, so the sums are formed in one left-to-right order
+        # (A + w_1 + w_2 ...), as in the reference twin's single scan and the kernels' loops.
+        a = torch.cat([carry_a.unsqueeze(1), wg], 1).cumsum(1)[:, 1:]
+        wt = wg * torch.where(live, ts, 0).unsqueeze(-1)
+        b = torch.cat([carry_b.unsqueeze(1), wt], 1).cumsum(1)[:, 1:]
         cand = torch.minimum((theta + b) / a, t_next_all[:, c0:c1].unsqueeze(-1))  # see "Rounding" above
         # theta + B <= A t_next, not cand <= t_next: the rounded quotient can land on t_next when the exact
         # crossing lies just after it (the numba and Triton kernels test the same product form).
@@ -126,7 +133,7 @@ def relpsp_linear_fwd_torch(
     """
     rows, _n_in = t_in.shape
     n_out = weight.shape[0]
-    t_sorted, order = t_in.sort(dim=1)
+    t_sorted, order = t_in.sort(dim=1, stable=True)
     n_active = int(torch.isfinite(t_sorted).sum(1).max()) if rows else 0
     t_out = torch.full((rows, n_out), math.inf, dtype=t_in.dtype, device=t_in.device)
     w_sum = torch.zeros((rows, n_out), dtype=t_in.dtype, device=t_in.device)
@@ -141,7 +148,7 @@ def relpsp_linear_fwd_torch(
         r1 = min(rows, r0 + row_block)
         tb, wb, lb = _search_block(t_sorted[r0:r1], order[r0:r1], weight_t, theta, chunk)
         tb = after_last_causal(tb.to(t_in.dtype), lb.to(t_in.dtype))  # the inputs' dtype holds t_last exactly
-        keep = tb <= t_max
+        keep = tb.double() <= t_max  # the rounded spike against t_max itself (not t_max rounded to dtype)
         t_out[r0:r1] = torch.where(keep, tb, math.inf)
         w_sum[r0:r1] = torch.where(keep, wb, 0).to(t_in.dtype)
     return t_out, w_sum
@@ -209,9 +216,10 @@ def relpsp_linear_ref(
     w_ji/W_j on causal synapses: the closed form's own derivatives wherever W_j >= w_sum_min. Memory is
     O(R N_in N_out): use it for checks, not training.
     """
+    if t_in.shape[1] == 0:  # no inputs: every neuron is silent (as in relpsp_linear)
+        return torch.full((t_in.shape[0], weight.shape[0]), math.inf, dtype=t_in.dtype, device=t_in.device)
     with torch.no_grad():
-        _rows, _n_in = t_in.shape
-        t_sorted, order = t_in.sort(dim=1)
+        t_sorted, order = t_in.sort(dim=1, stable=True)
         ts64 = t_sorted.double()  # the search in float64 whatever the dtype, as in every backend
         wg = weight.t().double()[order]  # [R, N_in, N_out]
         live = torch.isfinite(t_sorted).unsqueeze(-1)
@@ -225,7 +233,7 @@ def relpsp_linear_ref(
         t_star = torch.where(ok.any(1), cand.gather(1, first).squeeze(1), math.inf).to(t_in.dtype)
         t_last = torch.where(ok.any(1), t_sorted.gather(1, first.squeeze(1)), -math.inf)
         t_star = after_last_causal(t_star, t_last)
-        t_star = torch.where(t_star <= t_max, t_star, math.inf)
+        t_star = torch.where(t_star.double() <= t_max, t_star, math.inf)
         fired = torch.isfinite(t_star)
         causal = (t_in.unsqueeze(1) < t_star.unsqueeze(2)) & fired.unsqueeze(2)  # [R, N_out, N_in]
         w_det = (weight.unsqueeze(0) * causal).sum(2)

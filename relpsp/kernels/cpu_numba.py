@@ -42,9 +42,12 @@ __all__ = ["conv_bwd", "conv_fwd", "linear_bwd", "linear_fwd"]
 
 # Reassociation lets LLVM vectorise the reductions; no nnan/ninf: +inf is data here.
 _FLAGS = {"reassoc", "contract", "nsz"}
+# The forward's sums A += w, B += w t: no "contract", which would fuse w t + B into one rounding where
+# the torch path rounds twice, so that near a borderline crossing the backends still decide alike.
+_FWD_FLAGS = {"reassoc", "nsz"}
 
 
-@njit(cache=True, nogil=True, fastmath=_FLAGS)
+@njit(cache=True, nogil=True, fastmath=_FWD_FLAGS)
 def _add_input(a, b, w, tk):  # pragma: no cover
     """A_j += w_j, B_j += w_j t_k for every neuron (a separate function so that LLVM vectorises it)."""
     for j in range(a.shape[0]):
@@ -52,7 +55,7 @@ def _add_input(a, b, w, tk):  # pragma: no cover
         b[j] += w[j] * tk
 
 
-@njit(cache=True, nogil=True, fastmath=_FLAGS)
+@njit(cache=True, nogil=True, fastmath=_FWD_FLAGS)
 def _count_crossings(a, b, theta, t_next):  # pragma: no cover
     """How many live neurons cross theta before ``t_next``: A > 0 and theta + B <= A t_next.
     Fired neurons carry A = -inf, so they never count (branch-free so that it vectorises)."""
@@ -63,7 +66,7 @@ def _count_crossings(a, b, theta, t_next):  # pragma: no cover
     return c
 
 
-@njit(cache=True, nogil=True, fastmath=_FLAGS)
+@njit(cache=True, nogil=True, fastmath=_FWD_FLAGS)
 def _add_input_count(a, b, w, tk, theta, t_next):  # pragma: no cover
     """``_add_input`` then ``_count_crossings`` in one pass over the neurons (the last input of a group)."""
     c = 0.0
@@ -84,7 +87,7 @@ def _next_above(x, nmant, minexp):  # pragma: no cover
     return x + math.ldexp(1.0, e - nmant)
 
 
-@njit(cache=True, nogil=True, fastmath=_FLAGS)
+@njit(cache=True, nogil=True, fastmath=_FWD_FLAGS)
 def _any_on_or_before(out, last):  # pragma: no cover
     """Whether some spike lies on or before its last causal input's time (silent neurons: +inf <= a
     finite time or -inf is false)."""

@@ -304,8 +304,8 @@ def _linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tup
         return t_out, w_sum
     if n_in == 0:
         return t_out.fill_(math.inf), w_sum.zero_()
-    ts, order = torch.sort(t_in.contiguous(), dim=1)
-    n_use = (ts <= t_max).sum(dim=1, dtype=torch.int32)  # +inf never counts, t_max = inf or not
+    ts, order = torch.sort(t_in.contiguous(), dim=1, stable=True)  # ties in index order, as on the CPU
+    n_use = (ts.double() <= t_max).sum(dim=1, dtype=torch.int32)  # +inf never counts; t_max not rounded
     params = torch.tensor([float(theta), float(t_max)], dtype=torch.float64, device=t_in.device)
     block_j, warps = fwd_blocks(n_out)
     grid = (rows, triton.cdiv(n_out, block_j))
