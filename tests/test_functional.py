@@ -60,7 +60,9 @@ def test_latency_encode_sends_no_gradient():
         pytest.param(np.array([0.5]), {}, r"floating-point", id="numpy_array"),
         pytest.param(torch.tensor([0.5]), {"t_max": 0.0}, r"t_max", id="t_max_zero"),
         pytest.param(torch.tensor([0.5]), {"t_max": INF}, r"t_max", id="t_max_inf"),
-        pytest.param(torch.tensor([0.0]), {"zero_fires": "no"}, r"zero_fires must be True or False", id="zero_fires_str"),
+        pytest.param(
+            torch.tensor([0.0]), {"zero_fires": "no"}, r"zero_fires must be True or False", id="zero_fires_str"
+        ),
     ],
 )
 def test_latency_encode_rejects_bad_input(x, kw, match):
