@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_with",
     "load_checkpoint",
+    "read_checkpoint_meta",
     "remove_stale_temp_files",
     "save_checkpoint",
 ]
@@ -146,6 +147,50 @@ def _read_npy(data: bytes, what: str) -> np.ndarray:
     return np.lib.format.read_array(bio, allow_pickle=False)
 
 
+def _read_meta(zf: zipfile.ZipFile, path: Path) -> tuple[dict[str, Any], set[str]]:
+    """The checked ``meta.json`` of an open checkpoint and the archive's entry names."""
+    infos = zf.infolist()
+    names = {info.filename for info in infos}
+    # relpsp writes stored (uncompressed), unencrypted entries only: refusing others refuses
+    # compression bombs, and entries of more bytes in all than the file has refuses stored entries
+    # that overlap (each one spanning the next), which would expand a small file quadratically.
+    if any(info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x61 for info in infos):
+        raise CheckpointError(f"{path} holds compressed or encrypted entries: not a relpsp checkpoint")
+    if len(names) != len(infos) or sum(info.file_size for info in infos) > path.stat().st_size:
+        raise CheckpointError(f"{path} holds repeated or overlapping entries: the file is damaged")
+    if _META not in names:
+        raise CheckpointError(f"{path} is not a relpsp checkpoint (no {_META} inside)")
+    meta = json.loads(zf.read(_META))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} has format {got!r}; this relpsp reads {FORMAT!r}")
+    return meta, names
+
+
+def _damaged(path: Path, e: Exception) -> CheckpointError:
+    # an untrusted file: whatever the zip and .npy readers trip on (BadZipFile, OSError,
+    # NotImplementedError for an unknown zip feature, OverflowError, ...) means the same here
+    return CheckpointError(
+        f"{path} is truncated, corrupted or not a relpsp checkpoint ({type(e).__name__}: {e}); "
+        "use an earlier checkpoint or retrain"
+    )
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata (config, progress, ...) of a checkpoint without reading or checking its arrays: for
+    listing runs. :class:`CheckpointError` as :func:`load_checkpoint` for a file that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} {why_not_a_file(path)}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _read_meta(zf, path)[0]
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise _damaged(path, e) from e
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load ``(arrays, meta)``; raise :class:`CheckpointError` saying what is wrong and what to do."""
     path = Path(path)
@@ -153,21 +198,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         raise CheckpointError(f"checkpoint {path} {why_not_a_file(path)}")
     try:
         with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            names = {info.filename for info in infos}
-            # relpsp writes stored (uncompressed), unencrypted entries only: refusing others refuses
-            # compression bombs, and entries of more bytes in all than the file has refuses stored entries
-            # that overlap (each one spanning the next), which would expand a small file quadratically.
-            if any(info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x61 for info in infos):
-                raise CheckpointError(f"{path} holds compressed or encrypted entries: not a relpsp checkpoint")
-            if len(names) != len(infos) or sum(info.file_size for info in infos) > path.stat().st_size:
-                raise CheckpointError(f"{path} holds repeated or overlapping entries: the file is damaged")
-            if _META not in names:
-                raise CheckpointError(f"{path} is not a relpsp checkpoint (no {_META} inside)")
-            meta = json.loads(zf.read(_META))
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                got = meta.get("format") if isinstance(meta, dict) else None
-                raise CheckpointError(f"{path} has format {got!r}; this relpsp reads {FORMAT!r}")
+            meta, names = _read_meta(zf, path)
             digests = meta.get("sha256", {})
             if not isinstance(digests, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in digests.items()
@@ -185,10 +216,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                 arrays[name] = a
     except CheckpointError:
         raise
-    except Exception as e:  # an untrusted file: whatever the zip and .npy readers trip on (BadZipFile,
-        # OSError, NotImplementedError for an unknown zip feature, OverflowError, ...) means the same here
-        raise CheckpointError(
-            f"{path} is truncated, corrupted or not a relpsp checkpoint ({type(e).__name__}: {e}); "
-            "use an earlier checkpoint or retrain"
-        ) from e
+    except Exception as e:
+        raise _damaged(path, e) from e
     return arrays, meta

@@ -114,6 +114,19 @@ def _number(obj: dict[str, Any], key: str, path: Path) -> float:
     return float(v)
 
 
+def _continued(run: Path, ckpt_path: Path, reported: int) -> bool:
+    """Whether a finished run's folder is being trained further or was, and stopped before its next epoch
+    ended (its checkpoint was written for more epochs than results.json reports)."""
+    if is_training(run):
+        return True
+    if not ckpt_path.is_file():
+        return False
+    from relpsp.checkpoint import read_checkpoint_meta
+
+    epochs = (read_checkpoint_meta(ckpt_path).get("config") or {}).get("train", {}).get("epochs")
+    return isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > reported
+
+
 def read_run(path: str | os.PathLike) -> Run:
     """Read a run folder; ``ValueError`` names what is missing or malformed. Nothing is executed or
     unpickled: the files are JSON and the checkpoint's own checked format."""
@@ -125,7 +138,7 @@ def read_run(path: str | os.PathLike) -> Run:
     results = _read_json_object(results_path) if results_path.is_file() else None
     if results is not None:
         reported = int(_number(results, "epochs", results_path))
-        if not rows or int(rows[-1]["epoch"]) <= reported:
+        if (not rows or int(rows[-1]["epoch"]) <= reported) and not _continued(run, ckpt_path, reported):
             cfg = _results_config(results, results_path)
             size = results.get("test_samples")
             return Run(
@@ -139,9 +152,9 @@ def read_run(path: str | os.PathLike) -> Run:
                 val_accuracy=_fraction_or_none(results.get("val_accuracy")),
             )
     if ckpt_path.is_file():
-        from relpsp.checkpoint import load_checkpoint
+        from relpsp.checkpoint import read_checkpoint_meta
 
-        _, meta = load_checkpoint(ckpt_path)
+        meta = read_checkpoint_meta(ckpt_path)
         if not isinstance(meta.get("config"), dict):
             raise ValueError(f"{ckpt_path} holds no training config")
         cfg = config_from_dict(meta["config"])

@@ -377,3 +377,25 @@ def test_an_unknown_experiment_name_says_where_names_come_from(name, capsys):
     err = capsys.readouterr().err
     assert f"config '{name}' is neither a file nor the name of an experiment shipped with relpsp" in err
     assert "--list-configs" in err
+
+
+def test_a_dataset_alias_is_stored_under_its_registry_name(tmp_path, capsys):
+    """``--dataset yin-yang`` and ``--dataset yinyang`` are one experiment: the run stores "yinyang", so
+    summary groups the two seeds together and either name resumes the other; a checkpoint written under
+    an alias by older code still resumes (resume_key compares registry names)."""
+    import dataclasses
+
+    from relpsp.config import Config, DataConfig
+    from relpsp.train.checkpointing import resume_key
+
+    argv = _TRAIN.replace("--dataset yinyang", "--dataset yin-yang").replace("--epochs 2", "--epochs 1").split()
+    assert cli.main([*argv, "--out", str(tmp_path / "r-seed1"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r-seed1" / "results.json").read_text())["config"]["data"]["dataset"] == "yinyang"
+    argv0 = _TRAIN.replace("--epochs 2", "--epochs 1").replace("--seed 1", "--seed 0").split()
+    assert cli.main([*argv0, "--out", str(tmp_path / "r-seed0"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["summary", str(tmp_path)]) == 0
+    assert "2 finished (seeds 0, 1)" in capsys.readouterr().out
+    alias = Config(data=DataConfig(dataset="Yin_Yang"))
+    assert resume_key(alias) == resume_key(dataclasses.replace(alias, data=DataConfig(dataset="yinyang")))
+    assert resume_key(Config(data=DataConfig(dataset="tiny"))).data.dataset == "tiny"  # not a registry name

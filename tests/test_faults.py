@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relpsp.checkpoint import FAULT_PAUSE_ENV, CheckpointError, load_checkpoint, save_checkpoint
+from relpsp.checkpoint import FAULT_PAUSE_ENV, CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from relpsp.cli import main
 from relpsp.train import CHECKPOINT_NAME
 
@@ -338,6 +338,19 @@ def _foreign_files(marker: Path) -> dict[str, tuple[bytes, str]]:
     }
 
 
+#: foreign files whose fault lies in the array table or the arrays, which read_checkpoint_meta does not read
+_ARRAY_FAULTS = {
+    "bad-table",
+    "missing-array",
+    "wrong-digest",
+    "pickled-array",
+    "huge-header",
+    "float128",
+    "zero-by-huge",
+    "boolean-shape",
+}
+
+
 @pytest.mark.parametrize("kind", list(_foreign_files(Path("x"))))
 def test_foreign_files_are_refused_without_running_code(tmp_path, kind):
     marker = tmp_path / "pwned"
@@ -346,7 +359,18 @@ def test_foreign_files_are_refused_without_running_code(tmp_path, kind):
     path.write_bytes(data)
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
+    if kind not in _ARRAY_FAULTS:  # the others are refused by their meta.json or the archive itself
+        with pytest.raises(CheckpointError, match=match):
+            read_checkpoint_meta(path)
     assert not marker.exists()
+
+
+def test_read_checkpoint_meta_is_load_checkpoints_meta_without_the_arrays(tmp_path):
+    path = tmp_path / "c.ckpt"
+    save_checkpoint(path, {"w": np.arange(3.0)}, {"config": {"train": {"epochs": 4}}})
+    assert read_checkpoint_meta(path) == load_checkpoint(path)[1]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint_meta(tmp_path / "missing.ckpt")
 
 
 def test_entries_claiming_more_bytes_than_the_file_are_refused(tmp_path):

@@ -173,6 +173,19 @@ def test_stopped_and_running_runs_are_listed_but_not_averaged(tmp_path):
         f.write(json.dumps({"epoch": 31, "train_loss": 0.1, "train_accuracy": 0.9, "test_accuracy": 0.975}) + "\n")
     (q,) = _summary([resumed])
     assert q["finished"] == [] and q["epochs"] == 31 and q["stopped"][0]["epochs_done"] == 31
+    # ... and stopped inside its next epoch, before a metrics row: still not counted with its old numbers
+    inside = _finished(tmp_path / "p-seed0", cfg, 0.97)
+    assert read_run(inside).finished
+    save_checkpoint(
+        inside / "checkpoint.ckpt", {"w": np.zeros(2, np.float32)}, {"config": config_to_dict(_mnist_cfg(0, epochs=31))}
+    )
+    (p,) = _summary([inside])
+    assert p["finished"] == [] and p["stopped"][0]["epochs_done"] == 30
+    # a finished run that a process is training further (it holds the folder's lock)
+    again = _finished(tmp_path / "o-seed0", cfg, 0.97)
+    with run_folder_lock(again):
+        assert not read_run(again).finished and read_run(again).training
+    assert read_run(again).finished
 
 
 def test_real_runs_record_their_test_size_and_the_command_reports_them(tmp_path, capsys):

@@ -186,6 +186,26 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path, monke
     with pytest.raises(ValueError, match="spike_dropout_conv needs a network with a spiking convolution layer"):
         fit(conv_drop, tmp_path, overwrite=True, **quiet)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    # labels the network has no output for used to fail in the loss, after the deletion
+    two_outputs = dataclasses.replace(_cfg(epochs=1), model=ModelConfig(arch="16-12-2", input_shape=(1, 4, 4)))
+    with pytest.raises(ValueError, match=r"train split has labels 0\.\.2, but model.arch '16-12-2' ends in 2 outputs"):
+        fit(two_outputs, tmp_path, overwrite=True, **quiet)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    float_labels = {k: (x, y.float()) for k, (x, y) in _tiny_splits().items()}
+    with pytest.raises(ValueError, match=r"train split's labels must be integers, got torch\.float32"):
+        fit(_cfg(epochs=1), tmp_path, overwrite=True, **(quiet | {"splits": float_labels}))
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
+def test_a_network_whose_outputs_do_not_match_the_datasets_classes_is_refused(tmp_path):
+    """For a dataset of the registry the class count is known: 2 or 5 outputs on the 3-class Yin-Yang set
+    are refused before anything is written (5 used to train, with two outputs that no label names)."""
+    for arch in ("4-30-2", "4-30-5"):
+        cfg = Config(model=ModelConfig(arch=arch, input_shape=(4,)), data=DataConfig(dataset="yinyang"))
+        cfg = dataclasses.replace(cfg, train=_cfg(epochs=1).train)
+        with pytest.raises(ValueError, match=f"ends in {arch[-1]} outputs but 'yinyang' has 3 classes"):
+            fit(cfg, tmp_path / arch, progress=False, log=lambda s: None)
+        assert not any(p.name != ".relpsp.lock" for p in (tmp_path / arch).iterdir())
 
 
 @pytest.mark.parametrize("kernel", ["alpha", "window"])

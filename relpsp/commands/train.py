@@ -56,7 +56,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace):
     """Defaults <- TOML file <- --set <- named flags; the input shape follows the dataset unless set."""
     from relpsp.config import config_from_dict, find_config, load_toml, parse_override
-    from relpsp.data import dataset_info
+    from relpsp.data import canonical_name, dataset_info
 
     raw: dict = load_toml(find_config(args.config)) if args.config else {}
     overrides: dict = {"model": {}, "data": {}, "train": {}}
@@ -82,6 +82,8 @@ def resolve_config(args: argparse.Namespace):
             overrides[section][key] = v
     cfg = config_from_dict(raw)
     cfg = config_from_dict(overrides, base=cfg)
+    # the registry's own name ("yin-yang" -> "yinyang"), so that one dataset is one experiment everywhere
+    cfg = config_from_dict({"data": {"dataset": canonical_name(cfg.data.dataset)}}, base=cfg)
     shape_given = "input_shape" in raw.get("model", {}) or "input_shape" in overrides["model"]
     if not shape_given:
         from relpsp.train import data_options

@@ -166,12 +166,19 @@ RESUME_MAY_CHANGE = (
 
 
 def resume_key(cfg: Config) -> Config:
-    """``cfg`` with the settings of ``RESUME_MAY_CHANGE`` at their defaults: equal keys may resume each other."""
+    """``cfg`` with the settings of ``RESUME_MAY_CHANGE`` at their defaults and a registry dataset under its
+    canonical name ("yin-yang" is "yinyang"): equal keys may resume each other."""
+    from relpsp.data import canonical_name
+
     default = Config()
     sections = {}
     for name in ("train", "data"):
         keys = [k.split(".")[1] for k in RESUME_MAY_CHANGE if k.startswith(name + ".")]
         sections[name] = replace(getattr(cfg, name), **{k: getattr(getattr(default, name), k) for k in keys})
+    try:
+        sections["data"] = replace(sections["data"], dataset=canonical_name(cfg.data.dataset))
+    except ValueError:  # a name for splits given to fit(), not one of the registry's
+        pass
     return replace(cfg, **sections)
 
 

@@ -55,7 +55,19 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
     return splits
 
 
-def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
+def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]], num_classes: int | None = None) -> None:
+    """Refuse splits the run could not train on, before it deletes or writes anything: missing splits,
+    augmentation that cannot apply, inputs that do not fit ``model.input_shape``, and labels that are not
+    integers in [0, outputs of ``model.arch``). ``num_classes`` (the dataset's, where it is known) must
+    equal the number of outputs."""
+    from relpsp.arch import parse_arch
+
+    n_out = getattr(parse_arch(cfg.model.arch, tuple(cfg.model.input_shape))[-1], "n_out", None)
+    if num_classes is not None and n_out is not None and n_out != num_classes:
+        raise ValueError(
+            f"model.arch {cfg.model.arch!r} ends in {n_out} outputs but {cfg.data.dataset!r} has {num_classes} "
+            f"classes; end the network in {num_classes}"
+        )
     missing = [name for name in ("train", "test") if name not in splits]
     if missing:
         raise ValueError(f"splits must hold 'train' and 'test' (and may hold 'val'); missing {missing}")
@@ -84,6 +96,13 @@ def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]]) -> None:
             raise ValueError(
                 f"dataset {cfg.data.dataset!r} has inputs of shape {tuple(x.shape[1:])} but model.input_shape is "
                 f"{tuple(cfg.model.input_shape)}; set model.input_shape (e.g. --set model.input_shape=[1,28,28])"
+            )
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise ValueError(f"{name} split's labels must be integers, got {y.dtype}")
+        if n_out is not None and (int(y.min()) < 0 or int(y.max()) >= n_out):
+            raise ValueError(
+                f"{name} split has labels {int(y.min())}..{int(y.max())}, but model.arch {cfg.model.arch!r} ends "
+                f"in {n_out} outputs (classes 0..{n_out - 1})"
             )
 
 

@@ -35,7 +35,7 @@ from relpsp.train.checkpointing import (
 )
 from relpsp.train.distributed import DistInfo, all_reduce, barrier, dist_info, shard, sum_gradients_hook
 from relpsp.train.evaluation import evaluate_on_ranks, fill_silent
-from relpsp.train.inputs import augment, check_splits, data_digest, epoch_order, load_splits
+from relpsp.train.inputs import augment, check_splits, data_digest, data_options, epoch_order, load_splits
 from relpsp.train.regularisers import SilentPenalty, SpikeDropout, WeightAverage
 from relpsp.train.run_folder import RUN_FILES, run_folder_lock, write_json, write_metrics
 from relpsp.train.runtime import code_versions, device_name, set_threads
@@ -363,8 +363,13 @@ def _fit(
         if not threads and ctx.local_world_size > 1:  # share the cores between this machine's processes
             threads = max(1, (os.cpu_count() or 1) // ctx.local_world_size)
         set_threads(threads, torch_heavy=cfg.model.kernel == "window")
-    splits = splits if splits is not None else load_splits(cfg)
-    check_splits(cfg, splits)
+    num_classes = None
+    if splits is None:  # the config's own dataset: its class count is known
+        from relpsp.data import dataset_info
+
+        splits = load_splits(cfg)
+        num_classes = dataset_info(cfg.data.dataset, **data_options(cfg)).num_classes
+    check_splits(cfg, splits, num_classes)
     if overwrite:  # only once the data loaded and fit: a run that cannot start deletes nothing
         barrier(ctx)  # every rank has looked before the main one deletes
         if ctx.is_main:
