@@ -251,7 +251,7 @@ def find_config(name: str | Path) -> Path:
     """The experiment file ``name``: a path to a file, or else the name of one shipped with relpsp
     (``"yinyang"`` or ``"yinyang.toml"``, see ``packaged_configs``). A file at the path wins."""
     path = Path(name)
-    if path.exists() or len(path.parts) != 1:
+    if path.is_file() or len(path.parts) != 1:  # a folder of the name does not hide a shipped config
         return path
     shipped = PACKAGED_CONFIG_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
     if shipped.is_file():

@@ -57,7 +57,19 @@ def test_eval_per_class_gives_the_confusion_matrix_and_the_wrong_samples(run_dir
         assert acc == pytest.approx(conf[i, i] / conf[i].sum())
     assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--per-class"]) == 0
     text = capsys.readouterr().out
-    assert "confusion (rows: label" in text and f"wrong samples ({len(pc['wrong'])})" in text
+    assert "confusion (rows: label" in text and f"wrong samples ({len(pc['wrong'])}; indices in yinyang test)" in text
+
+
+def test_eval_on_a_dataset_whose_inputs_do_not_fit_names_both_shapes(run_dir, tmp_path, capsys):
+    """Before, the layer refused the input from inside ("t_in must have 2 dimensions")."""
+    from tests.test_data import cifar_batch
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "test_batch").write_bytes(cifar_batch(3, seed=0)[0])
+    argv = ["eval", str(run_dir / "checkpoint.ckpt"), "--dataset", "cifar10", "--data-dir", str(tmp_path)]
+    assert cli.main(argv) == 2
+    assert "cifar10 has inputs of shape (3, 32, 32), but the network takes (4,)" in capsys.readouterr().err
 
 
 def test_eval_uses_the_runs_own_splits(run_dir, tmp_path, capsys):
@@ -72,6 +84,19 @@ def test_eval_uses_the_runs_own_splits(run_dir, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(small / "checkpoint.ckpt"), "--split", "train", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 100
+    # --per-class names the wrong samples by their index in the dataset's own split, not in the subset
+    assert cli.main(["eval", str(small / "checkpoint.ckpt"), "--split", "train", "--json", "--per-class"]) == 0
+    pc = json.loads(capsys.readouterr().out)["per_class"]
+    assert pc["wrong_indices_in"] == "yinyang train" and pc["wrong"] == sorted(pc["wrong"])
+    from relpsp.data import load_dataset
+    from relpsp.train import load_splits, load_trained
+
+    source: dict = {}
+    split = load_splits(load_trained(small / "checkpoint.ckpt")[1], source)["train"]
+    name, index = source["train"]
+    full_x, full_y = load_dataset("yinyang", name)
+    assert name == "train" and len(full_y) > 100 and np.array_equal(full_x[index], split[0])
+    assert set(pc["wrong"]) <= set(index.tolist()) and max(pc["wrong"], default=0) >= 0
     assert cli.main(["eval", str(small / "checkpoint.ckpt"), "--split", "bogus"]) == 2
     assert "this run has the splits test, train, val, not 'bogus'" in capsys.readouterr().err
 
@@ -360,6 +385,8 @@ def test_shipped_experiments_are_listed_and_found_by_name(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "yinyang.toml").write_text('[data]\ndataset = "yinyang"\n')
     assert find_config("yinyang.toml") == Path("yinyang.toml")  # a file at the path wins over a shipped one
+    assert find_config("yinyang") == PACKAGED_CONFIG_DIR / "yinyang.toml"
+    (tmp_path / "yinyang").mkdir()  # a folder of the name (a run folder, say) does not hide the shipped one
     assert find_config("yinyang") == PACKAGED_CONFIG_DIR / "yinyang.toml"
 
 

@@ -520,6 +520,11 @@ def test_npz_inputs_that_are_not_archives_of_x_and_y_are_refused(tmp_path, capsy
         assert str(path) in str(info.value)
     x, y = load_inputs(str(good))
     assert x.shape == (3, 20) and y.tolist() == [0, 0, 0]
+    for name, bad_x in (("complex", np.full((3, 20), 0.5j)), ("strings", np.full((3, 20), "a"))):
+        # a complex array used to lose its imaginary part with only a warning (every image became zeros)
+        np.savez(tmp_path / f"{name}.npz", x=bad_x, y=np.zeros(3, dtype=np.int64))
+        with pytest.raises(ValueError, match=r"x is not a real numeric array \(dtype "):
+            load_inputs(str(tmp_path / f"{name}.npz"))
     ckpt, _ = _tiny_checkpoint(tmp_path)
     capsys.readouterr()
     assert cli.main(["simulate", str(ckpt), "--dataset", str(cut)]) == 2

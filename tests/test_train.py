@@ -197,6 +197,13 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path, monke
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
 
 
+def test_a_run_folder_that_is_a_file_is_refused_with_its_name(tmp_path):
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(ValueError, match=r"afile is a file, not a folder; choose another --out"):
+        fit(_cfg(epochs=1), tmp_path / "afile", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
 def test_a_network_whose_outputs_do_not_match_the_datasets_classes_is_refused(tmp_path):
     """For a dataset of the registry the class count is known: 2 or 5 outputs on the 3-class Yin-Yang set
     are refused before anything is written (5 used to train, with two outputs that no label names)."""
@@ -1126,11 +1133,19 @@ def test_a_non_finite_gradient_stops_training_before_the_step_and_keeps_the_last
         return loss
 
     monkeypatch.setattr(train_module, "spike_time_cross_entropy", nan_in_epoch_2)
-    with pytest.raises(RuntimeError, match=r"epoch 2, step 1: the gradient is not finite"):
+    with pytest.raises(RuntimeError, match=r"epoch 2, step 1: the gradient is not finite") as info:
         fit(_cfg(epochs=2), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert f"{tmp_path / CHECKPOINT_NAME} holds the last checkpoint" in str(info.value)
+    assert "in a new --out or with --overwrite" in str(info.value)  # a resume refuses other settings
     arrays, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert meta["progress"]["epoch"] == 1
     assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("model."))
+    # in the first epoch no checkpoint exists yet, and the message does not name one
+    calls["n"] = 4
+    with pytest.raises(RuntimeError, match=r"epoch 1, step 1: the gradient is not finite") as info:
+        fit(_cfg(epochs=2), tmp_path / "new", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert "holds the last checkpoint" not in str(info.value)
+    assert not (tmp_path / "new" / CHECKPOINT_NAME).exists()
 
 
 def test_resume_on_other_training_data_is_refused(tmp_path):

@@ -36,6 +36,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    import torch
+
     from relpsp.arch import DenseSpec, parse_arch
     from relpsp.data import canonical_name, load_dataset
     from relpsp.train import data_options, evaluate, load_splits, load_trained, set_threads
@@ -46,15 +48,24 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or cfg.data.data_dir
     if canonical_name(dataset) == canonical_name(cfg.data.dataset):
         # the run's own splits: its held-out validation set (data.val_size) and its training subset
-        splits = load_splits(replace(cfg, data=replace(cfg.data, data_dir=data_dir)))
+        source: dict[str, tuple[str, Tensor]] = {}
+        splits = load_splits(replace(cfg, data=replace(cfg.data, data_dir=data_dir)), source)
         if args.split not in splits:
             raise ValueError(
                 f"this run has the splits {', '.join(sorted(splits))}, not {args.split!r}"
                 + (" (it was trained without data.val_size)" if args.split == "val" else "")
             )
         x, y = splits[args.split]
+        source_split, source_index = source[args.split]
     else:
         x, y = load_dataset(dataset, args.split, data_dir, **data_options(cfg, dataset))
+        source_split, source_index = args.split, torch.arange(len(y))
+    shape = tuple(cfg.model.input_shape)
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"{dataset} has inputs of shape {tuple(x.shape[1:])}, but the network takes {shape} "
+            f"(it was trained on {cfg.data.dataset})"
+        )
     decisions: list[Tensor] | None = [] if args.per_class else None
     res = evaluate(
         model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin, decisions=decisions
@@ -62,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if decisions is not None:  # the arch ends with a dense output layer, one neuron per class
         output = parse_arch(cfg.model.arch, cfg.model.input_shape)[-1]
         assert isinstance(output, DenseSpec)  # parse_arch refuses any other last layer
-        res["per_class"] = _per_class(decisions, output.n_out, y)
+        res["per_class"] = _per_class(decisions, output.n_out, y, source_index)
+        res["per_class"]["wrong_indices_in"] = f"{canonical_name(dataset)} {source_split}"
     if args.json:
         print(json_text(res))
     else:
@@ -78,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _per_class(decisions: list[Tensor], k: int, y: Tensor) -> dict[str, Any]:
-    """Confusion counts, per-class accuracy (None for a class without samples) and wrong indices."""
+def _per_class(decisions: list[Tensor], k: int, y: Tensor, source_index: Tensor) -> dict[str, Any]:
+    """Confusion counts, per-class accuracy (None for a class without samples) and the wrongly decided
+    samples' indices in the dataset's own split (``source_index`` maps positions in ``y`` to them)."""
     import torch
 
     from relpsp.train import confusion_counts
@@ -90,7 +103,7 @@ def _per_class(decisions: list[Tensor], k: int, y: Tensor) -> dict[str, Any]:
     return {
         "confusion": conf.tolist(),
         "accuracy": [conf[i, i].item() / n if n else None for i, n in enumerate(totals)],
-        "wrong": (pred != y.to(pred.device)).nonzero().flatten().tolist(),
+        "wrong": sorted(source_index[(pred != y.to(pred.device)).nonzero().flatten().cpu()].tolist()),
     }
 
 
@@ -106,5 +119,8 @@ def _per_class_text(pc: dict[str, Any]) -> str:
         lines.append(f"{i:<5}{cells}  " + (f"{100 * acc:7.2f}%" if acc is not None else "       -"))
     shown = pc["wrong"][:50]
     more = f" ... ({len(pc['wrong'])} in all)" if len(pc["wrong"]) > len(shown) else ""
-    lines.append(f"wrong samples ({len(pc['wrong'])}): " + (" ".join(map(str, shown)) + more if shown else "none"))
+    where = f"indices in {pc['wrong_indices_in']}"
+    lines.append(
+        f"wrong samples ({len(pc['wrong'])}; {where}): " + (" ".join(map(str, shown)) + more if shown else "none")
+    )
     return "\n".join(lines)

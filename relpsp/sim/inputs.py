@@ -44,8 +44,8 @@ def _to_numpy(a: object, what: str) -> np.ndarray:
     if hasattr(a, "detach"):  # a torch tensor, converted without importing torch here
         a = a.detach().cpu().numpy()  # type: ignore[attr-defined]
     arr = np.asarray(a)
-    if arr.dtype == object:
-        raise ValueError(f"{what} is not a numeric array")
+    if arr.dtype.kind not in "biuf":  # objects, strings, and complex numbers (whose cast drops a part)
+        raise ValueError(f"{what} is not a real numeric array (dtype {arr.dtype})")
     return arr
 
 

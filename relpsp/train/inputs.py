@@ -27,16 +27,21 @@ __all__ = [
 ]
 
 
-def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
-    """Train / (val) / test tensors; the validation set is held out of the training set by a seeded draw."""
+def load_splits(cfg: Config, source: dict[str, tuple[str, Tensor]] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """Train / (val) / test tensors; the validation set is held out of the training set by a seeded draw.
+
+    ``source``, if given, is filled with where each split's samples come from: ``(dataset split, indices
+    into it)``, e.g. ``("train", [...])`` for a held-out validation set."""
     from relpsp.data import dataset_info, load_dataset
 
     opts = data_options(cfg)
     x_tr, y_tr = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, **opts)
     x_te, y_te = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir, **opts)
     splits = {"train": (x_tr, y_tr), "test": (x_te, y_te)}
+    where = {"train": ("train", torch.arange(len(y_tr))), "test": ("test", torch.arange(len(y_te)))}
     if "val" in dataset_info(cfg.data.dataset, **opts).split_sizes:
         splits["val"] = load_dataset(cfg.data.dataset, "val", cfg.data.data_dir, **opts)
+        where["val"] = ("val", torch.arange(len(splits["val"][1])))
     elif cfg.data.val_size:
         if cfg.data.val_size >= len(y_tr):
             raise ValueError(f"data.val_size {cfg.data.val_size} must be smaller than the training set ({len(y_tr)})")
@@ -45,6 +50,7 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
         val, tr = perm[: cfg.data.val_size], perm[cfg.data.val_size :]
         splits["val"] = (x_tr[val], y_tr[val])
         splits["train"] = (x_tr[tr], y_tr[tr])
+        where["val"], where["train"] = ("train", val), ("train", tr)
     if cfg.data.train_size:
         x_tr, y_tr = splits["train"]
         if cfg.data.train_size > len(y_tr):
@@ -52,6 +58,9 @@ def load_splits(cfg: Config) -> dict[str, tuple[Tensor, Tensor]]:
         g = torch.Generator().manual_seed(cfg.train.seed + 104729)
         keep = torch.randperm(len(y_tr), generator=g)[: cfg.data.train_size]
         splits["train"] = (x_tr[keep], y_tr[keep])
+        where["train"] = ("train", where["train"][1][keep])
+    if source is not None:
+        source.update(where)
     return splits
 
 

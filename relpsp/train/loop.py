@@ -352,6 +352,8 @@ def _fit(
     model = model_from_config(cfg.model, backend=cfg.train.backend).to(device)  # checks the model config
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the run folder {out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
         held.enter_context(run_folder_lock(out))
@@ -514,10 +516,11 @@ def _fit(
             # on the summed gradient: DDP has reduced it by now
             norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf))
             if not math.isfinite(norm):  # stop before the step: the weights and the last checkpoint stay good
+                kept = f"{ckpt_path} holds the last checkpoint; " if last_saved is not None else ""
                 raise RuntimeError(
                     f"epoch {epoch + 1}, step {step + 1}: the gradient is not finite (norm {norm}); the weights were "
-                    f"not updated, and {ckpt_path} holds the last checkpoint (resume from it with other settings, "
-                    "e.g. a smaller train.lr or train.grad_clip)"
+                    f"not updated. {kept}train again with other settings (e.g. a smaller train.lr, or "
+                    "train.grad_clip), in a new --out or with --overwrite: --resume continues with the same ones"
                 )
             running["clipped"] += int(cfg.train.grad_clip > 0 and norm > cfg.train.grad_clip)
             if norm > 0:  # finite: checked above
