@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from relpsp import cli
-from relpsp.checkpoint import save_checkpoint
+from relpsp.checkpoint import load_checkpoint, save_checkpoint
 from relpsp.commands import simulate as commands_simulate
 from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict
 from relpsp.models import build_model, layer_outputs, model_arrays
@@ -703,3 +703,26 @@ def test_cli_simulate_uses_the_checkpoints_data_options(tmp_path, capsys):
         "invert": True,
     }
     assert commands_simulate.checkpoint_data_options(inverted, "mnist") == {"invert": True}  # as relpsp eval does
+
+
+def test_simulate_and_cost_take_the_runs_own_splits_as_eval_does(tmp_path, capsys):
+    """For a checkpoint on its own dataset, --split train is the run's training subset (data.train_size),
+    the images it trained on, as in relpsp eval; before, simulate and cost took the dataset's whole split."""
+    import dataclasses
+
+    from relpsp.train import load_splits
+
+    ckpt, cfg = yinyang_bias_checkpoint(tmp_path)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_size=120))
+    save_checkpoint(ckpt, load_checkpoint(ckpt)[0], {"config": config_to_dict(cfg), "version": "0.1.0"})
+    x, y = commands_simulate.run_split_inputs({"config": config_to_dict(cfg)}, "train", None, None)
+    want = load_splits(cfg)["train"]
+    assert np.array_equal(x, want[0].numpy().astype(np.float64)) and np.array_equal(y, want[1].numpy())
+    out = tmp_path / "sim.json"
+    assert cli.main(["simulate", str(ckpt), "--split", "train", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["n_images"] == 120
+    capsys.readouterr()
+    assert cli.main(["cost", str(ckpt), "--split", "train", "--limit", "1000"]) == 0
+    assert "simulated 120 images" in capsys.readouterr().out
+    assert cli.main(["simulate", str(ckpt), "--split", "bogus"]) == 2
+    assert "this run has the splits test, train, val, not 'bogus'" in capsys.readouterr().err

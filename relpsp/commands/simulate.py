@@ -38,7 +38,12 @@ def add_sim_arguments(
         default=None,
         help="dataset name for relpsp.data, or an .npz file with arrays x and y (default: the checkpoint's)",
     )
-    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="dataset split (default: test); for a checkpoint on its own dataset, the run's own splits as in "
+        "relpsp eval (val: its held-out validation set, train: its training images without it)",
+    )
     parser.add_argument(
         "--data-dir",
         default=None,
@@ -159,6 +164,41 @@ def warn_unapplied_preprocessing(data_cfg: dict[str, Any]) -> None:
         )
 
 
+def _same_dataset(a: Any, b: Any) -> bool:
+    """Whether two dataset names are one registry dataset (an .npz file never is)."""
+    from relpsp.data import canonical_name
+
+    if not isinstance(a, str) or not isinstance(b, str) or a.endswith(".npz"):
+        return False
+    try:
+        return canonical_name(a) == canonical_name(b)
+    except ValueError:
+        return False
+
+
+def run_split_inputs(meta: dict[str, Any], split: str, data_dir: str | None, limit: int | None) -> tuple[Any, Any]:
+    """``(x float64, y int64)`` of the run's own ``split`` of its dataset, as ``relpsp eval`` takes it: its
+    held-out validation set (``data.val_size``) and its training subset, not the dataset's whole split."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from relpsp.config import config_from_dict
+    from relpsp.train import load_splits
+
+    cfg = config_from_dict(meta["config"])
+    splits = load_splits(replace(cfg, data=replace(cfg.data, data_dir=data_dir)))
+    if split not in splits:
+        raise ValueError(
+            f"this run has the splits {', '.join(sorted(splits))}, not {split!r}"
+            + (" (it was trained without data.val_size)" if split == "val" else "")
+        )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    x, y = splits[split]
+    return x[:limit].numpy().astype(np.float64), y[:limit].numpy().astype(np.int64)
+
+
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:
     """Load the network and the images and resolve the options (calibrating the time window if a grid
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
@@ -173,7 +213,10 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     if not dataset:
         raise ValueError("--dataset is needed: the source is a NIR file that names no dataset")
     data_dir = args.data_dir or data_cfg.get("data_dir")
-    x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
+    if meta is not None and _same_dataset(dataset, data_cfg.get("dataset")):
+        x, y = run_split_inputs(meta, args.split, data_dir, args.limit)
+    else:
+        x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
     if str(dataset).endswith(".npz"):
         warn_unapplied_preprocessing(data_cfg)
     x = as_network_images(x, net.input_shape)  # e.g. flat [N, 784] for a CNN; a scrambling layout is refused
