@@ -136,8 +136,8 @@ def _im2col(t_in: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padd
 
 def _check_conv(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> None:
     _check_layer(t_in, weight, theta, t_max, 4)
-    if min(weight.shape) == 0:
-        raise ValueError(f"weight [C_out, C_in, kh, kw] must have no empty dimension, got {tuple(weight.shape)}")
+    if weight.shape[0] == 0 or weight.shape[1] == 0:  # an empty kernel has a message of its own
+        raise ValueError(f"weight [C_out, C_in, kh, kw] needs C_out, C_in >= 1, got {tuple(weight.shape)}")
 
 
 def _conv(t_in, weight, stride, padding, linear) -> Tensor:

@@ -100,6 +100,10 @@ def build_model(
     check_finite_positive("window", window)
     if weight_norm and kernel != "window":
         raise ValueError(f"weight_norm applies to kernel 'window' only, got kernel {kernel!r}")
+    if window != 1.0 and kernel != "window":
+        raise ValueError(f"window (the layers' time window) applies to kernel 'window' only, got kernel {kernel!r}")
+    if kernel_tau != 1.0 and kernel != "alpha":
+        raise ValueError(f"kernel_tau (the PSP's time to peak) applies to kernel 'alpha' only, got kernel {kernel!r}")
     if kernel == "window" and math.isfinite(t_max):
         raise ValueError("kernel 'window' has its own time windows; t_max (a cut-off) does not apply, leave it inf")
     modules: list[nn.Module] = []

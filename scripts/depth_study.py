@@ -55,9 +55,10 @@ SMALL_SLOPE = 0.05
 def make_config(kernel: str, depth: int, args: argparse.Namespace) -> Config:
     arch = "-".join(["784"] + [str(args.width)] * depth + ["10"])
     init_mean = args.alpha_init_mean if kernel == "alpha" else args.init_mean
+    kernel_tau = args.kernel_tau if kernel == "alpha" else ModelConfig().kernel_tau  # the alpha kernel's only
     return Config(
         model=ModelConfig(
-            arch=arch, input_shape=(1, 28, 28), kernel=kernel, kernel_tau=args.kernel_tau, init_mean=init_mean
+            arch=arch, input_shape=(1, 28, 28), kernel=kernel, kernel_tau=kernel_tau, init_mean=init_mean
         ),
         data=DataConfig(dataset=args.dataset, train_size=args.train_size),
         train=TrainConfig(epochs=args.epochs, batch_size=256, lr=args.lr, tau=args.loss_tau, seed=args.seed),

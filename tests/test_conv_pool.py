@@ -414,8 +414,8 @@ BAD_CONV = {
     "theta_zero": r"theta",
     "t_max_negative": r"t_max",
     "dtype_mismatch": r"dtype",
-    "no_output_channels": r"no empty dimension, got \(0, 2, 3, 3\)",
-    "no_input_channels": r"no empty dimension, got \(3, 0, 3, 3\)",
+    "no_output_channels": r"needs C_out, C_in >= 1, got \(0, 2, 3, 3\)",
+    "no_input_channels": r"needs C_out, C_in >= 1, got \(3, 0, 3, 3\)",
 }
 
 

@@ -277,6 +277,13 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
         ({"elastic_alpha": 34.0}, r"need data\.augment = true"),
         ({"augment": True, "elastic_alpha": -1.0}, r"data\.elastic_alpha must be in \[0, 1000\]"),
         ({"augment": True, "elastic_alpha": 34.0, "elastic_sigma": 0.0}, r"data\.elastic_sigma in \(0, 100\]"),
+        ({"max_shift": 1}, r"data\.max_shift = 1 does nothing without data\.augment = true"),
+        (
+            {"augment": True, "elastic_sigma": 8.0},
+            r"data\.elastic_sigma = 8\.0 does nothing without data\.elastic_alpha",
+        ),
+        ({"dog_threshold": 0.1}, r"data\.dog_threshold = 0\.1 does nothing without data\.dog = true"),
+        ({"dog_sigmas": (3.0, 1.0)}, r"data\.dog_sigmas = \(3\.0, 1\.0\) does nothing without data\.dog"),
     ],
     ids=[
         "shift-beyond-the-image",
@@ -289,6 +296,10 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
         "elastic-without-augment",
         "negative-elastic-alpha",
         "elastic-sigma-of-0",
+        "shift-without-augment",
+        "elastic-sigma-without-alpha",
+        "dog-threshold-without-dog",
+        "dog-sigmas-without-dog",
     ],
 )
 def test_augmentation_settings_that_cannot_work_are_refused(tmp_path, data, needle):

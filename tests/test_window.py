@@ -330,6 +330,9 @@ def test_standardized_weight_gradients_match_finite_differences():
         (lambda: WindowLinear(3, 2, t_start=1.0, t_end=2.0, init_std=0.0, weight_norm=True), "init_std > 0"),
         (lambda: WindowLinear(3, 2, t_start=1.0, t_end=2.0, weight_norm="yes"), "True or False"),
         (lambda: build_model("4-3-2", (4,), weight_norm=True), "kernel 'window' only"),
+        # settings of another kernel used to be accepted and ignored
+        (lambda: build_model("4-3-2", (4,), window=5.0), r"window \(the layers' time window\) applies to kernel"),
+        (lambda: build_model("4-3-2", (4,), kernel="window", kernel_tau=7.0), r"kernel_tau .* kernel 'alpha' only"),
     ],
 )
 def test_weight_norm_bad_input_is_refused(call, match):

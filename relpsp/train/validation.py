@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from relpsp.config import Config
+from relpsp.config import Config, DataConfig
 
 __all__ = ["validate_config"]
 
@@ -134,6 +134,18 @@ def _validate_data_settings(cfg: Config) -> None:
             "data.max_rotation, data.max_scale and data.elastic_alpha are part of the augmentation: they need"
             " data.augment = true"
         )
+    default = DataConfig()
+    for key, switch, on in (
+        ("max_shift", "augment = true", d.augment),
+        ("elastic_sigma", "elastic_alpha > 0", d.elastic_alpha > 0),
+        ("dog_sigmas", "dog = true", d.dog),
+        ("dog_threshold", "dog = true", d.dog),
+    ):
+        if not on and getattr(d, key) != getattr(default, key):
+            raise ValueError(
+                f"data.{key} = {getattr(d, key)!r} does nothing without data.{switch}; set that, or leave"
+                f" data.{key} at {getattr(default, key)!r}"
+            )
     if not (d.bias_input < 0 or 0 <= d.bias_input <= 1) or math.isinf(d.bias_input):
         raise ValueError(
             f"data.bias_input is the intensity of a constant extra input, in [0, 1], or a finite negative"
