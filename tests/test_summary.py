@@ -258,3 +258,19 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("relpsp: error: ") and message in err and err.count("\n") == 1, err
     assert main(["summary", str(run)]) == 0 and "1 finished (seed 0): 98.00 %" in capsys.readouterr().out
+
+
+def test_a_run_in_its_first_epoch_is_listed_though_it_wrote_nothing_yet(tmp_path, capsys):
+    """With checkpoint_every = 0 a new run's folder holds only its lock until its first epoch ends; it used
+    to be left out of `relpsp summary DIR`, and naming it was an error."""
+    _finished(tmp_path / "r-seed0", _mnist_cfg(0), 0.99)
+    starting = tmp_path / "r-seed1"
+    starting.mkdir()  # fit makes the folder, then takes its lock
+    with run_folder_lock(starting):  # what `relpsp train` holds while it trains
+        for args in ([str(tmp_path)], [str(starting)]):
+            capsys.readouterr()
+            assert main(["summary", *args]) == 0
+            assert f"{starting}: training, in its first epoch" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["summary", str(starting)]) == 2  # a lock that no process holds is no run
+    assert "neither a run folder nor a folder of run folders" in capsys.readouterr().err

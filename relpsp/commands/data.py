@@ -100,10 +100,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"name:        {info.name}")
     print(f"input shape: {info.input_shape}")
     print(f"classes:     {info.num_classes} ({', '.join(info.class_names)})")
-    print(f"splits:      {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())}")
+    split = _split_note(dataset_dir(name, args.data_dir))
+    sizes = ", ".join(f"{k} {v}" for k, v in info.split_sizes.items())
+    # a folder made by `relpsp data prepare` records its own split (below); the sizes are the shared copy's
+    print(f"splits:      {sizes}" + (" (the shared copy's; this folder's split below)" if split else ""))
     print(f"source:      {info.source}")
     print(f"folder:      {dataset_dir(name, args.data_dir)}")
-    split = _split_note(dataset_dir(name, args.data_dir))
     if split:
         print(f"split:       {split}")
     print(f"status:      {_status(name, args.data_dir)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 __all__ = ["configure", "run", "run_folders"]
@@ -21,22 +22,33 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def run_folders(paths: list[str]) -> list[Path]:
-    """The run folders named, a folder of run folders standing for those inside it (sorted)."""
-    from relpsp.train.run_folder import RUN_FILES
+def run_folders(paths: list[str], starting: list[Path] | None = None) -> list[Path]:
+    """The run folders named, a folder of run folders standing for those inside it (sorted). Folders that
+    a run is training into but that hold no run file yet (its first epoch, before any checkpoint) are
+    added to ``starting`` when it is given, not returned: they hold no settings to group them by."""
+    from relpsp.train.run_folder import RUN_FILES, is_training
+
+    def is_run(p: Path) -> bool:
+        return any((p / m).is_file() for m in RUN_FILES)
 
     found: list[Path] = []
+    new: list[Path] = []
     for name in paths:
         p = Path(name)
         if not p.is_dir():
             raise FileNotFoundError(f"{p} is not a folder")
-        if any((p / m).is_file() for m in RUN_FILES):
-            found.append(p)
+        if is_run(p) or is_training(p):
+            (found if is_run(p) else new).append(p)
             continue
-        inner = sorted(c for c in p.iterdir() if c.is_dir() and any((c / m).is_file() for m in RUN_FILES))
+        inner = sorted(c for c in p.iterdir() if c.is_dir() and (is_run(c) or is_training(c)))
         if not inner:
             raise ValueError(f"{p} is neither a run folder nor a folder of run folders (no {', '.join(RUN_FILES)})")
-        found.extend(inner)
+        found.extend(c for c in inner if is_run(c))
+        new.extend(c for c in inner if not is_run(c))
+    if starting is not None:
+        starting.extend(dict.fromkeys(new))
+    if not found and not new:
+        raise ValueError("no run folders found")
     return list(dict.fromkeys(found))
 
 
@@ -52,10 +64,14 @@ def run(args: argparse.Namespace) -> int:
         if not 0 < value <= 100:
             raise ValueError(f"--target must be in (0, 100], got {args.target}")
         target = args.target
-    groups = group_runs([read_run(p) for p in run_folders(args.run_dirs)])
+    starting: list[Path] = []
+    groups = group_runs([read_run(p) for p in run_folders(args.run_dirs, starting)])
     summaries = [summarize(g, target) for g in groups]
+    note = [f"{p}: training, in its first epoch (no settings or numbers written yet)" for p in starting]
     if args.json:
         print(json.dumps(summaries, indent=2))
+        if note:
+            print("\n".join(note), file=sys.stderr)
     else:
-        print("\n\n".join(format_summary(s) for s in summaries))
+        print("\n\n".join([*(format_summary(s) for s in summaries), *(["\n".join(note)] if note else [])]))
     return 0

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -200,6 +201,25 @@ def _link_caltech(folder: Path, source: Path, log: Callable[[str], None]) -> Non
     log(f"linked {folder} -> {source}")
 
 
+#: A temporary file untouched this long (seconds) was left by a killed fetch: every write here is one
+#: buffer, written, flushed and renamed within seconds.
+ABANDONED_TEMP_AGE_S = 600.0
+
+
+def remove_abandoned_temp_files(folder: Path, min_age_s: float = ABANDONED_TEMP_AGE_S) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) that a fetch killed while writing left in ``folder``
+    (a signal ends the process without the clean-up that an error runs); only those older than
+    ``min_age_s``, so that a fetch running beside this one keeps its own. Returns what was removed."""
+    removed = []
+    now = time.time()
+    for p in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime >= min_age_s:
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 def fetch_dataset(
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
@@ -243,6 +263,8 @@ def fetch_dataset(
         return folder
     if source is not None:
         raise ValueError(f"source= applies to caltech-face-motorbike only, not {name}")
+    for stale in remove_abandoned_temp_files(folder):
+        say(f"removed {stale}, left by a fetch that was killed while writing it")
     if name == "mnist-pkl":
         if all(c.status == "ok" for c in verify_dataset(name, data_dir)):
             say(f"{folder} is present and verified")

@@ -300,18 +300,22 @@ def _yinyang_options(opts: Mapping[str, Any]) -> tuple[int | None, int, float | 
     """Yin-Yang's ``num_samples`` (an int >= 1, or None), ``seed`` (an int >= 0) and ``bias`` (a number, or
     None), checked: a float count or seed used to be truncated silently, and ``bias=True`` read as 1."""
 
-    def integer(key: str, minimum: int) -> int | None:
+    def integer(key: str, minimum: int, below: int | None = None) -> int | None:
         v = opts.get(key)
         if v is None:
             return None
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-            raise ValueError(f"yinyang option {key} must be an integer >= {minimum}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum or (below and v >= below):
+            bound = " and < 2**32" if below else ""
+            raise ValueError(f"yinyang option {key} must be an integer >= {minimum}{bound}, got {v!r}")
         return int(v)
 
     bias = opts.get("bias")
     if bias is not None and (isinstance(bias, bool) or not isinstance(bias, (int, float, np.integer, np.floating))):
         raise ValueError(f"yinyang option bias must be a number in [0, 1] (or None), got {bias!r}")
-    return integer("num_samples", 1), integer("seed", 0) or 0, None if bias is None else float(bias)
+    # NumPy splits a seed of 2**32 or more into 32-bit words and ignores trailing zero words, so the
+    # training set [2**32 + s, 0] = words [s, 1, 0] would be seed s's validation set [s, 1]
+    seed = integer("seed", 0, below=2**32) or 0
+    return integer("num_samples", 1), seed, None if bias is None else float(bias)
 
 
 def dataset_info(name: str, **opts: Any) -> DatasetInfo:
