@@ -121,6 +121,23 @@ def test_row_splits_and_int32_chunks_give_the_same_result(monkeypatch):
     assert_close("grad_weight", gw.cpu(), wr.grad, torch.float64, kind="grad")
 
 
+def test_weights_beyond_int32_offsets_are_refused_and_row_splits_keep_their_buffer_addressable(monkeypatch):
+    """The kernels address the weight with int32 offsets: a 65537 x 32768 layer read outside its buffer
+    (in the interpreter, a segmentation fault). It is refused before any kernel runs (an expanded view, so
+    nothing is allocated), and the dL/dw kernel's [splits, N_out, N_in] buffer stays addressable."""
+    k = load_gpu_kernels()
+    big = torch.zeros(1, 1, dtype=torch.float64, device=DEVICE).expand(65537, 32768)
+    t = torch.zeros(1, 32768, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match=r"65537 x 32768 = 2,147,516,416 weights is more than 2,147,483,647"):
+        k.linear_fwd(t, big, 1.0, math.inf)
+    g = torch.zeros(1, 65537, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="use backend 'torch' for this layer"):
+        k.linear_bwd(g, t, big, g, g, 1e-3)
+    monkeypatch.setattr(gpu_triton, "_MAX_ELEMS", 7 * 12 * 3)
+    per, splits = gpu_triton._row_splits(10_000, 7, 12)
+    assert splits <= 3 and per * splits >= 10_000
+
+
 def test_silent_rows_and_weight_only_gradients(fwd_variant):
     t = _times((6, 10), 11)
     t[2] = math.inf  # a row with no input spike: nothing fires, every gradient is 0

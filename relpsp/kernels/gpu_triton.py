@@ -18,7 +18,9 @@ mask c_rji = [t_ri < t_rj]: two masked contractions,
                                                as far as the tiles alone give too few programs)
 
 accumulated in the input dtype. Nothing here materialises an ``R x N_in x N_out`` tensor. Kernels use
-int32 offsets; the wrappers split the rows so that every offset fits (``_MAX_ELEMS``).
+int32 offsets; the wrappers split the rows so that every offset into a row buffer fits (``_MAX_ELEMS``),
+cap the dL/dw kernel's row splits so that its ``[splits, N_out, N_in]`` buffer does, and refuse a weight
+of more than ``_MAX_ELEMS`` entries (a layer beyond about 46,000 x 46,000; the torch backend takes it).
 
 Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` set before import it also runs on CPU tensors
 (slowly), which is how the tests check these kernels on machines without a GPU. Import only through
@@ -52,7 +54,8 @@ BLOCK_R_GIN = 32
 BLOCK_I = 64
 BLOCK_J_GW = 64
 #: dL/dw: about this many programs in all; rows are split into blocks (whose partial sums torch adds)
-#: only as far as the (neuron x input) tiles alone fall short of it, with at least MIN_SPLIT_ROWS rows each.
+#: only as far as the (neuron x input) tiles alone fall short of it, into about MIN_SPLIT_ROWS rows or more
+#: each (rows // MIN_SPLIT_ROWS rounded up, so a split may hold fewer).
 TARGET_PROGRAMS = 1024
 MIN_SPLIT_ROWS = 64
 _MAX_ELEMS = 2**31 - 1  # largest int32 offset into any [rows, features] or [splits, M, N] buffer
@@ -62,6 +65,7 @@ def _row_splits(rows: int, n_out: int, n_in: int) -> tuple[int, int]:
     """``(rows per split, number of splits)`` for the dL/dw kernel (see ``TARGET_PROGRAMS``)."""
     tiles = triton.cdiv(n_out, BLOCK_J_GW) * triton.cdiv(n_in, BLOCK_I)
     splits = max(1, min(triton.cdiv(rows, MIN_SPLIT_ROWS), triton.cdiv(TARGET_PROGRAMS, tiles)))
+    splits = min(splits, max(1, _MAX_ELEMS // max(1, n_out * n_in)))  # [splits, M, N] offsets fit int32
     per = max(1, triton.cdiv(rows, splits))
     return per, max(1, triton.cdiv(rows, per))
 
@@ -286,8 +290,18 @@ def _grad_w_kernel(
     tl.store(part_ptr + dst, acc, mask=jm[:, None] & im[None, :])
 
 
+def _check_weight_size(weight: Tensor) -> None:
+    if weight.numel() > _MAX_ELEMS:
+        n_out, n_in = weight.shape
+        raise ValueError(
+            f"the Triton kernels address the weight with int32 offsets: {n_out} x {n_in} = {weight.numel():,} "
+            f"weights is more than {_MAX_ELEMS:,}; use backend 'torch' for this layer"
+        )
+
+
 def linear_fwd(t_in: Tensor, weight: Tensor, theta: float, t_max: float) -> tuple[Tensor, Tensor]:
     """``t_in [R, N_in]``, ``weight [N_out, N_in]`` (same dtype and device) -> ``(t_out, w_sum)``."""
+    _check_weight_size(weight)
     chunks = _row_chunks(t_in.shape[0], max(t_in.shape[1], weight.shape[0]))
     if len(chunks) > 1:
         parts = [_linear_fwd(t_in[a:b], weight, theta, t_max) for a, b in chunks]
@@ -330,6 +344,7 @@ def linear_bwd(
     need_w: bool = True,
 ) -> tuple[Tensor | None, Tensor | None]:
     """``(dL/dt_in [R, N_in] or None, dL/dweight [N_out, N_in] or None)`` in the input dtype."""
+    _check_weight_size(weight)
     n_in, n_out = t_in.shape[1], weight.shape[0]
     chunks = _row_chunks(t_in.shape[0], max(n_in, n_out))
     if len(chunks) > 1:
