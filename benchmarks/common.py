@@ -90,10 +90,10 @@ def environment(device: str = "cpu") -> dict:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=repo
         )
-        # whether the package or the benchmarks differ from that commit (numbers from uncommitted code),
-        # new files included
+        # whether the package, its configs (relpsp/configs is a link to configs/, which git does not follow;
+        # --kernel window reads them) or the benchmarks differ from that commit, new files included
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "relpsp", "benchmarks"],
+            ["git", "status", "--porcelain", "--", "relpsp", "configs", "benchmarks"],
             capture_output=True,
             text=True,
             timeout=5,

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import environment, write_json
 from relpsp._fileio import check_output_file
@@ -57,9 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--plot", help="PNG file: accuracy against weight bits and time bits")
     args = ap.parse_args(argv)
-    for out in (args.out, args.plot):
-        if out:  # refused before the runs, and never over the checkpoint being measured
-            check_output_file(out, args.checkpoint)
+    try:  # refused before the runs, never over the checkpoint being measured or over each other
+        for out in (args.out, args.plot):
+            if out:
+                check_output_file(out, args.checkpoint)
+        if args.out and args.plot and Path(args.out).resolve() == Path(args.plot).resolve():
+            raise ValueError(f"--out and --plot name the same file {args.out}")
+        if args.plot and not args.plot.lower().endswith(".png"):
+            raise ValueError(f"--plot writes a PNG file: give a name ending in .png, not {args.plot}")
+    except ValueError as e:
+        ap.error(str(e))
 
     from relpsp.commands.simulate import checkpoint_data_options
     from relpsp.sim import SimOptions, calibrate_time_window, load_inputs, network_from_checkpoint, simulate
@@ -106,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\n8-bit weights, 8-bit time: {100 * grid['8']['8']:.2f}% vs {100 * base:.2f}% full precision "
             f"(loss {100 * (base - grid['8']['8']):.2f} points)"
         )
-    if args.plot:
-        _plot(grid, f"{meta['config']['model']['arch']} ({len(y)} {dataset} test images)", args.plot)
-    if args.out:
+    if args.out:  # the numbers first: a failing figure loses nothing
         write_json(
             args.out,
             {
@@ -125,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": time.perf_counter() - t0,
             },
         )
+    if args.plot:
+        _plot(grid, f"{meta['config']['model']['arch']} ({len(y)} {dataset} test images)", args.plot)
     return 0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from relpsp.data.images import image_files
-from relpsp.data.registry import CALTECH_CLASSES
+from relpsp.data.registry import CALTECH_CLASSES, dataset_dir
 
 
 def border_mean(path: Path, border: int) -> float:
@@ -27,12 +27,16 @@ def border_mean(path: Path, border: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default="../shared/datasets/caltech-face-motorbike")
+    ap.add_argument(
+        "--root",
+        default=None,
+        help="the dataset folder (default: the one training reads, <data dir>/caltech-face-motorbike)",
+    )
     ap.add_argument("--indices", type=int, nargs="*", default=[], help="test indices to describe")
     ap.add_argument("--border", type=int, default=5)
     ap.add_argument("--threshold", type=float, default=200.0)
     args = ap.parse_args(argv)
-    root = Path(args.root)
+    root = Path(args.root) if args.root else dataset_dir("caltech-face-motorbike")
     for split in ("train", "test"):
         means = np.array([border_mean(p, args.border) for p in image_files(root / split / "motorbike")])
         below = int((means < args.threshold).sum())

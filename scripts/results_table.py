@@ -18,7 +18,11 @@ from pathlib import Path
 
 def main(root: str = "docs/results") -> int:
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
-    for path in sorted(Path(root).glob("*/results.json")):
+    found = sorted(Path(root).glob("*/results.json"))
+    if not found:
+        print(f"no run folders (*/results.json) in {root}", file=sys.stderr)
+        return 1
+    for path in found:
         r = json.loads(path.read_text())
         name = path.parent.name.rsplit("-seed", 1)[0]
         cfg = r["config"]

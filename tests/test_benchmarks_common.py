@@ -62,9 +62,10 @@ def test_mnist_like_batch_gives_the_batch_asked_for(tmp_path):
     assert "replacement" in source or "synthetic" in source
 
 
-def test_checkpoint_benchmarks_refuse_to_write_over_the_checkpoint(tmp_path):
-    """``--out`` (or ``--plot``) naming the checkpoint being measured is refused before any work; it used
-    to be replaced by the JSON at the end."""
+def test_checkpoint_benchmarks_refuse_to_write_over_the_checkpoint(tmp_path, capsys):
+    """``--out`` (or ``--plot``) naming the checkpoint being measured, a folder, or (``--plot``) the JSON
+    file or a file that is not a PNG, is refused before any work with a usage error (exit 2); the
+    checkpoint used to be replaced by the JSON at the end, and a figure by the JSON."""
     import pytest
 
     from benchmarks import deploy_check, quantization
@@ -72,13 +73,22 @@ def test_checkpoint_benchmarks_refuse_to_write_over_the_checkpoint(tmp_path):
 
     ckpt, _ = _tiny_checkpoint(tmp_path)
     before = ckpt.read_bytes()
-    for argv in ([str(ckpt), "--out", str(ckpt)], [str(ckpt), "--out", str(tmp_path)]):
-        for main in (quantization.main, deploy_check.main):
-            with pytest.raises(ValueError, match=r"would overwrite|is a folder"):
-                main(argv)
-    with pytest.raises(ValueError, match="would overwrite"):
-        quantization.main([str(ckpt), "--plot", str(ckpt)])
+    cases = [
+        (quantization.main, ["--out", str(ckpt)], "would overwrite"),
+        (deploy_check.main, ["--out", str(ckpt)], "would overwrite"),
+        (quantization.main, ["--out", str(tmp_path)], "is a folder"),
+        (deploy_check.main, ["--out", str(tmp_path)], "is a folder"),
+        (quantization.main, ["--plot", str(ckpt)], "would overwrite"),
+        (quantization.main, ["--out", str(tmp_path / "q.png"), "--plot", str(tmp_path / "q.png")], "the same file"),
+        (quantization.main, ["--plot", str(tmp_path / "q.pdf")], "ending in .png"),
+    ]
+    for main, extra, needle in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main([str(ckpt), *extra])
+        assert info.value.code == 2 and needle in capsys.readouterr().err, (main, extra)
     assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, "data.npz"])  # nothing written
 
 
 def test_layers_benchmark_records_median_and_minimum_over_the_requested_calls():
