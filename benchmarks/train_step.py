@@ -15,8 +15,8 @@ optimizer steps, so the spike patterns evolve as in training.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -38,6 +38,27 @@ from benchmarks.common import (
 DEFAULT_ARCHS = ("784-800-10", "16C5-P2-32C5-P2-800-128-10")
 
 
+def narrow_arch(arch: str) -> str:
+    """``arch`` with every convolution's channels and every hidden layer's width set to 2, its input
+    declaration and class count kept: "16C5-P2-32C5-P2-800-128-10" -> "2C5-P2-2C5-P2-2-2-10"."""
+    tokens = arch.split("-")
+    out = []
+    for i, tok in enumerate(tokens):
+        if i == len(tokens) - 1 or (i == 0 and tok.isdigit()):
+            out.append(tok)
+        else:
+            out.append(re.sub(r"^\d+(?=C|$)", "2", tok))
+    return "-".join(out)
+
+
+def _build(arch: str, shape: tuple[int, ...], backend: str, kernel: str) -> torch.nn.Module:
+    from relpsp.models import build_model, model_from_config
+
+    if kernel == "window":
+        return model_from_config(window_model_config(arch, shape), backend)
+    return build_model(arch, shape, backend=backend)
+
+
 def make_step(
     arch: str, batch: int, device: str, backend: str, shape: tuple[int, ...] | None = None, kernel: str = "relpsp"
 ):
@@ -49,7 +70,6 @@ def make_step(
     ``benchmarks.common.WINDOW_CONFIG`` (its architecture and input shape replaced by these) instead of
     ReL-PSP. Also used by ``benchmarks.profile_ops``."""
     from relpsp.functional import spike_time_cross_entropy
-    from relpsp.models import build_model, model_from_config
 
     if shape is None:
         shape = (3, 32, 32) if arch.startswith("64C3") else (1, 28, 28)
@@ -65,11 +85,7 @@ def make_step(
     else:
         x_all, source = mnist_like_batch(batch * 4, seed=1)
     y_all = torch.randint(0, int(arch.rsplit("-", 1)[-1]), (len(x_all),))  # the last layer is the class count
-    if kernel == "window":
-        model = model_from_config(window_model_config(arch, shape), backend)
-    else:
-        model = build_model(arch, shape, backend=backend)
-    model = model.to(device)
+    model = _build(arch, shape, backend, kernel).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     x_all, y_all = x_all.to(device), y_all.to(device)
 
@@ -99,21 +115,21 @@ def run_one(
 
     if device == "cpu":
         set_threads(threads, torch_heavy=kernel == "window")  # as relpsp train sets them for this kernel
-    step, model, x_all, y_all, source = make_step(arch, batch, device, backend, shape, kernel)
+    step, _model, x_all, y_all, source = make_step(arch, batch, device, backend, shape, kernel)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     load_cpu_kernels()  # numba's import and compiled code (tens of MiB) are a fixed cost, not this case's memory
-    # The code torch first touches in a step is loaded by one step of a throwaway copy on one sample. The
-    # baseline is read before it: the copy's weights, gradients and optimizer state, once freed, are reused
-    # by the timed steps' own (read after it, they hid a step's gradients and optimizer state: 0.1 MiB for
-    # a network of 3.2 million weights). So the figure also counts the copy's weights: an upper bound.
-    base = peak_rss_mib()
-    twin = copy.deepcopy(model)
+    # So is the code torch first touches in a step: one step, on one sample, of a narrow network with the
+    # same kinds of layer (every width 2), before the baseline. A full-size copy did this before, and its
+    # freed weights, gradients and optimizer state were reused by the timed steps' own and hid them (0.1
+    # MiB reported for a network of 3.2 million weights).
+    twin = _build(narrow_arch(arch), tuple(x_all.shape[1:]), backend, kernel).to(device)
     twin_opt = torch.optim.Adam(twin.parameters(), lr=3e-4)
     spike_time_cross_entropy(twin(x_all[:1]), y_all[:1]).backward()
     twin_opt.step()
     del twin, twin_opt
     sync()
+    base = peak_rss_mib()
     step(0)
     step(1)
     sync()
@@ -142,8 +158,8 @@ def run_one(
         "peak_mem_mib": peak,
         "peak_mem_kind": "CUDA max allocated"
         if device.startswith("cuda")
-        else "peak RSS growth from before a one-sample warm-up step of a copy of the model (model and data "
-        "built): the timed steps' gradients, optimizer state and activations, plus the copy's weights",
+        else "peak RSS growth from before the first step (model and data built, torch's code loaded by a "
+        "narrow network's step)",
     }
 
 

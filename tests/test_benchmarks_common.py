@@ -203,3 +203,21 @@ def test_simulate_benchmark_times_each_backend_on_the_same_fresh_network(tmp_pat
     rows = main(["--archs", "784-30-10", "--images", "4", "--kernel", "window", "--backends", "numba"])["rows"]
     assert [(r["kernel"], r["backend"]) for r in rows] == [("window", "numpy")]
     assert rows[0]["spikes_per_image"] > 40  # the input's spikes, then all 30 hidden and 10 output neurons
+
+
+def test_train_step_memory_counts_the_steps_gradients_and_optimizer_state(tmp_path):
+    """The warm-up that loads torch's code is a step of a narrow network (every width 2), so its freed
+    memory cannot hide the timed steps' own: for 784-4000-10 (3.2 million weights) the peak growth covers
+    at least the gradients and Adam's two moments (3 x 12.1 MiB). A full-size copy as the warm-up hid
+    them (0.1 MiB at batch 64)."""
+    pytest.importorskip("numba")
+    from benchmarks.train_step import main, narrow_arch
+
+    assert narrow_arch("16C3p1-16C3p1-P2-32C3p1-32C3p1-P2-800-128-10") == "2C3p1-2C3p1-P2-2C3p1-2C3p1-P2-2-2-10"
+    assert narrow_arch("784-800-10") == "784-2-10" and narrow_arch("64C3-P2-10") == "2C3-P2-10"
+    # in a fresh process, as the benchmark times each network: ru_maxrss is the process's high-water mark
+    out = tmp_path / "step.json"
+    main(["--archs", "784-4000-10", "--batch", "64", "--steps", "1", "--threads", "1", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    params_mib = (784 * 4000 + 4000 * 10) * 4 / 2**20
+    assert row["peak_mem_mib"] >= 3 * params_mib, row["peak_mem_mib"]
