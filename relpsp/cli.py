@@ -8,7 +8,9 @@ ends with a one-line ``relpsp: error: ...`` message and exit code 2, not a trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 __all__ = ["COMMANDS", "main", "one_line"]
@@ -50,9 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("relpsp: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command in (None, "train"):
+            hint = (
+                "; the run folder keeps the checkpoint of its last finished epoch (or step, with"
+                " train.checkpoint_every): the same command with --resume continues it (scripts/train.sh: run it again)"
+            )
+        print(f"relpsp: interrupted{hint}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except BrokenPipeError:  # `relpsp ... | head`: the reader has gone, as for any Unix tool
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error when Python flushes
+        return 141
+    except ModuleNotFoundError as e:  # an optional package (or tomli on Python 3.10) is missing
+        print(f"relpsp: error: {one_line(e)}; install it, e.g. pip install 'relpsp[all]'", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
         print(f"relpsp: error: {one_line(e)}", file=sys.stderr)
         return 2
 

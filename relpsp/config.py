@@ -243,14 +243,34 @@ def packaged_configs() -> dict[str, str]:
             if not line.startswith("#"):
                 break
             comment.append(line[1:].strip())
-        out[p.stem] = re.split(r"(?<=\.)\s", " ".join(comment), maxsplit=1)[0]
+        out[p.stem] = _first_sentence(" ".join(comment))
     return out
+
+
+_ABBREVIATIONS = ("et al.", "e.g.", "i.e.", "cf.", "vs.")
+
+
+def _first_sentence(text: str, limit: int = 120) -> str:
+    """The text up to its first full stop that ends a sentence (not "et al." or "e.g."), cut to ``limit``
+    characters with an ellipsis."""
+    end = len(text)
+    for m in re.finditer(r"\.(?=\s)", text):
+        if not text[: m.end()].endswith(_ABBREVIATIONS):
+            end = m.end()
+            break
+    first = text[:end]
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
 def find_config(name: str | Path) -> Path:
     """The experiment file ``name``: a path to a file, or else the name of one shipped with relpsp
     (``"yinyang"`` or ``"yinyang.toml"``, see ``packaged_configs``). A file at the path wins."""
     path = Path(name)
+    if len(path.parts) != 1 and not path.exists() and (PACKAGED_CONFIG_DIR / f"{path.stem}.toml").is_file():
+        raise ValueError(
+            f"config file {path} does not exist here ({Path.cwd()}); the experiment of that name shipped with"
+            f" relpsp runs from anywhere as: relpsp train {path.stem}"
+        )
     if path.is_file() or len(path.parts) != 1:  # a folder of the name does not hide a shipped config
         return path
     shipped = PACKAGED_CONFIG_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")

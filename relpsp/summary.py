@@ -267,6 +267,12 @@ def summarize(group: Group, target_percent: str | float | None = None) -> dict[s
     right = sum(v for v in rights if v is not None) if counted else None
     total = sum(r.test_samples or 0 for r in done) if counted else None
     out["test_right"], out["test_total"] = right, total
+    by_seed: dict[int, list[str]] = {}
+    for r in done:
+        by_seed.setdefault(r.seed, []).append(str(r.path))
+    # one seed in two folders (a rerun, a copy from another device): both are in the mean, which the
+    # reader should know; name them apart to keep them out of it
+    out["repeated_seeds"] = {str(k): v for k, v in by_seed.items() if len(v) > 1}
     if target_percent is not None and done:
         if right is not None and total:
             reached, needed = target_reached(right, total, target_percent)
@@ -319,6 +325,8 @@ def format_summary(s: dict[str, Any]) -> str:
                 else " (judged on the mean: no whole test counts)"
             )
             lines.append(f"  target {t['percent']:g} %: {verdict}{need}")
+    for seed, paths in s.get("repeated_seeds", {}).items():
+        lines.append(f"  warning: seed {seed} finished in {len(paths)} folders, each counted above: {', '.join(paths)}")
     for d in s["stopped"]:
         last = d["last_test_accuracy_percent"]
         at = f", test {last:.2f} % after it" if last is not None else ""

@@ -142,7 +142,7 @@ def test_cli_prepare_then_verify_and_train_reads_it(tmp_path, capsys):
     assert main(["data", "info", "caltech", "--data-dir", str(data)]) == 0
     info = capsys.readouterr().out
     assert "seed 5, 3 train / 2 test per class" in info
-    assert "splits:      train 400, test 396 (the shared copy's; this folder's split below)" in info
+    assert "splits:      train 400, test 396 (the standard split's; this folder's own is below)" in info
 
     assert main([*args, "--train-per-class", "3", "--test-per-class", "2"]) == 2  # the folder training reads
     err = capsys.readouterr().err

@@ -381,6 +381,9 @@ def test_shipped_experiments_are_listed_and_found_by_name(tmp_path, monkeypatch,
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == [name.removesuffix(".toml") for name in repo_configs]
     assert any(line.startswith("yinyang ") and "Yin-Yang" in line for line in listed)
+    # a description is its first sentence: not cut at "et al." (it was, for 20 of them), at most 120 characters
+    yy = next(line for line in listed if line.startswith("yinyang "))
+    assert "(Kriener et al. 2021)" in yy and all(len(line.split(None, 1)[1]) <= 120 for line in listed)
     assert find_config("yinyang") == find_config("yinyang.toml") == PACKAGED_CONFIG_DIR / "yinyang.toml"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "yinyang.toml").write_text('[data]\ndataset = "yinyang"\n')
@@ -388,6 +391,9 @@ def test_shipped_experiments_are_listed_and_found_by_name(tmp_path, monkeypatch,
     assert find_config("yinyang") == PACKAGED_CONFIG_DIR / "yinyang.toml"
     (tmp_path / "yinyang").mkdir()  # a folder of the name (a run folder, say) does not hide the shipped one
     assert find_config("yinyang") == PACKAGED_CONFIG_DIR / "yinyang.toml"
+    # the README's configs/... paths hold in the repository's root; elsewhere the error names the way
+    with pytest.raises(ValueError, match="shipped with relpsp runs from anywhere as: relpsp train mnist_mlp"):
+        find_config("configs/mnist_mlp.toml")
 
 
 def test_a_shipped_experiment_trains_by_name_into_its_default_folder(tmp_path, monkeypatch):
@@ -426,3 +432,39 @@ def test_a_dataset_alias_is_stored_under_its_registry_name(tmp_path, capsys):
     alias = Config(data=DataConfig(dataset="Yin_Yang"))
     assert resume_key(alias) == resume_key(dataclasses.replace(alias, data=DataConfig(dataset="yinyang")))
     assert resume_key(Config(data=DataConfig(dataset="tiny"))).data.dataset == "tiny"  # not a registry name
+
+
+def test_eval_takes_a_run_folder_and_names_a_nir_file_for_what_it_is(run_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir), "--json"]) == 0  # the folder's checkpoint
+    res = json.loads((run_dir / "results.json").read_text())
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(res["test_accuracy"])
+    pytest.importorskip("nir")
+    nir_file = tmp_path / "m.nir"
+    assert cli.main(["export", str(run_dir / "checkpoint.ckpt"), "--format", "nir", str(nir_file)]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(nir_file)]) == 2
+    assert "is a NIR file; relpsp eval reads checkpoints: run it with relpsp simulate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "needle"),
+    [
+        (ModuleNotFoundError("No module named 'tomli'"), 2, "No module named 'tomli'; install it, e.g. pip install"),
+        (ImportError("reading image folders needs Pillow"), 2, "relpsp: error: reading image folders needs Pillow"),
+        (BrokenPipeError(32, "Broken pipe"), 141, ""),  # `relpsp ... | head`: quiet, as any Unix tool
+        (KeyboardInterrupt(), 130, "the same command with --resume continues it"),
+    ],
+    ids=["missing-module", "import-error", "broken-pipe", "interrupt"],
+)
+def test_failures_end_in_one_line_not_a_traceback(monkeypatch, capsys, exc, code, needle):
+    from relpsp.commands import train
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(train, "run", boom)
+    monkeypatch.setattr("sys.stdout.fileno", lambda: os.open(os.devnull, os.O_WRONLY), raising=False)
+    assert cli.main(["train", "--epochs", "1"]) == code
+    err = capsys.readouterr().err
+    assert (needle in err) if needle else err == ""

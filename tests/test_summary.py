@@ -274,3 +274,17 @@ def test_a_run_in_its_first_epoch_is_listed_though_it_wrote_nothing_yet(tmp_path
     capsys.readouterr()
     assert main(["summary", str(starting)]) == 2  # a lock that no process holds is no run
     assert "neither a run folder nor a folder of run folders" in capsys.readouterr().err
+
+
+def test_a_seed_finished_in_two_folders_is_named_in_a_warning(tmp_path, capsys):
+    """`relpsp summary docs/results` merges a rerun's folders with the original's (same settings): each
+    seed then counts twice in the mean, which used to pass without a word."""
+    _finished(tmp_path / "a-seed0", _mnist_cfg(0), 0.99)
+    _finished(tmp_path / "a-seed1", _mnist_cfg(1), 0.98)
+    _finished(tmp_path / "a_rerun-seed0", _mnist_cfg(0), 0.97)
+    (s,) = _summary([tmp_path / "a-seed0", tmp_path / "a-seed1", tmp_path / "a_rerun-seed0"])
+    assert s["repeated_seeds"] == {"0": [str(tmp_path / "a-seed0"), str(tmp_path / "a_rerun-seed0")]}
+    assert main(["summary", str(tmp_path)]) == 0
+    assert "warning: seed 0 finished in 2 folders, each counted above" in capsys.readouterr().out
+    (one,) = _summary([tmp_path / "a-seed0", tmp_path / "a-seed1"])
+    assert one["repeated_seeds"] == {}

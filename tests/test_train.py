@@ -147,8 +147,10 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
         fit(_cfg(epochs=1, lr=1e-3), tmp_path, **quiet)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before  # nothing touched
     lines: list[str] = []
+    (tmp_path / "curves.png").write_bytes(b"old run's figure")  # as `relpsp plot` leaves it
     again = fit(_cfg(epochs=1, lr=1e-3), tmp_path, overwrite=True, **(quiet | {"log": lines.append}))
     assert sum("overwrite: deleted" in line for line in lines) == 3
+    assert f"overwrite: kept curves.png in {tmp_path}: the old run's; remake or delete them" in lines
     assert json.loads((tmp_path / "results.json").read_text())["config"]["train"]["lr"] == 1e-3
     assert again["history"][0]["train_loss"] != first["history"][0]["train_loss"]
     (tmp_path / CHECKPOINT_NAME).unlink()  # results without a checkpoint: nothing to resume from
@@ -260,8 +262,11 @@ def test_a_failure_during_evaluation_keeps_the_epochs_training(tmp_path, monkeyp
     # both calls trained, so both are named in the results; a call that trains nothing adds none
     assert [(s["from_epoch"], s["from_step"]) for s in res["sessions"]] == [(0, 0), (0, 4)]
     assert all(s["versions"] == res["versions"] for s in res["sessions"])
-    again = fit(_cfg(epochs=2), tmp_path / "cut", resume=True, **quiet)
+    lines: list[str] = []
+    again = fit(_cfg(epochs=2), tmp_path / "cut", resume=True, **(quiet | {"log": lines.append}))
     assert again["sessions"] == res["sessions"]
+    finished = f"{tmp_path / 'cut' / CHECKPOINT_NAME} has finished its 2 epochs: evaluating it again"
+    assert any(line.startswith(finished) for line in lines), lines  # not "resumed ... at epoch 3"
 
 
 @pytest.mark.parametrize(

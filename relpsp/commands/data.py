@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     split = _split_note(dataset_dir(name, args.data_dir))
     sizes = ", ".join(f"{k} {v}" for k, v in info.split_sizes.items())
     # a folder made by `relpsp data prepare` records its own split (below); the sizes are the shared copy's
-    print(f"splits:      {sizes}" + (" (the shared copy's; this folder's split below)" if split else ""))
+    print(f"splits:      {sizes}" + (" (the standard split's; this folder's own is below)" if split else ""))
     print(f"source:      {info.source}")
     print(f"folder:      {dataset_dir(name, args.data_dir)}")
     if split:

@@ -14,7 +14,7 @@ __all__ = ["configure", "run"]
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="checkpoint file written by relpsp train")
+    p.add_argument("checkpoint", help="checkpoint file written by relpsp train, or its run folder")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
     p.add_argument(
         "--split",
@@ -35,14 +35,21 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
+    from pathlib import Path
 
     import torch
 
     from relpsp.arch import DenseSpec, parse_arch
+    from relpsp.commands.simulate import is_nir_file
     from relpsp.data import canonical_name, load_dataset
-    from relpsp.train import data_options, evaluate, load_splits, load_trained, set_threads
+    from relpsp.train import CHECKPOINT_NAME, data_options, evaluate, load_splits, load_trained, set_threads
 
-    model, cfg, _ = load_trained(args.checkpoint)
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_dir() and (ckpt / CHECKPOINT_NAME).is_file():  # a run folder: its checkpoint
+        ckpt = ckpt / CHECKPOINT_NAME
+    if ckpt.is_file() and is_nir_file(ckpt):
+        raise ValueError(f"{ckpt} is a NIR file; relpsp eval reads checkpoints: run it with relpsp simulate")
+    model, cfg, _ = load_trained(ckpt)
     set_threads(0, torch_heavy=cfg.model.kernel == "window")  # as training sets them for this network
     dataset = args.dataset or cfg.data.dataset
     data_dir = args.data_dir or cfg.data.data_dir

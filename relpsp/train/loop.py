@@ -37,7 +37,7 @@ from relpsp.train.distributed import DistInfo, all_reduce, barrier, dist_info, s
 from relpsp.train.evaluation import evaluate_on_ranks, fill_silent
 from relpsp.train.inputs import augment, check_splits, data_digest, data_options, epoch_order, load_splits
 from relpsp.train.regularisers import SilentPenalty, SpikeDropout, WeightAverage
-from relpsp.train.run_folder import RUN_FILES, run_folder_lock, write_json, write_metrics
+from relpsp.train.run_folder import DERIVED_FILES, RUN_FILES, run_folder_lock, write_json, write_metrics
 from relpsp.train.runtime import code_versions, device_name, set_threads
 from relpsp.train.validation import validate_config
 
@@ -261,7 +261,10 @@ def _restore(
         [start_epoch, start_step], ctx, device, "min"
     ):
         raise ValueError(f"the ranks read different checkpoints from {ckpt_path}; --out must be shared")
-    log(f"resumed from {ckpt_path} at epoch {start_epoch + 1}, step {start_step}")
+    if start_epoch == cfg.train.epochs and start_step == 0:
+        log(f"{ckpt_path} has finished its {start_epoch} epochs: evaluating it again, nothing more to train")
+    else:
+        log(f"resumed from {ckpt_path} at epoch {start_epoch + 1}, step {start_step}")
     step_now = start_epoch * steps_per_epoch + start_step
     lr_was = _lr_at(saved, step_now, steps_per_epoch * saved.train.epochs)
     lr_now = _lr_at(cfg, step_now, steps_per_epoch * cfg.train.epochs)
@@ -378,6 +381,11 @@ def _fit(
             for name in replaced:
                 (out / name).unlink()
                 log(f"overwrite: deleted {out / name}")
+            # what `relpsp plot` and `relpsp export` write into a run folder by default: the old run's, kept
+            # (they may be the user's own), but named so that nobody takes them for the new run's
+            derived = [n for n in DERIVED_FILES if (out / n).is_file()]
+            if replaced and derived:
+                log(f"overwrite: kept {', '.join(derived)} in {out}: the old run's; remake or delete them")
     x_tr, y_tr = splits["train"]
     opt = make_optimizer(cfg, model.parameters())
     averaged = WeightAverage(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None

@@ -15,12 +15,23 @@ from relpsp._fileio import json_text
 from relpsp.checkpoint import atomic_write_bytes
 from relpsp.train.checkpointing import CHECKPOINT_NAME
 
-__all__ = ["LOCK_NAME", "RUN_FILES", "is_training", "read_metrics", "run_folder_lock", "write_json", "write_metrics"]
+__all__ = [
+    "DERIVED_FILES",
+    "LOCK_NAME",
+    "RUN_FILES",
+    "is_training",
+    "read_metrics",
+    "run_folder_lock",
+    "write_json",
+    "write_metrics",
+]
 
 
 LOCK_NAME = ".relpsp.lock"
 #: the files of a run folder that a run writes (and a new run into the folder would replace)
 RUN_FILES = (CHECKPOINT_NAME, "metrics.jsonl", "results.json")
+#: files other commands write into a run folder as the README shows them (relpsp plot; relpsp export RUN/model.nir)
+DERIVED_FILES = ("curves.png", "output_times.png", "raster.png", "model.nir")
 
 
 def write_json(path: Path, obj: Any) -> None:
