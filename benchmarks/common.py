@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ __all__ = [
     "mnist_like_batch",
     "peak_rss_mib",
     "refuse_bad_output_file",
+    "reset_peak_rss",
     "time_it",
     "window_model_config",
     "write_json",
@@ -156,9 +158,35 @@ def load_cpu_kernels() -> None:
         pass
 
 
+def _proc_status_mib(field: str) -> float | None:
+    """``VmRSS`` or ``VmHWM`` of /proc/self/status in MiB; None where there is none (not Linux)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) / 1024 if m else None
+
+
 def peak_rss_mib() -> float:
-    """High-water mark of this process's resident memory (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """High-water mark of this process's resident memory, in MiB (since ``reset_peak_rss``, where it
+    could reset it)."""
+    hwm = _proc_status_mib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> float:
+    """The baseline of a peak-memory measurement, in MiB: the resident memory now, with Linux's high-water
+    mark reset to it (``/proc/self/clear_refs``), so that ``peak_rss_mib() - baseline`` is the growth from
+    here even when the process was larger before (loading a data set, say, then freeing most of it: an
+    earlier high-water mark hid a smaller step's growth entirely). Where the mark cannot be reset, the
+    mark itself is the baseline, and only growth beyond it shows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return peak_rss_mib()
+    rss = _proc_status_mib("VmRSS")
+    return rss if rss is not None else peak_rss_mib()
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:

@@ -28,6 +28,7 @@ from benchmarks.common import (
     mnist_like_batch,
     peak_rss_mib,
     refuse_bad_output_file,
+    reset_peak_rss,
     time_it,
     write_json,
 )
@@ -103,7 +104,7 @@ def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0, rep
     ok1 = torch.isfinite(o1)
     torch.autograd.backward(torch.where(ok1, o1, 0), torch.where(ok1, torch.randn_like(o1), 0))
     del t1, w1, o1, ok1
-    base = peak_rss_mib()
+    base = reset_peak_rss()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():

@@ -31,6 +31,7 @@ from benchmarks.common import (
     mnist_like_batch,
     peak_rss_mib,
     refuse_bad_output_file,
+    reset_peak_rss,
     window_model_config,
     write_json,
 )
@@ -129,7 +130,7 @@ def run_one(
     twin_opt.step()
     del twin, twin_opt
     sync()
-    base = peak_rss_mib()
+    base = reset_peak_rss()
     step(0)
     step(1)
     sync()

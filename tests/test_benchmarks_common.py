@@ -215,7 +215,8 @@ def test_train_step_memory_counts_the_steps_gradients_and_optimizer_state(tmp_pa
 
     assert narrow_arch("16C3p1-16C3p1-P2-32C3p1-32C3p1-P2-800-128-10") == "2C3p1-2C3p1-P2-2C3p1-2C3p1-P2-2-2-10"
     assert narrow_arch("784-800-10") == "784-2-10" and narrow_arch("64C3-P2-10") == "2C3-P2-10"
-    # in a fresh process, as the benchmark times each network: ru_maxrss is the process's high-water mark
+    # in a fresh process, as the benchmark times each network; it resets the high-water mark at its
+    # baseline (a test run before this one in the suite used to leave a mark that hid the growth)
     out = tmp_path / "step.json"
     main(["--archs", "784-4000-10", "--batch", "64", "--steps", "1", "--threads", "1", "--out", str(out)])
     (row,) = json.loads(out.read_text())["results"]
