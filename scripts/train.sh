@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up, fetch MNIST (checksums verified), train the paper's 784-800-10 network on the CPU
-# (80 epochs with random shifts, about 15 minutes on 2 cores; 98.5% or more on the test set)
+# (80 epochs with random shifts, 8 to 20 minutes on 2 cores; 98.5% or more on the test set)
 # and print the test accuracy. Extra arguments go to `relpsp train`, e.g. `bash scripts/train.sh --epochs 5 --out runs/quick`.
 # Run again, it continues an interrupted run from its checkpoint, or re-evaluates a finished one
 # (--resume); with `--overwrite` it deletes that run and starts again (then --resume is not passed).
