@@ -22,6 +22,7 @@ from relpsp.config import ModelConfig
 from relpsp.train import device_name
 
 __all__ = [
+    "add_threads_argument",
     "device_parser",
     "environment",
     "load_cpu_kernels",
@@ -166,6 +167,17 @@ def _proc_status_mib(field: str) -> float | None:
         return None
     m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
     return int(m.group(1)) / 1024 if m else None
+
+
+def add_threads_argument(ap: argparse.ArgumentParser) -> None:
+    """``--threads``, given to the kernels as ``relpsp train`` gives them (``relpsp.train.set_threads``)."""
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (0: all cores), given as relpsp train gives them: to numba, torch on one, for the "
+        "ReL-PSP kernels; to torch for plain torch layers (the windowed neuron, the torch and ref paths)",
+    )
 
 
 def peak_rss_mib() -> float:

@@ -23,6 +23,7 @@ import sys
 import torch
 
 from benchmarks.common import (
+    add_threads_argument,
     environment,
     load_cpu_kernels,
     mnist_like_batch,
@@ -153,13 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", default="numba,torch,ref")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (0: all cores), given as relpsp train gives them: to numba, torch on one, for the "
-        "ReL-PSP kernels; to torch for plain torch layers (the windowed neuron, the torch and ref paths)",
-    )
+    add_threads_argument(ap)
     ap.add_argument("--repeat", type=int, default=0, help="timed calls per measurement (0: 7, or 3 for ref)")
     ap.add_argument("--out", help="JSON file for the results")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)

@@ -25,6 +25,7 @@ import time
 import torch
 
 from benchmarks.common import (
+    add_threads_argument,
     device_parser,
     environment,
     load_cpu_kernels,
@@ -168,13 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = device_parser(__doc__)
     ap.add_argument("--archs", default=",".join(DEFAULT_ARCHS))
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads (0: all cores), given as relpsp train gives them: to numba, torch on one, for the "
-        "ReL-PSP kernels; to torch for plain torch layers (the windowed neuron, the torch and ref paths)",
-    )
+    add_threads_argument(ap)
     ap.add_argument(
         "--input-shape", help="C,H,W (images) or F (features) of every arch's input (default: by arch, see above)"
     )
