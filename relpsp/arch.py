@@ -28,6 +28,7 @@ __all__ = [
     "FlattenSpec",
     "LayerSpec",
     "PoolSpec",
+    "layer_label",
     "parse_arch",
     "weight_layers",
 ]
@@ -158,6 +159,19 @@ def parse_arch(arch: str, input_shape: tuple[int, ...] | None = None) -> list[La
     if len(shape) != 1:
         raise ValueError(f"arch {arch!r} must end with a dense output layer")
     return specs
+
+
+def layer_label(spec: LayerSpec) -> str:
+    """A short name of a layer for reports: "input", "conv 16C5", "pool P2", "flatten", "dense 800"."""
+    if isinstance(spec, EncodeSpec):
+        return "input"
+    if isinstance(spec, FlattenSpec):
+        return "flatten"
+    if isinstance(spec, DenseSpec):
+        return f"dense {spec.n_out}"
+    if isinstance(spec, ConvSpec):
+        return f"conv {spec.c_out}C{spec.kernel}"
+    return f"pool P{spec.kernel}"
 
 
 def weight_layers(specs: list[LayerSpec]) -> list[int]:

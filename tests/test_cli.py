@@ -40,6 +40,9 @@ def test_eval_reports_the_same_accuracy(run_dir, capsys):
     res = json.loads((run_dir / "results.json").read_text())
     assert out["accuracy"] == pytest.approx(res["test_accuracy"])
     assert out["n"] == 1000
+    assert out["layers"] == ["input", "dense 10", "dense 3"] and len(out["firing_rates"]) == 3
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt")]) == 0
+    assert "firing rate per layer: input 1.000, dense 10 " in capsys.readouterr().out  # named, not bare numbers
 
 
 def test_eval_per_class_gives_the_confusion_matrix_and_the_wrong_samples(run_dir, capsys):

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from relpsp.arch import DenseSpec, parse_arch
+    from relpsp.arch import DenseSpec, layer_label, parse_arch
     from relpsp.commands.simulate import is_nir_file
     from relpsp.data import canonical_name, load_dataset
     from relpsp.train import CHECKPOINT_NAME, data_options, evaluate, load_splits, load_trained, set_threads
@@ -77,15 +77,19 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate(
         model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin, decisions=decisions
     )
+    specs = parse_arch(cfg.model.arch, cfg.model.input_shape)
+    res["layers"] = [layer_label(spec) for spec in specs]  # the module of each firing rate
+    if len(res["layers"]) != len(res["firing_rates"]):  # a model built otherwise than one module per layer
+        res["layers"] = [f"module {i}" for i in range(len(res["firing_rates"]))]
     if decisions is not None:  # the arch ends with a dense output layer, one neuron per class
-        output = parse_arch(cfg.model.arch, cfg.model.input_shape)[-1]
+        output = specs[-1]
         assert isinstance(output, DenseSpec)  # parse_arch refuses any other last layer
         res["per_class"] = _per_class(decisions, output.n_out, y, source_index)
         res["per_class"]["wrong_indices_in"] = f"{canonical_name(dataset)} {source_split}"
     if args.json:
         print(json_text(res))
     else:
-        rates = " ".join(f"{r:.3f}" for r in res["firing_rates"])
+        rates = ", ".join(f"{name} {r:.3f}" for name, r in zip(res["layers"], res["firing_rates"], strict=False))
         print(
             f"{dataset} {args.split}: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, "
             f"no output spike {100 * res['no_output_spike_fraction']:.2f}%, "
