@@ -54,6 +54,10 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):  # epochs are whole numbers: no ticks at 1.25, 1.5, ...
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -471,3 +471,24 @@ def test_failures_end_in_one_line_not_a_traceback(monkeypatch, capsys, exc, code
     assert cli.main(["train", "--epochs", "1"]) == code
     err = capsys.readouterr().err
     assert (needle in err) if needle else err == ""
+
+
+def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
+    """Two epochs used to get ticks at 1.25, 1.5, 1.75."""
+    pytest.importorskip("matplotlib")
+    from relpsp import plots
+
+    ticks: list[float] = []
+    save = plots._save
+
+    def grab(fig, path):
+        ticks.extend(t for ax in fig.axes for t in ax.get_xticks())
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", grab)
+    rows = [
+        {"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5, "test_loss": 1 / e, "test_accuracy": 0.5}
+        for e in (1, 2)
+    ]
+    plots.plot_curves(rows, tmp_path / "c.png")
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
