@@ -65,9 +65,9 @@ stamp() { echo "=== $1 at $(date -u +%H:%M:%S)" | tee -a "$log"; }
 for step in $steps; do
   case $step in
     tests)
-      stamp "gpu tests (cap ${TESTS_S}s)"
+      cap=$(left "$TESTS_S"); stamp "gpu tests (cap ${cap}s)"
       # -W default: a deprecation warning of the machine's own torch/triton is shown, not turned into a failure
-      timeout "$(left "$TESTS_S")" "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -W default -rA 2>&1 \
+      timeout "$cap" "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -W default -rA 2>&1 \
         | tee -a "$log"
       if ! check "gpu tests"; then
         # keep training possible: the triton backend only if its own tests passed
@@ -77,32 +77,32 @@ for step in $steps; do
       fi
       ;;
     bench)
-      stamp "layers benchmark (cap ${BENCH_S}s)"
-      timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.layers --device "$DEVICE" --impls "${BENCH_LAYER_IMPLS:-triton,torch}" --repeat 5 \
+      cap=$(left "$BENCH_S"); stamp "layers benchmark (cap ${cap}s)"
+      timeout "$cap" "$PY" -m benchmarks.layers --device "$DEVICE" --impls "${BENCH_LAYER_IMPLS:-triton,torch}" --repeat 5 \
         --out "$OUT/bench_layers_cuda.json" 2>&1 | tee -a "$log"
       check "layers benchmark"
-      stamp "train_step benchmark (cap ${BENCH_S}s)"
-      timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.train_step --device "$DEVICE" --backend "$train_backend" --steps 20 \
+      cap=$(left "$BENCH_S"); stamp "train_step benchmark (cap ${cap}s)"
+      timeout "$cap" "$PY" -m benchmarks.train_step --device "$DEVICE" --backend "$train_backend" --steps 20 \
         --archs 784-800-10,16C5-P2-32C5-P2-800-128-10 --out "$OUT/bench_train_step_cuda.json" 2>&1 | tee -a "$log"
       check "train_step benchmark"
       ;;
     triton)
-      stamp "triton tests (cap ${TESTS_S}s)"
-      timeout "$(left "$TESTS_S")" "$PY" -m pytest -q tests/test_triton.py -p no:cacheprovider -W default 2>&1 \
+      cap=$(left "$TESTS_S"); stamp "triton tests (cap ${cap}s)"
+      timeout "$cap" "$PY" -m pytest -q tests/test_triton.py -p no:cacheprovider -W default 2>&1 \
         | tail -15 | tee -a "$log"
       check "triton tests"
       ;;
     ab)
       for v in auto chunked loop; do
-        stamp "layers benchmark, triton $v forward (cap ${BENCH_S}s)"
-        RELPSP_TRITON_FWD=$v timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.layers --device "$DEVICE" --impls triton \
+        cap=$(left "$BENCH_S"); stamp "layers benchmark, triton $v forward (cap ${cap}s)"
+        RELPSP_TRITON_FWD=$v timeout "$cap" "$PY" -m benchmarks.layers --device "$DEVICE" --impls triton \
           --repeat 5 --out "$OUT/bench_layers_$v.json" 2>&1 | tee -a "$log"
         check "layers benchmark $v"
       done
       ;;
     profile)
-      stamp "profile (cap ${BENCH_S}s)"
-      timeout "$(left "$BENCH_S")" "$PY" -m benchmarks.profile_ops --device "$DEVICE" --backend "$train_backend" \
+      cap=$(left "$BENCH_S"); stamp "profile (cap ${cap}s)"
+      timeout "$cap" "$PY" -m benchmarks.profile_ops --device "$DEVICE" --backend "$train_backend" \
         --out "$OUT/profile_ops.json" 2>&1 | grep -v "^USDT\|^STAGE" | tee -a "$log"
       check "profile"
       ;;
