@@ -213,7 +213,8 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     if not dataset:
         raise ValueError("--dataset is needed: the source is a NIR file that names no dataset")
     data_dir = args.data_dir or data_cfg.get("data_dir")
-    if meta is not None and _same_dataset(dataset, data_cfg.get("dataset")):
+    if args.split != "test" and meta is not None and _same_dataset(dataset, data_cfg.get("dataset")):
+        # the run's own train and val splits (the test split is the dataset's, untouched by the run)
         x, y = run_split_inputs(meta, args.split, data_dir, args.limit)
     else:
         x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
