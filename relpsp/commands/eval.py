@@ -34,7 +34,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
     import torch
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from relpsp.arch import DenseSpec, layer_label, parse_arch
     from relpsp.commands.simulate import is_nir_file
     from relpsp.data import canonical_name, load_dataset
-    from relpsp.train import CHECKPOINT_NAME, data_options, evaluate, load_splits, load_trained, set_threads
+    from relpsp.train import CHECKPOINT_NAME, data_options, evaluate, load_trained, run_split, set_threads
 
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir() and (ckpt / CHECKPOINT_NAME).is_file():  # a run folder: its checkpoint
@@ -55,15 +54,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or cfg.data.data_dir
     if canonical_name(dataset) == canonical_name(cfg.data.dataset):
         # the run's own splits: its held-out validation set (data.val_size) and its training subset
-        source: dict[str, tuple[str, Tensor]] = {}
-        splits = load_splits(replace(cfg, data=replace(cfg.data, data_dir=data_dir)), source)
-        if args.split not in splits:
-            raise ValueError(
-                f"this run has the splits {', '.join(sorted(splits))}, not {args.split!r}"
-                + (" (it was trained without data.val_size)" if args.split == "val" else "")
-            )
-        x, y = splits[args.split]
-        source_split, source_index = source[args.split]
+        x, y, (source_split, source_index) = run_split(cfg, args.split, data_dir)
     else:
         x, y = load_dataset(dataset, args.split, data_dir, **data_options(cfg, dataset))
         source_split, source_index = args.split, torch.arange(len(y))

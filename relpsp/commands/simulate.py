@@ -179,24 +179,12 @@ def _same_dataset(a: Any, b: Any) -> bool:
 def run_split_inputs(meta: dict[str, Any], split: str, data_dir: str | None, limit: int | None) -> tuple[Any, Any]:
     """``(x float64, y int64)`` of the run's own ``split`` of its dataset, as ``relpsp eval`` takes it: its
     held-out validation set (``data.val_size``) and its training subset, not the dataset's whole split."""
-    from dataclasses import replace
-
-    import numpy as np
-
     from relpsp.config import config_from_dict
-    from relpsp.train import load_splits
+    from relpsp.sim import inputs_from_arrays
+    from relpsp.train import run_split
 
-    cfg = config_from_dict(meta["config"])
-    splits = load_splits(replace(cfg, data=replace(cfg.data, data_dir=data_dir)))
-    if split not in splits:
-        raise ValueError(
-            f"this run has the splits {', '.join(sorted(splits))}, not {split!r}"
-            + (" (it was trained without data.val_size)" if split == "val" else "")
-        )
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
-    x, y = splits[split]
-    return x[:limit].numpy().astype(np.float64), y[:limit].numpy().astype(np.int64)
+    x, y, _ = run_split(config_from_dict(meta["config"]), split, data_dir)
+    return inputs_from_arrays(x, y, limit, f"this run's {split} split")
 
 
 def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict[str, Any]:

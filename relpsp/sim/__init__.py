@@ -28,7 +28,7 @@ from relpsp.sim.engine import (
     simulate,
     window_fire_rows,
 )
-from relpsp.sim.inputs import load_inputs
+from relpsp.sim.inputs import inputs_from_arrays, load_inputs
 from relpsp.sim.network import (
     SimConv,
     SimDense,
@@ -59,6 +59,7 @@ __all__ = [
     "concat_results",
     "conv_reach",
     "fire_rows",
+    "inputs_from_arrays",
     "latency_encode_np",
     "layer_output_shape",
     "load_inputs",

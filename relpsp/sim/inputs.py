@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_inputs"]
+__all__ = ["inputs_from_arrays", "load_inputs"]
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +62,7 @@ def load_inputs(
     other name goes to ``relpsp.data.load_dataset(name, split, data_dir, **options)`` (loader options such
     as Caltech's ``image_size`` or Yin-Yang's ``bias``: those the network was trained with).
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    _check_limit(limit)  # before the data are read
     if str(dataset).endswith(".npz"):
         path = Path(dataset)
         if not path.is_file():
@@ -78,6 +77,20 @@ def load_inputs(
             raise RuntimeError(f"relpsp.data.load_dataset is not available ({e}); pass an .npz file instead") from e
         loaded = load_dataset(dataset, split, data_dir, **dict(options or {}))
         x_raw, y_raw = loaded[0], loaded[1]
+    return inputs_from_arrays(x_raw, y_raw, limit, f"{dataset} ({split})")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+
+
+def inputs_from_arrays(
+    x_raw: Any, y_raw: Any, limit: int | None = None, what: str = "the data"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x float64, y int64)`` from arrays or tensors of images and labels, checked as ``load_inputs``
+    checks what it reads, the first ``limit`` samples when given; ``what`` names them in errors."""
+    _check_limit(limit)
     x = _to_numpy(x_raw, "x").astype(np.float64, copy=False)
     y = _to_numpy(y_raw, "y")
     if y.ndim != 1 or x.ndim < 2 or x.shape[0] != y.shape[0]:
@@ -87,5 +100,5 @@ def load_inputs(
     if limit is not None:
         x, y = x[:limit], y[:limit]
     if len(y) == 0:
-        raise ValueError(f"{dataset} ({split}) holds no samples")
+        raise ValueError(f"{what} holds no samples")
     return x, y.astype(np.int64)

@@ -49,7 +49,7 @@ from __future__ import annotations
 from relpsp.train.checkpointing import CHECKPOINT_NAME, TRAINING_PREFIX, load_trained
 from relpsp.train.distributed import DistInfo, dist_info, init_distributed
 from relpsp.train.evaluation import confusion_counts, evaluate
-from relpsp.train.inputs import data_options, load_splits
+from relpsp.train.inputs import data_options, load_splits, run_split
 from relpsp.train.loop import fit, make_optimizer
 from relpsp.train.regularisers import WeightAverage
 from relpsp.train.runtime import device_name, set_threads
@@ -69,5 +69,6 @@ __all__ = [
     "load_splits",
     "load_trained",
     "make_optimizer",
+    "run_split",
     "set_threads",
 ]

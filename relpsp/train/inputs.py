@@ -23,6 +23,7 @@ __all__ = [
     "data_options",
     "epoch_order",
     "load_splits",
+    "run_split",
     "step_key",
 ]
 
@@ -62,6 +63,23 @@ def load_splits(cfg: Config, source: dict[str, tuple[str, Tensor]] | None = None
     if source is not None:
         source.update(where)
     return splits
+
+
+def run_split(cfg: Config, split: str, data_dir: str | None = None) -> tuple[Tensor, Tensor, tuple[str, Tensor]]:
+    """``(x, y, (dataset split, indices into it))`` of the run's own ``split`` of its dataset, as
+    ``load_splits`` makes it (its held-out ``val``, its ``train`` subset, ``test``), read from ``data_dir``
+    (default: the config's); a split the run does not have is a ``ValueError`` naming those it has."""
+    from dataclasses import replace
+
+    source: dict[str, tuple[str, Tensor]] = {}
+    splits = load_splits(replace(cfg, data=replace(cfg.data, data_dir=data_dir or cfg.data.data_dir)), source)
+    if split not in splits:
+        raise ValueError(
+            f"this run has the splits {', '.join(sorted(splits))}, not {split!r}"
+            + (" (it was trained without data.val_size)" if split == "val" else "")
+        )
+    x, y = splits[split]
+    return x, y, source[split]
 
 
 def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]], num_classes: int | None = None) -> None:
