@@ -3,15 +3,24 @@ use them)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_with", "check_output_file", "json_text", "json_value", "why_not_a_file"]
+__all__ = [
+    "atomic_write_with",
+    "check_output_file",
+    "json_text",
+    "json_value",
+    "remove_stale_temp_files",
+    "why_not_a_file",
+]
 
 
 def _read_umask() -> int:
@@ -52,6 +61,23 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], object]) 
             os.close(dfd)
     except OSError:
         pass
+
+
+def remove_stale_temp_files(path: str | os.PathLike, min_age_s: float = 0.0) -> list[Path]:
+    """Delete the temporary files that ``atomic_write_with`` calls for ``path`` left behind when their
+    process was killed (``.<name>.*.tmp`` beside it: a signal ends the process without the clean-up that an
+    error runs); return what was removed. Only files untouched for ``min_age_s`` seconds go, so that with a
+    ``min_age_s`` longer than any write, a process writing ``path`` beside the caller keeps its own; with
+    0, only call it when no other process writes ``path``."""
+    path = Path(path)
+    removed = []
+    now = time.time()
+    for p in sorted(path.parent.glob(f".{path.name}.*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime >= min_age_s:
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def check_output_file(out: str | os.PathLike, *inputs: str | os.PathLike, what: str = "output file") -> Path:

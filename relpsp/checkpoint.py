@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from relpsp._fileio import atomic_write_with, json_text, why_not_a_file
+from relpsp._fileio import atomic_write_with, json_text, remove_stale_temp_files, why_not_a_file
 
 __all__ = [
     "FORMAT",
@@ -75,21 +75,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 f.write(data)
 
     atomic_write_with(path, write)
-
-
-def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that writes of ``path`` left behind when their process was killed
-    (``.<name>.*.tmp`` beside it); return what was removed. Only call it when no other process writes
-    ``path``."""
-    path = Path(path)
-    removed = []
-    for p in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            p.unlink()
-            removed.append(p)
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 def _sha256(a: np.ndarray) -> str:

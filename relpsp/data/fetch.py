@@ -21,11 +21,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from relpsp._fileio import remove_stale_temp_files
 from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, atomic_write_bytes, sha256_bytes, sha256_file
 from relpsp.data.registry import (
     CALTECH_CLASSES,
@@ -206,18 +206,12 @@ def _link_caltech(folder: Path, source: Path, log: Callable[[str], None]) -> Non
 ABANDONED_TEMP_AGE_S = 600.0
 
 
-def remove_abandoned_temp_files(folder: Path, min_age_s: float = ABANDONED_TEMP_AGE_S) -> list[Path]:
-    """Delete the temporary files (``.<name>.*.tmp``) that a fetch killed while writing left in ``folder``
-    (a signal ends the process without the clean-up that an error runs); only those older than
-    ``min_age_s``, so that a fetch running beside this one keeps its own. Returns what was removed."""
-    removed = []
-    now = time.time()
-    for p in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
-        with contextlib.suppress(FileNotFoundError):
-            if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime >= min_age_s:
-                p.unlink()
-                removed.append(p)
-    return removed
+def remove_abandoned_temp_files(name: str, folder: Path) -> list[Path]:
+    """Delete the temporary files that a fetch of ``name`` killed while writing left in ``folder``, those
+    untouched for ``ABANDONED_TEMP_AGE_S`` (a fetch running beside this one keeps its own)."""
+    files = {"mnist": MNIST_FILES, "fashion-mnist": FASHION_FILES}.get(name, ())
+    written = [f.name for f in files] + ([MNIST_PKL_FILE[0]] if name == "mnist-pkl" else [])
+    return [p for f in written for p in remove_stale_temp_files(folder / f, min_age_s=ABANDONED_TEMP_AGE_S)]
 
 
 def fetch_dataset(
@@ -263,7 +257,7 @@ def fetch_dataset(
         return folder
     if source is not None:
         raise ValueError(f"source= applies to caltech-face-motorbike only, not {name}")
-    for stale in remove_abandoned_temp_files(folder):
+    for stale in remove_abandoned_temp_files(name, folder):
         say(f"removed {stale}, left by a fetch that was killed while writing it")
     if name == "mnist-pkl":
         if all(c.status == "ok" for c in verify_dataset(name, data_dir)):
