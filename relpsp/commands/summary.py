@@ -28,8 +28,10 @@ def run_folders(paths: list[str], starting: list[Path] | None = None) -> list[Pa
     added to ``starting`` when it is given, not returned: they hold no settings to group them by."""
     from relpsp.train.run_folder import RUN_FILES, is_training
 
-    def is_run(p: Path) -> bool:
-        return any((p / m).is_file() for m in RUN_FILES)
+    def kind(p: Path) -> str | None:  # "run", "starting" (training, nothing written yet) or neither
+        if any((p / m).is_file() for m in RUN_FILES):
+            return "run"
+        return "starting" if is_training(p) else None
 
     found: list[Path] = []
     new: list[Path] = []
@@ -37,18 +39,15 @@ def run_folders(paths: list[str], starting: list[Path] | None = None) -> list[Pa
         p = Path(name)
         if not p.is_dir():
             raise FileNotFoundError(f"{p} is not a folder")
-        if is_run(p) or is_training(p):
-            (found if is_run(p) else new).append(p)
-            continue
-        inner = sorted(c for c in p.iterdir() if c.is_dir() and (is_run(c) or is_training(c)))
+        own = kind(p)
+        inner = [(p, own)] if own else [(c, kind(c)) for c in sorted(p.iterdir()) if c.is_dir()]
+        inner = [(c, k) for c, k in inner if k]
         if not inner:
             raise ValueError(f"{p} is neither a run folder nor a folder of run folders (no {', '.join(RUN_FILES)})")
-        found.extend(c for c in inner if is_run(c))
-        new.extend(c for c in inner if not is_run(c))
+        for c, k in inner:
+            (found if k == "run" else new).append(c)
     if starting is not None:
         starting.extend(dict.fromkeys(new))
-    if not found and not new:
-        raise ValueError("no run folders found")
     return list(dict.fromkeys(found))
 
 
