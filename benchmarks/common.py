@@ -53,11 +53,12 @@ def device_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def refuse_bad_output_file(ap: argparse.ArgumentParser, out: str | None) -> None:
-    """``--out`` checked before any measurement (a folder is refused by ``ap.error``), not after all of them."""
+def refuse_bad_output_file(ap: argparse.ArgumentParser, out: str | None, *inputs: str | os.PathLike) -> None:
+    """``--out`` checked before any measurement, not after all of them: a folder, or one of the files
+    ``inputs`` being measured, is refused by ``ap.error``."""
     if out:
         try:
-            check_output_file(out)
+            check_output_file(out, *inputs)
         except ValueError as e:
             ap.error(str(e))
 

@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import environment, write_json
-from relpsp._fileio import check_output_file
+from benchmarks.common import environment, refuse_bad_output_file, write_json
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,11 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    if args.out:  # refused before the runs, and never over the checkpoint being measured
-        try:
-            check_output_file(args.out, args.checkpoint)
-        except ValueError as e:
-            ap.error(str(e))
+    refuse_bad_output_file(ap, args.out, args.checkpoint)  # never over the checkpoint being measured
 
     from relpsp.export.nir import export_nir, read_nir
     from relpsp.models import layer_outputs

@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import environment, write_json
-from relpsp._fileio import check_output_file
+from benchmarks.common import environment, refuse_bad_output_file, write_json
 
 
 def _plot(grid: dict[str, dict[str, float]], title: str, path: str) -> None:
@@ -58,16 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--plot", help="PNG file: accuracy against weight bits and time bits")
     args = ap.parse_args(argv)
-    try:  # refused before the runs, never over the checkpoint being measured or over each other
-        for out in (args.out, args.plot):
-            if out:
-                check_output_file(out, args.checkpoint)
-        if args.out and args.plot and Path(args.out).resolve() == Path(args.plot).resolve():
-            raise ValueError(f"--out and --plot name the same file {args.out}")
-        if args.plot and not args.plot.lower().endswith(".png"):
-            raise ValueError(f"--plot writes a PNG file: give a name ending in .png, not {args.plot}")
-    except ValueError as e:
-        ap.error(str(e))
+    for out in (args.out, args.plot):  # refused before the runs, never over the checkpoint being measured
+        refuse_bad_output_file(ap, out, args.checkpoint)
+    if args.out and args.plot and Path(args.out).resolve() == Path(args.plot).resolve():
+        ap.error(f"--out and --plot name the same file {args.out}")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        ap.error(f"--plot writes a PNG file: give a name ending in .png, not {args.plot}")
 
     from relpsp.commands.simulate import checkpoint_data_options
     from relpsp.sim import SimOptions, calibrate_time_window, load_inputs, network_from_checkpoint, simulate
