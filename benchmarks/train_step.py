@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         from relpsp.train import set_threads
 
-        set_threads(args.threads)  # as each timed child does, so that the environment below shows its threads
+        # as each timed child does, so that the environment below shows its threads
+        set_threads(args.threads, torch_heavy=args.kernel == "window")
     env = environment(args.device)
     print("environment:", json.dumps(env))
     rows = []
