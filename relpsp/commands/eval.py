@@ -69,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
         model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin, decisions=decisions
     )
     specs = parse_arch(cfg.model.arch, cfg.model.input_shape)
-    res["layers"] = [layer_label(spec) for spec in specs]  # the module of each firing rate
-    if len(res["layers"]) != len(res["firing_rates"]):  # a model built otherwise than one module per layer
-        res["layers"] = [f"module {i}" for i in range(len(res["firing_rates"]))]
+    res["layers"] = [layer_label(spec) for spec in specs]  # build_model makes one module, one rate, per spec
     if decisions is not None:  # the arch ends with a dense output layer, one neuron per class
         output = specs[-1]
         assert isinstance(output, DenseSpec)  # parse_arch refuses any other last layer
@@ -80,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(res))
     else:
-        rates = ", ".join(f"{name} {r:.3f}" for name, r in zip(res["layers"], res["firing_rates"], strict=False))
+        rates = ", ".join(f"{name} {r:.3f}" for name, r in zip(res["layers"], res["firing_rates"], strict=True))
         print(
             f"{dataset} {args.split}: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, "
             f"no output spike {100 * res['no_output_spike_fraction']:.2f}%, "
