@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,27 @@ def test_layers_benchmark_records_median_and_minimum_over_the_requested_calls():
     assert r["repeat"] == 3
     assert 0 < r["fwd_min_ms"] <= r["fwd_ms"] and 0 < r["fwd_bwd_min_ms"] <= r["fwd_bwd_ms"]
     assert r["fwd_samples_per_s"] == pytest.approx(4 / (r["fwd_ms"] / 1000))
+
+
+def test_layers_benchmark_rows_record_the_threads_each_implementation_ran_with():
+    """set_threads gives the cores to numba for the numba rows and to torch for the torch rows, so each row
+    names its own thread counts (the environment line is read once, before any row)."""
+    pytest.importorskip("numba")
+    from benchmarks.layers import run_one
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores to tell the two thread settings apart")
+    import numba
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        numba_row = run_one("800-10", "numba", batch=2, device="cpu", threads=2, repeat=1)
+        torch_row = run_one("800-10", "torch", batch=2, device="cpu", threads=2, repeat=1)
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+    assert (numba_row["torch_threads"], numba_row["numba_threads"]) == (1, 2)
+    assert (torch_row["torch_threads"], torch_row["numba_threads"]) == (2, 1)
 
 
 def test_profile_ops_ranks_the_operators_of_a_layer_by_self_time():
