@@ -102,7 +102,10 @@ def standardized_weight(raw: Tensor, gain: Tensor, row_sum: float) -> Tensor:
     rows = raw.reshape(raw.shape[0], -1)
     centred = rows - rows.mean(1, keepdim=True)
     norm = centred.norm(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny ** 0.5)
-    return (row_sum / rows.shape[1] + gain[:, None] * (centred / norm)).view_as(raw)
+    # equal weights, told exactly: the rounded mean leaves noise in ``centred`` that would become a direction
+    flat = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
+    direction = torch.where(flat, torch.zeros_like(centred), centred / norm)
+    return (row_sum / rows.shape[1] + gain[:, None] * direction).view_as(raw)
 
 
 def _split(t_in: Tensor) -> tuple[Tensor, Tensor]:

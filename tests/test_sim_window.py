@@ -38,6 +38,7 @@ from relpsp.sim import (
     standardized_rows,
     window_fire_rows,
 )
+from relpsp.window import standardized_weight
 from tests.helpers import WINDOW_GRID, window_grid_reference
 
 WINDOW_KW = dict(kernel="window", window=2.0, init_mean=0.5, init_std=1.5)
@@ -119,6 +120,11 @@ def test_standardized_rows_is_the_training_code_s_weight():
             got = standardized_rows(m.weight.detach().numpy(), m.gain.detach().numpy(), 0.5)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
             np.testing.assert_allclose(got.reshape(got.shape[0], -1).sum(1), 0.5, atol=1e-12)
+    # a row of equal raw weights has no direction in either (the float32 mean of 0.1s rounds)
+    raw, gain = torch.full((2, 10), 0.1), torch.tensor([1.0, -2.0])
+    want = standardized_weight(raw, gain, 5.0).double().numpy()
+    np.testing.assert_array_equal(standardized_rows(raw.numpy(), gain.numpy(), 5.0), want)
+    np.testing.assert_array_equal(want, np.full((2, 10), 0.5))
 
 
 def clocked_window_layer(

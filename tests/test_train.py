@@ -197,6 +197,23 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path, monke
     with pytest.raises(ValueError, match=r"train split's labels must be integers, got torch\.float32"):
         fit(_cfg(epochs=1), tmp_path, overwrite=True, **(quiet | {"splits": float_labels}))
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    # inputs the encoder refuses (not intensities, or not the model's dtype) used to fail at the first step
+    for change, message in (
+        (lambda x: x * 255, r"train split's inputs must be intensities in \[0, 1\] \(no NaN\)"),
+        (
+            lambda x: x.double(),
+            r"train split's inputs must be float32 intensities \(the model's dtype\), got torch\.float64",
+        ),
+    ):
+        bad_x = {k: (change(x), y) for k, (x, y) in _tiny_splits().items()}
+        with pytest.raises(ValueError, match=message):
+            fit(_cfg(epochs=1), tmp_path, overwrite=True, **(quiet | {"splits": bad_x}))
+        assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    # a Config built in Python skipped the TOML type checks: epochs 2.5 failed in the loop, after the deletion
+    half_epochs = dataclasses.replace(_cfg(epochs=1), train=dataclasses.replace(_cfg(epochs=1).train, epochs=2.5))
+    with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be an integer, got 2\.5"):
+        fit(half_epochs, tmp_path, overwrite=True, **quiet)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
 
 
 def test_a_run_folder_that_is_a_file_is_refused_with_its_name(tmp_path):

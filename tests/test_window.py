@@ -312,6 +312,10 @@ def test_standardized_weight_fixes_the_row_sum_and_the_norm_of_the_rest():
     # a row of equal raw weights has no direction: every weight is row_sum / n
     flat = standardized_weight(torch.ones(2, 4, dtype=torch.float64), torch.ones(2, dtype=torch.float64), 1.0)
     assert torch.equal(flat, torch.full((2, 4), 0.25, dtype=torch.float64))
+    # also where the row's mean rounds (0.1 is not a binary fraction): its rounding noise is no direction
+    for dtype, value, n in ((torch.float32, 0.1, 10), (torch.float64, 0.1, 3), (torch.float64, 0.7, 7)):
+        w = standardized_weight(torch.full((1, n), value, dtype=dtype), torch.ones(1, dtype=dtype), 5.0)
+        assert torch.equal(w, torch.full((1, n), 5.0 / n, dtype=dtype)), (dtype, value, n)
 
 
 def test_standardized_weight_gradients_match_finite_differences():

@@ -275,7 +275,9 @@ def standardized_rows(raw: Any, gain: Any, row_sum: float) -> np.ndarray:
     rows = raw.reshape(raw.shape[0], -1)
     centred = rows - rows.mean(1, keepdims=True)
     norm = np.maximum(np.sqrt((centred * centred).sum(1, keepdims=True)), _NORM_FLOOR)
-    return (row_sum / rows.shape[1] + gain[:, None] * (centred / norm)).reshape(raw.shape)
+    flat = rows.max(1, keepdims=True) == rows.min(1, keepdims=True)  # equal weights: no direction, as in training
+    direction = np.where(flat, 0.0, centred / norm)
+    return (row_sum / rows.shape[1] + gain[:, None] * direction).reshape(raw.shape)
 
 
 def _model_value(model: dict[str, Any], key: str, default: Any) -> Any:

@@ -84,9 +84,9 @@ def run_split(cfg: Config, split: str, data_dir: str | None = None) -> tuple[Ten
 
 def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]], num_classes: int | None = None) -> None:
     """Refuse splits the run could not train on, before it deletes or writes anything: missing splits,
-    augmentation that cannot apply, inputs that do not fit ``model.input_shape``, and labels that are not
-    integers in [0, outputs of ``model.arch``). ``num_classes`` (the dataset's, where it is known) must
-    equal the number of outputs."""
+    augmentation that cannot apply, inputs that do not fit ``model.input_shape`` or are not float32
+    intensities in [0, 1], and labels that are not integers in [0, outputs of ``model.arch``).
+    ``num_classes`` (the dataset's, where it is known) must equal the number of outputs."""
     from relpsp.arch import parse_arch
 
     n_out = getattr(parse_arch(cfg.model.arch, tuple(cfg.model.input_shape))[-1], "n_out", None)
@@ -124,6 +124,10 @@ def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]], num_clas
                 f"dataset {cfg.data.dataset!r} has inputs of shape {tuple(x.shape[1:])} but model.input_shape is "
                 f"{tuple(cfg.model.input_shape)}; set model.input_shape (e.g. --set model.input_shape=[1,28,28])"
             )
+        if x.dtype != torch.float32:
+            raise ValueError(f"{name} split's inputs must be float32 intensities (the model's dtype), got {x.dtype}")
+        if len(x) and not bool((x.min() >= 0) & (x.max() <= 1)):
+            raise ValueError(f"{name} split's inputs must be intensities in [0, 1] (no NaN); normalise the data first")
         if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise ValueError(f"{name} split's labels must be integers, got {y.dtype}")
         if n_out is not None and (int(y.min()) < 0 or int(y.max()) >= n_out):

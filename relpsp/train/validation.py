@@ -13,6 +13,11 @@ __all__ = ["validate_config"]
 
 
 def validate_config(cfg: Config) -> None:
+    from relpsp.config import config_from_dict, config_to_dict
+
+    # a Config built in Python skips the type checks of a TOML file's values (an epochs of 2.5 would fail
+    # only once --overwrite had deleted the old run): the same checks, through the file format
+    config_from_dict(config_to_dict(cfg))
     t = cfg.train
     for name, v in (("epochs", t.epochs), ("batch_size", t.batch_size), ("eval_batch_size", t.eval_batch_size)):
         if v < 1:
