@@ -157,6 +157,27 @@ def test_conv_backward_matches_ref(impl, use_backend, dtype, kernel, stride, pad
     assert (g_in[1, :, :3, :3] == 0).all()  # inputs that never spike
 
 
+def test_conv_backward_scratch_serves_every_batch_size_from_one_buffer():
+    """The numba conv backward's input-gradient scratch is one buffer per layer shape, as large as the
+    largest batch yet; it used to be one per batch size, growing without bound for a caller who varies the
+    batch. Each batch's gradients still equal the reference's, after larger and smaller batches."""
+    pytest.importorskip("numba")
+    from relpsp.kernels import load_cpu_kernels
+
+    buffers = load_cpu_kernels()._local.__dict__.setdefault("buffers", {})
+    t_np, w_np = conv_case(120, torch.float64, b=6)
+    weight = _t(w_np, torch.float64)
+    for b in (3, 6, 2, 5):
+        t_in = _t(t_np[:b], torch.float64)
+        grad_out = torch.randn(oracle.conv2d(t_np[:b], w_np, 1, 0).shape, dtype=torch.float64)
+        _, g_in, g_w = _grads(lambda t, w: relpsp_conv2d(t, w, backend="numba"), t_in, weight, grad_out)
+        _, r_in, r_w = _grads(relpsp_conv2d_ref, t_in, weight, grad_out)
+        assert_close("grad_t_in", g_in, r_in, torch.float64, kind="grad")
+        assert_close("grad_weight", g_w, r_w, torch.float64, kind="grad")
+    mine = [k for k in buffers if k[0] == "conv_g_in" and k[1] == (2 * 7 * 6,)]
+    assert len(mine) == 1 and buffers[mine[0]].shape == (6, 2 * 7 * 6)
+
+
 @pytest.mark.parametrize("impl", ["ref", "torch", "numba", "numba-rows"])
 @pytest.mark.parametrize("kernel,stride,padding", CONV_CONFIGS)
 def test_conv_grads_match_oracle(kernel, stride, padding, impl, use_backend):

@@ -536,16 +536,19 @@ def _chunks(rows: int) -> int:
 _local = threading.local()
 
 
-def _workspace(name: str, shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
+def _workspace(name: str, shape: tuple[int, ...], dtype: DTypeLike, batch_first: bool = False) -> np.ndarray:
     """A reusable per-thread scratch array. Fresh multi-megabyte allocations each step cost page faults
-    that, on the VMs we measured, took longer than the kernels themselves."""
+    that, on the VMs we measured, took longer than the kernels themselves. With ``batch_first`` the first
+    dimension is a batch size: one buffer, as large as the largest batch yet, serves every batch size as a
+    leading slice (a buffer per size would grow without bound for a caller who varies it)."""
     cache = _local.__dict__.setdefault("buffers", {})
-    key = (name, shape, np.dtype(dtype).str)  # one buffer per layer shape: layers alternate every step
+    # one buffer per layer shape: layers alternate every step
+    key = (name, shape[1:] if batch_first else shape, np.dtype(dtype).str)
     buf = cache.get(key)
-    if buf is None:
+    if buf is None or (batch_first and buf.shape[0] < shape[0]):
         buf = np.empty(shape, dtype)
         cache[key] = buf
-    return buf
+    return buf[: shape[0]] if batch_first else buf
 
 
 @njit(parallel=True, cache=True)
@@ -672,7 +675,7 @@ def conv_bwd(
     if c_w != c:
         raise ValueError(f"weight has {c_w} input channels, input has {c}")
     n_k = c * kh * kw
-    g_flat = _workspace("conv_g_in", (b, c * hp * wp), np.float64) if need_in else None
+    g_flat = _workspace("conv_g_in", (b, c * hp * wp), np.float64, batch_first=True) if need_in else None
     g_w = np.empty((c_out, n_k), t_pad.dtype)
     if b:
         with _threads_for(t_out.shape[0] * n_k * c_out):
