@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -214,6 +215,27 @@ def test_overwrite_deletes_nothing_when_the_new_run_cannot_start(tmp_path, monke
     with pytest.raises(ValueError, match=r"TrainConfig\.epochs must be an integer, got 2\.5"):
         fit(half_epochs, tmp_path, overwrite=True, **quiet)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
+
+
+def test_fit_puts_the_thread_counts_back_as_it_found_them(tmp_path):
+    """fit gives torch and numba the threads its kernels want (here 1 each, train.threads = 1); the
+    caller's later work used to run on them."""
+    numba = pytest.importorskip("numba")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores to tell the settings apart")
+    before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        numba.set_num_threads(2)
+        fit(_cfg(epochs=1), tmp_path / "ok", progress=False, splits=_tiny_splits(), log=lambda s: None)
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (2, 2)
+        with pytest.raises(ValueError, match="has inputs of shape"):  # and when it fails
+            bad = Config(model=ModelConfig(arch="25-12-3", input_shape=(1, 5, 5)), train=_cfg(epochs=1).train)
+            fit(bad, tmp_path / "bad", progress=False, splits=_tiny_splits(), log=lambda s: None)
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
 
 
 def test_a_run_folder_that_is_a_file_is_refused_with_its_name(tmp_path):

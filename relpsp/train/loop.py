@@ -38,7 +38,7 @@ from relpsp.train.evaluation import evaluate_on_ranks, fill_silent
 from relpsp.train.inputs import augment, check_splits, data_digest, data_options, epoch_order, load_splits
 from relpsp.train.regularisers import SilentPenalty, SpikeDropout, WeightAverage
 from relpsp.train.run_folder import DERIVED_FILES, RUN_FILES, run_folder_lock, write_json, write_metrics
-from relpsp.train.runtime import code_versions, device_name, set_threads
+from relpsp.train.runtime import code_versions, device_name, set_threads, threads_restored
 from relpsp.train.validation import validate_config
 
 __all__ = ["NEW_EPOCH", "fit", "make_optimizer"]
@@ -118,6 +118,7 @@ def fit(
     optimizer step (tests use it to interrupt a run). In a distributed run (see the package docstring)
     call it on every rank with the same arguments; every rank returns the same results.
     ``resume`` and ``overwrite`` together are refused: one continues the run, the other deletes it.
+    The thread counts it gives torch and the compiled kernels (``set_threads``) are put back on return.
     """
     if resume and overwrite:
         raise ValueError(
@@ -125,6 +126,7 @@ def fit(
             "overwrite deletes it and starts again; pass one"
         )
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        held.enter_context(threads_restored())  # set_threads below is for this run only
         return _fit(
             cfg,
             out_dir,

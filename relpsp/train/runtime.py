@@ -3,9 +3,12 @@ the device's name (recorded in every ``results.json``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 from relpsp import __version__
 from relpsp.kernels import set_cpu_kernel_threads
 
-__all__ = ["PACKAGE_DIR", "code_versions", "device_name", "set_threads"]
+__all__ = ["PACKAGE_DIR", "code_versions", "device_name", "set_threads", "threads_restored"]
 
 
 def set_threads(threads: int, torch_heavy: bool = False) -> None:
@@ -28,6 +31,22 @@ def set_threads(threads: int, torch_heavy: bool = False) -> None:
         torch.set_num_threads(1)
     else:
         torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def threads_restored() -> Iterator[None]:
+    """Put torch's and numba's thread counts back as they were on entry (``fit`` changes them for its
+    kernels; a caller's later work should not run on one thread because of it). numba, if first loaded
+    inside, gets its default back."""
+    torch_threads = torch.get_num_threads()
+    numba_threads = sys.modules["numba"].get_num_threads() if "numba" in sys.modules else None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba = sys.modules.get("numba")
+        if numba is not None:
+            numba.set_num_threads(numba_threads or int(numba.config.NUMBA_NUM_THREADS))
 
 
 #: the relpsp package's folder: the files whose git state ``code_versions`` records
