@@ -1046,6 +1046,20 @@ def test_evaluation_loss_uses_the_silent_margin_and_not_the_batch_size():
     assert evaluate(model, x, y, tau=0.5, silent_margin=5.0)["loss"] != evaluate(model, x, y, tau=0.5)["loss"]
 
 
+def test_evaluate_runs_in_eval_mode_and_leaves_the_model_in_the_mode_it_came_in():
+    from relpsp.train import evaluate
+
+    model = _two_output_model()
+    seen: list[bool] = []
+    model[-1].register_forward_pre_hook(lambda m, _: seen.append(m.training))
+    x, y = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.2, 0.3, 0.0, 0.0]]), torch.tensor([0, 1])
+    for mode in (True, False):
+        model.train(mode)
+        evaluate(model, x, y)
+        assert model.training is mode and all(m.training is mode for m in model)
+    assert seen == [False, False]
+
+
 def test_evaluation_counts_decisions_that_several_outputs_tie():
     """Two outputs with equal weights fire together: every sample that fires is a tie, decoded as class 0,
     so the accuracy is the share of label 0; the tie fraction makes that visible."""

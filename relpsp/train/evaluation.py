@@ -43,11 +43,16 @@ def evaluate(
     on ``batch_size``.
 
     ``decisions``: a list that receives each batch's decisions (``first_spike_decode``'s ``pred`` on the
-    CPU, -1 for no output spike), for ``confusion_counts`` without a second pass over the data."""
+    CPU, -1 for no output spike), for ``confusion_counts`` without a second pass over the data. The model
+    runs in eval mode and is left in the mode it came in."""
     check_positive_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
-    return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau, silent_margin, decisions=decisions))
+    was_training = model.training
+    try:  # evaluated in eval mode; the caller's model is left in the mode it came in
+        return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau, silent_margin, decisions=decisions))
+    finally:
+        model.train(was_training)
 
 
 def confusion_counts(pred: Tensor, y: Tensor, n_classes: int) -> Tensor:
