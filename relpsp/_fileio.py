@@ -81,11 +81,17 @@ def remove_stale_temp_files(path: str | os.PathLike, min_age_s: float = 0.0) -> 
 
 
 def check_output_file(out: str | os.PathLike, *inputs: str | os.PathLike, what: str = "output file") -> Path:
-    """``out`` as a path, refused before any work if it is a folder or the same file as one of ``inputs``
-    (writing it would replace the file being read)."""
+    """``out`` as a path, refused before any work if it is a folder, if a folder above it is a file (it
+    could not be created), or if it is the same file as one of ``inputs`` (writing it would replace the
+    file being read)."""
     path = Path(out)
     if path.is_dir():
         raise ValueError(f"the {what} {path} is a folder; give a file name")
+    above = path.parent
+    while not above.exists() and above != above.parent:  # the nearest existing folder above (made on write)
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise ValueError(f"the {what} {path} cannot be written: {above} is a file, not a folder")
     for source in inputs:
         src = Path(source)
         same = src.exists() and path.exists() and os.path.samefile(src, path)

@@ -304,7 +304,8 @@ def test_an_empty_argument_is_refused_before_any_work(argv, name, tmp_path, monk
 
 def test_simulate_and_cost_refuse_to_write_over_their_input_or_into_a_folder(tmp_path, monkeypatch, capsys):
     """``--out`` naming the checkpoint (or the .npz images) being read used to replace it with the JSON,
-    exit 0; a folder failed only after the whole simulation. Both are refused first, and nothing changes."""
+    exit 0; a folder, or a path under a file, failed only after the whole simulation. All are refused first,
+    and nothing changes."""
     from tests.test_sim import _tiny_checkpoint
 
     ckpt, data = _tiny_checkpoint(tmp_path)
@@ -320,6 +321,14 @@ def test_simulate_and_cost_refuse_to_write_over_their_input_or_into_a_folder(tmp
         assert cli.main([command[0], str(ckpt), *command[1:], "--dataset", str(data), "--out", str(tmp_path)]) == 2
         err = capsys.readouterr()
         assert f"the output file {tmp_path} is a folder" in err.err and "simulated" not in err.out
+        # a folder above the output that is a file: the write failed after the whole simulation, as errno 17
+        out = tmp_path / data.name / "sub" / "x.json"
+        assert cli.main([command[0], str(ckpt), *command[1:], "--dataset", str(data), "--out", str(out)]) == 2
+        err = capsys.readouterr()
+        assert f"cannot be written: {tmp_path / data.name} is a file, not a folder" in err.err
+        assert "simulated" not in err.out
+    assert cli.main(["export", str(ckpt), str(tmp_path / data.name / "net.nir")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (ckpt, data)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, data.name, "link.json"])
 

@@ -282,7 +282,7 @@ def test_checkpoint_arrays_of_a_windowed_network_are_checked():
         network_from_arrays({**arrays, "model.1.gain": np.ones(4, np.float32)}, cfg)
     with pytest.raises(ValueError, match="weight_norm must be true or false"):
         network_from_arrays(arrays, {**cfg, "weight_norm": "yes"})
-    with pytest.raises(ValueError, match="'alpha' PSP kernel"):
+    with pytest.raises(ValueError, match=r"'alpha' PSP kernel.* and windowed networks only, the NIR export ReL-PSP"):
         network_from_arrays(arrays, {**cfg, "kernel": "alpha"})
 
 
@@ -313,5 +313,8 @@ def test_cli_simulate_and_cost_run_a_windowed_checkpoint(tmp_path, capsys):
     assert payload["report"]["n_ticks"] == 256
     rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--t-cutoff", "3"])
     assert rc != 0 and "do not apply" in capsys.readouterr().err
+    # the windows fix T: a --window-rule is refused, and the message names what fixes it
+    rc = cli.main(["simulate", str(ckpt), "--dataset", str(data), "--time-bits", "6", "--window-rule", "spikes"])
+    assert rc == 2 and "here T = 7 (the windowed network's frame" in capsys.readouterr().err
     rc = cli.main(["export", str(ckpt), str(tmp_path / "w.nir")])
     assert rc != 0 and "no NIR form" in capsys.readouterr().err

@@ -218,10 +218,12 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     window_rule = None  # the rule that chose T, when it was calibrated
     fixed_window = resolve_time_window(net, options) if options.time_bits is not None else None
     if fixed_window is not None and getattr(args, "window_rule", None) is not None:
-        raise ValueError(
-            f"--window-rule measures T only when nothing fixes it; here T = {fixed_window:g} "
-            "(--time-window, else --t-cutoff, else the layers' t_max)"
+        fixed_by = (
+            "the windowed network's frame, t_in + layers x window"
+            if net.frame_end is not None
+            else "--time-window, else --t-cutoff, else the layers' t_max"
         )
+        raise ValueError(f"--window-rule measures T only when nothing fixes it; here T = {fixed_window:g} ({fixed_by})")
     if options.time_bits is not None and fixed_window is None:
         window_rule = getattr(args, "window_rule", None) or "decision"
         t_window = calibrate_time_window(net, x[:1000], options, rule=window_rule)

@@ -310,8 +310,8 @@ def network_from_arrays(arrays: dict[str, np.ndarray], model: dict[str, Any]) ->
     kernel = model.get("kernel", "relpsp")
     if kernel not in ("relpsp", "window"):
         raise ValueError(
-            f"this network uses the {kernel!r} PSP kernel; the event-driven simulator, the cost model and the NIR"
-            " export handle ReL-PSP and windowed networks only"
+            f"this network uses the {kernel!r} PSP kernel; the event-driven simulator and the cost model handle"
+            " ReL-PSP and windowed networks only, the NIR export ReL-PSP networks only"
         )
     window, weight_norm, row_sum = _window_settings(model) if kernel == "window" else (None, False, 0.0)
     arch = str(model["arch"])
