@@ -282,6 +282,29 @@ def test_cifar10_batches(tmp_path, str_keys):
     assert xt.shape == (3, 3, 32, 32) and yt.tolist() == want["test_batch"][1]
 
 
+def test_cifar10_verify_checks_and_names_every_batch(tmp_path, capsys):
+    """One check per batch file: a missing third batch is named as such (it used to be reported under the
+    first batch's name, with the test batch as the only other check), and a damaged one says why."""
+    from relpsp import cli
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [*registry.CIFAR10_TRAIN, *registry.CIFAR10_TEST]
+    for i, name in enumerate(names):
+        (folder / name).write_bytes(cifar_batch(2, seed=i)[0])
+    checks = D.verify_dataset("cifar10", tmp_path)
+    assert [(c.path, c.status) for c in checks] == [(folder / n, "ok") for n in names]
+    (folder / "data_batch_3").unlink()
+    (folder / "data_batch_5").write_bytes(b"not a pickle")
+    status = {c.path.name: c.status for c in D.verify_dataset("cifar10", tmp_path)}
+    assert status == {n: {"data_batch_3": "missing", "data_batch_5": "corrupt"}.get(n, "ok") for n in names}
+    capsys.readouterr()
+    assert cli.main(["data", "verify", "cifar10", "--data-dir", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert f"missing  {folder / 'data_batch_3'}" in out and f"ok       {folder / 'data_batch_1'}" in out
+    assert f"corrupt  {folder / 'data_batch_5'}\n         {folder / 'data_batch_5'}: not a readable pickle" in out
+
+
 def test_cifar10_missing_and_damaged(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-10-python\.tar\.gz"):
         D.load_dataset("cifar10", "test", data_dir=tmp_path)

@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         for c in checks:
             print(f"{c.status:8s} {c.path}")
+            if c.status == "corrupt" and c.detail:  # what is wrong with it; a missing file needs no more
+                print(f"         {c.detail}")
         bad = [c for c in checks if c.status != "ok"]
         if bad:
             err = DatasetNotFoundError if bad[0].status == "missing" else DatasetCorruptError

@@ -29,7 +29,7 @@ from relpsp.data._files import (
 )
 from relpsp.data.idx import load_idx_pair, parse_idx
 from relpsp.data.images import load_image_folder, read_sha256sums
-from relpsp.data.pickled import load_cifar_batches, load_mnist_pkl
+from relpsp.data.pickled import load_cifar_batches, load_mnist_pkl, read_cifar_batch
 from relpsp.data.transforms import check_dog_threshold, dog_kernel, dog_on_off
 from relpsp.data.yinyang import YINYANG_CLASSES, make_yinyang
 
@@ -516,10 +516,6 @@ def _parse_checked_idx(folder: Path, f: IdxFile, fix: str) -> np.ndarray:
     return parse_idx(_read_idx_checked(folder, f, True, fix)[1], f.name)
 
 
-def _load_cifar_split(folder: Path, split: str, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return load_cifar_batches(_cifar_paths(folder, split, fix), fix)
-
-
 def _check(path: Path, fn: Callable[[], object]) -> FileCheck:
     try:
         fn()
@@ -553,7 +549,15 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **
         if not (root / "SHA256SUMS").is_file():  # the images load, but nothing vouches for their content
             checks.append(FileCheck(root / "SHA256SUMS", "missing", "the images were read but not checked"))
     elif name == "cifar10":
-        for split, first in (("train", CIFAR10_TRAIN[0]), ("test", CIFAR10_TEST[0])):
-            path = folder / first if (folder / first).is_file() else folder / "cifar-10-batches-py" / first
-            checks.append(_check(path, functools.partial(_load_cifar_split, folder, split, fix)))
+        names = (*CIFAR10_TRAIN, *CIFAR10_TEST)
+        # the batches lie in the folder itself or in the archive's own subfolder, as the loader looks
+        base = folder if any((folder / n).is_file() for n in names) else folder / "cifar-10-batches-py"
+        for n in names:  # each batch on its own, so that a missing or damaged one is named
+            checks.append(_check(base / n, functools.partial(_read_cifar_checked, base / n, fix)))
     return checks
+
+
+def _read_cifar_checked(path: Path, fix: str) -> None:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"missing {path}; {fix}")
+    read_cifar_batch(path, fix)
