@@ -1074,6 +1074,11 @@ def test_evaluation_counts_decisions_that_several_outputs_tie():
     ev = evaluate(model, x, y, batch_size=3)
     assert ev["no_output_spike_fraction"] == 0.25  # the blank input fires nothing
     assert ev["tied_decision_fraction"] == 0.75 and ev["accuracy"] == 0.25
+    with torch.no_grad():
+        t_first = model(x).min(1).values
+    assert ev["mean_decision_time"] == pytest.approx(float(t_first[:3].mean()))  # over the decided samples
+    # nothing decided: there is no winner's time to average (it used to read 0.0, an instant decision)
+    assert math.isnan(evaluate(model, x[3:], y[3:])["mean_decision_time"])
 
 
 def test_confusion_counts_place_every_decision_and_match_the_evaluation():

@@ -140,7 +140,8 @@ def _eval_summary(sums: list[float]) -> dict[str, Any]:
         "loss": loss_sum / n,
         "firing_rates": [r / n for r in sums[6:]] if n_total else [],
         "tied_decision_fraction": tied / n,
-        "mean_decision_time": t_win / max(n - silent, 1),
+        # no decision, no winner's time: NaN (null in JSON), as the simulator reports it, not a made-up 0
+        "mean_decision_time": t_win / (n_total - silent) if n_total > silent else math.nan,
         "n": round(n_total),
     }
 
