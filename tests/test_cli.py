@@ -501,3 +501,25 @@ def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):
     ]
     plots.plot_curves(rows, tmp_path / "c.png")
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_every_option_of_every_command_has_help_text():
+    """``relpsp COMMAND --help`` explains each option (several used to show a bare flag)."""
+    import argparse
+
+    def parsers(p: argparse.ArgumentParser, name: str):
+        yield name, p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from parsers(sub, f"{name} {sub_name}")
+
+    bare = [
+        f"{name}: {action.option_strings or action.dest}"
+        for name, p in parsers(cli.build_parser(), "relpsp")
+        for action in p._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+        and action.help != argparse.SUPPRESS
+        and not action.help
+    ]
+    assert bare == []

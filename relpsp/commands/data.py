@@ -24,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ):
         p = sub.add_parser(action, help=help_text, description=help_text)
         p.set_defaults(_parser=p)  # the CLI's empty-value check then looks at this action's options
-        if action != "list":
+        if action == "prepare":
+            p.add_argument("name", metavar="NAME", help="caltech-face-motorbike (or caltech), the one set it prepares")
+        elif action != "list":
             p.add_argument("name", metavar="NAME", help="mnist, fashion-mnist, mnist-pkl, caltech-face-motorbike, ...")
         p.add_argument("--data-dir", default=None, help="data folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
         if action == "fetch":

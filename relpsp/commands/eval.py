@@ -22,8 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="train | test | val; on the dataset the run was trained on, the run's own splits: val is its "
         "held-out validation set (data.val_size) and train excludes it",
     )
-    p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--data-dir", help="dataset folder (default: the run's, else $RELPSP_DATA or ~/.cache/relpsp)")
+    p.add_argument("--batch-size", type=int, default=1000, help="samples per evaluation batch (default 1000)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument(
         "--per-class",

@@ -10,7 +10,10 @@ __all__ = ["configure", "run"]
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="folder written by relpsp train (metrics.jsonl, checkpoint.ckpt)")
     p.add_argument("--sample", type=int, default=0, help="test sample for the raster")
-    p.add_argument("--data-dir")
+    p.add_argument(
+        "--data-dir",
+        help="dataset folder for the raster's test sample (default: the run's, else $RELPSP_DATA or ~/.cache/relpsp)",
+    )
     p.add_argument("--out", help="folder for the PNG files (default: RUN_DIR)")
 
 

@@ -22,10 +22,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list-configs", action="store_true", help="list the experiments shipped with relpsp and exit")
     p.add_argument("--dataset", help="mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10")
     p.add_argument("--arch", help="architecture string, e.g. 784-800-10 or 16C5-P2-32C5-P2-800-128-10")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs (train.epochs)")
+    p.add_argument("--batch-size", type=int, help="training batch size (train.batch_size)")
+    p.add_argument("--lr", type=float, help="learning rate (train.lr)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation (train.seed)")
     p.add_argument("--device", help="cpu | cuda | cuda:N")
     p.add_argument(
         "--backend",
