@@ -269,14 +269,17 @@ def _borderline_rows(rows: int, n_early: int, seed: int, ties: bool) -> tuple[to
     return torch.tensor(t), torch.tensor(w)
 
 
+# 66 early inputs: the numba kernel's radix sort, several chunks of the torch path; 20: rows of at most
+# 32 spikes, which the numba kernel sorts by insertion (every 5x5 convolution window takes that path)
+@pytest.mark.parametrize("n_early", [66, 20], ids=["radix-sort", "insertion-sort"])
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct-times", "ties"])
-def test_borderline_crossings_are_decided_alike_by_every_cpu_implementation(ties):
+def test_borderline_crossings_are_decided_alike_by_every_cpu_implementation(ties, n_early):
     """The implementations sum A and B in one order (ascending time, ties in input order, no fused
     multiply-add, the torch path's chunks carried in sequence), so even a crossing within a rounding
     step of the next input fires in all or none. Before, the numba kernel fused w t + B (183 and 172 of
     these 1,000 neurons decided otherwise than the reference), the torch path added its carry to each
     chunk's own prefix sums (351, 343), and torch's sort did not keep ties in input order (5, with ties)."""
-    t, w = _borderline_rows(1000, 66, seed=17, ties=ties)
+    t, w = _borderline_rows(1000, n_early, seed=17, ties=ties)
     out = {}
     for impl in ("ref", "torch", "numba"):
         parts = []

@@ -262,3 +262,17 @@ def test_loss_rejects_bad_input(kind):
     t, target, kw = _loss_bad(kind)
     with pytest.raises(ValueError, match=BAD_LOSS[kind]):
         spike_time_cross_entropy(t, target, **kw)
+
+
+def test_silent_penalty_ignores_inputs_after_t_end():
+    """V(t_end) = sum_i w_i max(0, t_end - t_i): an input at 3 arrives after t_end = 1 and adds nothing, so
+    the penalty is 1 - 0.1 * 1 = 0.9 and its weight gets no gradient (training's t_end is the batch's
+    latest output spike, so later inputs are common)."""
+    from relpsp.functional import silent_neuron_penalty
+
+    t_in = torch.tensor([[0.0, 3.0]], dtype=torch.float64)
+    w = torch.tensor([[0.1, 0.1]], dtype=torch.float64, requires_grad=True)
+    pen = silent_neuron_penalty(t_in, w, torch.full((1, 1), math.inf, dtype=torch.float64), t_end=1.0)
+    assert pen.item() == pytest.approx(0.9)
+    pen.backward()
+    assert w.grad is not None and w.grad.tolist() == [[-1.0, 0.0]]

@@ -83,6 +83,8 @@ def test_hand_computed_energy_latency_and_ann():
     fast = dataclasses.replace(UNIT_PRESET, p_static_mw=2.0).with_overrides(parallel_synapse_units=5)
     rep2 = estimate_cost(res, net, fast)
     assert rep2.latency_us == pytest.approx(8 + 5)
+    # work that does not divide among the units takes whole cycles: ceil(25 / 4) = 7, not 6 or 6.25
+    assert estimate_cost(res, net, UNIT_PRESET.with_overrides(parallel_synapse_units=4)).latency_us == 8 + 7
     assert rep2.e_static_uj == pytest.approx(2e-3 * 13e-6 * 1e6)
     assert rep2.e_total_uj == pytest.approx(35e-6 + rep2.e_static_uj)
     # Quantised weights set the width of a weight read.
@@ -90,6 +92,17 @@ def test_hand_computed_energy_latency_and_ann():
     assert estimate_cost(res4, net, UNIT_PRESET).weight_bytes_read == pytest.approx(10 * 0.5)
     d = rep.to_dict()
     assert d["layers"][1]["syn_events"] == 6 and "horowitz" not in rep.table()
+
+
+def test_cost_report_averages_activity_per_tick_and_keeps_the_slowest_image():
+    """The hand net's image (10 synaptic events, 15 updates, 8 ticks: 33 cycles) beside a dark one (no
+    spike: the 8 ticks alone): means over the two images, and the worst latency of the two."""
+    net = _two_layer_net()
+    res = simulate(net, np.concatenate([X, np.zeros_like(X)]), SimOptions(time_bits=3, time_window=2.0))
+    rep = estimate_cost(res, net, UNIT_PRESET)
+    assert rep.neuron_updates == pytest.approx(7.5) and rep.n_ticks == 8
+    assert rep.active_neurons_per_tick == pytest.approx(7.5 / 8)
+    assert rep.latency_us == pytest.approx((33 + 8) / 2) and rep.latency_us_max == pytest.approx(33.0)
 
 
 def test_conv_reach_and_synaptic_events():

@@ -726,3 +726,29 @@ def test_simulate_and_cost_take_the_runs_own_splits_as_eval_does(tmp_path, capsy
     assert "simulated 120 images" in capsys.readouterr().out
     assert cli.main(["simulate", str(ckpt), "--split", "bogus"]) == 2
     assert "this run has the splits test, train, val, not 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_sim_fires_when_the_potential_touches_theta_exactly_at_an_inhibitory_input(backend):
+    """Inputs at 0 and 1 with w = [1, -5]: V(1) = theta exactly, so the neuron fires at 1, the first t
+    with V(t) >= theta (test_dense.py's "touch_at_input_time" for the layers)."""
+    net = SimNetwork((SimDense(np.array([[1.0, -5.0]])),), (2,), t_in=2.0)
+    res = simulate(net, np.array([[1.0, 0.5]]), SimOptions(backend=backend))
+    assert res.t_out.tolist() == [[1.0]]
+
+
+def test_sim_decision_ties_go_to_the_lowest_class():
+    """Two outputs with equal weights fire together: the decision is the lower index (SimResult)."""
+    net = SimNetwork((SimDense(np.array([[2.0], [2.0], [1.0]])),), (1,))
+    res = simulate(net, np.array([[1.0]]))
+    assert res.t_out[0, 0] == res.t_out[0, 1] < res.t_out[0, 2]
+    assert res.decision.tolist() == [0]
+
+
+def test_sim_keeps_an_input_spike_exactly_at_the_cutoff():
+    """With zero_fires a dark pixel fires at t_in = 1.0, exactly the cut-off: only a spike later than the
+    cut-off is dropped."""
+    net = SimNetwork((SimDense(np.array([[2.0]])),), (1,), zero_fires=True)
+    res = simulate(net, np.array([[0.0]]), SimOptions(t_cutoff=1.0), record_layers=True)
+    assert res.layer_times is not None and res.layer_times[0].tolist() == [[1.0]]
+    assert res.spikes_out[0, 0] == 1

@@ -38,7 +38,7 @@ from relpsp.sim import (
     standardized_rows,
     window_fire_rows,
 )
-from relpsp.window import standardized_weight
+from relpsp.window import standardized_weight, window_linear
 from tests.helpers import WINDOW_GRID, window_grid_reference
 
 WINDOW_KW = dict(kernel="window", window=2.0, init_mean=0.5, init_std=1.5)
@@ -318,3 +318,14 @@ def test_cli_simulate_and_cost_run_a_windowed_checkpoint(tmp_path, capsys):
     assert rc == 2 and "here T = 7 (the windowed network's frame" in capsys.readouterr().err
     rc = cli.main(["export", str(ckpt), str(tmp_path / "w.nir")])
     assert rc != 0 and "no NIR form" in capsys.readouterr().err
+
+
+def test_a_windowed_neuron_that_meets_its_threshold_exactly_at_the_window_start_fires_there():
+    """Inputs at 1 and 0 with w = [-2, 1] and the window [1, 2]: 1 + W = 0 and g(s) = 0, so V(t) = 2 - t
+    meets the falling threshold on the whole window; the rule "1 + W <= 0: t = s if g(s) >= 0" gives the
+    start, in the torch layer and in both simulator backends."""
+    t, w = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([[-2.0, 1.0]], dtype=torch.float64)
+    assert window_linear(t, w, t_start=1.0, t_end=2.0).item() == 1.0
+    net = SimNetwork((SimDense(w.numpy()),), (2,), t_in=1.0, zero_fires=True, window=1.0)
+    for backend in ("numpy", "numba"):
+        assert simulate(net, np.array([[0.0, 1.0]]), SimOptions(backend=backend)).t_out.tolist() == [[1.0]]
