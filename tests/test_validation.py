@@ -314,11 +314,12 @@ BAD_FIT = {
     "batch-zero": (_cfg(batch_size=0), r"train.batch_size must be >= 1"),
     "batch-absurd": (_cfg(batch_size=10**9), r"absurdly large"),
     "lr-zero": (_cfg(lr=0.0), r"train.lr must be in \(0, 10\)"),
-    "lr-nan": (_cfg(lr=math.nan), r"train.lr must be in \(0, 10\)"),
+    "lr-nan": (_cfg(lr=math.nan), r"TrainConfig.lr must be a number, got nan"),  # the TOML type check
     "lr-huge": (_cfg(lr=1e3), r"train.lr must be in \(0, 10\)"),
     "seed-negative": (_cfg(seed=-1), r"train.seed must be in \[0, 2\^32\)"),
     "threads-negative": (_cfg(threads=-1), r"train.threads must be >= 0"),
-    "weight-decay-nan": (_cfg(weight_decay=math.nan), r"train.weight_decay must be a finite number >= 0"),
+    "weight-decay-nan": (_cfg(weight_decay=math.nan), r"TrainConfig.weight_decay must be a number, got nan"),
+    "weight-decay-inf": (_cfg(weight_decay=math.inf), r"train.weight_decay must be a finite number >= 0"),
     "silent-margin-negative": (_cfg(silent_margin=-1.0), r"train.silent_margin must be a finite number >= 0"),
     "tau-zero": (_cfg(tau=0.0), r"train.tau must be > 0"),
     "optimizer": (_cfg(optimizer="rmsprop"), r"train.optimizer must be 'adam', 'adamw' or 'sgd'"),
@@ -326,8 +327,15 @@ BAD_FIT = {
     "backend": (_cfg(backend="gpu"), r"train.backend must be one of"),
     "device": (_cfg(device="tpu"), r"train.device must be 'cpu' or 'cuda\[:N\]'"),
     "model-theta": (_cfg({"theta": -1.0}), r"theta must be a finite positive"),
-    "model-t-in-nan": (_cfg({"t_in": math.nan}), r"t_in must be a finite positive"),
+    "model-t-in-nan": (_cfg({"t_in": math.nan}), r"ModelConfig.t_in must be a number, got nan"),
+    "model-t-in-inf": (_cfg({"t_in": math.inf}), r"t_in must be a finite positive"),
     "model-arch": (_cfg({"arch": "4-0-3"}), r"at least one neuron"),
+    # beyond float32 at the first step, after --overwrite had deleted the old run
+    "weight-decay-huge": (_cfg(weight_decay=1e39), r"train.weight_decay = 1e\+39 is absurdly large"),
+    "penalty-huge": (_cfg(target_penalty=3.5e38), r"train.target_penalty = 3.5e\+38 is absurdly large"),
+    "model-theta-huge": (_cfg({"theta": 1e38}), r"model.theta = 1e\+38 is absurdly large"),
+    "model-init-mean-huge": (_cfg({"init_mean": -1e39}), r"model.init_mean = -1e\+39 is absurdly large"),
+    "model-init-std-huge": (_cfg({"init_std": 1e39}), r"model.init_std = 1e\+39 is absurdly large"),
 }
 
 
