@@ -54,9 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         hint = ""
         if args.command in (None, "train"):
+            # after --overwrite, the same command again would delete the checkpoint this names
+            again = (
+                "the same command with --resume instead of --overwrite continues it (scripts/train.sh: run it"
+                " again without --overwrite)"
+                if getattr(args, "overwrite", False)
+                else "the same command with --resume continues it (scripts/train.sh: run it again)"
+            )
             hint = (
                 "; the run folder keeps the checkpoint of its last finished epoch (or step, with"
-                " train.checkpoint_every): the same command with --resume continues it (scripts/train.sh: run it again)"
+                f" train.checkpoint_every): {again}"
             )
         print(f"relpsp: interrupted{hint}", file=sys.stderr)
         return 130

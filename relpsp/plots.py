@@ -155,9 +155,10 @@ def plot_run(
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run
     metrics = run / "metrics.jsonl"
-    if not metrics.is_file():
+    if not metrics.is_file() and not (run / CHECKPOINT_NAME).is_file():
         raise FileNotFoundError(f"{metrics} not found: is {run} a folder written by `relpsp train`?")
-    history = read_metrics(metrics)
+    # a run stopped in its first epoch (train.checkpoint_every) has a checkpoint and no finished epoch yet
+    history = read_metrics(metrics) if metrics.is_file() else []
     out.mkdir(parents=True, exist_ok=True)
     if not (run / CHECKPOINT_NAME).exists():
         return [plot_curves(history, out / "curves.png")]

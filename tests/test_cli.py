@@ -153,6 +153,26 @@ def test_plot_of_a_folder_without_checkpoint_draws_the_curves_elsewhere(run_dir,
     assert (figures / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_of_a_run_stopped_in_its_first_epoch_draws_all_figures(run_dir, tmp_path, capsys):
+    """With train.checkpoint_every a run stopped in its first epoch leaves a checkpoint and no
+    metrics.jsonl; plot used to ask whether the folder was written by relpsp train. eval reads a run
+    folder without a checkpoint as such, not as "a folder, not a file"."""
+    import shutil
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(run_dir / "checkpoint.ckpt", stopped / "checkpoint.ckpt")
+    figures = tmp_path / "figures"
+    assert cli.main(["plot", str(stopped), "--out", str(figures)]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in figures.iterdir()) == ["curves.png", "output_times.png", "raster.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["plot", str(empty)]) == 2
+    assert "metrics.jsonl not found" in capsys.readouterr().err
+    assert cli.main(["eval", str(empty)]) == 2
+    assert f"{empty} is a folder, not a file, and holds no checkpoint.ckpt" in capsys.readouterr().err
+
+
 def test_resume_of_a_finished_run_changes_nothing(run_dir):
     before = (run_dir / "checkpoint.ckpt").read_bytes()
     rc = _train(run_dir, "--resume")
@@ -480,6 +500,11 @@ def test_failures_end_in_one_line_not_a_traceback(monkeypatch, capsys, exc, code
     assert cli.main(["train", "--epochs", "1"]) == code
     err = capsys.readouterr().err
     assert (needle in err) if needle else err == ""
+    if isinstance(exc, KeyboardInterrupt):  # after --overwrite the same command again would delete the checkpoint
+        assert cli.main(["train", "--epochs", "1", "--overwrite"]) == code
+        err = capsys.readouterr().err
+        assert "the same command with --resume instead of --overwrite continues it" in err
+        assert "run it again without --overwrite" in err
 
 
 def test_curves_have_whole_epoch_ticks(tmp_path, monkeypatch):

@@ -74,6 +74,11 @@ def test_metrics_with_a_non_finite_number_are_strict_json_and_read_back_as_nan(t
     (tmp_path / "metrics.jsonl").write_text('{"epoch": null, "train_loss": 0.1, "train_accuracy": 0.5}\n')
     with pytest.raises(ValueError, match="line 1: missing or non-numeric epoch"):
         read_metrics(tmp_path / "metrics.jsonl")
+    # an epoch that is no epoch count: `relpsp summary` used to end in an OverflowError traceback for 1e400
+    for epoch in ("1e400", "NaN", "0", "1.5", "-2"):
+        (tmp_path / "metrics.jsonl").write_text(f'{{"epoch": {epoch}, "train_loss": 0.1, "train_accuracy": 0.5}}\n')
+        with pytest.raises(ValueError, match="line 1: epoch must be a whole number >= 1"):
+            read_metrics(tmp_path / "metrics.jsonl")
 
 
 def test_results_json_is_strict(tmp_path):

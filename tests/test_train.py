@@ -155,8 +155,9 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
     assert json.loads((tmp_path / "results.json").read_text())["config"]["train"]["lr"] == 1e-3
     assert again["history"][0]["train_loss"] != first["history"][0]["train_loss"]
     (tmp_path / CHECKPOINT_NAME).unlink()  # results without a checkpoint: nothing to resume from
-    with pytest.raises(ValueError, match="has no checkpoint to resume from"):
+    with pytest.raises(ValueError, match="has no checkpoint to resume from") as refused:
         fit(_cfg(epochs=1, lr=1e-3), tmp_path, resume=True, **quiet)
+    assert "pass --resume" not in str(refused.value)  # it was passed; the message used to advise it
     before = {n: (tmp_path / n).read_bytes() for n in ("metrics.jsonl", "results.json")}
     with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
         fit(_cfg(epochs=1, lr=1e-3), tmp_path, resume=True, overwrite=True, **quiet)

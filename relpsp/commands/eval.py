@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir() and (ckpt / CHECKPOINT_NAME).is_file():  # a run folder: its checkpoint
         ckpt = ckpt / CHECKPOINT_NAME
+    elif ckpt.is_dir():
+        raise FileNotFoundError(f"{ckpt} is a folder, not a file, and holds no {CHECKPOINT_NAME} (a run's checkpoint)")
     if ckpt.is_file() and is_nir_file(ckpt):
         raise ValueError(f"{ckpt} is a NIR file; relpsp eval reads checkpoints: run it with relpsp simulate")
     model, cfg, _ = load_trained(ckpt)

@@ -187,8 +187,9 @@ def _check_run_folder(
     replaced = left if not (resume and ckpt_path.exists()) else []
     if replaced and not overwrite:
         why = "has no checkpoint to resume from" if resume else "already holds a run"
+        resume_hint = "" if resume else "pass --resume to continue a run from its checkpoint, "
         raise ValueError(
-            f"{out} {why} ({', '.join(replaced)}); pass --resume to continue a run from its checkpoint, "
+            f"{out} {why} ({', '.join(replaced)}); {resume_hint}"
             "--overwrite to delete these files and start again, or choose another --out folder"
         )
     return replaced

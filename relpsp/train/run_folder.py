@@ -50,8 +50,8 @@ _METRIC_KEYS = ("epoch", "train_loss", "train_accuracy")
 
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a ``metrics.jsonl``, with ``null`` (how a run writes a non-finite number) read as NaN; a
-    line that is not a JSON object with numbers for ``epoch``, ``train_loss`` and ``train_accuracy`` raises
-    ``ValueError`` naming the file and line."""
+    line that is not a JSON object with numbers for ``epoch`` (a whole number >= 1), ``train_loss`` and
+    ``train_accuracy`` raises ``ValueError`` naming the file and line."""
     rows = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -70,6 +70,9 @@ def read_metrics(path: Path) -> list[dict]:
         bad = [k for k in _METRIC_KEYS if isinstance(row.get(k), bool) or not isinstance(row.get(k), (int, float))]
         if bad:
             raise ValueError(f"{path}, line {n}: missing or non-numeric {', '.join(bad)}")
+        epoch = row["epoch"]
+        if not (math.isfinite(epoch) and epoch == int(epoch) and epoch >= 1):
+            raise ValueError(f"{path}, line {n}: epoch must be a whole number >= 1, got {epoch}")
         rows.append(row)
     return rows
 
