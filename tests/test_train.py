@@ -1278,3 +1278,149 @@ def test_fit_applies_the_elastic_distortion_from_the_config(tmp_path):
     bent = dict(augment=True, max_shift=0, elastic_alpha=3.0, elastic_sigma=1.0)
     a, b, plain = losses("a", **bent), losses("b", **bent), losses("plain")
     assert a == b and a != plain
+
+
+# --- documented randomness of training: augmentation draws, epoch order, held-out splits, optimizers ---
+def _asymmetric_images(n: int, h: int = 12, w: int = 12) -> torch.Tensor:
+    """n copies of an image with a single bright pixel at (h//2, w//2 - 2): left-right mirroring moves it."""
+    x = torch.zeros(n, 1, h, w)
+    x[:, 0, h // 2, w // 2 - 2] = 1.0
+    return x
+
+
+def test_augment_flip_mirrors_about_half_the_images():
+    """DataConfig.flip / augment docstring: 'mirror it left-right with probability 1/2'."""
+    from relpsp.train.inputs import augment
+
+    x = _asymmetric_images(2000)
+    fractions = []
+    for step in range(3):
+        out = augment(x, 1, 0, step, max_shift=0, flip=True)
+        mirrored = (out == x.flip(3)).flatten(1).all(1)
+        assert bool(((out == x).flatten(1).all(1) | mirrored).all())
+        fractions.append(float(mirrored.float().mean()))
+    assert all(0.45 < f < 0.55 for f in fractions), fractions  # binomial sd ~0.011
+
+
+def test_augment_draws_angles_and_scales_on_both_sides(monkeypatch):
+    """augment docstring / DataConfig: 'a uniform angle in [-max_rotation, max_rotation]' and 'a uniform factor
+    in [1 - max_scale, 1 + max_scale]': both signs of turn and both shrinking and enlarging occur, none beyond."""
+    import relpsp.train.inputs as inputs
+
+    seen = {}
+    real = inputs.affine_warp
+
+    def spy(x, angles, scales):
+        seen["angles"], seen["scales"] = angles.clone(), scales.clone()
+        return real(x, angles, scales)
+
+    monkeypatch.setattr(inputs, "affine_warp", spy)
+    inputs.augment(torch.rand(400, 1, 8, 8), 3, 1, 2, max_shift=0, max_rotation=20.0, max_scale=0.2)
+    a, s = seen["angles"], seen["scales"]
+    assert float(a.min()) >= -20.0 and float(a.max()) <= 20.0
+    assert float(a.min()) < -15.0 and float(a.max()) > 15.0  # both directions of turn are drawn
+    assert abs(float(a.mean())) < 2.0  # uniform on a symmetric range: mean ~0 (sd of the mean ~0.6)
+    assert float(s.min()) >= 0.8 and float(s.max()) <= 1.2
+    assert float(s.min()) < 0.85 and float(s.max()) > 1.15  # shrinking and enlarging both occur
+    assert abs(float(s.mean()) - 1.0) < 0.02
+
+
+def test_augment_draws_new_transformations_every_epoch():
+    """augment docstring: 'Drawn from a generator seeded by (seed, epoch, step)': the same step of another
+    epoch sees other shifts (otherwise every epoch repeats the first epoch's augmentation)."""
+    from relpsp.train.inputs import augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(64, 1, 12, 12)
+    x[:, :, 4:8, 3:8] = torch.rand(64, 1, 4, 5, generator=g)
+    kw = dict(max_shift=2, flip=True, max_rotation=10.0)
+    a = augment(x, 1, 0, 3, **kw)
+    assert torch.equal(a, augment(x, 1, 0, 3, **kw))
+    assert not torch.equal(a, augment(x, 1, 1, 3, **kw))  # another epoch
+    assert not torch.equal(a, augment(x, 2, 0, 3, **kw))  # another seed
+
+
+def test_epoch_order_is_a_fresh_permutation_every_epoch():
+    """relpsp.train docstring: 'the sample order of epoch e is a permutation drawn from a generator seeded
+    with (seed, e)'."""
+    from relpsp.train.inputs import epoch_order
+
+    orders = [epoch_order(3, e, 50) for e in range(3)]
+    for o in orders:
+        assert sorted(o.tolist()) == list(range(50))
+    assert torch.equal(orders[0], epoch_order(3, 0, 50))
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    assert not torch.equal(orders[0], epoch_order(4, 0, 50))
+
+
+def _fake_dataset(monkeypatch, n_train: int = 40, n_test: int = 10):
+    """relpsp.data's loader replaced by a set whose every image holds its own index (so samples are traceable)."""
+    import relpsp.data as D
+
+    def load(name, split, data_dir=None, **opts):
+        n = n_train if split == "train" else n_test
+        x = (torch.arange(n, dtype=torch.float32) / 1000).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone()
+        return x, torch.arange(n) % 10
+
+    monkeypatch.setattr(D, "load_dataset", load)
+    return load
+
+
+def test_held_out_validation_set_is_disjoint_from_training_and_sources_point_at_the_samples(monkeypatch):
+    """DataConfig.val_size: 'samples held out of the training set for validation'; load_splits: ``source``
+    holds 'indices into' the dataset split of each split's samples (also after data.train_size)."""
+    from relpsp.train.inputs import load_splits
+
+    load = _fake_dataset(monkeypatch)
+    full_x, _ = load("mnist", "train")
+    for train_size in (0, 12):
+        cfg = Config(
+            model=ModelConfig(arch="4-10", input_shape=(1, 2, 2)),
+            data=DataConfig(dataset="mnist", val_size=15, train_size=train_size),
+            train=TrainConfig(seed=5),
+        )
+        source: dict = {}
+        splits = load_splits(cfg, source)
+        ids = {k: set((splits[k][0][:, 0, 0, 0] * 1000).round().long().tolist()) for k in ("train", "val")}
+        assert len(ids["val"]) == 15 and len(splits["val"][1]) == 15
+        assert not ids["train"] & ids["val"]  # held out: no validation sample is trained on
+        if not train_size:
+            assert ids["train"] | ids["val"] == set(range(40))
+        else:
+            assert len(splits["train"][1]) == train_size
+        for k in ("train", "val"):
+            name, index = source[k]
+            assert name == "train"
+            assert torch.equal(full_x[index], splits[k][0]), k  # the indices name the very samples
+
+
+def test_make_optimizer_honours_weight_decay_and_sgd_momentum():
+    """make_optimizer docstring (docs/API.md): 'adam, adamw or sgd with momentum 0.9) at train.lr and
+    train.weight_decay' (torch's AdamW would otherwise decay by 0.01 by default)."""
+    from relpsp.train import make_optimizer
+
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    for opt_name in ("adam", "adamw", "sgd"):
+        for wd in (0.0, 0.25):
+            cfg = Config(train=TrainConfig(optimizer=opt_name, lr=0.01, weight_decay=wd))
+            opt = make_optimizer(cfg, p)
+            group = opt.param_groups[0]
+            assert group["lr"] == 0.01 and group["weight_decay"] == wd, (opt_name, wd)
+            if opt_name == "sgd":
+                assert group["momentum"] == 0.9
+    assert type(make_optimizer(Config(train=TrainConfig(optimizer="adamw")), p)).__name__ == "AdamW"
+
+
+def test_augment_shifts_reach_every_offset_up_to_max_shift_in_both_axes():
+    """augment docstring: 'Shift every image by its own random offset of up to max_shift pixels in each
+    direction (zero fill)': every offset in [-max_shift, max_shift] occurs on both axes, and none beyond."""
+    from relpsp.train.inputs import augment
+
+    x = torch.zeros(500, 1, 11, 11)
+    x[:, 0, 5, 5] = 1.0  # one bright pixel at the centre: its new position is the offset
+    out = augment(x, 7, 0, 0, max_shift=2)
+    assert torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # never shifted out of the frame
+    pos = out[:, 0].flatten(1).argmax(1)
+    dy, dx = pos // 11 - 5, pos % 11 - 5
+    assert set(dy.tolist()) == set(range(-2, 3)) and set(dx.tolist()) == set(range(-2, 3))
+    assert not torch.equal(dy, dx)  # the two axes are drawn independently
