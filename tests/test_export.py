@@ -3,6 +3,7 @@ and the torch model; metadata; the reader's folding and errors; ``relpsp export`
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -519,3 +520,95 @@ def test_simulate_options_apply_to_nir_networks(tmp_path):
     x = _images((1, 4, 5))
     res = simulate(net, x, SimOptions(weight_bits=6, time_bits=6, t_cutoff=3.0))
     assert res.grid is not None and res.grid.window == 3.0
+
+
+# --- export.nir: weights "float32 when that keeps every value exactly ..., else float64"
+def test_float64_weights_that_float32_cannot_hold_are_exported_exactly(tmp_path):
+    pytest.importorskip("nir")
+    from relpsp.export.nir import export_nir, read_nir
+    from relpsp.sim import SimDense, SimNetwork
+
+    w = np.array([[0.1, 0.2, 1 / 3], [0.7, -0.05, 0.3]], dtype=np.float64)  # not float32 values
+    net = SimNetwork((SimDense(w),), (3,))
+    export_nir(net, tmp_path / "n.nir")
+    back = read_nir(tmp_path / "n.nir")
+    assert back.layers[0].weight.dtype == np.float64
+    assert np.array_equal(back.layers[0].weight, w)
+
+
+# --- export.nir reader: SumPool2d -> IF "acts as min-time pooling only with 0 < v_threshold < r";
+#     padding "same" only with stride 1
+def _chain_graph(input_shape, nodes, n_flat):
+    """input -> nodes -> Flatten -> Linear(2, n_flat) -> I -> IF -> output (a network must end dense)."""
+    import nir
+
+    tail = {
+        "f": nir.Flatten(input_type={"input": np.array(input_shape)}, start_dim=0, end_dim=-1),
+        "w": nir.Linear(weight=np.ones((2, n_flat))),
+        "wi": nir.I(r=np.ones(2)),
+        "wif": nir.IF(r=np.ones(2), v_threshold=np.ones(2)),
+    }
+    allnodes = {
+        "input": nir.Input(input_type={"input": np.array(input_shape)}),
+        **nodes,
+        **tail,
+        "output": nir.Output(output_type={"output": np.array([2])}),
+    }
+    names = list(allnodes)
+    return nir.NIRGraph(nodes=allnodes, edges=list(itertools.pairwise(names)), type_check=False)
+
+
+def _pool_graph(threshold):
+    import nir
+
+    nodes = {
+        "p": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+        "pif": nir.IF(r=np.ones(1), v_threshold=np.full(1, threshold)),
+    }
+    return _chain_graph([1, 4, 4], nodes, 4)
+
+
+def test_a_pool_if_whose_threshold_equals_r_is_refused():
+    pytest.importorskip("nir")
+    from relpsp.export.nir import network_from_nir
+
+    network_from_nir(_pool_graph(0.999))
+    with pytest.raises(ValueError, match="0 < v_threshold < r"):
+        network_from_nir(_pool_graph(1.0))
+
+
+def test_same_padding_with_a_stride_above_one_is_refused():
+    nir = pytest.importorskip("nir")
+    from relpsp.export.nir import network_from_nir
+
+    def graph(stride):
+        conv = nir.Conv2d(
+            input_shape=None,
+            weight=np.ones((1, 1, 3, 3)),
+            stride=stride,
+            padding="same",
+            dilation=1,
+            groups=1,
+            bias=np.zeros(1),
+        )
+        nodes = {"c": conv, "ci": nir.I(r=np.ones(1)), "cif": nir.IF(r=np.ones(1), v_threshold=np.ones(1))}
+        return _chain_graph([1, 6, 6], nodes, 36)
+
+    assert network_from_nir(graph(1)).layers[0].padding == 1
+    with pytest.raises(ValueError, match="padding 'same' is not supported"):
+        network_from_nir(graph(2))
+
+
+# --- export.nir.nir_data_config: relpsp.data must be "an object with keys among DATA_KEYS"
+def test_relpsp_data_with_a_key_outside_data_keys_is_refused():
+    pytest.importorskip("nir")
+    import json
+
+    from relpsp.export.nir import nir_data_config, to_nir
+    from relpsp.sim import SimDense, SimNetwork
+
+    graph = to_nir(SimNetwork((SimDense(np.ones((2, 3))),), (3,)), data={"dataset": "mnist", "augment": True})
+    assert nir_data_config(graph) == {"dataset": "mnist"}  # the exporter keeps DATA_KEYS only
+    graph.nodes["input"].metadata["relpsp.data"] = json.dumps({"dataset": "mnist", "augment": True})
+    with pytest.raises(ValueError, match="keys among"):
+        nir_data_config(graph)

@@ -429,3 +429,17 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     atomic = tmp_path / "atomic.txt"
     atomic_write_bytes(atomic, b"x")
     assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+# --- checkpoint._read_npy: "Only plain numeric arrays whose data fills the entry exactly are read."
+def test_an_array_entry_with_trailing_bytes_is_refused(tmp_path):
+    good = tmp_path / "good.ckpt"
+    save_checkpoint(good, {"w": np.arange(6, dtype=np.float32)}, {"x": 1})
+    bad = tmp_path / "bad.ckpt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w", compression=zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data + b"\0" * 8 if info.filename == "arrays/w.npy" else data)
+    assert load_checkpoint(good)[0]["w"].tolist() == list(range(6))
+    with pytest.raises(CheckpointError, match="holds 32 bytes: the file is damaged"):
+        load_checkpoint(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,32 @@ def test_results_json_is_strict(tmp_path):
 
     write_json(tmp_path / "results.json", {"test_loss": math.inf, "rates": np.array([0.5, np.nan])})
     assert _strict_loads((tmp_path / "results.json").read_text()) == {"rates": [0.5, None], "test_loss": None}
+
+
+# --- _fileio.atomic_write_with: "The file is fsynced before the rename"
+def test_atomic_write_fsyncs_the_new_file_before_renaming_it(tmp_path, monkeypatch):
+    import relpsp._fileio as fileio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", (st.st_dev, st.st_ino)))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        st = os.stat(src)
+        events.append(("replace", (st.st_dev, st.st_ino)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    target = tmp_path / "f.bin"
+    fileio.atomic_write_with(target, lambda tmp: tmp.write_bytes(b"data"))
+    assert target.read_bytes() == b"data"
+    st = target.stat()
+    new_file = (st.st_dev, st.st_ino)
+    kinds = [e for e in events if e[1] == new_file]
+    assert kinds and kinds[0] == ("fsync", new_file), events  # the new file's data is durable first
+    assert ("replace", new_file) in kinds[1:], events

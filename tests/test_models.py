@@ -159,3 +159,17 @@ def test_model_gradients_match_ref_composition(backend):
     for k, (a, e) in enumerate(zip(g, g_ref)):
         assert e.abs().sum() > 0, f"parameter {k} got no gradient"
         assert_close(f"grad of parameter {k}", a, e, torch.float64, kind="grad")
+
+
+# --- arch.parse_arch: conv output sizes are those of the convolution the model runs
+@pytest.mark.parametrize(
+    ("hw", "k", "s", "p"), [((8, 8), 3, 2, 0), ((9, 7), 3, 2, 1), ((6, 11), 4, 3, 2), ((5, 5), 5, 1, 0)]
+)
+def test_conv_output_sizes_match_torch_for_any_stride_padding_and_non_square_input(hw, k, s, p):
+    tok = f"2C{k}" + (f"s{s}" if s != 1 else "") + (f"p{p}" if p else "")
+    specs = parse_arch(f"{tok}-3", (1, *hw))
+    conv = specs[1]
+    assert isinstance(conv, ConvSpec)
+    ref = torch.nn.functional.conv2d(torch.zeros(1, 1, *hw), torch.zeros(2, 1, k, k), stride=s, padding=p)
+    assert conv.out_hw == tuple(ref.shape[2:])
+    assert specs[2].n == 2 * ref.shape[2] * ref.shape[3]  # the FlattenSpec before the dense layer

@@ -288,3 +288,12 @@ def test_a_seed_finished_in_two_folders_is_named_in_a_warning(tmp_path, capsys):
     assert "warning: seed 0 finished in 2 folders, each counted above" in capsys.readouterr().out
     (one,) = _summary([tmp_path / "a-seed0", tmp_path / "a-seed1"])
     assert one["repeated_seeds"] == {}
+
+
+# --- summary.target_reached: "at least ceil(p / 100 * sum_i N_i)" (relpsp/summary.py module docstring)
+def test_needed_decisions_round_up_when_the_target_is_no_whole_count():
+    # 98.51 % of 1,000 is 985.1: 986 right are needed (985 is 98.50 %)
+    assert target_reached(985, 1000, "98.51") == (False, 986)
+    assert target_reached(986, 1000, "98.51") == (True, 986)
+    # 85 % of 10 is 8.5 exactly: 9 needed (round-half-even would say 8)
+    assert target_reached(8, 10, "85") == (False, 9)
