@@ -456,6 +456,29 @@ def test_silent_penalty_gives_silent_neurons_a_gradient():
     assert float(pen.detach()) == pytest.approx(float((1 + 0.1 * (2.0 - t_in).sum(1)).sum() * 3 / 4), rel=1e-5)
 
 
+def test_silent_penalty_horizon_of_a_layer_that_fired_nothing_is_one_unit_after_its_last_input():
+    """No neuron of the first layer fires in the batch: its t_end is its latest input spike + 1; the
+    second layer then receives no spike and has no term."""
+    from relpsp.functional import latency_encode, silent_neuron_penalty
+    from relpsp.models import model_from_config
+    from relpsp.train.regularisers import SilentPenalty
+
+    model = model_from_config(ModelConfig(arch="16-12-3", input_shape=(1, 4, 4)))
+    with torch.no_grad():
+        model[2].weight.fill_(-0.05)  # model[0] encodes, model[1] flattens
+    x = _tiny_splits()["train"][0][:8]
+    pen = SilentPenalty(model)
+    t_out = model(x)
+    assert not torch.isfinite(t_out).any()
+    t_in = latency_encode(x).flatten(1)
+    with torch.no_grad():  # not recorded by the penalty's hook
+        t_hidden = model[2](t_in)
+    assert not torch.isfinite(t_hidden).any()
+    want = silent_neuron_penalty(t_in, model[2].weight, t_hidden, t_end=float(t_in[torch.isfinite(t_in)].max()) + 1)
+    torch.testing.assert_close(pen(), want * len(x))
+    pen.close()
+
+
 def test_target_penalty_acts_only_on_silent_correct_outputs():
     """The target-only penalty is max(0, theta - V(t_end)) of each sample's correct output where that
     output is silent, summed over samples; other outputs, silent or not, get nothing."""

@@ -41,7 +41,9 @@ class WeightAverage:
 class SilentPenalty:
     """Sums ``silent_neuron_penalty`` over the spiking layers of one forward pass, read through forward
     hooks (the modules stay stateless). ``t_end`` of a layer: the latest spike it fired in the batch
-    (capped by its cut-off), so silent neurons are pushed to fire within the range the others use.
+    (capped by its cut-off), so silent neurons are pushed to fire within the range the others use; a layer
+    that fired nothing in the batch takes one time unit after its latest input spike (capped alike), and a
+    layer that received no spike has no term.
 
     With ``target_only`` only the output layer is read, and of its neurons only the correct output of
     each sample (the others are passed as having fired): the term then acts only where a sample's correct
