@@ -268,3 +268,28 @@ def test_float32_spike_just_after_its_trigger_keeps_the_triggers_gradient():
         assert t_in.grad is not None and w.grad is not None
         assert float(t_in.grad.sum()) == pytest.approx(1.0, rel=1e-4), dtype
         assert float(t_in.grad[0, 1]) > 0.9 and float(w.grad[0, 1]) < 0
+
+
+def test_alpha_module_applies_its_threshold_and_cut_off():
+    """AlphaSpikingLinear(..., theta=..., t_max=...) and build_model's 't_max: cut-off of every spiking layer'
+    (also for kernel 'alpha'): the layer fires at theta and drops spikes later than t_max. No test builds an
+    alpha layer with theta != 1 or a finite t_max and runs it. Kills: AlphaSpikingLinear.forward calling
+    alpha_linear without t_max, or without theta."""
+    from relpsp.alpha import alpha_linear
+    from relpsp.models import build_model
+
+    theta = 1.3
+    t = torch.rand(8, 16, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    probe = build_model("16-12-3", kernel="alpha", kernel_tau=0.5, theta=theta)[1]
+    with torch.no_grad():
+        full = alpha_linear(t, probe.weight, theta=theta, tau=0.5)
+    t_max = float(full[torch.isfinite(full)].median())  # half the spikes are later than the cut-off
+    torch.manual_seed(0)
+    lin = build_model("16-12-3", kernel="alpha", kernel_tau=0.5, theta=theta, t_max=t_max)[1]
+    assert torch.equal(lin.weight, probe.weight) and lin.t_max == t_max and lin.theta == theta
+    with torch.no_grad():
+        out = lin(t)
+        assert torch.equal(out, alpha_linear(t, lin.weight, theta=theta, tau=0.5, t_max=t_max))
+    assert torch.isfinite(out).any() and not (out[torch.isfinite(out)] > t_max).any()
+    assert torch.isinf(out).sum() > torch.isinf(full).sum()

@@ -276,3 +276,28 @@ def test_silent_penalty_ignores_inputs_after_t_end():
     assert pen.item() == pytest.approx(0.9)
     pen.backward()
     assert w.grad is not None and w.grad.tolist() == [[-1.0, 0.0]]
+
+
+def test_silent_penalty_of_a_strided_padded_convolution_is_the_dense_penalty_on_its_windows():
+    """silent_neuron_penalty docstring: 4-D inputs 'as for relpsp_conv2d (with stride and padding)': each
+    output position is the dense neuron on its receptive field (padding never spikes). The existing tests
+    are dense only. Kills: the convolution of the ramp ignoring the stride."""
+    import torch.nn.functional as F
+
+    from relpsp.functional import relpsp_conv2d, silent_neuron_penalty
+
+    g = torch.Generator().manual_seed(5)
+    t_in = torch.rand(2, 2, 7, 7, generator=g, dtype=torch.float64) * 2
+    t_in[torch.rand(t_in.shape, generator=g, dtype=torch.float64) < 0.2] = math.inf
+    w = (torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64) * 0.2 + 0.02).requires_grad_()
+    t_out = relpsp_conv2d(t_in, w.detach(), stride=2, padding=1)
+    assert torch.isinf(t_out).any() and torch.isfinite(t_out).any()
+    pen = silent_neuron_penalty(t_in, w, t_out, t_end=1.5, stride=2, padding=1)
+    rows = F.unfold(F.pad(t_in, (1, 1, 1, 1), value=math.inf), 3, stride=2).transpose(1, 2).reshape(-1, 18)
+    out_rows = t_out.permute(0, 2, 3, 1).reshape(-1, 3)
+    w2 = w.detach().reshape(3, -1).requires_grad_()
+    dense = silent_neuron_penalty(rows, w2, out_rows, t_end=1.5) * (out_rows.shape[0] / t_in.shape[0])
+    assert pen.item() == pytest.approx(dense.item(), rel=1e-12) and pen.item() > 0
+    pen.backward()
+    dense.backward()
+    torch.testing.assert_close(w.grad.reshape(3, -1), w2.grad)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +208,45 @@ def test_cli_cost_end_to_end(tmp_path, capsys):
     # An integer preset quantises the weights to its width by default.
     rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--limit", "5", "--out", str(out)])
     assert rc == 0 and json.loads(out.read_text())["report"]["weight_bits"] == 8
+
+
+def _first_number(cell: str) -> float:
+    m = re.match(r"\s*([0-9.]+)\s*(MHz)?", cell)
+    assert m, cell
+    return float(m.group(1)) * (1e6 if m.group(2) else 1.0)
+
+
+def test_presets_match_the_table_in_docs_hardware():
+    """docs/HARDWARE.md 'Presets' table is the documented value of every preset field; a cell holding only
+    a number repeats nothing, a cell with a number gives it. Kills: any preset energy/static/clock/parallel
+    number changed (e.g. sram1mb e_mem_read 12.5 -> 1.25, int8 e_neuron_update 0.2 -> 0.1,
+    fp32 e_synop 0.9 -> 3.7, int8 e_mac 0.3 -> 3.2, p_static 0.1 -> 1.0)."""
+    from relpsp.hw.presets import PRESETS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "HARDWARE.md").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    header = next(ln for ln in lines if ln.startswith("| field |"))
+    names = re.findall(r"`([a-z0-9_]+)`", header)
+    assert names == ["horowitz45_int8", "horowitz45_int8_sram1mb", "horowitz45_fp32"]
+    fields = [f.name for f in dataclasses.fields(PRESETS[names[0]]) if f.type in ("float", "int")]
+    checked = set()
+    for ln in lines:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        m = re.fullmatch(r"`([a-z_]+)`.*", cells[0])
+        if not m or m.group(1) not in fields:
+            continue
+        field = m.group(1)
+        for name, cell in zip(names, cells[1:]):
+            assert getattr(PRESETS[name], field) == pytest.approx(_first_number(cell)), (name, field, cell)
+        checked.add(field)
+    assert checked == {
+        "e_synop_pj", "e_mem_read_pj_per_byte", "e_neuron_update_pj", "e_mac_pj", "p_static_mw", "clock_hz",
+        "parallel_synapse_units",
+    }  # fmt: skip
+    weights_row = next(ln for ln in lines if ln.startswith("| weights |"))
+    for name, cell in zip(names, [c.strip() for c in weights_row.strip("|").split("|")][1:]):
+        p = PRESETS[name]
+        if cell == "float32":
+            assert (p.weight_bits, p.integer_weights) == (32, False)
+        else:
+            assert cell == f"{p.weight_bits}-bit fixed point" and p.integer_weights

@@ -173,3 +173,15 @@ def test_conv_output_sizes_match_torch_for_any_stride_padding_and_non_square_inp
     ref = torch.nn.functional.conv2d(torch.zeros(1, 1, *hw), torch.zeros(2, 1, k, k), stride=s, padding=p)
     assert conv.out_hw == tuple(ref.shape[2:])
     assert specs[2].n == 2 * ref.shape[2] * ref.shape[3]  # the FlattenSpec before the dense layer
+
+
+def test_count_weights_equals_the_models_parameter_count():
+    """count_weights ('Number of weights of a parsed architecture (dense and conv layers)') guards
+    MAX_WEIGHTS; it must count C_out * C_in * k * k per convolution. The existing limit tests use dense
+    layers only. Kills: conv counted as C_out * C_in * k."""
+    from relpsp.arch import parse_arch
+    from relpsp.models import build_model, count_weights
+
+    for arch, shape in [("16C5-P2-32C5-P2-800-128-10", (1, 28, 28)), ("4C3s2p1-10", (3, 9, 9)), ("784-800-10", None)]:
+        model = build_model(arch, shape, init_mean=5.0)
+        assert count_weights(parse_arch(arch, shape)) == sum(p.numel() for p in model.parameters())

@@ -56,3 +56,39 @@ def test_modules_reject_bad_arguments(make, match):
     torch.manual_seed(0)
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("cls", ["SpikingConv2d", "WindowConv2d"])
+def test_conv_init_uses_the_receptive_field_fan_in_and_theta(cls):
+    """relpsp/nn.py module docstring: weights start from N(init_mean * theta / fan_in,
+    (init_std * theta / sqrt(fan_in))^2); for a convolution fan_in = C_in * k * k.
+    Kills: fan_in = C_in * k, fan_in = k * k, theta dropped from the conv init."""
+    import relpsp.nn
+
+    cls = getattr(relpsp.nn, cls)
+    SpikingConv2d = relpsp.nn.SpikingConv2d
+    torch.manual_seed(3)
+    c_in, c_out, k = 4, 256, 3
+    fan_in = c_in * k * k
+    if cls is SpikingConv2d:
+        theta = 2.0
+        conv = cls(c_in, c_out, k, theta=theta, init_mean=5.0, init_std=1.0)
+    else:  # the windowed layers have theta = 1
+        theta = 1.0
+        conv = cls(c_in, c_out, k, t_start=1.0, t_end=2.0, init_mean=5.0, init_std=1.0)
+    w = conv.weight.detach().double()
+    assert w.mean().item() == pytest.approx(5.0 * theta / fan_in, rel=0.05)
+    assert w.std().item() == pytest.approx(1.0 * theta / math.sqrt(fan_in), rel=0.03)
+
+
+def test_pool_module_uses_its_stride():
+    """nn.MinTimePool2d(kernel_size, stride) documents a stride (default: the kernel size).
+    Kills: forward calling min_time_pool2d(t, self.kernel_size) without the stride."""
+    from relpsp.functional import min_time_pool2d
+    from relpsp.nn import MinTimePool2d
+
+    t = torch.rand(2, 3, 6, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = MinTimePool2d(2, stride=1)(t)
+    assert out.shape == (2, 3, 5, 6)
+    assert torch.equal(out, min_time_pool2d(t, 2, 1))
+    assert torch.equal(MinTimePool2d(2)(t), min_time_pool2d(t, 2))  # default stride = kernel

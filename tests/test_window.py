@@ -600,3 +600,21 @@ def test_windowed_training_takes_the_target_penalty(tmp_path):
     res = fit(cfg, tmp_path / "run", progress=False, splits=splits, log=lambda s: None)
     assert res["config"]["train"]["target_penalty"] == 0.01 and len(res["history"]) == 2
     assert all(math.isfinite(r["train_loss"]) for r in res["history"])
+
+
+def test_window_layers_follow_t_in_and_window():
+    """build_model docstring / docs/API.md: with kernel 'window', spiking layer l fires in
+    [t_in + (l-1) window, t_in + l window]. Every existing window-model test uses t_in = 1.
+    Kills: start computed as 1 + (l-1) window (t_in ignored)."""
+    from relpsp.models import build_model, layer_outputs
+
+    torch.manual_seed(0)
+    t_in, window = 2.5, 0.5
+    model = build_model("2C3-P2-6-3", (1, 6, 6), kernel="window", t_in=t_in, window=window)
+    spiking = [m for m in model if hasattr(m, "t_start")]
+    assert [(m.t_start, m.t_end) for m in spiking] == [(2.5, 3.0), (3.0, 3.5), (3.5, 4.0)]
+    outs = layer_outputs(model, torch.rand(4, 1, 6, 6))
+    for m, out in zip(model, outs):
+        if hasattr(m, "t_start"):
+            fin = out[torch.isfinite(out)]
+            assert ((fin >= m.t_start) & (fin <= m.t_end)).all()
