@@ -548,3 +548,148 @@ def test_every_option_of_every_command_has_help_text():
         and not action.help
     ]
     assert bare == []
+
+
+def test_flags_override_set_which_overrides_the_config_file(tmp_path):
+    """train.py: "flags override the config file's fields"; resolve_config: defaults <- TOML file <- --set <-
+    named flags (--set: "override any config field")."""
+    from relpsp.commands.train import resolve_config
+
+    cfg_file = tmp_path / "exp.toml"
+    cfg_file.write_text('[data]\ndataset = "yinyang"\n[train]\nlr = 0.05\nepochs = 9\nseed = 4\n')
+
+    def resolve(*argv: str):
+        return resolve_config(cli.build_parser().parse_args(["train", str(cfg_file), *argv]))
+
+    assert (resolve().train.lr, resolve().train.epochs) == (0.05, 9)
+    cfg = resolve("--set", "train.lr=0.02", "--set", "train.epochs=7")  # --set over the file
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.seed) == (0.02, 7, 4)
+    cfg = resolve("--set", "train.lr=0.02", "--lr", "0.003", "--set", "train.epochs=7", "--epochs", "3")
+    assert (cfg.train.lr, cfg.train.epochs) == (0.003, 3)  # named flags over --set
+    assert resolve("--set", "train.seed=2", "--seed", "5").train.seed == 5
+    assert resolve("--set", "train.batch_size=64", "--batch-size", "32").train.batch_size == 32
+    assert resolve("--set", "data.data_dir=a", "--data-dir", "b").data.data_dir == "b"
+    assert resolve("--set", "data.dataset=mnist", "--dataset", "yinyang").model.input_shape == (4,)
+
+
+def test_default_run_folder_is_dataset_arch_seed(tmp_path, monkeypatch, capsys):
+    """--out help: "run folder (default: runs/<config or dataset-arch>-seed<seed>)"."""
+    import relpsp.train
+
+    seen = []
+
+    def fake_fit(cfg, out, **kw):
+        seen.append(out)
+        return {"test_accuracy": 0.5, "test_no_output_spike_fraction": 0.0, "wall_time_s": 0.0}
+
+    monkeypatch.setattr(relpsp.train, "fit", fake_fit)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--dataset", "yinyang", "--arch", "4-10-3", "--seed", "2", "--no-progress"]) == 0
+    assert cli.main(["train", "yinyang", "--seed", "3", "--no-progress"]) == 0
+    assert [str(p) for p in seen] == ["runs/yinyang-4-10-3-seed2", "runs/yinyang-seed3"]
+
+
+def test_eval_per_class_rows_are_labels_and_columns_decisions(run_dir, capsys):
+    """--per-class help: "the confusion matrix (rows: label, columns: decision, then no output spike)": each
+    row sums to that label's sample count (the trace and the none column are the same for the transpose)."""
+    from relpsp.data import load_dataset
+
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--json", "--per-class"]) == 0
+    conf = np.array(json.loads(capsys.readouterr().out)["per_class"]["confusion"])
+    _, y = load_dataset("yinyang", "test")
+    assert conf.sum(1).tolist() == np.bincount(y.numpy(), minlength=3).tolist()
+
+
+def test_eval_on_another_dataset_reads_the_split_asked_for(tmp_path, capsys):
+    """--split (train | test | val) applies to --dataset NAME too: a cifar10-shaped network evaluated on
+    cifar10 --split train reads the training batches, not the test batch."""
+    from relpsp.checkpoint import save_checkpoint
+    from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict
+    from relpsp.models import build_model, model_arrays
+    from tests.test_data import cifar_batch
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        (folder / name).write_bytes(cifar_batch(2 if name != "test_batch" else 3, seed=i)[0])
+    cfg = Config(model=ModelConfig(arch="3072-10", input_shape=(3, 32, 32)), data=DataConfig(dataset="yinyang"))
+    ckpt = tmp_path / "c.ckpt"
+    save_checkpoint(ckpt, model_arrays(build_model("3072-10", (3, 32, 32))), {"config": config_to_dict(cfg)})
+    base = ["eval", str(ckpt), "--dataset", "cifar10", "--data-dir", str(tmp_path), "--json"]
+    capsys.readouterr()
+    assert cli.main([*base, "--split", "train"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["n"] == 10
+    assert cli.main(base) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+
+
+def test_eval_reads_the_runs_data_dir_by_default(tmp_path, monkeypatch, capsys):
+    """--data-dir help: "dataset folder (default: the run's, else $RELPSP_DATA or ~/.cache/relpsp)"."""
+    from relpsp.checkpoint import save_checkpoint
+    from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict
+    from relpsp.models import build_model, model_arrays
+    from tests.test_data import cifar_batch
+
+    data = tmp_path / "data"
+    folder = data / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        (folder / name).write_bytes(cifar_batch(2 if name != "test_batch" else 3, seed=i)[0])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("RELPSP_DATA", str(empty))
+    cfg = Config(
+        model=ModelConfig(arch="3072-10", input_shape=(3, 32, 32)),
+        data=DataConfig(dataset="cifar10", data_dir=str(data)),
+    )
+    ckpt = tmp_path / "c.ckpt"
+    save_checkpoint(ckpt, model_arrays(build_model("3072-10", (3, 32, 32))), {"config": config_to_dict(cfg)})
+    capsys.readouterr()
+    assert cli.main(["eval", str(ckpt), "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+    # the run's folder also for another dataset given by --dataset (here a run "trained" on mnist)
+    cfg = Config(
+        model=ModelConfig(arch="3072-10", input_shape=(3, 32, 32)),
+        data=DataConfig(dataset="mnist", data_dir=str(data)),
+    )
+    save_checkpoint(ckpt, model_arrays(build_model("3072-10", (3, 32, 32))), {"config": config_to_dict(cfg)})
+    assert cli.main(["eval", str(ckpt), "--dataset", "cifar10", "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+
+
+@pytest.mark.parametrize("command", ["eval", "simulate", "summary"])
+def test_an_interrupt_of_another_command_gives_no_resume_hint(command, monkeypatch, capsys):
+    """Ctrl-C ends every command with exit code 130 and "relpsp: interrupted"; only train has a
+    checkpoint to resume, so only train names --resume."""
+    import importlib
+
+    module = importlib.import_module(f"relpsp.commands.{command}")
+
+    def boom(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run", boom)
+    assert cli.main([command, "x"]) == 130
+    assert capsys.readouterr().err == "relpsp: interrupted\n"
+
+
+def test_relpsp_without_a_command_trains_the_default_network(monkeypatch):
+    """cli.main: `relpsp` with no command runs the main job (train's help: "default: MNIST 784-800-10")."""
+    from relpsp.commands import train
+
+    seen = []
+    monkeypatch.setattr(train, "run", lambda args: seen.append(args) or 0)
+    assert cli.main([]) == 0
+    assert len(seen) == 1 and seen[0].command == "train" and seen[0].config is None
+
+
+def test_eval_text_gives_the_accuracy_of_the_json(run_dir, capsys):
+    """README: `relpsp eval runs/try/checkpoint.ckpt`; the text line and --json report one accuracy."""
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"yinyang test: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, ")
+    assert f"no output spike {100 * res['no_output_spike_fraction']:.2f}%" in text

@@ -993,3 +993,27 @@ def test_fetch_refuses_a_file_whose_checksum_does_not_match_the_table(tmp_path, 
     with pytest.raises(DatasetCorruptError, match="does not match the expected"):
         fetch_dataset("mnist", tmp_path / "data")
     assert not (tmp_path / "data" / "mnist" / table[0].name).exists()
+
+
+def test_data_list_and_info_say_what_docs_data_promises(tmp_path, capsys):
+    """docs/DATA.md: `relpsp data list` "every dataset and whether its folder is there"; `relpsp data info`
+    "input shape, classes, split sizes, source, status" (status: the files verified, as `data verify`)."""
+    from relpsp import cli
+    from relpsp.data import DATASETS
+
+    capsys.readouterr()
+    assert cli.main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == list(DATASETS)
+    assert dict(r.split(None, 1) for r in rows)["yinyang"] == "generated"
+    assert cli.main(["data", "info", "yinyang"]) == 0
+    out = capsys.readouterr().out
+    assert "classes:     3 (yang, yin, dot)" in out and "splits:      train 5000, val 1000, test 1000" in out
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for f in registry.MNIST_FILES:  # files under MNIST's names that fail their sha256
+        (folder / f.name).write_bytes(rng.integers(0, 256, 100, dtype=np.uint8).tobytes())
+    assert cli.main(["data", "info", "mnist", "--data-dir", str(tmp_path)]) == 0
+    status = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status:")]
+    assert len(status) == 1 and status[0].split()[1].startswith("corrupt"), status

@@ -250,3 +250,22 @@ def test_presets_match_the_table_in_docs_hardware():
             assert (p.weight_bits, p.integer_weights) == (32, False)
         else:
             assert cell == f"{p.weight_bits}-bit fixed point" and p.integer_weights
+
+
+def test_cli_cost_defaults_to_an_8_bit_grid_and_the_int8_preset(tmp_path, capsys):
+    """docs/HARDWARE.md: `relpsp cost ... [--time-bits B (default 8)]` and the preset table's
+    `horowitz45_int8` (default); --preset help: "(default: horowitz45_int8)"."""
+    from relpsp.hw.presets import DEFAULT_PRESET
+
+    assert DEFAULT_PRESET == "horowitz45_int8"
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "cost.json"
+    assert cli.main(["cost", str(ckpt), "--dataset", str(data), "--limit", "5", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())["report"]
+    assert rep["time_bits"] == 8 and rep["weight_bits"] == 8 and rep["preset"]["name"] == "horowitz45_int8"
+    assert rep["n_images"] == 5
+    # "unless --weight-bits says otherwise"
+    argv = ["cost", str(ckpt), "--dataset", str(data), "--limit", "5", "--weight-bits", "4", "--time-bits", "5"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())["report"]
+    assert rep["weight_bits"] == 4 and rep["time_bits"] == 5

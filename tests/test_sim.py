@@ -752,3 +752,38 @@ def test_sim_keeps_an_input_spike_exactly_at_the_cutoff():
     res = simulate(net, np.array([[0.0]]), SimOptions(t_cutoff=1.0), record_layers=True)
     assert res.layer_times is not None and res.layer_times[0].tolist() == [[1.0]]
     assert res.spikes_out[0, 0] == 1
+
+
+def test_cli_simulate_compare_defaults_to_float32_and_records_split(tmp_path, capsys):
+    """--compare-dtype help: "(default float32: the trained model as it runs)"; docs/HARDWARE.md: "--compare
+    also runs the torch model (float32 by default, --compare-dtype float64 for float64)"."""
+
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "sim.json"
+    capsys.readouterr()
+    assert cli.main(["simulate", str(ckpt), "--dataset", str(data), "--compare", "--out", str(out)]) == 0
+    assert "vs torch (float32):" in capsys.readouterr().out
+    assert json.loads(out.read_text())["compare"]["torch_dtype"] == "float32"
+    argv = ["simulate", str(ckpt), "--dataset", str(data), "--compare", "--compare-dtype", "float64"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["compare"]["torch_dtype"] == "float64"
+
+
+def test_simulate_out_records_the_split(tmp_path, capsys):
+    """The --out JSON of a --split train run says "train" (docs/HARDWARE.md: --split val / train are the
+    run's own splits), and --limit ("use the first N images") applies to those splits too."""
+    import dataclasses
+
+    from relpsp.checkpoint import load_checkpoint, save_checkpoint
+    from relpsp.config import config_to_dict
+
+    ckpt, cfg = yinyang_bias_checkpoint(tmp_path)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_size=120))
+    save_checkpoint(ckpt, load_checkpoint(ckpt)[0], {"config": config_to_dict(cfg), "version": "0.1.0"})
+    out = tmp_path / "sim.json"
+    assert cli.main(["simulate", str(ckpt), "--split", "train", "--out", str(out)]) == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["split"] == "train" and res["n_images"] == 120
+    # --limit ("use the first N images") holds on the run's own splits too
+    assert cli.main(["simulate", str(ckpt), "--split", "train", "--limit", "30", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["n_images"] == 30

@@ -297,3 +297,40 @@ def test_needed_decisions_round_up_when_the_target_is_no_whole_count():
     assert target_reached(986, 1000, "98.51") == (True, 986)
     # 85 % of 10 is 8.5 exactly: 9 needed (round-half-even would say 8)
     assert target_reached(8, 10, "85") == (False, 9)
+
+
+def test_summary_text_gives_the_verdict_counts_and_needed_decisions(tmp_path, capsys):
+    """README: `relpsp summary ... --target 99.4` prints 99.383 ± 0.04%, 29,815 of 30,000 right, 29,820
+    needed; the text says whether the mean reaches the target; --target takes (0, 100], 100 included; the
+    command reports (exit 0) whether or not the target is reached."""
+    from relpsp.cli import main
+
+    for s, a in enumerate((0.9934, 0.9941, 0.9940)):
+        _finished(tmp_path / f"cnn-seed{s}", _mnist_cfg(s), a)
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path), "--target", "99.4"]) == 0
+    text = capsys.readouterr().out
+    assert "3 finished (seeds 0, 1, 2): 99.383 ± 0.04 % (99.34, 99.41, 99.40;" in text
+    assert "test decisions right: 29,815 of 30,000" in text
+    assert "target 99.4 %: not reached; 29,820 right needed" in text
+    assert main(["summary", str(tmp_path), "--target", "99.38"]) == 0
+    assert "target 99.38 %: reached; 29,814 right needed" in capsys.readouterr().out
+    assert main(["summary", str(tmp_path), "--target", "100", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["target"] == {"percent": 100.0, "reached": False, "needed": 30000}
+
+
+def test_summary_json_stays_json_while_a_run_is_starting(tmp_path, capsys):
+    """--json: "print JSON instead of text"; the note on a run in its first epoch goes to stderr, so stdout
+    still parses."""
+    from relpsp.cli import main
+    from relpsp.train.run_folder import run_folder_lock
+
+    _finished(tmp_path / "r-seed0", _mnist_cfg(0), 0.99)
+    starting = tmp_path / "r-seed1"
+    starting.mkdir()
+    with run_folder_lock(starting):
+        capsys.readouterr()
+        assert main(["summary", str(tmp_path), "--json"]) == 0
+        out, err = capsys.readouterr()
+    assert [d["seed"] for d in json.loads(out)[0]["finished"]] == [0]
+    assert f"{starting}: training, in its first epoch" in err
