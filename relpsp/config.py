@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -217,6 +218,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     reads back)."""
 
     def clean(v: Any) -> Any:
+        if isinstance(v, os.PathLike):  # a data_dir given as a Path in Python: its text, as TOML would give it
+            return os.fspath(v)
         if isinstance(v, float) and math.isinf(v):
             return "inf" if v > 0 else "-inf"
         if isinstance(v, tuple):

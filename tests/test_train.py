@@ -239,6 +239,16 @@ def test_fit_puts_the_thread_counts_back_as_it_found_them(tmp_path):
         numba.set_num_threads(before[1])
 
 
+def test_a_data_dir_given_as_a_path_is_kept_as_its_text(tmp_path):
+    """fit checks a Config built in Python as a TOML file's values; a data_dir given as a pathlib.Path is a
+    string setting all the same (written to results.json as its text), not a wrong type."""
+    cfg = _cfg(epochs=1)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=tmp_path / "data"))
+    fit(cfg, tmp_path / "run", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["config"]["data"]["data_dir"]
+    assert saved == str(tmp_path / "data")
+
+
 def test_a_run_folder_that_is_a_file_is_refused_with_its_name(tmp_path):
     (tmp_path / "afile").write_text("keep")
     with pytest.raises(ValueError, match=r"afile is a file, not a folder; choose another --out"):
