@@ -159,3 +159,20 @@ def test_cli_prepare_then_verify_and_train_reads_it(tmp_path, capsys):
     assert main(["data", "prepare", "caltech", "--from", str(src), "--out", str(tmp_path / "x"), "--seed", "-2"]) == 2
     assert "seed must be a non-negative whole number" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_split_follows_the_documented_rule(tmp_path):
+    """docs/DATA.md / caltech.py docstring: per class the files sorted by name are shuffled by
+    numpy.random.default_rng(seed) (faces first, then motorbikes, one generator); the first
+    train_per_class go to train/, the next test_per_class to test/."""
+    src = make_caltech101(tmp_path / "src", faces=7, motorbikes=9)
+    dest = prepare_caltech(src, tmp_path / "out", seed=4, train_per_class=3, test_per_class=2)
+    files = json.loads((dest / "SPLIT.json").read_text())["files"]
+    rng = np.random.default_rng(4)
+    want = {}
+    for cls, cat in (("face", "Faces"), ("motorbike", "Motorbikes")):
+        names = sorted(p.name for p in (src / "101_ObjectCategories" / cat).iterdir() if p.suffix == ".jpg")
+        order = rng.permutation(len(names))
+        want.update({f"train/{cls}/{names[i]}": f"{cat}/{names[i]}" for i in order[:3]})
+        want.update({f"test/{cls}/{names[i]}": f"{cat}/{names[i]}" for i in order[3:5]})
+    assert files == want

@@ -693,3 +693,63 @@ def test_eval_text_gives_the_accuracy_of_the_json(run_dir, capsys):
     text = capsys.readouterr().out
     assert text.startswith(f"yinyang test: accuracy {100 * res['accuracy']:.2f}% on {res['n']} samples, ")
     assert f"no output spike {100 * res['no_output_spike_fraction']:.2f}%" in text
+
+
+def test_plot_raster_draws_the_requested_sample(run_dir, tmp_path, monkeypatch):
+    """plot_run: the raster is of test sample ``sample`` (its title names that sample's label)."""
+    pytest.importorskip("matplotlib")
+    import torch
+
+    import relpsp.data as D
+    from relpsp import plots
+    from relpsp.models import layer_outputs
+    from relpsp.train import data_options, load_trained
+
+    got = {}
+    monkeypatch.setattr(
+        plots, "plot_raster", lambda times, names, path, title="": got.update(t=times, title=title) or path
+    )
+    plots.plot_run(run_dir, sample=5, out_dir=tmp_path)
+    model, cfg, _ = load_trained(run_dir / "checkpoint.ckpt")
+    x, y = D.load_dataset(cfg.data.dataset, "test", cfg.data.data_dir, **data_options(cfg))
+    with torch.no_grad():
+        want = [o[0] for o in layer_outputs(model, x[5:6])]
+    assert f"test sample 5: label {int(y[5])}" in got["title"]
+    assert torch.equal(got["t"][0], want[0]) and torch.equal(got["t"][-1], want[-1])
+
+
+def test_curves_draw_train_val_and_test_on_both_axes(tmp_path, monkeypatch):
+    """plot_curves docstring: loss and accuracy per epoch, with the training objective and the
+    validation and test curves."""
+    pytest.importorskip("matplotlib")
+    from relpsp import plots
+
+    seen = []
+    save = plots._save
+    monkeypatch.setattr(
+        plots,
+        "_save",
+        lambda fig, path: (
+            seen.extend(
+                (ax.get_xlabel(), ax.get_ylabel(), [ln.get_label() for ln in ax.get_lines()]) for ax in fig.axes
+            ),
+            save(fig, path),
+        ),
+    )
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "train_accuracy": 0.5,
+            "val_loss": 1.1 / e,
+            "val_accuracy": 0.4,
+            "test_loss": 1.2 / e,
+            "test_accuracy": 0.3,
+        }
+        for e in (1, 2)
+    ]
+    plots.plot_curves(rows, tmp_path / "c.png")
+    assert seen == [
+        ("epoch", "cross-entropy of softmax(-t / tau)", ["train (objective)", "val", "test"]),
+        ("epoch", "accuracy (%)", ["train", "val", "test"]),
+    ]

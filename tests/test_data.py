@@ -1017,3 +1017,61 @@ def test_data_list_and_info_say_what_docs_data_promises(tmp_path, capsys):
     assert cli.main(["data", "info", "mnist", "--data-dir", str(tmp_path)]) == 0
     status = [line for line in capsys.readouterr().out.splitlines() if line.startswith("status:")]
     assert len(status) == 1 and status[0].split()[1].startswith("corrupt"), status
+
+
+def test_image_folder_reads_each_class_in_sorted_name_order(tmp_path):
+    """load_image_folder docstring: "Files are read in sorted order per class"."""
+    from PIL import Image
+
+    values = {
+        "image_0003.png": 30,
+        "image_0001.png": 10,
+        "image_0005.png": 50,
+        "image_0002.png": 20,
+        "image_0004.png": 40,
+        "image_0000.png": 0,
+    }
+    (tmp_path / "a").mkdir()
+    for name, v in values.items():
+        Image.fromarray(np.full((3, 3), v, np.uint8), mode="L").save(tmp_path / "a" / name)
+    x, y = load_image_folder(tmp_path, ["a"], size=(3, 3))
+    assert np.rint(x[:, 0, 0, 0].numpy() * 255).tolist() == [0, 10, 20, 30, 40, 50]
+    assert y.tolist() == [0] * 6
+
+
+def test_image_folder_is_pillow_grayscale_and_bilinear_resize(tmp_path):
+    """docs/DATA.md: Caltech images are read "grayscale, bilinear resize, aspect not kept"; size is (H, W)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pix = rng.integers(0, 256, size=(9, 14, 3)).astype(np.uint8)
+    pix[0, 0] = (255, 0, 0)  # pure red: luma 76, not 255 (a single channel) nor 85 (a plain mean)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(pix, mode="RGB").save(tmp_path / "a" / "c.png")  # lossless: no JPEG draft
+    x, _ = load_image_folder(tmp_path, ["a"], size=(5, 6))
+    assert x.shape == (1, 1, 5, 6)
+    want = Image.fromarray(pix, mode="RGB").convert("L").resize((6, 5), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.rint(x[0, 0].numpy() * 255).astype(np.uint8), np.asarray(want))
+    x1, _ = load_image_folder(tmp_path, ["a"], size=(9, 14))  # no resize: the conversion alone
+    assert round(float(x1[0, 0, 0, 0]) * 255) == 76
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.5])
+def test_yinyang_info_matches_what_loads(bias):
+    """dataset_info honours bias and num_samples (its docstring); make_yinyang appends "that constant"."""
+    info = D.dataset_info("yinyang", bias=bias, num_samples=12)
+    assert dict(info.split_sizes) == {"train": 12, "val": 12, "test": 12}
+    for split in ("train", "val", "test"):
+        x, y = D.load_dataset("yinyang", split, bias=bias, num_samples=12)
+        assert tuple(x.shape[1:]) == info.input_shape and len(y) == info.split_sizes[split]
+        assert torch.all(x[:, 4] == bias)
+
+
+def test_yinyang_val_and_test_are_independent_and_r_small_is_used():
+    """docs/DATA.md: "one seed gives three independent sets"; r_small is a loader option."""
+    val, _ = D.load_dataset("yinyang", "val", seed=3)
+    test, _ = D.load_dataset("yinyang", "test", seed=3)
+    assert not torch.equal(val[:10], test[:10])
+    x, y = D.load_dataset("yinyang", "val", num_samples=300, r_small=0.2)
+    xy = x[:, :2].double().numpy()
+    assert D.yinyang_class(xy[:, 0], xy[:, 1], r_small=0.2).tolist() == y.tolist()

@@ -120,3 +120,26 @@ def test_config_dog_fields_reach_the_loader():
     assert data_options(config_from_dict({"data": {"dataset": "mnist"}})) == {}
     with pytest.raises(ValueError, match=r"DataConfig\.dog_sigmas must be a list of numbers"):
         config_from_dict({"data": {"dog_sigmas": ["a", 2]}})
+
+
+def test_dog_on_off_matches_its_definition():
+    """dog_on_off docstring: borders replicated; channel 2c = max(0, r), 2c+1 = max(0, -r); each image
+    divided by its largest response over ALL its maps; intensities below threshold (not at it) set to 0."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(1)
+    x = torch.rand(2, 2, 11, 10)
+    x[:, 1] *= 0.3  # channel 1 has weaker contrast than channel 0
+    k = dog_kernel(1.0, 2.0, 7)
+    r = F.conv2d(F.pad(x.double().reshape(4, 1, 11, 10), (3, 3, 3, 3), mode="replicate"), k[None, None])
+    r = r.reshape(2, 2, 11, 10)
+    maps = torch.stack((r.clamp(min=0), (-r).clamp(min=0)), dim=2).reshape(2, 4, 11, 10)
+    want = (maps / maps.amax(dim=(1, 2, 3), keepdim=True)).float()
+    out = dog_on_off(x)
+    assert torch.allclose(out, want, atol=1e-6)
+    assert float(out[:, 2:].amax()) < 0.9  # the weak channel is not rescaled to 1 on its own
+    # a contrast exactly at the threshold is kept ("below threshold" is zeroed)
+    spots = torch.zeros(1, 1, 9, 17)
+    spots[0, 0, 4, 4], spots[0, 0, 4, 12] = 1.0, 0.5
+    cut = dog_on_off(spots, threshold=0.5)
+    assert float(cut[0, 0, 4, 4]) == 1.0 and float(cut[0, 0, 4, 12]) == 0.5
