@@ -269,3 +269,19 @@ def test_cli_cost_defaults_to_an_8_bit_grid_and_the_int8_preset(tmp_path, capsys
     assert cli.main([*argv, "--out", str(out)]) == 0
     rep = json.loads(out.read_text())["report"]
     assert rep["weight_bits"] == 4 and rep["time_bits"] == 5
+
+
+def test_silent_neurons_are_clocked_until_the_cut_off_not_the_end_of_the_window():
+    """Clocked updates: 'from the tick of its first input event until it fires (or until the cut-off or the
+    end of the window if it never does)'. dt = 0.25 over T = 2; the layer's t_max = 1 is tick 4: the neuron
+    (slope 0.1 from t = 0, which would cross at 10) is updated on ticks 0..4, not 0..8."""
+    net = SimNetwork((SimDense(np.array([[0.1]]), t_max=1.0),), (1,))
+    res = simulate(net, [[1.0]], SimOptions(time_bits=3, time_window=2.0))
+    assert res.decision.tolist() == [-1]
+    assert res.neuron_updates is not None and res.neuron_updates.tolist() == [[0, 4]]
+    cut = simulate(
+        SimNetwork((SimDense(np.array([[0.1]])),), (1,)),
+        [[1.0]],
+        SimOptions(time_bits=3, time_window=2.0, t_cutoff=0.5),
+    )
+    assert cut.neuron_updates is not None and cut.neuron_updates.tolist() == [[0, 2]]

@@ -27,8 +27,10 @@ from relpsp.sim import (
     TimeGrid,
     as_network_images,
     calibrate_time_window,
+    concat_results,
     conv_reach,
     fire_rows,
+    inputs_from_arrays,
     latency_encode_np,
     load_inputs,
     network_from_arrays,
@@ -787,3 +789,119 @@ def test_simulate_out_records_the_split(tmp_path, capsys):
     # --limit ("use the first N images") holds on the run's own splits too
     assert cli.main(["simulate", str(ckpt), "--split", "train", "--limit", "30", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["n_images"] == 30
+
+
+def test_inputs_from_arrays_takes_the_first_limit_samples_and_refuses_float_labels():
+    """``inputs_from_arrays``: 'the first limit samples'; labels 'integers [N]'."""
+    x = np.arange(12, dtype=np.float64).reshape(4, 3) / 12
+    y = np.array([3, 1, 2, 0])
+    xs, ys = inputs_from_arrays(x, y, limit=2)
+    np.testing.assert_array_equal(xs, x[:2])
+    np.testing.assert_array_equal(ys, [3, 1])
+    assert ys.dtype == np.int64
+    with pytest.raises(ValueError, match="labels must be integers"):
+        inputs_from_arrays(x, y.astype(np.float64))
+
+
+@pytest.mark.parametrize("quantile", [0.05, 0.5, 0.999, 1.0])
+def test_spikes_rule_is_the_quantile_of_the_input_and_spiking_layer_times(quantile):
+    """rule='spikes': the quantile of all finite spike times of the input and the spiking layers (pooling
+    and flattening only repeat spikes), at least t_in (HARDWARE.md, calibrate_time_window)."""
+    _, net = _model_and_net("3C3p1-P2-4C3s2-12-5", (2, 9, 9), t_in=1.5)
+    x = _images((2, 9, 9))
+    res = simulate(net, x, record_layers=True)
+    cols = [0, *(i + 1 for i in net.spiking_layers())]
+    finite = np.concatenate([res.layer_times[c][np.isfinite(res.layer_times[c])] for c in cols])
+    expected = max(net.t_in, float(np.quantile(finite, quantile)))
+    if quantile == 0.05:
+        assert float(np.quantile(finite, quantile)) < net.t_in  # the t_in floor is what this case checks
+    assert calibrate_time_window(net, x, rule="spikes", quantile=quantile) == pytest.approx(expected, rel=1e-12)
+
+
+def test_calibrated_window_grows_by_l_plus_1_ticks_and_is_the_first_that_keeps_every_decision():
+    """HARDWARE.md: 'T is widened, by (L + 1) ticks at a time for L spiking layers, until the grid run
+    decides every calibration image that the continuous run decides'."""
+    _, net = _model_and_net("20-30-20-5", (20,))
+    x = _images((20,), n=300)
+    bits = 4
+    decided = np.isfinite(simulate(net, x).t_decision)
+    latest = calibrate_time_window(net, x)
+    window = calibrate_time_window(net, x, SimOptions(time_bits=bits))
+    grow = 1 + (len(net.spiking_layers()) + 1) / 2**bits
+    steps = math.log(window / latest) / math.log(grow)
+    assert steps >= 1 and abs(steps - round(steps)) < 1e-9
+    before = simulate(net, x, SimOptions(time_bits=bits, time_window=window / grow))
+    assert not np.isfinite(before.t_decision[decided]).all()
+
+
+def test_t_last_is_the_latest_finite_spike_of_any_layer_input_included():
+    """SimResult.t_last: 'the latest finite spike time of any layer (0 if none)'."""
+    _, net = _model_and_net("3C3p1-P2-4C3s2-12-5", (2, 9, 9))
+    x = _images((2, 9, 9))
+    res = simulate(net, x, record_layers=True)
+    expected = np.max([np.where(np.isfinite(t), t, 0.0).reshape(len(x), -1).max(1) for t in res.layer_times], 0)
+    np.testing.assert_array_equal(res.t_last, expected)
+    silent = SimNetwork((SimDense(-np.ones((2, 3))),), (3,))  # only the input spikes
+    np.testing.assert_array_equal(simulate(silent, [[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]).t_last, [0.5, 0.0])
+
+
+def test_concat_results_of_batches_equals_one_run():
+    """concat_results: 'One SimResult from results of consecutive image batches'."""
+    _, net = _model_and_net("3C3p1-P2-4C3s2-12-5", (2, 9, 9))
+    x = _images((2, 9, 9))
+    opts = SimOptions(time_bits=6, time_window=3.0)
+    whole = simulate(net, x, opts, record_layers=True)
+    joined = concat_results([simulate(net, x[i : i + 7], opts, record_layers=True) for i in range(0, len(x), 7)])
+    for key in ("t_out", "decision", "t_decision", "spikes_in", "spikes_out", "syn_events", "neuron_updates", "t_last"):
+        np.testing.assert_array_equal(getattr(joined, key), getattr(whole, key), err_msg=key)
+    assert joined.layer_times is not None
+    for a, b in zip(joined.layer_times, whole.layer_times):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cli_simulate_calibrates_on_all_of_the_first_1000_images(tmp_path, capsys):
+    """HARDWARE.md: the window is measured 'on the first 1000 images with calibrate_time_window'."""
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "q.json"
+    argv = ["simulate", str(ckpt), "--dataset", str(data), "--time-bits", "6", "--backend", "numpy", "--out", str(out)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    net, _ = network_from_checkpoint(ckpt)
+    with np.load(data) as d:
+        x = d["x"].astype(np.float64)
+    want = calibrate_time_window(net, x, SimOptions(time_bits=6, backend="numpy"))
+    assert want != calibrate_time_window(net, x[:10], SimOptions(time_bits=6, backend="numpy"))  # meaningful
+    assert json.loads(out.read_text())["options"]["time_window"] == pytest.approx(want, rel=1e-12)
+
+
+def test_cli_simulate_warns_that_npz_images_skip_a_bias_input_of_intensity_0(tmp_path, capsys):
+    """data.bias_input: '< 0: none'; 0.0 is a bias column (of intensity 0) that an .npz must already hold."""
+    arch = "5-8-3"
+    torch.manual_seed(0)
+    model = build_model(arch, (5,), init_mean=4.0, init_std=2.0)
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=0.0))
+    ckpt = tmp_path / "yy0.ckpt"
+    save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    rng = np.random.default_rng(0)
+    data = tmp_path / "yy.npz"
+    np.savez(data, x=rng.random((8, 5)), y=rng.integers(0, 3, 8))
+    assert cli.main(["simulate", str(ckpt), "--dataset", str(data)]) == 0
+    assert "warning: the network was trained with data.bias_input" in capsys.readouterr().err
+
+
+def test_time_window_needs_every_spiking_layer_to_have_a_finite_t_max():
+    """resolve_time_window: 'max(t_in, t_max) when every spiking layer has a finite t_max; else None'."""
+    w = np.full((2, 2), 0.6)
+    one_cut = SimNetwork((SimDense(w, t_max=1.2), SimDense(w)), (2,), t_in=1.0)
+    assert resolve_time_window(one_cut, SimOptions()) is None
+    both = SimNetwork((SimDense(w, t_max=1.2), SimDense(w, t_max=3.0)), (2,), t_in=1.0)
+    assert resolve_time_window(both, SimOptions()) == 3.0
+
+
+def test_concat_results_refuses_results_of_other_options_or_grids():
+    """concat_results: 'same network, options and grid'; a mix is a ValueError, not a silent merge."""
+    _, net = _model_and_net("12-16-10", (12,))
+    x = _images((12,), n=4)
+    exact = simulate(net, x)
+    for other in (SimOptions(weight_bits=4), SimOptions(time_bits=4, time_window=3.0)):
+        with pytest.raises(ValueError, match="different networks, options or grids"):
+            concat_results([exact, simulate(net, x, other)])

@@ -329,3 +329,12 @@ def test_a_windowed_neuron_that_meets_its_threshold_exactly_at_the_window_start_
     net = SimNetwork((SimDense(w.numpy()),), (2,), t_in=1.0, zero_fires=True, window=1.0)
     for backend in ("numpy", "numba"):
         assert simulate(net, np.array([[0.0, 1.0]]), SimOptions(backend=backend)).t_out.tolist() == [[1.0]]
+
+
+def test_a_windowed_checkpoint_reads_whatever_theta_its_config_holds():
+    """network_from_arrays: for kernel = 'window' the windows set theta and t_max (training's windowed
+    layers ignore the config's values too), so a config theta other than 1 is read, not refused."""
+    model = _windowed_model("6-5-3", (6,), True)
+    cfg = {**_model_config("6-5-3", (6,), True), "theta": 0.5, "t_max": 3.0}
+    net = network_from_arrays(model_arrays(model), cfg)
+    assert all(net.layers[i].theta == 1.0 and net.layers[i].t_max == math.inf for i in net.spiking_layers())
