@@ -676,12 +676,12 @@ def test_tied_decision_rate_counts_shared_earliest_outputs():
     assert res.tied_decision_rate() == 0.5
 
 
-def yinyang_bias_checkpoint(tmp_path: Path) -> tuple[Path, Config]:
-    """A 5-8-3 Yin-Yang network trained (as its config says) with a bias input of intensity 0.5."""
+def yinyang_bias_checkpoint(tmp_path: Path, bias: float = 0.5) -> tuple[Path, Config]:
+    """A 5-8-3 Yin-Yang network trained (as its config says) with a bias input of intensity ``bias``."""
     arch = "5-8-3"
     torch.manual_seed(0)
     model = build_model(arch, (5,), init_mean=4.0, init_std=2.0)
-    cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=0.5))
+    cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=bias))
     ckpt = tmp_path / "yy.ckpt"
     save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
     return ckpt, cfg
@@ -875,12 +875,7 @@ def test_cli_simulate_calibrates_on_all_of_the_first_1000_images(tmp_path, capsy
 
 def test_cli_simulate_warns_that_npz_images_skip_a_bias_input_of_intensity_0(tmp_path, capsys):
     """data.bias_input: '< 0: none'; 0.0 is a bias column (of intensity 0) that an .npz must already hold."""
-    arch = "5-8-3"
-    torch.manual_seed(0)
-    model = build_model(arch, (5,), init_mean=4.0, init_std=2.0)
-    cfg = Config(model=ModelConfig(arch=arch, input_shape=(5,)), data=DataConfig(dataset="yinyang", bias_input=0.0))
-    ckpt = tmp_path / "yy0.ckpt"
-    save_checkpoint(ckpt, model_arrays(model), {"config": config_to_dict(cfg), "version": "0.1.0"})
+    ckpt, _ = yinyang_bias_checkpoint(tmp_path, bias=0.0)
     rng = np.random.default_rng(0)
     data = tmp_path / "yy.npz"
     np.savez(data, x=rng.random((8, 5)), y=rng.integers(0, 3, 8))
