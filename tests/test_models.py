@@ -185,3 +185,30 @@ def test_count_weights_equals_the_models_parameter_count():
     for arch, shape in [("16C5-P2-32C5-P2-800-128-10", (1, 28, 28)), ("4C3s2p1-10", (3, 9, 9)), ("784-800-10", None)]:
         model = build_model(arch, shape, init_mean=5.0)
         assert count_weights(parse_arch(arch, shape)) == sum(p.numel() for p in model.parameters())
+
+
+def test_pooling_of_a_non_square_map_keeps_both_sides():
+    specs = parse_arch("2C1-P2-3", (1, 4, 6))
+    assert specs[2] == PoolSpec(2, 2, (4, 6), (2, 3))
+    assert specs[3] == FlattenSpec(12)
+
+
+def test_padding_counts_when_checking_the_kernel_size():
+    specs = parse_arch("4C7p1-10", (1, 5, 5))  # 5 + 2 = 7: one output pixel
+    assert specs[1] == ConvSpec(1, 4, 7, 1, 1, (5, 5), (1, 1))
+
+
+@pytest.mark.parametrize(
+    ("arch", "match"),
+    [
+        ("4C3s0-10", r"'4C3s0' needs positive channels, kernel and stride"),
+        ("P0-10", r"pooling 'P0' does not fit"),
+        ("P3s2-10", r"cannot parse token 'P3s2'"),
+        ("4C3q-10", r"cannot parse token '4C3q'"),
+        ("4C3p1s2-10", r"cannot parse token '4C3p1s2'"),
+    ],
+    ids=["stride-zero", "pool-zero", "pool-with-stride", "conv-trailing-junk", "padding-before-stride"],
+)
+def test_more_bad_tokens_are_refused_with_value_errors(arch, match):
+    with pytest.raises(ValueError, match=match):
+        parse_arch(arch, (1, 9, 9))

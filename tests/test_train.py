@@ -1457,3 +1457,137 @@ def test_augment_shifts_reach_every_offset_up_to_max_shift_in_both_axes():
     dy, dx = pos // 11 - 5, pos % 11 - 5
     assert set(dy.tolist()) == set(range(-2, 3)) and set(dx.tolist()) == set(range(-2, 3))
     assert not torch.equal(dy, dx)  # the two axes are drawn independently
+
+
+@pytest.mark.parametrize("init_mean", [5.0, 1.5], ids=["all-outputs-fire", "some-outputs-silent"])
+def test_one_step_epoch_reports_the_initial_models_loss_accuracy_and_silence(tmp_path, init_mean):
+    """Batch 64 = the whole training set: the epoch's train_* metrics are those of the forward pass of the
+    initial weights, which evaluate() recomputes (same tau, same silent margin, one batch). At init_mean 1.5
+    every sample has some silent outputs but none has all of them silent."""
+    from dataclasses import replace
+
+    from relpsp.models import model_from_config
+    from relpsp.train import evaluate
+
+    cfg = _cfg(epochs=1, batch_size=64)
+    cfg = replace(cfg, model=replace(cfg.model, init_mean=init_mean))
+    torch.manual_seed(cfg.train.seed)  # fit builds its initial model right after this same call
+    start = model_from_config(cfg.model)
+    splits = _tiny_splits()
+    ev = evaluate(start, *splits["train"], tau=cfg.train.tau, silent_margin=cfg.train.silent_margin)
+    row = fit(cfg, tmp_path, progress=False, splits=splits, log=lambda s: None)["history"][0]
+    assert row["train_loss"] == pytest.approx(ev["loss"], rel=1e-5)
+    assert row["train_accuracy"] == ev["accuracy"]
+    assert row["train_no_output_spike_fraction"] == ev["no_output_spike_fraction"]
+
+
+def test_step_checkpoints_are_written_every_checkpoint_every_steps(tmp_path):
+    """4 steps per epoch, checkpoint_every=3: a checkpoint after the 3rd step of each epoch (progress step 3),
+    none after the 1st or 2nd, and the epoch's end ones."""
+    seen: list[tuple[int, int] | None] = []
+
+    def record(epoch: int, step: int) -> None:
+        path = tmp_path / CHECKPOINT_NAME
+        if not path.exists():
+            seen.append(None)
+            return
+        p = load_checkpoint(path)[1]["progress"]
+        seen.append((p["epoch"], p["step"]))
+
+    fit(
+        _cfg(epochs=2, checkpoint_every=3),
+        tmp_path,
+        progress=False,
+        splits=_tiny_splits(),
+        on_step=record,
+        log=lambda s: None,
+    )
+    assert seen == [None, None, (0, 3), (0, 3), (1, 0), (1, 0), (1, 3), (1, 3)]
+
+
+def test_clipped_steps_counts_every_clipped_step_of_each_epoch_and_survives_a_resume(tmp_path):
+    """A clip far below any gradient norm cuts all 4 steps of each epoch: 4 per epoch, not a running total
+    and not just the last step, also when the second epoch was interrupted and resumed."""
+    cfg = _cfg(epochs=2, grad_clip=1e-6, checkpoint_every=1)
+    res = fit(cfg, tmp_path / "ref", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert [r["clipped_steps"] for r in res["history"]] == [4, 4]
+    _fit_interrupted(cfg, tmp_path / "cut", (1, 1))
+    res = fit(cfg, tmp_path / "cut", resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert [r["clipped_steps"] for r in res["history"]] == [4, 4]
+
+
+def test_results_summarise_the_history_and_match_metrics_jsonl(tmp_path):
+    """results.json's val_accuracy is the last epoch's, train_samples_per_s_mean the mean over the epochs,
+    and its history is metrics.jsonl line for line."""
+    splits = _tiny_splits()
+    x, y = splits.pop("train")
+    splits.update(train=(x[:48], y[:48]), val=(x[48:], y[48:]))
+    res = fit(_cfg(epochs=3, lr=0.01), tmp_path, progress=False, splits=splits, log=lambda s: None)
+    vals = [r["val_accuracy"] for r in res["history"]]
+    assert len(set(vals)) > 1, vals  # so that another epoch's value would be told apart
+    assert res["val_accuracy"] == vals[-1]
+    assert res["train_samples_per_s_mean"] == pytest.approx(np.mean([r["samples_per_s"] for r in res["history"]]))
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == json.loads((tmp_path / "results.json").read_text())["history"] == res["history"]
+
+
+def test_a_failure_in_a_later_epochs_evaluation_keeps_that_epochs_training(tmp_path, monkeypatch):
+    """As test_a_failure_during_evaluation_keeps_the_epochs_training, but in epoch 2 of a run that has
+    written step checkpoints: the end of epoch 2's steps must still be checkpointed before its evaluation."""
+    import relpsp.train.loop as train_module
+
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    real = train_module.evaluate_on_ranks
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the test-set evaluation after epoch 2
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_on_ranks", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(_cfg(epochs=2, checkpoint_every=3), tmp_path, **quiet)
+    monkeypatch.setattr(train_module, "evaluate_on_ranks", real)
+    steps: list[tuple[int, int]] = []
+    fit(_cfg(epochs=2, checkpoint_every=3), tmp_path, resume=True, on_step=lambda e, s: steps.append((e, s)), **quiet)
+    assert steps == []  # epoch 2's steps were all in the checkpoint: none is run again
+
+
+def test_weight_average_run_reports_the_averaged_network_in_results(tmp_path):
+    """results.json's final test_loss and firing rates are the averaged network's, not the trained one's."""
+    from relpsp.models import load_model_arrays, model_from_config
+    from relpsp.train import TRAINING_PREFIX, evaluate, load_trained
+
+    cfg = _cfg(epochs=1, ema_decay=0.9, lr=0.03)
+    splits = _tiny_splits()
+    res = fit(cfg, tmp_path, progress=False, splits=splits, log=lambda s: None)
+    arrays, _ = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    trained = model_from_config(cfg.model)
+    load_model_arrays(trained, arrays, prefix=TRAINING_PREFIX + "model.")
+    averaged, _, _ = load_trained(tmp_path / CHECKPOINT_NAME)
+    avg = evaluate(averaged, *splits["test"], tau=cfg.train.tau)
+    raw = evaluate(trained, *splits["test"], tau=cfg.train.tau)
+    assert avg["loss"] != pytest.approx(raw["loss"], rel=1e-3)  # so that a swap would be seen
+    assert res["test_loss"] == pytest.approx(avg["loss"], rel=1e-6)
+
+
+def test_wall_time_of_a_resumed_run_adds_the_interrupted_calls_time(tmp_path):
+    """results.json's wall_time_s is over every call (package docstring / fit's comment): the first call is
+    slowed to >= 1.5 s, so a resume that forgot it would report less than the checkpoint it started from."""
+    import time
+
+    cfg = _cfg(epochs=2, checkpoint_every=1)
+
+    def slow_then_stop(epoch: int, step: int) -> None:
+        time.sleep(0.3)
+        if (epoch, step) == (1, 1):
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        fit(cfg, tmp_path, progress=False, splits=_tiny_splits(), on_step=slow_then_stop, log=lambda s: None)
+    before = load_checkpoint(tmp_path / CHECKPOINT_NAME)[1]["progress"]["wall_time_s"]
+    assert before >= 1.5
+    res = fit(cfg, tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
+    assert res["wall_time_s"] > before
