@@ -30,6 +30,7 @@ __all__ = [
     "peak_rss_mib",
     "refuse_bad_output_file",
     "reset_peak_rss",
+    "thread_counts",
     "time_it",
     "window_model_config",
     "write_json",
@@ -63,6 +64,18 @@ def refuse_bad_output_file(ap: argparse.ArgumentParser, out: str | None, *inputs
             ap.error(str(e))
 
 
+def thread_counts() -> dict:
+    """``torch_threads`` and (where numba is installed) ``numba_threads`` as set now."""
+    counts = {"torch_threads": torch.get_num_threads()}
+    try:
+        import numba
+
+        counts["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    return counts
+
+
 def environment(device: str = "cpu") -> dict:
     """Device, versions, threads and commit: printed and stored with every benchmark result."""
     env = {
@@ -71,15 +84,14 @@ def environment(device: str = "cpu") -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "torch_threads": torch.get_num_threads(),
     }
     try:
         import numba
 
         env["numba"] = numba.__version__
-        env["numba_threads"] = numba.get_num_threads()
     except ImportError:
         env["numba"] = None
+    env.update(thread_counts())
     if torch.cuda.is_available():
         env["cuda"] = torch.version.cuda
         try:

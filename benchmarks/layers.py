@@ -30,6 +30,7 @@ from benchmarks.common import (
     peak_rss_mib,
     refuse_bad_output_file,
     reset_peak_rss,
+    thread_counts,
     time_it,
     write_json,
 )
@@ -145,21 +146,10 @@ def run_one(case: str, impl: str, batch: int, device: str, threads: int = 0, rep
         "repeat": repeat,
         "peak_mem_mib": peak,
         "peak_mem_kind": "CUDA max allocated" if device.startswith("cuda") else "RSS above baseline",
-        **_threads_used(),
+        # the threads this row ran with: set_threads gives torch the cores for torch and ref, numba for
+        # numba, so the environment line (read before any row) does not describe every row
+        **thread_counts(),
     }
-
-
-def _threads_used() -> dict:
-    """The thread counts this row ran with: ``set_threads`` gives torch the cores for torch and ref, numba
-    for numba, so the environment line (read before any row) does not describe every row."""
-    used = {"torch_threads": torch.get_num_threads()}
-    try:
-        import numba
-
-        used["numba_threads"] = numba.get_num_threads()
-    except ImportError:
-        pass
-    return used
 
 
 def main(argv: list[str] | None = None) -> int:
