@@ -14,6 +14,7 @@ __all__ = [
     "check_float_tensor",
     "check_int_at_least",
     "check_int_pair",
+    "check_intensities",
     "check_kernel_fits",
     "check_non_negative",
     "check_positive_int",
@@ -31,6 +32,13 @@ def check_float_tensor(name: str, x: object, ndims: tuple[int, ...]) -> Tensor:
         want = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
     return x
+
+
+def check_intensities(x: Tensor, subject: str) -> None:
+    """Intensities lie in [0, 1] (min and max propagate NaN, so NaN is refused too); ``subject`` opens the
+    message, e.g. "x must hold intensities"."""
+    if x.numel() and not bool((x.min() >= 0) & (x.max() <= 1)):
+        raise ValueError(f"{subject} in [0, 1] (no NaN); normalise the data first")
 
 
 def check_spike_times(name: str, t: Tensor) -> None:

@@ -22,6 +22,7 @@ from relpsp._validate import (
     check_finite_positive,
     check_float_tensor,
     check_int_pair,
+    check_intensities,
     check_kernel_fits,
     check_non_negative,
     check_spike_times,
@@ -243,8 +244,7 @@ def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -
     check_finite_positive("t_max", t_max)
     if not isinstance(zero_fires, bool):  # "no" would be truthy
         raise ValueError(f"zero_fires must be True or False, got {zero_fires!r}")
-    if x.numel() and not bool((x.min() >= 0) & (x.max() <= 1)):
-        raise ValueError("x must hold intensities in [0, 1] (no NaN); normalise the data first")
+    check_intensities(x, "x must hold intensities")
     x = x.detach()
     t = t_max * (1.0 - x)
     if not zero_fires:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from relpsp._validate import check_intensities
 from relpsp.config import Config
 
 __all__ = [
@@ -126,8 +127,7 @@ def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]], num_clas
             )
         if x.dtype != torch.float32:
             raise ValueError(f"{name} split's inputs must be float32 intensities (the model's dtype), got {x.dtype}")
-        if len(x) and not bool((x.min() >= 0) & (x.max() <= 1)):
-            raise ValueError(f"{name} split's inputs must be intensities in [0, 1] (no NaN); normalise the data first")
+        check_intensities(x, f"{name} split's inputs must be intensities")
         if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise ValueError(f"{name} split's labels must be integers, got {y.dtype}")
         if n_out is not None and (int(y.min()) < 0 or int(y.max()) >= n_out):
