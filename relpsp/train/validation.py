@@ -14,6 +14,11 @@ __all__ = ["MAX_SCALE", "validate_config"]
 #: the largest magnitude of a time, threshold, initial-weight or loss-scale setting: far above any use,
 #: far below float32's overflow (3.4e38) once multiplied by the weights and times it meets
 MAX_SCALE = 1e6
+#: the settings that MAX_SCALE bounds, by config section
+_SCALED = {
+    "train": ("weight_decay", "grad_clip", "silent_margin", "tau", "silent_penalty", "target_penalty"),
+    "model": ("theta", "t_in", "init_mean", "init_std", "kernel_tau", "window"),
+}
 
 
 def validate_config(cfg: Config) -> None:
@@ -44,13 +49,11 @@ def validate_config(cfg: Config) -> None:
             raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
     # float32 settings far beyond any use overflow only at the first step, after --overwrite has deleted the
     # old run (a weight decay of 1e39, a theta of 1e38): refused here, by name
-    penalties = ("silent_penalty", "target_penalty")
-    scales = [(f"train.{n}", getattr(t, n)) for n in ("weight_decay", "grad_clip", "silent_margin", "tau", *penalties)]
-    scales += [(f"model.{n}", getattr(cfg.model, n)) for n in ("theta", "t_in", "init_mean", "init_std")]
-    scales += [(f"model.{n}", getattr(cfg.model, n)) for n in ("kernel_tau", "window")]
-    for name, v in scales:
-        if math.isfinite(v) and abs(v) > MAX_SCALE:
-            raise ValueError(f"{name} = {v:g} is absurdly large (at most {MAX_SCALE:g})")
+    for section, names in _SCALED.items():
+        for name in names:
+            v = getattr(getattr(cfg, section), name)
+            if math.isfinite(v) and abs(v) > MAX_SCALE:
+                raise ValueError(f"{section}.{name} = {v:g} is absurdly large (at most {MAX_SCALE:g})")
     if t.tau == 0:
         raise ValueError("train.tau must be > 0")
     for name in ("label_smoothing", "spike_dropout", "spike_dropout_conv"):
