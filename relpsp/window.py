@@ -16,11 +16,12 @@ neuron fires exactly once. g is linear in t, so
     1 + W_j > 0:   t_j = clamp((e_l + sum_i w_ji t_i) / (1 + W_j), s_l, e_l)
     1 + W_j <= 0:  t_j = s_l if g(s_l) >= 0, else e_l.
 
-Gradients are those of this closed form (autograd): inside the window dt_j/dt_i = w_ji / (1 + W_j) and
-dt_j/dw_ji = (t_i - t_j) / (1 + W_j), ReL-PSP's STDBP with every input causal and the threshold folded in;
-a neuron held at s_l or e_l passes none (at exact equality, as for a row of zero weights whose closed form
-is e_l itself, the clamp passes the closed form's gradient). A layer is one matrix product (or convolution) of the input
-times and one of the spike mask, in plain torch on any device: much faster than the exact causal model.
+Gradients are those of this closed form (written out in ``_WindowTimes`` with autograd's arithmetic):
+inside the window dt_j/dt_i = w_ji / (1 + W_j) and dt_j/dw_ji = (t_i - t_j) / (1 + W_j), ReL-PSP's STDBP
+with every input causal and the threshold folded in; a neuron held at s_l or e_l passes none (at exact
+equality, as for a row of zero weights whose closed form is e_l itself, the clamp passes the closed form's
+gradient). A layer is one matrix product (or convolution) of the input times and one of the spike mask, in
+plain torch on any device: much faster than the exact causal model.
 
 Optional weight standardisation (``standardized_weight``, a further departure of ours, not in Wei et al.):
 in the earliness ``a = (e_l - t) / T`` of a spike within its window the layer computes
@@ -36,6 +37,7 @@ falling threshold or forced spike at a window's end).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +48,8 @@ from relpsp._validate import check_finite, check_int_pair, check_kernel_fits, ch
 __all__ = ["standardized_weight", "window_conv2d", "window_held_penalty", "window_linear", "window_times"]
 
 
-def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, ndim: int) -> None:
+def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, ndim: int) -> bool:
+    """Refuses bad arguments; returns whether every input spiked (no +inf in ``t_in``)."""
     for name, x in (("t_in", t_in), ("weight", weight)):
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -58,32 +61,67 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
         raise ValueError(f"t_in and weight must be on the same device, got {t_in.device} and {weight.device}")
     check_finite("t_start", t_start)
     check_finite("t_end", t_end)
-    if not torch.isfinite(weight.detach()).all():
-        raise ValueError("weight holds NaN or infinite values")
+    if weight.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(weight.detach())):
+        raise ValueError("weight holds NaN or infinite values")  # aminmax propagates NaN: one pass
     if not t_end > t_start:
         raise ValueError(f"the window must have t_end > t_start, got [{t_start}, {t_end}]")
     t = t_in.detach()
-    check_spike_times("t_in", t)  # >= 0 or +inf, as everywhere in the package
-    latest = float(torch.where(torch.isfinite(t), t, -math.inf).max()) if t.numel() else -math.inf
+    check_spike_times("t_in", t)  # >= 0 or +inf, as everywhere in the package: no spike is t = +inf
+    if t.numel() == 0:
+        return True
+    latest = float(t.max())
+    all_spiked = latest < math.inf
+    if not all_spiked:
+        latest = float(torch.where(t < math.inf, t, -math.inf).max())
     # Rounding slack: a float32 window edge may lie an ulp above the float64 one.
     if latest > t_start + 1e-6 * max(1.0, abs(t_start)):
         raise ValueError(
             f"an input spike at t = {latest:.6g} is later than the window's start {t_start:.6g}: every input "
             "must fire before the layer's window opens"
         )
+    return all_spiked
+
+
+class _WindowTimes(torch.autograd.Function):
+    """The closed form of ``window_times`` with its gradient written out: the same arithmetic as autograd
+    through ``clamp(num / den)`` and the ``where`` of the held neurons, in fewer passes over the tensors."""
+
+    @staticmethod
+    def forward(ctx: Any, w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
+        den = 1.0 + w_sum
+        num = t_end + wt_sum
+        pos = den > 0
+        every_pos = bool(pos.all())
+        safe_den = den if every_pos else torch.where(pos, den, torch.ones_like(den))
+        quotient = num / safe_den
+        out = torch.clamp(quotient, t_start, t_end)
+        if not every_pos:
+            start, end = torch.full_like(den, t_start), torch.full_like(den, t_end)
+            out = torch.where(pos, out, torch.where(den * t_start - num >= 0, start, end))
+        ctx.window = (t_start, t_end)
+        ctx.save_for_backward(quotient, safe_den, None if every_pos else pos)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        quotient, safe_den, pos = ctx.saved_tensors
+        t_start, t_end = ctx.window
+        passes = (quotient >= t_start) & (quotient <= t_end)  # clamp passes the gradient at its edges
+        if pos is not None:
+            passes &= pos
+        g = torch.where(passes, grad, 0.0)
+        grad_num = g / safe_den
+        grad_den = -g * (quotient / safe_den)  # d(num/den)/d den, as torch's division computes it
+        if pos is not None:
+            grad_den = torch.where(pos, grad_den, 0.0)
+        return grad_den, grad_num, None, None
 
 
 def window_times(w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
     """Spike times from ``W_j = sum_i w_ji`` and ``sum_i w_ji t_i`` (over inputs that spiked): the closed
-    form of the module docstring."""
-    den = 1.0 + w_sum
-    num = t_end + wt_sum
-    pos = den > 0
-    inside = torch.clamp(num / torch.where(pos, den, torch.ones_like(den)), t_start, t_end)
-    start = torch.full_like(den, t_start)
-    end = torch.full_like(den, t_end)
-    held = torch.where(den * t_start - num >= 0, start, end)
-    return torch.where(pos, inside, held)
+    form of the module docstring, with its gradient (none for a neuron held at an edge, the closed form's
+    at exact equality)."""
+    return _WindowTimes.apply(w_sum, wt_sum, t_start, t_end)
 
 
 def standardized_weight(raw: Tensor, gain: Tensor, row_sum: float) -> Tensor:
@@ -102,27 +140,33 @@ def standardized_weight(raw: Tensor, gain: Tensor, row_sum: float) -> Tensor:
     rows = raw.reshape(raw.shape[0], -1)
     centred = rows - rows.mean(1, keepdim=True)
     norm = centred.norm(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny ** 0.5)
+    direction = centred / norm
     # equal weights, told exactly: the rounded mean leaves noise in ``centred`` that would become a direction
-    flat = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
-    direction = torch.where(flat, torch.zeros_like(centred), centred / norm)
+    low, high = torch.aminmax(rows.detach(), dim=1, keepdim=True)
+    flat = low == high
+    if bool(flat.any()):
+        direction = torch.where(flat, torch.zeros_like(centred), direction)
     return (row_sum / rows.shape[1] + gain[:, None] * direction).view_as(raw)
 
 
-def _split(t_in: Tensor) -> tuple[Tensor, Tensor]:
-    """``(mask, times)``: 1 where an input spiked (0 elsewhere) and the times with no-spike set to 0."""
-    spiked = torch.isfinite(t_in)
+def _split(t_in: Tensor, all_spiked: bool) -> tuple[Tensor | None, Tensor]:
+    """``(mask, times)``: 1 where an input spiked (0 elsewhere; None when every input spiked) and the
+    times with no-spike set to 0."""
+    if all_spiked:
+        return None, t_in
+    spiked = t_in < math.inf  # checked: every time is >= 0 or +inf
     return spiked.to(t_in.dtype), torch.where(spiked, t_in, torch.zeros_like(t_in))
 
 
 def _dense_sums(t_in: Tensor, weight: Tensor, t_start: float, t_end: float) -> tuple[Tensor, Tensor]:
     """A dense layer's checked inputs reduced to ``(W_j, sum_i w_ji t_i)`` per sample, over the inputs
     that spiked: ``[B, N_out]`` each."""
-    _check_window(t_in, weight, t_start, t_end, 2)
+    all_spiked = _check_window(t_in, weight, t_start, t_end, 2)
     if t_in.shape[1] != weight.shape[1]:
         raise ValueError(f"t_in has {t_in.shape[1]} inputs, weight expects {weight.shape[1]}")
-    mask, times = _split(t_in)
+    mask, times = _split(t_in, all_spiked)
     # Hidden layers: every input spiked, and W_j is the row sum (half the work).
-    w_sum = weight.sum(1).expand(t_in.shape[0], -1) if bool(mask.all()) else mask @ weight.T
+    w_sum = weight.sum(1).expand(t_in.shape[0], -1) if mask is None else mask @ weight.T
     return w_sum, times @ weight.T
 
 
@@ -138,17 +182,19 @@ def window_conv2d(
 ) -> Tensor:
     """Convolution of windowed neurons: ``t_in [B, C_in, H, W]``, ``weight [C_out, C_in, k, k]`` ->
     ``[B, C_out, H_out, W_out]``; padded positions never spike."""
-    _check_window(t_in, weight, t_start, t_end, 4)
+    all_spiked = _check_window(t_in, weight, t_start, t_end, 4)
     if t_in.shape[1] != weight.shape[1]:
         raise ValueError(f"t_in has {t_in.shape[1]} channels, weight expects {weight.shape[1]}")
     (sh, sw), (ph, pw) = check_int_pair("stride", stride, 1), check_int_pair("padding", padding, 0)
     check_kernel_fits((weight.shape[2], weight.shape[3]), t_in.shape[2] + 2 * ph, t_in.shape[3] + 2 * pw)
-    mask, times = _split(t_in)
+    mask, times = _split(t_in, all_spiked)
     wt_sum = F.conv2d(times, weight, stride=(sh, sw), padding=(ph, pw))
-    if (ph, pw) == (0, 0) and bool(mask.all()):  # every input spiked and no padding: W_j is the kernel's sum
+    if mask is not None:
+        w_sum = F.conv2d(mask, weight, stride=(sh, sw), padding=(ph, pw))
+    elif (ph, pw) == (0, 0):  # every input spiked and no padding: W_j is the kernel's sum
         w_sum = weight.sum((1, 2, 3)).view(1, -1, 1, 1).expand_as(wt_sum)
     else:
-        w_sum = F.conv2d(mask, weight, stride=(sh, sw), padding=(ph, pw))
+        w_sum = F.conv2d(torch.ones_like(t_in), weight, stride=(sh, sw), padding=(ph, pw))
     return window_times(w_sum, wt_sum, t_start, t_end)
 
 

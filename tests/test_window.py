@@ -15,7 +15,7 @@ import torch
 
 from relpsp.models import build_model
 from relpsp.nn import WindowLinear
-from relpsp.window import standardized_weight, window_conv2d, window_linear
+from relpsp.window import standardized_weight, window_conv2d, window_linear, window_times
 from tests.helpers import WINDOW_GRID as GRID
 from tests.helpers import load_script
 from tests.helpers import window_grid_reference as grid_reference
@@ -119,6 +119,45 @@ def test_analytic_gradient_of_one_neuron():
     np.testing.assert_allclose(w.grad.numpy(), [[(0.2 - expected) / 1.75, (0.6 - expected) / 1.75]], rtol=1e-14)
 
 
+def closed_form_by_autograd(w_sum, wt_sum, t_start, t_end):
+    """``window_times``' closed form in plain torch operations, for autograd to differentiate: the oracle of
+    the gradient that ``window_times`` writes out itself."""
+    den, num = 1.0 + w_sum, t_end + wt_sum
+    pos = den > 0
+    inside = torch.clamp(num / torch.where(pos, den, torch.ones_like(den)), t_start, t_end)
+    held = torch.where(den * t_start - num >= 0, torch.full_like(den, t_start), torch.full_like(den, t_end))
+    return torch.where(pos, inside, held)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("every_den_positive", [False, True], ids=["some-1+W<=0", "all-1+W>0"])
+def test_window_times_gradient_is_autograds_of_the_closed_form_bit_for_bit(dtype, every_den_positive):
+    t_start, t_end = 1.0, 3.0
+    g = torch.Generator().manual_seed(0)
+    w_sum = torch.randn(4000, generator=g, dtype=dtype) * 2
+    wt_sum = torch.randn(4000, generator=g, dtype=dtype) * 3
+    w_sum[:10] = -1.0  # 1 + W = 0: held
+    w_sum[10:20], wt_sum[10:20] = 0.0, 0.0  # the quotient is t_end exactly: the clamp passes the gradient there
+    w_sum[20:30], wt_sum[20:30] = 1.0, 2 * t_start - t_end  # the quotient is t_start exactly
+    if every_den_positive:
+        w_sum = w_sum.abs()
+    upstream = torch.randn(4000, generator=g, dtype=dtype)
+    results = []
+    for fn in (window_times, closed_form_by_autograd):
+        w, wt = w_sum.clone().requires_grad_(), wt_sum.clone().requires_grad_()
+        out = fn(w, wt, t_start, t_end)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), w.grad, wt.grad))
+    (out, grad_w, grad_wt), (ref_out, ref_grad_w, ref_grad_wt) = results
+    # every regime is present: inside the window, at either edge exactly, and (unless excluded) 1 + W <= 0
+    inside = (out > t_start) & (out < t_end)
+    assert inside.any() and (out == t_start).any() and (out == t_end).any()
+    assert bool((1.0 + w_sum <= 0).any()) != every_den_positive
+    assert (grad_wt[10:30] != 0).all()  # exact equality at an edge passes the closed form's gradient
+    assert out.dtype == dtype and torch.equal(out, ref_out)
+    assert torch.equal(grad_w, ref_grad_w) and torch.equal(grad_wt, ref_grad_wt)
+
+
 @pytest.mark.parametrize(
     "call,match",
     [
@@ -155,6 +194,20 @@ def test_analytic_gradient_of_one_neuron():
         (lambda: WindowLinear(3, 2, t_start="a", t_end=2.0), "t_start must be"),
         (lambda: WindowLinear(3, 2, t_start=None, t_end=2.0), "t_start must be"),
         (lambda: window_conv2d(torch.zeros(1, 1, 3, 3), 1.0, t_start=1.0, t_end=2.0), "weight must be a torch.Tensor"),
+        (
+            lambda: window_linear(torch.zeros(2, 3), torch.tensor([[1.0, INF, 1.0]]), t_start=1.0, t_end=2.0),
+            "weight holds NaN or infinite",
+        ),
+        (
+            lambda: window_linear(torch.zeros(2, 3), torch.tensor([[1.0, 1.0, -INF]]), t_start=1.0, t_end=2.0),
+            "weight holds NaN or infinite",
+        ),
+        (
+            lambda: window_conv2d(
+                torch.zeros(1, 1, 3, 3), torch.tensor([[[[0.5, math.nan], [0.5, 0.5]]]]), t_start=1, t_end=2
+            ),
+            "weight holds NaN or infinite",
+        ),
     ],
     ids=[
         "late-input",
@@ -164,7 +217,6 @@ def test_analytic_gradient_of_one_neuron():
         "dtype",
         "channels",
         "list-input",
-        "float-weight",
         "nan-weight",
         "stride-0",
         "stride-float",
@@ -172,6 +224,10 @@ def test_analytic_gradient_of_one_neuron():
         "kernel-too-big",
         "module-text-edge",
         "module-none-edge",
+        "float-weight",
+        "inf-weight",
+        "minus-inf-weight",
+        "nan-conv-weight",
     ],
 )
 def test_bad_input_is_refused(call, match):
@@ -312,6 +368,11 @@ def test_standardized_weight_fixes_the_row_sum_and_the_norm_of_the_rest():
     # a row of equal raw weights has no direction: every weight is row_sum / n
     flat = standardized_weight(torch.ones(2, 4, dtype=torch.float64), torch.ones(2, dtype=torch.float64), 1.0)
     assert torch.equal(flat, torch.full((2, 4), 0.25, dtype=torch.float64))
+    # beside rows that have one, the equal row alone is told apart
+    mixed_raw = torch.cat([raw.flatten(1)[:2], torch.full((1, 12), 0.3, dtype=torch.float64)])
+    mixed = standardized_weight(mixed_raw, gain[:3], 0.7)
+    assert torch.equal(mixed[:2], standardized_weight(mixed_raw[:2], gain[:2], 0.7))
+    assert torch.equal(mixed[2], torch.full((12,), 0.7 / 12, dtype=torch.float64))
     # also where the row's mean rounds (0.1 is not a binary fraction): its rounding noise is no direction
     for dtype, value, n in ((torch.float32, 0.1, 10), (torch.float64, 0.1, 3), (torch.float64, 0.7, 7)):
         w = standardized_weight(torch.full((1, n), value, dtype=dtype), torch.ones(1, dtype=dtype), 5.0)
