@@ -193,8 +193,9 @@ def window_conv2d(
         w_sum = F.conv2d(mask, weight, stride=(sh, sw), padding=(ph, pw))
     elif (ph, pw) == (0, 0):  # every input spiked and no padding: W_j is the kernel's sum
         w_sum = weight.sum((1, 2, 3)).view(1, -1, 1, 1).expand_as(wt_sum)
-    else:
-        w_sum = F.conv2d(torch.ones_like(t_in), weight, stride=(sh, sw), padding=(ph, pw))
+    else:  # every input spiked: W_j depends only on which taps fall on the padding, the same for every image
+        w_sum = F.conv2d(t_in.new_ones((1, *t_in.shape[1:])), weight, stride=(sh, sw), padding=(ph, pw))
+        w_sum = w_sum.expand_as(wt_sum)
     return window_times(w_sum, wt_sum, t_start, t_end)
 
 

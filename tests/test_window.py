@@ -158,6 +158,34 @@ def test_window_times_gradient_is_autograds_of_the_closed_form_bit_for_bit(dtype
     assert torch.equal(grad_w, ref_grad_w) and torch.equal(grad_wt, ref_grad_wt)
 
 
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 2)], ids=["s1_p1", "s2_p2"])
+def test_padded_conv_of_inputs_that_all_spiked_takes_w_from_one_image(stride, padding):
+    """Every input spiked: W_j (the taps not on the padding) is the same for every image and comes from one
+    image's convolution; outputs and gradients are those of each image's own mask."""
+    rng = np.random.default_rng(11)
+    t = rng.uniform(0.0, 1.0, (3, 2, 6, 5))
+    w = rng.normal(0.1, 0.3, (4, 2, 3, 3))
+    grads = []
+    for own_mask in (False, True):
+        t_in = torch.tensor(t, requires_grad=True)
+        weight = torch.tensor(w, requires_grad=True)
+        if own_mask:
+            conv = dict(stride=stride, padding=padding)
+            out = closed_form_by_autograd(
+                torch.nn.functional.conv2d(torch.ones_like(t_in), weight, **conv),
+                torch.nn.functional.conv2d(t_in, weight, **conv),
+                1.0,
+                2.0,
+            )
+        else:
+            out = window_conv2d(t_in, weight, stride=stride, padding=padding, t_start=1.0, t_end=2.0)
+        out.backward(torch.ones_like(out))
+        grads.append((out.detach(), t_in.grad, weight.grad))
+    for got, expected in zip(grads[0], grads[1]):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+    assert grads[0][0].shape[0] == 3 and (grads[0][0] < 2.0).any()
+
+
 @pytest.mark.parametrize(
     "call,match",
     [
