@@ -407,6 +407,49 @@ def test_standardized_weight_fixes_the_row_sum_and_the_norm_of_the_rest():
         assert torch.equal(w, torch.full((1, n), 5.0 / n, dtype=dtype)), (dtype, value, n)
 
 
+def standardized_by_autograd(raw, gain, row_sum):
+    """``standardized_weight`` in plain torch operations, for autograd to differentiate: the oracle of the
+    gradient that ``standardized_weight`` writes out itself."""
+    rows = raw.reshape(raw.shape[0], -1)
+    centred = rows - rows.mean(1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny ** 0.5)
+    flat = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
+    direction = torch.where(flat, torch.zeros_like(centred), centred / norm)
+    return (row_sum / rows.shape[1] + gain[:, None] * direction).view_as(raw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", ["varied", "some-equal", "some-zero", "below-the-norm-floor"])
+def test_standardized_weight_gradient_is_autograds_bit_for_bit(dtype, rows):
+    g = torch.Generator().manual_seed(2)
+    raw = torch.randn(40, 3, 3, 3, generator=g, dtype=dtype) * 2 + 0.3
+    if rows == "some-equal":
+        raw[3], raw[7] = 0.1, 5.0
+    elif rows == "some-zero":
+        raw[4] = 0.0
+    elif rows == "below-the-norm-floor":  # |v_j| under tiny ** 0.5: the clamp holds the norm, no gradient to it
+        raw[5] = 0.0
+        raw[5, 0, 0, 0] = torch.finfo(dtype).tiny ** 0.5 / 1e3
+    gain = torch.randn(40, generator=g, dtype=dtype)
+    upstream = torch.randn(raw.shape, generator=g, dtype=dtype)
+    results = []
+    for fn in (standardized_weight, standardized_by_autograd):
+        r, k = raw.clone().requires_grad_(), gain.clone().requires_grad_()
+        out = fn(r, k, 0.7)
+        out.backward(upstream)
+        results.append((out.detach(), r.grad, k.grad))
+    for got, expected in zip(*results):
+        assert got.dtype == dtype and torch.equal(got, expected)
+        assert torch.equal(torch.signbit(got), torch.signbit(expected))  # even the zeros' signs
+    # either input alone may need a gradient
+    raw_only = raw.clone().requires_grad_()
+    standardized_weight(raw_only, gain, 0.7).backward(upstream)
+    assert torch.equal(raw_only.grad, results[1][1])
+    gain_only = gain.clone().requires_grad_()
+    standardized_weight(raw, gain_only, 0.7).backward(upstream)
+    assert torch.equal(gain_only.grad, results[1][2])
+
+
 def test_standardized_weight_gradients_match_finite_differences():
     g = torch.Generator().manual_seed(1)
     raw = torch.randn(3, 6, generator=g, dtype=torch.float64, requires_grad=True)
