@@ -21,7 +21,9 @@ inside the window dt_j/dt_i = w_ji / (1 + W_j) and dt_j/dw_ji = (t_i - t_j) / (1
 with every input causal and the threshold folded in; a neuron held at s_l or e_l passes none (at exact
 equality, as for a row of zero weights whose closed form is e_l itself, the clamp passes the closed form's
 gradient). A layer is one matrix product (or convolution) of the input times and one of the spike mask, in
-plain torch on any device: much faster than the exact causal model.
+plain torch on any device: much faster than the exact causal model. On the CPU, with numba installed, the
+closed form and its gradient each run as one pass (``relpsp.kernels.window_numba``), bit for bit the torch
+operations' results; a backward that builds a graph (``create_graph``) hands over to autograd.
 
 Optional weight standardisation (``standardized_weight``, a further departure of ours, not in Wei et al.):
 in the earliness ``a = (e_l - t) / T`` of a spike within its window the layer computes
@@ -37,13 +39,16 @@ falling threshold or forced spike at a window's end).
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from relpsp._validate import check_finite, check_int_pair, check_kernel_fits, check_spike_times
+from relpsp.kernels import cpu_kernels_available, load_window_kernels
 
 __all__ = ["standardized_weight", "window_conv2d", "window_held_penalty", "window_linear", "window_times"]
 
@@ -82,30 +87,53 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
     return all_spiked
 
 
+def _fused_kernels(*tensors: Tensor) -> ModuleType | None:
+    """``relpsp.kernels.window_numba`` where it can run these tensors (on the CPU, float32 or float64, with
+    numba installed), else None (the torch path)."""
+    t = tensors[0]
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not cpu_kernels_available():
+        return None
+    return load_window_kernels()
+
+
 class _WindowTimes(torch.autograd.Function):
     """The closed form of ``window_times`` with its gradient written out: the same arithmetic as autograd
-    through ``clamp(num / den)`` and the ``where`` of the held neurons, in fewer passes over the tensors."""
+    through ``clamp(num / den)`` and the ``where`` of the held neurons, in fewer passes over the tensors
+    (one each way with the numba kernels of ``relpsp.kernels.window_numba``, bit for bit the same)."""
 
     @staticmethod
     def forward(ctx: Any, w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
-        den = 1.0 + w_sum
-        num = t_end + wt_sum
-        pos = den > 0
-        every_pos = bool(pos.all())
-        safe_den = den if every_pos else torch.where(pos, den, torch.ones_like(den))
-        quotient = num / safe_den
-        out = torch.clamp(quotient, t_start, t_end)
-        if not every_pos:
-            start, end = torch.full_like(den, t_start), torch.full_like(den, t_end)
-            out = torch.where(pos, out, torch.where(den * t_start - num >= 0, start, end))
         ctx.window = (t_start, t_end)
-        ctx.save_for_backward(quotient, safe_den, None if every_pos else pos)
+        kernels = _fused_kernels(w_sum, wt_sum)
+        ctx.fused = kernels is not None
+        if kernels is not None:
+            w, wt = (x.detach().contiguous() for x in torch.broadcast_tensors(w_sum, wt_sum))
+            out = torch.empty_like(wt)
+            kernels.window_times_fwd(
+                w.view(-1).numpy(), wt.view(-1).numpy(), *_scalars(wt, ctx.window), out.view(-1).numpy()
+            )
+            ctx.save_for_backward(w_sum, wt_sum)
+            return out
+        out, quotient, safe_den, pos = _closed_form(w_sum, wt_sum, t_start, t_end)
+        ctx.save_for_backward(w_sum, wt_sum, quotient, safe_den, pos)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        quotient, safe_den, pos = ctx.saved_tensors
         t_start, t_end = ctx.window
+        if torch.is_grad_enabled():  # create_graph: autograd's own gradient, itself differentiable
+            return (*_autograd_grads(_window_times_by_autograd, *ctx.saved_tensors[:2], grad, *ctx.window), None, None)
+        if ctx.fused:
+            w, wt = (x.detach().contiguous() for x in torch.broadcast_tensors(*ctx.saved_tensors))
+            grad = grad.contiguous()
+            grad_w, grad_wt = torch.empty_like(w), torch.empty_like(wt)
+            kernels = load_window_kernels()
+            flat = [x.view(-1).numpy() for x in (w, wt, grad)]
+            kernels.window_times_bwd(
+                *flat, *_scalars(wt, ctx.window), grad_w.view(-1).numpy(), grad_wt.view(-1).numpy()
+            )
+            return grad_w, grad_wt, None, None
+        quotient, safe_den, pos = ctx.saved_tensors[2:]
         passes = (quotient >= t_start) & (quotient <= t_end)  # clamp passes the gradient at its edges
         if pos is not None:
             passes &= pos
@@ -115,6 +143,47 @@ class _WindowTimes(torch.autograd.Function):
         if pos is not None:
             grad_den = torch.where(pos, grad_den, 0.0)
         return grad_den, grad_num, None, None
+
+
+def _closed_form(
+    w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The closed form in torch operations: ``(times, num / safe_den, safe_den, den > 0)``, where ``safe_den``
+    is ``den`` with 1 in place of ``den <= 0``; the last is None (and ``safe_den`` is ``den``) when every
+    ``den > 0``. Differentiable by autograd."""
+    den = 1.0 + w_sum
+    num = t_end + wt_sum
+    pos = den > 0
+    every_pos = bool(pos.all())
+    safe_den = den if every_pos else torch.where(pos, den, torch.ones_like(den))
+    quotient = num / safe_den
+    out = torch.clamp(quotient, t_start, t_end)
+    if not every_pos:
+        start, end = torch.full_like(den, t_start), torch.full_like(den, t_end)
+        out = torch.where(pos, out, torch.where(den * t_start - num >= 0, start, end))
+    return out, quotient, safe_den, None if every_pos else pos
+
+
+def _window_times_by_autograd(w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
+    """``window_times`` for autograd to differentiate (second derivatives)."""
+    return _closed_form(w_sum, wt_sum, t_start, t_end)[0]
+
+
+def _autograd_grads(fn: Any, a: Tensor, b: Tensor, grad: Tensor, *args: Any) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``fn(a, b, *args)`` by autograd with their own graph (a backward asked to
+    ``create_graph``); None for an input that needs none."""
+    wanted = [x for x in (a, b) if x.requires_grad]
+    with torch.enable_grad():
+        out = fn(a, b, *args)
+    found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True))
+    return (next(found) if a.requires_grad else None), (next(found) if b.requires_grad else None)
+
+
+def _scalars(like: Tensor, window: tuple[float, float]) -> tuple[Any, Any, Any]:
+    """``t_start``, ``t_end`` and 1 as NumPy scalars of ``like``'s dtype: the values torch's arithmetic
+    rounds a Python float to before it meets a tensor of that dtype."""
+    kind = np.float32 if like.dtype == torch.float32 else np.float64
+    return kind(window[0]), kind(window[1]), kind(1.0)
 
 
 def window_times(w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
@@ -158,13 +227,15 @@ class _Standardized(torch.autograd.Function):
         equal = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
         flat = equal if bool(equal.any()) else None
         direction = unflat if flat is None else torch.where(flat, torch.zeros_like(unflat), unflat)
-        ctx.floor = floor
-        ctx.save_for_backward(gain, norm0, norm, unflat, direction, flat)
+        ctx.floor, ctx.row_sum = floor, row_sum
+        ctx.save_for_backward(rows, gain, norm0, norm, unflat, direction, flat)
         return row_sum / rows.shape[1] + gain[:, None] * direction
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        gain, norm0, norm, unflat, direction, flat = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: autograd's own gradient, itself differentiable
+            return (*_autograd_grads(_standardized_rows, *ctx.saved_tensors[:2], grad, ctx.row_sum), None)
+        gain, norm0, norm, unflat, direction, flat = ctx.saved_tensors[1:]
         grad_gain = (grad * direction).sum(1) if ctx.needs_input_grad[1] else None
         if not ctx.needs_input_grad[0]:
             return None, grad_gain, None
@@ -179,6 +250,16 @@ class _Standardized(torch.autograd.Function):
         grad_centred = grad_dir / norm + grad_norm * unflat
         # d(rows - mean): the row's own entry, and minus the row's sum spread evenly by the mean
         return grad_centred + (-grad_centred.sum(1, keepdim=True)) / grad_centred.shape[1], grad_gain, None
+
+
+def _standardized_rows(rows: Tensor, gain: Tensor, row_sum: float) -> Tensor:
+    """``standardized_weight`` of ``rows [N_out, n]`` in plain torch operations, for autograd to
+    differentiate (second derivatives)."""
+    centred = rows - rows.mean(1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny ** 0.5)
+    flat = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
+    direction = torch.where(flat, torch.zeros_like(centred), centred / norm)
+    return row_sum / rows.shape[1] + gain[:, None] * direction
 
 
 def _split(t_in: Tensor, all_spiked: bool) -> tuple[Tensor | None, Tensor]:

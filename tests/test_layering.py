@@ -182,9 +182,13 @@ def test_relpsp_works_without_optional_packages():
         "torch.manual_seed(0)\n"
         "from relpsp.autograd import resolve_backend\n"
         "m = relpsp.build_model('16-8-3')\n"
-        "print(resolve_backend('auto', torch.zeros(1)), tuple(m(torch.rand(2, 16)).shape))\n"
+        "print(resolve_backend('auto', torch.zeros(1)), tuple(m(torch.rand(2, 16)).shape), end=' ')\n"
+        # the windowed neuron's closed form falls back from its numba kernels to torch operations
+        "w = relpsp.nn.WindowLinear(16, 3, t_start=1.0, t_end=2.0, weight_norm=True)\n"
+        "w(torch.rand(2, 16)).sum().backward()\n"
+        "print(relpsp.window._fused_kernels(torch.zeros(1)), tuple(w.gain.grad.shape))\n"
     )
-    assert _run_python(code) == "torch (2, 3)"
+    assert _run_python(code) == "torch (2, 3) None (3,)"
 
 
 #: the modules of ``relpsp.train``, lowest first (its docstring gives the same order): each imports only

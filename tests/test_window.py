@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import relpsp.window
 from relpsp.models import build_model
 from relpsp.nn import WindowLinear
 from relpsp.window import standardized_weight, window_conv2d, window_linear, window_times
@@ -129,9 +130,21 @@ def closed_form_by_autograd(w_sum, wt_sum, t_start, t_end):
     return torch.where(pos, inside, held)
 
 
+@pytest.fixture(params=["numba", "torch"])
+def window_path(request, monkeypatch):
+    """Runs a test on each path of ``window_times``: the numba kernels (the CPU's default where numba is
+    installed) and the torch operations (the GPU's, and the CPU's without numba)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        assert relpsp.window._fused_kernels(torch.zeros(1)) is not None
+    else:
+        monkeypatch.setattr(relpsp.window, "_fused_kernels", lambda *tensors: None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("every_den_positive", [False, True], ids=["some-1+W<=0", "all-1+W>0"])
-def test_window_times_gradient_is_autograds_of_the_closed_form_bit_for_bit(dtype, every_den_positive):
+def test_window_times_gradient_is_autograds_of_the_closed_form_bit_for_bit(dtype, every_den_positive, window_path):
     t_start, t_end = 1.0, 3.0
     g = torch.Generator().manual_seed(0)
     w_sum = torch.randn(4000, generator=g, dtype=dtype) * 2
@@ -156,6 +169,55 @@ def test_window_times_gradient_is_autograds_of_the_closed_form_bit_for_bit(dtype
     assert (grad_wt[10:30] != 0).all()  # exact equality at an edge passes the closed form's gradient
     assert out.dtype == dtype and torch.equal(out, ref_out)
     assert torch.equal(grad_w, ref_grad_w) and torch.equal(grad_wt, ref_grad_wt)
+    assert torch.equal(torch.signbit(grad_w), torch.signbit(ref_grad_w))  # even the zeros' signs
+    assert torch.equal(torch.signbit(grad_wt), torch.signbit(ref_grad_wt))
+
+
+@pytest.mark.parametrize("window", [(1.0, 3.0), (0.1, 0.7)], ids=["whole-edges", "edges-that-round"])
+def test_window_times_broadcasts_and_takes_any_upstream_gradient_as_the_closed_form(window, window_path):
+    """W_j of a layer whose inputs all spiked is one row broadcast over the batch; the upstream gradient of a
+    sum is an expanded tensor; edges like 0.1 round to float32. All as autograd through the closed form."""
+    t_start, t_end = window
+    g = torch.Generator().manual_seed(3)
+    w_row = torch.randn(7, generator=g) * 1.5
+    wt_sum = torch.randn(5, 7, generator=g)
+    wt_sum[0, 0] = math.nan  # NaN passes through both, forward and back
+    results = []
+    for fn in (window_times, closed_form_by_autograd):
+        w, wt = w_row.clone().requires_grad_(), wt_sum.clone().requires_grad_()
+        out = fn(w, wt, t_start, t_end)
+        out.sum().backward()
+        results.append((out.detach(), w.grad, wt.grad))
+    assert results[0][1].shape == (7,) and results[0][2].shape == (5, 7)
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    assert math.isnan(results[0][0][0, 0]) and math.isnan(results[0][1][0])
+
+
+def test_second_derivatives_are_those_of_the_closed_forms(window_path):
+    """The written-out gradients hand over to autograd when a backward builds a graph (create_graph):
+    second derivatives, e.g. for a gradient penalty, are those of the plain closed forms."""
+    g = torch.Generator().manual_seed(5)
+    t = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    raw = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    gain = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    results = []
+    for times, standardize in (
+        (window_times, standardized_weight),
+        (closed_form_by_autograd, standardized_by_autograd),
+    ):
+        r, k = raw.clone().requires_grad_(), gain.clone().requires_grad_()
+        w = standardize(r, k, 0.5)
+        out = times(w.sum(1), t @ w.T, 1.0, 2.0)
+        grads = torch.autograd.grad((out**2).sum(), (r, k), create_graph=True)
+        second = torch.autograd.grad(sum((x**2).sum() for x in grads), (r, k))
+        results.append([x.detach() for x in (out, *grads, *second)])
+    assert ((results[0][0] > 1.0) & (results[0][0] < 2.0)).any()
+    for got, expected in zip(results[0][:3], results[1][:3]):  # outputs and first derivatives: bit for bit
+        assert torch.equal(got, expected)
+    for got, expected in zip(results[0][3:], results[1][3:]):  # the graphs sum their terms in another order
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    assert all(bool(x.abs().sum() > 0) for x in results[0][3:])  # the second derivatives are not all zero
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 2)], ids=["s1_p1", "s2_p2"])

@@ -1,6 +1,7 @@
-"""Optional compiled kernels with the contract of ``relpsp.core.dense``; imported lazily.
+"""Optional compiled kernels with the contract of ``relpsp.core.dense`` (and, in ``alpha_numba`` and
+``window_numba``, of the alpha-kernel baseline and the windowed neuron); imported lazily.
 
-``cpu_numba`` needs the ``cpu`` extra (``pip install relpsp[cpu]``), ``gpu_triton`` the ``triton`` extra
+The numba kernels need the ``cpu`` extra (``pip install relpsp[cpu]``), ``gpu_triton`` the ``triton`` extra
 (``pip install relpsp[triton]``). Nothing here is imported by ``import relpsp``.
 """
 
@@ -16,6 +17,7 @@ __all__ = [
     "load_alpha_kernels",
     "load_cpu_kernels",
     "load_gpu_kernels",
+    "load_window_kernels",
     "set_cpu_kernel_threads",
     "triton_available",
     "triton_interpreted",
@@ -45,6 +47,14 @@ def load_alpha_kernels() -> ModuleType:
     if not cpu_kernels_available():
         raise RuntimeError("the alpha-kernel baseline needs numba: pip install 'relpsp[cpu]' (or pip install numba)")
     return importlib.import_module("relpsp.kernels.alpha_numba")
+
+
+def load_window_kernels() -> ModuleType:
+    """Import and return ``relpsp.kernels.window_numba`` (the windowed neuron's closed form in one pass);
+    raise ``RuntimeError`` saying what to install."""
+    if not cpu_kernels_available():
+        raise RuntimeError(_INSTALL_HINT)
+    return importlib.import_module("relpsp.kernels.window_numba")
 
 
 _TRITON_HINT = "the 'triton' backend needs triton: pip install 'relpsp[triton]' (or pip install triton)"
