@@ -236,20 +236,22 @@ class _Standardized(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: autograd's own gradient, itself differentiable
             return (*_autograd_grads(_standardized_rows, *ctx.saved_tensors[:2], grad, ctx.row_sum), None)
         gain, norm0, norm, unflat, direction, flat = ctx.saved_tensors[1:]
-        grad_gain = (grad * direction).sum(1) if ctx.needs_input_grad[1] else None
+        # (one scratch matrix, reused: fresh weight-sized buffers cost page faults on every step)
+        scratch = torch.mul(grad, direction)
+        grad_gain = scratch.sum(1) if ctx.needs_input_grad[1] else None
         if not ctx.needs_input_grad[0]:
             return None, grad_gain, None
         grad_dir = grad * gain[:, None]
         if flat is not None:
             grad_dir = torch.where(flat, torch.zeros_like(grad_dir), grad_dir)
         # d(centred / norm): to centred grad / norm; to the norm -sum(grad * centred / norm / norm)
-        grad_norm = -(grad_dir * (unflat / norm)).sum(1, keepdim=True)
+        grad_norm = -torch.div(unflat, norm, out=scratch).mul_(grad_dir).sum(1, keepdim=True)
         grad_norm = torch.where(norm0 >= ctx.floor, grad_norm, torch.zeros_like(grad_norm))  # the clamp
         # d|centred| = centred / |centred|: ``unflat`` where the clamp did nothing; elsewhere grad_norm is +0,
         # and +0 times either (finite, of the same sign) is the same zero
-        grad_centred = grad_dir / norm + grad_norm * unflat
+        grad_centred = grad_dir.div_(norm).add_(torch.mul(unflat, grad_norm, out=scratch))
         # d(rows - mean): the row's own entry, and minus the row's sum spread evenly by the mean
-        return grad_centred + (-grad_centred.sum(1, keepdim=True)) / grad_centred.shape[1], grad_gain, None
+        return grad_centred.add_((-grad_centred.sum(1, keepdim=True)) / grad_centred.shape[1]), grad_gain, None
 
 
 def _standardized_rows(rows: Tensor, gain: Tensor, row_sum: float) -> Tensor:
