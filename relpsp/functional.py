@@ -13,7 +13,9 @@ the bad argument.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,6 +33,7 @@ from relpsp._validate import (
 from relpsp.autograd import RelpspConv2dFn, conv_kernel_applies, im2col_rows, relpsp_linear_rows, resolve_backend
 from relpsp.core import dense as _dense
 from relpsp.core.dense import W_SUM_MIN
+from relpsp.kernels import cpu_kernels_available, load_pool_kernels
 
 __all__ = [
     "first_spike_decode",
@@ -228,9 +231,46 @@ def min_time_pool2d(t: Tensor, kernel_size: IntPair, stride: IntPair | None = No
     s = k if stride is None else check_int_pair("stride", stride, 1)
     if t.shape[2] < k[0] or t.shape[3] < k[1]:
         raise ValueError(f"kernel_size {k} is larger than the input {t.shape[2]}x{t.shape[3]}")
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and cpu_kernels_available():
+        return _MinTimePool.apply(t, k, s)  # the same numbers in one pass each way
+    return _min_time_pool_torch(t, k, s)
+
+
+def _min_time_pool_torch(t: Tensor, k: tuple[int, int], s: tuple[int, int]) -> Tensor:
     out = -F.max_pool2d(-t, k, s)
     # A window without spikes passes no gradient (max_pool2d would route it to some silent input).
     return torch.where(torch.isfinite(out), out, out.detach())
+
+
+class _MinTimePool(torch.autograd.Function):
+    """``_min_time_pool_torch`` by the numba kernels of ``relpsp.kernels.pool_numba``: bit for bit its
+    outputs and gradients; a backward asked to ``create_graph`` hands over to autograd."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, k: tuple[int, int], s: tuple[int, int]) -> Tensor:
+        b, c, h, w = t.shape
+        out = t.new_empty((b, c, (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1))
+        idx = torch.empty(out.shape, dtype=torch.int64)
+        planes = t.detach().contiguous().view(b * c, h, w).numpy()
+        flat_out, flat_idx = (x.view(b * c, *out.shape[2:]).numpy() for x in (out, idx))
+        load_pool_kernels().min_pool_fwd(planes, *k, *s, flat_out, flat_idx)
+        ctx.pool = (k, s)
+        ctx.save_for_backward(t, out, idx)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        t, out, idx = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: autograd's own gradient, itself differentiable
+            with torch.enable_grad():
+                again = _min_time_pool_torch(t, *ctx.pool)
+            return torch.autograd.grad(again, t, grad, create_graph=True)[0], None, None
+        b, c, h, w = t.shape
+        grad_in = torch.zeros((b * c, h * w), dtype=t.dtype)
+        flat = (x.contiguous().view(b * c, *x.shape[2:]).numpy() for x in (grad, out, idx))
+        zero = np.float32(0) if t.dtype == torch.float32 else np.float64(0)
+        load_pool_kernels().min_pool_bwd(*flat, zero, grad_in.numpy())
+        return grad_in.view(t.shape), None, None
 
 
 def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -> Tensor:

@@ -377,6 +377,50 @@ def test_pool_silent_window_passes_no_gradient():
     assert_close("grad_t", t.grad, expected, torch.float64, kind="grad")
 
 
+@pytest.mark.parametrize("kernel,stride,k,s", POOL_CONFIGS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_numba_kernels_give_the_torch_paths_numbers_bit_for_bit(dtype, kernel, stride, k, s):
+    """On the CPU with numba the pooling runs as ``relpsp.kernels.pool_numba``; it must give what
+    ``-max_pool2d(-t)`` with the silent windows' gradient stopped gives: outputs, gradients (overlapping
+    windows summed, ties to the first position) and the signs of zero gradients."""
+    pytest.importorskip("numba")
+    t_np = pool_case(230, dtype)
+    upstream = torch.tensor(np.random.default_rng(231).normal(size=oracle.min_pool2d(t_np, k, s).shape), dtype=dtype)
+    upstream[0, 0, 0, 0] = -0.0
+    results = []
+    for fused in (True, False):
+
+        def pool(t, fused=fused):
+            return min_time_pool2d(t, kernel, stride) if fused else functional_module._min_time_pool_torch(t, k, s)
+
+        t, t_sum = _t(t_np, dtype, grad=True), _t(t_np, dtype, grad=True)
+        pooled = pool(t)
+        assert (pooled.grad_fn.name() == "_MinTimePoolBackward") == fused  # each path was taken
+        pooled.backward(upstream)
+        pool(t_sum).sum().backward()  # an expanded upstream gradient
+        results.append((pooled.detach(), t.grad, t_sum.grad))
+    assert torch.isinf(results[0][0]).any()
+    for got, expected in zip(*results):
+        assert got.dtype == dtype and torch.equal(got, expected)
+        assert torch.equal(torch.signbit(got), torch.signbit(expected))
+
+
+def test_pool_second_derivative_is_the_torch_paths():
+    """A backward that builds a graph (create_graph) goes through autograd, so second derivatives exist
+    and are those of ``-max_pool2d(-t)``."""
+    t_np = pool_case(240, torch.float64)
+    results = []
+    for pool in (lambda t: min_time_pool2d(t, 2), lambda t: functional_module._min_time_pool_torch(t, (2, 2), (2, 2))):
+        t = _t(t_np, torch.float64, grad=True)
+        out = pool(t)
+        (grad,) = torch.autograd.grad(torch.where(torch.isfinite(out), out, 0.0).pow(2).sum(), t, create_graph=True)
+        (second,) = torch.autograd.grad(grad.pow(2).sum(), t)
+        results.append((grad.detach(), second))
+    assert bool(results[0][1].abs().sum() > 0)
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+
+
 def test_pool_gradcheck():
     rng = np.random.default_rng(220)
     t_np = rng.permutation(np.linspace(0.1, 3.0, 2 * 5 * 5)).reshape(1, 2, 5, 5)  # distinct: no ties

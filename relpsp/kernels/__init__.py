@@ -1,5 +1,5 @@
-"""Optional compiled kernels with the contract of ``relpsp.core.dense`` (and, in ``alpha_numba`` and
-``window_numba``, of the alpha-kernel baseline and the windowed neuron); imported lazily.
+"""Optional compiled kernels with the contract of ``relpsp.core.dense`` (and, in ``alpha_numba``,
+``window_numba`` and ``pool_numba``, of the alpha-kernel baseline, the windowed neuron and the pooling); imported lazily.
 
 The numba kernels need the ``cpu`` extra (``pip install relpsp[cpu]``), ``gpu_triton`` the ``triton`` extra
 (``pip install relpsp[triton]``). Nothing here is imported by ``import relpsp``.
@@ -17,6 +17,7 @@ __all__ = [
     "load_alpha_kernels",
     "load_cpu_kernels",
     "load_gpu_kernels",
+    "load_pool_kernels",
     "load_window_kernels",
     "set_cpu_kernel_threads",
     "triton_available",
@@ -47,6 +48,14 @@ def load_alpha_kernels() -> ModuleType:
     if not cpu_kernels_available():
         raise RuntimeError("the alpha-kernel baseline needs numba: pip install 'relpsp[cpu]' (or pip install numba)")
     return importlib.import_module("relpsp.kernels.alpha_numba")
+
+
+def load_pool_kernels() -> ModuleType:
+    """Import and return ``relpsp.kernels.pool_numba`` (the earliest-spike pooling in one pass each way);
+    raise ``RuntimeError`` saying what to install."""
+    if not cpu_kernels_available():
+        raise RuntimeError(_INSTALL_HINT)
+    return importlib.import_module("relpsp.kernels.pool_numba")
 
 
 def load_window_kernels() -> ModuleType:
