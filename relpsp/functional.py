@@ -33,7 +33,7 @@ from relpsp._validate import (
 from relpsp.autograd import RelpspConv2dFn, conv_kernel_applies, im2col_rows, relpsp_linear_rows, resolve_backend
 from relpsp.core import dense as _dense
 from relpsp.core.dense import W_SUM_MIN
-from relpsp.kernels import cpu_kernels_available, load_pool_kernels
+from relpsp.kernels import cpu_kernels_fit, load_pool_kernels
 
 __all__ = [
     "first_spike_decode",
@@ -231,7 +231,7 @@ def min_time_pool2d(t: Tensor, kernel_size: IntPair, stride: IntPair | None = No
     s = k if stride is None else check_int_pair("stride", stride, 1)
     if t.shape[2] < k[0] or t.shape[3] < k[1]:
         raise ValueError(f"kernel_size {k} is larger than the input {t.shape[2]}x{t.shape[3]}")
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and cpu_kernels_available():
+    if cpu_kernels_fit(t):
         return _MinTimePool.apply(t, k, s)  # the same numbers in one pass each way
     return _min_time_pool_torch(t, k, s)
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from relpsp._validate import check_finite, check_int_pair, check_kernel_fits, check_spike_times
-from relpsp.kernels import cpu_kernels_available, load_window_kernels
+from relpsp.kernels import cpu_kernels_fit, load_window_kernels
 
 __all__ = ["standardized_weight", "window_conv2d", "window_held_penalty", "window_linear", "window_times"]
 
@@ -90,10 +90,7 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
 def _fused_kernels(*tensors: Tensor) -> ModuleType | None:
     """``relpsp.kernels.window_numba`` where it can run these tensors (on the CPU, float32 or float64, with
     numba installed), else None (the torch path)."""
-    t = tensors[0]
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or not cpu_kernels_available():
-        return None
-    return load_window_kernels()
+    return load_window_kernels() if cpu_kernels_fit(tensors[0]) else None
 
 
 class _WindowTimes(torch.autograd.Function):

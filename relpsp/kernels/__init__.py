@@ -12,8 +12,11 @@ import importlib.util
 import os
 from types import ModuleType
 
+import torch
+
 __all__ = [
     "cpu_kernels_available",
+    "cpu_kernels_fit",
     "load_alpha_kernels",
     "load_cpu_kernels",
     "load_gpu_kernels",
@@ -30,6 +33,11 @@ _INSTALL_HINT = "the 'numba' backend needs numba: pip install 'relpsp[cpu]' (or 
 def cpu_kernels_available() -> bool:
     """True when numba can be imported (without importing the kernels themselves)."""
     return importlib.util.find_spec("numba") is not None
+
+
+def cpu_kernels_fit(t: torch.Tensor) -> bool:
+    """True where the numba kernels can run ``t``: a float32 or float64 tensor on the CPU, numba installed."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and cpu_kernels_available()
 
 
 def load_cpu_kernels() -> ModuleType:
