@@ -40,37 +40,39 @@ def cpu_kernels_fit(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and cpu_kernels_available()
 
 
+def _require_numba(hint: str = _INSTALL_HINT) -> None:
+    if not cpu_kernels_available():
+        raise RuntimeError(hint)
+
+
 def load_cpu_kernels() -> ModuleType:
     """Import and return ``relpsp.kernels.cpu_numba``; raise ``RuntimeError`` saying what to install.
 
     See ``relpsp/__init__.py`` for the OpenMP wait policy that keeps these kernels fast under load.
     """
-    if not cpu_kernels_available():
-        raise RuntimeError(_INSTALL_HINT)
+    _require_numba()
     return importlib.import_module("relpsp.kernels.cpu_numba")
 
 
 def load_alpha_kernels() -> ModuleType:
     """Import and return ``relpsp.kernels.alpha_numba`` (the alpha-kernel baseline of ``relpsp.alpha``);
     raise ``RuntimeError`` saying what to install."""
-    if not cpu_kernels_available():
-        raise RuntimeError("the alpha-kernel baseline needs numba: pip install 'relpsp[cpu]' (or pip install numba)")
+    hint = "the alpha-kernel baseline needs numba: pip install 'relpsp[cpu]' (or pip install numba)"
+    _require_numba(hint)
     return importlib.import_module("relpsp.kernels.alpha_numba")
 
 
 def load_pool_kernels() -> ModuleType:
     """Import and return ``relpsp.kernels.pool_numba`` (the earliest-spike pooling in one pass each way);
     raise ``RuntimeError`` saying what to install."""
-    if not cpu_kernels_available():
-        raise RuntimeError(_INSTALL_HINT)
+    _require_numba()
     return importlib.import_module("relpsp.kernels.pool_numba")
 
 
 def load_window_kernels() -> ModuleType:
     """Import and return ``relpsp.kernels.window_numba`` (the windowed neuron's closed form in one pass);
     raise ``RuntimeError`` saying what to install."""
-    if not cpu_kernels_available():
-        raise RuntimeError(_INSTALL_HINT)
+    _require_numba()
     return importlib.import_module("relpsp.kernels.window_numba")
 
 
