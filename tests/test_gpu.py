@@ -102,3 +102,29 @@ def test_triton_paper_sized_layers_match_float64_cpu():
         assert_close("t_out", out.detach().cpu().double(), ref.detach(), torch.float32)
         assert_close("grad_t_in", tc.grad.cpu().double(), tr.grad, torch.float32, kind="grad")
         assert_close("grad_weight", wc.grad.cpu().double(), wr.grad, torch.float32, kind="grad")
+
+
+def _windowed_cnn_grads(device: str) -> list[torch.Tensor]:
+    """Output times and every parameter's gradient of a small windowed CNN (padded convolution whose
+    inputs all spike, pooling, standardised weights) in float64 on ``device``, from the same weights."""
+    from relpsp.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(
+        "4C3p1-P2-4C3p1-6-3", (1, 8, 8), kernel="window", window=2.0, weight_norm=True, init_mean=0.5, init_std=1.5
+    ).double()
+    net.to(device)
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
+    out = net(x)
+    (out * torch.arange(1.0, 4.0, dtype=torch.float64, device=device)).sum().backward()
+    return [out.detach().cpu()] + [p.grad.cpu() for p in net.parameters()]
+
+
+def test_windowed_cnn_cuda_matches_cpu():
+    """The windowed neuron and the pooling run as torch operations on CUDA and as numba kernels on the
+    CPU (where numba is installed): the same network gives the same numbers to float64 rounding."""
+    on_cpu = _windowed_cnn_grads("cpu")
+    assert ((on_cpu[0] > 7.0) & (on_cpu[0] < 9.0)).all()  # every output inside its window [7, 9]
+    assert all(bool(g.abs().sum() > 0) for g in on_cpu[1:])
+    for got, expected in zip(_windowed_cnn_grads("cuda"), on_cpu, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
