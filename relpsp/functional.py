@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -244,7 +243,9 @@ def _min_time_pool_torch(t: Tensor, k: tuple[int, int], s: tuple[int, int]) -> T
 
 class _MinTimePool(torch.autograd.Function):
     """``_min_time_pool_torch`` by the numba kernels of ``relpsp.kernels.pool_numba``: bit for bit its
-    outputs and gradients; a backward asked to ``create_graph`` hands over to autograd."""
+    outputs and gradients. Only the winners' positions are kept for the backward (so the input and the
+    output may be changed in place afterwards, as with the torch path); a backward asked to
+    ``create_graph`` routes the gradient with torch's ``scatter_add``, differentiable in the gradient."""
 
     @staticmethod
     def forward(ctx: Any, t: Tensor, k: tuple[int, int], s: tuple[int, int]) -> Tensor:
@@ -254,23 +255,23 @@ class _MinTimePool(torch.autograd.Function):
         planes = t.detach().contiguous().view(b * c, h, w).numpy()
         flat_out, flat_idx = (x.view(b * c, *out.shape[2:]).numpy() for x in (out, idx))
         load_pool_kernels().min_pool_fwd(planes, *k, *s, flat_out, flat_idx)
-        ctx.pool = (k, s)
-        ctx.save_for_backward(t, out, idx)
+        ctx.plane = (b, c, h, w)
+        ctx.save_for_backward(idx)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        t, out, idx = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: autograd's own gradient, itself differentiable
-            with torch.enable_grad():
-                again = _min_time_pool_torch(t, *ctx.pool)
-            return torch.autograd.grad(again, t, grad, create_graph=True)[0], None, None
-        b, c, h, w = t.shape
-        grad_in = torch.zeros((b * c, h * w), dtype=t.dtype)
-        flat = (x.contiguous().view(b * c, *x.shape[2:]).numpy() for x in (grad, out, idx))
-        zero = np.float32(0) if t.dtype == torch.float32 else np.float64(0)
-        load_pool_kernels().min_pool_bwd(*flat, zero, grad_in.numpy())
-        return grad_in.view(t.shape), None, None
+        (idx,) = ctx.saved_tensors
+        b, c, h, w = ctx.plane
+        grad_in = torch.zeros((b * c, h * w), dtype=grad.dtype)
+        if torch.is_grad_enabled():  # create_graph: the same sums by torch operations, differentiable in grad
+            winners = idx.view(b * c, -1)
+            # -0 is the sum's neutral element: a silent window adds it (anywhere) and changes no bit
+            negated = torch.where(winners >= 0, -grad.reshape(b * c, -1), torch.tensor(-0.0, dtype=grad.dtype))
+            return -grad_in.scatter_add(1, winners.clamp_min(0), negated).view(b, c, h, w), None, None
+        flat = (x.contiguous().view(b * c, *x.shape[2:]).numpy() for x in (grad, idx))
+        load_pool_kernels().min_pool_bwd(*flat, grad_in.numpy())
+        return grad_in.view(b, c, h, w), None, None
 
 
 def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -> Tensor:

@@ -88,15 +88,16 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
 
 
 def _fused_kernels(*tensors: Tensor) -> ModuleType | None:
-    """``relpsp.kernels.window_numba`` where it can run these tensors (on the CPU, float32 or float64, with
-    numba installed), else None (the torch path)."""
-    return load_window_kernels() if cpu_kernels_fit(tensors[0]) else None
+    """``relpsp.kernels.window_numba`` where it can run these tensors (all on the CPU, all float32 or all
+    float64, with numba installed), else None (the torch path, which also promotes mixed dtypes)."""
+    same_dtype = all(t.dtype == tensors[0].dtype for t in tensors)
+    return load_window_kernels() if same_dtype and all(cpu_kernels_fit(t) for t in tensors) else None
 
 
 class _WindowTimes(torch.autograd.Function):
-    """The closed form of ``window_times`` with its gradient written out: the same arithmetic as autograd
-    through ``clamp(num / den)`` and the ``where`` of the held neurons, in fewer passes over the tensors
-    (one each way with the numba kernels of ``relpsp.kernels.window_numba``, bit for bit the same)."""
+    """The closed form of ``window_times`` with its gradient written out: on the CPU with numba one pass each
+    way (``relpsp.kernels.window_numba``), elsewhere autograd's own steps through ``_closed_form``; both
+    give autograd's numbers bit for bit."""
 
     @staticmethod
     def forward(ctx: Any, w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
@@ -131,34 +132,28 @@ class _WindowTimes(torch.autograd.Function):
             )
             return grad_w, grad_wt, None, None
         quotient, safe_den, pos = ctx.saved_tensors[2:]
-        passes = (quotient >= t_start) & (quotient <= t_end)  # clamp passes the gradient at its edges
-        if pos is not None:
-            passes &= pos
-        g = torch.where(passes, grad, 0.0)
+        # autograd's steps through the closed form: the held neurons' where, the clamp (which passes the
+        # gradient at its edges), the division, the where of den
+        g = torch.where(pos, grad, 0.0)
+        g = torch.where((quotient >= t_start) & (quotient <= t_end), g, torch.zeros((), dtype=g.dtype))
         grad_num = g / safe_den
-        grad_den = -g * (quotient / safe_den)  # d(num/den)/d den, as torch's division computes it
-        if pos is not None:
-            grad_den = torch.where(pos, grad_den, 0.0)
+        grad_den = torch.where(pos, -g * (quotient / safe_den), 0.0)
         return grad_den, grad_num, None, None
 
 
-def _closed_form(
-    w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def _closed_form(w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The closed form in torch operations: ``(times, num / safe_den, safe_den, den > 0)``, where ``safe_den``
-    is ``den`` with 1 in place of ``den <= 0``; the last is None (and ``safe_den`` is ``den``) when every
-    ``den > 0``. Differentiable by autograd."""
+    is ``den`` with 1 in place of ``den <= 0``. Differentiable by autograd. (Every ``where`` is kept even
+    when no neuron is held: they set the memory layout of the results and so the order in which the
+    gradient of a broadcast W_j is summed, e.g. for channels-last inputs.)"""
     den = 1.0 + w_sum
     num = t_end + wt_sum
     pos = den > 0
-    every_pos = bool(pos.all())
-    safe_den = den if every_pos else torch.where(pos, den, torch.ones_like(den))
+    safe_den = torch.where(pos, den, torch.ones_like(den))
     quotient = num / safe_den
-    out = torch.clamp(quotient, t_start, t_end)
-    if not every_pos:
-        start, end = torch.full_like(den, t_start), torch.full_like(den, t_end)
-        out = torch.where(pos, out, torch.where(den * t_start - num >= 0, start, end))
-    return out, quotient, safe_den, None if every_pos else pos
+    start, end = torch.full_like(den, t_start), torch.full_like(den, t_end)
+    held = torch.where(den * t_start - num >= 0, start, end)
+    return torch.where(pos, torch.clamp(quotient, t_start, t_end), held), quotient, safe_den, pos
 
 
 def _window_times_by_autograd(w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
@@ -242,13 +237,15 @@ class _Standardized(torch.autograd.Function):
         if flat is not None:
             grad_dir = torch.where(flat, torch.zeros_like(grad_dir), grad_dir)
         # d(centred / norm): to centred grad / norm; to the norm -sum(grad * centred / norm / norm)
-        grad_norm = -torch.div(unflat, norm, out=scratch).mul_(grad_dir).sum(1, keepdim=True)
+        grad_norm = torch.div(unflat, norm, out=scratch).mul_(grad_dir).neg_().sum(1, keepdim=True)
         grad_norm = torch.where(norm0 >= ctx.floor, grad_norm, torch.zeros_like(grad_norm))  # the clamp
         # d|centred| = centred / |centred|: ``unflat`` where the clamp did nothing; elsewhere grad_norm is +0,
         # and +0 times either (finite, of the same sign) is the same zero
         grad_centred = grad_dir.div_(norm).add_(torch.mul(unflat, grad_norm, out=scratch))
         # d(rows - mean): the row's own entry, and minus the row's sum spread evenly by the mean
-        return grad_centred.add_((-grad_centred.sum(1, keepdim=True)) / grad_centred.shape[1]), grad_gain, None
+        # (the negated terms summed, as autograd does: a sum of zeros is +0, its negation -0)
+        spread = torch.neg(grad_centred, out=scratch).sum(1, keepdim=True) / grad_centred.shape[1]
+        return grad_centred.add_(spread), grad_gain, None
 
 
 def _standardized_rows(rows: Tensor, gain: Tensor, row_sum: float) -> Tensor:

@@ -421,6 +421,22 @@ def test_pool_second_derivative_is_the_torch_paths():
         assert torch.equal(got, expected)
 
 
+def test_pool_output_and_input_may_change_in_place_before_the_backward():
+    """As with ``-max_pool2d(-t)`` (which keeps only its own negated copy of t), changing the pooled output or
+    the input in place before the backward is allowed, and the gradient is that of the pooling itself."""
+    results = []
+    for pool in (lambda t: min_time_pool2d(t, 2), lambda t: functional_module._min_time_pool_torch(t, (2, 2), (2, 2))):
+        t = torch.tensor([[[[0.3, 0.9, 0.1, 0.4], [0.8, 0.2, 0.7, 0.6]]]], dtype=torch.float64, requires_grad=True)
+        x = t * 1.0
+        out = pool(x)
+        x.mul_(2.0)  # the input changed in place
+        out.clamp_(max=0.25).mul(torch.tensor([2.0, 3.0], dtype=torch.float64)).sum().backward()
+        results.append(t.grad)
+    # the windows' earliest spikes, 0.2 at (1, 1) and 0.1 at (0, 2), are under the clamp and get 2 and 3
+    expected = torch.tensor([[[[0.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 0.0]]]], dtype=torch.float64)
+    assert torch.equal(results[0], expected) and torch.equal(results[1], expected)
+
+
 def test_pool_gradcheck():
     rng = np.random.default_rng(220)
     t_np = rng.permutation(np.linspace(0.1, 3.0, 2 * 5 * 5)).reshape(1, 2, 5, 5)  # distinct: no ties

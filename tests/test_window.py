@@ -194,6 +194,60 @@ def test_window_times_broadcasts_and_takes_any_upstream_gradient_as_the_closed_f
     assert math.isnan(results[0][0][0, 0]) and math.isnan(results[0][1][0])
 
 
+@pytest.mark.parametrize(
+    "w_dtype,wt_dtype",
+    [
+        (torch.float32, torch.float64),
+        (torch.float64, torch.float32),
+        (torch.float32, torch.float16),
+        (torch.float32, torch.bfloat16),
+    ],
+    ids=["f32-f64", "f64-f32", "f32-f16", "f32-bf16"],
+)
+def test_window_times_of_mixed_dtypes_promotes_as_the_closed_form(w_dtype, wt_dtype, window_path):
+    g = torch.Generator().manual_seed(4)
+    w_sum = (torch.randn(300, generator=g) * 0.3).to(w_dtype)
+    wt_sum = (torch.randn(300, generator=g) * 0.3 + 1).to(wt_dtype)
+    results = []
+    for fn in (window_times, closed_form_by_autograd):
+        w, wt = w_sum.clone().requires_grad_(), wt_sum.clone().requires_grad_()
+        out = fn(w, wt, 0.5, 1.5)
+        out.sum().backward()
+        results.append((out.detach(), w.grad, wt.grad))
+    assert results[0][0].dtype == torch.promote_types(w_dtype, wt_dtype)
+    for got, expected in zip(*results):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_channels_last_convolution_gives_the_numbers_of_contiguous_autograd(padding, window_path):
+    """Inputs and weights in channels-last memory (every input spiked): outputs and gradients as autograd
+    through the closed form on the same tensors, bit for bit (the layout sets the order in which the
+    gradient of the broadcast W_j is summed)."""
+    g = torch.Generator().manual_seed(6)
+    t = torch.rand(8, 32, 8, 8, generator=g).to(memory_format=torch.channels_last)
+    w0 = (torch.randn(16, 32, 3, 3, generator=g) * 0.03).to(memory_format=torch.channels_last)
+    upstream = torch.randn(8, 16, 8 + 2 * padding - 2, 8 + 2 * padding - 2, generator=g)
+    results = []
+    for own in (True, False):
+        w, t_in = w0.clone().requires_grad_(), t.clone().requires_grad_()
+        if own:
+            out = window_conv2d(t_in, w, padding=padding, t_start=1.0, t_end=2.0)
+        else:  # the code before 7 December 2026: W_j from the kernel's sum, or from a batch of ones
+            wt_sum = torch.nn.functional.conv2d(t_in, w, padding=padding)
+            if padding:
+                ones = t_in.new_ones((1, *t_in.shape[1:]))
+                w_sum = torch.nn.functional.conv2d(ones, w, padding=padding).expand_as(wt_sum)
+            else:
+                w_sum = w.sum((1, 2, 3)).view(1, -1, 1, 1).expand_as(wt_sum)
+            out = closed_form_by_autograd(w_sum, wt_sum, 1.0, 2.0)
+        out.backward(upstream)
+        results.append((out.detach(), t_in.grad, w.grad))
+    assert ((results[0][0] > 1.0) & (results[0][0] < 2.0)).any()
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+
+
 def test_second_derivatives_are_those_of_the_closed_forms(window_path):
     """The written-out gradients hand over to autograd when a backward builds a graph (create_graph):
     second derivatives, e.g. for a gradient penalty, are those of the plain closed forms."""
@@ -493,7 +547,9 @@ def test_standardized_weight_gradient_is_autograds_bit_for_bit(dtype, rows):
         raw[5] = 0.0
         raw[5, 0, 0, 0] = torch.finfo(dtype).tiny ** 0.5 / 1e3
     gain = torch.randn(40, generator=g, dtype=dtype)
+    gain[9] = 0.0  # no gain: a zero gradient to the row's direction (its zeros' signs are autograd's too)
     upstream = torch.randn(raw.shape, generator=g, dtype=dtype)
+    upstream[11] = 0.0  # a neuron whose output passed no gradient (held at a window edge all batch)
     results = []
     for fn in (standardized_weight, standardized_by_autograd):
         r, k = raw.clone().requires_grad_(), gain.clone().requires_grad_()

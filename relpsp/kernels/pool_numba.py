@@ -19,7 +19,7 @@ __all__ = ["min_pool_bwd", "min_pool_fwd"]
 @njit(cache=True, nogil=True)
 def min_pool_fwd(t: np.ndarray, kh: int, kw: int, sh: int, sw: int, out: np.ndarray, idx: np.ndarray) -> None:
     """``t [N, H, W]`` -> ``out [N, H_out, W_out]``, the earliest time of each window, and ``idx``, its flat
-    position ``y * W + x`` in the plane (the window's first position when no input spiked)."""
+    position ``y * W + x`` in the plane (-1 when no input spiked: such a window passes no gradient)."""
     n, _, w = t.shape
     ho, wo = out.shape[1], out.shape[2]
     for p in range(n):
@@ -35,20 +35,21 @@ def min_pool_fwd(t: np.ndarray, kh: int, kw: int, sh: int, sw: int, out: np.ndar
                             best = t[p, y, x]
                             at = y * w + x
                 out[p, oy, ox] = best
-                idx[p, oy, ox] = at
+                idx[p, oy, ox] = at if best < np.inf else -1
 
 
 @njit(cache=True, nogil=True)
-def min_pool_bwd(grad: np.ndarray, out: np.ndarray, idx: np.ndarray, zero: float, grad_in: np.ndarray) -> None:
+def min_pool_bwd(grad: np.ndarray, idx: np.ndarray, grad_in: np.ndarray) -> None:
     """``grad_in [N, H * W]`` (zeros on entry) gets each window's gradient at its winner; a window with no
-    spike (``out`` = +inf) passes none (``zero``: 0 in the arrays' dtype). As torch computes it through the
-    two negations: the negated gradients are summed at each winner, then the whole plane is negated."""
+    spike (``idx`` -1) passes none. As torch computes it through the two negations: the negated gradients
+    are summed at each winner, then the whole plane is negated (torch adds a silent window's -0 at its
+    first position, which changes no bit of a sum, so it is skipped here)."""
     n, ho, wo = grad.shape
     for p in range(n):
         for oy in range(ho):
             for ox in range(wo):
-                g = grad[p, oy, ox] if out[p, oy, ox] < np.inf else zero
-                grad_in[p, idx[p, oy, ox]] += -g
+                if idx[p, oy, ox] >= 0:
+                    grad_in[p, idx[p, oy, ox]] += -grad[p, oy, ox]
     for p in range(n):
         for i in range(grad_in.shape[1]):
             grad_in[p, i] = -grad_in[p, i]
