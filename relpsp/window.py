@@ -205,7 +205,7 @@ def standardized_weight(raw: Tensor, gain: Tensor, row_sum: float) -> Tensor:
 class _Standardized(torch.autograd.Function):
     """``standardized_weight`` on ``rows [N_out, n]`` with its gradient written out: the same arithmetic as
     autograd through ``centred / norm`` (the norm clamped to ``tiny ** 0.5``) and the mean, in fewer passes
-    over the weights (the direction computed once, no sign flips of whole matrices)."""
+    over the weights and fewer weight-sized temporaries (the direction computed once, one scratch matrix)."""
 
     @staticmethod
     def forward(ctx: Any, rows: Tensor, gain: Tensor, row_sum: float) -> Tensor:
@@ -228,7 +228,7 @@ class _Standardized(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: autograd's own gradient, itself differentiable
             return (*_autograd_grads(_standardized_rows, *ctx.saved_tensors[:2], grad, ctx.row_sum), None)
         gain, norm0, norm, unflat, direction, flat = ctx.saved_tensors[1:]
-        # (one scratch matrix, reused: fresh weight-sized buffers cost page faults on every step)
+        # (one scratch matrix, reused, in place of a fresh weight-sized temporary for each step below)
         scratch = torch.mul(grad, direction)
         grad_gain = scratch.sum(1) if ctx.needs_input_grad[1] else None
         if not ctx.needs_input_grad[0]:
