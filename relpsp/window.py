@@ -135,7 +135,7 @@ class _WindowTimes(torch.autograd.Function):
         # autograd's steps through the closed form: the held neurons' where, the clamp (which passes the
         # gradient at its edges), the division, the where of den
         g = torch.where(pos, grad, 0.0)
-        g = torch.where((quotient >= t_start) & (quotient <= t_end), g, torch.zeros((), dtype=g.dtype))
+        g = torch.where((quotient >= t_start) & (quotient <= t_end), g, torch.zeros((), dtype=g.dtype, device=g.device))
         grad_num = g / safe_den
         grad_den = torch.where(pos, -g * (quotient / safe_den), 0.0)
         return grad_den, grad_num, None, None
