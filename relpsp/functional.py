@@ -256,6 +256,7 @@ class _MinTimePool(torch.autograd.Function):
         flat_out, flat_idx = (x.view(b * c, *out.shape[2:]).numpy() for x in (out, idx))
         load_pool_kernels().min_pool_fwd(planes, *k, *s, flat_out, flat_idx)
         ctx.plane = (b, c, h, w)
+        ctx.input = t  # for create_graph only: what the gradient depends on (its values are not read)
         ctx.save_for_backward(idx)
         return out
 
@@ -266,9 +267,11 @@ class _MinTimePool(torch.autograd.Function):
         grad_in = torch.zeros((b * c, h * w), dtype=grad.dtype)
         if torch.is_grad_enabled():  # create_graph: the same sums by torch operations, differentiable in grad
             winners = idx.view(b * c, -1)
-            # -0 is the sum's neutral element: a silent window adds it (anywhere) and changes no bit
-            negated = torch.where(winners >= 0, -grad.reshape(b * c, -1), torch.tensor(-0.0, dtype=grad.dtype))
-            return -grad_in.scatter_add(1, winners.clamp_min(0), negated).view(b, c, h, w), None, None
+            # a silent window adds -0 (anywhere), the sum's neutral element; negated after the where, as the
+            # torch path negates, so that second derivatives keep its signs of zero too
+            negated = torch.where(winners >= 0, grad.reshape(b * c, -1), 0.0).neg()
+            routed = -grad_in.scatter_add(1, winners.clamp_min(0), negated).view(b, c, h, w)
+            return _ZeroSlope.apply(routed, ctx.input), None, None
         flat = (x.contiguous().view(b * c, *x.shape[2:]).numpy() for x in (grad, idx))
         load_pool_kernels().min_pool_bwd(*flat, grad_in.numpy())
         return grad_in.view(b, c, h, w), None, None
@@ -291,6 +294,22 @@ def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -
     if not zero_fires:
         t = torch.where(x > 0, t, math.inf)
     return t
+
+
+class _ZeroSlope(torch.autograd.Function):
+    """``x`` unchanged, depending on ``t`` with derivative -0 (the pooling's gradient is piecewise constant in
+    its input; -0 as the torch path's negation gives it), so a gradient taken with create_graph can be
+    differentiated with respect to the pooled input, as through ``-max_pool2d(-t)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, t: Tensor) -> Tensor:
+        ctx.like = (t.shape, t.dtype, t.device)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        shape, dtype, device = ctx.like
+        return grad, torch.zeros(shape, dtype=dtype, device=device).neg_()
 
 
 def first_spike_decode(t_out: Tensor) -> tuple[Tensor, Tensor]:

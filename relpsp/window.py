@@ -102,7 +102,9 @@ class _WindowTimes(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
         ctx.window = (t_start, t_end)
-        kernels = _fused_kernels(w_sum, wt_sum)
+        # (numba only for tensors of one shape: a broadcast W_j's gradient would be summed in another order
+        # than torch's for channels-last inputs; the layers pass W_j already expanded)
+        kernels = _fused_kernels(w_sum, wt_sum) if w_sum.shape == wt_sum.shape else None
         ctx.fused = kernels is not None
         if kernels is not None:
             w, wt = (x.detach().contiguous() for x in torch.broadcast_tensors(w_sum, wt_sum))

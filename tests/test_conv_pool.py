@@ -437,6 +437,29 @@ def test_pool_output_and_input_may_change_in_place_before_the_backward():
     assert torch.equal(results[0], expected) and torch.equal(results[1], expected)
 
 
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (2, 1), (3, 2)])
+def test_pool_gradient_with_create_graph_differentiates_as_the_torch_path(kernel, stride):
+    """A gradient taken with create_graph is itself differentiable: with respect to the upstream gradient
+    (silent windows' zeros with the torch path's signs) and with respect to the pooled input (zero)."""
+    t_np = pool_case(250, torch.float64)
+    results = []
+    for pool in (
+        lambda t: min_time_pool2d(t, kernel, stride),
+        lambda t: functional_module._min_time_pool_torch(t, (kernel, kernel), (stride, stride)),
+    ):
+        t = _t(t_np, torch.float64, grad=True)
+        out = pool(t)
+        v = torch.randn(out.shape, generator=torch.Generator().manual_seed(251), dtype=torch.float64)
+        v.requires_grad_(True)
+        (grad_t,) = torch.autograd.grad(out, t, v, create_graph=True)
+        (by_v,) = torch.autograd.grad(grad_t, v, torch.ones_like(grad_t), retain_graph=True)
+        (by_t,) = torch.autograd.grad(grad_t.sum(), t)
+        results.append((grad_t.detach(), by_v, by_t))
+    assert torch.isinf(_t(oracle.min_pool2d(t_np, (kernel, kernel), (stride, stride)), torch.float64)).any()
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected) and torch.equal(torch.signbit(got), torch.signbit(expected))
+
+
 def test_pool_gradcheck():
     rng = np.random.default_rng(220)
     t_np = rng.permutation(np.linspace(0.1, 3.0, 2 * 5 * 5)).reshape(1, 2, 5, 5)  # distinct: no ties

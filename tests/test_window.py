@@ -219,6 +219,20 @@ def test_window_times_of_mixed_dtypes_promotes_as_the_closed_form(w_dtype, wt_dt
         assert got.dtype == expected.dtype and torch.equal(got, expected)
 
 
+def test_window_times_of_a_row_broadcast_over_channels_last_times_as_autograd(window_path):
+    """W_j as [1, C, 1, 1] beside channels-last sums [B, C, H, W]: its gradient is summed in autograd's order."""
+    g = torch.Generator().manual_seed(0)
+    wt_sum = torch.randn(4, 3, 5, 5, generator=g).to(memory_format=torch.channels_last)
+    w_sum = torch.randn(1, 3, 1, 1, generator=g) * 0.5
+    upstream = torch.randn(4, 3, 5, 5, generator=g)
+    results = []
+    for fn in (window_times, closed_form_by_autograd):
+        w = w_sum.clone().requires_grad_()
+        fn(w, wt_sum, 1.0, 2.0).backward(upstream)
+        results.append(w.grad)
+    assert torch.equal(results[0], results[1])
+
+
 @pytest.mark.parametrize("padding", [0, 1])
 def test_channels_last_convolution_gives_the_numbers_of_contiguous_autograd(padding, window_path):
     """Inputs and weights in channels-last memory (every input spiked): outputs and gradients as autograd
