@@ -22,7 +22,8 @@ from torch.autograd.function import once_differentiable
 
 from relpsp.core.dense import W_SUM_MIN, relpsp_linear_bwd_torch, relpsp_linear_fwd_torch
 from relpsp.kernels import (
-    cpu_kernels_available,
+    NUMBA_DTYPES,
+    cpu_kernels_fit,
     load_cpu_kernels,
     load_gpu_kernels,
     triton_available,
@@ -40,8 +41,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "numba", "triton")
-_NUMBA_DTYPES = (torch.float32, torch.float64)
-_TRITON_DTYPES = _NUMBA_DTYPES
+_TRITON_DTYPES = NUMBA_DTYPES
 
 
 def resolve_backend(backend: str, t_in: Tensor) -> str:
@@ -49,13 +49,13 @@ def resolve_backend(backend: str, t_in: Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if t_in.device.type == "cpu" and t_in.dtype in _NUMBA_DTYPES and cpu_kernels_available():
+        if cpu_kernels_fit(t_in):
             return "numba"
         if t_in.device.type == "cuda" and t_in.dtype in _TRITON_DTYPES and triton_available():
             return "triton"
         return "torch"
     if backend == "numba":
-        if t_in.device.type != "cpu" or t_in.dtype not in _NUMBA_DTYPES:
+        if t_in.device.type != "cpu" or t_in.dtype not in NUMBA_DTYPES:
             raise ValueError(f"backend 'numba' runs float32/float64 CPU tensors, got {t_in.dtype} on {t_in.device}")
         load_cpu_kernels()  # raises with the install hint when numba is missing
     if backend == "triton":

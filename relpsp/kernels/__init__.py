@@ -15,6 +15,7 @@ from types import ModuleType
 import torch
 
 __all__ = [
+    "NUMBA_DTYPES",
     "cpu_kernels_available",
     "cpu_kernels_fit",
     "load_alpha_kernels",
@@ -35,9 +36,13 @@ def cpu_kernels_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+#: the dtypes the numba kernels take
+NUMBA_DTYPES = (torch.float32, torch.float64)
+
+
 def cpu_kernels_fit(t: torch.Tensor) -> bool:
     """True where the numba kernels can run ``t``: a float32 or float64 tensor on the CPU, numba installed."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and cpu_kernels_available()
+    return t.device.type == "cpu" and t.dtype in NUMBA_DTYPES and cpu_kernels_available()
 
 
 def _require_numba(hint: str = _INSTALL_HINT) -> None:
