@@ -277,6 +277,22 @@ class _MinTimePool(torch.autograd.Function):
         return grad_in.view(b, c, h, w), None, None
 
 
+class _ZeroSlope(torch.autograd.Function):
+    """``x`` unchanged, depending on ``t`` with derivative -0 (the pooling's gradient is piecewise constant in
+    its input; -0 as the torch path's negation gives it), so a gradient taken with create_graph can be
+    differentiated with respect to the pooled input, as through ``-max_pool2d(-t)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, t: Tensor) -> Tensor:
+        ctx.like = (t.shape, t.dtype, t.device)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        shape, dtype, device = ctx.like
+        return grad, torch.zeros(shape, dtype=dtype, device=device).neg_()
+
+
 def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -> Tensor:
     """Intensity-to-latency coding: ``x`` in [0, 1] -> ``t = t_max * (1 - x)`` (brighter fires earlier).
 
@@ -294,22 +310,6 @@ def latency_encode(x: Tensor, *, t_max: float = 1.0, zero_fires: bool = False) -
     if not zero_fires:
         t = torch.where(x > 0, t, math.inf)
     return t
-
-
-class _ZeroSlope(torch.autograd.Function):
-    """``x`` unchanged, depending on ``t`` with derivative -0 (the pooling's gradient is piecewise constant in
-    its input; -0 as the torch path's negation gives it), so a gradient taken with create_graph can be
-    differentiated with respect to the pooled input, as through ``-max_pool2d(-t)``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, t: Tensor) -> Tensor:
-        ctx.like = (t.shape, t.dtype, t.device)
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        shape, dtype, device = ctx.like
-        return grad, torch.zeros(shape, dtype=dtype, device=device).neg_()
 
 
 def first_spike_decode(t_out: Tensor) -> tuple[Tensor, Tensor]:

@@ -87,11 +87,12 @@ def _check_window(t_in: Tensor, weight: Tensor, t_start: float, t_end: float, nd
     return all_spiked
 
 
-def _fused_kernels(*tensors: Tensor) -> ModuleType | None:
-    """``relpsp.kernels.window_numba`` where it can run these tensors (all on the CPU, all float32 or all
-    float64, with numba installed), else None (the torch path, which also promotes mixed dtypes)."""
-    same_dtype = all(t.dtype == tensors[0].dtype for t in tensors)
-    return load_window_kernels() if same_dtype and all(cpu_kernels_fit(t) for t in tensors) else None
+def _fused_kernels(w_sum: Tensor, wt_sum: Tensor) -> ModuleType | None:
+    """``relpsp.kernels.window_numba`` where it can run these tensors (CPU, float32 or float64, numba
+    installed, one dtype and one shape), else None: the torch path, which promotes mixed dtypes and sums a
+    broadcast W_j's gradient in torch's order (the layers pass W_j already expanded to the sums' shape)."""
+    same = w_sum.dtype == wt_sum.dtype and w_sum.shape == wt_sum.shape
+    return load_window_kernels() if same and cpu_kernels_fit(w_sum) and cpu_kernels_fit(wt_sum) else None
 
 
 class _WindowTimes(torch.autograd.Function):
@@ -102,12 +103,9 @@ class _WindowTimes(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w_sum: Tensor, wt_sum: Tensor, t_start: float, t_end: float) -> Tensor:
         ctx.window = (t_start, t_end)
-        # (numba only for tensors of one shape: a broadcast W_j's gradient would be summed in another order
-        # than torch's for channels-last inputs; the layers pass W_j already expanded)
-        kernels = _fused_kernels(w_sum, wt_sum) if w_sum.shape == wt_sum.shape else None
-        ctx.fused = kernels is not None
+        ctx.kernels = kernels = _fused_kernels(w_sum, wt_sum)
         if kernels is not None:
-            w, wt = (x.detach().contiguous() for x in torch.broadcast_tensors(w_sum, wt_sum))
+            w, wt = (x.detach().contiguous() for x in (w_sum, wt_sum))
             out = torch.empty_like(wt)
             kernels.window_times_fwd(
                 w.view(-1).numpy(), wt.view(-1).numpy(), *_scalars(wt, ctx.window), out.view(-1).numpy()
@@ -123,13 +121,12 @@ class _WindowTimes(torch.autograd.Function):
         t_start, t_end = ctx.window
         if torch.is_grad_enabled():  # create_graph: autograd's own gradient, itself differentiable
             return (*_autograd_grads(_window_times_by_autograd, *ctx.saved_tensors[:2], grad, *ctx.window), None, None)
-        if ctx.fused:
-            w, wt = (x.detach().contiguous() for x in torch.broadcast_tensors(*ctx.saved_tensors))
+        if ctx.kernels is not None:
+            w, wt = (x.detach().contiguous() for x in ctx.saved_tensors)
             grad = grad.contiguous()
             grad_w, grad_wt = torch.empty_like(w), torch.empty_like(wt)
-            kernels = load_window_kernels()
             flat = [x.view(-1).numpy() for x in (w, wt, grad)]
-            kernels.window_times_bwd(
+            ctx.kernels.window_times_bwd(
                 *flat, *_scalars(wt, ctx.window), grad_w.view(-1).numpy(), grad_wt.view(-1).numpy()
             )
             return grad_w, grad_wt, None, None

@@ -186,7 +186,7 @@ def test_relpsp_works_without_optional_packages():
         # the windowed neuron's closed form falls back from its numba kernels to torch operations
         "w = relpsp.nn.WindowLinear(16, 3, t_start=1.0, t_end=2.0, weight_norm=True)\n"
         "w(torch.rand(2, 16)).sum().backward()\n"
-        "print(relpsp.window._fused_kernels(torch.zeros(1)), tuple(w.gain.grad.shape))\n"
+        "print(relpsp.window._fused_kernels(torch.zeros(1), torch.zeros(1)), tuple(w.gain.grad.shape))\n"
     )
     assert _run_python(code) == "torch (2, 3) None (3,)"
 

@@ -136,7 +136,7 @@ def window_path(request, monkeypatch):
     installed) and the torch operations (the GPU's, and the CPU's without numba)."""
     if request.param == "numba":
         pytest.importorskip("numba")
-        assert relpsp.window._fused_kernels(torch.zeros(1)) is not None
+        assert relpsp.window._fused_kernels(torch.zeros(1), torch.zeros(1)) is not None
     else:
         monkeypatch.setattr(relpsp.window, "_fused_kernels", lambda *tensors: None)
     return request.param
