@@ -208,19 +208,10 @@ class _Standardized(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, rows: Tensor, gain: Tensor, row_sum: float) -> Tensor:
-        centred = rows - rows.mean(1, keepdim=True)
-        norm0 = centred.norm(dim=1, keepdim=True)
-        floor = torch.finfo(rows.dtype).tiny ** 0.5
-        norm = norm0.clamp_min(floor)
-        unflat = centred / norm
-        # equal weights, told exactly: the rounded mean leaves noise in ``centred`` that would become a
-        # direction (amax and amin: torch.aminmax by row is slower)
-        equal = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
-        flat = equal if bool(equal.any()) else None
-        direction = unflat if flat is None else torch.where(flat, torch.zeros_like(unflat), unflat)
-        ctx.floor, ctx.row_sum = floor, row_sum
-        ctx.save_for_backward(rows, gain, norm0, norm, unflat, direction, flat)
-        return row_sum / rows.shape[1] + gain[:, None] * direction
+        out, parts = _standardized_parts(rows, gain, row_sum)
+        ctx.row_sum = row_sum
+        ctx.save_for_backward(rows, gain, *parts)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
@@ -237,7 +228,7 @@ class _Standardized(torch.autograd.Function):
             grad_dir = torch.where(flat, torch.zeros_like(grad_dir), grad_dir)
         # d(centred / norm): to centred grad / norm; to the norm -sum(grad * centred / norm / norm)
         grad_norm = torch.div(unflat, norm, out=scratch).mul_(grad_dir).neg_().sum(1, keepdim=True)
-        grad_norm = torch.where(norm0 >= ctx.floor, grad_norm, torch.zeros_like(grad_norm))  # the clamp
+        grad_norm = torch.where(norm0 >= _norm_floor(norm0), grad_norm, torch.zeros_like(grad_norm))  # the clamp
         # d|centred| = centred / |centred|: ``unflat`` where the clamp did nothing; elsewhere grad_norm is +0,
         # and +0 times either (finite, of the same sign) is the same zero
         grad_centred = grad_dir.div_(norm).add_(torch.mul(unflat, grad_norm, out=scratch))
@@ -247,14 +238,33 @@ class _Standardized(torch.autograd.Function):
         return grad_centred.add_(spread), grad_gain, None
 
 
-def _standardized_rows(rows: Tensor, gain: Tensor, row_sum: float) -> Tensor:
-    """``standardized_weight`` of ``rows [N_out, n]`` in plain torch operations, for autograd to
-    differentiate (second derivatives)."""
+def _norm_floor(like: Tensor) -> float:
+    """The least norm a row is divided by: ``tiny ** 0.5`` of ``like``'s dtype."""
+    return torch.finfo(like.dtype).tiny ** 0.5
+
+
+def _standardized_parts(
+    rows: Tensor, gain: Tensor, row_sum: float
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]]:
+    """``standardized_weight`` of ``rows [N_out, n]`` in plain torch operations (differentiable by autograd),
+    and the parts its written-out gradient reuses: ``(norm0, norm, unflat, direction, flat)``, the row
+    norms before and after the floor, ``centred / norm``, the direction and the mask of exactly equal rows
+    (None when there is none)."""
     centred = rows - rows.mean(1, keepdim=True)
-    norm = centred.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny ** 0.5)
-    flat = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
-    direction = torch.where(flat, torch.zeros_like(centred), centred / norm)
-    return row_sum / rows.shape[1] + gain[:, None] * direction
+    norm0 = centred.norm(dim=1, keepdim=True)
+    norm = norm0.clamp_min(_norm_floor(rows))
+    unflat = centred / norm
+    # equal weights, told exactly: the rounded mean leaves noise in ``centred`` that would become a
+    # direction (amax and amin: torch.aminmax by row is slower)
+    equal = rows.amax(1, keepdim=True) == rows.amin(1, keepdim=True)
+    flat = equal if bool(equal.any()) else None
+    direction = unflat if flat is None else torch.where(flat, torch.zeros_like(unflat), unflat)
+    return row_sum / rows.shape[1] + gain[:, None] * direction, (norm0, norm, unflat, direction, flat)
+
+
+def _standardized_rows(rows: Tensor, gain: Tensor, row_sum: float) -> Tensor:
+    """``standardized_weight`` of ``rows [N_out, n]``, for autograd to differentiate (second derivatives)."""
+    return _standardized_parts(rows, gain, row_sum)[0]
 
 
 def _split(t_in: Tensor, all_spiked: bool) -> tuple[Tensor | None, Tensor]:
