@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             hint = (
                 "; the run folder keeps the checkpoint of its last finished epoch (or step, with"
-                f" train.checkpoint_every): {again}"
+                f" train.checkpoint_every): {again} (from scratch if none had finished)"
             )
         print(f"relpsp: interrupted{hint}", file=sys.stderr)
         return 130

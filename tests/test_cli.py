@@ -485,7 +485,7 @@ def test_eval_takes_a_run_folder_and_names_a_nir_file_for_what_it_is(run_dir, tm
         (ModuleNotFoundError("No module named 'tomli'"), 2, "No module named 'tomli'; install it, e.g. pip install"),
         (ImportError("reading image folders needs Pillow"), 2, "relpsp: error: reading image folders needs Pillow"),
         (BrokenPipeError(32, "Broken pipe"), 141, ""),  # `relpsp ... | head`: quiet, as any Unix tool
-        (KeyboardInterrupt(), 130, "the same command with --resume continues it"),
+        (KeyboardInterrupt(), 130, "--resume continues it (scripts/train.sh: run it again) (from scratch if none had"),
     ],
     ids=["missing-module", "import-error", "broken-pipe", "interrupt"],
 )

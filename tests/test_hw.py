@@ -206,8 +206,11 @@ def test_cli_cost_end_to_end(tmp_path, capsys):
     assert payload["time_window_calibrated"] is True
     assert "energy per image" in capsys.readouterr().out
     # An integer preset quantises the weights to its width by default.
-    rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--limit", "5", "--out", str(out)])
-    assert rc == 0 and json.loads(out.read_text())["report"]["weight_bits"] == 8
+    rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--limit", "5", "--backend", "numpy",
+                   "--out", str(out)])  # fmt: skip
+    payload = json.loads(out.read_text())
+    assert rc == 0 and payload["report"]["weight_bits"] == 8
+    assert payload["backend"] == "numpy" and "(numpy backend)" in capsys.readouterr().out
 
 
 def _first_number(cell: str) -> float:

@@ -306,9 +306,13 @@ def test_cli_simulate_and_cost_run_a_windowed_checkpoint(tmp_path, capsys):
     assert sum(summary["compare"]["fire_in_one_only"].values()) == 0
     assert summary["options"]["backend"] == "numpy"  # what runs windowed layers, whatever --backend says
     cost = tmp_path / "cost.json"
-    rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--time-bits", "8", "--out", str(cost)])
+    capsys.readouterr()
+    rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--time-bits", "8", "--backend", "numba",
+                   "--out", str(cost)])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
+    assert "(numpy backend)" in capsys.readouterr().out
     payload = json.loads(cost.read_text())
+    assert payload["backend"] == "numpy"  # as simulate reports it
     assert payload["time_window"] == 7.0 and payload["time_window_calibrated"] is False
     assert payload["report"]["n_ticks"] == 256
     rc = cli.main(["cost", str(ckpt), "--dataset", str(data), "--t-cutoff", "3"])

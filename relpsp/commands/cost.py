@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from relpsp import __version__
-    from relpsp.commands.simulate import prepare, write_json
+    from relpsp.commands.simulate import backend_that_ran, prepare, write_json
     from relpsp.hw import estimate_cost, get_preset
     from relpsp.sim import simulate
 
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     report = estimate_cost(res, net, preset, labels=y)
     print(report.table())
-    print(f"simulated {res.n_images} images in {seconds:.2f} s")
+    backend = backend_that_ran(net, options)
+    print(f"simulated {res.n_images} images in {seconds:.2f} s ({backend} backend)")
     if args.out:
         payload: dict[str, Any] = {
             "version": __version__,
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             "time_window_calibrated": ctx["window_rule"] is not None,
             "window_rule": ctx["window_rule"],
             "t_cutoff": options.t_cutoff,
+            "backend": backend,
             "report": report.to_dict(),
         }
         if ctx["meta"] is not None:

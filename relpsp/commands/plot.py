@@ -12,7 +12,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", type=int, default=0, help="test sample for the raster")
     p.add_argument(
         "--data-dir",
-        help="dataset folder for the raster's test sample (default: the run's, else $RELPSP_DATA or ~/.cache/relpsp)",
+        help=(
+            "dataset folder for the test images of output_times.png and raster.png (default: the run's, else"
+            " $RELPSP_DATA or ~/.cache/relpsp)"
+        ),
     )
     p.add_argument("--out", help="folder for the PNG files (default: RUN_DIR)")
 

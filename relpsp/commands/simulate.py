@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_sim_arguments", "configure", "load_source", "prepare", "run", "sim_options", "write_json"]
+__all__ = [
+    "add_sim_arguments",
+    "backend_that_ran",
+    "configure",
+    "load_source",
+    "prepare",
+    "run",
+    "sim_options",
+    "write_json",
+]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -118,6 +127,12 @@ def load_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, di
         return network_from_nir(graph), None, nir_data_config(graph) or {}
     net, meta = network_from_checkpoint(p)  # the checkpoint's config is validated there
     return net, meta, meta["config"].get("data") or {}
+
+
+def backend_that_ran(net: Any, options: Any) -> str:
+    """The simulator backend that ran ``net``: windowed layers are NumPy matrix products whatever
+    ``options.backend`` says; otherwise the resolved option (never ``auto``)."""
+    return "numpy" if net.window is not None else str(options.backend)
 
 
 def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -229,7 +244,8 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
         t_window = calibrate_time_window(net, x[:1000], options, rule=window_rule)
         options = sim_options(args, time_window=t_window, weight_bits=options.weight_bits)
         what = (
-            f"latest decision time, widened until the {options.time_bits}-bit grid keeps every decision"
+            f"latest decision time, widened until the {options.time_bits}-bit grid keeps every decision "
+            "(or, failing that, the most: a warning then says how many are lost)"
             if window_rule == "decision"
             else "99.9th percentile of the spike times"
         )
@@ -348,8 +364,7 @@ def run(args: argparse.Namespace) -> int:
             "time_window_calibrated": ctx["window_rule"] is not None,
             "window_rule": ctx["window_rule"],
             "t_cutoff": options.t_cutoff,
-            # windowed layers are matrix products in NumPy whatever the option says
-            "backend": "numpy" if net.window is not None else options.backend,
+            "backend": backend_that_ran(net, options),
         },
         "accuracy": res.accuracy(y),
         "no_decision_rate": res.no_decision_rate(),

@@ -633,8 +633,9 @@ def _per_image(a: np.ndarray) -> np.ndarray:
 
 
 def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, record_layers: bool = False) -> SimResult:
-    """Run intensities ``x [B, *net.input_shape]`` (values in [0, 1]; a matching number of values per
-    image is reshaped) through ``net`` event by event. See the module docstring and ``SimResult``.
+    """Run intensities ``x [B, *net.input_shape]`` (values in [0, 1]; flat rows, images into a flat network
+    and ``[B, H, W]`` for one channel are reshaped, other layouts refused: ``as_network_images``) through
+    ``net`` event by event. See the module docstring and ``SimResult``.
 
     With ``options.time_bits`` the window T must be known (``resolve_time_window``); otherwise a
     ``ValueError`` asks for ``time_window``/``t_cutoff`` or a calibration (``calibrate_time_window``).

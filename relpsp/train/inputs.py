@@ -139,8 +139,9 @@ def check_splits(cfg: Config, splits: dict[str, tuple[Tensor, Tensor]], num_clas
 
 def data_options(cfg: Config, dataset: str | None = None) -> dict[str, Any]:
     """Loader options implied by the data config (see ``relpsp.data.load_dataset``) for ``dataset``
-    (default: the config's own): the inversion of intensities for any set, Caltech's image size and
-    Yin-Yang's bias input where ``dataset`` is of that kind."""
+    (default: the config's own): the inversion of intensities and the difference-of-Gaussians maps
+    (``data.dog``) for any image set, Caltech's image size and Yin-Yang's bias input where ``dataset`` is
+    of that kind."""
     from relpsp.data import canonical_name
 
     name = canonical_name(dataset or cfg.data.dataset)
