@@ -327,12 +327,11 @@ def test_cli_simulate_and_cost_run_a_windowed_checkpoint(tmp_path, capsys):
 def test_a_windowed_neuron_that_meets_its_threshold_exactly_at_the_window_start_fires_there():
     """Inputs at 1 and 0 with w = [-2, 1] and the window [1, 2]: 1 + W = 0 and g(s) = 0, so V(t) = 2 - t
     meets the falling threshold on the whole window; the rule "1 + W <= 0: t = s if g(s) >= 0" gives the
-    start, in the torch layer and in both simulator backends."""
+    start, in the torch layer and in the simulator (whose windowed layers are NumPy whatever the backend)."""
     t, w = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([[-2.0, 1.0]], dtype=torch.float64)
     assert window_linear(t, w, t_start=1.0, t_end=2.0).item() == 1.0
     net = SimNetwork((SimDense(w.numpy()),), (2,), t_in=1.0, zero_fires=True, window=1.0)
-    for backend in ("numpy", "numba"):
-        assert simulate(net, np.array([[0.0, 1.0]]), SimOptions(backend=backend)).t_out.tolist() == [[1.0]]
+    assert simulate(net, np.array([[0.0, 1.0]]), SimOptions()).t_out.tolist() == [[1.0]]
 
 
 def test_a_windowed_checkpoint_reads_whatever_theta_its_config_holds():

@@ -853,6 +853,17 @@ def test_step_keys_keep_the_packed_formula_in_range_and_never_repeat_or_overflow
     assert all(2**63 <= k < 2**64 for k in big) and len(set(big)) == 3
     assert step_key("s", 5, False, 1) == step_key("s", 6, False, 1)  # the hash ignores the packed number
 
+    # augment draws its shifts from the packed key: image n moved by (dy, dx) with zero fill
+    x = torch.arange(1.0, 4 * 64 + 1).view(4, 1, 8, 8)
+    got = augment(x, 3, 2, 7, max_shift=2)
+    shifts = torch.randint(-2, 3, (4, 2), generator=torch.Generator().manual_seed(300_010_100_040)).tolist()
+    assert any(s != [0, 0] for s in shifts)
+    for n, (dy, dx) in enumerate(shifts):
+        expected = torch.roll(x[n, 0], (dy, dx), dims=(0, 1))
+        rows, cols = torch.arange(8)[:, None] - dy, torch.arange(8)[None, :] - dx
+        expected[(rows < 0) | (rows > 7) | (cols < 0) | (cols > 7)] = 0  # what the roll wrapped round
+        assert torch.equal(got[n, 0], expected), (n, dy, dx)
+
     x = torch.rand(4, 1, 8, 8)  # the largest seed used to overflow the packed augmentation key
     a = augment(x, 2**32 - 1, 3, 5, max_shift=2)
     assert torch.equal(a, augment(x, 2**32 - 1, 3, 5, max_shift=2))

@@ -174,13 +174,15 @@ def test_window_times_gradient_is_autograds_of_the_closed_form_bit_for_bit(dtype
 
 
 @pytest.mark.parametrize("window", [(1.0, 3.0), (0.1, 0.7)], ids=["whole-edges", "edges-that-round"])
-def test_window_times_broadcasts_and_takes_any_upstream_gradient_as_the_closed_form(window, window_path):
+def test_window_times_broadcasts_and_takes_any_upstream_gradient_as_the_closed_form(window):
     """W_j of a layer whose inputs all spiked is one row broadcast over the batch; the upstream gradient of a
-    sum is an expanded tensor; edges like 0.1 round to float32. All as autograd through the closed form."""
+    sum is an expanded tensor; edges like 0.1 round to float32. All as autograd through the closed form.
+    Unequal shapes take the torch path, numba installed or not."""
     t_start, t_end = window
     g = torch.Generator().manual_seed(3)
     w_row = torch.randn(7, generator=g) * 1.5
     wt_sum = torch.randn(5, 7, generator=g)
+    assert relpsp.window._fused_kernels(w_row, wt_sum) is None
     wt_sum[0, 0] = math.nan  # NaN passes through both, forward and back
     results = []
     for fn in (window_times, closed_form_by_autograd):
@@ -204,10 +206,12 @@ def test_window_times_broadcasts_and_takes_any_upstream_gradient_as_the_closed_f
     ],
     ids=["f32-f64", "f64-f32", "f32-f16", "f32-bf16"],
 )
-def test_window_times_of_mixed_dtypes_promotes_as_the_closed_form(w_dtype, wt_dtype, window_path):
+def test_window_times_of_mixed_dtypes_promotes_as_the_closed_form(w_dtype, wt_dtype):
+    """Mixed dtypes take the torch path, numba installed or not, and promote as the closed form."""
     g = torch.Generator().manual_seed(4)
     w_sum = (torch.randn(300, generator=g) * 0.3).to(w_dtype)
     wt_sum = (torch.randn(300, generator=g) * 0.3 + 1).to(wt_dtype)
+    assert relpsp.window._fused_kernels(w_sum, wt_sum) is None
     results = []
     for fn in (window_times, closed_form_by_autograd):
         w, wt = w_sum.clone().requires_grad_(), wt_sum.clone().requires_grad_()
@@ -219,11 +223,13 @@ def test_window_times_of_mixed_dtypes_promotes_as_the_closed_form(w_dtype, wt_dt
         assert got.dtype == expected.dtype and torch.equal(got, expected)
 
 
-def test_window_times_of_a_row_broadcast_over_channels_last_times_as_autograd(window_path):
-    """W_j as [1, C, 1, 1] beside channels-last sums [B, C, H, W]: its gradient is summed in autograd's order."""
+def test_window_times_of_a_row_broadcast_over_channels_last_times_as_autograd():
+    """W_j as [1, C, 1, 1] beside channels-last sums [B, C, H, W]: its gradient is summed in autograd's order
+    (unequal shapes: the torch path, numba installed or not)."""
     g = torch.Generator().manual_seed(0)
     wt_sum = torch.randn(4, 3, 5, 5, generator=g).to(memory_format=torch.channels_last)
     w_sum = torch.randn(1, 3, 1, 1, generator=g) * 0.5
+    assert relpsp.window._fused_kernels(w_sum, wt_sum) is None
     upstream = torch.randn(4, 3, 5, 5, generator=g)
     results = []
     for fn in (window_times, closed_form_by_autograd):
@@ -264,7 +270,8 @@ def test_channels_last_convolution_gives_the_numbers_of_contiguous_autograd(padd
 
 def test_second_derivatives_are_those_of_the_closed_forms(window_path):
     """The written-out gradients hand over to autograd when a backward builds a graph (create_graph):
-    second derivatives, e.g. for a gradient penalty, are those of the plain closed forms."""
+    second derivatives, e.g. for a gradient penalty, are those of the plain closed forms. W_j is expanded to
+    the sums' shape, as the layers pass it, so that the numba path's forward runs where it is asked for."""
     g = torch.Generator().manual_seed(5)
     t = torch.rand(3, 4, generator=g, dtype=torch.float64)
     raw = torch.randn(5, 4, generator=g, dtype=torch.float64)
@@ -276,7 +283,9 @@ def test_second_derivatives_are_those_of_the_closed_forms(window_path):
     ):
         r, k = raw.clone().requires_grad_(), gain.clone().requires_grad_()
         w = standardize(r, k, 0.5)
-        out = times(w.sum(1), t @ w.T, 1.0, 2.0)
+        w_sum, wt_sum = w.sum(1).expand(3, 5), t @ w.T
+        assert (relpsp.window._fused_kernels(w_sum, wt_sum) is None) == (window_path == "torch")
+        out = times(w_sum, wt_sum, 1.0, 2.0)
         grads = torch.autograd.grad((out**2).sum(), (r, k), create_graph=True)
         second = torch.autograd.grad(sum((x**2).sum() for x in grads), (r, k))
         results.append([x.detach() for x in (out, *grads, *second)])
