@@ -30,9 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from relpsp import __version__
-    from relpsp.commands.simulate import backend_that_ran, prepare, write_json
+    from relpsp.commands.simulate import prepare, write_json
     from relpsp.hw import estimate_cost, get_preset
-    from relpsp.sim import simulate
+    from relpsp.sim import backend_that_runs, simulate
 
     if args.time_bits is None:
         raise ValueError("the cost model needs a clocked time grid: give --time-bits")
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     report = estimate_cost(res, net, preset, labels=y)
     print(report.table())
-    backend = backend_that_ran(net, options)
+    backend = backend_that_runs(net, options)
     print(f"simulated {res.n_images} images in {seconds:.2f} s ({backend} backend)")
     if args.out:
         payload: dict[str, Any] = {

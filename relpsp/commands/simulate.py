@@ -23,16 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "add_sim_arguments",
-    "backend_that_ran",
-    "configure",
-    "load_source",
-    "prepare",
-    "run",
-    "sim_options",
-    "write_json",
-]
+__all__ = ["add_sim_arguments", "configure", "load_source", "prepare", "run", "sim_options", "write_json"]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -127,12 +118,6 @@ def load_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, di
         return network_from_nir(graph), None, nir_data_config(graph) or {}
     net, meta = network_from_checkpoint(p)  # the checkpoint's config is validated there
     return net, meta, meta["config"].get("data") or {}
-
-
-def backend_that_ran(net: Any, options: Any) -> str:
-    """The simulator backend that ran ``net``: windowed layers are NumPy matrix products whatever
-    ``options.backend`` says; otherwise the resolved option (never ``auto``)."""
-    return "numpy" if net.window is not None else str(options.backend)
 
 
 def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -307,7 +292,7 @@ def _compare_batch(model: Any, torch: Any, xb: np.ndarray, sim_times: list[np.nd
 
 def run(args: argparse.Namespace) -> int:
     from relpsp import __version__
-    from relpsp.sim import concat_results, simulate
+    from relpsp.sim import backend_that_runs, concat_results, simulate
 
     ctx = prepare(args)
     net, meta, x, y, options = ctx["net"], ctx["meta"], ctx["x"], ctx["y"], ctx["options"]
@@ -364,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
             "time_window_calibrated": ctx["window_rule"] is not None,
             "window_rule": ctx["window_rule"],
             "t_cutoff": options.t_cutoff,
-            "backend": backend_that_ran(net, options),
+            "backend": backend_that_runs(net, options),
         },
         "accuracy": res.accuracy(y),
         "no_decision_rate": res.no_decision_rate(),

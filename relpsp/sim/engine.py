@@ -63,6 +63,7 @@ __all__ = [
     "SimOptions",
     "SimResult",
     "as_network_images",
+    "backend_that_runs",
     "calibrate_time_window",
     "concat_results",
     "conv_reach",
@@ -183,6 +184,14 @@ def resolve_backend(backend: str) -> str:
     if backend == "numba" and not has_numba:
         raise RuntimeError("the 'numba' simulator backend needs numba: pip install numba (or use backend='numpy')")
     return backend
+
+
+def backend_that_runs(net: SimNetwork, options: SimOptions) -> str:
+    """The backend ``simulate(net, x, options)`` runs, for reports (never ``auto``): ``options.backend``
+    resolved (and checked) as ``resolve_backend`` does, except that windowed layers are NumPy matrix
+    products whatever it says."""
+    backend = resolve_backend(options.backend)
+    return "numpy" if net.window is not None else backend
 
 
 def _sort_rows(t_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -643,7 +652,7 @@ def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, reco
     options = options or SimOptions()
     x = _check_inputs(net, x)
     _check_window_options(net, options)
-    backend = resolve_backend(options.backend)
+    backend = backend_that_runs(net, options)
     grid = None
     if options.time_bits is not None:
         window = resolve_time_window(net, options)
