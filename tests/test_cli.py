@@ -61,6 +61,10 @@ def test_eval_per_class_gives_the_confusion_matrix_and_the_wrong_samples(run_dir
     assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--per-class"]) == 0
     text = capsys.readouterr().out
     assert "confusion (rows: label" in text and f"wrong samples ({len(pc['wrong'])}; indices in yinyang test)" in text
+    from relpsp.data.yinyang import YINYANG_CLASSES
+
+    assert pc["class_names"] == list(YINYANG_CLASSES)  # and the text's rows name them
+    assert all(f"\n{i} {name} " in text for i, name in enumerate(YINYANG_CLASSES))
 
 
 def test_eval_on_a_dataset_whose_inputs_do_not_fit_names_both_shapes(run_dir, tmp_path, capsys):

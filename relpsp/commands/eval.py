@@ -29,7 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--per-class",
         action="store_true",
         help="also the confusion matrix (rows: label, columns: decision, then no output spike), each "
-        "class's accuracy and the indices of the wrongly decided samples (JSON: key per_class)",
+        "class's accuracy (classes named where the dataset names them) and the indices of the wrongly decided samples (JSON: key per_class)",
     )
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from relpsp.arch import DenseSpec, layer_label, parse_arch
     from relpsp.commands.simulate import is_nir_file
-    from relpsp.data import canonical_name, load_dataset
+    from relpsp.data import canonical_name, dataset_info, load_dataset
     from relpsp.train import CHECKPOINT_NAME, data_options, evaluate, load_trained, run_split, set_threads
 
     ckpt = Path(args.checkpoint)
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         output = specs[-1]
         assert isinstance(output, DenseSpec)  # parse_arch refuses any other last layer
         res["per_class"] = _per_class(decisions, output.n_out, y, source_index)
+        names = dataset_info(dataset, **data_options(cfg, dataset)).class_names
+        res["per_class"]["class_names"] = list(names) if len(names) == output.n_out else None
         res["per_class"]["wrong_indices_in"] = f"{canonical_name(dataset)} {source_split}"
     if args.json:
         print(json_text(res))
@@ -113,12 +115,14 @@ def _per_class_text(pc: dict[str, Any]) -> str:
     conf = pc["confusion"]
     k = len(conf)
     width = max(6, len(str(max(max(row) for row in conf))) + 2)
-    head = "label" + "".join(f"{j:>{width}}" for j in range(k)) + f"{'none':>{width}}  accuracy"
+    names = pc.get("class_names")
+    labels = [f"{i} {n}" if names and n != str(i) else str(i) for i, n in enumerate(names or [""] * k)]
+    first = max(5, *(len(label) + 1 for label in labels))
+    head = f"{'label':<{first}}" + "".join(f"{j:>{width}}" for j in range(k)) + f"{'none':>{width}}  accuracy"
     lines = ["confusion (rows: label; columns: decided class, then none = no output spike):", head]
-    for i, row in enumerate(conf):
-        acc = pc["accuracy"][i]
+    for label, row, acc in zip(labels, conf, pc["accuracy"], strict=True):
         cells = "".join(f"{c:>{width}}" for c in row)
-        lines.append(f"{i:<5}{cells}  " + (f"{100 * acc:7.2f}%" if acc is not None else "       -"))
+        lines.append(f"{label:<{first}}{cells}  " + (f"{100 * acc:7.2f}%" if acc is not None else "       -"))
     shown = pc["wrong"][:50]
     more = f" ... ({len(pc['wrong'])} in all)" if len(pc["wrong"]) > len(shown) else ""
     where = f"indices in {pc['wrong_indices_in']}"
