@@ -7,6 +7,9 @@
 #   ab     benchmarks.layers, triton only: the default forward (variant auto, blocks by layer width), then
 #          the chunked and the loop variants forced, each in its own run
 #   profile benchmarks.profile_ops: the per-operator CUDA time of the layers and of a CNN training step
+#   cifar  benchmarks.train_step on CIFAR-10's VGG7-like network (configs/cifar10_vgg7.toml) with the paper's
+#          neuron and with the windowed one, synthetic 32x32x3 inputs, batch $VGG_BATCH (default 128, the
+#          config's), $VGG_STEPS steps (default 10): what an epoch of CIFAR-10 would take on this GPU
 #   train  $TRAIN_CONFIG on CUDA for seeds 0-2 at once, stopped after $TRAIN_S seconds; the run folders
 #          (metrics.jsonl per epoch, results.json if finished, checkpoint.ckpt to --resume from) are
 #          packed into $OUT/runs_gpu.tgz. The backend is triton if the triton tests passed, else torch.
@@ -15,7 +18,7 @@
 # Data: MNIST as gzipped IDX files in data/mnist/ (gitignored; carry it to the device), e.g.
 #   mkdir -p data/mnist && for f in ~/.cache/relpsp/mnist/*-ubyte; do gzip -c "$f" > "data/mnist/$(basename "$f").gz"; done
 # Usage: [DEVICE=cuda TESTS_S=150 BENCH_S=100 TRAIN_S=180 TOTAL_S=0 TRAIN_CONFIG=...] bash scripts/gpu_session.sh
-#        [tests] [triton] [bench] [ab] [profile] [train]   (default: tests bench train)
+#        [tests] [triton] [bench] [ab] [profile] [cifar] [train]   (default: tests bench train)
 # BENCH_LAYER_IMPLS (default triton,torch) names the layers benchmark implementations of the bench step.
 # TOTAL_S > 0 is a deadline for the whole script: each step's cap is cut to the time left (train gets all
 # of it, less 20 s to pack the runs). Every step runs even if an earlier one fails; the script exits 1 if
@@ -85,6 +88,16 @@ for step in $steps; do
       timeout "$cap" "$PY" -m benchmarks.train_step --device "$DEVICE" --backend "$train_backend" --steps 20 \
         --archs 784-800-10,16C5-P2-32C5-P2-800-128-10 --out "$OUT/bench_train_step_cuda.json" 2>&1 | tee -a "$log"
       check "train_step benchmark"
+      ;;
+    cifar)
+      vgg=64C3p1-128C3p1-P2-256C3p1-256C3p1-P2-512C3p1-512C3p1-P2-10
+      for k in relpsp window; do
+        cap=$(left "$BENCH_S"); stamp "train_step benchmark, VGG7 $k (cap ${cap}s)"
+        timeout "$cap" "$PY" -m benchmarks.train_step --device "$DEVICE" --backend "$train_backend" --kernel "$k" \
+          --archs "$vgg" --batch "${VGG_BATCH:-128}" --steps "${VGG_STEPS:-10}" \
+          --out "$OUT/bench_train_step_vgg7_${k}_cuda.json" 2>&1 | tee -a "$log"
+        check "train_step benchmark VGG7 $k"
+      done
       ;;
     triton)
       cap=$(left "$TESTS_S"); stamp "triton tests (cap ${cap}s)"
