@@ -1,0 +1,222 @@
+"""The ReLU twin of a relpsp experiment: how far the same network, not spiking, gets on the same budget.
+
+    python -m benchmarks.ann_twin [CONFIG] [--seeds 0,1,2] [--weight-decay WD] [--dropout P] [--epochs N]
+                                  [--lr LR] [--train-size N] [--threads N] [--out FILE.json]
+
+CONFIG is an experiment file or the name of a shipped one (default ``mnist_cnn_flat800_b64``, the faithful
+MNIST CNN row). Its architecture string is built as a conventional network: each convolution is
+``nn.Conv2d`` (same kernel, stride, padding) + ReLU, each ``P<k>`` max-pooling, each dense layer
+``nn.Linear`` + ReLU (plain logits at the output), with PyTorch's default initialisation; the network
+sees the intensities x in [0, 1] where the spiking one sees the spike times t = 1 - x. It trains with
+the experiment's data and splits, sample order (``epoch_order``), augmentation (``augment``), optimizer
+(``make_optimizer``), learning rate, cosine schedule per step, batch and epochs, and the cross-entropy
+of the logits. Where the spiking run had spike dropout on its dense layers' inputs, the twin has
+``nn.Dropout`` at the same rate before each ``nn.Linear`` (``--dropout`` changes it); ``--weight-decay``
+replaces the experiment's, since a decay tuned for spiking weights need not suit the twin.
+
+Prints and stores the environment, each seed's test accuracy (and validation accuracy where the
+experiment holds a validation split), training accuracy of the last epoch and wall time, and over the
+seeds the mean, the sample standard deviation and the test decisions right. A reference for the spiking
+rows, not a result of the spiking model (docs/RESULTS.md, protocol (70) in docs/PROTOCOLS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from benchmarks.common import add_threads_argument, environment, refuse_bad_output_file, write_json
+from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
+from relpsp.config import Config, config_from_dict, find_config, load_toml
+from relpsp.train import load_splits, make_optimizer, set_threads
+from relpsp.train.inputs import augment, epoch_order
+
+DEFAULT_CONFIG = "mnist_cnn_flat800_b64"
+
+
+def relu_twin(arch: str, input_shape: tuple[int, ...], dropout: float = 0.0) -> nn.Sequential:
+    """``arch`` (relpsp notation) as a ReLU network: Conv2d + ReLU, MaxPool2d, Flatten, [Dropout] +
+    Linear + ReLU, and a last Linear giving logits."""
+    specs = parse_arch(arch, input_shape)
+    dense = [i for i, s in enumerate(specs) if isinstance(s, DenseSpec)]
+    layers: list[nn.Module] = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, EncodeSpec):
+            continue
+        if isinstance(spec, ConvSpec):
+            layers += [nn.Conv2d(spec.c_in, spec.c_out, spec.kernel, spec.stride, spec.padding), nn.ReLU()]
+        elif isinstance(spec, PoolSpec):
+            layers.append(nn.MaxPool2d(spec.kernel))
+        elif isinstance(spec, FlattenSpec):
+            layers.append(nn.Flatten())
+        elif isinstance(spec, DenseSpec):
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            layers.append(nn.Linear(spec.n_in, spec.n_out))
+            if i != dense[-1]:
+                layers.append(nn.ReLU())
+        else:  # pragma: no cover - parse_arch makes no other spec
+            raise TypeError(f"no ReLU twin for {spec!r}")
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[int, int]:
+    """(decisions right, samples): the class of the largest logit, ties to the lowest index."""
+    model.eval()
+    right = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(y), batch))
+    return right, len(y)
+
+
+def train_twin(cfg: Config, dropout: float, log=print) -> dict:
+    """One seed (``cfg.train.seed``) of the twin, trained as ``relpsp train`` trains the spiking network."""
+    t, d = cfg.train, cfg.data
+    torch.manual_seed(t.seed)
+    splits = load_splits(cfg)
+    x_tr, y_tr = splits["train"]
+    model = relu_twin(cfg.model.arch, tuple(cfg.model.input_shape), dropout)
+    opt = make_optimizer(cfg, model.parameters())
+    steps_per_epoch = math.ceil(len(y_tr) / t.batch_size)
+    total = steps_per_epoch * t.epochs
+    loss_fn = nn.CrossEntropyLoss()
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(t.epochs):
+        model.train()
+        order = epoch_order(t.seed, epoch, len(y_tr))
+        right = seen = 0
+        for step in range(steps_per_epoch):
+            idx = order[step * t.batch_size : (step + 1) * t.batch_size]
+            xb = x_tr[idx]
+            if d.augment:
+                xb = augment(
+                    xb,
+                    t.seed,
+                    epoch,
+                    step,
+                    max_shift=d.max_shift,
+                    flip=d.flip,
+                    max_rotation=d.max_rotation,
+                    max_scale=d.max_scale,
+                    elastic_alpha=d.elastic_alpha,
+                    elastic_sigma=d.elastic_sigma,
+                )
+            if t.lr_schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = t.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
+            logits = model(xb)
+            loss = loss_fn(logits, y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            right += int((logits.argmax(1) == y_tr[idx]).sum())
+            seen += len(idx)
+        row = {"epoch": epoch + 1, "train_accuracy": right / seen}
+        row["test_right"], n_test = accuracy(model, *splits["test"])
+        row["test_accuracy"] = row["test_right"] / n_test
+        if "val" in splits:
+            row["val_accuracy"] = accuracy(model, *splits["val"])[0] / len(splits["val"][1])
+        history.append(row)
+        log(
+            f"seed {t.seed} epoch {epoch + 1}/{t.epochs}: train {row['train_accuracy']:.4f}  "
+            f"test {row['test_accuracy']:.4f}" + (f"  val {row['val_accuracy']:.4f}" if "val" in row else "")
+        )
+    last = history[-1]
+    return {
+        "seed": t.seed,
+        "test_accuracy": last["test_accuracy"],
+        "test_right": last["test_right"],
+        "test_samples": len(splits["test"][1]),
+        "val_accuracy": last.get("val_accuracy"),
+        "train_accuracy_last_epoch": last["train_accuracy"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "wall_time_s": time.perf_counter() - t0,
+        "history": history,
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation of the test accuracy (percent) and the decisions right."""
+    acc = [100 * r["test_accuracy"] for r in runs]
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "test_accuracy_mean": statistics.fmean(acc),
+        "test_accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else None,
+        "test_right": sum(r["test_right"] for r in runs),
+        "test_samples": sum(r["test_samples"] for r in runs),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"experiment (default {DEFAULT_CONFIG})")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, trained one after another")
+    ap.add_argument("--weight-decay", type=float, help="replaces train.weight_decay")
+    ap.add_argument("--dropout", type=float, help="dropout before each Linear (default: train.spike_dropout)")
+    ap.add_argument("--epochs", type=int, help="replaces train.epochs")
+    ap.add_argument("--lr", type=float, help="replaces train.lr")
+    ap.add_argument("--train-size", type=int, help="replaces data.train_size (a seeded subset; for quick checks)")
+    ap.add_argument("--out", help="JSON file for the results")
+    add_threads_argument(ap)
+    args = ap.parse_args(argv)
+    refuse_bad_output_file(ap, args.out)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        cfg = config_from_dict(load_toml(find_config(args.config)))
+    except ValueError as e:
+        ap.error(str(e))
+    train_changes = {"weight_decay": args.weight_decay, "epochs": args.epochs, "lr": args.lr}
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, **{k: v for k, v in train_changes.items() if v is not None})
+    )
+    if args.train_size is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_size=args.train_size))
+    dropout = cfg.train.spike_dropout if args.dropout is None else args.dropout
+    if not 0 <= dropout < 1:
+        ap.error(f"--dropout must be in [0, 1), got {dropout}")
+    set_threads(args.threads, torch_heavy=True)
+    env = environment("cpu")
+    print("environment:", env)
+    settings = {
+        "config": args.config,
+        "arch": cfg.model.arch,
+        "dataset": cfg.data.dataset,
+        "optimizer": cfg.train.optimizer,
+        "lr": cfg.train.lr,
+        "lr_schedule": cfg.train.lr_schedule,
+        "weight_decay": cfg.train.weight_decay,
+        "batch_size": cfg.train.batch_size,
+        "epochs": cfg.train.epochs,
+        "dropout": dropout,
+        "augment": cfg.data.augment,
+        "train_size": cfg.data.train_size,
+        "val_size": cfg.data.val_size,
+    }
+    print("settings:", settings)
+    runs = [train_twin(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=s)), dropout) for s in seeds]
+    summary = summarise(runs)
+    sd = summary["test_accuracy_sd"]
+    print(
+        f"ReLU twin of {args.config}: {summary['test_accuracy_mean']:.3f}"
+        + (f" ± {sd:.2f}" if sd is not None else "")
+        + f" % over seeds {', '.join(map(str, seeds))} ("
+        + ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in runs)
+        + f"); test decisions right: {summary['test_right']:,} of {summary['test_samples']:,}"
+    )
+    if args.out:
+        write_json(
+            args.out,
+            {"benchmark": "ann_twin", "environment": env, "settings": settings, "runs": runs, "summary": summary},
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

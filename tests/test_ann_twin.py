@@ -1,0 +1,68 @@
+"""``benchmarks.ann_twin``: the ReLU twin has the spiking network's connections, and its summary is the
+mean, sample standard deviation and decisions right of the seeds it trained."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import ann_twin
+from relpsp.models import build_model
+
+ARCH = "16C5p2-P2-32C5-P2-128-10"
+
+
+def test_the_twin_has_the_spiking_networks_layers_and_weights():
+    twin = ann_twin.relu_twin(ARCH, (1, 28, 28), dropout=0.2)
+    kinds = [type(m).__name__ for m in twin]
+    assert kinds == [
+        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
+        "Dropout", "Linear", "ReLU", "Dropout", "Linear",
+    ]  # fmt: skip
+    convs = [m for m in twin if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.padding) for c in convs] == [((5, 5), (1, 1), (2, 2)), ((5, 5), (1, 1), (0, 0))]
+    spiking = build_model(ARCH, (1, 28, 28))
+    twin_weights = sorted(p.shape for name, p in twin.named_parameters() if name.endswith("weight"))
+    assert twin_weights == sorted(p.shape for p in spiking.parameters())  # the same connections, plus biases
+    assert twin(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert not any(isinstance(m, nn.Dropout) for m in ann_twin.relu_twin(ARCH, (1, 28, 28)))
+
+
+def test_accuracy_counts_the_largest_logit_ties_to_the_lowest_class():
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return x
+
+    logits = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    assert ann_twin.accuracy(Fixed(), logits, torch.tensor([0, 2, 0]), batch=2) == (2, 3)
+
+
+def test_main_trains_each_seed_and_summarises_them(tmp_path, capsys):
+    out = tmp_path / "twin.json"
+    argv = ["yinyang", "--seeds", "0,1", "--epochs", "2", "--threads", "1", "--out", str(out)]
+    assert ann_twin.main(argv) == 0
+    res = json.loads(out.read_text())
+    runs, summary = res["runs"], res["summary"]
+    assert [r["seed"] for r in runs] == [0, 1] and res["settings"]["epochs"] == 2
+    assert all(
+        len(r["history"]) == 2 and r["test_right"] == round(r["test_accuracy"] * r["test_samples"]) for r in runs
+    )
+    assert runs[0]["val_accuracy"] is not None  # Yin-Yang has its own validation split
+    acc = [100 * r["test_accuracy"] for r in runs]
+    assert summary["test_accuracy_mean"] == pytest.approx(statistics.fmean(acc))
+    assert summary["test_accuracy_sd"] == pytest.approx(statistics.stdev(acc))
+    assert summary["test_right"] == sum(r["test_right"] for r in runs)
+    assert "ReLU twin of yinyang" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_refused_before_training(capsys):
+    with pytest.raises(SystemExit):
+        ann_twin.main(["yinyang", "--dropout", "1.5"])
+    assert "--dropout must be in [0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ann_twin.main(["no_such_experiment"])
+    assert "neither a file nor the name" in capsys.readouterr().err
