@@ -594,7 +594,7 @@ def test_default_run_folder_is_dataset_arch_seed(tmp_path, monkeypatch, capsys):
 
 
 def test_eval_per_class_rows_are_labels_and_columns_decisions(run_dir, capsys):
-    """--per-class help: "the confusion matrix (rows: label, columns: decision, then no output spike)": each
+    """--per-class help: "the confusion matrix (rows: label, ...; columns: decision, then no output spike)": each
     row sums to that label's sample count (the trace and the none column are the same for the transpose)."""
     from relpsp.data import load_dataset
 

@@ -28,8 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--per-class",
         action="store_true",
-        help="also the confusion matrix (rows: label, columns: decision, then no output spike), each "
-        "class's accuracy (classes named where the dataset names them) and the indices of the wrongly decided samples (JSON: key per_class)",
+        help="also the confusion matrix (rows: label, named where the dataset names its classes; columns: "
+        "decision, then no output spike), each class's accuracy and the indices of the wrongly decided samples "
+        "(JSON: key per_class)",
     )
 
 
