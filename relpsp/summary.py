@@ -285,7 +285,7 @@ def summarize(group: Group, target_percent: str | float | None = None) -> dict[s
 
 def format_summary(s: dict[str, Any]) -> str:
     """Lines of text for one group's summary."""
-    lines = [f"{s['label']}: {s['dataset']} {s['arch']}, {s['epochs']} epochs"]
+    lines = [f"{s['label']}: {s['dataset']} {s['arch']}, {s['epochs']} {'epoch' if s['epochs'] == 1 else 'epochs'}"]
     done = s["finished"]
     if done:
         per_seed = ", ".join(f"{d['test_accuracy_percent']:.2f}" for d in done)

@@ -137,7 +137,7 @@ def test_cli_prepare_then_verify_and_train_reads_it(tmp_path, capsys):
     assert main([*args, "--train-per-class", "3", "--test-per-class", "2", "--seed", "5"]) == 0
     assert "caltech-face-motorbike: ready in" in capsys.readouterr().out
     assert main(["data", "verify", "caltech", "--data-dir", str(data)]) == 0
-    assert "all 2 file(s) ok" in capsys.readouterr().out  # train and test, each image checked
+    assert "all 2 folder(s) ok" in capsys.readouterr().out  # train and test, each image checked
     assert D.load_dataset("caltech", "train", data_dir=data, image_size=8)[0].shape == (6, 1, 8, 8)
     assert main(["data", "info", "caltech", "--data-dir", str(data)]) == 0
     info = capsys.readouterr().out

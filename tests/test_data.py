@@ -305,6 +305,25 @@ def test_cifar10_verify_checks_and_names_every_batch(tmp_path, capsys):
     assert f"corrupt  {folder / 'data_batch_5'}\n         {folder / 'data_batch_5'}: not a readable pickle" in out
 
 
+def test_cifar10_fetch_verifies_batches_in_place_and_otherwise_says_how_to_get_them(tmp_path, capsys):
+    """Nothing can be downloaded, but `relpsp data fetch cifar10` on batches already in place answers as
+    for the other datasets (present and verified), and otherwise names the first file that is not."""
+    from relpsp import cli
+
+    with pytest.raises(ValueError, match=r"data_batch_1 is missing\): download cifar-10-python\.tar\.gz"):
+        D.fetch_dataset("cifar10", tmp_path)
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([*registry.CIFAR10_TRAIN, *registry.CIFAR10_TEST]):
+        (folder / name).write_bytes(cifar_batch(2, seed=i)[0])
+    capsys.readouterr()
+    assert cli.main(["data", "fetch", "cifar10", "--data-dir", str(tmp_path)]) == 0
+    assert f"{tmp_path / 'cifar10'} is present and verified" in capsys.readouterr().out
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    assert cli.main(["data", "fetch", "cifar10", "--data-dir", str(tmp_path)]) == 2
+    assert f"({folder / 'test_batch'} is corrupt): download" in capsys.readouterr().err
+
+
 def test_cifar10_missing_and_damaged(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-10-python\.tar\.gz"):
         D.load_dataset("cifar10", "test", data_dir=tmp_path)

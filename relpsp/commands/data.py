@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         bad = [c for c in checks if c.status != "ok"]
         if bad:
             err = DatasetNotFoundError if bad[0].status == "missing" else DatasetCorruptError
-            raise err(f"{len(bad)} of {len(checks)} file(s) of {name} not ok; {fix_hint(name, args.data_dir)}")
-        print(f"{name}: all {len(checks)} file(s) ok")
+            raise err(f"{len(bad)} of {len(checks)} {_items(checks)} of {name} not ok; {fix_hint(name, args.data_dir)}")
+        print(f"{name}: all {len(checks)} {_items(checks)} ok")
         return 0
     info = dataset_info(name)
     print(f"name:        {info.name}")
@@ -156,3 +156,11 @@ def _prepare(name: str, args: argparse.Namespace) -> int:
     hint = "" if out == default else f"; `relpsp data fetch {name} --source {folder}` makes it the one training reads"
     print(f"{name}: ready in {folder}{hint}")
     return 0
+
+
+def _items(checks) -> str:
+    """What the checks are of: files, or (Caltech's splits, every image inside read and checked) folders."""
+    folders = sum(Path(c.path).is_dir() for c in checks)
+    if not folders:
+        return "file(s)"
+    return "folder(s)" if folders == len(checks) else "file(s) and folder(s)"

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         ctx = dist_info()
         if ctx.is_main:
             procs = f", {ctx.world_size} processes" if ctx.world_size > 1 else ""
-            print(f"relpsp train: {cfg.data.dataset} {cfg.model.arch}, {cfg.train.epochs} epochs{procs} -> {out}")
+            epochs = f"{cfg.train.epochs} epoch" + ("s" if cfg.train.epochs != 1 else "")
+            print(f"relpsp train: {cfg.data.dataset} {cfg.model.arch}, {epochs}{procs} -> {out}")
         res = fit(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
         if ctx.is_main:
             print(
