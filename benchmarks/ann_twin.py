@@ -12,7 +12,10 @@ the experiment's data and splits, sample order (``epoch_order``), augmentation (
 (``make_optimizer``), learning rate, cosine schedule per step, batch and epochs, and the cross-entropy
 of the logits. Where the spiking run had spike dropout on its dense layers' inputs, the twin has
 ``nn.Dropout`` at the same rate before each ``nn.Linear`` (``--dropout`` changes it); ``--weight-decay``
-replaces the experiment's, since a decay tuned for spiking weights need not suit the twin.
+replaces the experiment's, since a decay tuned for spiking weights need not suit the twin. Settings with
+no counterpart here (the silent and target penalties, spike dropout on convolutions, label smoothing,
+weight averaging, the gradient cap, the neuron's own settings) are left out, and the program names those
+that the experiment sets.
 
 Prints and stores the environment, each seed's test accuracy (and validation accuracy where the
 experiment holds a validation split), training accuracy of the last epoch and wall time, and over the
@@ -34,11 +37,13 @@ from torch import nn
 
 from benchmarks.common import add_threads_argument, environment, refuse_bad_output_file, write_json
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
-from relpsp.config import Config, config_from_dict, find_config, load_toml
+from relpsp.config import Config, TrainConfig, config_from_dict, find_config, load_toml
 from relpsp.train import load_splits, make_optimizer, set_threads
 from relpsp.train.inputs import augment, epoch_order
 
 DEFAULT_CONFIG = "mnist_cnn_flat800_b64"
+#: training settings of the spiking run that the twin does not apply
+LEFT_OUT = ("silent_penalty", "target_penalty", "spike_dropout_conv", "label_smoothing", "ema_decay", "grad_clip")
 
 
 def relu_twin(arch: str, input_shape: tuple[int, ...], dropout: float = 0.0) -> nn.Sequential:
@@ -200,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "val_size": cfg.data.val_size,
     }
     print("settings:", settings)
+    left_out = [k for k in LEFT_OUT if getattr(cfg.train, k) != getattr(TrainConfig(), k)]
+    if cfg.model.kernel != "relpsp":
+        left_out.append(f"model.kernel = {cfg.model.kernel!r}")
+    if left_out:
+        print("left out (no counterpart in a ReLU network):", ", ".join(left_out))
+    settings["left_out"] = left_out
     runs = [train_twin(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=s)), dropout) for s in seeds]
     summary = summarise(runs)
     sd = summary["test_accuracy_sd"]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from benchmarks import ann_twin
+from relpsp.config import PACKAGED_CONFIG_DIR as PACKAGED
 from relpsp.models import build_model
 
 ARCH = "16C5p2-P2-32C5-P2-128-10"
@@ -66,3 +67,13 @@ def test_bad_arguments_are_refused_before_training(capsys):
     with pytest.raises(SystemExit):
         ann_twin.main(["no_such_experiment"])
     assert "neither a file nor the name" in capsys.readouterr().err
+
+
+def test_settings_without_a_relu_counterpart_are_named(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('extends = "%s"\n[train]\nlabel_smoothing = 0.1\ngrad_clip = 5.0\n' % (PACKAGED / "yinyang.toml"))
+    out = tmp_path / "twin.json"
+    assert ann_twin.main([str(cfg), "--seeds", "0", "--epochs", "1", "--threads", "1", "--out", str(out)]) == 0
+    left = json.loads(out.read_text())["settings"]["left_out"]
+    assert "label_smoothing" in left and "grad_clip" in left and "silent_penalty" in left  # yinyang's own
+    assert "left out (no counterpart in a ReLU network): " in capsys.readouterr().out
