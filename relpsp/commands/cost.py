@@ -20,7 +20,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from relpsp.commands.simulate import add_sim_arguments
     from relpsp.hw.presets import DEFAULT_PRESET, PRESETS
 
-    add_sim_arguments(parser, default_limit=None, default_time_bits=8)
+    add_sim_arguments(
+        parser,
+        default_limit=None,
+        default_time_bits=8,
+        default_weight_bits="the preset's width for presets with integer weights, else float64",
+    )
     parser.add_argument(
         "--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help=f"hardware preset (default: {DEFAULT_PRESET})"
     )

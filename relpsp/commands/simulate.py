@@ -29,9 +29,14 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def add_sim_arguments(
-    parser: argparse.ArgumentParser, *, default_limit: int | None, default_time_bits: int | None
+    parser: argparse.ArgumentParser,
+    *,
+    default_limit: int | None,
+    default_time_bits: int | None,
+    default_weight_bits: str = "float64",
 ) -> None:
-    """Options shared by ``simulate`` and ``cost``."""
+    """Options shared by ``simulate`` and ``cost``; ``default_weight_bits`` says in ``--weight-bits``' help
+    what the command uses without it."""
     parser.add_argument("source", metavar="CKPT_OR_NIR", help="a relpsp checkpoint or a NIR file")
     parser.add_argument(
         "--dataset",
@@ -54,8 +59,7 @@ def add_sim_arguments(
         "--weight-bits",
         type=int,
         default=None,
-        help="symmetric fixed-point weights per layer (default: float64; relpsp cost: the preset's width for "
-        "presets with integer weights)",
+        help=f"symmetric fixed-point weights per layer (default: {default_weight_bits})",
     )
     parser.add_argument(
         "--time-bits",
