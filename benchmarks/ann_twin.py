@@ -4,7 +4,7 @@
                                   [--lr LR] [--train-size N] [--threads N] [--out FILE.json]
 
 CONFIG is an experiment file or the name of a shipped one (default ``mnist_cnn_flat800_b64``, the faithful
-MNIST CNN row). Its architecture string is built as a conventional network: each convolution is
+MNIST CNN row), resolved and validated as ``relpsp train`` resolves it. Its architecture string is built as a conventional network: each convolution is
 ``nn.Conv2d`` (same kernel, stride, padding) + ReLU, each ``P<k>`` max-pooling, each dense layer
 ``nn.Linear`` + ReLU (plain logits at the output), with PyTorch's default initialisation; the network
 sees the intensities x in [0, 1] where the spiking one sees the spike times t = 1 - x. It trains with
@@ -37,9 +37,11 @@ from torch import nn
 
 from benchmarks.common import add_threads_argument, environment, refuse_bad_output_file, write_json
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
-from relpsp.config import Config, TrainConfig, config_from_dict, find_config, load_toml
+from relpsp.commands.train import resolve_config
+from relpsp.config import Config, TrainConfig
 from relpsp.train import load_splits, make_optimizer, set_threads
 from relpsp.train.inputs import augment, epoch_order
+from relpsp.train.validation import validate_config
 
 DEFAULT_CONFIG = "mnist_cnn_flat800_b64"
 #: training settings of the spiking run that the twin does not apply
@@ -172,17 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     add_threads_argument(ap)
     args = ap.parse_args(argv)
     refuse_bad_output_file(ap, args.out)
+    sets = [f"train.weight_decay={args.weight_decay}"] if args.weight_decay is not None else []
+    sets += [f"data.train_size={args.train_size}"] if args.train_size is not None else []
+    flags = dict.fromkeys(("dataset", "data_dir", "arch", "batch_size", "seed", "device", "backend", "threads"))
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
-        cfg = config_from_dict(load_toml(find_config(args.config)))
+        # resolved as `relpsp train CONFIG --epochs N --lr LR --set ...` resolves it, and validated as it is
+        cfg = resolve_config(argparse.Namespace(config=args.config, set=sets, epochs=args.epochs, lr=args.lr, **flags))
+        validate_config(cfg)
     except ValueError as e:
         ap.error(str(e))
-    train_changes = {"weight_decay": args.weight_decay, "epochs": args.epochs, "lr": args.lr}
-    cfg = dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, **{k: v for k, v in train_changes.items() if v is not None})
-    )
-    if args.train_size is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_size=args.train_size))
     dropout = cfg.train.spike_dropout if args.dropout is None else args.dropout
     if not 0 <= dropout < 1:
         ap.error(f"--dropout must be in [0, 1), got {dropout}")

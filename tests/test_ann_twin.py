@@ -67,6 +67,17 @@ def test_bad_arguments_are_refused_before_training(capsys):
     with pytest.raises(SystemExit):
         ann_twin.main(["no_such_experiment"])
     assert "neither a file nor the name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # validated as relpsp train validates its settings
+        ann_twin.main(["yinyang", "--weight-decay", "-1"])
+    assert "train.weight_decay must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_the_input_shape_follows_the_dataset_when_the_experiment_leaves_it_out(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"  # as relpsp train resolves it: no model.input_shape, Yin-Yang's 4 features
+    cfg.write_text('[model]\narch = "4-8-3"\n[data]\ndataset = "yinyang"\n[train]\nepochs = 1\n')
+    out = tmp_path / "twin.json"
+    assert ann_twin.main([str(cfg), "--seeds", "0", "--threads", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["runs"][0]["parameters"] == 4 * 8 + 8 + 8 * 3 + 3
 
 
 def test_settings_without_a_relu_counterpart_are_named(tmp_path, capsys):
