@@ -8,7 +8,7 @@ MNIST CNN row), resolved and validated as ``relpsp train`` resolves it. Its arch
 ``nn.Conv2d`` (same kernel, stride, padding) + ReLU, each ``P<k>`` max-pooling, each dense layer
 ``nn.Linear`` + ReLU (plain logits at the output), with PyTorch's default initialisation; the network
 sees the intensities x in [0, 1] where the spiking one sees the spike times t = 1 - x. It trains with
-the experiment's data and splits, sample order (``epoch_order``), augmentation (``augment``), optimizer
+the experiment's data and splits, sample order (``epoch_order``), augmentation (``augment_batch``), optimizer
 (``make_optimizer``), learning rate, cosine schedule per step, batch and epochs, and the cross-entropy
 of the logits. Where the spiking run had spike dropout on its dense layers' inputs, the twin has
 ``nn.Dropout`` at the same rate before each ``nn.Linear`` (``--dropout`` changes it); ``--weight-decay``
@@ -40,7 +40,7 @@ from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, 
 from relpsp.commands.train import resolve_config
 from relpsp.config import Config, TrainConfig
 from relpsp.train import load_splits, make_optimizer, set_threads
-from relpsp.train.inputs import augment, epoch_order
+from relpsp.train.inputs import augment_batch, epoch_order
 from relpsp.train.validation import validate_config
 
 DEFAULT_CONFIG = "mnist_cnn_flat800_b64"
@@ -84,7 +84,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 def train_twin(cfg: Config, dropout: float, log=print) -> dict:
     """One seed (``cfg.train.seed``) of the twin, trained as ``relpsp train`` trains the spiking network."""
-    t, d = cfg.train, cfg.data
+    t = cfg.train
     torch.manual_seed(t.seed)
     splits = load_splits(cfg)
     x_tr, y_tr = splits["train"]
@@ -101,20 +101,7 @@ def train_twin(cfg: Config, dropout: float, log=print) -> dict:
         right = seen = 0
         for step in range(steps_per_epoch):
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
-            xb = x_tr[idx]
-            if d.augment:
-                xb = augment(
-                    xb,
-                    t.seed,
-                    epoch,
-                    step,
-                    max_shift=d.max_shift,
-                    flip=d.flip,
-                    max_rotation=d.max_rotation,
-                    max_scale=d.max_scale,
-                    elastic_alpha=d.elastic_alpha,
-                    elastic_sigma=d.elastic_sigma,
-                )
+            xb = augment_batch(x_tr[idx], cfg, epoch, step)
             if t.lr_schedule == "cosine":
                 for group in opt.param_groups:
                     group["lr"] = t.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))

@@ -1602,3 +1602,23 @@ def test_wall_time_of_a_resumed_run_adds_the_interrupted_calls_time(tmp_path):
     assert before >= 1.5
     res = fit(cfg, tmp_path, resume=True, progress=False, splits=_tiny_splits(), log=lambda s: None)
     assert res["wall_time_s"] > before
+
+
+def test_augment_batch_is_augment_with_the_configs_settings():
+    """What the training loop (and benchmarks.ann_twin) draws per step: ``augment`` with every setting of
+    ``cfg.data`` and the run's seed, or the batch itself when augmentation is off."""
+    from relpsp.config import config_from_dict
+    from relpsp.train.inputs import augment, augment_batch
+
+    x = torch.rand(6, 1, 12, 12)
+    plain = config_from_dict({"data": {"dataset": "mnist"}})
+    assert augment_batch(x, plain, 1, 2) is x
+    cfg = config_from_dict(
+        {
+            "data": {"dataset": "mnist", "augment": True, "max_shift": 3, "flip": True, "max_rotation": 5.0},
+            "train": {"seed": 7},
+        }
+    )
+    want = augment(x, 7, 1, 2, max_shift=3, flip=True, max_rotation=5.0)
+    assert torch.equal(augment_batch(x, cfg, 1, 2), want) and not torch.equal(want, x)
+    assert not torch.equal(augment_batch(x, cfg, 1, 3), want)  # another step, other draws

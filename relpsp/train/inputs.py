@@ -19,6 +19,7 @@ from relpsp.config import Config
 __all__ = [
     "affine_warp",
     "augment",
+    "augment_batch",
     "check_splits",
     "data_digest",
     "data_options",
@@ -230,6 +231,26 @@ def augment(
                     sel, :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
                 ]
     return out
+
+
+def augment_batch(x: Tensor, cfg: Config, epoch: int, step: int) -> Tensor:
+    """``augment`` with the settings of ``cfg.data`` and the run's seed: the training batch of step
+    ``step`` of epoch ``epoch`` as the run sees it (unchanged when ``data.augment`` is off)."""
+    d = cfg.data
+    if not d.augment:
+        return x
+    return augment(
+        x,
+        cfg.train.seed,
+        epoch,
+        step,
+        max_shift=d.max_shift,
+        flip=d.flip,
+        max_rotation=d.max_rotation,
+        max_scale=d.max_scale,
+        elastic_alpha=d.elastic_alpha,
+        elastic_sigma=d.elastic_sigma,
+    )
 
 
 def affine_warp(x: Tensor, angles: Tensor, scales: Tensor) -> Tensor:

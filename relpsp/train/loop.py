@@ -35,7 +35,7 @@ from relpsp.train.checkpointing import (
 )
 from relpsp.train.distributed import DistInfo, all_reduce, barrier, dist_info, shard, sum_gradients_hook
 from relpsp.train.evaluation import evaluate_on_ranks, fill_silent
-from relpsp.train.inputs import augment, check_splits, data_digest, data_options, epoch_order, load_splits
+from relpsp.train.inputs import augment_batch, check_splits, data_digest, data_options, epoch_order, load_splits
 from relpsp.train.regularisers import SilentPenalty, SpikeDropout, WeightAverage
 from relpsp.train.run_folder import DERIVED_FILES, RUN_FILES, run_folder_lock, write_json, write_metrics
 from relpsp.train.runtime import code_versions, device_name, set_threads, threads_restored
@@ -495,20 +495,7 @@ def _fit(
             n_global = len(idx)
             lo, hi = shard(n_global, ctx)
             if cfg.data.augment:  # on the global batch: the random shifts belong to positions in it
-                a = cfg.data
-                xb = augment(
-                    x_tr[idx],
-                    cfg.train.seed,
-                    epoch,
-                    step,
-                    max_shift=a.max_shift,
-                    flip=a.flip,
-                    max_rotation=a.max_rotation,
-                    max_scale=a.max_scale,
-                    elastic_alpha=a.elastic_alpha,
-                    elastic_sigma=a.elastic_sigma,
-                )
-                xb = xb[lo:hi]
+                xb = augment_batch(x_tr[idx], cfg, epoch, step)[lo:hi]
             else:
                 xb = x_tr[idx[lo:hi]]
             xb, yb = xb.to(device), y_tr[idx[lo:hi]].to(device)
