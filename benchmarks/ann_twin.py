@@ -37,9 +37,10 @@ from torch import nn
 
 from benchmarks.common import add_threads_argument, environment, refuse_bad_output_file, write_json
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
+from relpsp.commands.train import configure as configure_train
 from relpsp.commands.train import resolve_config
 from relpsp.config import Config, TrainConfig
-from relpsp.train import load_splits, make_optimizer, set_threads
+from relpsp.train import load_splits, lr_at, make_optimizer, set_threads
 from relpsp.train.inputs import augment_batch, epoch_order
 from relpsp.train.validation import validate_config
 
@@ -102,15 +103,15 @@ def train_twin(cfg: Config, dropout: float, log=print) -> dict:
         for step in range(steps_per_epoch):
             idx = order[step * t.batch_size : (step + 1) * t.batch_size]
             xb = augment_batch(x_tr[idx], cfg, epoch, step)
-            if t.lr_schedule == "cosine":
-                for group in opt.param_groups:
-                    group["lr"] = t.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + step) / total))
+            yb = y_tr[idx]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, epoch * steps_per_epoch + step, total)
             logits = model(xb)
-            loss = loss_fn(logits, y_tr[idx])
+            loss = loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            right += int((logits.argmax(1) == y_tr[idx]).sum())
+            right += int((logits.argmax(1) == yb).sum())
             seen += len(idx)
         row = {"epoch": epoch + 1, "train_accuracy": right / seen}
         row["test_right"], n_test = accuracy(model, *splits["test"])
@@ -161,13 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     add_threads_argument(ap)
     args = ap.parse_args(argv)
     refuse_bad_output_file(ap, args.out)
-    sets = [f"train.weight_decay={args.weight_decay}"] if args.weight_decay is not None else []
-    sets += [f"data.train_size={args.train_size}"] if args.train_size is not None else []
-    flags = dict.fromkeys(("dataset", "data_dir", "arch", "batch_size", "seed", "device", "backend", "threads"))
+    # resolved as `relpsp train CONFIG [--epochs N] [--lr LR] [--set ...]` resolves it, and validated as it is
+    train_argv = [args.config]
+    train_argv += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    train_argv += ["--lr", repr(args.lr)] if args.lr is not None else []
+    train_argv += ["--set", f"train.weight_decay={args.weight_decay!r}"] if args.weight_decay is not None else []
+    train_argv += ["--set", f"data.train_size={args.train_size}"] if args.train_size is not None else []
+    train_parser = argparse.ArgumentParser(prog="relpsp train", add_help=False)
+    configure_train(train_parser)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
-        # resolved as `relpsp train CONFIG --epochs N --lr LR --set ...` resolves it, and validated as it is
-        cfg = resolve_config(argparse.Namespace(config=args.config, set=sets, epochs=args.epochs, lr=args.lr, **flags))
+        cfg = resolve_config(train_parser.parse_args(train_argv))
         validate_config(cfg)
     except ValueError as e:
         ap.error(str(e))

@@ -50,7 +50,7 @@ from relpsp.train.checkpointing import CHECKPOINT_NAME, TRAINING_PREFIX, load_tr
 from relpsp.train.distributed import DistInfo, dist_info, init_distributed
 from relpsp.train.evaluation import confusion_counts, evaluate
 from relpsp.train.inputs import data_options, load_splits, run_split
-from relpsp.train.loop import fit, make_optimizer
+from relpsp.train.loop import fit, lr_at, make_optimizer
 from relpsp.train.regularisers import WeightAverage
 from relpsp.train.runtime import device_name, set_threads
 
@@ -68,6 +68,7 @@ __all__ = [
     "init_distributed",
     "load_splits",
     "load_trained",
+    "lr_at",
     "make_optimizer",
     "run_split",
     "set_threads",

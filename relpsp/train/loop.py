@@ -41,7 +41,7 @@ from relpsp.train.run_folder import DERIVED_FILES, RUN_FILES, run_folder_lock, w
 from relpsp.train.runtime import code_versions, device_name, set_threads, threads_restored
 from relpsp.train.validation import validate_config
 
-__all__ = ["NEW_EPOCH", "fit", "make_optimizer"]
+__all__ = ["NEW_EPOCH", "fit", "lr_at", "make_optimizer"]
 
 
 def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
@@ -56,7 +56,9 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer must be 'adam', 'adamw' or 'sgd', got {t.optimizer!r}")
 
 
-def _lr_at(cfg: Config, step: int, total: int) -> float:
+def lr_at(cfg: Config, step: int, total: int) -> float:
+    """The learning rate of step ``step`` (counted from 0 over the whole run) of a run of ``total`` steps:
+    ``train.lr`` throughout, or under the cosine schedule lr (1 + cos(pi step / total)) / 2."""
     t = cfg.train
     if t.lr_schedule == "constant":
         return t.lr
@@ -269,8 +271,8 @@ def _restore(
     else:
         log(f"resumed from {ckpt_path} at epoch {start_epoch + 1}, step {start_step}")
     step_now = start_epoch * steps_per_epoch + start_step
-    lr_was = _lr_at(saved, step_now, steps_per_epoch * saved.train.epochs)
-    lr_now = _lr_at(cfg, step_now, steps_per_epoch * cfg.train.epochs)
+    lr_was = lr_at(saved, step_now, steps_per_epoch * saved.train.epochs)
+    lr_now = lr_at(cfg, step_now, steps_per_epoch * cfg.train.epochs)
     if lr_now != lr_was:  # a schedule over the run's length (cosine) and a changed --epochs
         log(
             f"note: epochs changed from {saved.train.epochs} to {cfg.train.epochs}: the learning-rate schedule "
@@ -500,7 +502,7 @@ def _fit(
                 xb = x_tr[idx[lo:hi]]
             xb, yb = xb.to(device), y_tr[idx[lo:hi]].to(device)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps)
+                group["lr"] = lr_at(cfg, epoch * steps_per_epoch + step, total_steps)
             for pen in (penalty, target_penalty):
                 if pen is not None:
                     pen.records.clear()  # drop what evaluation passes recorded
