@@ -14,7 +14,7 @@ import pytest
 from relpsp import cli
 from relpsp.config import PACKAGED_CONFIG_DIR, config_from_dict, load_toml
 from relpsp.data import load_dataset
-from tests.test_data import cifar_batch
+from tests.test_data import write_cifar_batches
 
 TRAIN_PER_BATCH, TEST_IMAGES = 4, 6
 
@@ -23,11 +23,7 @@ TRAIN_PER_BATCH, TEST_IMAGES = 4, 6
 def cifar_dir(tmp_path_factory):
     """``<data_dir>/cifar10/cifar-10-batches-py/`` as extracted from the official archive."""
     data_dir = tmp_path_factory.mktemp("data")
-    folder = data_dir / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(cifar_batch(TRAIN_PER_BATCH, seed=i)[0])
-    (folder / "test_batch").write_bytes(cifar_batch(TEST_IMAGES, seed=0)[0])
+    write_cifar_batches(data_dir / "cifar10" / "cifar-10-batches-py", TRAIN_PER_BATCH, TEST_IMAGES)
     return data_dir
 
 

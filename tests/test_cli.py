@@ -611,12 +611,10 @@ def test_eval_on_another_dataset_reads_the_split_asked_for(tmp_path, capsys):
     from relpsp.checkpoint import save_checkpoint
     from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict
     from relpsp.models import build_model, model_arrays
-    from tests.test_data import cifar_batch
+    from tests.test_data import write_cifar_batches
 
     folder = tmp_path / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
-        (folder / name).write_bytes(cifar_batch(2 if name != "test_batch" else 3, seed=i)[0])
+    write_cifar_batches(folder, 2, 3)
     cfg = Config(model=ModelConfig(arch="3072-10", input_shape=(3, 32, 32)), data=DataConfig(dataset="yinyang"))
     ckpt = tmp_path / "c.ckpt"
     save_checkpoint(ckpt, model_arrays(build_model("3072-10", (3, 32, 32))), {"config": config_to_dict(cfg)})
@@ -633,13 +631,11 @@ def test_eval_reads_the_runs_data_dir_by_default(tmp_path, monkeypatch, capsys):
     from relpsp.checkpoint import save_checkpoint
     from relpsp.config import Config, DataConfig, ModelConfig, config_to_dict
     from relpsp.models import build_model, model_arrays
-    from tests.test_data import cifar_batch
+    from tests.test_data import write_cifar_batches
 
     data = tmp_path / "data"
     folder = data / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
-        (folder / name).write_bytes(cifar_batch(2 if name != "test_batch" else 3, seed=i)[0])
+    write_cifar_batches(folder, 2, 3)
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("RELPSP_DATA", str(empty))

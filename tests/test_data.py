@@ -85,6 +85,16 @@ def cifar_batch(n: int, seed: int, str_keys: bool = False) -> tuple[bytes, np.nd
     return pickle.dumps(obj, protocol=2), data, labels
 
 
+def write_cifar_batches(folder: Path, n_train: int, n_test: int) -> list[str]:
+    """The six batch files of the CIFAR-10 archive in ``folder`` (made if needed), ``n_train`` generated
+    images in each training batch and ``n_test`` in the test batch; returns their names in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [*registry.CIFAR10_TRAIN, *registry.CIFAR10_TEST]
+    for i, name in enumerate(names):
+        (folder / name).write_bytes(cifar_batch(n_test if name in registry.CIFAR10_TEST else n_train, seed=i)[0])
+    return names
+
+
 def mnist_pkl_bytes(seed: int = 0, sizes: tuple[int, int, int] = (6, 4, 3)) -> tuple[bytes, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     parts, raw = [], []
@@ -288,10 +298,7 @@ def test_cifar10_verify_checks_and_names_every_batch(tmp_path, capsys):
     from relpsp import cli
 
     folder = tmp_path / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [*registry.CIFAR10_TRAIN, *registry.CIFAR10_TEST]
-    for i, name in enumerate(names):
-        (folder / name).write_bytes(cifar_batch(2, seed=i)[0])
+    names = write_cifar_batches(folder, 2, 2)
     checks = D.verify_dataset("cifar10", tmp_path)
     assert [(c.path, c.status) for c in checks] == [(folder / n, "ok") for n in names]
     (folder / "data_batch_3").unlink()
@@ -313,9 +320,7 @@ def test_cifar10_fetch_verifies_batches_in_place_and_otherwise_says_how_to_get_t
     with pytest.raises(ValueError, match=r"data_batch_1 is missing\): download cifar-10-python\.tar\.gz"):
         D.fetch_dataset("cifar10", tmp_path)
     folder = tmp_path / "cifar10" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i, name in enumerate([*registry.CIFAR10_TRAIN, *registry.CIFAR10_TEST]):
-        (folder / name).write_bytes(cifar_batch(2, seed=i)[0])
+    write_cifar_batches(folder, 2, 2)
     capsys.readouterr()
     assert cli.main(["data", "fetch", "cifar10", "--data-dir", str(tmp_path)]) == 0
     assert f"{tmp_path / 'cifar10'} is present and verified" in capsys.readouterr().out
