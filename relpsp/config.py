@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relpsp._fileio import why_not_a_file
 
@@ -22,84 +22,144 @@ __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
+    "Setting",
     "TrainConfig",
     "config_from_dict",
     "config_to_dict",
+    "config_to_toml",
     "find_config",
+    "list_settings",
     "load_toml",
     "packaged_configs",
     "parse_override",
 ]
 
 
+_T = TypeVar("_T")
+
+
+def _setting(default: _T, doc: str) -> _T:
+    """A config field with its meaning kept beside it (``list_settings`` and ``relpsp train --list-settings``
+    print it, docs/GUIDE.md tabulates it)."""
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: architecture string (``relpsp.arch``), input shape and neuron settings."""
 
-    arch: str = "784-800-10"
-    input_shape: tuple[int, ...] = (1, 28, 28)
-    theta: float = 1.0
-    t_max: float = math.inf  # cut-off of every spiking layer; inf = none
-    t_in: float = 1.0  # input coding window: x -> t_in * (1 - x)
-    zero_fires: bool = False  # whether intensity 0 spikes (at t_in) or never
-    init_mean: float = 5.0  # weight mean = init_mean * theta / fan_in
-    init_std: float = 1.0  # weight std = init_std * theta / sqrt(fan_in)
-    init_centered: bool = False  # shift each neuron's initial weights to sum to exactly init_mean * theta
-    kernel: str = "relpsp"  # "relpsp" (the paper's neuron) | "alpha" (decaying baseline, dense layers only)
-    #                         | "window" (per-layer time windows, dynamic threshold: relpsp.window; a departure)
-    kernel_tau: float = 1.0  # alpha kernel: time to the PSP peak
-    window: float = 1.0  # window kernel: length of every spiking layer's time window
-    weight_norm: bool = False  # window kernel: standardised weights, each neuron's summing to init_mean (a departure)
+    arch: str = _setting(
+        "784-800-10", "architecture string (relpsp.arch), e.g. 784-800-10 or 16C5-P2-32C5-P2-800-128-10"
+    )
+    input_shape: tuple[int, ...] = _setting((1, 28, 28), "shape of one sample, [C, H, W] for images, [N] for features")
+    theta: float = _setting(1.0, "firing threshold of every spiking neuron")
+    t_max: float = _setting(math.inf, "cut-off of every spiking layer: a later spike is dropped; inf = none")
+    t_in: float = _setting(1.0, "input coding window: intensity x fires at t_in * (1 - x)")
+    zero_fires: bool = _setting(False, "whether intensity 0 spikes (at t_in) or never")
+    init_mean: float = _setting(5.0, "initial weight mean = init_mean * theta / fan_in")
+    init_std: float = _setting(1.0, "initial weight std = init_std * theta / sqrt(fan_in)")
+    init_centered: bool = _setting(False, "shift each neuron's initial weights to sum to exactly init_mean * theta")
+    kernel: str = _setting(
+        "relpsp",
+        '"relpsp" (the paper\'s neuron) | "alpha" (decaying baseline, dense layers only) | "window" (per-layer'
+        " time windows, dynamic threshold: relpsp.window; a departure)",
+    )
+    kernel_tau: float = _setting(1.0, "alpha kernel: time to the PSP peak")
+    window: float = _setting(1.0, "window kernel: length of every spiking layer's time window")
+    weight_norm: bool = _setting(
+        False, "window kernel: standardised weights, each neuron's summing to init_mean (a departure)"
+    )
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """The dataset and how its samples are prepared (a TOML file's ``[data]`` section)."""
 
-    dataset: str = "mnist"
-    data_dir: str | None = None  # None: $RELPSP_DATA or ~/.cache/relpsp
-    val_size: int = 0  # samples held out of the training set for validation (sets with a val split use it)
-    train_size: int = 0  # train on a seeded random subset of this many samples; 0 = the whole training set
-    augment: bool = False  # random shifts of up to max_shift pixels, rotations, scalings (images only)
-    max_shift: int = 2  # with augment: largest shift in pixels, in each direction
-    flip: bool = False  # with augment: also mirror each image left-right with probability 1/2
-    max_rotation: float = 0.0  # with augment: rotate by a uniform angle in [-max_rotation, max_rotation] degrees
-    max_scale: float = 0.0  # with augment: scale about the centre by a uniform factor in [1 - s, 1 + s]
-    elastic_alpha: float = 0.0  # with augment: elastic distortion, displacement scale in pixels (0: none)
-    elastic_sigma: float = 4.0  # with elastic_alpha: smoothness of the displacement field, Gaussian sigma in pixels
-    invert: bool = False  # image sets: x -> 1 - x before the latency code (dark pixels fire first)
-    dog: bool = False  # image sets: difference-of-Gaussians ON/OFF contrast maps (C channels -> 2C), after invert
-    dog_sigmas: tuple[float, ...] = (1.0, 2.0)  # with dog: centre and surround sigma in pixels (7x7 window)
-    dog_threshold: float = 0.0  # with dog: contrasts below this fraction of the image's largest never fire
-    bias_input: float = -1.0  # feature sets (Yin-Yang): constant extra input of this intensity; < 0: none
-    image_size: tuple[int, ...] = ()  # image folders (Caltech): (H, W); empty: the dataset's default
+    dataset: str = _setting(
+        "mnist", "mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10 (docs/DATA.md)"
+    )
+    data_dir: str | None = _setting(None, "dataset folder; unset: $RELPSP_DATA or ~/.cache/relpsp")
+    val_size: int = _setting(
+        0, "samples held out of the training set for validation, seeded (refused for Yin-Yang, which has its own)"
+    )
+    train_size: int = _setting(0, "train on a seeded random subset of this many samples; 0 = the whole training set")
+    augment: bool = _setting(
+        False, "training images only: random shifts of up to max_shift pixels, and the options below"
+    )
+    max_shift: int = _setting(2, "with augment: largest shift in pixels, in each direction")
+    flip: bool = _setting(False, "with augment: also mirror each image left-right with probability 1/2")
+    max_rotation: float = _setting(
+        0.0, "with augment: rotate by a uniform angle in [-max_rotation, max_rotation] degrees"
+    )
+    max_scale: float = _setting(0.0, "with augment: scale about the centre by a uniform factor in [1 - s, 1 + s]")
+    elastic_alpha: float = _setting(0.0, "with augment: elastic distortion, displacement scale in pixels (0: none)")
+    elastic_sigma: float = _setting(
+        4.0, "with elastic_alpha: smoothness of the displacement field, Gaussian sigma in pixels"
+    )
+    invert: bool = _setting(False, "image sets: x -> 1 - x before the latency code (dark pixels fire first)")
+    dog: bool = _setting(
+        False, "image sets: difference-of-Gaussians ON/OFF contrast maps (C channels -> 2C), after invert"
+    )
+    dog_sigmas: tuple[float, ...] = _setting((1.0, 2.0), "with dog: centre and surround sigma in pixels (7x7 window)")
+    dog_threshold: float = _setting(0.0, "with dog: contrasts below this fraction of the image's largest never fire")
+    bias_input: float = _setting(-1.0, "feature sets (Yin-Yang): constant extra input of this intensity; < 0: none")
+    image_size: tuple[int, ...] = _setting((), "image folders (Caltech): [H, W]; empty: the dataset's default")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, loss, regularisers and where the run executes (a TOML file's ``[train]`` section)."""
 
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 3e-4
-    lr_schedule: str = "cosine"  # "cosine" | "constant"
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0  # largest global L2 norm of the gradient per step (rescaled above it); 0 = off
-    ema_decay: float = 0.0  # exponential moving average of the weights, evaluated and saved; 0 = off
-    optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
-    seed: int = 0
-    device: str = "cpu"
-    backend: str = "auto"
-    tau: float = 0.1  # time scale of the loss: softmax(-t_out / tau); 1 = the plain form
-    label_smoothing: float = 0.0  # training loss only: the target puts this mass evenly on all K classes
-    silent_margin: float = 1.0
-    silent_penalty: float = 0.0  # weight of relpsp.functional.silent_neuron_penalty, summed over layers
-    target_penalty: float = 0.0  # the same term on the correct output only where silent (window: held at its end)
-    spike_dropout: float = 0.0  # training only: drop each input spike of a dense layer with this probability
-    spike_dropout_conv: float = 0.0  # the same for each input spike of a convolution layer (pixels included)
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of each epoch only
-    eval_batch_size: int = 1000
-    threads: int = 0  # torch/numba threads; 0 = all cores (shared between the processes of one machine)
+    epochs: int = _setting(30, "passes over the training set")
+    batch_size: int = _setting(256, "training batch (the global batch when data-parallel)")
+    lr: float = _setting(3e-4, "learning rate (the peak, under the cosine schedule)")
+    lr_schedule: str = _setting("cosine", '"cosine" (per step, from lr towards 0 at the end of the run) | "constant"')
+    weight_decay: float = _setting(0.0, "the optimizer's weight decay (decoupled for adamw)")
+    grad_clip: float = _setting(0.0, "largest global L2 norm of the gradient per step (rescaled above it); 0 = off")
+    ema_decay: float = _setting(0.0, "exponential moving average of the weights, evaluated and saved; 0 = off")
+    optimizer: str = _setting("adam", '"adam" | "adamw" | "sgd" (momentum 0.9)')
+    seed: int = _setting(0, "seed of the initial weights, data order, validation split, augmentation and dropout masks")
+    device: str = _setting("cpu", "cpu | cuda | cuda:N")
+    backend: str = _setting("auto", "auto | torch | numba | triton (auto: numba on the CPU, triton on CUDA)")
+    tau: float = _setting(0.1, "time scale of the loss: softmax(-t_out / tau); 1 = the plain form")
+    label_smoothing: float = _setting(0.0, "training loss only: the target puts this mass evenly on all K classes")
+    silent_margin: float = _setting(
+        1.0, "the loss counts a silent output as firing this long after the batch's latest output spike"
+    )
+    silent_penalty: float = _setting(0.0, "weight of relpsp.functional.silent_neuron_penalty, summed over layers")
+    target_penalty: float = _setting(
+        0.0, "the same term on the correct output only where silent (window: held at its end)"
+    )
+    spike_dropout: float = _setting(0.0, "training only: drop each input spike of a dense layer with this probability")
+    spike_dropout_conv: float = _setting(0.0, "the same for each input spike of a convolution layer (pixels included)")
+    checkpoint_every: int = _setting(0, "steps between mid-epoch checkpoints; 0 = end of each epoch only")
+    eval_batch_size: int = _setting(1000, "batch of every evaluation")
+    threads: int = _setting(0, "torch/numba threads; 0 = all cores (shared between the processes of one machine)")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of an experiment file: its section, name, type (as written in the code), default and meaning."""
+
+    section: str
+    key: str
+    type: str
+    default: Any
+    doc: str
+
+    @property
+    def default_text(self) -> str:
+        """The default as an experiment file writes it (``inf``, ``true``, ``[1, 28, 28]``; ``(unset)`` for none)."""
+        return "(unset)" if self.default is None else _toml_value(self.default)
+
+
+def list_settings() -> list[Setting]:
+    """Every key of the ``[model]``, ``[data]`` and ``[train]`` sections, in the order of the code."""
+    return [
+        Setting(section, f.name, str(f.type), f.default, f.metadata.get("doc", ""))
+        for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
+        for f in dataclasses.fields(cls)
+    ]
 
 
 @dataclass(frozen=True)
@@ -204,7 +264,14 @@ def config_from_dict(d: dict[str, Any], base: Config | None = None) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(known)}")
+            import difflib
+
+            near = {m for k in unknown for m in difflib.get_close_matches(k, known, n=1)}
+            hint = f" (did you mean {', '.join(repr(m) for m in sorted(near))}?)" if near else ""
+            raise ValueError(
+                f"unknown key(s) in [{section}]: {sorted(unknown)}{hint}; known: {sorted(known)}"
+                " (relpsp train --show-config lists them with their meanings)"
+            )
         updates = {k: _coerce(cls, k, v) for k, v in values.items()}
         parts[section] = dataclasses.replace(getattr(base, section), **updates)
     extra = set(d) - set(_SECTIONS) - {"name", "description"}
@@ -227,6 +294,39 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         return v
 
     return {s: {k: clean(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()} for s in _SECTIONS}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    import json
+
+    return json.dumps(os.fspath(v) if isinstance(v, os.PathLike) else v, ensure_ascii=False)
+
+
+def config_to_toml(cfg: Config, *, comments: bool = True) -> str:
+    """``cfg`` as an experiment file: every key of ``[model]``, ``[data]`` and ``[train]`` with its value,
+    and with ``comments`` its meaning as a comment (``list_settings``). ``load_toml`` and
+    ``config_from_dict`` read it back to ``cfg``; an unset optional key (``data.data_dir = None``) is
+    written commented out, since TOML has no null."""
+    lines: list[str] = []
+    by_section: dict[str, list[Setting]] = {}
+    for st in list_settings():
+        by_section.setdefault(st.section, []).append(st)
+    for section, settings in by_section.items():
+        lines.append(("\n" if lines else "") + f"[{section}]")
+        values = getattr(cfg, section)
+        for st in settings:
+            v = getattr(values, st.key)
+            text = f"# {st.key} = (unset)" if v is None else f"{st.key} = {_toml_value(v)}"
+            lines.append(f"{text}  # {st.doc}" if comments and st.doc else text)
+    return "\n".join(lines) + "\n"
 
 
 _MAX_EXTENDS = 16

@@ -1,10 +1,13 @@
-"""Write docs/API.md, the reference of relpsp's public Python API, from the package itself.
+"""Write docs/API.md, the reference of relpsp's public Python API, and the table of every experiment setting
+in docs/GUIDE.md, from the package itself.
 
-    python scripts/api_reference.py            # rewrite docs/API.md
-    python scripts/api_reference.py --check    # exit 1 if docs/API.md is not what the code says
+    python scripts/api_reference.py            # rewrite both
+    python scripts/api_reference.py --check    # exit 1 if either is not what the code says
 
 Every public module's ``__all__`` is listed in order with each name's signature and the first paragraph
-of its docstring, so the page cannot drift from the code: ``tests/test_api_reference.py`` runs the check.
+of its docstring, and every key of the ``[model]``, ``[data]`` and ``[train]`` sections with its type,
+default and meaning (``relpsp.config.list_settings``), so the pages cannot drift from the code:
+``tests/test_api_reference.py`` runs the check.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "API.md"
+GUIDE = ROOT / "docs" / "GUIDE.md"
+SETTINGS_BEGIN = "<!-- every setting: written by scripts/api_reference.py from relpsp.config.list_settings -->"
+SETTINGS_END = "<!-- end of the settings -->"
 
 #: the public modules, lowest layer first (the order of the README's layer table)
 MODULES = (
@@ -115,23 +121,51 @@ def render() -> str:
     return "\n".join(parts) + "\n"
 
 
+def render_settings() -> str:
+    """One table per section: key, type, default (as an experiment file writes it) and meaning."""
+    from itertools import groupby
+
+    from relpsp.config import list_settings
+
+    tables = []
+    for section, settings in groupby(list_settings(), key=lambda st: st.section):
+        rows = [f"`[{section}]`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for st in settings:
+            cells = [f"`{st.key}`", f"`{st.type}`", f"`{st.default_text}`", st.doc]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        tables.append("\n".join(rows))
+    return "\n\n".join(tables)
+
+
+def guide_with_settings(guide: str) -> str:
+    """``guide`` with the text between its two settings markers replaced by ``render_settings()``."""
+    if guide.count(SETTINGS_BEGIN) != 1 or guide.count(SETTINGS_END) != 1:
+        raise SystemExit(f"{GUIDE.relative_to(ROOT)} needs the two settings markers once each")
+    head, rest = guide.split(SETTINGS_BEGIN)
+    _, tail = rest.split(SETTINGS_END)
+    return f"{head}{SETTINGS_BEGIN}\n{render_settings()}\n{SETTINGS_END}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="compare with docs/API.md instead of writing it")
     args = p.parse_args(argv)
-    text = render()
+    pages = {OUT: render(), GUIDE: guide_with_settings(GUIDE.read_text(encoding="utf-8"))}
     if args.check:
-        if OUT.read_text(encoding="utf-8") != text:
+        stale = [path for path, text in pages.items() if path.read_text(encoding="utf-8") != text]
+        for path in stale:
             print(
-                f"{OUT.relative_to(ROOT)} differs from the code: run python scripts/api_reference.py", file=sys.stderr
+                f"{path.relative_to(ROOT)} differs from the code: run python scripts/api_reference.py", file=sys.stderr
             )
+        if stale:
             return 1
-        print(f"{OUT.relative_to(ROOT)} matches the code")
+        print(" and ".join(str(path.relative_to(ROOT)) for path in pages) + " match the code")
         return 0
     from relpsp.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(OUT, text.encode("utf-8"))
-    print(f"wrote {OUT.relative_to(ROOT)}")
+    for path, text in pages.items():
+        atomic_write_bytes(path, text.encode("utf-8"))
+        print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

@@ -28,3 +28,13 @@ def test_a_public_name_without_docstring_is_refused():
 
     with pytest.raises(SystemExit, match=r"some\.module\.undocumented has no docstring"):
         api_reference.describe("some.module", "undocumented", undocumented)
+
+
+def test_guide_settings_table_matches_the_code():
+    page = api_reference.GUIDE.read_text(encoding="utf-8")
+    assert page == api_reference.guide_with_settings(page), "docs/GUIDE.md is out of date: run scripts/api_reference.py"
+    table = api_reference.render_settings()
+    assert "| `weight_decay` | `float` | `0.0` |" in table
+    assert "| `data_dir` | `str \\| None` | `(unset)` |" in table  # a pipe inside a cell is escaped
+    with pytest.raises(SystemExit, match="settings markers"):
+        api_reference.guide_with_settings("# a page without the markers\n")

@@ -406,6 +406,28 @@ def test_the_raster_axis_keeps_the_bulk_but_always_shows_the_outputs():
     assert raster_x_limit([torch.tensor([0.5, float("inf")])]) == (None, 0)
 
 
+def test_show_config_prints_the_resolved_experiment_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from relpsp.commands.train import configure, resolve_config
+    from relpsp.config import config_from_dict, load_toml
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["mnist_cnn_flat800_b64", "--set", "train.weight_decay=0.01", "--epochs", "3", "--set", "data.val_size=500"]
+    assert cli.main(["train", *argv, "--show-config"]) == 0
+    text = capsys.readouterr().out
+    (tmp_path / "shown.toml").write_text(text, encoding="utf-8")  # the output is an experiment file
+    shown = config_from_dict(load_toml(tmp_path / "shown.toml"))
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    assert shown == resolve_config(parser.parse_args(argv))
+    # the extends chain, the --set values and the flags, resolved
+    assert (shown.model.arch, shown.train.weight_decay, shown.train.epochs) == ("16C5p2-P2-32C5-P2-128-10", 0.01, 3)
+    assert (shown.train.spike_dropout, shown.train.batch_size, shown.data.val_size) == (0.2, 64, 500)
+    assert "weight_decay = 0.01  # the optimizer's weight decay" in text
+    assert not (tmp_path / "runs").exists()
+
+
 def test_shipped_experiments_are_listed_and_found_by_name(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 

@@ -115,3 +115,51 @@ def test_a_section_that_is_not_a_table_is_refused(value):
 def test_an_integer_beyond_the_float_range_is_refused_by_name():
     with pytest.raises(ValueError, match=r"TrainConfig\.lr is out of the range of a float"):
         config_from_dict({"train": {"lr": 10**400}})
+
+
+def test_every_setting_is_listed_once_with_its_meaning():
+    import dataclasses
+
+    from relpsp.config import Config, DataConfig, ModelConfig, TrainConfig, list_settings
+
+    settings = list_settings()
+    fields = [
+        (s, f.name)
+        for s, c in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
+        for f in dataclasses.fields(c)
+    ]
+    assert [(st.section, st.key) for st in settings] == fields
+    for st in settings:
+        assert len(st.doc) > 10 and "\n" not in st.doc, st.key
+        assert st.default == getattr(getattr(Config(), st.section), st.key)
+    assert {st.key: st.type for st in settings}["input_shape"] == "tuple[int, ...]"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"model": {"t_max": "inf", "arch": "16C5p2-P2-32C5-P2-128-10", "kernel": "window"}},
+        {"data": {"data_dir": 'dir "with" quotes\\ and é', "image_size": [48, 40], "dog_sigmas": [0.5, 3.0]}},
+        {"data": {"bias_input": -1e-300, "elastic_alpha": 1e-5}, "train": {"lr": 3e-4, "tau": 0.025, "seed": -7}},
+    ],
+)
+def test_config_to_toml_reads_back_to_the_same_config(overrides, tmp_path):
+    from relpsp.config import config_to_toml
+
+    cfg = config_from_dict(overrides)
+    for comments in (True, False):
+        text = config_to_toml(cfg, comments=comments)
+        (tmp_path / "cfg.toml").write_text(text, encoding="utf-8")
+        assert config_from_dict(load_toml(tmp_path / "cfg.toml")) == cfg
+        assert ("# firing threshold" in text) == comments
+    if cfg.data.data_dir is None:
+        assert "# data_dir = (unset)" in config_to_toml(cfg)  # TOML has no null: left out, so it stays unset
+
+
+def test_unknown_key_names_the_nearest_known_one():
+    with pytest.raises(ValueError, match=r"\['weight_decy'\] \(did you mean 'weight_decay'\?\)"):
+        config_from_dict({"train": {"weight_decy": 0.1}})
+    with pytest.raises(ValueError) as e:
+        config_from_dict({"model": {"zzzz": 1}})
+    assert "did you mean" not in str(e.value) and "--show-config" in str(e.value)

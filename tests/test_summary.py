@@ -300,7 +300,7 @@ def test_needed_decisions_round_up_when_the_target_is_no_whole_count():
 
 
 def test_summary_text_gives_the_verdict_counts_and_needed_decisions(tmp_path, capsys):
-    """README: `relpsp summary ... --target 99.4` prints 99.383 ± 0.04%, 29,815 of 30,000 right, 29,820
+    """docs/GUIDE.md: `relpsp summary ... --target 99.4` prints 99.383 ± 0.04%, 29,815 of 30,000 right, 29,820
     needed; the text says whether the mean reaches the target; --target takes (0, 100], 100 included; the
     command reports (exit 0) whether or not the target is reached."""
     from relpsp.cli import main

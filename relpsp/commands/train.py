@@ -20,6 +20,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="TOML experiment file, or the name of one shipped with relpsp (--list-configs); default: MNIST 784-800-10",
     )
     p.add_argument("--list-configs", action="store_true", help="list the experiments shipped with relpsp and exit")
+    p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the settings this command would train with (config file, --set and flags resolved) as an"
+        " experiment file, every key with its meaning, and exit",
+    )
     p.add_argument("--dataset", help="mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10")
     p.add_argument("--arch", help="architecture string, e.g. 784-800-10 or 16C5-P2-32C5-P2-800-128-10")
     p.add_argument("--epochs", type=int, help="training epochs (train.epochs)")
@@ -105,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:42s} {summary}")
         return 0
     cfg = resolve_config(args)
+    if args.show_config:
+        from relpsp.config import config_to_toml
+
+        print(config_to_toml(cfg), end="")
+        return 0
     if args.out:
         out = Path(args.out)
     else:
