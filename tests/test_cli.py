@@ -220,13 +220,16 @@ def test_config_file_and_overrides(tmp_path, capsys):
         (["train", "--set", "train.nope=1"], "unknown key"),
         (["train", "--dataset", "yinyang", "--arch", "4-x-3"], "cannot parse token"),
         (["eval", "/nonexistent/ckpt"], "does not exist"),
+        (["train", "--epochs", "0"], "train.epochs must be >= 1"),
+        (["train", "--set", "train.optimizer=rmsprop"], "train.optimizer must be"),
     ],
-    ids=["bad-set", "unknown-key", "bad-arch", "missing-checkpoint"],
+    ids=["bad-set", "unknown-key", "bad-arch", "missing-checkpoint", "zero-epochs", "bad-optimizer"],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert needle in err and err.startswith("relpsp: error:") and "\n" not in err
+    out, err = capsys.readouterr()
+    assert needle in err and err.startswith("relpsp: error:") and "\n" not in err.strip()
+    assert out == ""  # no header line naming a run that will not train
 
 
 def test_train_backend_flag_offers_every_library_backend(tmp_path, monkeypatch, capsys):

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     """Train. Under ``torchrun`` (``WORLD_SIZE > 1``) this joins the process group first (gloo on CPU,
     nccl on CUDA) and trains data-parallel; rank 0 alone prints and writes the run folder."""
     from relpsp.train import dist_info, fit, init_distributed
+    from relpsp.train.validation import validate_config
 
     if args.list_configs:
         from relpsp.config import packaged_configs
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(config_to_toml(cfg), end="")
         return 0
+    validate_config(cfg)  # a bad setting is refused before the header line names a run (fit checks again)
     if args.out:
         out = Path(args.out)
     else:

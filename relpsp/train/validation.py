@@ -68,10 +68,10 @@ def validate_config(cfg: Config) -> None:
             )
         if v > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
             raise ValueError(f"train.{name} cannot be combined with train.silent_penalty or train.target_penalty")
-    if t.spike_dropout > 0 or t.spike_dropout_conv > 0:  # here, before --overwrite deletes anything
-        from relpsp.arch import ConvSpec, DenseSpec, parse_arch
+    from relpsp.arch import ConvSpec, DenseSpec, parse_arch
 
-        specs = parse_arch(cfg.model.arch, cfg.model.input_shape)
+    specs = parse_arch(cfg.model.arch, cfg.model.input_shape)  # here, before --overwrite deletes anything
+    if t.spike_dropout > 0 or t.spike_dropout_conv > 0:
         if t.spike_dropout > 0 and not any(isinstance(s, DenseSpec) for s in specs):
             raise ValueError("train.spike_dropout needs a network with a spiking dense layer")
         if t.spike_dropout_conv > 0 and not any(isinstance(s, ConvSpec) for s in specs):
