@@ -76,7 +76,8 @@ class DataConfig:
     """The dataset and how its samples are prepared (a TOML file's ``[data]`` section)."""
 
     dataset: str = _setting(
-        "mnist", "mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10 (docs/DATA.md)"
+        "mnist",
+        "mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10, or your own FILE.npz (docs/DATA.md)",
     )
     data_dir: str | None = _setting(None, "dataset folder; unset: $RELPSP_DATA or ~/.cache/relpsp")
     val_size: int = _setting(

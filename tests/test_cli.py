@@ -177,6 +177,27 @@ def test_plot_of_a_run_stopped_in_its_first_epoch_draws_all_figures(run_dir, tmp
     assert f"{empty} is a folder, not a file, and holds no checkpoint.ckpt" in capsys.readouterr().err
 
 
+def test_every_command_that_reads_a_checkpoint_takes_its_run_folder(run_dir, tmp_path, capsys):
+    """eval, simulate, cost and export read the checkpoint inside a run folder, as eval always did."""
+    from relpsp.commands import RUN_CHECKPOINT
+    from relpsp.train import CHECKPOINT_NAME
+
+    assert RUN_CHECKPOINT == CHECKPOINT_NAME
+    for argv in (
+        ["simulate", str(run_dir), "--limit", "20"],
+        ["cost", str(run_dir), "--limit", "20", "--time-bits", "8"],
+    ):
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        assert "images" in capsys.readouterr().out
+    assert cli.main(["export", str(run_dir), str(tmp_path / "m.nir")]) == 0
+    assert (tmp_path / "m.nir").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in ("simulate", "cost"):
+        assert cli.main([command, str(empty)]) == 2
+        assert "is a folder, not a file, and holds no checkpoint.ckpt" in capsys.readouterr().err
+
+
 def test_resume_of_a_finished_run_changes_nothing(run_dir):
     before = (run_dir / "checkpoint.ckpt").read_bytes()
     rc = _train(run_dir, "--resume")

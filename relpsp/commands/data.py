@@ -27,7 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if action == "prepare":
             p.add_argument("name", metavar="NAME", help="caltech-face-motorbike (or caltech), the one set it prepares")
         elif action != "list":
-            p.add_argument("name", metavar="NAME", help="mnist, fashion-mnist, mnist-pkl, caltech-face-motorbike, ...")
+            p.add_argument(
+                "name", metavar="NAME", help="mnist, fashion-mnist, mnist-pkl, caltech-face-motorbike, ..., or FILE.npz"
+            )
         p.add_argument("--data-dir", default=None, help="data folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
         if action == "fetch":
             p.add_argument("--source", default=None, help="caltech-face-motorbike: local folder to verify and link")
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         fetch_dataset,
         verify_dataset,
     )
+    from relpsp.data.npz import is_npz_name
     from relpsp.data.registry import fix_hint
 
     action = args.data_command
@@ -101,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: all {len(checks)} {_items(checks)} ok")
         return 0
     info = dataset_info(name)
+    if is_npz_name(name):  # your own archive: no folder, no standard split
+        print(f"file:        {name}")
+        print(f"input shape: {info.input_shape}")
+        print(f"classes:     {info.num_classes} ({', '.join(info.class_names)})")
+        print(f"splits:      {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())}")
+        print(f"status:      {_status(name, args.data_dir)}")
+        return 0
     print(f"name:        {info.name}")
     print(f"input shape: {info.input_shape}")
     print(f"classes:     {info.num_classes} ({', '.join(info.class_names)})")

@@ -35,20 +35,16 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import torch
 
     from relpsp.arch import DenseSpec, layer_label, parse_arch
+    from relpsp.commands import checkpoint_of
     from relpsp.commands.simulate import is_nir_file
     from relpsp.data import canonical_name, dataset_info, load_dataset
-    from relpsp.train import CHECKPOINT_NAME, data_options, evaluate, load_trained, run_split, set_threads
+    from relpsp.train import data_options, evaluate, load_trained, run_split, set_threads
 
-    ckpt = Path(args.checkpoint)
-    if ckpt.is_dir() and (ckpt / CHECKPOINT_NAME).is_file():  # a run folder: its checkpoint
-        ckpt = ckpt / CHECKPOINT_NAME
-    elif ckpt.is_dir():
-        raise FileNotFoundError(f"{ckpt} is a folder, not a file, and holds no {CHECKPOINT_NAME} (a run's checkpoint)")
+    ckpt = checkpoint_of(args.checkpoint)  # a run folder: its checkpoint
     if ckpt.is_file() and is_nir_file(ckpt):
         raise ValueError(f"{ckpt} is a NIR file; relpsp eval reads checkpoints: run it with relpsp simulate")
     model, cfg, _ = load_trained(ckpt)

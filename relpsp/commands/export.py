@@ -13,16 +13,17 @@ FORMATS = ("nir",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="a relpsp checkpoint")
+    parser.add_argument("checkpoint", metavar="CKPT", help="a relpsp checkpoint, or its run folder")
     parser.add_argument("--format", choices=FORMATS, default="nir", help="output format (default: nir)")
     parser.add_argument("out", metavar="OUT", help="output file")
 
 
 def run(args: argparse.Namespace) -> int:
+    from relpsp.commands import checkpoint_of
     from relpsp.export.nir import export_nir
 
     if args.format != "nir":  # pragma: no cover - argparse already restricts the choices
         raise ValueError(f"unknown export format {args.format!r}; known: {FORMATS}")
-    net = export_nir(args.checkpoint, args.out)  # with the checkpoint's data settings (relpsp.data)
+    net = export_nir(checkpoint_of(args.checkpoint), args.out)  # with the checkpoint's data settings (relpsp.data)
     print(f"wrote {args.out} (NIR, {len(net.layers)} layers, arch {net.arch!r})")
     return 0

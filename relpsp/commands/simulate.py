@@ -37,11 +37,11 @@ def add_sim_arguments(
 ) -> None:
     """Options shared by ``simulate`` and ``cost``; ``default_weight_bits`` says in ``--weight-bits``' help
     what the command uses without it."""
-    parser.add_argument("source", metavar="CKPT_OR_NIR", help="a relpsp checkpoint or a NIR file")
+    parser.add_argument("source", metavar="CKPT_OR_NIR", help="a relpsp checkpoint (or its run folder) or a NIR file")
     parser.add_argument(
         "--dataset",
         default=None,
-        help="dataset name for relpsp.data, or an .npz file with arrays x and y (default: the checkpoint's)",
+        help="dataset name for relpsp.data, or an .npz file: arrays x and y, or a dataset archive of splits (default: the checkpoint's)",
     )
     parser.add_argument(
         "--split",
@@ -169,11 +169,16 @@ def warn_unapplied_preprocessing(data_cfg: dict[str, Any]) -> None:
 
 
 def _same_dataset(a: Any, b: Any) -> bool:
-    """Whether two dataset names are one registry dataset (an .npz file never is)."""
+    """Whether two dataset names are one registry dataset, or one dataset archive of splits (an .npz file of
+    inputs ``x`` and ``y`` never is)."""
     from relpsp.data import canonical_name
+    from relpsp.sim import is_split_archive
 
-    if not isinstance(a, str) or not isinstance(b, str) or a.endswith(".npz"):
+    if not isinstance(a, str) or not isinstance(b, str):
         return False
+    if a.endswith(".npz") or b.endswith(".npz"):
+        same = Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+        return same and is_split_archive(a)
     try:
         return canonical_name(a) == canonical_name(b)
     except ValueError:
@@ -195,8 +200,10 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     """Load the network and the images and resolve the options (calibrating the time window if a grid
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
     from relpsp._fileio import check_output_file
-    from relpsp.sim import as_network_images, calibrate_time_window, load_inputs, resolve_time_window
+    from relpsp.commands import checkpoint_of
+    from relpsp.sim import as_network_images, calibrate_time_window, is_split_archive, load_inputs, resolve_time_window
 
+    args.source = checkpoint_of(args.source)  # a run folder: its checkpoint, for every use below and the reports
     if args.out is not None:  # refused before the simulation, not after it
         npz = [args.dataset] if args.dataset and Path(args.dataset).is_file() else []
         check_output_file(args.out, args.source, *npz)
@@ -210,7 +217,7 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
         x, y = run_split_inputs(meta, args.split, data_dir, args.limit)
     else:
         x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
-    if str(dataset).endswith(".npz"):
+    if str(dataset).endswith(".npz") and not is_split_archive(dataset):  # an archive of splits is preprocessed
         warn_unapplied_preprocessing(data_cfg)
     x = as_network_images(x, net.input_shape)  # e.g. flat [N, 784] for a CNN; a scrambling layout is refused
     if y.min() < 0 or y.max() >= net.n_classes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -26,7 +27,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="print the settings this command would train with (config file, --set and flags resolved) as an"
         " experiment file, every key with its meaning, and exit",
     )
-    p.add_argument("--dataset", help="mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10")
+    p.add_argument(
+        "--dataset",
+        help="mnist | mnist-pkl | fashion-mnist | caltech-face-motorbike | yinyang | cifar10, or your own FILE.npz"
+        " (docs/DATA.md)",
+    )
     p.add_argument("--arch", help="architecture string, e.g. 784-800-10 or 16C5-P2-32C5-P2-800-128-10")
     p.add_argument("--epochs", type=int, help="training epochs (train.epochs)")
     p.add_argument("--batch-size", type=int, help="training batch size (train.batch_size)")
@@ -62,7 +67,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace):
     """Defaults <- TOML file <- --set <- named flags; the input shape follows the dataset unless set."""
     from relpsp.config import config_from_dict, find_config, load_toml, parse_override
-    from relpsp.data import canonical_name, dataset_info
+    from relpsp.data import canonical_name, dataset_info, is_npz_name
 
     raw: dict = load_toml(find_config(args.config)) if args.config else {}
     overrides: dict = {"model": {}, "data": {}, "train": {}}
@@ -89,7 +94,10 @@ def resolve_config(args: argparse.Namespace):
     cfg = config_from_dict(raw)
     cfg = config_from_dict(overrides, base=cfg)
     # the registry's own name ("yin-yang" -> "yinyang"), so that one dataset is one experiment everywhere
-    cfg = config_from_dict({"data": {"dataset": canonical_name(cfg.data.dataset)}}, base=cfg)
+    name = canonical_name(cfg.data.dataset)
+    if is_npz_name(name):  # your own archive: by its absolute path, so eval and resume find it anywhere
+        name = os.path.abspath(os.path.expanduser(name))
+    cfg = config_from_dict({"data": {"dataset": name}}, base=cfg)
     shape_given = "input_shape" in raw.get("model", {}) or "input_shape" in overrides["model"]
     if not shape_given:
         from relpsp.train import data_options
@@ -121,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        stem = Path(args.config).stem if args.config else f"{cfg.data.dataset}-{cfg.model.arch}"
+        from relpsp.data import is_npz_name
+
+        dataset = Path(cfg.data.dataset).stem if is_npz_name(cfg.data.dataset) else cfg.data.dataset
+        stem = Path(args.config).stem if args.config else f"{dataset}-{cfg.model.arch}"
         out = Path("runs") / f"{stem}-seed{cfg.train.seed}"
     started_group = init_distributed(cfg.train.device)
     try:

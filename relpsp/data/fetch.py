@@ -27,6 +27,7 @@ from pathlib import Path
 
 from relpsp._fileio import remove_stale_temp_files
 from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, atomic_write_bytes, sha256_bytes, sha256_file
+from relpsp.data.npz import is_npz_name
 from relpsp.data.registry import (
     CALTECH_CLASSES,
     FASHION_DEB,
@@ -236,6 +237,10 @@ def fetch_dataset(
     name = canonical_name(name)
     folder = dataset_dir(name, data_dir)
     say = log or (lambda _msg: None)
+    if is_npz_name(name):
+        raise ValueError(
+            f"{name} is your own archive: there is nothing to fetch (`relpsp data verify {name}` checks it)"
+        )
     if name == "yinyang":
         raise ValueError("yinyang is generated from a seed when loaded; there is nothing to fetch")
     if name == "cifar10":  # nothing to download, but batches the user put in place are verified

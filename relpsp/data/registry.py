@@ -29,6 +29,8 @@ from relpsp.data._files import (
 )
 from relpsp.data.idx import load_idx_pair, parse_idx
 from relpsp.data.images import load_image_folder, read_sha256sums
+from relpsp.data.npz import HOW as NPZ_HOW
+from relpsp.data.npz import is_npz_name, npz_layout, read_npz_split
 from relpsp.data.pickled import load_cifar_batches, load_mnist_pkl, read_cifar_batch
 from relpsp.data.transforms import check_dog_threshold, dog_kernel, dog_on_off
 from relpsp.data.yinyang import YINYANG_CLASSES, make_yinyang
@@ -241,7 +243,10 @@ _YINYANG_SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
 
 def canonical_name(name: str) -> str:
-    """Normalise a dataset name ("Fashion_MNIST" -> "fashion-mnist"); unknown names raise ValueError."""
+    """Normalise a dataset name ("Fashion_MNIST" -> "fashion-mnist"); unknown names raise ValueError. A name
+    ending in ``.npz`` is the path of your own archive (``relpsp.data.npz``) and is returned as it is."""
+    if is_npz_name(name):
+        return os.fspath(name)
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
@@ -250,13 +255,18 @@ def canonical_name(name: str) -> str:
 
 
 def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``<data_dir>/<name>``, where :func:`load_dataset` looks and :func:`fetch_dataset` writes."""
+    """``<data_dir>/<name>``, where :func:`load_dataset` looks and :func:`fetch_dataset` writes (an ``.npz``
+    archive's own path, which ``data_dir`` does not change)."""
+    if is_npz_name(name):
+        return Path(os.fspath(name)).expanduser()
     return data_root(data_dir) / canonical_name(name)
 
 
 def fix_hint(name: str, data_dir: str | os.PathLike[str] | None = None) -> str:
     """The sentence that tells a user how to get the files of ``name``."""
     name = canonical_name(name)
+    if is_npz_name(name):
+        return NPZ_HOW
     flag = f" --data-dir {data_dir}" if data_dir is not None else ""
     if name == "cifar10":
         return (
@@ -325,8 +335,12 @@ def dataset_info(name: str, **opts: Any) -> DatasetInfo:
     channels), ``bias`` and ``num_samples`` (Yin-Yang).
     """
     name = canonical_name(name)
-    _check_opts(name, opts, _OPTIONS[name])
-    info = DATASETS[name]
+    _check_opts(name, opts, _options_of(name))
+    if is_npz_name(name):
+        info = _npz_info(name)
+        _check_npz_options(name, info, opts)
+    else:
+        info = DATASETS[name]
     if name == "caltech-face-motorbike":
         info = dataclasses.replace(info, input_shape=(1, *_image_size(opts)))
     if _dog_options(opts) is not None:
@@ -437,12 +451,36 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _options_of(name: str) -> tuple[str, ...]:
+    return _IMAGE_OPTIONS if is_npz_name(name) else _OPTIONS[name]
+
+
+def _npz_info(name: str) -> DatasetInfo:
+    layout = npz_layout(dataset_dir(name))
+    return DatasetInfo(
+        name,
+        layout.input_shape,
+        len(layout.class_names),
+        layout.class_names,
+        types.MappingProxyType(dict(layout.split_sizes)),
+        f"your own arrays: {name}",
+        False,
+    )
+
+
+def _check_npz_options(name: str, info: DatasetInfo, opts: Mapping[str, Any]) -> None:
+    """An archive of features ``[N, F]`` takes ``invert`` but not the difference-of-Gaussians maps."""
+    if len(info.input_shape) != 3 and opts.get("dog", False):
+        raise ValueError(f"dog makes contrast maps of images, but {name} holds features of shape {info.input_shape}")
+
+
 def load_dataset(
     name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None, **opts: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split -> (x float32 in [0, 1], ``[N, C, H, W]`` or ``[N, F]``; y int64 ``[N]``).
 
-    Names: "mnist", "mnist-pkl", "fashion-mnist", "caltech-face-motorbike", "yinyang", "cifar10". Splits:
+    Names: "mnist", "mnist-pkl", "fashion-mnist", "caltech-face-motorbike", "yinyang", "cifar10", or the path
+    of your own ``.npz`` archive (``relpsp.data.npz``: its splits, ``invert`` and ``dog``). Splits:
     "train", "test" (and "val" for Yin-Yang). Options:
 
     - ``verify=True`` (mnist, mnist-pkl, fashion-mnist, caltech): check sha256 of every file read.
@@ -457,8 +495,11 @@ def load_dataset(
     Never downloads; see :func:`relpsp.data.fetch_dataset`.
     """
     name = canonical_name(name)
-    _check_opts(name, opts, _OPTIONS[name])
-    _check_split(name, split)
+    _check_opts(name, opts, _options_of(name))
+    if is_npz_name(name):
+        _check_npz_options(name, _npz_info(name), opts)
+    else:
+        _check_split(name, split)
     invert = opts.get("invert", False)
     if not isinstance(invert, bool):
         raise ValueError(f"invert must be true or false, got {invert!r}")
@@ -493,6 +534,8 @@ def _load_split(
     name: str, split: str, data_dir: str | os.PathLike[str] | None, opts: Mapping[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     folder = dataset_dir(name, data_dir)
+    if is_npz_name(name):
+        return read_npz_split(folder, split)
     fix = fix_hint(name, data_dir)
     verify = bool(opts.get("verify", True))
     if name in ("mnist", "fashion-mnist"):
@@ -535,7 +578,9 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **
     folder = dataset_dir(name, data_dir)
     fix = fix_hint(name, data_dir)
     checks: list[FileCheck] = []
-    if name in ("mnist", "fashion-mnist"):
+    if is_npz_name(name):
+        checks.append(_check(folder, functools.partial(_read_every_npz_split, folder)))
+    elif name in ("mnist", "fashion-mnist"):
         for f in _idx_files(name):
             path = _find_idx(folder, f) or folder / f.name
             checks.append(_check(path, functools.partial(_parse_checked_idx, folder, f, fix)))
@@ -555,6 +600,11 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **
         for n in names:  # each batch on its own, so that a missing or damaged one is named
             checks.append(_check(base / n, functools.partial(_read_cifar_checked, base / n, fix)))
     return checks
+
+
+def _read_every_npz_split(path: Path) -> None:
+    for split in npz_layout(path).split_sizes:
+        read_npz_split(path, split)
 
 
 def _read_cifar_checked(path: Path, fix: str) -> None:

@@ -1,8 +1,10 @@
 """Images for the simulator: a named dataset through ``relpsp.data.load_dataset`` or an ``.npz`` file.
 
 Intensities are float in [0, 1], ``[N, C, H, W]`` or ``[N, F]``; labels are integers ``[N]``. An
-``.npz`` file holds the arrays ``x`` and ``y`` (read with ``allow_pickle=False``). The latency code
-``t = t_in * (1 - x)`` is applied later, by the simulator.
+``.npz`` file holds the arrays ``x`` and ``y`` (read with ``allow_pickle=False``), or is a dataset archive
+of splits (``x_train``, ``y_train``, ``x_test``, ``y_test``, ...; ``relpsp.data.npz``), read through
+``relpsp.data.load_dataset`` like a named dataset. The latency code ``t = t_in * (1 - x)`` is applied
+later, by the simulator.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["inputs_from_arrays", "load_inputs"]
+__all__ = ["inputs_from_arrays", "is_split_archive", "load_inputs"]
+
+
+def is_split_archive(path: str | os.PathLike) -> bool:
+    """Whether the ``.npz`` file at ``path`` is a dataset archive of splits (no array ``x``) rather than one
+    set of inputs ``x`` and ``y``; an unreadable file counts as inputs, whose reader then names the fault."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {n.removesuffix(".npy") for n in z.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return "x" not in names and any(n.startswith("x_") for n in names)
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -58,12 +71,13 @@ def load_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x float64 [N, ...] in [0, 1], y int64 [N])``, the first ``limit`` samples when given.
 
-    ``dataset`` ending in ``.npz`` is read as a file (``split``, ``data_dir`` and ``options`` ignored); any
-    other name goes to ``relpsp.data.load_dataset(name, split, data_dir, **options)`` (loader options such
-    as Caltech's ``image_size`` or Yin-Yang's ``bias``: those the network was trained with).
+    ``dataset`` ending in ``.npz`` is read as a file of arrays ``x`` and ``y`` (``split``, ``data_dir`` and
+    ``options`` ignored), unless it is a dataset archive of splits (``is_split_archive``); that and any other
+    name go to ``relpsp.data.load_dataset(name, split, data_dir, **options)`` (loader options such as
+    Caltech's ``image_size`` or Yin-Yang's ``bias``: those the network was trained with).
     """
     _check_limit(limit)  # before the data are read
-    if str(dataset).endswith(".npz"):
+    if str(dataset).endswith(".npz") and not is_split_archive(dataset):
         path = Path(dataset)
         if not path.is_file():
             raise FileNotFoundError(f"dataset file {path} does not exist")

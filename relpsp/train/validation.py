@@ -141,7 +141,7 @@ def _validate_backend(cfg: Config) -> None:
 
 def _validate_data_settings(cfg: Config) -> None:
     """Refuse data settings that would do nothing for this dataset, instead of ignoring them."""
-    from relpsp.data import DATASETS, canonical_name
+    from relpsp.data import DATASETS, canonical_name, is_npz_name
 
     d = cfg.data
     try:
@@ -174,7 +174,13 @@ def _validate_data_settings(cfg: Config) -> None:
         )
     if d.bias_input >= 0 and name != "yinyang":
         raise ValueError(f"data.bias_input applies to the Yin-Yang feature set only, not {name!r}; leave it at -1")
-    if d.val_size and name in DATASETS and "val" in DATASETS[name].split_sizes:
+    if d.val_size and is_npz_name(name):
+        from relpsp.data import dataset_info
+
+        own_val = "val" in dataset_info(name).split_sizes
+    else:
+        own_val = name in DATASETS and "val" in DATASETS[name].split_sizes
+    if d.val_size and own_val:
         raise ValueError(
             f"data.val_size holds images out of the training set, but {name!r} has a validation split of its own;"
             " leave it at 0"

@@ -1,0 +1,194 @@
+"""Your own data as one ``.npz`` archive: a dataset named by its path (``relpsp train --dataset my.npz``).
+
+The archive (``numpy.savez`` or ``numpy.savez_compressed``) holds the arrays ``x_train``, ``y_train``,
+``x_test`` and ``y_test``, and may hold ``x_val`` with ``y_val`` and ``class_names``:
+
+- inputs ``[N, C, H, W]`` or ``[N, H, W]`` (images; the latter one channel) or ``[N, F]`` (features), of
+  dtype uint8 (0..255, divided by 255), bool, or float with every value in [0, 1]; every split has the
+  same sample shape;
+- labels ``[N]``, integers 0..K-1;
+- ``class_names``: K strings; without it K is one more than the largest label of any split and the
+  classes are named "0".."K-1".
+
+It is read with ``allow_pickle=False`` (an object array is refused, never unpickled), and any other array
+name is refused, so that a misspelt split is not silently left out.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError
+
+__all__ = ["NPZ_SPLITS", "NpzLayout", "is_npz_name", "npz_layout", "read_npz_split"]
+
+#: the splits an archive may hold, in this order; train and test are required
+NPZ_SPLITS = ("train", "val", "test")
+_REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+_ALLOWED = frozenset({*(f"{a}_{s}" for s in NPZ_SPLITS for a in "xy"), "class_names"})
+_BAD = (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError)
+HOW = (
+    "an .npz dataset holds x_train, y_train, x_test, y_test (and may hold x_val, y_val, class_names): "
+    "numpy.savez(path, x_train=..., ...), see docs/DATA.md"
+)
+
+
+def is_npz_name(name: object) -> bool:
+    """Whether a dataset name is the path of an ``.npz`` archive rather than a registered dataset's name."""
+    return isinstance(name, (str, os.PathLike)) and os.fspath(name).lower().endswith(".npz")
+
+
+@dataclass(frozen=True)
+class NpzLayout:
+    """What an archive holds: the sample shape of its inputs (images with a channel axis), the size of each
+    split it has, and its class names."""
+
+    input_shape: tuple[int, ...]
+    split_sizes: dict[str, int]
+    class_names: tuple[str, ...]
+
+
+@contextmanager
+def _archive(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"dataset file {path} does not exist; {HOW}")
+    with open(path, "rb") as fh:  # our own handle: np.load leaves its file open when the archive is corrupt
+        try:
+            archive = np.load(fh, allow_pickle=False)
+        except _BAD as e:
+            raise DatasetCorruptError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e}); {HOW}") from e
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DatasetCorruptError(f"{path} holds a single array, not an .npz archive of arrays; {HOW}")
+        with archive as f:
+            names = set(f.files)
+            unknown = sorted(names - _ALLOWED)
+            missing = [n for n in _REQUIRED if n not in names]
+            if ("x_val" in names) != ("y_val" in names):
+                missing.append("y_val" if "x_val" in names else "x_val")
+            if unknown or missing:
+                what = "; ".join(
+                    part
+                    for part in (
+                        f"unknown arrays {unknown}" if unknown else "",
+                        f"missing {missing}" if missing else "",
+                    )
+                    if part
+                )
+                raise DatasetCorruptError(f"{path}: {what}; {HOW}")
+            yield f
+
+
+def _array(f: np.lib.npyio.NpzFile, name: str, path: Path) -> np.ndarray:
+    try:
+        return f[name]
+    except _BAD as e:
+        raise DatasetCorruptError(f"{path}: array {name!r} cannot be read ({type(e).__name__}: {e})") from e
+
+
+def _shape_of(f: np.lib.npyio.NpzFile, name: str, path: Path) -> tuple[int, ...]:
+    """The shape of an array from its header alone (the inputs need not be read to know the layout)."""
+    if f.zip is None:  # a closed archive; not reached inside _archive
+        return tuple(_array(f, name, path).shape)
+    try:
+        with f.zip.open(f"{name}.npy") as fp:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, _, _ = np.lib.format.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, _, _ = np.lib.format.read_array_header_2_0(fp)
+            else:  # a rarer header version: read the array itself
+                return tuple(_array(f, name, path).shape)
+    except (KeyError, *_BAD) as e:
+        raise DatasetCorruptError(f"{path}: array {name!r} cannot be read ({type(e).__name__}: {e})") from e
+    return tuple(int(n) for n in shape)
+
+
+def _sample_shape(shape: tuple[int, ...], name: str, path: Path) -> tuple[int, ...]:
+    if len(shape) not in (2, 3, 4) or shape[0] == 0 or 0 in shape[1:]:
+        raise DatasetCorruptError(
+            f"{path}: {name} has shape {shape}; give [N, C, H, W] or [N, H, W] images or [N, F] features, "
+            "with N >= 1 and no empty axis"
+        )
+    return (1, *shape[1:]) if len(shape) == 3 else shape[1:]
+
+
+def _labels(y: np.ndarray, n: int, name: str, path: Path) -> np.ndarray:
+    if y.dtype.kind not in "iu" or y.shape != (n,):
+        raise DatasetCorruptError(
+            f"{path}: {name} must be {n} integer labels, one per input (shape ({n},)), got dtype {y.dtype} "
+            f"and shape {y.shape}"
+        )
+    if y.min() < 0:
+        raise DatasetCorruptError(f"{path}: {name} holds a negative label ({int(y.min())}); classes are 0..K-1")
+    return y.astype(np.int64)
+
+
+def _class_names(f: np.lib.npyio.NpzFile, top_label: int, path: Path) -> tuple[str, ...]:
+    if "class_names" not in f.files:
+        return tuple(str(k) for k in range(top_label + 1))
+    names = _array(f, "class_names", path)
+    if names.dtype.kind != "U" or names.ndim != 1 or len(names) == 0:
+        raise DatasetCorruptError(
+            f"{path}: class_names must be a 1-D array of strings (numpy.array(['cat', 'dog'])), got dtype "
+            f"{names.dtype} and shape {names.shape}"
+        )
+    if top_label >= len(names):
+        raise DatasetCorruptError(f"{path}: a label is {top_label}, but class_names names only {len(names)} classes")
+    return tuple(str(s) for s in names)
+
+
+def npz_layout(path: str | os.PathLike[str]) -> NpzLayout:
+    """The layout of the archive at ``path``, checked (the inputs' values are checked when they are read)."""
+    p = Path(path)
+    with _archive(p) as f:
+        shapes: dict[str, tuple[int, ...]] = {}
+        sizes: dict[str, int] = {}
+        top = 0
+        for split in NPZ_SPLITS:
+            if f"x_{split}" not in f.files:
+                continue
+            shape = _shape_of(f, f"x_{split}", p)
+            shapes[split] = _sample_shape(shape, f"x_{split}", p)
+            sizes[split] = shape[0]
+            y = _labels(_array(f, f"y_{split}", p), sizes[split], f"y_{split}", p)
+            top = max(top, int(y.max()))
+        if len(set(shapes.values())) > 1:
+            raise DatasetCorruptError(f"{p}: the splits' samples differ in shape: {shapes}")
+        return NpzLayout(shapes["train"], sizes, _class_names(f, top, p))
+
+
+def read_npz_split(path: str | os.PathLike[str], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x float32 in [0, 1] [N, C, H, W] or [N, F], y int64 [N])`` of one split of the archive at ``path``."""
+    p = Path(path)
+    layout = npz_layout(p)  # the whole archive's checks, so a bad split is found before training, not after
+    if split not in layout.split_sizes:
+        have = ", ".join(layout.split_sizes)
+        hint = " (hold out a validation set with data.val_size instead)" if split == "val" else ""
+        raise ValueError(f"{p} has the splits {have}, not {split!r}{hint}")
+    with _archive(p) as f:
+        x = _array(f, f"x_{split}", p)
+        y = _labels(_array(f, f"y_{split}", p), int(x.shape[0]), f"y_{split}", p)
+    if x.dtype == np.uint8:
+        xf = x.astype(np.float32) / np.float32(255)
+    elif x.dtype == np.bool_:
+        xf = x.astype(np.float32)
+    elif x.dtype.kind == "f":
+        xf = x.astype(np.float32)
+        if not np.isfinite(xf).all() or xf.min() < 0 or xf.max() > 1:
+            bad = float(xf[~(np.isfinite(xf) & (xf >= 0) & (xf <= 1))].flat[0])
+            raise DatasetCorruptError(
+                f"{p}: x_{split} holds {bad!r}; float inputs are intensities in [0, 1] (or give uint8 0..255)"
+            )
+    else:
+        raise DatasetCorruptError(f"{p}: x_{split} has dtype {x.dtype}; give uint8 (0..255), bool, or floats in [0, 1]")
+    xf = xf.reshape(len(xf), *layout.input_shape)
+    return torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(y)
