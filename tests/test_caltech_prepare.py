@@ -86,7 +86,7 @@ def test_split_is_set_by_the_seed_and_the_categories_folder_may_be_given_directl
 def test_defaults_take_200_and_198_per_class(tmp_path, monkeypatch):
     import relpsp.data.caltech as caltech
 
-    monkeypatch.setattr(caltech, "_decode", lambda data, size, name: None)  # counts only: skip decoding
+    monkeypatch.setattr(caltech, "decode_image", lambda data, size, name: None)  # counts only: skip decoding
     for cat, n in (("Faces", 398), ("Motorbikes", 400)):
         folder = tmp_path / "src" / cat
         folder.mkdir(parents=True)

@@ -187,3 +187,58 @@ def test_train_eval_simulate_and_data_commands_on_an_archive(tmp_path, monkeypat
     # the archive has a validation split of its own, so holding one out of train is refused
     assert cli.main(["train", "--dataset", "mine.npz", "--arch", "8C3-P2-3", "--set", "data.val_size=5"]) == 2
     assert "has a validation split of its own" in capsys.readouterr().err
+
+
+def _png_folders(root, classes=("cat", "dog"), splits=("train", "test"), per_class=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for k, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                rgb = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+                rgb[..., k % 3] = 255  # each class has one saturated channel
+                Image.fromarray(rgb).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_pack_writes_image_folders_into_an_archive_training_reads(tmp_path, capsys):
+    from relpsp.data import load_image_folder
+
+    root = _png_folders(tmp_path / "imgs")
+    out = tmp_path / "packed.npz"
+    assert cli.main(["data", "pack", str(root), str(out), "--image-size", "8", "6"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    info = dataset_info(str(out))
+    assert (info.input_shape, info.class_names, dict(info.split_sizes)) == (
+        (1, 8, 6),
+        ("cat", "dog"),
+        {"train": 6, "test": 6},
+    )
+    # the same images as the grayscale folder reader gives, label by sorted class folder
+    x, y = load_dataset(str(out), "test")
+    x_ref, y_ref = load_image_folder(root / "test", ["cat", "dog"], size=(8, 6))
+    assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    # colour keeps three channels; an existing archive is refused unless --overwrite
+    assert cli.main(["data", "pack", str(root), str(out), "--image-size", "8", "6", "--color"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(["data", "pack", str(root), str(out), "--image-size", "8", "6", "--color", "--overwrite"]) == 0
+    x, _ = load_dataset(str(out), "train")
+    assert x.shape == (6, 3, 8, 6)
+    assert float(x[:3, 0].min()) == 1.0 and float(x[3:, 1].min()) == 1.0  # cat: red saturated, dog: green
+
+
+def test_pack_refuses_uneven_class_folders_and_bad_names(tmp_path, capsys):
+    root = _png_folders(tmp_path / "imgs")
+    (root / "test" / "bird").mkdir()
+    assert cli.main(["data", "pack", str(root), str(tmp_path / "a.npz"), "--image-size", "4", "4"]) == 2
+    assert "has the class folders ['bird', 'cat', 'dog'], but" in capsys.readouterr().err
+    assert (
+        cli.main(["data", "pack", str(tmp_path / "imgs" / "train"), str(tmp_path / "a.npz"), "--image-size", "4", "4"])
+        == 2
+    )
+    assert "must hold train/ and test/" in capsys.readouterr().err
+    assert cli.main(["data", "pack", str(root), str(tmp_path / "a.zip"), "--image-size", "4", "4"]) == 2
+    assert "must end in .npz" in capsys.readouterr().err
+    assert not (tmp_path / "a.npz").exists()

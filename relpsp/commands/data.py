@@ -18,6 +18,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
             "build caltech-face-motorbike from your own Caltech-101 copy: a seeded split of Faces and "
             "Motorbikes into DATA_DIR/caltech-face-motorbike (or --out), with SHA256SUMS",
         ),
+        (
+            "pack",
+            "write your own image folders FOLDER/{train,test[,val]}/<class>/* into an .npz archive that relpsp "
+            "train --dataset OUT.npz reads (uint8, resized)",
+        ),
         ("verify", "check every file of NAME (presence, sha256, format)"),
         ("info", "input shape, classes, split sizes and source of NAME"),
         ("list", "all dataset names and whether their files are present"),
@@ -26,6 +31,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         p.set_defaults(_parser=p)  # the CLI's empty-value check then looks at this action's options
         if action == "prepare":
             p.add_argument("name", metavar="NAME", help="caltech-face-motorbike (or caltech), the one set it prepares")
+        elif action == "pack":
+            p.add_argument("folder", metavar="FOLDER", help="holds train/ and test/ (and val/), one folder per class")
+            p.add_argument("out", metavar="OUT", help="the archive to write, ending in .npz")
+            p.add_argument(
+                "--image-size",
+                type=int,
+                nargs=2,
+                required=True,
+                metavar=("H", "W"),
+                help="resize every image to H x W (bilinear, aspect not kept)",
+            )
+            p.add_argument("--color", action="store_true", help="keep three RGB channels (default: grayscale)")
+            p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+            continue
         elif action != "list":
             p.add_argument(
                 "name", metavar="NAME", help="mnist, fashion-mnist, mnist-pkl, caltech-face-motorbike, ..., or FILE.npz"
@@ -76,6 +95,16 @@ def run(args: argparse.Namespace) -> int:
     from relpsp.data.registry import fix_hint
 
     action = args.data_command
+    if action == "pack":
+        from relpsp.data.npz import pack_image_folders
+
+        layout = pack_image_folders(
+            args.folder, args.out, tuple(args.image_size), color=args.color, overwrite=args.overwrite, log=print
+        )
+        sizes = ", ".join(f"{k} {v}" for k, v in layout.split_sizes.items())
+        print(f"wrote {args.out}: input shape {layout.input_shape}, classes {', '.join(layout.class_names)}; {sizes}")
+        print(f"train on it: relpsp train --dataset {args.out} --arch ... (docs/DATA.md)")
+        return 0
     if action == "list":
         print(f"data dir: {data_root(args.data_dir)}")
         for name in DATASETS:

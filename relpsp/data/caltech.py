@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from relpsp.data._files import DatasetNotFoundError, sha256_bytes
-from relpsp.data.images import _decode, image_files
+from relpsp.data.images import decode_image, image_files
 from relpsp.data.registry import CALTECH_CLASSES
 
 __all__ = ["CALTECH101_CATEGORIES", "find_caltech101_categories", "prepare_caltech"]
@@ -106,7 +106,7 @@ def prepare_caltech(
                 (tmp / split / cls).mkdir(parents=True)
         for split, cls, path in plan:
             data = path.read_bytes()
-            _decode(data, (8, 8), str(path))  # a file the loader could not read fails here, by name
+            decode_image(data, (8, 8), str(path))  # a file the loader could not read fails here, by name
             rel = f"{split}/{cls}/{path.name}"
             (tmp / rel).write_bytes(data)
             sums.append(f"{sha256_bytes(data)}  ./{rel}")

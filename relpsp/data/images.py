@@ -1,4 +1,5 @@
-"""Image folders: ``<root>/<class>/*.jpg`` -> grayscale intensities, resized to a fixed size.
+"""Image folders: ``<root>/<class>/*.jpg`` -> grayscale intensities, resized to a fixed size (``relpsp data
+pack`` also reads them in colour, into an ``.npz`` archive: ``relpsp.data.npz.pack_image_folders``).
 
 Used for Caltech-101 Face/Motorbike (layout ``<root>/{train,test}/{face,motorbike}/``, a ``SHA256SUMS``
 file at ``<root>``). Pillow is imported on first use.
@@ -17,7 +18,7 @@ import torch
 
 from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, sha256_bytes
 
-__all__ = ["IMAGE_SUFFIXES", "image_files", "load_image_folder", "read_sha256sums"]
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "image_files", "load_image_folder", "read_sha256sums"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
 
@@ -37,7 +38,9 @@ def read_sha256sums(path: str | os.PathLike[str]) -> dict[str, str]:
     return sums
 
 
-def _decode(data: bytes, size: tuple[int, int], name: str) -> np.ndarray:
+def decode_image(data: bytes, size: tuple[int, int], name: str, color: bool = False) -> np.ndarray:
+    """uint8 ``[H, W]`` grayscale, or ``[3, H, W]`` RGB with ``color`` (a grayscale image gives three equal
+    channels), resized bilinearly to ``size`` = (H, W)."""
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -45,16 +48,18 @@ def _decode(data: bytes, size: tuple[int, int], name: str) -> np.ndarray:
     height, width = size
     try:
         with Image.open(io.BytesIO(data)) as im:
+            mode = "RGB" if color else "L"
             if im.format == "JPEG":
-                im.draft("L", (width, height))  # let libjpeg downscale by 1/2..1/8 while decoding
+                im.draft(mode, (width, height))  # let libjpeg downscale by 1/2..1/8 while decoding
             if im.mode == "I" or im.mode.startswith("I;16"):
-                gray = _sixteen_bit_to_l(im, name)
+                out = _sixteen_bit_to_l(im, name).convert(mode)
             elif im.mode == "F":
                 raise DatasetCorruptError(f"{name}: floating-point images (mode F) are not supported")
             else:
-                gray = im.convert("L")
-            gray = gray.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(gray, dtype=np.uint8)
+                out = im.convert(mode)
+            out = out.resize((width, height), Image.Resampling.BILINEAR)
+            a = np.asarray(out, dtype=np.uint8)
+            return np.ascontiguousarray(a.transpose(2, 0, 1)) if color else a
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetCorruptError(f"{name}: cannot decode image ({e})") from None
 
@@ -110,7 +115,7 @@ def load_image_folder(
                 if sha256_bytes(data) != want:
                     raise DatasetCorruptError(f"{p}: sha256 mismatch{'; ' + fix if fix else ''}")
                 seen.add(rel)
-            images.append(_decode(data, (height, width), str(p)))
+            images.append(decode_image(data, (height, width), str(p)))
             labels.append(label)
     if checksums is not None:
         prefixes = tuple(f"{checksum_prefix}{cls}/" for cls in classes)

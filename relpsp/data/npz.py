@@ -16,10 +16,11 @@ name is refused, so that a misspelt split is not silently left out.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError
+from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, atomic_write_bytes
+from relpsp.data.images import decode_image, image_files
 
-__all__ = ["NPZ_SPLITS", "NpzLayout", "is_npz_name", "npz_layout", "read_npz_split"]
+__all__ = ["NPZ_SPLITS", "NpzLayout", "is_npz_name", "npz_layout", "pack_image_folders", "read_npz_split"]
 
 #: the splits an archive may hold, in this order; train and test are required
 NPZ_SPLITS = ("train", "val", "test")
@@ -192,3 +194,57 @@ def read_npz_split(path: str | os.PathLike[str], split: str) -> tuple[torch.Tens
         raise DatasetCorruptError(f"{p}: x_{split} has dtype {x.dtype}; give uint8 (0..255), bool, or floats in [0, 1]")
     xf = xf.reshape(len(xf), *layout.input_shape)
     return torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(y)
+
+
+def pack_image_folders(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    size: tuple[int, int],
+    *,
+    color: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> NpzLayout:
+    """Write the image folders ``<root>/{train,test}/<class>/*`` (and ``<root>/val/<class>/*`` where present)
+    into the archive ``out``: uint8 images ``[N, H, W]`` (grayscale) or ``[N, 3, H, W]`` (``color``), resized
+    bilinearly to ``size`` = (H, W) without keeping the aspect ratio, labels by class folder in sorted order,
+    and the class names. Every split must have the same class folders. Written atomically; an existing
+    ``out`` is refused unless ``overwrite``. Returns the archive's layout, as read back."""
+    root, out_path = Path(root), Path(out)
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"the image size must be two positive numbers (H, W), got {size}")
+    if not is_npz_name(out_path):
+        raise ValueError(f"{out_path}: the archive's name must end in .npz (it is how relpsp recognises it)")
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} already exists; pass overwrite (--overwrite) to replace it")
+    splits = [s for s in NPZ_SPLITS if (root / s).is_dir()]
+    if "train" not in splits or "test" not in splits:
+        raise DatasetNotFoundError(f"{root} must hold train/ and test/, each with one folder of images per class")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    for split in splits:
+        have = sorted(d.name for d in (root / split).iterdir() if d.is_dir())
+        if have != classes:
+            raise DatasetCorruptError(
+                f"{root / split} has the class folders {have}, but {root / 'train'} has {classes}; every split "
+                "needs the same ones"
+            )
+    if not classes:
+        raise DatasetNotFoundError(f"{root / 'train'} holds no class folders")
+    arrays: dict[str, np.ndarray] = {"class_names": np.array(classes)}
+    for split in splits:
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            for f in image_files(root / split / cls):
+                images.append(decode_image(f.read_bytes(), (height, width), str(f), color=color))
+                labels.append(label)
+        if not images:
+            raise DatasetNotFoundError(f"{root / split} holds no images (.jpg, .jpeg, .png, .pgm, .bmp)")
+        arrays[f"x_{split}"] = np.stack(images)
+        arrays[f"y_{split}"] = np.array(labels, dtype=np.int64)
+        if log is not None:
+            log(f"{split}: {len(images)} images of {len(classes)} classes")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as allow_pickle
+    atomic_write_bytes(out_path, buffer.getvalue())
+    return npz_layout(out_path)
