@@ -31,7 +31,16 @@ import torch
 from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, atomic_write_bytes
 from relpsp.data.images import decode_image, image_files
 
-__all__ = ["NPZ_SPLITS", "NpzLayout", "is_npz_name", "npz_layout", "pack_image_folders", "read_npz_split"]
+__all__ = [
+    "NPZ_SPLITS",
+    "NpzLayout",
+    "is_npz_name",
+    "npz_layout",
+    "open_archive",
+    "pack_image_folders",
+    "read_array",
+    "read_npz_split",
+]
 
 #: the splits an archive may hold, in this order; train and test are required
 NPZ_SPLITS = ("train", "val", "test")
@@ -60,36 +69,43 @@ class NpzLayout:
 
 
 @contextmanager
-def _archive(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
+def open_archive(path: Path, how: str) -> Iterator[np.lib.npyio.NpzFile]:
+    """The ``.npz`` archive at ``path``, opened with ``allow_pickle=False``; a missing file, a file that is not
+    an archive (a truncated one, a bare ``.npy``) is an error naming ``path`` and ending with ``how``."""
     if not path.is_file():
-        raise DatasetNotFoundError(f"dataset file {path} does not exist; {HOW}")
+        raise DatasetNotFoundError(f"dataset file {path} does not exist; {how}")
     with open(path, "rb") as fh:  # our own handle: np.load leaves its file open when the archive is corrupt
         try:
             archive = np.load(fh, allow_pickle=False)
         except _BAD as e:
-            raise DatasetCorruptError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e}); {HOW}") from e
+            raise DatasetCorruptError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e}); {how}") from e
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DatasetCorruptError(f"{path} holds a single array, not an .npz archive of arrays; {HOW}")
+            raise DatasetCorruptError(f"{path} holds a single array, not an .npz archive of arrays; {how}")
         with archive as f:
-            names = set(f.files)
-            unknown = sorted(names - _ALLOWED)
-            missing = [n for n in _REQUIRED if n not in names]
-            if ("x_val" in names) != ("y_val" in names):
-                missing.append("y_val" if "x_val" in names else "x_val")
-            if unknown or missing:
-                what = "; ".join(
-                    part
-                    for part in (
-                        f"unknown arrays {unknown}" if unknown else "",
-                        f"missing {missing}" if missing else "",
-                    )
-                    if part
-                )
-                raise DatasetCorruptError(f"{path}: {what}; {HOW}")
             yield f
 
 
-def _array(f: np.lib.npyio.NpzFile, name: str, path: Path) -> np.ndarray:
+@contextmanager
+def _archive(path: Path) -> Iterator[np.lib.npyio.NpzFile]:
+    with open_archive(path, HOW) as f:
+        names = set(f.files)
+        unknown = sorted(names - _ALLOWED)
+        missing = [n for n in _REQUIRED if n not in names]
+        if ("x_val" in names) != ("y_val" in names):
+            missing.append("y_val" if "x_val" in names else "x_val")
+        if unknown or missing:
+            what = "; ".join(
+                part
+                for part in (f"unknown arrays {unknown}" if unknown else "", f"missing {missing}" if missing else "")
+                if part
+            )
+            raise DatasetCorruptError(f"{path}: {what}; {HOW}")
+        yield f
+
+
+def read_array(f: np.lib.npyio.NpzFile, name: str, path: Path) -> np.ndarray:
+    """Array ``name`` of an open archive; an unreadable one (a pickled object array, a damaged member) is a
+    ``DatasetCorruptError`` naming it."""
     try:
         return f[name]
     except _BAD as e:
@@ -99,7 +115,7 @@ def _array(f: np.lib.npyio.NpzFile, name: str, path: Path) -> np.ndarray:
 def _shape_of(f: np.lib.npyio.NpzFile, name: str, path: Path) -> tuple[int, ...]:
     """The shape of an array from its header alone (the inputs need not be read to know the layout)."""
     if f.zip is None:  # a closed archive; not reached inside _archive
-        return tuple(_array(f, name, path).shape)
+        return tuple(read_array(f, name, path).shape)
     try:
         with f.zip.open(f"{name}.npy") as fp:
             version = np.lib.format.read_magic(fp)
@@ -108,7 +124,7 @@ def _shape_of(f: np.lib.npyio.NpzFile, name: str, path: Path) -> tuple[int, ...]
             elif version == (2, 0):
                 shape, _, _ = np.lib.format.read_array_header_2_0(fp)
             else:  # a rarer header version: read the array itself
-                return tuple(_array(f, name, path).shape)
+                return tuple(read_array(f, name, path).shape)
     except (KeyError, *_BAD) as e:
         raise DatasetCorruptError(f"{path}: array {name!r} cannot be read ({type(e).__name__}: {e})") from e
     return tuple(int(n) for n in shape)
@@ -137,7 +153,7 @@ def _labels(y: np.ndarray, n: int, name: str, path: Path) -> np.ndarray:
 def _class_names(f: np.lib.npyio.NpzFile, top_label: int, path: Path) -> tuple[str, ...]:
     if "class_names" not in f.files:
         return tuple(str(k) for k in range(top_label + 1))
-    names = _array(f, "class_names", path)
+    names = read_array(f, "class_names", path)
     if names.dtype.kind != "U" or names.ndim != 1 or len(names) == 0:
         raise DatasetCorruptError(
             f"{path}: class_names must be a 1-D array of strings (numpy.array(['cat', 'dog'])), got dtype "
@@ -161,7 +177,7 @@ def npz_layout(path: str | os.PathLike[str]) -> NpzLayout:
             shape = _shape_of(f, f"x_{split}", p)
             shapes[split] = _sample_shape(shape, f"x_{split}", p)
             sizes[split] = shape[0]
-            y = _labels(_array(f, f"y_{split}", p), sizes[split], f"y_{split}", p)
+            y = _labels(read_array(f, f"y_{split}", p), sizes[split], f"y_{split}", p)
             top = max(top, int(y.max()))
         if len(set(shapes.values())) > 1:
             raise DatasetCorruptError(f"{p}: the splits' samples differ in shape: {shapes}")
@@ -177,8 +193,8 @@ def read_npz_split(path: str | os.PathLike[str], split: str) -> tuple[torch.Tens
         hint = " (hold out a validation set with data.val_size instead)" if split == "val" else ""
         raise ValueError(f"{p} has the splits {have}, not {split!r}{hint}")
     with _archive(p) as f:
-        x = _array(f, f"x_{split}", p)
-        y = _labels(_array(f, f"y_{split}", p), int(x.shape[0]), f"y_{split}", p)
+        x = read_array(f, f"x_{split}", p)
+        y = _labels(read_array(f, f"y_{split}", p), int(x.shape[0]), f"y_{split}", p)
     if x.dtype == np.uint8:
         xf = x.astype(np.float32) / np.float32(255)
     elif x.dtype == np.bool_:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,22 +34,13 @@ def is_split_archive(path: str | os.PathLike) -> bool:
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Arrays ``x`` and ``y`` of an ``.npz`` archive; anything else (a bare ``.npy`` file, a truncated or
     corrupt archive, object arrays) is a ``ValueError`` naming the file."""
-    bad = (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError)
-    with open(path, "rb") as fh:  # our own handle: np.load leaves its file open when the archive is corrupt
-        try:
-            archive = np.load(fh, allow_pickle=False)
-        except bad as e:
-            raise ValueError(f"{path} is not a readable .npz archive ({type(e).__name__}: {e})") from e
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} holds a single array, not an .npz archive of arrays 'x' and 'y' (np.savez)")
-        with archive as f:
-            missing = {"x", "y"} - set(f.files)
-            if missing:
-                raise ValueError(f"{path} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
-            try:
-                return f["x"], f["y"]
-            except bad as e:
-                raise ValueError(f"{path}: arrays 'x' and 'y' cannot be read ({type(e).__name__}: {e})") from e
+    from relpsp.data.npz import open_archive, read_array
+
+    with open_archive(path, "write it with numpy.savez(path, x=..., y=...)") as f:
+        missing = {"x", "y"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} must hold arrays 'x' and 'y'; missing {sorted(missing)}")
+        return read_array(f, "x", path), read_array(f, "y", path)
 
 
 def _to_numpy(a: object, what: str) -> np.ndarray:
