@@ -1,4 +1,4 @@
-"""examples/: the two example scripts run end to end on small settings and check what they claim."""
+"""examples/: the example scripts run end to end on small settings and check what they claim."""
 
 from __future__ import annotations
 
@@ -30,3 +30,11 @@ def test_train_and_deploy_agrees_everywhere_and_resumes(tmp_path, capsys):
     again = example.main(["--epochs", "2", "--out", str(out)])  # a finished run: evaluated again, not retrained
     assert again == first
     assert "epoch 1:" not in capsys.readouterr().out
+
+
+def test_own_data_trains_on_an_archive_and_the_simulator_agrees(tmp_path):
+    example = load_script("own_data", "examples")
+    res = example.main(["--epochs", "2", "--out", str(tmp_path)])
+    assert res["sim_accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-12)
+    assert res["test_accuracy"] > 0.6  # four orientations: chance is 1/4
+    assert (tmp_path / "bars.npz").is_file() and (tmp_path / "run" / "checkpoint.ckpt").is_file()
