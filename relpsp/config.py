@@ -39,7 +39,7 @@ _T = TypeVar("_T")
 
 
 def _setting(default: _T, doc: str) -> _T:
-    """A config field with its meaning kept beside it (``list_settings`` and ``relpsp train --list-settings``
+    """A config field with its meaning kept beside it (``list_settings`` and ``relpsp train --show-config``
     print it, docs/GUIDE.md tabulates it)."""
     return field(default=default, metadata={"doc": doc})
 
