@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"data dir: {data_root(args.data_dir)}")
         for name in DATASETS:
             print(f"  {name:24s} {_status(name, args.data_dir, full=False)}")
+        print(f"  {'FILE.npz':24s} your own arrays, named by path (relpsp data pack makes one from image folders)")
         return 0
     name = canonical_name(args.name)
     if action == "fetch":
