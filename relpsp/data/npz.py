@@ -184,10 +184,14 @@ def npz_layout(path: str | os.PathLike[str]) -> NpzLayout:
         return NpzLayout(shapes["train"], sizes, _class_names(f, top, p))
 
 
-def read_npz_split(path: str | os.PathLike[str], split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x float32 in [0, 1] [N, C, H, W] or [N, F], y int64 [N])`` of one split of the archive at ``path``."""
+def read_npz_split(
+    path: str | os.PathLike[str], split: str, layout: NpzLayout | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x float32 in [0, 1] [N, C, H, W] or [N, F], y int64 [N])`` of one split of the archive at ``path``.
+    ``layout``: the archive's ``npz_layout``, where the caller has it already (else it is read here: the whole
+    archive's checks, so that a bad split is found before training, not after)."""
     p = Path(path)
-    layout = npz_layout(p)  # the whole archive's checks, so a bad split is found before training, not after
+    layout = layout or npz_layout(p)
     if split not in layout.split_sizes:
         have = ", ".join(layout.split_sizes)
         hint = " (hold out a validation set with data.val_size instead)" if split == "val" else ""

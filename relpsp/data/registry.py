@@ -338,7 +338,7 @@ def dataset_info(name: str, **opts: Any) -> DatasetInfo:
     _check_opts(name, opts, _options_of(name))
     if is_npz_name(name):
         info = _npz_info(name)
-        _check_npz_options(name, info, opts)
+        _check_npz_options(name, info.input_shape, opts)
     else:
         info = DATASETS[name]
     if name == "caltech-face-motorbike":
@@ -468,10 +468,10 @@ def _npz_info(name: str) -> DatasetInfo:
     )
 
 
-def _check_npz_options(name: str, info: DatasetInfo, opts: Mapping[str, Any]) -> None:
+def _check_npz_options(name: str, input_shape: tuple[int, ...], opts: Mapping[str, Any]) -> None:
     """An archive of features ``[N, F]`` takes ``invert`` but not the difference-of-Gaussians maps."""
-    if len(info.input_shape) != 3 and opts.get("dog", False):
-        raise ValueError(f"dog makes contrast maps of images, but {name} holds features of shape {info.input_shape}")
+    if len(input_shape) != 3 and opts.get("dog", False):
+        raise ValueError(f"dog makes contrast maps of images, but {name} holds features of shape {input_shape}")
 
 
 def load_dataset(
@@ -496,15 +496,20 @@ def load_dataset(
     """
     name = canonical_name(name)
     _check_opts(name, opts, _options_of(name))
+    layout = None  # an archive's, read once for the option check and the split
     if is_npz_name(name):
-        _check_npz_options(name, _npz_info(name), opts)
+        layout = npz_layout(dataset_dir(name))
+        _check_npz_options(name, layout.input_shape, opts)
     else:
         _check_split(name, split)
     invert = opts.get("invert", False)
     if not isinstance(invert, bool):
         raise ValueError(f"invert must be true or false, got {invert!r}")
     dog = _dog_options(opts)
-    x, y = _load_split(name, split, data_dir, opts)
+    if layout is not None:
+        x, y = read_npz_split(dataset_dir(name), split, layout)
+    else:
+        x, y = _load_split(name, split, data_dir, opts)
     x = 1.0 - x if invert else x
     if dog is not None:
         x = dog_on_off(x, dog[0], dog[1], threshold=dog[2])
@@ -534,8 +539,6 @@ def _load_split(
     name: str, split: str, data_dir: str | os.PathLike[str] | None, opts: Mapping[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     folder = dataset_dir(name, data_dir)
-    if is_npz_name(name):
-        return read_npz_split(folder, split)
     fix = fix_hint(name, data_dir)
     verify = bool(opts.get("verify", True))
     if name in ("mnist", "fashion-mnist"):
@@ -603,8 +606,9 @@ def verify_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **
 
 
 def _read_every_npz_split(path: Path) -> None:
-    for split in npz_layout(path).split_sizes:
-        read_npz_split(path, split)
+    layout = npz_layout(path)
+    for split in layout.split_sizes:
+        read_npz_split(path, split, layout)
 
 
 def _read_cifar_checked(path: Path, fix: str) -> None:
