@@ -18,7 +18,7 @@ import torch
 
 from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, sha256_bytes
 
-__all__ = ["IMAGE_SUFFIXES", "decode_image", "image_files", "load_image_folder", "read_sha256sums"]
+__all__ = ["IMAGE_SUFFIXES", "decode_image", "image_files", "load_image_folder", "read_image_folder", "read_sha256sums"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
 
@@ -94,6 +94,23 @@ def load_image_folder(
     read in sorted order per class. With ``checksums`` ({path relative to the checksum file: sha256}),
     every image read must be listed and match, and every listed file under ``checksum_prefix`` must exist.
     """
+    images, labels = read_image_folder(root, classes, size, checksums, checksum_prefix, fix)
+    x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze_(1)
+    return x, torch.from_numpy(labels)
+
+
+def read_image_folder(
+    root: str | os.PathLike[str],
+    classes: Sequence[str],
+    size: tuple[int, int] = (64, 64),
+    checksums: Mapping[str, str] | None = None,
+    checksum_prefix: str = "",
+    fix: str = "",
+    *,
+    color: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``load_image_folder``'s reading, before the scaling: (uint8 images ``[N, H, W]``, or ``[N, 3, H, W]``
+    RGB with ``color``; int64 labels ``[N]``)."""
     root = Path(root)
     height, width = (int(s) for s in size)
     if height < 1 or width < 1:
@@ -115,7 +132,7 @@ def load_image_folder(
                 if sha256_bytes(data) != want:
                     raise DatasetCorruptError(f"{p}: sha256 mismatch{'; ' + fix if fix else ''}")
                 seen.add(rel)
-            images.append(decode_image(data, (height, width), str(p)))
+            images.append(decode_image(data, (height, width), str(p), color=color))
             labels.append(label)
     if checksums is not None:
         prefixes = tuple(f"{checksum_prefix}{cls}/" for cls in classes)
@@ -131,5 +148,4 @@ def load_image_folder(
             )
     if not images:
         raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-    x = torch.from_numpy(np.stack(images).astype(np.float32)).div_(255.0).unsqueeze_(1)
-    return x, torch.tensor(labels, dtype=torch.int64)
+    return np.stack(images), np.array(labels, dtype=np.int64)

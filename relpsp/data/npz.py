@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from relpsp.data._files import DatasetCorruptError, DatasetNotFoundError, atomic_write_bytes
-from relpsp.data.images import decode_image, image_files
+from relpsp.data.images import read_image_folder
 
 __all__ = [
     "NPZ_SPLITS",
@@ -231,9 +231,6 @@ def pack_image_folders(
     and the class names. Every split must have the same class folders. Written atomically; an existing
     ``out`` is refused unless ``overwrite``. Returns the archive's layout, as read back."""
     root, out_path = Path(root), Path(out)
-    height, width = (int(v) for v in size)
-    if height < 1 or width < 1:
-        raise ValueError(f"the image size must be two positive numbers (H, W), got {size}")
     if not is_npz_name(out_path):
         raise ValueError(f"{out_path}: the archive's name must end in .npz (it is how relpsp recognises it)")
     if out_path.exists() and not overwrite:
@@ -253,15 +250,8 @@ def pack_image_folders(
         raise DatasetNotFoundError(f"{root / 'train'} holds no class folders")
     arrays: dict[str, np.ndarray] = {"class_names": np.array(classes)}
     for split in splits:
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for f in image_files(root / split / cls):
-                images.append(decode_image(f.read_bytes(), (height, width), str(f), color=color))
-                labels.append(label)
-        if not images:
-            raise DatasetNotFoundError(f"{root / split} holds no images (.jpg, .jpeg, .png, .pgm, .bmp)")
-        arrays[f"x_{split}"] = np.stack(images)
-        arrays[f"y_{split}"] = np.array(labels, dtype=np.int64)
+        images, labels = read_image_folder(root / split, classes, size, color=color)
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = images, labels
         if log is not None:
             log(f"{split}: {len(images)} images of {len(classes)} classes")
     buffer = io.BytesIO()
