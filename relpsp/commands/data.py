@@ -134,22 +134,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: all {len(checks)} {_items(checks)} ok")
         return 0
     info = dataset_info(name)
-    if is_npz_name(name):  # your own archive: no folder, no standard split
-        print(f"file:        {name}")
-        print(f"input shape: {info.input_shape}")
-        print(f"classes:     {info.num_classes} ({', '.join(info.class_names)})")
-        print(f"splits:      {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())}")
-        print(f"status:      {_status(name, args.data_dir)}")
-        return 0
+    where = dataset_dir(name, args.data_dir)
+    split = None if is_npz_name(name) else _split_note(where)  # an archive is a file, with no SPLIT.json beside
     print(f"name:        {info.name}")
     print(f"input shape: {info.input_shape}")
     print(f"classes:     {info.num_classes} ({', '.join(info.class_names)})")
-    split = _split_note(dataset_dir(name, args.data_dir))
     sizes = ", ".join(f"{k} {v}" for k, v in info.split_sizes.items())
     # a folder made by `relpsp data prepare` records its own split (below); the sizes are the shared copy's
     print(f"splits:      {sizes}" + (" (the standard split's; this folder's own is below)" if split else ""))
     print(f"source:      {info.source}")
-    print(f"folder:      {dataset_dir(name, args.data_dir)}")
+    print(f"{'file:' if is_npz_name(name) else 'folder:':13s}{where}")
     if split:
         print(f"split:       {split}")
     print(f"status:      {_status(name, args.data_dir)}")
