@@ -242,3 +242,22 @@ def test_pack_refuses_uneven_class_folders_and_bad_names(tmp_path, capsys):
     assert cli.main(["data", "pack", str(root), str(tmp_path / "a.zip"), "--image-size", "4", "4"]) == 2
     assert "must end in .npz" in capsys.readouterr().err
     assert not (tmp_path / "a.npz").exists()
+
+
+def test_simulate_applies_the_training_preprocessing_to_an_archive(tmp_path, capsys):
+    """A network trained on an archive with data.invert sees inverted images in simulate's test split too
+    (it saw them as they were stored, and agreed with a torch model fed the same wrong inputs)."""
+    import re
+
+    write_archive(tmp_path / "mine.npz")
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", str(tmp_path / "mine.npz"), "--arch", "8C3-P2-3", "--epochs", "1", "--lr", "0.01"]
+    assert cli.main([*argv, "--set", "data.invert=true", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    trained = json.loads((run / "results.json").read_text())["test_accuracy"]
+    capsys.readouterr()
+    assert cli.main(["simulate", str(run), "--compare"]) == 0
+    out, err = capsys.readouterr()
+    simulated = float(re.search(r"\(test\): accuracy ([0-9.]+)", out)[1])
+    torch_accuracy = float(re.search(r"torch accuracy ([0-9.]+)", out)[1])
+    assert simulated == pytest.approx(trained, abs=1e-9) and torch_accuracy == pytest.approx(trained, abs=1e-9)
+    assert "warning" not in err

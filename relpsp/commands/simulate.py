@@ -144,9 +144,12 @@ def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
 
 def checkpoint_data_options(data_cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
     """Loader options for ``dataset`` from the ``[data]`` settings the network was trained with
-    (``relpsp.train.data_options``, as ``relpsp eval`` uses them); none for an ``.npz`` file or a source
-    without them (a NIR file from another tool)."""
-    if not data_cfg or str(dataset).endswith(".npz"):
+    (``relpsp.train.data_options``, as ``relpsp eval`` uses them); none for an ``.npz`` file of inputs ``x``
+    and ``y`` or a source without them (a NIR file from another tool). An archive of splits is a dataset:
+    it gets them."""
+    from relpsp.sim import is_inputs_file
+
+    if not data_cfg or is_inputs_file(dataset):
         return {}
     from relpsp.config import config_from_dict
     from relpsp.train import data_options
@@ -201,7 +204,7 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
     from relpsp._fileio import check_output_file
     from relpsp.commands import checkpoint_of
-    from relpsp.sim import as_network_images, calibrate_time_window, is_split_archive, load_inputs, resolve_time_window
+    from relpsp.sim import as_network_images, calibrate_time_window, is_inputs_file, load_inputs, resolve_time_window
 
     args.source = checkpoint_of(args.source)  # a run folder: its checkpoint, for every use below and the reports
     if args.out is not None:  # refused before the simulation, not after it
@@ -217,7 +220,7 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
         x, y = run_split_inputs(meta, args.split, data_dir, args.limit)
     else:
         x, y = load_inputs(dataset, args.split, data_dir, args.limit, checkpoint_data_options(data_cfg, dataset))
-    if str(dataset).endswith(".npz") and not is_split_archive(dataset):  # an archive of splits is preprocessed
+    if is_inputs_file(dataset):  # an archive of splits is a dataset, preprocessed as in training
         warn_unapplied_preprocessing(data_cfg)
     x = as_network_images(x, net.input_shape)  # e.g. flat [N, 784] for a CNN; a scrambling layout is refused
     if y.min() < 0 or y.max() >= net.n_classes:

@@ -29,7 +29,7 @@ from relpsp.sim.engine import (
     simulate,
     window_fire_rows,
 )
-from relpsp.sim.inputs import inputs_from_arrays, is_split_archive, load_inputs
+from relpsp.sim.inputs import inputs_from_arrays, is_inputs_file, is_split_archive, load_inputs
 from relpsp.sim.network import (
     SimConv,
     SimDense,
@@ -62,6 +62,7 @@ __all__ = [
     "conv_reach",
     "fire_rows",
     "inputs_from_arrays",
+    "is_inputs_file",
     "is_split_archive",
     "latency_encode_np",
     "layer_output_shape",

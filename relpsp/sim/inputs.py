@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["inputs_from_arrays", "is_split_archive", "load_inputs"]
+__all__ = ["inputs_from_arrays", "is_inputs_file", "is_split_archive", "load_inputs"]
 
 
 def is_split_archive(path: str | os.PathLike) -> bool:
@@ -29,6 +29,14 @@ def is_split_archive(path: str | os.PathLike) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
     return "x" not in names and any(n.startswith("x_") for n in names)
+
+
+def is_inputs_file(dataset: str | os.PathLike) -> bool:
+    """Whether ``dataset`` names an ``.npz`` file of one set of inputs ``x`` and ``y``, read as it is (no
+    loader options, no preprocessing), rather than a dataset (a registered one or an archive of splits)."""
+    from relpsp.data.npz import is_npz_name
+
+    return is_npz_name(dataset) and not is_split_archive(dataset)
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +75,7 @@ def load_inputs(
     Caltech's ``image_size`` or Yin-Yang's ``bias``: those the network was trained with).
     """
     _check_limit(limit)  # before the data are read
-    if str(dataset).endswith(".npz") and not is_split_archive(dataset):
+    if is_inputs_file(dataset):
         path = Path(dataset)
         if not path.is_file():
             raise FileNotFoundError(f"dataset file {path} does not exist")
