@@ -1,7 +1,8 @@
 """The ReLU twin of a relpsp experiment: how far the same network, not spiking, gets on the same budget.
 
     python -m benchmarks.ann_twin [CONFIG] [--seeds 0,1,2] [--weight-decay WD] [--dropout P] [--epochs N]
-                                  [--lr LR] [--train-size N] [--threads N] [--out FILE.json]
+                                  [--lr LR] [--train-size N] [--set SECTION.KEY=VALUE ...] [--threads N]
+                                  [--out FILE.json]
 
 CONFIG is an experiment file or the name of a shipped one (default ``mnist_cnn_flat800_b64``, the faithful
 MNIST CNN row), resolved and validated as ``relpsp train`` resolves it. Its architecture string is built as a conventional network: each convolution is
@@ -117,11 +118,12 @@ def train_twin(cfg: Config, dropout: float, log=print) -> dict:
         row["test_right"], n_test = accuracy(model, *splits["test"])
         row["test_accuracy"] = row["test_right"] / n_test
         if "val" in splits:
-            row["val_accuracy"] = accuracy(model, *splits["val"])[0] / len(splits["val"][1])
+            row["val_right"], n_val = accuracy(model, *splits["val"])
+            row["val_accuracy"] = row["val_right"] / n_val
         history.append(row)
         log(
             f"seed {t.seed} epoch {epoch + 1}/{t.epochs}: train {row['train_accuracy']:.4f}  "
-            f"test {row['test_accuracy']:.4f}" + (f"  val {row['val_accuracy']:.4f}" if "val" in row else "")
+            f"test {row['test_accuracy']:.4f}" + (f"  val {row['val_accuracy']:.4f}" if "val_accuracy" in row else "")
         )
     last = history[-1]
     return {
@@ -130,6 +132,8 @@ def train_twin(cfg: Config, dropout: float, log=print) -> dict:
         "test_right": last["test_right"],
         "test_samples": len(splits["test"][1]),
         "val_accuracy": last.get("val_accuracy"),
+        "val_right": last.get("val_right"),
+        "val_samples": len(splits["val"][1]) if "val" in splits else None,
         "train_accuracy_last_epoch": last["train_accuracy"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "wall_time_s": time.perf_counter() - t0,
@@ -146,6 +150,8 @@ def summarise(runs: list[dict]) -> dict:
         "test_accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else None,
         "test_right": sum(r["test_right"] for r in runs),
         "test_samples": sum(r["test_samples"] for r in runs),
+        "val_right": sum(r["val_right"] for r in runs) if all(r["val_right"] is not None for r in runs) else None,
+        "val_samples": sum(r["val_samples"] for r in runs) if all(r["val_samples"] is not None for r in runs) else None,
     }
 
 
@@ -158,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, help="replaces train.epochs")
     ap.add_argument("--lr", type=float, help="replaces train.lr")
     ap.add_argument("--train-size", type=int, help="replaces data.train_size (a seeded subset; for quick checks)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field as relpsp train --set does, e.g. --set model.arch=8C5-P2-2 (repeatable)",
+    )
     ap.add_argument("--out", help="JSON file for the results")
     add_threads_argument(ap)
     args = ap.parse_args(argv)
@@ -168,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     train_argv += ["--lr", repr(args.lr)] if args.lr is not None else []
     train_argv += ["--set", f"train.weight_decay={args.weight_decay!r}"] if args.weight_decay is not None else []
     train_argv += ["--set", f"data.train_size={args.train_size}"] if args.train_size is not None else []
+    for item in args.set:
+        train_argv += ["--set", item]
     train_parser = argparse.ArgumentParser(prog="relpsp train", add_help=False)
     configure_train(train_parser)
     try:
@@ -196,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         "augment": cfg.data.augment,
         "train_size": cfg.data.train_size,
         "val_size": cfg.data.val_size,
+        "input_shape": list(cfg.model.input_shape),
+        "image_size": list(cfg.data.image_size),
+        "set": list(args.set),
     }
     print("settings:", settings)
     left_out = [k for k in LEFT_OUT if getattr(cfg.train, k) != getattr(TrainConfig(), k)]
@@ -213,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         + f" % over seeds {', '.join(map(str, seeds))} ("
         + ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in runs)
         + f"); test decisions right: {summary['test_right']:,} of {summary['test_samples']:,}"
+        + (
+            f"; validation right: {summary['val_right']:,} of {summary['val_samples']:,}"
+            if summary["val_right"] is not None
+            else ""
+        )
     )
     if args.out:
         write_json(

@@ -53,11 +53,16 @@ def test_main_trains_each_seed_and_summarises_them(tmp_path, capsys):
         len(r["history"]) == 2 and r["test_right"] == round(r["test_accuracy"] * r["test_samples"]) for r in runs
     )
     assert runs[0]["val_accuracy"] is not None  # Yin-Yang has its own validation split
+    assert all(r["val_right"] == round(r["val_accuracy"] * r["val_samples"]) for r in runs)
+    assert summary["val_right"] == sum(r["val_right"] for r in runs)
+    assert summary["val_samples"] == sum(r["val_samples"] for r in runs)
     acc = [100 * r["test_accuracy"] for r in runs]
     assert summary["test_accuracy_mean"] == pytest.approx(statistics.fmean(acc))
     assert summary["test_accuracy_sd"] == pytest.approx(statistics.stdev(acc))
     assert summary["test_right"] == sum(r["test_right"] for r in runs)
-    assert "ReLU twin of yinyang" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ReLU twin of yinyang" in printed and f"validation right: {summary['val_right']:,} of" in printed
+    assert "seed 0 epoch 2/2: train " in printed and "  val " in printed  # each epoch's line
 
 
 def test_bad_arguments_are_refused_before_training(capsys):
@@ -88,3 +93,18 @@ def test_settings_without_a_relu_counterpart_are_named(tmp_path, capsys):
     left = json.loads(out.read_text())["settings"]["left_out"]
     assert "label_smoothing" in left and "grad_clip" in left and "silent_penalty" in left  # yinyang's own
     assert "left out (no counterpart in a ReLU network): " in capsys.readouterr().out
+
+
+def test_set_overrides_a_field_as_relpsp_train_does(tmp_path, capsys):
+    out = tmp_path / "twin.json"
+    argv = ["yinyang", "--seeds", "0", "--epochs", "1", "--threads", "1", "--set", "model.arch=4-6-3", "--out", str(out)]
+    assert ann_twin.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["arch"] == "4-6-3" and res["settings"]["set"] == ["model.arch=4-6-3"]
+    assert res["runs"][0]["parameters"] == 4 * 6 + 6 + 6 * 3 + 3
+    with pytest.raises(SystemExit):
+        ann_twin.main(["yinyang", "--set", "model.arch=4-6-"])
+    assert "arch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ann_twin.main(["yinyang", "--set", "train.epoch=3"])
+    assert "did you mean 'epochs'" in capsys.readouterr().err
