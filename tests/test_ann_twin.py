@@ -97,7 +97,8 @@ def test_settings_without_a_relu_counterpart_are_named(tmp_path, capsys):
 
 def test_set_overrides_a_field_as_relpsp_train_does(tmp_path, capsys):
     out = tmp_path / "twin.json"
-    argv = ["yinyang", "--seeds", "0", "--epochs", "1", "--threads", "1", "--set", "model.arch=4-6-3", "--out", str(out)]
+    argv = ["yinyang", "--seeds", "0", "--epochs", "1", "--threads", "1", "--out", str(out)]
+    argv += ["--set", "model.arch=4-6-3"]
     assert ann_twin.main(argv) == 0
     res = json.loads(out.read_text())
     assert res["settings"]["arch"] == "4-6-3" and res["settings"]["set"] == ["model.arch=4-6-3"]
