@@ -36,7 +36,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="training epochs (train.epochs)")
     p.add_argument("--batch-size", type=int, help="training batch size (train.batch_size)")
     p.add_argument("--lr", type=float, help="learning rate (train.lr)")
-    p.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation (train.seed)")
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation (train.seed)")
+    seed.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="train once per seed, e.g. 0,1,2 or 0-5, each into OUT-seed<S>, and print the summary over them",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="with --seeds: how many seeds train at once, each in its own process printing into"
+        " OUT-seed<S>.log (default 1: one after another, here)",
+    )
     p.add_argument("--device", help="cpu | cuda | cuda:N")
     p.add_argument(
         "--backend",
@@ -45,7 +57,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, help="CPU threads for the kernels (0: all cores)")
     p.add_argument("--data-dir", help="dataset folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
-    p.add_argument("--out", help="run folder (default: runs/<config or dataset-arch>-seed<seed>)")
+    p.add_argument(
+        "--out",
+        help="run folder (default: runs/<config or dataset-arch>-seed<seed>); with --seeds, the folders' prefix"
+        " (default runs/<config or dataset-arch>)",
+    )
     folder = p.add_mutually_exclusive_group()
     folder.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ckpt if present")
     folder.add_argument(
@@ -126,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         print(config_to_toml(cfg), end="")
         return 0
     validate_config(cfg)  # a bad setting is refused before the header line names a run (fit checks again)
+    if args.jobs is not None and args.seeds is None:
+        raise ValueError("--jobs goes with --seeds (how many of the seeds train at once)")
     if args.out:
         out = Path(args.out)
     else:
@@ -133,7 +151,17 @@ def run(args: argparse.Namespace) -> int:
 
         dataset = Path(cfg.data.dataset).stem if is_npz_name(cfg.data.dataset) else cfg.data.dataset
         stem = Path(args.config).stem if args.config else f"{dataset}-{cfg.model.arch}"
-        out = Path("runs") / f"{stem}-seed{cfg.train.seed}"
+        out = Path("runs") / (stem if args.seeds is not None else f"{stem}-seed{cfg.train.seed}")
+    if args.seeds is not None:
+        from relpsp.commands.seeds import parse_seeds, train_seeds
+
+        seeds = parse_seeds(args.seeds)
+        if os.environ.get("WORLD_SIZE", "").strip() not in ("", "0", "1"):
+            raise ValueError("--seeds trains separate runs; under torchrun train one seed (--seed) per launch")
+        jobs = 1 if args.jobs is None else args.jobs
+        return train_seeds(
+            cfg, out, seeds, jobs=jobs, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
     started_group = init_distributed(cfg.train.device)
     try:
         ctx = dist_info()
