@@ -4,6 +4,7 @@ each seed the run that ``relpsp train --seed S`` gives, and refuses what would l
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,9 @@ def test_parse_seeds_refuses_bad_lists(text, message):
 
 def test_seed_folders_and_thread_shares(tmp_path, monkeypatch):
     assert seed_folder(tmp_path / "runs" / "exp", 3) == tmp_path / "runs" / "exp-seed3"
+    for bad in (".", "..", "/"):
+        with pytest.raises(ValueError, match="--out is the prefix of the folders"):
+            seed_folder(Path(bad), 0)
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert job_threads(0, 3) == 2 and job_threads(0, 16) == 1 and job_threads(0, 1) == 0
     assert job_threads(4, 3) == 4  # the experiment's own count is kept

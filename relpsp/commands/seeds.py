@@ -53,6 +53,10 @@ def parse_seeds(text: str) -> list[int]:
 
 def seed_folder(prefix: Path, seed: int) -> Path:
     """The run folder of one seed: ``PREFIX-seed<S>`` (the name ``relpsp summary`` groups by)."""
+    if prefix.name in ("", ".", ".."):
+        raise ValueError(
+            f"with --seeds, --out is the prefix of the folders (runs/exp for runs/exp-seed0), not {prefix}"
+        )
     return prefix.with_name(f"{prefix.name}-seed{seed}")
 
 
