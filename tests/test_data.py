@@ -10,6 +10,7 @@ import codecs
 import dataclasses
 import gzip
 import io
+import json
 import os
 import pickle
 import struct
@@ -583,6 +584,46 @@ def test_image_folder_layout(tmp_path):
         D.load_dataset("caltech", "train", data_dir=tmp_path, invert="yes")
     with pytest.raises(ValueError, match=r"takes no option.*invert"):
         D.load_dataset("yinyang", "train", invert=True)
+
+
+def test_sample_files_name_each_image_in_the_order_it_is_read(tmp_path):
+    make_image_folder(tmp_path / "caltech-face-motorbike", n=2)
+    files = D.sample_files("caltech", "test", data_dir=tmp_path)
+    assert files == [f"test/{c}/image_{i:04d}.jpg" for c in ("face", "motorbike") for i in range(2)]
+    _, y = D.load_dataset("caltech-face-motorbike", "test", data_dir=tmp_path, image_size=8)
+    assert [0 if "/face/" in f else 1 for f in files] == y.tolist()
+    other = tmp_path / "elsewhere"
+    make_image_folder(other, n=1)
+    assert D.sample_files("caltech", "train", data_dir=tmp_path, root=other) == [
+        "train/face/image_0000.jpg",
+        "train/motorbike/image_0000.jpg",
+    ]
+    assert D.sample_files("yinyang", "train") is None and D.sample_files("mnist", "test") is None
+    with pytest.raises(ValueError, match="has splits train, test, not 'val'"):
+        D.sample_files("caltech", "val", data_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="relpsp data fetch caltech-face-motorbike"):
+        D.sample_files("caltech", "test", data_dir=tmp_path / "none")
+
+
+def test_eval_per_class_names_the_file_of_each_wrong_image(tmp_path, capsys):
+    from relpsp import cli
+
+    make_image_folder(tmp_path / "caltech-face-motorbike")
+    out = tmp_path / "run"
+    train = ["train", "--dataset", "caltech", "--data-dir", str(tmp_path), "--arch", "2C3-P2-2", "--epochs", "1"]
+    train += ["--lr", "1e-9", "--threads", "1", "--no-progress", "--out", str(out)]
+    train += ["--set", "data.image_size=[8,8]", "--set", "model.input_shape=[1,8,8]"]
+    assert cli.main(train) == 0  # all but untrained: some test images are decided wrongly
+    capsys.readouterr()
+    assert cli.main(["eval", str(out), "--per-class", "--json"]) == 0
+    pc = json.loads(capsys.readouterr().out)["per_class"]
+    files = D.sample_files("caltech", "test", data_dir=tmp_path)
+    assert pc["wrong"] and pc["wrong_files"] == [files[i] for i in pc["wrong"]]
+    assert cli.main(["eval", str(out), "--per-class"]) == 0
+    i = pc["wrong"][0]
+    assert f"{i} ({files[i]})" in capsys.readouterr().out
+    assert cli.main(["eval", str(out), "--per-class", "--json", "--split", "train"]) == 0
+    assert all(f.startswith("train/") for f in json.loads(capsys.readouterr().out)["per_class"]["wrong_files"])
 
 
 def test_image_folder_errors(tmp_path):

@@ -29,8 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--per-class",
         action="store_true",
         help="also the confusion matrix (rows: label, named where the dataset names its classes; columns: "
-        "decision, then no output spike), each class's accuracy and the indices of the wrongly decided samples "
-        "(JSON: key per_class)",
+        "decision, then no output spike), each class's accuracy and the indices of the wrongly decided samples, "
+        "with their files for a dataset of image files (Caltech) (JSON: key per_class)",
     )
 
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from relpsp.arch import DenseSpec, layer_label, parse_arch
     from relpsp.commands import checkpoint_of
     from relpsp.commands.simulate import is_nir_file
-    from relpsp.data import canonical_name, dataset_info, load_dataset
+    from relpsp.data import canonical_name, dataset_info, load_dataset, sample_files
     from relpsp.train import data_options, evaluate, load_trained, run_split, set_threads
 
     ckpt = checkpoint_of(args.checkpoint)  # a run folder: its checkpoint
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         names = dataset_info(dataset, **data_options(cfg, dataset)).class_names
         res["per_class"]["class_names"] = list(names) if len(names) == output.n_out else None
         res["per_class"]["wrong_indices_in"] = f"{canonical_name(dataset)} {source_split}"
+        files = sample_files(dataset, source_split, data_dir, **data_options(cfg, dataset))
+        res["per_class"]["wrong_files"] = [files[i] for i in res["per_class"]["wrong"]] if files else None
     if args.json:
         print(json_text(res))
     else:
@@ -120,10 +122,10 @@ def _per_class_text(pc: dict[str, Any]) -> str:
     for label, row, acc in zip(labels, conf, pc["accuracy"], strict=True):
         cells = "".join(f"{c:>{width}}" for c in row)
         lines.append(f"{label:<{first}}{cells}  " + (f"{100 * acc:7.2f}%" if acc is not None else "       -"))
-    shown = pc["wrong"][:50]
+    shown = [str(i) for i in pc["wrong"][:50]]
+    if pc.get("wrong_files"):  # a dataset of image files: each index with its file
+        shown = [f"{i} ({f})" for i, f in zip(shown, pc["wrong_files"], strict=False)]
     more = f" ... ({len(pc['wrong'])} in all)" if len(pc["wrong"]) > len(shown) else ""
     where = f"indices in {pc['wrong_indices_in']}"
-    lines.append(
-        f"wrong samples ({len(pc['wrong'])}; {where}): " + (" ".join(map(str, shown)) + more if shown else "none")
-    )
+    lines.append(f"wrong samples ({len(pc['wrong'])}; {where}): " + (" ".join(shown) + more if shown else "none"))
     return "\n".join(lines)

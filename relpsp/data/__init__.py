@@ -23,6 +23,7 @@ from relpsp.data.registry import (
     dataset_dir,
     dataset_info,
     load_dataset,
+    sample_files,
     verify_dataset,
 )
 from relpsp.data.safe_pickle import RestrictedUnpickler, UnsafePickleError, safe_loads
@@ -54,6 +55,7 @@ __all__ = [
     "read_idx",
     "read_sha256sums",
     "safe_loads",
+    "sample_files",
     "verify_dataset",
     "yinyang_class",
 ]

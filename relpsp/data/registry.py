@@ -28,7 +28,7 @@ from relpsp.data._files import (
     sha256_file,
 )
 from relpsp.data.idx import load_idx_pair, parse_idx
-from relpsp.data.images import load_image_folder, read_sha256sums
+from relpsp.data.images import image_files, load_image_folder, read_sha256sums
 from relpsp.data.npz import HOW as NPZ_HOW
 from relpsp.data.npz import is_npz_name, npz_layout, read_npz_split
 from relpsp.data.pickled import load_cifar_batches, load_mnist_pkl, read_cifar_batch
@@ -45,6 +45,7 @@ __all__ = [
     "dataset_info",
     "fix_hint",
     "load_dataset",
+    "sample_files",
     "verify_dataset",
 ]
 
@@ -426,6 +427,23 @@ def _load_caltech(
     return load_image_folder(
         root / split, CALTECH_CLASSES, _image_size(opts), checksums=sums, checksum_prefix=f"{split}/", fix=fix
     )
+
+
+def sample_files(
+    name: str, split: str, data_dir: str | os.PathLike[str] | None = None, **opts: Any
+) -> list[str] | None:
+    """For a dataset read from one image file per sample (Caltech), each sample's file in the order
+    ``load_dataset(name, split, ...)`` returns them, relative to the dataset's folder (``test/face/image_0002.jpg``);
+    ``None`` for the sets stored as arrays (IDX, pickle, CIFAR batches, ``.npz``) or generated (Yin-Yang),
+    whose samples are named by their index."""
+    name = canonical_name(name)
+    if name != "caltech-face-motorbike":
+        return None
+    _check_split(name, split)
+    root = _caltech_root(dataset_dir(name, data_dir), opts)
+    if not (root / split).is_dir():
+        raise DatasetNotFoundError(f"missing {root / split}; {fix_hint(name, data_dir)}")
+    return [f"{split}/{cls}/{p.name}" for cls in CALTECH_CLASSES for p in image_files(root / split / cls)]
 
 
 def _cifar_paths(folder: Path, split: str, fix: str) -> list[Path]:
