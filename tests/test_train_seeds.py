@@ -81,7 +81,8 @@ def test_seeds_in_parallel_processes_reproduce_single_runs(single, tmp_path, cap
     assert {s: _accuracy(tmp_path / f"exp-seed{s}") for s in (0, 1)} == single
     assert "epoch 1:" in (tmp_path / "exp-seed1.log").read_text()  # each process prints into its own log
     printed = capsys.readouterr().out
-    assert "2 at once" in printed and "seed 1: finished in " in printed and "2 finished (seeds 0, 1)" in printed
+    assert "2 at once" in printed and "2 finished (seeds 0, 1)" in printed
+    assert f"seed 1: test accuracy {100 * single[1]:.2f}%, " in printed
 
 
 def test_a_folder_holding_a_run_refuses_every_seed_before_any_starts(tmp_path, capsys):

@@ -96,6 +96,16 @@ def _summary(folders: list[Path]) -> str:
     return "\n\n".join(format_summary(summarize(g)) for g in group_runs(runs)) if runs else ""
 
 
+def _test_accuracy(out: Path) -> str:
+    """The finished run's test accuracy as ``relpsp train`` prints it, or why it cannot be read."""
+    import json
+
+    try:
+        return f"{100 * float(json.loads((out / 'results.json').read_text(encoding='utf-8'))['test_accuracy']):.2f}%"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unknown ({out / 'results.json'}: {e})"
+
+
 def _in_process(cfg: Config, plan: list[tuple[int, Path]], resume: bool, overwrite: bool, progress: bool) -> list:
     from relpsp.train import fit
 
@@ -147,7 +157,8 @@ def _in_processes(cfg: Config, plan: list[tuple[int, Path]], jobs: int, resume: 
                     seed, out, t0 = running.pop(proc)
                     minutes = (time.monotonic() - t0) / 60
                     if proc.returncode == 0:
-                        print(f"seed {seed}: finished in {minutes:.1f} min", flush=True)
+                        acc = _test_accuracy(out)
+                        print(f"seed {seed}: test accuracy {acc}, {minutes:.1f} min", flush=True)
                     else:
                         log = out.with_name(out.name + ".log")
                         print(f"seed {seed}: failed (exit {proc.returncode}); see {log}", file=sys.stderr, flush=True)
