@@ -11,7 +11,8 @@ For a group of n finished runs with test accuracies a_i: the mean, the sample st
 sets of N_i samples. Given a target p in percent, the mean reaches it when that sum is at least
 ceil(p / 100 * sum_i N_i), computed in exact fractions (so 98.497 is not rounded up to 98.5). A stopped
 run (or one training now) is listed with its last epoch but never enters the mean. Runs trained with a
-validation split (``data.val_size``, a probe) also report its accuracy, the number a probe chooses by.
+validation split (``data.val_size``, a probe) also report its accuracy and, for a split of n_v held-out
+samples, the validation decisions right in all (sum_i v_i n_v), the number a probe chooses by.
 """
 
 from __future__ import annotations
@@ -216,6 +217,18 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return groups
 
 
+def _validation_right(done: tuple[Run, ...], val_size: int) -> tuple[int | None, int | None]:
+    """Validation decisions right over finished runs that each held out ``val_size`` training samples, and
+    their number; (None, None) without such a split or where an accuracy gives no whole count (the choice
+    rules of probes are written in decisions)."""
+    if not done or val_size <= 0 or any(r.val_accuracy is None for r in done):
+        return None, None
+    counts = [(r.val_accuracy or 0.0) * val_size for r in done]
+    if any(abs(c - round(c)) > 1e-6 * val_size for c in counts):
+        return None, None
+    return sum(round(c) for c in counts), val_size * len(done)
+
+
 def target_reached(right: int, total: int, target_percent: str | float) -> tuple[bool, int]:
     """Whether ``right`` of ``total`` decisions reach ``target_percent``, and how many that needs (exact)."""
     needed = math.ceil(Fraction(str(target_percent)) * total / 100)
@@ -262,6 +275,7 @@ def summarize(group: Group, target_percent: str | float | None = None) -> dict[s
     out["val_std_percent"] = (
         (statistics.stdev(val) if len(val) > 1 else 0.0) if out["val_mean_percent"] is not None else None
     )
+    out["val_right"], out["val_total"] = _validation_right(done, first.data.val_size)
     rights = [r.test_right for r in done]
     counted = bool(done) and all(v is not None for v in rights)
     right = sum(v for v in rights if v is not None) if counted else None
@@ -311,7 +325,8 @@ def format_summary(s: dict[str, Any]) -> str:
                 if s["val_size"]
                 else "the dataset's own validation split"  # Yin-Yang: a generated split, not held out
             )
-            lines.append(f"  validation ({where}): {value}")
+            right = f"; {s['val_right']:,} of {s['val_total']:,} right" if s.get("val_right") is not None else ""
+            lines.append(f"  validation ({where}): {value}{right}")
         walls = s["wall_time_min"]
         if walls:
             span = f"{min(walls):.1f}" if max(walls) - min(walls) < 0.05 else f"{min(walls):.1f}–{max(walls):.1f}"

@@ -92,14 +92,19 @@ def test_validation_probes_show_their_validation_accuracy(tmp_path, capsys):
     assert s["val_size"] == 5000 and s["val_mean_percent"] == pytest.approx(99.25)
     assert s["val_std_percent"] == pytest.approx(0.127279, abs=1e-6)  # 0.18 / sqrt(2)
     text = format_summary(s)
-    assert "validation (5,000 held-out training samples): 99.250 ± 0.13 % (99.16, 99.34)" in text
+    assert s["val_right"] == 4958 + 4967 and s["val_total"] == 10000
+    assert "validation (5,000 held-out training samples): 99.250 ± 0.13 % (99.16, 99.34); 9,925 of 10,000 right" in text
     (one,) = _summary(paths[:1])
-    assert "validation (5,000 held-out training samples): 99.16 %\n" in format_summary(one) + "\n"
+    assert "validation (5,000 held-out training samples): 99.16 %; 4,958 of 5,000 right\n" in format_summary(one) + "\n"
     (plain,) = _summary([_finished(tmp_path / "m-seed0", _mnist_cfg(0), 0.98)])
     assert plain["val_mean_percent"] is None and "held-out" not in format_summary(plain)
+    assert plain["val_right"] is None and plain["val_total"] is None
     own = replace(_mnist_cfg(0), data=DataConfig(dataset="mnist", val_size=0))  # a set with its own split
     (own_split,) = _summary([_finished(tmp_path / "y-seed0", own, 0.98, val_accuracy=0.976)])
-    assert "validation (the dataset's own validation split): 97.60 %" in format_summary(own_split)
+    assert "validation (the dataset's own validation split): 97.60 %\n" in format_summary(own_split) + "\n"
+    assert own_split["val_right"] is None  # its size is not the run's to know
+    (odd,) = _summary([_finished(tmp_path / "o-seed0", probe_cfg(0), 0.99, val_accuracy=0.12345)])
+    assert odd["val_right"] is None and odd["val_mean_percent"] == pytest.approx(12.345)  # no whole count
 
     stopped = tmp_path / "p-seed2"
     stopped.mkdir()
