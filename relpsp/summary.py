@@ -61,10 +61,22 @@ class Run:
     @property
     def test_right(self) -> int | None:
         """Test decisions right, if the accuracy and the test size give a whole number of them."""
-        if self.test_accuracy is None or self.test_samples is None:
-            return None
-        right = self.test_accuracy * self.test_samples
-        return round(right) if abs(right - round(right)) < 1e-6 * max(self.test_samples, 1) else None
+        return _whole_count(self.test_accuracy, self.test_samples)
+
+    @property
+    def val_right(self) -> int | None:
+        """Validation decisions right, for a run that held out ``data.val_size`` training samples and whose
+        accuracy gives a whole number of them (None for a dataset's own split, whose size is not its to know)."""
+        return _whole_count(self.val_accuracy, self.config.data.val_size or None)
+
+
+def _whole_count(accuracy: float | None, samples: int | None) -> int | None:
+    """``accuracy * samples`` as the whole number of decisions it stands for, or None where either is
+    unknown or the product is not within float rounding of a whole number."""
+    if accuracy is None or samples is None:
+        return None
+    right = accuracy * samples
+    return round(right) if abs(right - round(right)) < 1e-6 * max(samples, 1) else None
 
 
 @dataclass(frozen=True)
@@ -217,16 +229,11 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return groups
 
 
-def _validation_right(done: tuple[Run, ...], val_size: int) -> tuple[int | None, int | None]:
-    """Validation decisions right over finished runs that each held out ``val_size`` training samples, and
-    their number; (None, None) without such a split or where an accuracy gives no whole count (the choice
-    rules of probes are written in decisions)."""
-    if not done or val_size <= 0 or any(r.val_accuracy is None for r in done):
+def _decisions(rights: list[int | None], sizes: list[int | None]) -> tuple[int | None, int | None]:
+    """Decisions right over runs and their number, or (None, None) unless every run has whole counts."""
+    if not rights or any(v is None for v in (*rights, *sizes)):
         return None, None
-    counts = [(r.val_accuracy or 0.0) * val_size for r in done]
-    if any(abs(c - round(c)) > 1e-6 * val_size for c in counts):
-        return None, None
-    return sum(round(c) for c in counts), val_size * len(done)
+    return sum(v or 0 for v in rights), sum(n or 0 for n in sizes)
 
 
 def target_reached(right: int, total: int, target_percent: str | float) -> tuple[bool, int]:
@@ -275,11 +282,9 @@ def summarize(group: Group, target_percent: str | float | None = None) -> dict[s
     out["val_std_percent"] = (
         (statistics.stdev(val) if len(val) > 1 else 0.0) if out["val_mean_percent"] is not None else None
     )
-    out["val_right"], out["val_total"] = _validation_right(done, first.data.val_size)
-    rights = [r.test_right for r in done]
-    counted = bool(done) and all(v is not None for v in rights)
-    right = sum(v for v in rights if v is not None) if counted else None
-    total = sum(r.test_samples or 0 for r in done) if counted else None
+    # the choice rules of probes are written in validation decisions, a target in test decisions
+    out["val_right"], out["val_total"] = _decisions([r.val_right for r in done], [r.config.data.val_size for r in done])
+    right, total = _decisions([r.test_right for r in done], [r.test_samples for r in done])
     out["test_right"], out["test_total"] = right, total
     by_seed: dict[int, list[str]] = {}
     for r in done:

@@ -67,6 +67,11 @@ def job_threads(threads: int, jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def _log_path(out: Path) -> Path:
+    """The log of a seed trained in its own process: ``PREFIX-seed<S>.log`` beside its folder."""
+    return out.with_name(out.name + ".log")
+
+
 def check_folders(folders: list[Path], resume: bool, overwrite: bool) -> None:
     """Refuse, before any seed starts, a folder that holds a run which would be neither continued nor
     replaced (``fit`` checks each folder again when it starts)."""
@@ -145,7 +150,7 @@ def _in_processes(cfg: Config, plan: list[tuple[int, Path]], jobs: int, resume: 
                     toml.write_text(config_to_toml(one, comments=False), encoding="utf-8")
                     cmd = [sys.executable, "-m", "relpsp.cli", "train", str(toml), "--out", str(out), "--no-progress"]
                     cmd += ["--resume"] if resume else ["--overwrite"] if overwrite else []
-                    log = out.with_name(out.name + ".log")
+                    log = _log_path(out)
                     log.parent.mkdir(parents=True, exist_ok=True)
                     with open(log, "w", encoding="utf-8") as f:
                         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -160,7 +165,7 @@ def _in_processes(cfg: Config, plan: list[tuple[int, Path]], jobs: int, resume: 
                         acc = _test_accuracy(out)
                         print(f"seed {seed}: test accuracy {acc}, {minutes:.1f} min", flush=True)
                     else:
-                        log = out.with_name(out.name + ".log")
+                        log = _log_path(out)
                         print(f"seed {seed}: failed (exit {proc.returncode}); see {log}", file=sys.stderr, flush=True)
                         failed.append(seed)
                 time.sleep(0.2)
