@@ -69,6 +69,9 @@ class ModelConfig:
     weight_norm: bool = _setting(
         False, "window kernel: standardised weights, each neuron's summing to init_mean (a departure)"
     )
+    w_sum_min: float = _setting(
+        1e-3, "relpsp kernel: the backward's lower clamp of a firing neuron's causal weight sum W_j (training only)"
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from relpsp._validate import check_finite_positive
 from relpsp.arch import ConvSpec, DenseSpec, EncodeSpec, FlattenSpec, PoolSpec, parse_arch
 from relpsp.autograd import BACKENDS
 from relpsp.config import ModelConfig
+from relpsp.core.dense import W_SUM_MIN
 from relpsp.nn import (
     DEFAULT_INIT_MEAN,
     DEFAULT_INIT_STD,
@@ -80,6 +81,7 @@ def build_model(
     window: float = 1.0,
     init_centered: bool = False,
     weight_norm: bool = False,
+    w_sum_min: float = W_SUM_MIN,
 ) -> nn.Sequential:
     """Build the network for ``arch``. ``input_shape`` is ``(N,)`` or ``(C, H, W)``; for an MLP it may be
     omitted (taken from the first number). ``t_in``: the input coding window; ``t_max``: cut-off of every
@@ -89,8 +91,11 @@ def build_model(
     ``theta`` and ``t_max`` do not apply). ``init_centered``: shift each neuron's initial weights so that
     they sum to exactly ``init_mean * theta`` (see ``center_rows``). ``weight_norm`` (window kernel only):
     standardised weights, every neuron's summing to ``init_mean`` throughout training
-    (``relpsp.window.standardized_weight``)."""
-    kw: dict[str, Any] = dict(theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std)
+    (``relpsp.window.standardized_weight``). ``w_sum_min`` (ReL-PSP kernel only): the backward's lower clamp
+    of each firing neuron's causal weight sum W_j (``relpsp.core.dense``); the forward is unchanged."""
+    kw: dict[str, Any] = dict(
+        theta=theta, t_max=t_max, backend=backend, init_mean=init_mean, init_std=init_std, w_sum_min=w_sum_min
+    )
     check_finite_positive("t_in", t_in)  # the coding window (LatencyEncode calls it t_max)
     if backend not in BACKENDS:  # also for the alpha and window kernels, which do not use it
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -104,6 +109,11 @@ def build_model(
         raise ValueError(f"window (the layers' time window) applies to kernel 'window' only, got kernel {kernel!r}")
     if kernel_tau != 1.0 and kernel != "alpha":
         raise ValueError(f"kernel_tau (the PSP's time to peak) applies to kernel 'alpha' only, got kernel {kernel!r}")
+    check_finite_positive("w_sum_min", w_sum_min)
+    if w_sum_min != W_SUM_MIN and kernel != "relpsp":
+        raise ValueError(
+            f"w_sum_min (the STDBP backward's guard) applies to kernel 'relpsp' only, got kernel {kernel!r}"
+        )
     if kernel == "window" and math.isfinite(t_max):
         raise ValueError("kernel 'window' has its own time windows; t_max (a cut-off) does not apply, leave it inf")
     modules: list[nn.Module] = []
@@ -204,6 +214,7 @@ def model_from_config(cfg: ModelConfig, backend: str = "auto") -> nn.Sequential:
         window=cfg.window,
         init_centered=cfg.init_centered,
         weight_norm=cfg.weight_norm,
+        w_sum_min=cfg.w_sum_min,
     )
 
 

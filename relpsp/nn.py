@@ -23,6 +23,7 @@ from relpsp._validate import (
 )
 from relpsp.alpha import alpha_linear
 from relpsp.autograd import BACKENDS
+from relpsp.core.dense import W_SUM_MIN
 from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
 from relpsp.window import standardized_weight, window_conv2d, window_linear
 
@@ -46,6 +47,11 @@ def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
+
+
+def _guard(layer: SpikingLinear | SpikingConv2d) -> str:
+    """``extra_repr``'s note of a backward guard other than the default."""
+    return "" if layer.w_sum_min == W_SUM_MIN else f", w_sum_min={layer.w_sum_min}"
 
 
 def _init_weight(weight: Tensor, fan_in: int, theta: float, init_mean: float, init_std: float) -> None:
@@ -100,15 +106,19 @@ class SpikingLinear(_DenseLayer):
         backend: str = "auto",
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
+        w_sum_min: float = W_SUM_MIN,
     ) -> None:
         super().__init__(in_features, out_features, theta, t_max, init_mean, init_std)
         self.backend = _check_backend(backend)
+        self.w_sum_min = check_finite_positive("w_sum_min", w_sum_min)
 
     def forward(self, t_in: Tensor) -> Tensor:
-        return relpsp_linear(t_in, self.weight, theta=self.theta, t_max=self.t_max, backend=self.backend)
+        return relpsp_linear(
+            t_in, self.weight, theta=self.theta, t_max=self.t_max, w_sum_min=self.w_sum_min, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, theta={self.theta}, t_max={self.t_max}"
+        return f"{self.in_features}, {self.out_features}, theta={self.theta}, t_max={self.t_max}{_guard(self)}"
 
 
 class AlphaSpikingLinear(_DenseLayer):
@@ -255,11 +265,13 @@ class SpikingConv2d(_ConvLayer):
         backend: str = "auto",
         init_mean: float = DEFAULT_INIT_MEAN,
         init_std: float = DEFAULT_INIT_STD,
+        w_sum_min: float = W_SUM_MIN,
     ) -> None:
         theta = check_finite_positive("theta", theta)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, theta, init_mean, init_std)
         self.t_max = check_t_max(t_max)
         self.backend = _check_backend(backend)
+        self.w_sum_min = check_finite_positive("w_sum_min", w_sum_min)
 
     def forward(self, t_in: Tensor) -> Tensor:
         return relpsp_conv2d(
@@ -269,11 +281,12 @@ class SpikingConv2d(_ConvLayer):
             padding=self.padding,
             theta=self.theta,
             t_max=self.t_max,
+            w_sum_min=self.w_sum_min,
             backend=self.backend,
         )
 
     def extra_repr(self) -> str:
-        return f"{self._sizes()}, theta={self.theta}, t_max={self.t_max}"
+        return f"{self._sizes()}, theta={self.theta}, t_max={self.t_max}{_guard(self)}"
 
 
 class WindowConv2d(_WindowWeights, _ConvLayer):

@@ -212,3 +212,21 @@ def test_padding_counts_when_checking_the_kernel_size():
 def test_more_bad_tokens_are_refused_with_value_errors(arch, match):
     with pytest.raises(ValueError, match=match):
         parse_arch(arch, (1, 9, 9))
+
+
+def test_w_sum_min_reaches_every_relpsp_layer_from_the_config_and_only_there():
+    from relpsp.config import ModelConfig, config_from_dict
+    from relpsp.core.dense import W_SUM_MIN
+    from relpsp.models import model_from_config
+
+    assert ModelConfig().w_sum_min == W_SUM_MIN  # the config's default is the kernels' own
+    cfg = config_from_dict({"model": {"arch": "8C3-P2-6-2", "input_shape": [1, 8, 8], "w_sum_min": 0.05}})
+    model = model_from_config(cfg.model)
+    guarded = [m for m in model if isinstance(m, (SpikingConv2d, SpikingLinear))]
+    assert len(guarded) == 3 and all(m.w_sum_min == 0.05 for m in guarded)
+    assert all(m.w_sum_min == W_SUM_MIN for m in build_model("4-3-2") if isinstance(m, SpikingLinear))
+    for kernel in ("alpha", "window"):
+        with pytest.raises(ValueError, match=r"w_sum_min .* kernel 'relpsp' only"):
+            build_model("4-3-2", kernel=kernel, w_sum_min=0.05)
+    with pytest.raises(ValueError, match="w_sum_min"):
+        build_model("4-3-2", w_sum_min=0.0)

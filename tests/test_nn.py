@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from relpsp.functional import latency_encode, min_time_pool2d, relpsp_conv2d, relpsp_linear
 from relpsp.nn import LatencyEncode, MinTimePool2d, SpikingConv2d, SpikingLinear
+from tests import oracle
 from tests.helpers import BACKENDS, assert_close
 
 
@@ -92,3 +94,50 @@ def test_pool_module_uses_its_stride():
     assert out.shape == (2, 3, 5, 6)
     assert torch.equal(out, min_time_pool2d(t, 2, 1))
     assert torch.equal(MinTimePool2d(2)(t), min_time_pool2d(t, 2))  # default stride = kernel
+
+
+# One neuron whose potential rises at 0.5 per unit time until t = 1, then at W = 1e-4: it spikes at
+# t = 1 + 0.5 / 1e-4, and its exact gradients are 1 / W = 10,000 times the weights and time gaps.
+_SLOW_T, _SLOW_W, _SLOW_G = [[0.0, 1.0]], [[0.5, -0.4999]], [[0.75]]
+
+
+def _slow_neuron_grads(layer: nn.Module, t_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t_in = t_in.clone().requires_grad_(True)
+    out = layer(t_in)
+    out.backward(torch.full_like(out, _SLOW_G[0][0]))
+    g_in, g_w = t_in.grad.reshape(-1), layer.weight.grad.reshape(-1)
+    assert not g_in[2:].any() and not g_w[2:].any()  # the conv's two inputs that never spike get nothing
+    first_two = (g_in[:2], g_w[:2])  # the neuron's two inputs come first in either layout
+    return out.detach().reshape(1, 1), first_two[0].reshape(1, 2), first_two[1].reshape(1, 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_w_sum_min_guards_the_backward_of_both_layers_and_leaves_the_forward(backend, kind):
+    t_np, w_np = np.array(_SLOW_T), np.array(_SLOW_W)
+    exact_t = 1.0 + 0.5 / (0.5 - 0.4999)
+    for w_sum_min in (1e-6, 0.1):
+        if kind == "linear":
+            layer = SpikingLinear(2, 1, backend=backend, w_sum_min=w_sum_min).double()
+            t_in = torch.tensor(_SLOW_T, dtype=torch.float64)
+        else:  # a kernel as large as the image: one output position, the same neuron
+            layer = SpikingConv2d(1, 1, 2, backend=backend, w_sum_min=w_sum_min).double()
+            t_in = torch.tensor([[[[0.0, 1.0], [math.inf, math.inf]]]], dtype=torch.float64)
+        with torch.no_grad():
+            layer.weight.view(-1)[:2] = torch.tensor(_SLOW_W[0], dtype=torch.float64)
+            layer.weight.view(-1)[2:] = 0.0
+        out, g_in, g_w = _slow_neuron_grads(layer, t_in)
+        exp_in, exp_w = oracle.dense_grads(t_np, w_np, _SLOW_G, w_sum_min=w_sum_min)
+        assert_close("t_out", out, [[exact_t]], torch.float64)  # the guard never moves a spike
+        assert_close("grad_t_in", g_in, exp_in, torch.float64, kind="grad")
+        assert_close("grad_weight", g_w, exp_w, torch.float64, kind="grad")
+        if w_sum_min == 0.1:  # 1 / 0.1 instead of 1 / 1e-4: a thousand times smaller
+            assert float(g_w[0, 0]) == pytest.approx(0.75 * (0.0 - exact_t) / 0.1, rel=1e-9)
+    assert f"w_sum_min={0.1}" in repr(layer) and "w_sum_min" not in repr(SpikingLinear(2, 1))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-3, math.inf, math.nan])
+def test_w_sum_min_must_be_finite_and_positive(bad):
+    for make in (lambda: SpikingLinear(2, 1, w_sum_min=bad), lambda: SpikingConv2d(1, 1, 2, w_sum_min=bad)):
+        with pytest.raises(ValueError, match="w_sum_min"):
+            make()
