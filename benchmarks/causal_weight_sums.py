@@ -57,7 +57,7 @@ def conv_w_sums(t_in: Tensor, layer: SpikingConv2d, t_out: Tensor) -> Tensor:
     finite_t = torch.where(torch.isfinite(patches), patches, 0.0)
     b, _, n_pos = patches.shape
     out = t_out.reshape(b, layer.out_channels, n_pos)  # [B, C_out, L]
-    w = layer.weight.reshape(layer.out_channels, -1)  # [C_out, C_in*k*k]
+    w = layer.weight.detach().reshape(layer.out_channels, -1)  # [C_out, C_in*k*k]
     sums, wt_sums = torch.empty_like(out), torch.empty_like(out)
     for c in range(layer.out_channels):  # one output channel at a time keeps memory at B x K x L
         causal = (patches < out[:, c : c + 1, :]).to(w.dtype)
