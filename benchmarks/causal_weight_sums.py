@@ -116,7 +116,9 @@ def main() -> None:
         b_txt = ", ".join(f"<{lv:g}: {n:,}" for lv, n in below.items())
         print(f"  {name}: {w.numel():,} firing; min {float(w.min()):.3g}; {q_txt}; {b_txt}")
     if args.out:
-        write_json(args.out, dict(environment=env, checkpoint=args.checkpoint, split=args.split, samples=len(x), layers=rows))
+        write_json(
+            args.out, dict(environment=env, checkpoint=args.checkpoint, split=args.split, samples=len(x), layers=rows)
+        )
 
 
 if __name__ == "__main__":
