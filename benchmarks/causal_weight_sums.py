@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from benchmarks.common import environment, refuse_bad_output_file, write_json
 from relpsp.data import load_dataset
 from relpsp.nn import SpikingConv2d, SpikingLinear
-from relpsp.train.checkpointing import load_trained
+from relpsp.train import data_options, load_trained
 
 LEVELS = (0.01, 0.03, 0.1, 0.3, 1.0)
 QUANTILES = (0.001, 0.01, 0.1, 0.5, 0.9)
@@ -93,11 +93,7 @@ def main() -> None:
         ap.error("--samples and --batch must be at least 1")
     refuse_bad_output_file(ap, args.out, args.checkpoint)
     model, cfg, _ = load_trained(args.checkpoint, backend="torch")
-    d = cfg.data
-    opts = dict(invert=d.invert, dog=d.dog)
-    if d.image_size:
-        opts["image_size"] = tuple(d.image_size)
-    x, _ = load_dataset(d.dataset, args.split, d.data_dir, **opts)
+    x, _ = load_dataset(cfg.data.dataset, args.split, cfg.data.data_dir, **data_options(cfg))
     x = x[: args.samples].double()
     model = model.double()
     per_layer: dict[str, list[Tensor]] = {}
