@@ -4,10 +4,11 @@ A ReL-PSP neuron that fires at t_j = (theta + sum_{i in C_j} w_ji t_i) / W_j, W_
 (C_j: its inputs that spiked before t_j), has the gradients dt_j/dw_ji = (t_i - t_j) / W_j and
 dt_j/dt_i = w_ji / W_j. A firing neuron with a small W_j (it crossed threshold just barely, its potential
 rising slowly) passes large gradients; the backward clamps W_j at ``w_sum_min`` (1e-3 by default,
-``relpsp.core.dense.W_SUM_MIN``). This reads a checkpoint, runs test samples and prints, for every spiking
-layer, the quantiles of W_j over the neurons that fire and how many of them lie below a few levels.
-Training samples by default (a diagnostic that informs training choices should not look at the test set).
-Nothing is trained.
+``relpsp.core.dense.W_SUM_MIN``). This reads a checkpoint, runs the first samples of a split in float64
+and prints, for every spiking layer, the quantiles of W_j over the neurons that fire (over at most the
+first ten million, torch.quantile's limit) and how many of them lie below a few levels. Training samples
+by default (a diagnostic that informs training choices should not look at the test set). Nothing is
+trained.
 
     python -m benchmarks.causal_weight_sums runs/mnist/checkpoint.ckpt --samples 1000 [--split test] [--out w.json]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,7 @@ from relpsp.train import data_options, load_trained
 
 LEVELS = (0.01, 0.03, 0.1, 0.3, 1.0)
 QUANTILES = (0.001, 0.01, 0.1, 0.5, 0.9)
+QUANTILE_LIMIT = 10_000_000  # torch.quantile refuses inputs of more than 2**24 elements
 
 
 def _checked(w_sum: Tensor, wt_sum: Tensor, t_out: Tensor, theta: float) -> Tensor:
@@ -81,6 +84,25 @@ def layer_w_sums(model: nn.Sequential, x: Tensor) -> list[tuple[str, Tensor]]:
     return found
 
 
+def layer_summary(w: Tensor) -> dict[str, Any]:
+    """One layer's firing count, smallest W_j, quantiles and counts below ``LEVELS`` (``{"firing": 0}`` for
+    a layer in which nothing fired)."""
+    if not w.numel():
+        return dict(firing=0)
+    qs = torch.quantile(w[:QUANTILE_LIMIT], torch.tensor(QUANTILES, dtype=w.dtype)).tolist()
+    below = {lv: int((w < lv).sum()) for lv in LEVELS}
+    return dict(firing=int(w.numel()), min=float(w.min()), quantiles=dict(zip(QUANTILES, qs)), below=below)
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    """``layer_summary``'s numbers as one printed line."""
+    if not row["firing"]:
+        return "no neuron fired"
+    q_txt = ", ".join(f"q{q:g} {v:.3g}" for q, v in row["quantiles"].items())
+    b_txt = ", ".join(f"<{lv:g}: {n:,}" for lv, n in row["below"].items())
+    return f"{row['firing']:,} firing; min {row['min']:.3g}; {q_txt}; {b_txt}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -102,15 +124,9 @@ def main() -> None:
             per_layer.setdefault(name, []).append(w)
     env = environment()
     print(f"{args.checkpoint}: {len(x)} {args.split} samples; {env['device']}; torch {env['torch']}")
-    rows = {}
-    for name, parts in per_layer.items():
-        w = torch.cat(parts)
-        qs = torch.quantile(w[:10_000_000], torch.tensor(QUANTILES, dtype=w.dtype)).tolist()
-        below = {lv: int((w < lv).sum()) for lv in LEVELS}
-        rows[name] = dict(firing=int(w.numel()), min=float(w.min()), quantiles=dict(zip(QUANTILES, qs)), below=below)
-        q_txt = ", ".join(f"q{q:g} {v:.3g}" for q, v in zip(QUANTILES, qs))
-        b_txt = ", ".join(f"<{lv:g}: {n:,}" for lv, n in below.items())
-        print(f"  {name}: {w.numel():,} firing; min {float(w.min()):.3g}; {q_txt}; {b_txt}")
+    rows = {name: layer_summary(torch.cat(parts)) for name, parts in per_layer.items()}
+    for name, row in rows.items():
+        print(f"  {name}: {summary_line(row)}")
     if args.out:
         write_json(
             args.out, dict(environment=env, checkpoint=args.checkpoint, split=args.split, samples=len(x), layers=rows)

@@ -85,3 +85,13 @@ def test_main_reads_a_checkpoint_and_reports_every_spiking_layer(tmp_path, monke
     for layer in res["layers"].values():
         assert layer["firing"] > 0 and layer["min"] > 0
         assert sorted(layer["below"].values()) == list(layer["below"].values())  # counts grow with the level
+
+
+def test_layer_summary_counts_below_each_level_and_names_a_silent_layer():
+    row = cws.layer_summary(torch.tensor([0.005, 0.02, 0.05, 0.2, 0.5, 2.0], dtype=torch.float64))
+    assert row["firing"] == 6 and row["min"] == 0.005
+    assert row["below"] == {0.01: 1, 0.03: 2, 0.1: 3, 0.3: 4, 1.0: 5}
+    assert row["quantiles"][0.5] == pytest.approx(0.125)  # halfway between 0.05 and 0.2
+    assert "6 firing; min 0.005" in cws.summary_line(row) and "<0.1: 3" in cws.summary_line(row)
+    silent = cws.layer_summary(torch.zeros(0, dtype=torch.float64))
+    assert silent == {"firing": 0} and cws.summary_line(silent) == "no neuron fired"
