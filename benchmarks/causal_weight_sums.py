@@ -4,8 +4,8 @@ A ReL-PSP neuron that fires at t_j = (theta + sum_{i in C_j} w_ji t_i) / W_j, W_
 (C_j: its inputs that spiked before t_j), has the gradients dt_j/dw_ji = (t_i - t_j) / W_j and
 dt_j/dt_i = w_ji / W_j. A firing neuron with a small W_j (it crossed threshold just barely, its potential
 rising slowly) passes large gradients; the backward clamps W_j at ``w_sum_min`` (1e-3 by default,
-``relpsp.core.dense.W_SUM_MIN``). This reads a checkpoint, runs the first samples of a split in float64
-and prints, for every spiking layer, the quantiles of W_j over the neurons that fire (over at most the
+``relpsp.core.dense.W_SUM_MIN``). This reads a checkpoint, runs the first samples of a split in float64,
+takes each layer's W_j from the library's exact forward (checked to give the layer's spike times) and prints, for every spiking layer, the quantiles of W_j over the neurons that fire (over at most the
 first ten million, torch.quantile's limit) and how many of them lie below a few levels. Training samples
 by default (a diagnostic that informs training choices should not look at the test set). Nothing is
 trained.
@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from benchmarks.common import environment, refuse_bad_output_file, write_json
+from relpsp.autograd import im2col_rows
+from relpsp.core.dense import relpsp_linear_fwd_torch
 from relpsp.data import load_dataset
 from relpsp.nn import SpikingConv2d, SpikingLinear
 from relpsp.train import data_options, load_trained
@@ -33,40 +35,34 @@ QUANTILES = (0.001, 0.01, 0.1, 0.5, 0.9)
 QUANTILE_LIMIT = 10_000_000  # torch.quantile refuses inputs of more than 2**24 elements
 
 
-def _checked(w_sum: Tensor, wt_sum: Tensor, t_out: Tensor, theta: float) -> Tensor:
-    """W_j of the firing neurons, after checking t_j = (theta + sum w t) / W_j: a wrong causal set fails."""
+def _fired_w_sums(t: Tensor, w_sum: Tensor, t_out: Tensor) -> Tensor:
+    """W_j of the firing neurons, after checking that the forward that gave them (``t``) gives the layer's
+    own spike times ``t_out``: rows or a layout that do not match the layer fail."""
     fired = torch.isfinite(t_out)
-    w, t = w_sum[fired], t_out[fired]
-    err = ((theta + wt_sum[fired]) / w - t).abs().max() if w.numel() else torch.tensor(0.0)
-    if float(err) > 1e-6 * max(1.0, float(t.abs().max())):
-        raise RuntimeError(f"causal sets do not reproduce the spike times (largest error {float(err):.3g})")
-    return w
+    if not torch.equal(torch.isfinite(t), fired) or not torch.allclose(t[fired], t_out[fired], rtol=1e-9, atol=0):
+        raise RuntimeError("the recomputed W_j do not reproduce the spike times of the layer's output")
+    return w_sum[fired]
 
 
-def dense_w_sums(t_in: Tensor, weight: Tensor, t_out: Tensor, theta: float) -> Tensor:
-    """W_j of every (sample, neuron) that fires; ``t_in [B, N]``, ``weight [M, N]``, ``t_out [B, M]``."""
-    causal = (t_in[:, None, :] < t_out[:, :, None]).to(weight.dtype)  # [B, M, N]
-    finite_t = torch.where(torch.isfinite(t_in), t_in, 0.0)
-    w = (causal * weight[None]).sum(-1)
-    wt = (causal * (weight[None] * finite_t[:, None, :])).sum(-1)
-    return _checked(w, wt, t_out, theta)
+def dense_w_sums(t_in: Tensor, layer: SpikingLinear, t_out: Tensor) -> Tensor:
+    """W_j of every (sample, neuron) that fires: the library's exact forward (``relpsp_linear_fwd_torch``)
+    returns them beside the spike times; ``t_in [B, N]``, ``t_out [B, M]`` (the layer's output)."""
+    t, w_sum = relpsp_linear_fwd_torch(t_in, layer.weight.detach(), layer.theta, layer.t_max)
+    return _fired_w_sums(t, w_sum, t_out)
 
 
 def conv_w_sums(t_in: Tensor, layer: SpikingConv2d, t_out: Tensor) -> Tensor:
-    """W_j of every (sample, channel, position) that fires, by unfolding the padded input (+inf pads)."""
+    """W_j of every (sample, channel, position) that fires, in ``t_out``'s ``[B, C, H, W]`` order: the same
+    forward on the layer's receptive fields (``im2col_rows`` of the input padded with +inf)."""
     k, s, p = layer.kernel_size, layer.stride, layer.padding
-    padded = F.pad(t_in, (p, p, p, p), value=math.inf)
-    patches = F.unfold(padded, k, stride=s)  # [B, C_in*k*k, L]
-    finite_t = torch.where(torch.isfinite(patches), patches, 0.0)
-    b, _, n_pos = patches.shape
-    out = t_out.reshape(b, layer.out_channels, n_pos)  # [B, C_out, L]
-    w = layer.weight.detach().reshape(layer.out_channels, -1)  # [C_out, C_in*k*k]
-    sums, wt_sums = torch.empty_like(out), torch.empty_like(out)
-    for c in range(layer.out_channels):  # one output channel at a time keeps memory at B x K x L
-        causal = (patches < out[:, c : c + 1, :]).to(w.dtype)
-        sums[:, c] = torch.einsum("bkl,k->bl", causal, w[c])
-        wt_sums[:, c] = torch.einsum("bkl,k->bl", causal * finite_t, w[c])
-    return _checked(sums, wt_sums, out, layer.theta)
+    rows = im2col_rows(F.pad(t_in, (p, p, p, p), value=math.inf), (k, k), (s, s))
+    t, w_sum = relpsp_linear_fwd_torch(rows, layer.weight.detach().flatten(1), layer.theta, layer.t_max)
+    b, c, h, w = t_out.shape
+
+    def as_maps(x: Tensor) -> Tensor:
+        return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+    return _fired_w_sums(as_maps(t), as_maps(w_sum), t_out)
 
 
 def layer_w_sums(model: nn.Sequential, x: Tensor) -> list[tuple[str, Tensor]]:
@@ -77,7 +73,7 @@ def layer_w_sums(model: nn.Sequential, x: Tensor) -> list[tuple[str, Tensor]]:
         for i, m in enumerate(model):
             out = m(h)
             if isinstance(m, SpikingLinear):
-                found.append((f"{i}:dense", dense_w_sums(h, m.weight, out, m.theta)))
+                found.append((f"{i}:dense", dense_w_sums(h, m, out)))
             elif isinstance(m, SpikingConv2d):
                 found.append((f"{i}:conv", conv_w_sums(h, m, out)))
             h = out

@@ -1,5 +1,6 @@
-"""``benchmarks.causal_weight_sums``: W_j of every firing neuron equals the slope of its potential at its
-spike (an independent check by finite differences), for dense and padded, strided convolutional layers."""
+"""``benchmarks.causal_weight_sums``: W_j of every firing neuron (from the library's forward) equals the
+slope of its potential at its spike (an independent check by finite differences), for dense and padded,
+strided convolutional layers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from benchmarks import causal_weight_sums as cws
 from relpsp import cli
 from relpsp.functional import relpsp_linear
-from relpsp.nn import SpikingConv2d
+from relpsp.nn import SpikingConv2d, SpikingLinear
 from tests.test_npz_dataset import write_archive
 
 
@@ -33,9 +34,12 @@ def test_dense_sums_are_the_potential_slopes_at_the_spikes():
     g = torch.Generator().manual_seed(0)
     t_in = torch.rand(4, 9, generator=g, dtype=torch.float64)
     t_in[0, :3] = math.inf  # inputs that never spike are in no causal set
-    weight = torch.randn(5, 9, generator=g, dtype=torch.float64) * 0.3 + 0.4
+    layer = SpikingLinear(9, 5, backend="torch").double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 9, generator=g, dtype=torch.float64) * 0.3 + 0.4)
+    weight = layer.weight.detach()
     t_out = relpsp_linear(t_in, weight, backend="torch")
-    sums = cws.dense_w_sums(t_in, weight, t_out, 1.0)
+    sums = cws.dense_w_sums(t_in, layer, t_out)
     fired = torch.isfinite(t_out)
     assert sums.numel() == int(fired.sum()) > 10
     slopes = [_slope_at_spike(t_in[b].numpy(), weight[j].numpy(), float(t_out[b, j])) for b, j in fired.nonzero()]
@@ -62,12 +66,16 @@ def test_conv_sums_are_the_potential_slopes_at_the_spikes(stride, padding):
     np.testing.assert_allclose(sums.numpy(), slopes, rtol=1e-5)
 
 
-def test_a_wrong_causal_set_is_caught():
+def test_sums_that_do_not_give_the_layers_spike_times_are_refused():
     t_in = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
-    weight = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
-    t_out = relpsp_linear(t_in, weight, backend="torch")  # 1.5: both inputs causal
+    layer = SpikingLinear(2, 1, backend="torch").double()
+    with torch.no_grad():
+        layer.weight.fill_(0.5)
+    t_out = relpsp_linear(t_in, layer.weight.detach(), backend="torch")  # 1.5: both inputs causal
     with pytest.raises(RuntimeError, match="do not reproduce the spike times"):
-        cws.dense_w_sums(t_in, weight, t_out * 0.6, 1.0)  # 0.9 puts only one input before it
+        cws.dense_w_sums(t_in, layer, t_out * 0.6)  # 0.9, with only one input before it: not this layer's
+    with pytest.raises(RuntimeError, match="do not reproduce the spike times"):
+        cws.dense_w_sums(t_in, layer, torch.full_like(t_out, math.inf))  # silent where the layer fires
 
 
 def test_main_reads_a_checkpoint_and_reports_every_spiking_layer(tmp_path, monkeypatch, capsys):
