@@ -20,6 +20,7 @@ import torch
 from relpsp._fileio import check_output_file, json_text
 from relpsp.config import ModelConfig
 from relpsp.train import device_name
+from relpsp.train.runtime import cpu_code_targets
 
 __all__ = [
     "add_threads_argument",
@@ -92,6 +93,7 @@ def environment(device: str = "cpu") -> dict:
     except ImportError:
         env["numba"] = None
     env.update(thread_counts())
+    env.update(cpu_code_targets())  # the instruction sets the CPU arithmetic was built for
     if torch.cuda.is_available():
         env["cuda"] = torch.version.cuda
         try:

@@ -104,6 +104,8 @@ def test_environment_records_the_versions_and_threads():
         "numba",
         "commit",
         "source_modified",
+        "torch_cpu",
+        "numba_cpu",
     } <= set(env)
     assert env["python"] and env["numpy"] and env["cpu_count"] >= 1 and env["torch_threads"] >= 1
 

@@ -1311,6 +1311,24 @@ def test_code_versions_record_changes_anywhere_in_the_package(tmp_path):
     assert code_versions(tmp_path.parent / "elsewhere-not-a-repo").get("commit") is None
 
 
+def test_code_versions_record_the_cpu_code_targets(monkeypatch):
+    """Every run records the instruction sets its CPU arithmetic was built for (torch's kernel level, the
+    CPU numba compiles for): the same seed rounds differently on hosts where these differ. numba's follows
+    ``NUMBA_CPU_NAME`` (numba.config.CPU_NAME) when it is set, else the host's CPU."""
+    numba = pytest.importorskip("numba")
+    from llvmlite import binding
+
+    from relpsp.train.runtime import code_versions, cpu_code_targets
+
+    monkeypatch.setattr(numba.config, "CPU_NAME", None)
+    host = cpu_code_targets()
+    assert host == {"torch_cpu": torch.backends.cpu.get_cpu_capability(), "numba_cpu": binding.get_host_cpu_name()}
+    assert host["torch_cpu"] and host["numba_cpu"]
+    monkeypatch.setattr(numba.config, "CPU_NAME", "znver3")
+    versions = code_versions()
+    assert versions["numba_cpu"] == "znver3" and versions["torch_cpu"] == host["torch_cpu"]
+
+
 def test_fit_applies_the_elastic_distortion_from_the_config(tmp_path):
     """data.elastic_alpha reaches the training loop: seeded (the same losses twice), and not a no-op."""
 

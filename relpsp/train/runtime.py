@@ -17,7 +17,7 @@ import torch
 from relpsp import __version__
 from relpsp.kernels import set_cpu_kernel_threads
 
-__all__ = ["PACKAGE_DIR", "code_versions", "device_name", "set_threads", "threads_restored"]
+__all__ = ["PACKAGE_DIR", "code_versions", "cpu_code_targets", "device_name", "set_threads", "threads_restored"]
 
 
 def set_threads(threads: int, torch_heavy: bool = False) -> None:
@@ -53,9 +53,26 @@ def threads_restored() -> Iterator[None]:
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
+def cpu_code_targets() -> dict[str, str]:
+    """The instruction sets the CPU arithmetic was built for on this host: torch's kernel level
+    (``torch_cpu``, e.g. ``AVX512``; ``ATEN_CPU_CAPABILITY`` lowers it) and the CPU numba compiles the
+    kernels for (``numba_cpu``, e.g. ``znver4``; ``NUMBA_CPU_NAME`` sets it). Two hosts that differ here
+    may round differently, so a run's numbers are bit for bit repeatable only where these agree."""
+    targets = {"torch_cpu": torch.backends.cpu.get_cpu_capability()}
+    try:
+        import numba
+        from llvmlite import binding
+
+        targets["numba_cpu"] = getattr(numba.config, "CPU_NAME", None) or binding.get_host_cpu_name()
+    except ImportError:
+        pass
+    return targets
+
+
 def code_versions(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
-    """The versions of relpsp, torch, numpy, Python (and numba); where ``package_dir`` is in a git
-    checkout, its commit and whether the package's tracked files differ from it (``source_modified``)."""
+    """The versions of relpsp, torch, numpy, Python (and numba), the host's CPU code targets
+    (``cpu_code_targets``); where ``package_dir`` is in a git checkout, its commit and whether the
+    package's tracked files differ from it (``source_modified``)."""
     v = {
         "relpsp": __version__,
         "torch": torch.__version__,
@@ -68,6 +85,7 @@ def code_versions(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
         v["numba"] = numba.__version__
     except ImportError:
         pass
+    v.update(cpu_code_targets())
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=package_dir
