@@ -441,6 +441,30 @@ def test_resume_with_more_epochs_says_the_cosine_schedule_restarts(tmp_path):
     assert not [line for line in lines if "epochs changed" in line]
 
 
+def test_resume_on_a_cpu_with_other_code_targets_says_the_rounding_differs(tmp_path, monkeypatch):
+    """A run resumed where torch's kernel level or numba's target CPU differ from its last session's logs
+    a note naming them; resumed where they agree, it says nothing."""
+    import relpsp.train.loop as loop
+    import relpsp.train.runtime as runtime
+
+    quiet = {"progress": False, "splits": _tiny_splits()}
+    fit(_cfg(epochs=1), tmp_path, log=lambda s: None, **quiet)
+    targets = runtime.cpu_code_targets()
+    for module in (loop, runtime):  # the resume check and the versions the new session records
+        monkeypatch.setattr(module, "cpu_code_targets", lambda: {**targets, "torch_cpu": "OTHER"})
+    lines: list[str] = []
+    res = fit(_cfg(epochs=2), tmp_path, resume=True, log=lines.append, **quiet)
+    note = [line for line in lines if "other code targets" in line]
+    assert note == [
+        f"note: the run last trained on a CPU with other code targets (torch_cpu {targets['torch_cpu']} -> OTHER);"
+        " the float rounding differs from a run that stayed there"
+    ], lines
+    assert [s["versions"]["torch_cpu"] for s in res["sessions"]] == [targets["torch_cpu"], "OTHER"]
+    lines.clear()
+    fit(_cfg(epochs=3), tmp_path, resume=True, log=lines.append, **quiet)  # the same targets as the last session
+    assert not [line for line in lines if "other code targets" in line]
+
+
 def test_truncated_checkpoint_is_refused(tmp_path):
     fit(_cfg(epochs=1), tmp_path, progress=False, splits=_tiny_splits(), log=lambda s: None)
     path = tmp_path / CHECKPOINT_NAME

@@ -38,7 +38,7 @@ from relpsp.train.evaluation import evaluate_on_ranks, fill_silent
 from relpsp.train.inputs import augment_batch, check_splits, data_digest, data_options, epoch_order, load_splits
 from relpsp.train.regularisers import SilentPenalty, SpikeDropout, WeightAverage
 from relpsp.train.run_folder import DERIVED_FILES, RUN_FILES, run_folder_lock, write_json, write_metrics
-from relpsp.train.runtime import code_versions, device_name, set_threads, threads_restored
+from relpsp.train.runtime import code_versions, cpu_code_targets, device_name, set_threads, threads_restored
 from relpsp.train.validation import validate_config
 
 __all__ = ["NEW_EPOCH", "fit", "lr_at", "make_optimizer"]
@@ -283,6 +283,14 @@ def _restore(
         log(
             f"note: the checkpoint was written by {saved_world} process(es), this run has {ctx.world_size}; "
             "the batches are the same, the float rounding of the gradient sums differs"
+        )
+    last = sessions[-1].get("versions", {}) if sessions else {}
+    here = cpu_code_targets()
+    moved = [f"{k} {last[k]} -> {here[k]}" for k in sorted(here) if k in last and last[k] != here[k]]
+    if moved:  # docs/GUIDE.md, "Repeating a run bit for bit"
+        log(
+            f"note: the run last trained on a CPU with other code targets ({', '.join(moved)}); the float "
+            "rounding differs from a run that stayed there"
         )
     return _Progress(start_epoch, start_step, history, running, wall_before, sessions, resumed=True)
 
