@@ -444,14 +444,12 @@ def test_resume_with_more_epochs_says_the_cosine_schedule_restarts(tmp_path):
 def test_resume_on_a_cpu_with_other_code_targets_says_the_rounding_differs(tmp_path, monkeypatch):
     """A run resumed where torch's kernel level or numba's target CPU differ from its last session's logs
     a note naming them; resumed where they agree, it says nothing."""
-    import relpsp.train.loop as loop
     import relpsp.train.runtime as runtime
 
     quiet = {"progress": False, "splits": _tiny_splits()}
     fit(_cfg(epochs=1), tmp_path, log=lambda s: None, **quiet)
     targets = runtime.cpu_code_targets()
-    for module in (loop, runtime):  # the resume check and the versions the new session records
-        monkeypatch.setattr(module, "cpu_code_targets", lambda: {**targets, "torch_cpu": "OTHER"})
+    monkeypatch.setattr(runtime, "cpu_code_targets", lambda: {**targets, "torch_cpu": "OTHER"})
     lines: list[str] = []
     res = fit(_cfg(epochs=2), tmp_path, resume=True, log=lines.append, **quiet)
     note = [line for line in lines if "other code targets" in line]
@@ -1342,12 +1340,12 @@ def test_code_versions_record_the_cpu_code_targets(monkeypatch):
     numba = pytest.importorskip("numba")
     from llvmlite import binding
 
-    from relpsp.train.runtime import code_versions, cpu_code_targets
+    from relpsp.train.runtime import CPU_TARGET_KEYS, code_versions, cpu_code_targets
 
     monkeypatch.setattr(numba.config, "CPU_NAME", None)
     host = cpu_code_targets()
     assert host == {"torch_cpu": torch.backends.cpu.get_cpu_capability(), "numba_cpu": binding.get_host_cpu_name()}
-    assert host["torch_cpu"] and host["numba_cpu"]
+    assert host["torch_cpu"] and host["numba_cpu"] and tuple(host) == CPU_TARGET_KEYS
     monkeypatch.setattr(numba.config, "CPU_NAME", "znver3")
     versions = code_versions()
     assert versions["numba_cpu"] == "znver3" and versions["torch_cpu"] == host["torch_cpu"]

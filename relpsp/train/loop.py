@@ -38,7 +38,7 @@ from relpsp.train.evaluation import evaluate_on_ranks, fill_silent
 from relpsp.train.inputs import augment_batch, check_splits, data_digest, data_options, epoch_order, load_splits
 from relpsp.train.regularisers import SilentPenalty, SpikeDropout, WeightAverage
 from relpsp.train.run_folder import DERIVED_FILES, RUN_FILES, run_folder_lock, write_json, write_metrics
-from relpsp.train.runtime import code_versions, cpu_code_targets, device_name, set_threads, threads_restored
+from relpsp.train.runtime import CPU_TARGET_KEYS, code_versions, device_name, set_threads, threads_restored
 from relpsp.train.validation import validate_config
 
 __all__ = ["NEW_EPOCH", "fit", "lr_at", "make_optimizer"]
@@ -208,6 +208,7 @@ def _restore(
     device: str,
     steps_per_epoch: int,
     train_digest: str,
+    versions: dict[str, str],
     log: Callable[[str], None],
 ) -> _Progress:
     """Load the weights and optimizer state of ``ckpt_path`` into ``model`` (and ``averaged``) and ``opt``
@@ -284,9 +285,12 @@ def _restore(
             f"note: the checkpoint was written by {saved_world} process(es), this run has {ctx.world_size}; "
             "the batches are the same, the float rounding of the gradient sums differs"
         )
-    last = sessions[-1].get("versions", {}) if sessions else {}
-    here = cpu_code_targets()
-    moved = [f"{k} {last[k]} -> {here[k]}" for k in sorted(here) if k in last and last[k] != here[k]]
+    last = sessions[-1].get("versions", {}) if sessions else {}  # compared with this call's ``versions``
+    moved = [
+        f"{k} {last[k]} -> {versions[k]}"
+        for k in CPU_TARGET_KEYS
+        if k in last and k in versions and last[k] != versions[k]
+    ]
     if moved:  # docs/GUIDE.md, "Repeating a run bit for bit"
         log(
             f"note: the run last trained on a CPU with other code targets ({', '.join(moved)}); the float "
@@ -422,6 +426,7 @@ def _fit(
             device=device,
             steps_per_epoch=steps_per_epoch,
             train_digest=train_digest,
+            versions=versions,
             log=log,
         )
         if ctx.is_main:  # a kill between the checkpoint's write and this file's would leave it a line short

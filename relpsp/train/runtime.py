@@ -17,7 +17,15 @@ import torch
 from relpsp import __version__
 from relpsp.kernels import set_cpu_kernel_threads
 
-__all__ = ["PACKAGE_DIR", "code_versions", "cpu_code_targets", "device_name", "set_threads", "threads_restored"]
+__all__ = [
+    "CPU_TARGET_KEYS",
+    "PACKAGE_DIR",
+    "code_versions",
+    "cpu_code_targets",
+    "device_name",
+    "set_threads",
+    "threads_restored",
+]
 
 
 def set_threads(threads: int, torch_heavy: bool = False) -> None:
@@ -51,6 +59,10 @@ def threads_restored() -> Iterator[None]:
 
 #: the relpsp package's folder: the files whose git state ``code_versions`` records
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+#: the keys of ``cpu_code_targets`` (and of ``code_versions``) that name the host's CPU code targets
+CPU_TARGET_KEYS = ("torch_cpu", "numba_cpu")
 
 
 def cpu_code_targets() -> dict[str, str]:
