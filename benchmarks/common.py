@@ -5,22 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import re
 import resource
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from relpsp._fileio import check_output_file, json_text
 from relpsp.config import ModelConfig
 from relpsp.train import device_name
-from relpsp.train.runtime import cpu_code_targets
+from relpsp.train.runtime import cpu_code_targets, git_source_state, library_versions
 
 __all__ = [
     "add_threads_argument",
@@ -79,19 +76,8 @@ def thread_counts() -> dict:
 
 def environment(device: str = "cpu") -> dict:
     """Device, versions, threads and commit: printed and stored with every benchmark result."""
-    env = {
-        "device": device_name(device),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
-    try:
-        import numba
-
-        env["numba"] = numba.__version__
-    except ImportError:
-        env["numba"] = None
+    env: dict = {"device": device_name(device), "cpu_count": os.cpu_count()}
+    env.update(library_versions())
     env.update(thread_counts())
     env.update(cpu_code_targets())  # the instruction sets the CPU arithmetic was built for
     if torch.cuda.is_available():
@@ -102,26 +88,11 @@ def environment(device: str = "cpu") -> dict:
             env["triton"] = triton.__version__
         except ImportError:
             env["triton"] = None
-    env["commit"], env["source_modified"] = None, "unknown"  # no git, or not a checkout
-    repo = REPO
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=repo
-        )
-        # whether the package, its configs (relpsp/configs is a link to configs/, which git does not follow;
-        # --kernel window reads them) or the benchmarks differ from that commit, new files included
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "relpsp", "configs", "benchmarks"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=repo,
-        )
-        if head.returncode == 0 and status.returncode == 0 and head.stdout.strip():
-            env["commit"] = head.stdout.strip()
-            env["source_modified"] = "yes" if status.stdout.strip() else "no"
-    except (OSError, subprocess.SubprocessError):
-        pass
+    # whether the package, its configs (relpsp/configs is a link to configs/, which git does not follow;
+    # --kernel window reads them) or the benchmarks differ from that commit, new files included; no git, or
+    # not a checkout: commit null and the state unknown
+    state = git_source_state(REPO, ("relpsp", "configs", "benchmarks"), untracked=True)
+    env["commit"], env["source_modified"] = state if state is not None else (None, "unknown")
     return env
 
 

@@ -1333,6 +1333,26 @@ def test_code_versions_record_changes_anywhere_in_the_package(tmp_path):
     assert code_versions(tmp_path.parent / "elsewhere-not-a-repo").get("commit") is None
 
 
+def test_runs_and_benchmarks_record_the_same_versions_and_commit():
+    """A run's ``versions`` and a benchmark's environment come from the same helpers, so they name the
+    same libraries, CPU targets and commit; a ``git status`` that fails (here a path outside the
+    checkout) gives no commit rather than a clean one."""
+    from benchmarks.common import environment
+    from relpsp.train.runtime import PACKAGE_DIR, code_versions, git_source_state, library_versions
+
+    versions, env = code_versions(), environment("cpu")
+    libraries = library_versions()
+    assert set(libraries) == {"python", "torch", "numpy", "numba"} and libraries["torch"] == torch.__version__
+    for key in ("python", "torch", "numpy", "numba", "torch_cpu", "numba_cpu"):
+        assert versions.get(key) == env[key], key
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    state = git_source_state(PACKAGE_DIR)
+    if state is not None:  # a checkout (not an installed copy)
+        assert versions["commit"] == env["commit"] == state[0]
+    assert git_source_state(PACKAGE_DIR, ("/not-inside-this-checkout",)) is None
+
+
 def test_code_versions_record_the_cpu_code_targets(monkeypatch):
     """Every run records the instruction sets its CPU arithmetic was built for (torch's kernel level, the
     CPU numba compiles for): the same seed rounds differently on hosts where these differ. numba's follows

@@ -8,7 +8,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ __all__ = [
     "code_versions",
     "cpu_code_targets",
     "device_name",
+    "git_source_state",
+    "library_versions",
     "set_threads",
     "threads_restored",
 ]
@@ -81,40 +83,55 @@ def cpu_code_targets() -> dict[str, str]:
     return targets
 
 
-def code_versions(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
-    """The versions of relpsp, torch, numpy, Python (and numba), the host's CPU code targets
-    (``cpu_code_targets``); where ``package_dir`` is in a git checkout, its commit and whether the
-    package's tracked files differ from it (``source_modified``)."""
-    v = {
-        "relpsp": __version__,
+def library_versions() -> dict[str, str | None]:
+    """The versions of Python, torch, numpy and numba (``None`` where numba is not installed)."""
+    v: dict[str, str | None] = {
+        "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "python": platform.python_version(),
     }
     try:
         import numba
 
         v["numba"] = numba.__version__
     except ImportError:
-        pass
-    v.update(cpu_code_targets())
+        v["numba"] = None
+    return v
+
+
+def git_source_state(folder: Path, paths: Sequence[str] = (".",), untracked: bool = False) -> tuple[str, str] | None:
+    """The short commit of the git checkout that holds ``folder``, and whether the files under ``paths``
+    (relative to ``folder``; new files too with ``untracked``) differ from it: ``"yes"`` or ``"no"``.
+    ``None`` without git or outside a checkout."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=package_dir
-        ).stdout.strip()
-        if commit:
-            v["commit"] = commit
-            # Whether the package's files differ from that commit (the run used code the commit lacks).
-            status = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=package_dir,
-            ).stdout.strip()
-            v["source_modified"] = "yes" if status else "no"
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=folder
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", f"--untracked-files={'all' if untracked else 'no'}", "--", *paths],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=folder,
+        )
     except (OSError, subprocess.SubprocessError):
-        pass
+        return None
+    commit = head.stdout.strip()
+    if head.returncode != 0 or status.returncode != 0 or not commit:
+        return None
+    return commit, "yes" if status.stdout.strip() else "no"
+
+
+def code_versions(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+    """The versions of relpsp and of ``library_versions`` (numba where installed), the host's CPU code
+    targets (``cpu_code_targets``); where ``package_dir`` is in a git checkout, its commit and whether the
+    package's tracked files differ from it (``source_modified``: the run used code the commit lacks)."""
+    v = {"relpsp": __version__}
+    v.update({name: version for name, version in library_versions().items() if version is not None})
+    v.update(cpu_code_targets())
+    state = git_source_state(package_dir)
+    if state is not None:
+        v["commit"], v["source_modified"] = state
     return v
 
 
