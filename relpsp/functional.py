@@ -35,6 +35,7 @@ from relpsp.core.dense import W_SUM_MIN
 from relpsp.kernels import cpu_kernels_fit, load_pool_kernels
 
 __all__ = [
+    "decision_margin",
     "first_spike_decode",
     "latency_encode",
     "min_time_pool2d",
@@ -327,6 +328,38 @@ def first_spike_decode(t_out: Tensor) -> tuple[Tensor, Tensor]:
     return pred, fired
 
 
+def _check_outputs_and_target(t_out: Tensor, target: Tensor) -> None:
+    """``t_out [B, K]`` valid output spike times (K >= 1) and ``target [B]`` integer labels in [0, K)."""
+    check_float_tensor("t_out", t_out, (2,))
+    if t_out.shape[1] == 0:
+        raise ValueError(f"t_out has no output neurons (shape {tuple(t_out.shape)}); need [B, K] with K >= 1")
+    check_spike_times("t_out", t_out)
+    if not isinstance(target, Tensor) or target.dtype not in (torch.int64, torch.int32):
+        raise ValueError("target must be an integer tensor of class indices")
+    if target.shape != t_out.shape[:1]:
+        raise ValueError(f"target shape {tuple(target.shape)} must be [B] = [{t_out.shape[0]}]")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= t_out.shape[1]):
+        raise ValueError(f"target holds labels outside [0, {t_out.shape[1] - 1}]")
+
+
+def decision_margin(t_out: Tensor, target: Tensor) -> Tensor:
+    """How far ahead of the other outputs the labelled one spikes: ``min_{k != y} t_k - t_y`` per sample,
+    ``t_out [B, K]``, ``target [B]`` -> ``[B]`` (no gradient). Positive: decided right, with that much
+    time to spare (timing noise smaller than it cannot change the decision); negative: decided wrong;
+    0: a tie (``first_spike_decode`` gives the lowest index). ``+inf`` where only the labelled output
+    fired (or K = 1 and it fired), ``-inf`` where it did not fire (no decision counts as wrong).
+
+    Set beside the loss's ``tau``: ``spike_time_cross_entropy`` stops pushing a sample once its margin
+    is several ``tau``."""
+    _check_outputs_and_target(t_out, target)
+    t = t_out.detach()
+    y = target.long()[:, None]
+    t_right = t.gather(1, y)[:, 0]
+    t_other = t.scatter(1, y, math.inf).min(1).values
+    margin = t_other - t_right
+    return torch.where(torch.isfinite(t_right), margin, -math.inf)
+
+
 def spike_time_cross_entropy(
     t_out: Tensor,
     target: Tensor,
@@ -351,16 +384,7 @@ def spike_time_cross_entropy(
     the loss stops rewarding a target spike ever earlier than the rest once its lead is about
     tau * ln(1 + (1 - e) * K / e) (a training choice; the network and its decision are unchanged).
     """
-    check_float_tensor("t_out", t_out, (2,))
-    if t_out.shape[1] == 0:
-        raise ValueError(f"t_out has no output neurons (shape {tuple(t_out.shape)}); need [B, K] with K >= 1")
-    check_spike_times("t_out", t_out)
-    if not isinstance(target, Tensor) or target.dtype not in (torch.int64, torch.int32):
-        raise ValueError("target must be an integer tensor of class indices")
-    if target.shape != t_out.shape[:1]:
-        raise ValueError(f"target shape {tuple(target.shape)} must be [B] = [{t_out.shape[0]}]")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= t_out.shape[1]):
-        raise ValueError(f"target holds labels outside [0, {t_out.shape[1] - 1}]")
+    _check_outputs_and_target(t_out, target)
     check_non_negative("silent_margin", silent_margin)
     check_finite_positive("tau", tau)
     smoothing = check_non_negative("label_smoothing", label_smoothing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -65,6 +66,38 @@ def test_eval_per_class_gives_the_confusion_matrix_and_the_wrong_samples(run_dir
 
     assert pc["class_names"] == list(YINYANG_CLASSES)  # and the text's rows name them
     assert all(f"\n{i} {name} " in text for i, name in enumerate(YINYANG_CLASSES))
+
+
+def test_eval_margins_summarise_each_samples_lead(run_dir, capsys):
+    """--margins: quantiles of the labelled output's lead over the rest, beside the loss's tau; they
+    agree with the accuracy (the share of positive margins) and with a direct computation."""
+    import torch
+
+    from relpsp.functional import decision_margin
+    from relpsp.train import load_trained, run_split
+
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--json", "--margins"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    m = out["margins"]
+    model, cfg, _ = load_trained(run_dir / "checkpoint.ckpt")
+    x, y, _ = run_split(cfg, "test", None)
+    with torch.no_grad():
+        direct = decision_margin(model.eval()(x).double(), y)
+    finite = direct[torch.isfinite(direct)]
+    assert m["tau"] == cfg.train.tau and m["n_both_fired"] == finite.numel()
+    assert m["right_silent"] == int((direct == -math.inf).sum())
+    assert m["n_both_fired"] + m["right_silent"] + m["only_right_fired"] == out["n"] == 1000
+    assert list(m["quantiles"]) == ["1%", "5%", "10%", "25%", "50%", "75%", "90%"]
+    assert m["quantiles"]["50%"] == pytest.approx(finite.double().quantile(0.5).item())
+    values = list(m["quantiles"].values())
+    assert values == sorted(values)
+    correct, right, ties = round(out["accuracy"] * out["n"]), int((direct > 0).sum()), int((direct == 0).sum())
+    assert right <= correct <= right + ties
+    assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--margins"]) == 0
+    text = capsys.readouterr().out
+    assert f"the loss's tau {cfg.train.tau:g}) over the {m['n_both_fired']} samples where both fired: 1% " in text
+    assert f"labelled output silent: {m['right_silent']}" in text
 
 
 def test_eval_on_a_dataset_whose_inputs_do_not_fit_names_both_shapes(run_dir, tmp_path, capsys):

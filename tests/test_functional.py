@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from relpsp.functional import first_spike_decode, latency_encode, spike_time_cross_entropy
+from relpsp.functional import decision_margin, first_spike_decode, latency_encode, spike_time_cross_entropy
 from tests.helpers import DTYPES, assert_close
 
 INF = math.inf
@@ -87,6 +87,45 @@ def test_decode_earliest_class_and_silence():
     assert pred.dtype == torch.int64 and fired.dtype == torch.bool
     assert pred.tolist() == [-1, 1, 0, 2]
     assert fired.tolist() == [False, True, True, True]
+
+
+def test_decision_margin_cases():
+    """The labelled output's lead over the earliest other: its sign says right or wrong, ties are 0,
+    a silent labelled output is -inf, a lone labelled spike +inf."""
+    t_out = torch.tensor(
+        [
+            [1.0, 2.5, 3.0],  # right by 1.5
+            [2.0, 1.0, INF],  # wrong by 1
+            [INF, 1.0, 2.0],  # labelled output silent
+            [INF, INF, INF],  # nothing fired: no decision
+            [1.0, INF, INF],  # only the labelled output fired
+            [1.0, 1.0, 2.0],  # tie
+        ]
+    )
+    m = decision_margin(t_out, torch.tensor([0, 0, 0, 1, 0, 1]))
+    assert m.tolist() == [1.5, -1.0, -INF, -INF, INF, 0.0]
+    assert decision_margin(torch.tensor([[0.5]]), torch.tensor([0])).tolist() == [INF]  # one output
+
+
+def test_decision_margin_agrees_with_the_decision_on_random_times():
+    """Positive margin <=> decided right (ties aside), and it matches a loop over the other outputs."""
+    rng = np.random.default_rng(4)
+    t = rng.uniform(0, 1, (60, 5))
+    t[rng.random(t.shape) < 0.3] = INF
+    y = torch.tensor(rng.integers(0, 5, 60))
+    t_out = torch.tensor(t, requires_grad=True)
+    m = decision_margin(t_out, y)
+    assert not m.requires_grad
+    pred, _ = first_spike_decode(t_out.detach())
+    for r in range(60):
+        others = [t[r, k] for k in range(5) if k != y[r]]
+        want = (min(others) - t[r, y[r]]) if np.isfinite(t[r, y[r]]) else -INF
+        assert m[r].item() == want
+        assert (m[r] > 0).item() == (pred[r] == y[r]).item() or m[r] == 0
+    with pytest.raises(ValueError, match="labels outside"):
+        decision_margin(t_out, torch.full((60,), 5))
+    with pytest.raises(ValueError, match="integer tensor"):
+        decision_margin(t_out, y.float())
 
 
 def test_decode_matches_loop_on_random_times():

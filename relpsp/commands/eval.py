@@ -32,6 +32,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         "decision, then no output spike), each class's accuracy and the indices of the wrongly decided samples, "
         "with their files for a dataset of image files (Caltech) (JSON: key per_class)",
     )
+    p.add_argument(
+        "--margins",
+        action="store_true",
+        help="also the decision margins: how long before the earliest other output the labelled one spikes "
+        "(negative: decided wrong), as quantiles beside the loss's tau (JSON: key margins)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from relpsp.commands import checkpoint_of
     from relpsp.commands.simulate import is_nir_file
     from relpsp.data import canonical_name, dataset_info, load_dataset, sample_files
-    from relpsp.train import data_options, evaluate, load_trained, run_split, set_threads
+    from relpsp.train import data_options, evaluate, load_trained, margin_summary, run_split, set_threads
 
     ckpt = checkpoint_of(args.checkpoint)  # a run folder: its checkpoint
     if ckpt.is_file() and is_nir_file(ckpt):
@@ -64,9 +70,19 @@ def run(args: argparse.Namespace) -> int:
             f"(it was trained on {cfg.data.dataset})"
         )
     decisions: list[Tensor] | None = [] if args.per_class else None
+    margins: list[Tensor] | None = [] if args.margins else None
     res = evaluate(
-        model, x, y, args.batch_size, tau=cfg.train.tau, silent_margin=cfg.train.silent_margin, decisions=decisions
+        model,
+        x,
+        y,
+        args.batch_size,
+        tau=cfg.train.tau,
+        silent_margin=cfg.train.silent_margin,
+        decisions=decisions,
+        margins=margins,
     )
+    if margins is not None:
+        res["margins"] = {**margin_summary(torch.cat(margins)), "tau": cfg.train.tau}
     specs = parse_arch(cfg.model.arch, cfg.model.input_shape)
     res["layers"] = [layer_label(spec) for spec in specs]  # build_model makes one module, one rate, per spec
     if decisions is not None:  # the arch ends with a dense output layer, one neuron per class
@@ -90,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.per_class:
             print(_per_class_text(res["per_class"]))
+        if margins is not None:
+            print(_margins_text(res["margins"]))
     return 0
 
 
@@ -108,6 +126,16 @@ def _per_class(decisions: list[Tensor], k: int, y: Tensor, source_index: Tensor)
         "accuracy": [conf[i, i].item() / n if n else None for i, n in enumerate(totals)],
         "wrong": sorted(source_index[(pred != y.to(pred.device)).nonzero().flatten().cpu()].tolist()),
     }
+
+
+def _margins_text(m: dict[str, Any]) -> str:
+    q = m["quantiles"]
+    values = ", ".join(f"{k} {v:.4g}" for k, v in q.items()) if m["n_both_fired"] else "none"
+    return (
+        f"decision margin (earliest other output's time minus the labelled one's; the loss's tau {m['tau']:g}) "
+        f"over the {m['n_both_fired']} samples where both fired: {values}\n"
+        f"labelled output silent: {m['right_silent']}; only the labelled output fired: {m['only_right_fired']}"
+    )
 
 
 def _per_class_text(pc: dict[str, Any]) -> str:

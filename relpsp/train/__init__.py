@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from relpsp.train.checkpointing import CHECKPOINT_NAME, TRAINING_PREFIX, load_trained
 from relpsp.train.distributed import DistInfo, dist_info, init_distributed
-from relpsp.train.evaluation import confusion_counts, evaluate
+from relpsp.train.evaluation import confusion_counts, evaluate, margin_summary
 from relpsp.train.inputs import data_options, load_splits, run_split
 from relpsp.train.loop import fit, lr_at, make_optimizer
 from relpsp.train.regularisers import WeightAverage
@@ -70,6 +70,7 @@ __all__ = [
     "load_trained",
     "lr_at",
     "make_optimizer",
+    "margin_summary",
     "run_split",
     "set_threads",
 ]

@@ -12,11 +12,11 @@ from torch import Tensor, nn
 
 from relpsp._validate import check_positive_int
 from relpsp.config import TrainConfig
-from relpsp.functional import first_spike_decode, spike_time_cross_entropy
+from relpsp.functional import decision_margin, first_spike_decode, spike_time_cross_entropy
 from relpsp.models import layer_outputs
 from relpsp.train.distributed import DistInfo, all_reduce, shard
 
-__all__ = ["confusion_counts", "evaluate", "evaluate_on_ranks", "fill_silent"]
+__all__ = ["MARGIN_QUANTILES", "confusion_counts", "evaluate", "evaluate_on_ranks", "fill_silent", "margin_summary"]
 
 
 @torch.no_grad()
@@ -29,6 +29,7 @@ def evaluate(
     tau: float = TrainConfig.tau,
     silent_margin: float = TrainConfig.silent_margin,
     decisions: list[Tensor] | None = None,
+    margins: list[Tensor] | None = None,
 ) -> dict[str, Any]:
     """Accuracy (no output spike counts as wrong), no-spike fraction, loss (with the training loss's time
     scale ``tau`` and ``silent_margin``, so it compares with the training loss when no penalty term is on:
@@ -43,14 +44,17 @@ def evaluate(
     on ``batch_size``.
 
     ``decisions``: a list that receives each batch's decisions (``first_spike_decode``'s ``pred`` on the
-    CPU, -1 for no output spike), for ``confusion_counts`` without a second pass over the data. The model
-    runs in eval mode and is left in the mode it came in."""
+    CPU, -1 for no output spike), for ``confusion_counts`` without a second pass over the data.
+    ``margins``: a list that receives every sample's ``decision_margin`` (float64, CPU), for
+    ``margin_summary``. The model runs in eval mode and is left in the mode it came in."""
     check_positive_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels")
     was_training = model.training
     try:  # evaluated in eval mode; the caller's model is left in the mode it came in
-        return _eval_summary(_eval_sums(model, x, y, batch_size, device, tau, silent_margin, decisions=decisions))
+        return _eval_summary(
+            _eval_sums(model, x, y, batch_size, device, tau, silent_margin, decisions=decisions, margins=margins)
+        )
     finally:
         model.train(was_training)
 
@@ -73,6 +77,28 @@ def confusion_counts(pred: Tensor, y: Tensor, n_classes: int) -> Tensor:
     return flat.reshape(n_classes, n_classes + 1)
 
 
+#: the quantiles ``margin_summary`` reports
+MARGIN_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def margin_summary(margins: Tensor) -> dict[str, Any]:
+    """``decision_margin`` values in short: ``quantiles`` (``"1%"`` ... ``"90%"``, ``MARGIN_QUANTILES``)
+    over the samples where the labelled output and another fired (finite margins; ``None`` where there
+    are none), their count ``n_both_fired``, and the counts of the other two cases, ``right_silent``
+    (the labelled output did not fire: -inf) and ``only_right_fired`` (+inf)."""
+    if margins.dim() != 1:
+        raise ValueError(f"margins must be 1-d, got shape {tuple(margins.shape)}")
+    finite = margins[torch.isfinite(margins)].to(torch.float64)
+    levels = torch.tensor(MARGIN_QUANTILES, dtype=torch.float64)
+    values = finite.quantile(levels).tolist() if finite.numel() else [None] * len(MARGIN_QUANTILES)
+    return {
+        "quantiles": {f"{100 * q:g}%": v for q, v in zip(MARGIN_QUANTILES, values, strict=True)},
+        "n_both_fired": int(finite.numel()),
+        "right_silent": int((margins == -math.inf).sum()),
+        "only_right_fired": int((margins == math.inf).sum()),
+    }
+
+
 def _eval_sums(
     model: nn.Sequential,
     x: Tensor,
@@ -83,6 +109,7 @@ def _eval_sums(
     silent_margin: float,
     reduce_max: Callable[[list[float]], list[float]] | None = None,
     decisions: list[Tensor] | None = None,
+    margins: list[Tensor] | None = None,
 ) -> list[float]:
     """``[n, correct, silent, loss_sum, decision_time_sum, tied, *rate_sums]``: sums, so that ranks can add
     them; ``tied`` counts the samples whose earliest output time is shared by several outputs (decoded as
@@ -113,6 +140,8 @@ def _eval_sums(
                 t_win += float(first[fired].sum())
                 tied += int(((t_out == first).sum(1) > 1)[fired].sum())
         t_all = torch.cat(t_outs) if t_outs else torch.empty(0, 1, dtype=torch.float64)
+        if margins is not None:
+            margins.append(decision_margin(t_all, y.cpu()))
         t_filled = fill_silent(t_all, silent_margin, reduce_max or (lambda v: v))
         loss_sum = float(spike_time_cross_entropy(t_filled, y.cpu(), tau=tau, reduction="sum")) if len(y) else 0.0
     return [float(len(y)), float(correct), float(silent), loss_sum, t_win, float(tied), *rates]
