@@ -1148,6 +1148,26 @@ def test_evaluation_counts_decisions_that_several_outputs_tie():
     assert math.isnan(evaluate(model, x[3:], y[3:])["mean_decision_time"])
 
 
+def test_margin_summary_counts_the_infinite_cases_apart():
+    """Quantiles come from the finite margins only; a lone right spike (+inf) and a silent labelled
+    output (-inf) are counted, not folded into them; with no finite margin the quantiles are None."""
+    from relpsp.train import margin_summary
+    from relpsp.train.evaluation import MARGIN_QUANTILES
+
+    m = torch.tensor([0.5, -0.25, math.inf, -math.inf, -math.inf, 1.0, 0.0], dtype=torch.float64)
+    got = margin_summary(m)
+    assert (got["n_both_fired"], got["right_silent"], got["only_right_fired"]) == (4, 2, 1)
+    finite = torch.tensor([0.5, -0.25, 1.0, 0.0], dtype=torch.float64)
+    assert list(got["quantiles"].values()) == pytest.approx(
+        finite.quantile(torch.tensor(MARGIN_QUANTILES, dtype=torch.float64)).tolist()
+    )
+    assert got["quantiles"]["50%"] == pytest.approx(0.25)
+    none = margin_summary(torch.tensor([math.inf, -math.inf]))
+    assert none["n_both_fired"] == 0 and set(none["quantiles"].values()) == {None}
+    with pytest.raises(ValueError, match="1-d"):
+        margin_summary(torch.zeros(2, 2))
+
+
 def test_confusion_counts_place_every_decision_and_match_the_evaluation():
     """Rows are labels, columns decisions, the last column the samples with no output spike; the diagonal
     gives evaluate's accuracy and the last column its no-spike fraction, for any batch size."""
