@@ -389,6 +389,65 @@ def test_validation_errors():
         SimDense(np.array([[np.nan]]))
 
 
+@pytest.mark.parametrize(("arch", "shape"), NETWORKS)
+def test_jitter_moves_every_spike_by_its_own_draw_after_the_exact_step(arch, shape):
+    """With timing noise σ each layer is still exact on its (moved) inputs, and what it emits differs
+    from that by draws of mean 0 and standard deviation σ (clamped at 0); no spike appears or vanishes.
+    σ = 0 is the noiseless simulation; the draws do not depend on the batch size, and follow the seed."""
+    _, net = _model_and_net(arch, shape)
+    x = _images(shape, n=40)
+    plain = simulate(net, x)
+    assert_array_same = np.testing.assert_array_equal
+    assert_array_same(simulate(net, x, SimOptions(jitter=0.0)).t_out, plain.t_out)
+    sigma = 0.05
+    res = simulate(net, x, SimOptions(jitter=sigma, jitter_seed=3, batch_size=7), record_layers=True)
+    assert res.layer_times is not None
+
+    def moved_by(got: np.ndarray, exact: np.ndarray) -> np.ndarray:
+        fired = np.isfinite(exact)
+        return np.where(fired, np.where(fired, got, 0.0) - np.where(fired, exact, 0.0), np.nan)
+
+    clean = simulate(net, x, record_layers=True).layer_times
+    assert clean is not None
+    moves = [moved_by(res.layer_times[0], clean[0])]
+    for i, layer in enumerate(net.layers):
+        exact = run_layer(net, i, res.layer_times[i])
+        got = res.layer_times[i + 1]
+        assert_array_same(np.isfinite(got), np.isfinite(exact))  # the same neurons fire
+        if isinstance(layer, (SimDense, SimConv)):
+            moves.append(moved_by(got, exact))
+        else:  # pooling and flattening pass the moved times on
+            assert_array_same(got, exact)
+    d = np.concatenate([m[np.isfinite(m)].ravel() for m in moves])
+    d = d[np.abs(d) > 0]  # drop spikes clamped at t = 0 from exactly 0
+    assert len(d) > 200
+    assert abs(d.mean()) < 4 * sigma / math.sqrt(len(d)) + 1e-3 and abs(d.std() / sigma - 1) < 0.15
+    again = simulate(net, x, SimOptions(jitter=sigma, jitter_seed=3, batch_size=40))
+    assert_array_same(again.t_out, res.t_out)
+    parts = [simulate(net, x[i : i + 9], SimOptions(jitter=sigma, jitter_seed=3), first_image=i) for i in (0, 9)]
+    assert_array_same(np.concatenate([p.t_out for p in parts]), res.t_out[:18])
+    other = simulate(net, x, SimOptions(jitter=sigma, jitter_seed=4))
+    fired = np.isfinite(res.t_out)
+    assert not np.array_equal(other.t_out[fired], res.t_out[fired])
+    assert (res.t_out[fired] >= 0).all()
+
+
+def test_jitter_settings_are_checked():
+    net = SimNetwork((SimDense(np.ones((2, 3))),), (3,))
+    for bad in (-0.1, math.nan, math.inf, True, "0.1"):
+        with pytest.raises(ValueError, match="jitter must be"):
+            SimOptions(jitter=bad)
+    for bad_seed in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="jitter_seed must be"):
+            SimOptions(jitter=0.1, jitter_seed=bad_seed)
+    with pytest.raises(ValueError, match="two models of timing error"):
+        SimOptions(jitter=0.1, time_bits=6)
+    with pytest.raises(ValueError, match="run_layer runs without timing noise"):
+        run_layer(net, 0, np.zeros((1, 3)), SimOptions(jitter=0.1))
+    with pytest.raises(ValueError, match="first_image must be"):
+        simulate(net, np.zeros((1, 3)), first_image=-1)
+
+
 def test_network_from_checkpoint(tmp_path):
     arch, shape = "3C3p1-P2-4C3s2-12-5", (2, 9, 9)
     model = build_model(arch, shape)
@@ -614,6 +673,20 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     assert q["options"]["window_rule"] == "decision" and summary["options"]["window_rule"] is None
     assert "without --weight-bits" in q["compare"]["note"]
     assert q["options"]["backend"] in ("numpy", "numba")  # the one that ran, not "auto"
+    # Timing noise: recorded in the report, the same with --compare's batches as in one call, noted there.
+    out_j, out_jc = tmp_path / "simj.json", tmp_path / "simjc.json"
+    noisy = ["simulate", str(ckpt), "--dataset", str(data), "--jitter", "0.2", "--jitter-seed", "5"]
+    assert cli.main([*noisy, "--out", str(out_j)]) == 0
+    assert "with timing noise σ 0.2 (seed 5): accuracy" in capsys.readouterr().out
+    assert cli.main([*noisy, "--compare", "--batch-size", "3", "--out", str(out_jc)]) == 0
+    assert "without --weight-bits, --time-bits, --t-cutoff and --jitter" in capsys.readouterr().out
+    j, jc = json.loads(out_j.read_text()), json.loads(out_jc.read_text())
+    assert j["options"]["jitter"] == 0.2 and j["options"]["jitter_seed"] == 5
+    assert summary["options"]["jitter"] == 0.0 and summary["options"]["jitter_seed"] is None
+    assert jc["accuracy"] == j["accuracy"] and jc["mean_decision_time"] == j["mean_decision_time"]
+    assert jc["compare"]["max_abs_dt_all"] > 1e-3  # the noise shows against the noiseless torch model
+    assert cli.main([*noisy, "--time-bits", "6"]) == 2
+    assert "two models of timing error" in capsys.readouterr().err
     # Bad input: one-line error, exit code 2.
     assert cli.main(["simulate", str(tmp_path / "missing.ckpt"), "--dataset", str(data)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -245,6 +245,8 @@ def test_windowed_network_settings_that_do_not_apply_are_refused():
             simulate(net, x, options)
     with pytest.raises(ValueError, match="do not apply"):
         calibrate_time_window(net, x, SimOptions(t_cutoff=1.5))
+    with pytest.raises(ValueError, match="jitter is not supported for a windowed network"):
+        simulate(net, x, SimOptions(jitter=0.01))
     assert calibrate_time_window(net, x) == 2.0
     with pytest.raises(ValueError, match="rule must be"):
         calibrate_time_window(net, x, rule="latest")

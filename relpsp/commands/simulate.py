@@ -2,7 +2,7 @@
 
 Reports accuracy, how often no output neuron fires, the mean decision time and the spikes per layer,
 optionally with fixed-point weights (``--weight-bits``), a clocked time grid (``--time-bits``) and a
-global cut-off (``--t-cutoff``). ``--compare`` also runs the trained torch model (float32 by default, or float64) on the same
+global cut-off (``--t-cutoff``), and with Gaussian timing noise on every spike (``--jitter``). ``--compare`` also runs the trained torch model (float32 by default, or float64) on the same
 images and reports the decision agreement and the largest spike-time difference over neurons that fire
 in both (and how many neurons fire in only one of them).
 
@@ -99,6 +99,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="precision of the torch model for --compare (default float32: the trained model as it runs)",
     )
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="Gaussian timing noise: move every spike (input and spiking layers) by N(0, SIGMA^2), in the "
+        "network's time unit (default 0: none); not with --time-bits",
+    )
+    parser.add_argument(
+        "--jitter-seed", type=int, default=0, help="seed of the timing noise (image n draws from (seed, n))"
+    )
 
 
 def is_nir_file(path: str | os.PathLike) -> bool:
@@ -137,6 +148,8 @@ def sim_options(args: argparse.Namespace, **overrides: Any) -> Any:
         time_window=args.time_window,
         backend=resolve_backend(args.backend),  # the one that runs, so that reports name it
         batch_size=args.batch_size,
+        jitter=getattr(args, "jitter", 0.0),  # relpsp cost shares these arguments but has no noise
+        jitter_seed=getattr(args, "jitter_seed", 0),
     )
     kw.update(overrides)
     return SimOptions(**kw)
@@ -315,11 +328,14 @@ def run(args: argparse.Namespace) -> int:
     simulate(net, x[:2], options)  # warm-up: compile the optional kernels outside the timing
     compare_note = None
     if args.compare and (
-        options.weight_bits is not None or options.time_bits is not None or math.isfinite(options.t_cutoff)
+        options.weight_bits is not None
+        or options.time_bits is not None
+        or math.isfinite(options.t_cutoff)
+        or options.jitter > 0
     ):
         compare_note = (
-            "the torch model runs without --weight-bits, --time-bits and --t-cutoff: the differences below "
-            "include their effect, not only the two implementations'"
+            "the torch model runs without --weight-bits, --time-bits, --t-cutoff and --jitter: the differences "
+            "below include their effect, not only the two implementations'"
         )
         print(f"note: {compare_note}")
     if args.compare:
@@ -336,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
         for i in range(0, len(x), options.batch_size):
             xb = x[i : i + options.batch_size]
             t0 = time.perf_counter()
-            r = simulate(net, xb, options, record_layers=True)
+            r = simulate(net, xb, options, record_layers=True, first_image=i)
             seconds += time.perf_counter() - t0
             assert r.layer_times is not None
             _compare_batch(model, torch, xb, r.layer_times, acc)
@@ -363,6 +379,8 @@ def run(args: argparse.Namespace) -> int:
             "time_window_calibrated": ctx["window_rule"] is not None,
             "window_rule": ctx["window_rule"],
             "t_cutoff": options.t_cutoff,
+            "jitter": options.jitter,
+            "jitter_seed": options.jitter_seed if options.jitter > 0 else None,
             "backend": backend_that_runs(net, options),
         },
         "accuracy": res.accuracy(y),
@@ -380,8 +398,9 @@ def run(args: argparse.Namespace) -> int:
         "seconds": seconds,
         "images_per_s": n / seconds if seconds > 0 else math.inf,
     }
+    noise = f" with timing noise σ {options.jitter:g} (seed {options.jitter_seed})" if options.jitter > 0 else ""
     print(
-        f"{n} images from {summary['dataset']} ({args.split}): accuracy {summary['accuracy']:.4f}, "
+        f"{n} images from {summary['dataset']} ({args.split}){noise}: accuracy {summary['accuracy']:.4f}, "
         f"no decision {summary['no_decision_rate']:.4f}, tied decision {summary['tied_decision_rate']:.4f}, "
         f"mean decision time {summary['mean_decision_time']:.4g}"
     )

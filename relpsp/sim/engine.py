@@ -36,6 +36,14 @@ n_s .. n_e of its window against the exact threshold e - n dt, fires at the firs
 and otherwise at n_e (``window_fire_rows``). Their frame is fixed, ``[0, t_in + L T]``; a cut-off or
 another time window does not apply.
 
+Timing noise (``jitter`` σ > 0): every spike, the input's and each spiking layer's, is moved by an
+independent Gaussian N(0, σ²) draw after the layer has computed it exactly from its (already moved)
+inputs, and clamped at t = 0; pooling and flattening pass the moved times on. Whether a neuron fires is
+decided before the move, so a moved spike may land past a cut-off. Image n's draws come from a
+generator seeded with ``(jitter_seed, n)`` (n counted over the whole call, or from ``first_image``), so
+the result does not depend on the batch size. Refused with a time grid (the other model of timing error)
+and for windowed networks (a moved input could miss its window).
+
 Counts for the cost model (per image, per layer; ``relpsp.hw``): spikes arriving at the layer, spikes it
 emits, synaptic events (each arriving spike times its fan-out: ``N_out`` for a dense layer,
 ``C_out`` times the number of output positions whose receptive field holds the spike for a convolution)
@@ -88,7 +96,9 @@ class SimOptions:
     """How to run: ``weight_bits`` (None = float64 weights), ``time_bits`` (None = continuous time),
     ``t_cutoff`` (a global cut-off on every spike, input included, on top of each layer's ``t_max``),
     ``time_window`` (T of the time grid; None = derived, see ``resolve_time_window``), ``backend``
-    (``"auto"``: numba when installed, else ``"numpy"``) and ``batch_size`` (images per step)."""
+    (``"auto"``: numba when installed, else ``"numpy"``), ``batch_size`` (images per step), ``jitter``
+    (σ of the Gaussian timing noise on every spike, in the network's time unit; 0 = none; see the module
+    docstring) and ``jitter_seed``."""
 
     weight_bits: int | None = None
     time_bits: int | None = None
@@ -96,6 +106,8 @@ class SimOptions:
     time_window: float | None = None
     backend: str = "auto"
     batch_size: int = 256
+    jitter: float = 0.0
+    jitter_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.weight_bits is not None:
@@ -110,6 +122,14 @@ class SimOptions:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)):
+            raise ValueError(f"jitter must be a number, got {self.jitter!r}")
+        if not (math.isfinite(self.jitter) and self.jitter >= 0):
+            raise ValueError(f"jitter must be a finite number >= 0, got {self.jitter!r}")
+        if isinstance(self.jitter_seed, bool) or not isinstance(self.jitter_seed, int) or self.jitter_seed < 0:
+            raise ValueError(f"jitter_seed must be an integer >= 0, got {self.jitter_seed!r}")
+        if self.jitter > 0 and self.time_bits is not None:
+            raise ValueError("jitter and time_bits are two models of timing error: use one of them")
 
 
 @dataclass
@@ -410,6 +430,8 @@ def _check_window_options(net: SimNetwork, options: SimOptions) -> None:
             f"a windowed network fires every neuron by the end of its last window (t = {net.frame_end:g}), which"
             " is also its time window: t_cutoff and time_window do not apply"
         )
+    if net.window is not None and options.jitter > 0:
+        raise ValueError("jitter is not supported for a windowed network (a moved input could miss its window)")
 
 
 def resolve_time_window(net: SimNetwork, options: SimOptions) -> float | None:
@@ -506,6 +528,8 @@ def run_layer(net: SimNetwork, index: int, t: Any, options: SimOptions | None = 
         raise ValueError(f"layer index {index} out of range for a network of {len(net.layers)} layers")
     if options.time_bits is not None:
         raise ValueError("run_layer runs without a time grid; time_bits must be None")
+    if options.jitter > 0:
+        raise ValueError("run_layer runs without timing noise; jitter must be 0")
     layer = net.layers[index]
     t = np.asarray(t, dtype=np.float64)
     _check_times("t", t)
@@ -541,8 +565,14 @@ def _run_batch(
     grid: TimeGrid | None,
     backend: str,
     record_layers: bool,
+    first_image: int = 0,
 ) -> dict[str, Any]:
     b = x.shape[0]
+    rngs = (
+        [np.random.default_rng([options.jitter_seed, first_image + k]) for k in range(b)]
+        if options.jitter > 0
+        else None
+    )
     n_cols = len(net.layers) + 1
     spikes_in = np.zeros((b, n_cols), dtype=np.int64)
     spikes_out = np.zeros((b, n_cols), dtype=np.int64)
@@ -554,6 +584,8 @@ def _run_batch(
         t = grid.quantize(t)
         cut_in = min(cut_in, grid.window)
     t = np.where(t <= cut_in * (1 + 1e-12), t, np.inf)
+    if rngs is not None:
+        t = _jittered(t, rngs, options.jitter)
     spikes_out[:, 0] = _per_image(np.isfinite(t)).sum(1)
     t_last = _per_image(np.where(np.isfinite(t), t, 0.0)).max(1) if t.size else np.zeros(b)
     times = [t] if record_layers else None
@@ -619,7 +651,7 @@ def _run_batch(
                         f"{grid.bits}-bit grid; use fewer time_bits"
                     )
                 upd[:, i] = per_image.astype(np.int64).sum(1)
-            t = t_new
+            t = t_new if rngs is None else _jittered(t_new, rngs, options.jitter)
         spikes_out[:, i] = _per_image(np.isfinite(t)).sum(1)
         if t.size:
             t_last = np.maximum(t_last, _per_image(np.where(np.isfinite(t), t, 0.0)).max(1))
@@ -636,15 +668,28 @@ def _run_batch(
     }
 
 
+def _jittered(t: np.ndarray, rngs: list[np.random.Generator], sigma: float) -> np.ndarray:
+    """``t [B, ...]`` with every finite time moved by its own N(0, sigma^2) draw (image k's from
+    ``rngs[k]``, in the layer order) and clamped at 0; no spike appears or disappears."""
+    flat = _per_image(t)
+    noise = np.stack([rng.standard_normal(flat.shape[1]) for rng in rngs]) if len(rngs) else np.zeros(flat.shape)
+    moved = np.maximum(flat + sigma * noise, 0.0)
+    return np.where(np.isfinite(flat), moved, np.inf).reshape(t.shape)
+
+
 def _per_image(a: np.ndarray) -> np.ndarray:
     """``a [B, ...]`` as ``[B, rest]``; unlike ``reshape(B, -1)`` also for B = 0."""
     return a.reshape(a.shape[0], math.prod(a.shape[1:]))
 
 
-def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, record_layers: bool = False) -> SimResult:
+def simulate(
+    net: SimNetwork, x: Any, options: SimOptions | None = None, *, record_layers: bool = False, first_image: int = 0
+) -> SimResult:
     """Run intensities ``x [B, *net.input_shape]`` (values in [0, 1]; flat rows, images into a flat network
     and ``[B, H, W]`` for one channel are reshaped, other layouts refused: ``as_network_images``) through
-    ``net`` event by event. See the module docstring and ``SimResult``.
+    ``net`` event by event. See the module docstring and ``SimResult``. ``first_image``: the index of
+    ``x[0]`` in a larger set run in parts, so that each image gets the same timing noise (``jitter``) as
+    in one call.
 
     With ``options.time_bits`` the window T must be known (``resolve_time_window``); otherwise a
     ``ValueError`` asks for ``time_window``/``t_cutoff`` or a calibration (``calibrate_time_window``).
@@ -652,6 +697,8 @@ def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, reco
     options = options or SimOptions()
     x = _check_inputs(net, x)
     _check_window_options(net, options)
+    if isinstance(first_image, bool) or not isinstance(first_image, int) or first_image < 0:
+        raise ValueError(f"first_image must be an integer >= 0, got {first_image!r}")
     backend = backend_that_runs(net, options)
     grid = None
     if options.time_bits is not None:
@@ -664,7 +711,7 @@ def simulate(net: SimNetwork, x: Any, options: SimOptions | None = None, *, reco
         grid = TimeGrid(window, options.time_bits)
     weights = _effective_weights(net, options.weight_bits)
     parts = [
-        _run_batch(net, x[i : i + options.batch_size], weights, options, grid, backend, record_layers)
+        _run_batch(net, x[i : i + options.batch_size], weights, options, grid, backend, record_layers, first_image + i)
         for i in range(0, x.shape[0], options.batch_size)
     ]
     if not parts:
