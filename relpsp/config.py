@@ -136,6 +136,9 @@ class TrainConfig:
     )
     spike_dropout: float = _setting(0.0, "training only: drop each input spike of a dense layer with this probability")
     spike_dropout_conv: float = _setting(0.0, "the same for each input spike of a convolution layer (pixels included)")
+    spike_jitter: float = _setting(
+        0.0, "training only: move every spike (input and ReL-PSP layers) by Gaussian noise of this sigma; 0 = off"
+    )
     checkpoint_every: int = _setting(0, "steps between mid-epoch checkpoints; 0 = end of each epoch only")
     eval_batch_size: int = _setting(1000, "batch of every evaluation")
     threads: int = _setting(0, "torch/numba threads; 0 = all cores (shared between the processes of one machine)")

@@ -1018,6 +1018,93 @@ def test_spike_dropout_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
 
 
+def test_spike_jitter_moves_every_emitted_spike_in_training_only():
+    """train.spike_jitter: the encoder's and every ReL-PSP layer's spikes are moved by N(0, sigma^2) draws
+    (clamped at 0) in training mode; each layer computes its exact times from the moved inputs; silent
+    neurons stay silent; the gradient passes through the moved times; eval mode and closed hooks leave the
+    network plain; the draws follow (seed, epoch, step) and the rows a process holds."""
+    from relpsp.functional import relpsp_conv2d
+    from relpsp.models import layer_outputs, model_from_config
+    from relpsp.nn import LatencyEncode, SpikingConv2d, SpikingLinear
+    from relpsp.train.regularisers import SpikeJitter
+
+    torch.manual_seed(0)
+    model = model_from_config(ModelConfig(arch="4C3p1-P2-6-3", input_shape=(1, 4, 4))).double().train()
+    x, _ = _tiny_splits()["train"]
+    x = x.double()
+    sigma = 0.05
+    plain = layer_outputs(model, x)
+    jitter = SpikeJitter(model, sigma)
+    jitter.reseed(5, 1, 2)
+    moved = layer_outputs(model, x)
+    conv = next(i for i, m in enumerate(model) if isinstance(m, SpikingConv2d))
+    deltas = []
+    for i, m in enumerate(model):
+        if isinstance(m, (LatencyEncode, SpikingLinear, SpikingConv2d)):
+            fired = torch.isfinite(moved[i])
+            # the exact times from the moved inputs: forward() runs no hooks
+            exact = plain[0] if i == 0 else m.forward(moved[i - 1]).detach()
+            if i == conv:  # the conv layer's own op, as a cross-check of forward()
+                ref = relpsp_conv2d(moved[i - 1], m.weight.detach(), padding=m.padding, theta=m.theta)
+                assert torch.equal(torch.isfinite(ref), torch.isfinite(exact))
+            assert torch.equal(fired, torch.isfinite(exact))
+            d = (moved[i] - torch.where(fired, exact, 0.0))[fired]
+            deltas.append(d[moved[i][fired] > 0].detach())
+    d = torch.cat(deltas)
+    assert len(d) > 100 and abs(d.mean()) < 0.02 and abs(d.std() / sigma - 1) < 0.2
+    assert (torch.cat([t[torch.isfinite(t)] for t in moved]) >= 0).all()
+    jitter.reseed(5, 1, 2)
+    again = layer_outputs(model, x)
+    assert all(torch.equal(a, b) for a, b in zip(again, moved, strict=True))
+    parts = []
+    for lo, hi in ((0, 5), (5, len(x))):
+        jitter.reseed(5, 1, 2, rows=(lo, hi, len(x)))
+        parts.append(layer_outputs(model, x[lo:hi])[-1])
+    assert torch.equal(torch.cat(parts), moved[-1])
+    jitter.reseed(5, 1, 3)
+    assert not torch.equal(layer_outputs(model, x)[-1], moved[-1])
+    w = model[-1].weight
+    w.grad = None
+    jitter.reseed(5, 1, 2)
+    out = model(x)
+    out[torch.isfinite(out)].sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    model.eval()
+    assert all(torch.equal(a, b) for a, b in zip(layer_outputs(model, x), plain, strict=True))
+    model.train()
+    jitter.close()
+    assert all(torch.equal(a, b) for a, b in zip(layer_outputs(model, x), plain, strict=True))
+
+
+def test_spike_jitter_trains_deterministically_resumes_exactly_and_is_validated(tmp_path):
+    splits = _tiny_splits()
+    runs = [
+        fit(_cfg(epochs=2, spike_jitter=s), tmp_path / n, progress=False, splits=splits, log=lambda s: None)
+        for n, s in (("a", 0.05), ("b", 0.05), ("off", 0.0))
+    ]
+    losses = [[r["train_loss"] for r in res["history"]] for res in runs]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["config"]["train"]["spike_jitter"] == 0.05
+    cfg = _cfg(epochs=2, checkpoint_every=1, spike_jitter=0.05, spike_dropout=0.2)
+    fit(cfg, tmp_path / "ref", progress=False, splits=splits, log=lambda s: None)
+    _fit_interrupted(cfg, tmp_path / "cut", (1, 1))
+    fit(cfg, tmp_path / "cut", resume=True, progress=False, splits=splits, log=lambda s: None)
+    ref, cut = _weights(tmp_path / "ref" / CHECKPOINT_NAME), _weights(tmp_path / "cut" / CHECKPOINT_NAME)
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], cut[k], err_msg=k)
+    for bad, match in (
+        (_cfg(spike_jitter=-0.1), "spike_jitter must be a finite number >= 0"),
+        (_cfg(spike_jitter=math.inf), "spike_jitter must be a finite number >= 0"),
+        (_cfg(spike_jitter=0.1, silent_penalty=0.01), "cannot be combined"),
+        (
+            replace(_cfg(spike_jitter=0.1), model=ModelConfig(arch="16-12-3", input_shape=(1, 4, 4), kernel="alpha")),
+            "ReL-PSP kernel only",
+        ),
+    ):
+        with pytest.raises(ValueError, match=match):
+            fit(bad, tmp_path / "bad", splits=splits, progress=False, log=lambda s: None)
+
+
 def test_conv_spike_dropout_drops_convolution_inputs_at_its_own_rate(tmp_path):
     """``train.spike_dropout_conv`` hooks the convolution layers (the first one's input is the encoded
     image) at their own rate and threshold scale, beside the dense layers' rate; with it at 0 only the

@@ -36,7 +36,7 @@ from relpsp.train.checkpointing import (
 from relpsp.train.distributed import DistInfo, all_reduce, barrier, dist_info, shard, sum_gradients_hook
 from relpsp.train.evaluation import evaluate_on_ranks, fill_silent
 from relpsp.train.inputs import augment_batch, check_splits, data_digest, data_options, epoch_order, load_splits
-from relpsp.train.regularisers import SilentPenalty, SpikeDropout, WeightAverage
+from relpsp.train.regularisers import SilentPenalty, SpikeDropout, SpikeJitter, WeightAverage
 from relpsp.train.run_folder import DERIVED_FILES, RUN_FILES, run_folder_lock, write_json, write_metrics
 from relpsp.train.runtime import CPU_TARGET_KEYS, code_versions, device_name, set_threads, threads_restored
 from relpsp.train.validation import validate_config
@@ -461,6 +461,7 @@ def _fit(
     target_penalty = SilentPenalty(model, target_only=True) if cfg.train.target_penalty > 0 else None
     p_dense, p_conv = cfg.train.spike_dropout, cfg.train.spike_dropout_conv
     dropout = SpikeDropout(model, p_dense, p_conv) if p_dense > 0 or p_conv > 0 else None
+    jitter = SpikeJitter(model, cfg.train.spike_jitter) if cfg.train.spike_jitter > 0 else None
 
     def reduce_max(values: list[float]) -> list[float]:
         return all_reduce(values, ctx, device, "max")
@@ -521,6 +522,8 @@ def _fit(
                     pen.records.clear()  # drop what evaluation passes recorded
             if dropout is not None:
                 dropout.reseed(cfg.train.seed, epoch, step, device, rows=(lo, hi, n_global))
+            if jitter is not None:
+                jitter.reseed(cfg.train.seed, epoch, step, rows=(lo, hi, n_global))
             t_out = train_model(xb)
             loss_sum = _step_loss(t_out, yb, cfg, penalty, target_penalty, reduce_max)
             loss = loss_sum / n_global  # this rank's share of the global mean; DDP sums the shares' gradients
@@ -597,7 +600,7 @@ def _fit(
             + f"  {row['samples_per_s']:.0f} samples/s"
         )
 
-    for hooks in (penalty, target_penalty, dropout):
+    for hooks in (penalty, target_penalty, dropout, jitter):
         if hooks is not None:
             hooks.close()
     final = evaluate_on_ranks(eval_model, *splits["test"], cfg.train.eval_batch_size, device, ctx, cfg.train)

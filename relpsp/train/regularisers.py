@@ -1,6 +1,6 @@
 """What training may add to the plain STDBP step, each attached from outside the stateless network:
-weight averaging, the penalties that give silent neurons a gradient (forward hooks) and spike dropout
-(forward hooks, seeded per step)."""
+weight averaging, the penalties that give silent neurons a gradient (forward hooks), spike dropout and
+timing noise (forward hooks, seeded per step)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from relpsp.train.inputs import step_key
 
-__all__ = ["SilentPenalty", "SpikeDropout", "WeightAverage"]
+__all__ = ["SilentPenalty", "SpikeDropout", "SpikeJitter", "WeightAverage"]
 
 
 class WeightAverage:
@@ -195,3 +195,52 @@ class SpikeDropout:
             h.remove()
         for m in self.layers:
             m.theta = self.theta[id(m)]
+
+
+class SpikeJitter:
+    """Training-time timing noise (``train.spike_jitter`` = sigma), attached through forward hooks to the
+    input encoder and every ReL-PSP layer (the network, its checkpoint, export and inference are
+    unchanged). In a forward pass in training mode every spike the encoder or a ReL-PSP layer emits is
+    moved by its own N(0, sigma^2) draw and clamped at 0, as ``relpsp.sim``'s ``jitter`` moves them at
+    inference (pooling and flattening pass the moved times on; whether a neuron fires is decided before
+    its spike moves). The noise is a constant of the pass, so the gradient flows through a moved time to
+    the layer that emitted it unchanged (a time clamped at 0 passes none). The draws come from a
+    generator reseeded before every step from (seed, epoch, step); each hook draws the noise of the whole
+    global batch and keeps this process's rows, so a resumed or data-parallel run moves the spikes a
+    single uninterrupted process would."""
+
+    def __init__(self, model: nn.Sequential, sigma: float) -> None:
+        from relpsp.nn import LatencyEncode, SpikingConv2d, SpikingLinear
+
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"spike jitter needs a finite sigma > 0, got {sigma}")
+        self.sigma = sigma
+        # in forward order, so one generator draws layer by layer as the pass reaches them
+        self.modules = [m for m in model if isinstance(m, (LatencyEncode, SpikingLinear, SpikingConv2d))]
+        if not any(isinstance(m, (SpikingLinear, SpikingConv2d)) for m in self.modules):
+            raise ValueError("train.spike_jitter needs a network of ReL-PSP layers (model.kernel 'relpsp')")
+        self.generator: torch.Generator | None = None
+        self.rows: tuple[int, int, int] | None = None
+        self.handles = [m.register_forward_hook(self._move) for m in self.modules]
+
+    def reseed(self, seed: int, epoch: int, step: int, rows: tuple[int, int, int] | None = None) -> None:
+        """Seed the noise of one step; ``rows = (lo, hi, n_global)`` as in ``SpikeDropout.reseed``."""
+        self.generator = torch.Generator()
+        self.rows = rows
+        self.generator.manual_seed(step_key("spike-jitter", -1, False, seed, epoch, step))
+
+    def _move(self, mod: Any, _args: Any, t_out: Tensor) -> Tensor | None:
+        if not mod.training or self.generator is None:
+            return None
+        lo, hi, n = self.rows if self.rows is not None else (0, len(t_out), len(t_out))
+        if hi - lo != len(t_out):
+            raise RuntimeError(f"spike jitter expected rows {lo}:{hi} of the batch, got {len(t_out)}")
+        shape = (n, *t_out.shape[1:])
+        noise = torch.randn(shape, generator=self.generator, dtype=t_out.dtype)[lo:hi].to(t_out.device)
+        fired = torch.isfinite(t_out)
+        moved = torch.clamp(torch.where(fired, t_out, 0.0) + self.sigma * noise, min=0.0)
+        return torch.where(fired, moved, t_out)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()

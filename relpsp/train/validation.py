@@ -43,7 +43,15 @@ def validate_config(cfg: Config) -> None:
         raise ValueError(f"train.seed must be in [0, 2^32), got {t.seed}")
     if not (math.isfinite(t.ema_decay) and 0 <= t.ema_decay < 1):
         raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no weight averaging), got {t.ema_decay}")
-    for name in ("weight_decay", "grad_clip", "silent_margin", "silent_penalty", "target_penalty", "tau"):
+    for name in (
+        "weight_decay",
+        "grad_clip",
+        "silent_margin",
+        "silent_penalty",
+        "target_penalty",
+        "tau",
+        "spike_jitter",
+    ):
         v = getattr(t, name)
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"train.{name} must be a finite number >= 0, got {v}")
@@ -68,6 +76,11 @@ def validate_config(cfg: Config) -> None:
             )
         if v > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
             raise ValueError(f"train.{name} cannot be combined with train.silent_penalty or train.target_penalty")
+    if t.spike_jitter > 0:
+        if cfg.model.kernel != "relpsp":
+            raise ValueError("train.spike_jitter is defined for the ReL-PSP kernel only (model.kernel 'relpsp')")
+        if t.silent_penalty > 0 or t.target_penalty > 0:
+            raise ValueError("train.spike_jitter cannot be combined with train.silent_penalty or train.target_penalty")
     from relpsp.arch import ConvSpec, DenseSpec, parse_arch
 
     specs = parse_arch(cfg.model.arch, cfg.model.input_shape)  # here, before --overwrite deletes anything
