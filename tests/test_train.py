@@ -986,13 +986,15 @@ def test_spike_dropout_masks_do_not_depend_on_how_the_batch_is_split():
         h.remove()
 
 
+def _epoch_losses(folder: Path, splits: dict, **train) -> list[float]:
+    """The training losses of a 2-epoch run of ``_cfg`` with ``train`` settings, into ``folder``."""
+    res = fit(_cfg(epochs=2, **train), folder, progress=False, splits=splits, log=lambda s: None)
+    return [r["train_loss"] for r in res["history"]]
+
+
 def test_spike_dropout_trains_deterministically_and_is_validated(tmp_path):
     splits = _tiny_splits()
-    runs = [
-        fit(_cfg(epochs=2, spike_dropout=p), tmp_path / n, progress=False, splits=splits, log=lambda s: None)
-        for n, p in (("a", 0.2), ("b", 0.2), ("off", 0.0))
-    ]
-    losses = [[r["train_loss"] for r in res["history"]] for res in runs]
+    losses = [_epoch_losses(tmp_path / n, splits, spike_dropout=p) for n, p in (("a", 0.2), ("b", 0.2), ("off", 0.0))]
     assert losses[0] == losses[1]  # seeded masks: the same run twice
     assert losses[0] != losses[2]  # and the masks change training
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -1078,11 +1080,7 @@ def test_spike_jitter_moves_every_emitted_spike_in_training_only():
 
 def test_spike_jitter_trains_deterministically_resumes_exactly_and_is_validated(tmp_path):
     splits = _tiny_splits()
-    runs = [
-        fit(_cfg(epochs=2, spike_jitter=s), tmp_path / n, progress=False, splits=splits, log=lambda s: None)
-        for n, s in (("a", 0.05), ("b", 0.05), ("off", 0.0))
-    ]
-    losses = [[r["train_loss"] for r in res["history"]] for res in runs]
+    losses = [_epoch_losses(tmp_path / n, splits, spike_jitter=v) for n, v in (("a", 0.05), ("b", 0.05), ("off", 0.0))]
     assert losses[0] == losses[1] and losses[0] != losses[2]
     assert json.loads((tmp_path / "a" / "results.json").read_text())["config"]["train"]["spike_jitter"] == 0.05
     cfg = _cfg(epochs=2, checkpoint_every=1, spike_jitter=0.05, spike_dropout=0.2)
