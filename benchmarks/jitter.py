@@ -97,13 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         margins = margin_summary(decision_margin(torch.from_numpy(clean.t_out), torch.from_numpy(np.asarray(y))))
         accuracy: dict[str, dict] = {}
         for sigma in sigmas:
-            seeds = range(args.seeds) if sigma > 0 else range(1)
-            accs = [
-                clean.accuracy(y)
+            accs = (
+                [clean.accuracy(y)]
                 if sigma == 0
-                else simulate(net, x, SimOptions(jitter=sigma, jitter_seed=s)).accuracy(y)
-                for s in seeds
-            ]
+                else [simulate(net, x, SimOptions(jitter=sigma, jitter_seed=s)).accuracy(y) for s in range(args.seeds)]
+            )
             accuracy[f"{sigma:g}"] = {
                 "mean": statistics.fmean(accs),
                 "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -122,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 "accuracy": accuracy,
             }
         )
-    print("environment:", json.dumps(environment()))
+    env = environment()
+    print("environment:", json.dumps(env))
     print(f"\ntest accuracy (%) under timing noise σ, mean ± sd over {args.seeds} noise seeds")
     print("| checkpoint | τ | median margin | " + " | ".join(f"σ {s:g}" for s in sigmas) + " |")
     print("|---" * (len(sigmas) + 3) + "|")
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             {
                 "benchmark": "jitter",
-                "environment": environment(),
+                "environment": env,
                 "sigmas": sigmas,
                 "seeds": args.seeds,
                 "rows": rows,

@@ -117,6 +117,22 @@ class SilentPenalty:
             h.remove()
 
 
+def _rows_of_global_draw(
+    draw: Callable[..., Tensor],
+    generator: torch.Generator,
+    rows: tuple[int, int, int] | None,
+    like: Tensor,
+    what: str,
+) -> Tensor:
+    """``draw`` (``torch.rand`` or ``torch.randn``) over the whole global batch of ``like``'s per-sample
+    shape and dtype, cut to the rows ``lo:hi`` of ``rows = (lo, hi, n_global)`` that this process holds
+    (None: all of ``like``), on ``like``'s device: every process draws what one process would."""
+    lo, hi, n = rows if rows is not None else (0, len(like), len(like))
+    if hi - lo != len(like):
+        raise RuntimeError(f"{what} expected rows {lo}:{hi} of the batch, got {len(like)}")
+    return draw((n, *like.shape[1:]), generator=generator, dtype=like.dtype)[lo:hi].to(like.device)
+
+
 class SpikeDropout:
     """Training-time dropout for spike times, attached to every ReL-PSP dense layer (rate ``p``) and, with
     ``p_conv > 0``, every convolution layer (rate ``p_conv``; the first one's input is the encoded image,
@@ -178,12 +194,8 @@ class SpikeDropout:
         if not mod.training or self.generator is None:
             return None
         t_in = args[0]
-        lo, hi, n = self.rows if self.rows is not None else (0, len(t_in), len(t_in))
-        if hi - lo != len(t_in):
-            raise RuntimeError(f"spike dropout expected rows {lo}:{hi} of the batch, got {len(t_in)}")
         p = self.rate[id(mod)]
-        shape = (n, *t_in.shape[1:])
-        u = torch.rand(shape, generator=self.generator, dtype=t_in.dtype)[lo:hi].to(t_in.device)
+        u = _rows_of_global_draw(torch.rand, self.generator, self.rows, t_in, "spike dropout")
         mod.theta = self.theta[id(mod)] * (1.0 - p)
         return (torch.where(u < p, torch.full_like(t_in, math.inf), t_in), *args[1:])
 
@@ -232,11 +244,7 @@ class SpikeJitter:
     def _move(self, mod: Any, _args: Any, t_out: Tensor) -> Tensor | None:
         if not mod.training or self.generator is None:
             return None
-        lo, hi, n = self.rows if self.rows is not None else (0, len(t_out), len(t_out))
-        if hi - lo != len(t_out):
-            raise RuntimeError(f"spike jitter expected rows {lo}:{hi} of the batch, got {len(t_out)}")
-        shape = (n, *t_out.shape[1:])
-        noise = torch.randn(shape, generator=self.generator, dtype=t_out.dtype)[lo:hi].to(t_out.device)
+        noise = _rows_of_global_draw(torch.randn, self.generator, self.rows, t_out, "spike jitter")
         fired = torch.isfinite(t_out)
         moved = torch.clamp(torch.where(fired, t_out, 0.0) + self.sigma * noise, min=0.0)
         return torch.where(fired, moved, t_out)
