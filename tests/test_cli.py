@@ -46,6 +46,31 @@ def test_eval_reports_the_same_accuracy(run_dir, capsys):
     assert "firing rate per layer: input 1.000, dense 10 " in capsys.readouterr().out  # named, not bare numbers
 
 
+def test_eval_threads_gives_the_kernels_that_many_and_the_same_numbers(run_dir, capsys):
+    """--threads 1 (e.g. beside a training run) puts the compiled kernels and torch on one thread and prints
+    the same result; a negative count is refused before the checkpoint is read."""
+    import torch
+
+    from relpsp.kernels import cpu_kernels_available
+    from relpsp.train.runtime import threads_restored
+
+    ckpt = str(run_dir / "checkpoint.ckpt")
+    capsys.readouterr()
+    with threads_restored():
+        assert cli.main(["eval", ckpt, "--json"]) == 0
+        every_core = json.loads(capsys.readouterr().out)
+        assert cli.main(["eval", ckpt, "--json", "--threads", "1"]) == 0
+        one = json.loads(capsys.readouterr().out)
+        assert torch.get_num_threads() == 1
+        if cpu_kernels_available():
+            import numba
+
+            assert numba.get_num_threads() == 1
+    assert one == every_core
+    assert cli.main(["eval", str(run_dir / "missing.ckpt"), "--threads", "-1"]) == 2
+    assert "--threads must be an integer >= 0, got -1" in capsys.readouterr().err
+
+
 def test_eval_per_class_gives_the_confusion_matrix_and_the_wrong_samples(run_dir, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--json", "--per-class"]) == 0

@@ -829,6 +829,38 @@ def test_sim_keeps_an_input_spike_exactly_at_the_cutoff():
     assert res.spikes_out[0, 0] == 1
 
 
+def test_cli_simulate_and_cost_threads(tmp_path, capsys):
+    """--threads 1 puts the simulator's compiled kernels on one thread and changes no number; without it
+    the thread counts are left as they are; a negative count is refused before anything is read."""
+    from relpsp.kernels import cpu_kernels_available
+    from relpsp.train.runtime import threads_restored
+
+    ckpt, data = _tiny_checkpoint(tmp_path)
+    argv = ["simulate", str(ckpt), "--dataset", str(data), "--backend", "numba" if cpu_kernels_available() else "numpy"]
+    out, out1 = tmp_path / "sim.json", tmp_path / "sim1.json"
+    with threads_restored():
+        if cpu_kernels_available():
+            import numba
+
+            numba.set_num_threads(2 if numba.config.NUMBA_NUM_THREADS >= 2 else 1)
+            before = numba.get_num_threads()
+            assert cli.main([*argv, "--out", str(out)]) == 0
+            assert numba.get_num_threads() == before  # no --threads: untouched
+        else:
+            assert cli.main([*argv, "--out", str(out)]) == 0
+        assert cli.main([*argv, "--threads", "1", "--out", str(out1)]) == 0
+        if cpu_kernels_available():
+            assert numba.get_num_threads() == 1
+        assert cli.main(["cost", str(ckpt), "--dataset", str(data), "--threads", "1"]) == 0
+    a, b = json.loads(out.read_text()), json.loads(out1.read_text())
+    for key in ("accuracy", "mean_decision_time", "n_images"):
+        assert a[key] == b[key]
+    capsys.readouterr()
+    for command in ("simulate", "cost"):
+        assert cli.main([command, str(tmp_path / "missing.ckpt"), "--threads", "-1"]) == 2
+        assert "--threads must be an integer >= 0, got -1" in capsys.readouterr().err
+
+
 def test_cli_simulate_compare_defaults_to_float32_and_records_split(tmp_path, capsys):
     """--compare-dtype help: "(default float32: the trained model as it runs)"; docs/HARDWARE.md: "--compare
     also runs the torch model (float32 by default, --compare-dtype float64 for float64)"."""

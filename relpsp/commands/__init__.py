@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -18,3 +19,28 @@ def checkpoint_of(path: str | os.PathLike[str]) -> Path:
             return p / RUN_CHECKPOINT
         raise FileNotFoundError(f"{p} is a folder, not a file, and holds no {RUN_CHECKPOINT} (a run's checkpoint)")
     return p
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default: int | None) -> None:
+    """``--threads N``: CPU threads for the compiled kernels and torch (0: all cores); ``default`` None
+    leaves the libraries' own choice unless the option is given."""
+    if default is None:
+        what = "default: the libraries' own choice, all cores"
+    else:
+        what = "default: all cores" if default == 0 else f"default {default}"
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        help=f"CPU threads for the compiled kernels and torch, e.g. 1 beside a training run (0: all cores; {what})",
+    )
+
+
+def use_threads(threads: int | None, *, torch_heavy: bool = False) -> None:
+    """Apply ``--threads`` as training does (``relpsp.train.set_threads``); None changes nothing."""
+    if threads is None:
+        return
+    from relpsp._validate import check_int_at_least
+    from relpsp.train import set_threads
+
+    set_threads(check_int_at_least("--threads", threads, 0), torch_heavy=torch_heavy)

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from relpsp._fileio import json_text
+from relpsp.commands import add_threads_argument
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -38,23 +39,26 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="also the decision margins: how long before the earliest other output the labelled one spikes "
         "(negative: decided wrong), as quantiles beside the loss's tau (JSON: key margins)",
     )
+    add_threads_argument(p, 0)
 
 
 def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from relpsp._validate import check_int_at_least
     from relpsp.arch import DenseSpec, layer_label, parse_arch
-    from relpsp.commands import checkpoint_of
+    from relpsp.commands import checkpoint_of, use_threads
     from relpsp.commands.simulate import is_nir_file
     from relpsp.data import canonical_name, dataset_info, load_dataset, sample_files
-    from relpsp.train import data_options, evaluate, load_trained, margin_summary, run_split, set_threads
+    from relpsp.train import data_options, evaluate, load_trained, margin_summary, run_split
 
+    check_int_at_least("--threads", args.threads, 0)  # before the checkpoint is read
     ckpt = checkpoint_of(args.checkpoint)  # a run folder: its checkpoint
     if ckpt.is_file() and is_nir_file(ckpt):
         raise ValueError(f"{ckpt} is a NIR file; relpsp eval reads checkpoints: run it with relpsp simulate")
     model, cfg, _ = load_trained(ckpt)
-    set_threads(0, torch_heavy=cfg.model.kernel == "window")  # as training sets them for this network
+    use_threads(args.threads, torch_heavy=cfg.model.kernel == "window")  # as training sets them for this network
     dataset = args.dataset or cfg.data.dataset
     data_dir = args.data_dir or cfg.data.data_dir
     if canonical_name(dataset) == canonical_name(cfg.data.dataset):

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from relpsp.commands import add_threads_argument
+
 __all__ = ["add_sim_arguments", "configure", "load_source", "prepare", "run", "sim_options", "write_json"]
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -86,6 +88,7 @@ def add_sim_arguments(
     parser.add_argument("--backend", choices=["auto", "numpy", "numba"], default="auto", help="simulator backend")
     parser.add_argument("--batch-size", type=int, default=256, help="images per simulation step")
     parser.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON")
+    add_threads_argument(parser, None)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -216,14 +219,18 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     """Load the network and the images and resolve the options (calibrating the time window if a grid
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
     from relpsp._fileio import check_output_file
-    from relpsp.commands import checkpoint_of
+    from relpsp._validate import check_int_at_least
+    from relpsp.commands import checkpoint_of, use_threads
     from relpsp.sim import as_network_images, calibrate_time_window, is_inputs_file, load_inputs, resolve_time_window
 
+    if args.threads is not None:
+        check_int_at_least("--threads", args.threads, 0)  # before anything is read
     args.source = checkpoint_of(args.source)  # a run folder: its checkpoint, for every use below and the reports
     if args.out is not None:  # refused before the simulation, not after it
         npz = [args.dataset] if args.dataset and Path(args.dataset).is_file() else []
         check_output_file(args.out, args.source, *npz)
     net, meta, data_cfg = load_source(args.source)
+    use_threads(args.threads)  # the simulator's compiled kernels get them (torch one, as in training)
     dataset = args.dataset or data_cfg.get("dataset")
     if not dataset:
         raise ValueError("--dataset is needed: the source is a NIR file that names no dataset")
