@@ -36,11 +36,18 @@ def add_threads_argument(parser: argparse.ArgumentParser, default: int | None) -
     )
 
 
-def use_threads(threads: int | None, *, torch_heavy: bool = False) -> None:
-    """Apply ``--threads`` as training does (``relpsp.train.set_threads``); None changes nothing."""
+def check_threads(threads: int | None) -> int | None:
+    """``--threads`` checked at the command's boundary, before anything is read (None: not given)."""
     if threads is None:
-        return
+        return None
     from relpsp._validate import check_int_at_least
-    from relpsp.train import set_threads
 
-    set_threads(check_int_at_least("--threads", threads, 0), torch_heavy=torch_heavy)
+    return check_int_at_least("--threads", threads, 0)
+
+
+def use_threads(threads: int | None, *, torch_heavy: bool = False) -> None:
+    """Apply a checked ``--threads`` as training does (``relpsp.train.set_threads``); None changes nothing."""
+    if threads is not None:
+        from relpsp.train import set_threads
+
+        set_threads(threads, torch_heavy=torch_heavy)

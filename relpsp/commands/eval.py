@@ -46,14 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from relpsp._validate import check_int_at_least
     from relpsp.arch import DenseSpec, layer_label, parse_arch
-    from relpsp.commands import checkpoint_of, use_threads
+    from relpsp.commands import check_threads, checkpoint_of, use_threads
     from relpsp.commands.simulate import is_nir_file
     from relpsp.data import canonical_name, dataset_info, load_dataset, sample_files
     from relpsp.train import data_options, evaluate, load_trained, margin_summary, run_split
 
-    check_int_at_least("--threads", args.threads, 0)  # before the checkpoint is read
+    check_threads(args.threads)
     ckpt = checkpoint_of(args.checkpoint)  # a run folder: its checkpoint
     if ckpt.is_file() and is_nir_file(ckpt):
         raise ValueError(f"{ckpt} is a NIR file; relpsp eval reads checkpoints: run it with relpsp simulate")

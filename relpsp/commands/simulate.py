@@ -219,12 +219,10 @@ def prepare(args: argparse.Namespace, *, weight_bits: int | None = None) -> dict
     """Load the network and the images and resolve the options (calibrating the time window if a grid
     is asked for and nothing fixes T). Returns a dict of everything ``run`` needs."""
     from relpsp._fileio import check_output_file
-    from relpsp._validate import check_int_at_least
-    from relpsp.commands import checkpoint_of, use_threads
+    from relpsp.commands import check_threads, checkpoint_of, use_threads
     from relpsp.sim import as_network_images, calibrate_time_window, is_inputs_file, load_inputs, resolve_time_window
 
-    if args.threads is not None:
-        check_int_at_least("--threads", args.threads, 0)  # before anything is read
+    check_threads(args.threads)
     args.source = checkpoint_of(args.source)  # a run folder: its checkpoint, for every use below and the reports
     if args.out is not None:  # refused before the simulation, not after it
         npz = [args.dataset] if args.dataset and Path(args.dataset).is_file() else []
