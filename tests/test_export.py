@@ -612,3 +612,93 @@ def test_relpsp_data_with_a_key_outside_data_keys_is_refused():
     graph.nodes["input"].metadata["relpsp.data"] = json.dumps({"dataset": "mnist", "augment": True})
     with pytest.raises(ValueError, match="keys among"):
         nir_data_config(graph)
+
+
+def _conv_nodes(weight=None, r=None, **conv):
+    """Conv2d -> I -> IF nodes for ``_chain_graph``: one 3x3 kernel of ones unless ``weight`` says otherwise;
+    ``conv`` overrides the Conv2d's stride, padding, dilation, groups or bias."""
+    settings = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": np.zeros(1), **conv}
+    w = np.ones((1, 1, 3, 3)) if weight is None else weight
+    return {
+        "c": nir.Conv2d(input_shape=None, weight=w, **settings),
+        "ci": nir.I(r=np.ones(1) if r is None else r),
+        "cif": nir.IF(r=np.ones(1), v_threshold=np.ones(1)),
+    }
+
+
+def _dense_graph(**nodes_over):
+    """input [4] -> Linear -> I -> IF -> output, with any node replaced by ``nodes_over``."""
+    nodes = {
+        "input": nir.Input(input_type={"input": np.array([4])}),
+        "w": nir.Linear(weight=np.ones((3, 4))),
+        "wi": nir.I(r=np.ones(3)),
+        "wif": nir.IF(r=np.ones(3), v_threshold=np.ones(3)),
+        "output": nir.Output(output_type={"output": np.array([3])}),
+    }
+    nodes.update(nodes_over)
+    return nir.NIRGraph(nodes=nodes, edges=list(itertools.pairwise(nodes)), type_check=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: _chain_graph([1, 6, 6], _conv_nodes(weight=np.ones((1, 3, 3))), 16), "Conv2d weight must be 4-D"),
+        (lambda: _chain_graph([1, 6, 6], _conv_nodes(dilation=2), 16), "dilation and groups must be 1"),
+        (lambda: _chain_graph([1, 6, 6], _conv_nodes(groups=2), 16), "dilation and groups must be 1"),
+        (lambda: _chain_graph([1, 6, 6], _conv_nodes(bias=np.ones(1)), 16), "Conv2d with a non-zero bias"),
+        (lambda: _chain_graph([1, 6, 6], _conv_nodes(weight=np.ones((1, 1, 3, 2))), 20), "needs a square kernel"),
+        (
+            lambda: _chain_graph([1, 6, 6], _conv_nodes(r=np.arange(1.0, 17.0).reshape(1, 4, 4)), 16),
+            "per-position r or v_threshold cannot be shared-weight",
+        ),
+        (
+            lambda: _chain_graph(
+                [1, 4, 4],
+                {
+                    "p": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([1, 1])),
+                    "pif": nir.IF(r=np.ones(1), v_threshold=np.full(1, 0.5)),
+                },
+                9,
+            ),
+            "pooling with padding is not supported",
+        ),
+        (
+            lambda: _chain_graph(
+                [1, 4, 4],
+                {
+                    "p": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+                    "pi": nir.I(r=np.ones(1)),
+                },
+                4,
+            ),
+            "SumPool2d must be followed by an IF node",
+        ),
+        (lambda: _dense_graph(w=nir.Linear(weight=np.ones((3, 4, 1)))), "weight must be 2-D"),
+        (lambda: _dense_graph(wif=nir.I(r=np.ones(3))), "'wif' must be an IF node after the integrator 'wi'"),
+        (
+            lambda: _dense_graph(wif=nir.IF(r=np.ones(3), v_threshold=np.zeros(3))),
+            "'wif': v_threshold must be finite and positive",
+        ),
+        (lambda: _dense_graph(wi=nir.I(r=-np.ones(3))), "'wi'/'wif': r must be finite and positive"),
+        (
+            lambda: _dense_graph(input=nir.Linear(weight=np.ones((4, 4)))),
+            r"exactly one Input node, found 0",
+        ),
+    ],
+)
+def test_reader_names_the_node_it_cannot_take(make, match):
+    """A graph another tool wrote with something the ReL-PSP simulator cannot run: a ValueError naming the
+    node and the reason, never a numpy error or a silently different network."""
+    with pytest.raises(ValueError, match=match):
+        network_from_nir(make())
+
+
+def test_reader_follows_a_cycle_no_further_and_takes_valid_padding_and_a_uniform_gain():
+    """A cycle is refused by name; "valid" padding is 0; a uniform r on a convolution scales its weights."""
+    g = _dense_graph()
+    g.edges[-1] = ("wif", "w")  # input -> w -> wi -> wif -> w again: round and round, never the Output
+    with pytest.raises(ValueError, match="the NIR graph has a cycle through 'w'"):
+        network_from_nir(g)
+    net = network_from_nir(_chain_graph([1, 6, 6], _conv_nodes(padding="valid", r=np.full(1, 2.0)), 16))
+    conv = net.layers[0]
+    assert conv.padding == 0 and np.array_equal(conv.weight, np.full((1, 1, 3, 3), 2.0))
