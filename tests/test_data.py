@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -492,6 +493,84 @@ def test_shared_references_are_walked_once():
     while obj:
         obj, depth = obj[0], depth + 1
     assert depth == 64
+
+
+class _Forged:
+    """Pickles as whatever ``__reduce__`` tuple it is given: a file another program could have written."""
+
+    def __init__(self, *reduce_value):
+        self.reduce_value = reduce_value
+
+    def __reduce__(self):
+        return self.reduce_value
+
+
+def _forged_pickles() -> dict[str, tuple[bytes, str]]:
+    """Dataset pickles that state something the restricted reader must refuse, each with the message."""
+    from numpy._core.multiarray import _reconstruct, scalar
+
+    f8, blank = np.dtype("<f8"), b"\0" * 16
+
+    def dumps(obj, protocol=2):
+        return pickle.dumps(obj, protocol=protocol)
+
+    def array_with(state):
+        return dumps(_Forged(_reconstruct, (np.ndarray, (0,), b"b"), state))
+
+    fields = (3, "<", None, ("a",), {"a": (f8, 0)}, 8, 1, 0)
+
+    class WithPersistentId(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "elsewhere" if obj == "outside" else None
+
+    persistent = io.BytesIO()
+    WithPersistentId(persistent, protocol=2).dump(["outside"])
+    deep = 100_000
+    return {
+        "dtype with fields": (
+            dumps(_Forged(np.dtype, ("f8", False, True), fields)),
+            "refusing a dtype state with fields or a subarray",
+        ),
+        "dtype byte order": (
+            dumps(_Forged(np.dtype, ("f8", False, True), (3, "!", None, None, None, -1, -1, 0))),
+            "refusing dtype byte order '!'",
+        ),
+        "dtype code not text": (dumps(_Forged(np.dtype, (5, False, True))), "a dtype code must be text, got int"),
+        "array dtype not a dtype": (
+            array_with((1, (2,), "f8", False, blank)),
+            "an array's dtype must be a pickled numpy.dtype, got str",
+        ),
+        "array shape of floats": (array_with((1, (2.0,), f8, False, blank)), "shape must be a tuple of ints"),
+        "array shape negative": (array_with((1, (-2,), f8, False, blank)), "shape must not be negative"),
+        "array state not a tuple": (array_with("state"), "refusing an array state of str"),
+        "array data not bytes": (array_with((1, (2,), f8, False, 12345)), "an array's data must be bytes, got int"),
+        "scalar with a state": (
+            dumps(_Forged(scalar, (f8, b"\0" * 8), {"x": 1})),
+            "refusing a state for a NumPy scalar",
+        ),
+        "reconstruct of a dtype": (
+            dumps(_Forged(_reconstruct, (f8, (0,), b"b"))),
+            "_reconstruct may only rebuild numpy.ndarray",
+        ),
+        "state for a global": (b"\x80\x02cnumpy\ndtype\n}b.", "refusing a state for a global"),
+        "state for numpy.ndarray": (b"\x80\x02cnumpy\nndarray\n}b.", "refusing a state for numpy.ndarray"),
+        "persistent id": (persistent.getvalue(), "refusing to unpickle a persistent id"),
+        "tuple as a dict key": (dumps({(1, 2): 3}), "refusing a dict key of type tuple"),
+        "set": (dumps({1, 2}, protocol=4), "refusing an object of type set in a dataset pickle"),
+        "lists nested deeply": (
+            b"\x80\x02" + b"]" * deep + b"a" * (deep - 1) + b".",
+            "refusing containers nested too deeply",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_forged_pickles()))
+def test_forged_dataset_pickles_are_refused_with_the_reason(case):
+    """Each refusal of the restricted reader (relpsp.data.safe_pickle's docstring), met by a pickle that
+    states the forbidden thing: an UnsafePickleError saying what, never a NumPy object built from it."""
+    blob, match = _forged_pickles()[case]
+    with pytest.raises(D.UnsafePickleError, match=re.escape(match)):
+        D.safe_loads(blob)
 
 
 def test_big_endian_and_fortran_arrays_read_back_equal():
