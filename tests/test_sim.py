@@ -1005,3 +1005,61 @@ def test_concat_results_refuses_results_of_other_options_or_grids():
     for other in (SimOptions(weight_bits=4), SimOptions(time_bits=4, time_window=3.0)):
         with pytest.raises(ValueError, match="different networks, options or grids"):
             concat_results([exact, simulate(net, x, other)])
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: SimDense(np.ones((2, 3)), theta=0.0), "theta must be a finite positive number, got 0.0"),
+        (lambda: SimDense(np.ones((2, 3)), t_max=0.0), r"t_max must be > 0 \(or inf for no cut-off\), got 0.0"),
+        (lambda: SimDense(np.ones((2, 3)), t_max=math.nan), "t_max must be > 0"),
+        (lambda: SimDense(np.ones(3)), r"dense weight must have 2 dimensions, got shape \(3,\)"),
+        (lambda: SimConv(np.ones((1, 1, 3, 2))), "conv weight must have a square kernel"),
+        (lambda: SimConv(np.ones((1, 1, 3, 3)), stride=0), "conv stride must be an integer >= 1, got 0"),
+        (lambda: SimConv(np.ones((1, 1, 3, 3)), padding=-1), "conv padding must be an integer >= 0, got -1"),
+        (lambda: SimPool(0), "pool kernel must be an integer >= 1, got 0"),
+        (lambda: SimPool(2.5), "pool kernel must be an integer >= 1, got 2.5"),
+        (lambda: SimPool(2, stride=0), "pool stride must be an integer >= 1, got 0"),
+        (lambda: SimNetwork((), (3,)), "a network needs at least one layer"),
+        (lambda: SimNetwork((SimDense(np.ones((2, 3))),), (3, 1)), r"input_shape must be \(N,\) or \(C, H, W\)"),
+        (lambda: SimNetwork((SimDense(np.ones((2, 3))),), (3,), t_in=math.inf), "t_in must be a finite positive"),
+        (lambda: SimNetwork((SimDense(np.ones((2, 3))),), (4,)), r"layer 0 \(SimDense\): weight \(2, 3\) needs a flat"),
+        (
+            lambda: SimNetwork((SimConv(np.ones((1, 1, 5, 5))), SimFlatten(), SimDense(np.ones((2, 1)))), (1, 3, 3)),
+            r"layer 0 \(SimConv\): kernel 5 is larger than the padded input 3x3",
+        ),
+        (
+            lambda: SimNetwork((SimPool(4), SimFlatten(), SimDense(np.ones((2, 1)))), (1, 3, 3)),
+            r"layer 0 \(SimPool\): kernel 4 does not fit the input \(1, 3, 3\)",
+        ),
+        (lambda: SimNetwork(("dense",), (3,)), r"layer 0 \(str\): unknown layer type str"),
+    ],
+)
+def test_simulator_layers_and_networks_refuse_what_they_cannot_run(build, match):
+    """The simulator's public classes check their arguments when built: a ValueError that says what is
+    wrong, not a wrong result or an index error in the middle of a simulation."""
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_network_from_arrays_refuses_a_config_or_arrays_that_do_not_fit():
+    """Checkpoint arrays and a [model] section read from a file: each mismatch is refused by name."""
+    from relpsp.sim import network_from_arrays
+
+    arrays = {"model.1.weight": np.ones((3, 4)), "model.2.weight": np.ones((2, 3))}
+    model = {"arch": "4-3-2", "input_shape": [4]}
+    assert [layer.weight.shape for layer in network_from_arrays(arrays, model).layers] == [(3, 4), (2, 3)]
+    with pytest.raises(ValueError, match="the model config has no 'arch'"):
+        network_from_arrays(arrays, {"input_shape": [4]})
+    with pytest.raises(ValueError, match="theta, t_max or t_in is not a number"):
+        network_from_arrays(arrays, {**model, "theta": "one"})
+    with pytest.raises(ValueError, match="zero_fires must be true or false, got 'no'"):
+        network_from_arrays(arrays, {**model, "zero_fires": "no"})
+    with pytest.raises(ValueError, match=r"model.2.weight has shape \(3, 2\), '4-3-2' needs \(2, 3\)"):
+        network_from_arrays({**arrays, "model.2.weight": np.ones((3, 2))}, model)
+    with pytest.raises(ValueError, match=r"checkpoint has no array 'model\.2\.weight'"):
+        network_from_arrays({"model.1.weight": np.ones((3, 4))}, model)
+    conv = {"arch": "2C3-2", "input_shape": [1, 4, 4]}
+    conv_arrays = {"model.1.weight": np.ones((2, 1, 3, 2)), "model.3.weight": np.ones((2, 8))}
+    with pytest.raises(ValueError, match=r"model.1.weight has shape \(2, 1, 3, 2\), '2C3-2' needs \(2, 1, 3, 3\)"):
+        network_from_arrays(conv_arrays, conv)
