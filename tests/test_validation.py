@@ -450,6 +450,55 @@ def test_resume_refuses_checkpoints_without_usable_state(tmp_path):
         assert (bad / "metrics.jsonl").read_text() == "kept\n"
 
 
+def _stepped_adam() -> tuple[torch.optim.Optimizer, dict, dict]:
+    """An Adam optimizer of a 4-5-3 network after one step, and its state as a checkpoint stores it."""
+    from relpsp.train.checkpointing import _optimizer_arrays
+
+    model = build_model("4-5-3", (4,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(8, 4)).sum().backward()
+    opt.step()
+    arrays, meta = _optimizer_arrays(opt)
+    return opt, arrays, meta
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda a, m: m.update(param_groups={}), r"param_groups must be a list of 1 group\(s\)"),
+        (lambda a, m: m["param_groups"][0].pop("lr"), "a param group must have keys among .*, with params and lr"),
+        (lambda a, m: m["param_groups"][0].update(surprise=1), "a param group must have keys among"),
+        (lambda a, m: m["param_groups"][0].update(params=[0, 7]), "param_groups name other parameters"),
+        (lambda a, m: m["param_groups"][0].update(amsgrad="yes"), "param group 'amsgrad' must be like False"),
+        (lambda a, m: m["param_groups"][0].update(lr=math.inf), "param group 'lr' must be a finite number, got inf"),
+        (lambda a, m: m["param_groups"][0].update(eps=True), "param group 'eps' must be a finite number, got True"),
+        (lambda a, m: m["param_groups"][0].update(betas=[0.9]), "param group 'betas' must be 2 finite numbers"),
+        (lambda a, m: a.update({"optim.0.exp_avg": a["optim.0.exp_avg"].astype(np.int64)}), "not finite floating"),
+        (lambda a, m: a.update({"optim.9.exp_avg": np.zeros(1, np.float32)}), "'optim.9.exp_avg' .* fits no parameter"),
+        (lambda a, m: m["scalars"].update({"9": {"step": 1.0}}), "state for parameters this model does not have"),
+        (lambda a, m: m["scalars"]["0"].update(step=-1.0), "must be finite numbers >= 0"),
+    ],
+)
+def test_a_checkpoints_optimizer_state_is_checked_before_it_is_loaded(edit, match):
+    """What a resumed run takes from the file for its optimizer, edited one field at a time: refused with a
+    CheckpointError naming the field, and the optimizer keeps its own state."""
+    from relpsp.train.checkpointing import load_optimizer_state
+
+    opt, arrays, meta = _stepped_adam()
+    load_optimizer_state(opt, dict(arrays), {**meta, "param_groups": [dict(g) for g in meta["param_groups"]]})
+    before = {k: v.clone() for k, v in opt.state[opt.param_groups[0]["params"][0]].items()}
+    meta = {
+        "scalars": {k: dict(v) for k, v in meta["scalars"].items()},
+        "param_groups": [dict(meta["param_groups"][0])],
+    }
+    arrays = dict(arrays)
+    edit(arrays, meta)
+    with pytest.raises(CheckpointError, match="optimizer state in the checkpoint does not fit this model .*" + match):
+        load_optimizer_state(opt, arrays, meta)
+    after = opt.state[opt.param_groups[0]["params"][0]]
+    assert all(torch.equal(before[k], after[k]) for k in before) and opt.param_groups[0]["lr"] == 1e-3
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 
