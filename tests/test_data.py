@@ -344,8 +344,11 @@ def test_cifar10_missing_and_damaged(tmp_path):
     with pytest.raises(D.DatasetCorruptError, match=r"'data' must be a uint8 array \[n, 3072\]"):
         D.load_dataset("cifar10", "test", data_dir=tmp_path)
     data3 = np.zeros((3, 3072), np.uint8)
-    for labels in ([2**70, 0, 0], [0.9, 5.5, 9.99], np.array([2.0, 3.0, 8.0]), [True, False, True]):
-        # too big for int64, floats (which a cast would truncate to 0, 5, 9), booleans
+    (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps([data3[0]], protocol=2))
+    with pytest.raises(D.DatasetCorruptError, match="test_batch: expected a dict, got list"):
+        D.load_dataset("cifar10", "test", data_dir=tmp_path)
+    for labels in ([2**70, 0, 0], [0.9, 5.5, 9.99], np.array([2.0, 3.0, 8.0]), [True, False, True], [[1, 2], [3], 4]):
+        # too big for int64, floats (which a cast would truncate to 0, 5, 9), booleans, ragged (no array)
         (tmp_path / "cifar10" / "test_batch").write_bytes(pickle.dumps({b"data": data3, b"labels": labels}, protocol=2))
         with pytest.raises(D.DatasetCorruptError, match=r"'labels' must be 3 ints in 0\.\.9"):
             D.load_dataset("cifar10", "test", data_dir=tmp_path)
@@ -588,8 +591,25 @@ def test_big_endian_and_fortran_arrays_read_back_equal():
         (lambda p: ((p[0][0], p[0][1] + 10**6), p[1], p[2]), "labels must be integers in 0..9"),
         (lambda p: ((p[0][0], p[0][1].astype(np.float64) + 0.9), p[1], p[2]), "labels must be integers"),
         (lambda p: ((p[0][0].astype(np.int64), p[0][1]), p[1], p[2]), "finite floats"),
+        (lambda p: (p[0], p[1]), r"expected \(\(x, y\), \(x, y\), \(x, y\)\) train/valid/test \(2 parts\)"),
+        (lambda p: (p[0], p[1], 5), r"expected \(\(x, y\), \(x, y\), \(x, y\)\)"),
+        (lambda p: ((p[0][0][:, :700], p[0][1]), p[1], p[2]), r"expected x \[n, 784\] and y \[n\], got \(6, 700\)"),
+        (lambda p: ((p[0][0], p[0][1][:-1]), p[1], p[2]), r"expected x \[n, 784\] and y \[n\]"),
+        (lambda p: ((p[0][0] + np.float32(1.5), p[0][1]), p[1], p[2]), r"pixel values outside \[0, 255/256\]"),
+        (lambda p: ((p[0][0] - np.float32(0.5), p[0][1]), p[1], p[2]), r"pixel values outside"),
     ],
-    ids=["nan-pixels", "label-out-of-range", "float-labels", "integer-pixels"],
+    ids=[
+        "nan-pixels",
+        "label-out-of-range",
+        "float-labels",
+        "integer-pixels",
+        "two-parts",
+        "part-not-a-pair",
+        "short-rows",
+        "labels-short",
+        "pixels-above-one",
+        "negative-pixels",
+    ],
 )
 def test_mnist_pkl_content_is_checked(tmp_path, edit, match):
     data, _ = mnist_pkl_bytes()
@@ -598,6 +618,15 @@ def test_mnist_pkl_content_is_checked(tmp_path, edit, match):
     path.write_bytes(gzip.compress(pickle.dumps(edit(parts), protocol=2)))
     with pytest.raises(D.DatasetCorruptError, match=match):
         D.load_mnist_pkl(path, "train50k")
+
+
+def test_mnist_pkl_split_must_be_one_it_holds(tmp_path):
+    data, arrays = mnist_pkl_bytes()
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(data)
+    assert D.load_mnist_pkl(path, "valid")[1].tolist() == arrays[4].tolist()
+    with pytest.raises(ValueError, match="split must be train, test, train50k or valid, not 'val'"):
+        D.load_mnist_pkl(path, "val")
 
 
 def test_mnist_pkl_gzip_expansion_is_bounded(tmp_path, monkeypatch):
