@@ -7,6 +7,7 @@ configs, ``fit``, resumable checkpoints and the command line. Empty batches are 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -309,6 +310,11 @@ def _cfg(model: dict | None = None, **train) -> Config:
     )
 
 
+def _with_data(**data) -> Config:
+    cfg = _cfg()
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+
+
 BAD_FIT = {
     "epochs-zero": (_cfg(epochs=0), r"train.epochs must be >= 1, got 0"),
     "batch-zero": (_cfg(batch_size=0), r"train.batch_size must be >= 1"),
@@ -336,6 +342,15 @@ BAD_FIT = {
     "model-theta-huge": (_cfg({"theta": 1e38}), r"model.theta = 1e\+38 is absurdly large"),
     "model-init-mean-huge": (_cfg({"init_mean": -1e39}), r"model.init_mean = -1e\+39 is absurdly large"),
     "model-init-std-huge": (_cfg({"init_std": 1e39}), r"model.init_std = 1e\+39 is absurdly large"),
+    "threads-absurd": (_cfg(threads=5000), r"train.threads or train.eval_batch_size is absurdly large"),
+    "val-size-negative": (_with_data(val_size=-1), r"data.val_size and data.train_size must be >= 0"),
+    "train-size-negative": (_with_data(train_size=-5), r"data.val_size and data.train_size must be >= 0"),
+    "max-shift": (_with_data(max_shift=65), r"data.max_shift must be in \[0, 64\], got 65"),
+    **(
+        {}
+        if torch.cuda.is_available()
+        else {"cuda-missing": (_cfg(device="cuda"), r"train.device is cuda but torch sees no CUDA device")}
+    ),
 }
 
 
