@@ -1377,3 +1377,47 @@ def test_yinyang_val_and_test_are_independent_and_r_small_is_used():
     x, y = D.load_dataset("yinyang", "val", num_samples=300, r_small=0.2)
     xy = x[:, :2].double().numpy()
     assert D.yinyang_class(xy[:, 0], xy[:, 1], r_small=0.2).tolist() == y.tolist()
+
+
+def test_sha256sums_lines_are_read_as_sha256sum_writes_them(tmp_path):
+    """Text and binary markers, a leading ./, blank lines and upper-case digests are sha256sum's own forms;
+    any other line is refused with its line number."""
+    from relpsp.data.images import read_sha256sums
+
+    a, b = "ab" * 32, "CD" * 32
+    path = tmp_path / "SHA256SUMS"
+    path.write_text(f"{a}  train/face/x.jpg\n\n{b} *./test/motorbike/y.jpg\n")
+    assert read_sha256sums(path) == {"train/face/x.jpg": a, "test/motorbike/y.jpg": b.lower()}
+    path.write_text(f"{a}  train/face/x.jpg\n{a[:-1]}  short.jpg\n")
+    with pytest.raises(D.DatasetCorruptError, match=r"SHA256SUMS:2: not a sha256sum line: '"):
+        read_sha256sums(path)
+
+
+def test_image_folders_refuse_what_they_cannot_read(tmp_path):
+    """Every refusal of the image-folder reader: a size that is not positive, a missing class folder, an
+    image not in the checksum list, a folder without images, and pixel formats it cannot scale to 8 bits."""
+    from PIL import Image
+
+    from relpsp.data.images import decode_image, read_image_folder
+
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ValueError, match=r"size must be two positive ints \(H, W\), got \(0, 5\)"):
+        read_image_folder(tmp_path, ["a"], size=(0, 5))
+    with pytest.raises(D.DatasetNotFoundError, match=r"missing image folder .*b; fetch it"):
+        read_image_folder(tmp_path, ["a", "b"], size=(3, 3), fix="fetch it")
+    with pytest.raises(D.DatasetNotFoundError, match=r"no images \(\.jpg, .*\) under"):
+        read_image_folder(tmp_path, ["a"], size=(3, 3))
+    Image.fromarray(np.full((3, 3), 7, np.uint8), mode="L").save(tmp_path / "a" / "one.png")
+    with pytest.raises(D.DatasetCorruptError, match=r"one\.png: not listed in SHA256SUMS"):
+        read_image_folder(tmp_path, ["a"], size=(3, 3), checksums={"a/other.png": "0" * 64})
+
+    def tiff(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="TIFF")
+        return buf.getvalue()
+
+    with pytest.raises(D.DatasetCorruptError, match=r"f\.tif: floating-point images \(mode F\) are not supported"):
+        decode_image(tiff(np.full((2, 2), 0.5, np.float32)), (2, 2), "f.tif")
+    with pytest.raises(D.DatasetCorruptError, match=r"i\.tif: integer image values outside 0\.\.65535"):
+        decode_image(tiff(np.full((2, 2), 70_000, np.int32)), (2, 2), "i.tif")
+    assert decode_image(tiff(np.full((2, 2), 65_535, np.int32)), (2, 2), "ok.tif").tolist() == [[255, 255]] * 2
