@@ -498,19 +498,8 @@ def test_reader_refuses_fractional_pool_sizes_and_misfit_neuron_parameters():
     )
     with pytest.raises(ValueError, match="'p': kernel_size must be integers"):
         network_from_nir(pool)
-    dense = nir.NIRGraph(
-        nodes={
-            "input": nir.Input(input_type={"input": np.array([4])}),
-            "w": nir.Linear(weight=np.ones((3, 4))),
-            "wi": nir.I(r=np.ones(2)),
-            "wif": nir.IF(r=np.ones(3), v_threshold=np.ones(3)),
-            "output": nir.Output(output_type={"output": np.array([3])}),
-        },
-        edges=[("input", "w"), ("w", "wi"), ("wi", "wif"), ("wif", "output")],
-        type_check=False,
-    )
     with pytest.raises(ValueError, match="'wi'/'wif': r and v_threshold must fit"):
-        network_from_nir(dense)
+        network_from_nir(_dense_graph(wi=nir.I(r=np.ones(2))))
 
 
 def test_simulate_options_apply_to_nir_networks(tmp_path):
