@@ -121,6 +121,11 @@ class TrainConfig:
     weight_decay: float = _setting(0.0, "the optimizer's weight decay (decoupled for adamw)")
     grad_clip: float = _setting(0.0, "largest global L2 norm of the gradient per step (rescaled above it); 0 = off")
     ema_decay: float = _setting(0.0, "exponential moving average of the weights, evaluated and saved; 0 = off")
+    init_from: str | None = _setting(
+        None,
+        "start from this checkpoint's (or run folder's) network instead of random weights: the same arch, input"
+        " shape and kernel; a fresh optimizer and schedule (fine-tuning); unset: random weights",
+    )
     optimizer: str = _setting("adam", '"adam" | "adamw" | "sgd" (momentum 0.9)')
     seed: int = _setting(0, "seed of the initial weights, data order, validation split, augmentation and dropout masks")
     device: str = _setting("cpu", "cpu | cuda | cuda:N")

@@ -71,6 +71,19 @@ def test_eval_threads_gives_the_kernels_that_many_and_the_same_numbers(run_dir, 
     assert "--threads must be an integer >= 0, got -1" in capsys.readouterr().err
 
 
+def test_train_init_from_records_the_source_by_its_absolute_path(run_dir, tmp_path, monkeypatch, capsys):
+    """--init-from RUN (a path relative to where the command runs) is stored absolute, so that a --resume from
+    another folder names the same source; the run starts from that network."""
+    monkeypatch.chdir(run_dir.parent)
+    assert _train(tmp_path / "tuned", "--init-from", run_dir.name, "--epochs", "1") == 0
+    res = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert res["config"]["train"]["init_from"] == str(run_dir.resolve())
+    assert "train.init_from: starting from the network in " in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert _train(tmp_path / "tuned", "--init-from", str(run_dir), "--epochs", "2", "--resume") == 0
+    assert len((tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_eval_per_class_gives_the_confusion_matrix_and_the_wrong_samples(run_dir, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir / "checkpoint.ckpt"), "--json", "--per-class"]) == 0

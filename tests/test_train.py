@@ -1787,3 +1787,65 @@ def test_augment_batch_is_augment_with_the_configs_settings():
     want = augment(x, 7, 1, 2, max_shift=3, flip=True, max_rotation=5.0)
     assert torch.equal(augment_batch(x, cfg, 1, 2), want) and not torch.equal(want, x)
     assert not torch.equal(augment_batch(x, cfg, 1, 3), want)  # another step, other draws
+
+
+# ----------------------------------------------------------------------------------------- train.init_from
+
+
+def test_init_from_starts_from_another_runs_network(tmp_path):
+    """Fine-tuning: the run begins at the source run's weights (at lr 1e-12 it ends there too, to rounding),
+    with a fresh optimizer; its first session records the source file's SHA-256. A run folder or its
+    checkpoint may be named."""
+    from relpsp.data._files import sha256_file
+
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    fit(_cfg(), tmp_path / "source", **quiet)
+    source = _weights(tmp_path / "source" / CHECKPOINT_NAME)
+    lines: list[str] = []
+    for name, init_from in (("by_folder", tmp_path / "source"), ("by_file", tmp_path / "source" / CHECKPOINT_NAME)):
+        cfg = _cfg(epochs=1, lr=1e-12, init_from=str(init_from))
+        fit(cfg, tmp_path / name, **{**quiet, "log": lines.append})
+        tuned = _weights(tmp_path / name / CHECKPOINT_NAME)
+        assert all(np.allclose(tuned[k], source[k], rtol=0, atol=1e-8) for k in source), name
+        first = json.loads((tmp_path / name / "results.json").read_text())["sessions"][0]
+        assert first["init_from_sha256"] == sha256_file(tmp_path / "source" / CHECKPOINT_NAME)
+    assert any(line.startswith("train.init_from: starting from the network in ") for line in lines)
+    with pytest.raises(ValueError, match=r"train\.init_from"):  # a resume keeps its source ...
+        fit(_cfg(epochs=2, lr=1e-12, init_from=str(tmp_path / "elsewhere")), tmp_path / "by_file", resume=True, **quiet)
+    shutil.move(tmp_path / "source", tmp_path / "moved")  # ... which it no longer reads
+    cfg = _cfg(epochs=2, lr=1e-12, init_from=str(tmp_path / "source" / CHECKPOINT_NAME))
+    assert fit(cfg, tmp_path / "by_file", resume=True, **quiet)["epochs"] == 2
+    fresh = _weights(tmp_path / "by_folder" / CHECKPOINT_NAME)
+    fit(_cfg(epochs=1, lr=1e-12), tmp_path / "random", **quiet)  # the same seed without it: other weights
+    assert not np.allclose(_weights(tmp_path / "random" / CHECKPOINT_NAME)["model.2.weight"], fresh["model.2.weight"])
+
+
+def test_init_from_refuses_another_network_before_writing(tmp_path):
+    quiet = {"progress": False, "splits": _tiny_splits(), "log": lambda s: None}
+    fit(_cfg(), tmp_path / "source", **quiet)
+    other = dataclasses.replace(_cfg(init_from=str(tmp_path / "source")), model=ModelConfig("16-10-3", (1, 4, 4)))
+    cases = [
+        (other, ValueError, r"holds a network with model\.arch = '16-12-3', this run's is '16-10-3'"),
+        (_cfg(init_from=str(tmp_path / "nowhere")), CheckpointError, "nowhere"),
+        (_cfg(init_from="  "), ValueError, "train.init_from must name a checkpoint or a run folder"),
+    ]
+    for cfg, error, match in cases:
+        with pytest.raises(error, match=match):
+            fit(cfg, tmp_path / "run", **quiet)
+        assert not (tmp_path / "run").exists()
+
+
+def test_init_from_leaves_the_weights_as_they_were_when_an_array_is_refused(tmp_path):
+    from relpsp.models import model_from_config
+    from relpsp.train.checkpointing import load_initial_weights
+
+    fit(_cfg(), tmp_path / "source", progress=False, splits=_tiny_splits(), log=lambda s: None)
+    arrays, meta = load_checkpoint(tmp_path / "source" / CHECKPOINT_NAME)
+    arrays["model.3.weight"] = np.full_like(arrays["model.3.weight"], np.nan)  # the last layer: read last
+    save_checkpoint(tmp_path / "bad.ckpt", arrays, {k: v for k, v in meta.items() if k not in ("format", "sha256")})
+    cfg = _cfg(init_from=str(tmp_path / "bad.ckpt"))
+    model = model_from_config(cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"'model\.3\.weight' holds NaN or infinite weights"):
+        load_initial_weights(model, cfg)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

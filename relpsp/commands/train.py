@@ -58,6 +58,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for the kernels (0: all cores)")
     p.add_argument("--data-dir", help="dataset folder (default: $RELPSP_DATA or ~/.cache/relpsp)")
     p.add_argument(
+        "--init-from",
+        metavar="CKPT_OR_RUN",
+        help="start from this checkpoint's (or run folder's) network instead of random weights: fine-tuning "
+        "(train.init_from; the same arch, input shape and kernel; a fresh optimizer and schedule)",
+    )
+    p.add_argument(
         "--out",
         help="run folder (default: runs/<config or dataset-arch>-seed<seed>); with --seeds, the folders' prefix"
         " (default runs/<config or dataset-arch>)",
@@ -103,6 +109,7 @@ def resolve_config(args: argparse.Namespace):
         ("train", "device"): args.device,
         ("train", "backend"): args.backend,
         ("train", "threads"): args.threads,
+        ("train", "init_from"): args.init_from,
     }
     for (section, key), v in flags.items():
         if v is not None:
@@ -114,6 +121,10 @@ def resolve_config(args: argparse.Namespace):
     if is_npz_name(name):  # your own archive: by its absolute path, so eval and resume find it anywhere
         name = os.path.abspath(os.path.expanduser(name))
     cfg = config_from_dict({"data": {"dataset": name}}, base=cfg)
+    if cfg.train.init_from is not None and cfg.train.init_from.strip():  # found from any folder on --resume
+        cfg = config_from_dict(
+            {"train": {"init_from": os.path.abspath(os.path.expanduser(cfg.train.init_from))}}, base=cfg
+        )
     shape_given = "input_shape" in raw.get("model", {}) or "input_shape" in overrides["model"]
     if not shape_given:
         from relpsp.train import data_options

@@ -25,6 +25,7 @@ __all__ = [
     "RESUME_MAY_CHANGE",
     "TRAINING_PREFIX",
     "config_changes",
+    "load_initial_weights",
     "load_optimizer_state",
     "load_trained",
     "resume_key",
@@ -116,6 +117,37 @@ def load_optimizer_state(opt: torch.optim.Optimizer, arrays: dict[str, np.ndarra
         opt.load_state_dict(sd)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"the optimizer state in the checkpoint does not fit this model ({e})") from e
+
+
+def load_initial_weights(model: nn.Sequential, cfg: Config) -> str:
+    """Copy the network of ``cfg.train.init_from`` (a checkpoint, or a run folder holding one) into ``model``
+    and return the file's SHA-256. Its architecture, input shape, kernel and weight form must be this
+    config's; with weight averaging it is the averaged network, the one that run evaluated and reported.
+    Raises ``ValueError`` (``CheckpointError`` for a file that is not a checkpoint) before any weight of
+    ``model`` changes."""
+    from relpsp.data._files import sha256_file
+
+    source = Path(str(cfg.train.init_from)).expanduser()
+    if source.is_dir():
+        source = source / CHECKPOINT_NAME
+    arrays, meta = load_checkpoint(source)
+    stored = meta.get("config")
+    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        raise ValueError(f"train.init_from: {source} has no model config: not a relpsp training checkpoint")
+    theirs = config_from_dict({"model": stored["model"]}).model
+    for key in ("arch", "input_shape", "kernel", "weight_norm"):
+        if getattr(theirs, key) != getattr(cfg.model, key):
+            raise ValueError(
+                f"train.init_from: {source} holds a network with model.{key} = {getattr(theirs, key)!r}, "
+                f"this run's is {getattr(cfg.model, key)!r}"
+            )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        load_model_arrays(model, arrays)
+    except ValueError:
+        model.load_state_dict(before)  # a refused array leaves the weights as they were
+        raise
+    return sha256_file(source)
 
 
 TRAINING_PREFIX = "training."  # with weight averaging: the weights being trained (``model.*`` is the average)

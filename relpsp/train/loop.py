@@ -29,6 +29,7 @@ from relpsp.train.checkpointing import (
     RESUME_MAY_CHANGE,
     TRAINING_PREFIX,
     config_changes,
+    load_initial_weights,
     load_optimizer_state,
     resume_key,
     save_training_checkpoint,
@@ -370,6 +371,10 @@ def _fit(
         device = f"cuda:{ctx.local_rank}"  # one GPU per process
     torch.manual_seed(cfg.train.seed)
     model = model_from_config(cfg.model, backend=cfg.train.backend).to(device)  # checks the model config
+    # fine-tuning: another run's network instead of random weights, checked before anything is written; a
+    # resume takes its own checkpoint's weights, so the source need not exist any more
+    resuming = resume and (Path(out_dir) / CHECKPOINT_NAME).is_file()
+    init_digest = load_initial_weights(model, cfg) if cfg.train.init_from is not None and not resuming else None
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -446,6 +451,9 @@ def _fit(
                 "from_step": state.step,
             }
         )
+        if init_digest is not None and not found:  # the session that began from another run's network
+            sessions[-1]["init_from_sha256"] = init_digest
+            log(f"train.init_from: starting from the network in {cfg.train.init_from} (sha256 {init_digest})")
 
     train_model: nn.Module = model
     if ctx.world_size > 1:

@@ -39,6 +39,8 @@ def validate_config(cfg: Config) -> None:
         raise ValueError("train.checkpoint_every and train.threads must be >= 0")
     if t.threads > 4096 or t.eval_batch_size > 1_000_000:
         raise ValueError("train.threads or train.eval_batch_size is absurdly large")
+    if t.init_from is not None and not str(t.init_from).strip():
+        raise ValueError("train.init_from must name a checkpoint or a run folder (leave it unset for random weights)")
     if not 0 <= t.seed < 2**32:
         raise ValueError(f"train.seed must be in [0, 2^32), got {t.seed}")
     if not (math.isfinite(t.ema_decay) and 0 <= t.ema_decay < 1):
