@@ -71,18 +71,15 @@ def validate_config(cfg: Config) -> None:
         if not (math.isfinite(v) and 0 <= v < 1):
             raise ValueError(f"train.{name} must be in [0, 1) (0 = off), got {v}")
     for name in ("spike_dropout", "spike_dropout_conv"):
-        v = getattr(t, name)
-        if v > 0 and cfg.model.kernel not in ("relpsp", "window"):
+        if getattr(t, name) > 0 and cfg.model.kernel not in ("relpsp", "window"):
             raise ValueError(
                 f"train.{name} is defined for the ReL-PSP and windowed kernels only (model.kernel 'relpsp' or 'window')"
             )
-        if v > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
+    if t.spike_jitter > 0 and cfg.model.kernel != "relpsp":
+        raise ValueError("train.spike_jitter is defined for the ReL-PSP kernel only (model.kernel 'relpsp')")
+    for name in ("spike_dropout", "spike_dropout_conv", "spike_jitter"):
+        if getattr(t, name) > 0 and (t.silent_penalty > 0 or t.target_penalty > 0):
             raise ValueError(f"train.{name} cannot be combined with train.silent_penalty or train.target_penalty")
-    if t.spike_jitter > 0:
-        if cfg.model.kernel != "relpsp":
-            raise ValueError("train.spike_jitter is defined for the ReL-PSP kernel only (model.kernel 'relpsp')")
-        if t.silent_penalty > 0 or t.target_penalty > 0:
-            raise ValueError("train.spike_jitter cannot be combined with train.silent_penalty or train.target_penalty")
     from relpsp.arch import ConvSpec, DenseSpec, parse_arch
 
     specs = parse_arch(cfg.model.arch, cfg.model.input_shape)  # here, before --overwrite deletes anything
